@@ -1,0 +1,262 @@
+//! ACPI tables: RSDP, XSDT, FADT (hardware-reduced), MADT and an extensible DSDT, built with
+//! the `acpi_tables` crate and written into the reserved area at [`ACPI_START`].
+//!
+//! The RSDP stays at a fixed address in e820-reserved memory, so a crash kernel started by
+//! `kexec -p` (which gets `acpi_rsdp=` on its command line) finds the same tables.
+
+use acpi_tables::aml::{Name, Package, Path as AmlPath};
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::Aml;
+use devices::acpi_pm::{
+    ACPI_PM_BASE, RESET_OFFSET, RESET_VALUE, S5_SLP_TYP, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET,
+};
+use thiserror::Error;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::layout::{ACPI_END, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR};
+
+const OEM_ID: [u8; 6] = *b"CRSVMM";
+const OEM_REVISION: u32 = 1;
+/// FADT IA-PC boot architecture flags: no VGA, no CMOS RTC.
+const IAPC_BOOT_ARCH_NO_VGA: u16 = 1 << 2;
+const IAPC_BOOT_ARCH_NO_CMOS_RTC: u16 = 1 << 5;
+
+#[derive(Debug, Error)]
+pub enum AcpiError {
+    #[error("ACPI tables need {needed} bytes, only {available} are reserved")]
+    TooLarge { needed: u64, available: u64 },
+    #[error("{0} vCPUs do not fit in the MADT's 8-bit APIC ids")]
+    TooManyVcpus(u32),
+    #[error("cannot write ACPI tables into guest memory: {0}")]
+    GuestMemory(#[from] vm_memory::GuestMemoryError),
+}
+
+/// The DSDT under construction. Devices are added as AML objects (for instance an
+/// `aml::Device` with `_HID` and `_CRS`); they are serialized when added.
+#[derive(Default)]
+pub struct Dsdt {
+    body: Vec<u8>,
+}
+
+impl Dsdt {
+    /// A DSDT with the objects every guest needs (`\_S5_` for soft-off).
+    pub fn new() -> Self {
+        let mut dsdt = Self::default();
+        dsdt.add(&Name::new(
+            AmlPath::new("_S5_"),
+            &Package::new(vec![&S5_SLP_TYP, &S5_SLP_TYP]),
+        ));
+        dsdt
+    }
+
+    /// Append a top-level AML object (use full paths such as `\_SB_.PEVT` for devices).
+    pub fn add(&mut self, object: &dyn Aml) -> &mut Self {
+        object.to_aml_bytes(&mut self.body);
+        self
+    }
+
+    fn into_sdt(self) -> Sdt {
+        let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"CRSHDSDT", OEM_REVISION);
+        sdt.append_slice(&self.body);
+        sdt
+    }
+}
+
+fn io_gas(port: u16) -> GAS {
+    GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        port as u64,
+    )
+}
+
+fn fadt(dsdt_addr: u64) -> Vec<u8> {
+    let mut b = FADTBuilder::new(OEM_ID, *b"CRSHFACP", OEM_REVISION)
+        .dsdt_64(dsdt_addr)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::ResetRegSup)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton);
+    b.iapc_boot_arch = (IAPC_BOOT_ARCH_NO_VGA | IAPC_BOOT_ARCH_NO_CMOS_RTC).into();
+    b.reset_reg = io_gas(ACPI_PM_BASE + RESET_OFFSET);
+    b.reset_value = RESET_VALUE;
+    b.sleep_control_reg = io_gas(ACPI_PM_BASE + SLEEP_CONTROL_OFFSET);
+    b.sleep_status_reg = io_gas(ACPI_PM_BASE + SLEEP_STATUS_OFFSET);
+    // "KVMKVMKVM\0\0\0" would tell the guest which hypervisor it runs on; leave it empty so the
+    // CPUID leaves alone decide (the Hyper-V issue hides KVM on purpose).
+    let mut bytes = Vec::new();
+    b.finalize().to_aml_bytes(&mut bytes);
+    bytes
+}
+
+fn madt(vcpus: u32) -> Result<Vec<u8>, AcpiError> {
+    if vcpus > 255 {
+        return Err(AcpiError::TooManyVcpus(vcpus));
+    }
+    let mut madt = MADT::new(
+        OEM_ID,
+        *b"CRSHAPIC",
+        OEM_REVISION,
+        LocalInterruptController::Address(LAPIC_ADDR),
+    );
+    for id in 0..vcpus as u8 {
+        madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
+    }
+    // IOAPIC id 0, as KVM's in-kernel IOAPIC reports after reset (APIC and IOAPIC ids are
+    // separate name spaces on x86-64).
+    madt.add_structure(IoApic::new(0, IOAPIC_ADDR, 0));
+    let mut bytes = Vec::new();
+    madt.to_aml_bytes(&mut bytes);
+    Ok(bytes)
+}
+
+/// Lay the tables out from [`ACPI_START`], write them, and return the RSDP address.
+pub fn write_acpi_tables(mem: &GuestMemoryMmap, vcpus: u32, dsdt: Dsdt) -> Result<u64, AcpiError> {
+    let align = |x: u64| x.next_multiple_of(16);
+    let rsdp_addr = ACPI_START;
+    let dsdt_addr = align(rsdp_addr + Rsdp::len() as u64);
+    let dsdt = dsdt.into_sdt();
+    let fadt_addr = align(dsdt_addr + dsdt.len() as u64);
+    let fadt = fadt(dsdt_addr);
+    let madt_addr = align(fadt_addr + fadt.len() as u64);
+    let madt = madt(vcpus)?;
+    let xsdt_addr = align(madt_addr + madt.len() as u64);
+    let mut xsdt = XSDT::new(OEM_ID, *b"CRSHXSDT", OEM_REVISION);
+    xsdt.add_entry(fadt_addr);
+    xsdt.add_entry(madt_addr);
+    let mut xsdt_bytes = Vec::new();
+    xsdt.to_aml_bytes(&mut xsdt_bytes);
+    let end = xsdt_addr + xsdt_bytes.len() as u64;
+    if end > ACPI_END {
+        return Err(AcpiError::TooLarge {
+            needed: end - ACPI_START,
+            available: ACPI_END - ACPI_START,
+        });
+    }
+    let mut rsdp = Vec::new();
+    Rsdp::new(OEM_ID, xsdt_addr).to_aml_bytes(&mut rsdp);
+    for (addr, bytes) in [
+        (rsdp_addr, rsdp.as_slice()),
+        (dsdt_addr, dsdt.as_slice()),
+        (fadt_addr, fadt.as_slice()),
+        (madt_addr, madt.as_slice()),
+        (xsdt_addr, xsdt_bytes.as_slice()),
+    ] {
+        mem.write_slice(bytes, GuestAddress(addr))?;
+    }
+    Ok(rsdp_addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::ram_ranges;
+
+    fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+        v
+    }
+
+    fn u32_at(b: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+    }
+
+    fn u64_at(b: &[u8], off: usize) -> u64 {
+        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+    }
+
+    /// Read a table at `addr` and check its signature, length and checksum.
+    fn table(mem: &GuestMemoryMmap, addr: u64, sig: &[u8; 4]) -> Vec<u8> {
+        let head = read(mem, addr, 8);
+        assert_eq!(&head[..4], sig);
+        let t = read(mem, addr, u32_at(&head, 4) as usize);
+        assert_eq!(
+            t.iter().fold(0u8, |a, b| a.wrapping_add(*b)),
+            0,
+            "{sig:?} checksum"
+        );
+        t
+    }
+
+    #[test]
+    fn tables_chain_from_rsdp_with_valid_checksums() {
+        let mem = GuestMemoryMmap::from_ranges(&ram_ranges(64 << 20)).unwrap();
+        let rsdp_addr = write_acpi_tables(&mem, 4, Dsdt::new()).unwrap();
+        let rsdp = read(&mem, rsdp_addr, 36);
+        assert_eq!(&rsdp[..8], b"RSD PTR ");
+        assert_eq!(rsdp[..20].iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        assert_eq!(rsdp.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        let xsdt = table(&mem, u64_at(&rsdp, 24), b"XSDT");
+        assert_eq!(xsdt.len(), 36 + 16);
+        let fadt = table(&mem, u64_at(&xsdt, 36), b"FACP");
+        let madt = table(&mem, u64_at(&xsdt, 44), b"APIC");
+        // FADT: HW_REDUCED_ACPI and RESET_REG_SUP, X_DSDT points at the DSDT.
+        let flags = u32_at(&fadt, 112);
+        assert_ne!(flags & (1 << 20), 0);
+        assert_ne!(flags & (1 << 10), 0);
+        let dsdt = table(&mem, u64_at(&fadt, 140), b"DSDT");
+        assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+        // Reset register: system I/O at the PM block.
+        assert_eq!(fadt[116], 1);
+        assert_eq!(u64_at(&fadt, 120), (ACPI_PM_BASE + RESET_OFFSET) as u64);
+        assert_eq!(fadt[128], RESET_VALUE);
+        // MADT: one enabled local APIC per vCPU, then the IOAPIC.
+        assert_eq!(u32_at(&madt, 36), LAPIC_ADDR);
+        let mut off = 44;
+        let mut lapics = vec![];
+        while off < madt.len() {
+            let (kind, len) = (madt[off], madt[off + 1] as usize);
+            if kind == 0 {
+                assert_eq!(u32_at(&madt, off + 4), 1, "enabled");
+                lapics.push(madt[off + 3]);
+            } else {
+                assert_eq!(kind, 1);
+                assert_eq!(u32_at(&madt, off + 4), IOAPIC_ADDR);
+            }
+            off += len;
+        }
+        assert_eq!(lapics, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn dsdt_takes_extra_devices() {
+        use acpi_tables::aml::{Device, ResourceTemplate, IO};
+        let mem = GuestMemoryMmap::from_ranges(&ram_ranges(64 << 20)).unwrap();
+        let mut dsdt = Dsdt::new();
+        dsdt.add(&Device::new(
+            AmlPath::new("_SB_.PEVT"),
+            vec![
+                &Name::new(AmlPath::new("_HID"), &"QEMU0001"),
+                &Name::new(
+                    AmlPath::new("_CRS"),
+                    &ResourceTemplate::new(vec![&IO::new(0x505, 0x505, 1, 1)]),
+                ),
+            ],
+        ));
+        let rsdp_addr = write_acpi_tables(&mem, 1, dsdt).unwrap();
+        let rsdp = read(&mem, rsdp_addr, 36);
+        let xsdt = table(&mem, u64_at(&rsdp, 24), b"XSDT");
+        let fadt = table(&mem, u64_at(&xsdt, 36), b"FACP");
+        let dsdt = table(&mem, u64_at(&fadt, 140), b"DSDT");
+        assert!(dsdt.windows(8).any(|w| w == b"QEMU0001"));
+    }
+
+    #[test]
+    fn too_many_vcpus_is_an_error() {
+        let mem = GuestMemoryMmap::from_ranges(&ram_ranges(64 << 20)).unwrap();
+        assert!(matches!(
+            write_acpi_tables(&mem, 256, Dsdt::new()),
+            Err(AcpiError::TooManyVcpus(256))
+        ));
+    }
+}

@@ -1,0 +1,154 @@
+//! A validated VM configuration. Everything a user can get wrong is checked here, before KVM
+//! is touched, and reported as one line.
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::boot::{self, BootError};
+use crate::console::ConsoleMode;
+use crate::layout::MIN_MEMORY;
+
+/// Most vCPUs we describe (8-bit xAPIC ids in the MADT).
+pub const MAX_VCPUS: u32 = 255;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Kernel(#[from] BootError),
+    #[error("cannot read initrd {path}: {source}")]
+    Initrd {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid memory size '{0}': use bytes or a suffix such as 512M or 2G")]
+    MemorySyntax(String),
+    #[error("memory size {requested} bytes is below the minimum of {MIN_MEMORY} bytes (32 MiB)")]
+    MemoryTooSmall { requested: u64 },
+    #[error("memory size {requested} bytes is more than this host has ({host} bytes)")]
+    MemoryTooLarge { requested: u64, host: u64 },
+    #[error("--vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
+    Vcpus(u32),
+}
+
+/// Everything needed to start a VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub memory_bytes: u64,
+    pub vcpus: u32,
+    pub console: ConsoleMode,
+    pub console_log: Option<PathBuf>,
+    pub events: Option<PathBuf>,
+}
+
+/// Parse a size such as `512M`, `2G`, `1GiB` or `1073741824` (binary multiples).
+pub fn parse_memory(s: &str) -> Result<u64, ConfigError> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|_| ConfigError::MemorySyntax(s.to_owned()))
+}
+
+/// Total RAM of this host, from `/proc/meminfo`.
+pub fn host_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+pub fn check_memory(requested: u64, host: Option<u64>) -> Result<(), ConfigError> {
+    if requested < MIN_MEMORY {
+        return Err(ConfigError::MemoryTooSmall { requested });
+    }
+    match host {
+        Some(host) if requested > host => Err(ConfigError::MemoryTooLarge { requested, host }),
+        _ => Ok(()),
+    }
+}
+
+fn check_initrd(path: &Path) -> Result<(), ConfigError> {
+    let err = |source| ConfigError::Initrd {
+        path: path.to_owned(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(err)?;
+    if !f.metadata().map_err(err)?.is_file() {
+        return Err(err(std::io::Error::other("not a regular file")));
+    }
+    Ok(())
+}
+
+impl VmConfig {
+    /// Check the kernel, initrd, memory and vCPU count.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        check_memory(self.memory_bytes, host_memory_bytes())?;
+        boot::check_bzimage(&self.kernel)?;
+        if let Some(initrd) = &self.initrd {
+            check_initrd(initrd)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_memory("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_memory("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_memory("4096").unwrap(), 4096);
+        assert!(matches!(
+            parse_memory("lots"),
+            Err(ConfigError::MemorySyntax(_))
+        ));
+        assert!(matches!(
+            parse_memory("-1G"),
+            Err(ConfigError::MemorySyntax(_))
+        ));
+        assert!(matches!(
+            check_memory(1 << 20, None),
+            Err(ConfigError::MemoryTooSmall { .. })
+        ));
+        assert!(matches!(
+            check_memory(8 << 30, Some(4 << 30)),
+            Err(ConfigError::MemoryTooLarge { .. })
+        ));
+        assert!(check_memory(1 << 30, Some(4 << 30)).is_ok());
+        assert!(host_memory_bytes().unwrap() > 0);
+    }
+
+    #[test]
+    fn vcpus_and_initrd_are_checked_before_the_kernel_runs() {
+        let base = VmConfig {
+            kernel: "/nonexistent".into(),
+            initrd: None,
+            cmdline: String::new(),
+            memory_bytes: 64 << 20,
+            vcpus: 0,
+            console: ConsoleMode::Null,
+            console_log: None,
+            events: None,
+        };
+        assert!(matches!(base.validate(), Err(ConfigError::Vcpus(0))));
+        let err = VmConfig {
+            vcpus: 1,
+            ..base.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent"), "{err}");
+        assert!(check_initrd(Path::new("/nonexistent/initrd")).is_err());
+        assert!(check_initrd(Path::new("/")).is_err());
+    }
+}

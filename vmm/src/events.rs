@@ -1,0 +1,147 @@
+//! The machine-readable event log: JSON Lines, one object per line, each with `ts` (UTC,
+//! RFC 3339 with microseconds) and `event`, then the event's own fields.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{SecondsFormat, Utc};
+use serde::Serialize;
+use thiserror::Error;
+
+/// Every event crashvmm records.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The VM is set up and its vCPUs are about to run.
+    VmStarted {
+        vcpus: u32,
+        memory_bytes: u64,
+        kernel: String,
+    },
+    /// The VM ended; `exit_code` is crashvmm's process exit code.
+    VmExited { exit_code: i32, reason: String },
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    ts: String,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+#[derive(Debug, Error)]
+pub enum EventLogError {
+    #[error("cannot create event log {path}: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A cheap-to-clone handle on the event log. Writes are whole lines, so a reader (or a crash
+/// of crashvmm itself) never sees half a record.
+#[derive(Clone, Default)]
+pub struct EventLog {
+    file: Option<Arc<Mutex<File>>>,
+}
+
+impl EventLog {
+    /// An event log that records nothing.
+    pub fn disabled() -> Self {
+        Self::default()
+    }
+
+    pub fn create(path: &Path) -> Result<Self, EventLogError> {
+        let file = File::create(path).map_err(|source| EventLogError::Create {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            file: Some(Arc::new(Mutex::new(file))),
+        })
+    }
+
+    /// Serialize one record (with the current time) as a line ending in `\n`.
+    pub fn format(event: &Event) -> String {
+        let record = Record {
+            ts: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+            event,
+        };
+        // Serializing plain strings and numbers cannot fail.
+        let mut line = serde_json::to_string(&record).unwrap_or_default();
+        line.push('\n');
+        line
+    }
+
+    /// Record an event. A write error is logged, never fatal: the VM matters more.
+    pub fn emit(&self, event: Event) {
+        log::debug!("event: {event:?}");
+        if let Some(file) = &self.file {
+            let line = Self::format(&event);
+            let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = f.write_all(line.as_bytes()) {
+                log::error!("cannot write to the event log: {e}");
+            }
+        }
+    }
+
+    /// Flush the log to stable storage.
+    pub fn sync(&self) {
+        if let Some(file) = &self.file {
+            let f = file.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = f.sync_all() {
+                log::warn!("cannot sync the event log: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_json_lines_with_ts_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let log = EventLog::create(&path).unwrap();
+        log.emit(Event::VmStarted {
+            vcpus: 2,
+            memory_bytes: 1 << 30,
+            kernel: "/k".into(),
+        });
+        log.clone().emit(Event::VmExited {
+            exit_code: 0,
+            reason: "poweroff".into(),
+        });
+        log.sync();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert!(text.lines().all(|l| l.starts_with("{\"ts\":\"")));
+        assert_eq!(lines[0]["event"], "vm_started");
+        assert_eq!(lines[0]["vcpus"], 2);
+        assert_eq!(lines[0]["memory_bytes"], 1u64 << 30);
+        assert_eq!(lines[1]["event"], "vm_exited");
+        assert_eq!(lines[1]["exit_code"], 0);
+        let ts = lines[0]["ts"].as_str().unwrap();
+        // 2026-11-25T12:34:56.123456Z
+        assert_eq!(ts.len(), 27, "{ts}");
+        assert!(ts.ends_with('Z'));
+        chrono::DateTime::parse_from_rfc3339(ts).unwrap();
+    }
+
+    #[test]
+    fn unwritable_path_is_an_error() {
+        let err = EventLog::create(Path::new("/nonexistent/dir/events.jsonl"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("/nonexistent/dir/events.jsonl"));
+    }
+}

@@ -1,0 +1,15 @@
+//! crashvmm: a KVM virtual machine monitor built for the moment a guest kernel dies.
+//!
+//! This crate owns KVM, threads, files and policy. Device and protocol state machines live in
+//! the `devices` crate. Start with `docs/DESIGN.md`.
+
+pub mod acpi;
+pub mod boot;
+pub mod config;
+pub mod console;
+pub mod cpuid;
+pub mod events;
+pub mod exit;
+pub mod layout;
+pub mod vcpu;
+pub mod vm;

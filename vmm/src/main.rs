@@ -1,0 +1,94 @@
+//! The `crashvmm` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vmm::config::{parse_memory, VmConfig};
+use vmm::console::ConsoleMode;
+use vmm::exit::code;
+
+#[derive(Parser)]
+#[command(
+    name = "crashvmm",
+    version,
+    about = "A KVM VMM for the moment a guest kernel dies"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a Linux bzImage and run it until it powers off, resets or fails.
+    ///
+    /// Exit codes: 0 guest powered off, 1 crashvmm error, 2 usage error, 3 guest reset,
+    /// 4 triple fault, 5 guest panicked, 6 KVM failure, 128+N stopped by signal N.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Linux bzImage (64-bit boot protocol 2.12 or later).
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// Initramfs to load with the kernel.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", default_value = "console=ttyS0")]
+    cmdline: String,
+    /// Guest memory, e.g. 512M or 2G (binary units).
+    #[arg(long, value_name = "SIZE", default_value = "512M")]
+    memory: String,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    vcpus: u32,
+    /// Where the COM1 console goes: stdio, file:PATH or null.
+    #[arg(long, value_name = "MODE", default_value = "stdio")]
+    console: ConsoleMode,
+    /// Also copy all console output to this file.
+    #[arg(long, value_name = "PATH")]
+    console_log: Option<PathBuf>,
+    /// Write the JSON Lines event log here.
+    #[arg(long, value_name = "PATH")]
+    events: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { code::USAGE as u8 } else { 0 });
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_micros()
+        .init();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("crashvmm: error: {e:#}");
+            ExitCode::from(code::ERROR as u8)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let config = VmConfig {
+        memory_bytes: parse_memory(&args.memory)?,
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        vcpus: args.vcpus,
+        console: args.console,
+        console_log: args.console_log,
+        events: args.events,
+    };
+    Ok(vmm::vm::run(&config)?.exit_code())
+}

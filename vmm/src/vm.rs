@@ -1,0 +1,468 @@
+//! Building a VM from a [`VmConfig`] and running it to its end.
+//!
+//! The main thread owns the event loop (event-manager): serial input from stdin, host
+//! signals, and the notification that a vCPU thread decided the VM must end. Each vCPU runs in
+//! its own thread ([`vcpu::run_vcpu`]).
+
+use std::io::{self, Read};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devices::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
+use devices::bus::{BusError, PioBus};
+use devices::i8042::{I8042, I8042_BASE, I8042_LEN};
+use devices::{PioDevice, VmRequest};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use thiserror::Error;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_superio::serial::NoEvents;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::acpi::{self, AcpiError, Dsdt};
+use crate::boot::{self, BootError};
+use crate::config::{ConfigError, VmConfig};
+use crate::console::{ConsoleError, ConsoleMode, ConsoleOutput, EscapeFilter, RawTerminal};
+use crate::cpuid;
+use crate::events::{Event, EventLog, EventLogError};
+use crate::exit::VmExit;
+use crate::layout::{self, KVM_TSS_ADDR};
+use crate::vcpu::{self, ExitState, VcpuError};
+
+/// COM1.
+pub const COM1_BASE: u16 = 0x3f8;
+pub const COM1_LEN: u16 = 8;
+pub const COM1_GSI: u32 = 4;
+
+#[derive(Debug, Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
+    #[error(transparent)]
+    EventLog(#[from] EventLogError),
+    #[error("cannot open /dev/kvm: {0} (is KVM available and accessible to this user?)")]
+    OpenKvm(#[source] vmm_sys_util::errno::Error),
+    #[error("KVM API version {0} is not supported (need 12)")]
+    KvmApi(i32),
+    #[error("this KVM lacks {0}, which crashvmm needs")]
+    MissingCap(&'static str),
+    #[error("{requested} vCPUs requested, this KVM allows at most {max}")]
+    TooManyVcpus { requested: u32, max: usize },
+    #[error("{what} failed: {source}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: vmm_sys_util::errno::Error,
+    },
+    #[error("cannot allocate {bytes} bytes of guest memory: {source}")]
+    GuestMemory {
+        bytes: u64,
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("device wiring: {0}")]
+    Bus(#[from] BusError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(vmm_sys_util::errno::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmError {
+    move |source| VmError::Io { what, source }
+}
+
+/// Serial interrupt line: an eventfd registered as an irqfd for GSI 4.
+struct IrqLine(EventFd);
+
+impl Trigger for IrqLine {
+    type E = io::Error;
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// The 8250 UART on the port bus.
+struct SerialDevice(Serial<IrqLine, NoEvents, ConsoleOutput>);
+
+impl PioDevice for SerialDevice {
+    fn read(&mut self, offset: u16, data: &mut [u8]) {
+        data.fill(0);
+        if let Some(b) = data.first_mut() {
+            *b = self.0.read(offset as u8);
+        }
+    }
+
+    fn write(&mut self, offset: u16, data: &[u8]) -> Option<VmRequest> {
+        if let Some(&b) = data.first() {
+            if let Err(e) = self.0.write(offset as u8, b) {
+                log::warn!("serial: {e:?}");
+            }
+        }
+        None
+    }
+}
+
+/// Wakes the main loop when a vCPU asked for the VM to end.
+struct ExitWatcher(Arc<ExitState>);
+
+impl MutEventSubscriber for ExitWatcher {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.notify_fd().read();
+    }
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.0.notify_fd(), EventSet::IN)) {
+            log::error!("cannot watch vCPU exits: {e:?}");
+        }
+    }
+}
+
+/// SIGINT/SIGTERM through signal-hook self-pipes.
+struct SignalWatcher {
+    pipes: Vec<(i32, UnixStream)>,
+    state: Arc<ExitState>,
+}
+
+impl MutEventSubscriber for SignalWatcher {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let signal = events.data() as i32;
+        if let Some((_, pipe)) = self.pipes.iter_mut().find(|(s, _)| *s == signal) {
+            let mut buf = [0u8; 16];
+            let _ = pipe.read(&mut buf);
+        }
+        log::info!("received signal {signal}, stopping the VM");
+        self.state.request(VmExit::Stopped { signal });
+    }
+    fn init(&mut self, ops: &mut EventOps) {
+        for (signal, pipe) in &self.pipes {
+            if let Err(e) = ops.add(Events::with_data(pipe, *signal as u32, EventSet::IN)) {
+                log::error!("cannot watch signal {signal}: {e:?}");
+            }
+        }
+    }
+}
+
+/// Console input from stdin to the UART.
+struct StdinWatcher {
+    serial: Arc<Mutex<SerialDevice>>,
+    filter: EscapeFilter,
+    escape_enabled: bool,
+    state: Arc<ExitState>,
+}
+
+impl MutEventSubscriber for StdinWatcher {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let capacity = self
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .fifo_capacity();
+        if capacity == 0 {
+            // The guest has not drained the FIFO yet; let it catch up.
+            std::thread::sleep(Duration::from_millis(2));
+            return;
+        }
+        let mut buf = vec![0u8; capacity];
+        match io::stdin().lock().read(&mut buf) {
+            Ok(0) | Err(_) => {
+                // End of input: stop watching, the guest keeps running.
+                let _ = ops.remove(events);
+            }
+            Ok(n) => {
+                let (bytes, quit) = if self.escape_enabled {
+                    self.filter.feed(&buf[..n])
+                } else {
+                    (buf[..n].to_vec(), false)
+                };
+                let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = serial.0.enqueue_raw_bytes(&bytes) {
+                    log::warn!("serial input dropped: {e:?}");
+                }
+                drop(serial);
+                if quit {
+                    log::info!("console escape: stopping the VM");
+                    self.state.request(VmExit::Stopped {
+                        signal: libc::SIGINT,
+                    });
+                }
+            }
+        }
+    }
+    fn init(&mut self, ops: &mut EventOps) {
+        // epoll refuses regular files and /dev/null (EPERM): then there is no console input.
+        if let Err(e) = ops.add(Events::new_raw(libc::STDIN_FILENO, EventSet::IN)) {
+            log::debug!("stdin cannot be watched, no console input: {e:?}");
+        }
+    }
+}
+
+/// Describe COM1 in the DSDT. On a hardware-reduced ACPI platform Linux has no legacy PIC and
+/// so no built-in ISA IRQ mappings: the serial port's IRQ 4 only gets an IOAPIC route through
+/// this `_CRS` (without it, opening /dev/ttyS0 fails and user-space console output is lost).
+fn add_com1(dsdt: &mut Dsdt) {
+    use acpi_tables::aml::{Device, EISAName, Interrupt, Name, Path, ResourceTemplate, IO};
+    dsdt.add(&Device::new(
+        Path::new("_SB_.COM1"),
+        vec![
+            &Name::new(Path::new("_HID"), &EISAName::new("PNP0501")),
+            &Name::new(Path::new("_UID"), &0u8),
+            &Name::new(
+                Path::new("_CRS"),
+                &ResourceTemplate::new(vec![
+                    &IO::new(COM1_BASE, COM1_BASE, 1, COM1_LEN as u8),
+                    // Consumer, edge-triggered, active-high, exclusive: an ISA interrupt.
+                    &Interrupt::new(true, true, false, false, COM1_GSI),
+                ]),
+            ),
+        ],
+    ));
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn check_kvm(kvm: &Kvm, vcpus: u32) -> Result<(), VmError> {
+    let api = kvm.get_api_version();
+    if api != 12 {
+        return Err(VmError::KvmApi(api));
+    }
+    for (cap, name) in [
+        (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+        (Cap::Pit2, "KVM_CAP_PIT2"),
+        (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+        (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+        (Cap::Irqfd, "KVM_CAP_IRQFD"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(VmError::MissingCap(name));
+        }
+    }
+    let max = kvm.get_max_vcpus();
+    if vcpus as usize > max {
+        return Err(VmError::TooManyVcpus {
+            requested: vcpus,
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|_| VmError::MissingCap("host mapping of guest memory"))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping of `memory_size` bytes owned by `mem`, which
+        // outlives the VM (the vCPU threads are joined before `mem` is dropped).
+        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
+
+/// Run the VM described by `config` to its end.
+pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
+    config.validate()?;
+    let events = match &config.events {
+        Some(p) => EventLog::create(p)?,
+        None => EventLog::disabled(),
+    };
+    let console = ConsoleOutput::new(&config.console, config.console_log.as_deref())?;
+
+    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    check_kvm(&kvm, config.vcpus)?;
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDR)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    vm.create_pit2(kvm_pit_config::default())
+        .map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+    let mem = GuestMemoryMmap::from_ranges(&layout::ram_ranges(config.memory_bytes)).map_err(
+        |source| VmError::GuestMemory {
+            bytes: config.memory_bytes,
+            source,
+        },
+    )?;
+    register_memory(&vm, &mem)?;
+
+    let mut dsdt = Dsdt::new();
+    add_com1(&mut dsdt);
+    let rsdp = acpi::write_acpi_tables(&mem, config.vcpus, dsdt)?;
+    let layout = boot::load_linux(
+        &mem,
+        config.memory_bytes,
+        &config.kernel,
+        config.initrd.as_deref(),
+        &config.cmdline,
+        rsdp,
+    )?;
+    boot::write_page_tables(&mem)?;
+    boot::write_gdt(&mem)?;
+    log::info!(
+        "kernel entry {:#x}, initrd {:?}, {} MiB, {} vCPU(s)",
+        layout.entry,
+        layout.initrd,
+        config.memory_bytes >> 20,
+        config.vcpus
+    );
+
+    // Devices.
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("serial eventfd"))?;
+    vm.register_irqfd(&serial_irq, COM1_GSI)
+        .map_err(kvm_err("KVM_IRQFD (serial)"))?;
+    let serial = Arc::new(Mutex::new(SerialDevice(Serial::new(
+        IrqLine(serial_irq),
+        console,
+    ))));
+    let mut bus = PioBus::new();
+    bus.insert(COM1_BASE, COM1_LEN, serial.clone())?;
+    bus.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042::new())))?;
+    bus.insert(
+        ACPI_PM_BASE,
+        ACPI_PM_LEN,
+        Arc::new(Mutex::new(AcpiPm::new())),
+    )?;
+    let bus = Arc::new(bus);
+
+    // vCPUs.
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut vcpu_fds = Vec::new();
+    for id in 0..config.vcpus {
+        let fd = vm
+            .create_vcpu(id as u64)
+            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let entry = (id == 0).then_some(layout.entry);
+        vcpu::configure_vcpu(
+            &fd,
+            id,
+            &cpuid::vcpu_cpuid(&supported, id, config.vcpus),
+            entry,
+        )?;
+        vcpu_fds.push(fd);
+    }
+
+    register_signal_handler(SIGRTMIN(), kick_handler)
+        .map_err(kvm_err("registering the vCPU kick signal"))?;
+    let state = Arc::new(ExitState::new().map_err(io_err("exit eventfd"))?);
+    let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> = EventManager::new()
+        .map_err(|e| VmError::Io {
+            what: "event manager",
+            source: io::Error::other(format!("{e:?}")),
+        })?;
+    manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher(state.clone()))));
+    let mut pipes = Vec::new();
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let (rx, tx) = UnixStream::pair().map_err(io_err("signal pipe"))?;
+        rx.set_nonblocking(true).map_err(io_err("signal pipe"))?;
+        signal_hook::low_level::pipe::register(signal, tx).map_err(io_err("signal handler"))?;
+        pipes.push((signal, rx));
+    }
+    manager.add_subscriber(Arc::new(Mutex::new(SignalWatcher {
+        pipes,
+        state: state.clone(),
+    })));
+    let raw_terminal = if config.console == ConsoleMode::Stdio {
+        let raw = RawTerminal::enable();
+        manager.add_subscriber(Arc::new(Mutex::new(StdinWatcher {
+            serial: serial.clone(),
+            filter: EscapeFilter::default(),
+            escape_enabled: raw.is_some(),
+            state: state.clone(),
+        })));
+        if raw.is_some() {
+            eprintln!("crashvmm: console on this terminal; press Ctrl-A x to stop the VM\r");
+        }
+        raw
+    } else {
+        None
+    };
+
+    events.emit(Event::VmStarted {
+        vcpus: config.vcpus,
+        memory_bytes: config.memory_bytes,
+        kernel: config.kernel.display().to_string(),
+    });
+    let started = Instant::now();
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    for (id, fd) in vcpu_fds.into_iter().enumerate() {
+        let (bus, state) = (bus.clone(), state.clone());
+        let t = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || vcpu::run_vcpu(id as u32, fd, bus, state))
+            .map_err(io_err("spawning a vCPU thread"))?;
+        threads.push(t);
+    }
+
+    while state.get().is_none() {
+        if let Err(e) = manager.run() {
+            state.request(VmExit::Error(format!("event loop: {e:?}")));
+        }
+    }
+    stop_vcpus(&threads);
+    for t in threads {
+        if t.join().is_err() {
+            log::error!("a vCPU thread panicked");
+        }
+    }
+    drop(raw_terminal);
+    let exit = state
+        .get()
+        .unwrap_or(VmExit::Error("no exit reason".into()));
+    log::info!(
+        "VM ended after {:.3} s: {}",
+        started.elapsed().as_secs_f64(),
+        exit.reason()
+    );
+    events.emit(Event::VmExited {
+        exit_code: exit.exit_code(),
+        reason: exit.reason(),
+    });
+    events.sync();
+    Ok(exit)
+}
+
+/// Kick every vCPU thread out of KVM_RUN until it has seen the stop flag. A signal can land
+/// just before a thread enters KVM_RUN, so keep kicking until each thread is done.
+fn stop_vcpus(threads: &[JoinHandle<()>]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while threads.iter().any(|t| !t.is_finished()) {
+        for t in threads.iter().filter(|t| !t.is_finished()) {
+            let _ = t.kill(SIGRTMIN());
+        }
+        if Instant::now() > deadline {
+            log::error!("vCPU threads did not stop within 5 s");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
