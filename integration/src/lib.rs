@@ -1,1 +1,614 @@
+//! Scenario runner: boots a named Linux scenario under crashvmm and collects what it left.
+//!
+//! Where `/dev/kvm` is hardware virtualization the scenario runs directly. Elsewhere (such as
+//! the software KVM of the development machines, which cannot run an unmodified Linux kernel)
+//! it runs inside the *software KVM test host*: `qemu-system-x86_64 -accel tcg -cpu max`
+//! booting a Debian kernel with `kvm_amd`, which mounts a 9p share holding crashvmm, the guest
+//! images and a `run.sh`, runs it, and hands the output files back (see guest-images/README.md).
+//!
+//! Every run leaves in its output directory: `events.jsonl`, `console.log`, `crashvmm.log`
+//! (crashvmm's stderr), `exit-code` (crashvmm's exit status), `mode` (`direct` or `testhost`)
+//! and, in the test host, `testhost.log` (the test host's own console).
 
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use thiserror::Error;
+use wait_timeout::ChildExt;
+
+/// The line the guest prints in scenario `boot` once its init runs.
+pub const BOOT_MARKER: &str = "CRASHTEST: boot: marker";
+
+/// A named Linux scenario: what the guest does comes from `crashtest=<name>` on its command
+/// line (guest-images/scenarios/<name>.sh); the rest is how crashvmm runs it.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub memory: &'static str,
+    pub vcpus: u32,
+    /// Kernel command line; `crashtest=<name>` is appended.
+    pub cmdline: &'static str,
+    /// crashvmm's exit code when the scenario does what it should.
+    pub expected_exit: i32,
+    /// Extra `crashvmm run` options.
+    pub vmm_args: &'static [&'static str],
+    /// Wall-clock limit in the software KVM test host; direct runs get a quarter of it.
+    pub testhost_timeout: Duration,
+}
+
+/// Every scenario the runner knows.
+pub const SCENARIOS: &[Scenario] = &[Scenario {
+    name: "boot",
+    description: "boot to the guest's init, print the marker, power off",
+    memory: "768M",
+    vcpus: 2,
+    cmdline: "console=ttyS0 panic=-1",
+    expected_exit: 0,
+    vmm_args: &[],
+    testhost_timeout: Duration::from_secs(300),
+}];
+
+pub fn scenario(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}
+
+#[derive(Debug, Error)]
+pub enum RunnerError {
+    #[error("unknown scenario '{0}' (known: {1})")]
+    UnknownScenario(String, String),
+    #[error("{what} not found at {path}: {hint}")]
+    Missing {
+        what: &'static str,
+        path: PathBuf,
+        hint: &'static str,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the software KVM test host did not run the scenario (test host rc {rc}); see {log}")]
+    TestHost { rc: String, log: PathBuf },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RunnerError {
+    let what = what.into();
+    move |source| RunnerError::Io { what, source }
+}
+
+/// Where a scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Direct,
+    TestHost,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::TestHost => "testhost",
+        }
+    }
+
+    /// Direct when `/dev/kvm` is usable and backed by hardware virtualization (kvm_intel or
+    /// kvm_amd loaded), the test host otherwise. `CRASHVMM_SCENARIO_MODE=direct|testhost`
+    /// overrides. Returns the mode and why.
+    pub fn detect() -> (Mode, String) {
+        match std::env::var("CRASHVMM_SCENARIO_MODE").as_deref() {
+            Ok("direct") => return (Mode::Direct, "CRASHVMM_SCENARIO_MODE=direct".into()),
+            Ok("testhost") => return (Mode::TestHost, "CRASHVMM_SCENARIO_MODE=testhost".into()),
+            _ => {}
+        }
+        let hw = ["kvm_intel", "kvm_amd"]
+            .into_iter()
+            .find(|m| Path::new("/sys/module").join(m).exists());
+        let usable = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        match (hw, usable) {
+            (Some(m), true) => (
+                Mode::Direct,
+                format!("/dev/kvm is hardware virtualization ({m})"),
+            ),
+            (Some(m), false) => (
+                Mode::TestHost,
+                format!("{m} is loaded but /dev/kvm cannot be opened"),
+            ),
+            (None, _) => (
+                Mode::TestHost,
+                "/dev/kvm is not hardware virtualization (no kvm_intel or kvm_amd)".into(),
+            ),
+        }
+    }
+}
+
+/// Where the binary and images are.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub root: PathBuf,
+    /// A statically linked crashvmm (it must also run inside the test host).
+    pub binary: PathBuf,
+    pub images: PathBuf,
+}
+
+impl Setup {
+    /// The repository's build outputs, or `CRASHVMM_BIN` and `CRASHVMM_IMAGES`.
+    pub fn from_env() -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        let binary = std::env::var_os("CRASHVMM_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target/x86_64-unknown-linux-gnu/release/crashvmm"));
+        let images = std::env::var_os("CRASHVMM_IMAGES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("build/images"));
+        Self {
+            root,
+            binary,
+            images,
+        }
+    }
+
+    fn require(
+        &self,
+        what: &'static str,
+        path: PathBuf,
+        hint: &'static str,
+    ) -> Result<PathBuf, RunnerError> {
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(RunnerError::Missing { what, path, hint })
+        }
+    }
+
+    fn guest_kernel(&self) -> Result<PathBuf, RunnerError> {
+        self.require(
+            "guest kernel",
+            self.images.join("guest/vmlinuz"),
+            "run `make images`",
+        )
+    }
+
+    fn guest_initrd(&self) -> Result<PathBuf, RunnerError> {
+        self.require(
+            "guest initramfs",
+            self.images.join("guest/initramfs.cpio.gz"),
+            "run `make images`",
+        )
+    }
+
+    fn crashvmm(&self) -> Result<PathBuf, RunnerError> {
+        self.require("crashvmm binary", self.binary.clone(), "run `make build`")
+    }
+}
+
+/// How to run a scenario.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Force a mode instead of detecting it.
+    pub mode: Option<Mode>,
+    /// Copy the console (and in the test host, its own boot log) to stdout while running.
+    pub show_console: bool,
+    /// Override the scenario's time limit.
+    pub timeout: Option<Duration>,
+}
+
+/// What a scenario run left behind.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub scenario: &'static str,
+    pub mode: Mode,
+    pub mode_reason: String,
+    /// crashvmm's exit code, when it ran to its end.
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+    pub out: PathBuf,
+}
+
+impl Outcome {
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&fs::read(self.out.join("console.log")).unwrap_or_default())
+            .into_owned()
+    }
+
+    /// The event log, one JSON value per line; a line that does not parse is an error.
+    pub fn events(&self) -> Result<Vec<Value>, String> {
+        let text = fs::read_to_string(self.out.join("events.jsonl"))
+            .map_err(|e| format!("events.jsonl: {e}"))?;
+        text.lines()
+            .map(|l| serde_json::from_str(l).map_err(|e| format!("bad event line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Whether crashvmm ended with the scenario's expected exit code.
+    pub fn as_expected(&self) -> bool {
+        !self.timed_out && scenario(self.scenario).map(|s| s.expected_exit) == self.exit_code
+    }
+}
+
+/// Quote one word for `sh`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The `crashvmm run` arguments for `scenario`, with paths as the VMM will see them.
+fn crashvmm_args(s: &Scenario, kernel: &str, initrd: &str, out: &str) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "run",
+        "--kernel",
+        kernel,
+        "--initrd",
+        initrd,
+        "--cmdline",
+        &format!("{} crashtest={}", s.cmdline, s.name),
+        "--memory",
+        s.memory,
+        "--vcpus",
+        &s.vcpus.to_string(),
+        "--console",
+        "stdio",
+        "--console-log",
+        &format!("{out}/console.log"),
+        "--events",
+        &format!("{out}/events.jsonl"),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(s.vmm_args.iter().map(|a| a.to_string()));
+    args
+}
+
+/// Copy a child's stdout to `log`, and to our stdout when `show`.
+fn tee(mut from: impl Read + Send + 'static, log: File, show: bool) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut log = log;
+        let mut buf = [0u8; 8192];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let _ = log.write_all(&buf[..n]);
+                    if show {
+                        let mut out = io::stdout().lock();
+                        let _ = out.write_all(&buf[..n]);
+                        let _ = out.flush();
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Wait for `child` up to `limit`; kill it past that. Returns the exit status, or `None`
+/// when it had to be killed.
+fn wait_or_kill(
+    child: &mut Child,
+    limit: Duration,
+) -> Result<Option<std::process::ExitStatus>, RunnerError> {
+    match child
+        .wait_timeout(limit)
+        .map_err(io_err("waiting for the scenario"))?
+    {
+        Some(status) => Ok(Some(status)),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Ok(None)
+        }
+    }
+}
+
+fn exit_code_of(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// Run `scenario` and leave its outputs in `out` (created; earlier outputs are replaced).
+pub fn run_scenario(
+    setup: &Setup,
+    name: &str,
+    out: &Path,
+    opts: &RunOptions,
+) -> Result<Outcome, RunnerError> {
+    let s = scenario(name).ok_or_else(|| {
+        RunnerError::UnknownScenario(
+            name.into(),
+            SCENARIOS
+                .iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    })?;
+    let (mode, mode_reason) = match opts.mode {
+        Some(m) => (m, "chosen by the caller".to_string()),
+        None => Mode::detect(),
+    };
+    let (binary, kernel, initrd) = (
+        setup.crashvmm()?,
+        setup.guest_kernel()?,
+        setup.guest_initrd()?,
+    );
+    fs::create_dir_all(out).map_err(io_err(format!("creating {}", out.display())))?;
+    let out = out
+        .canonicalize()
+        .map_err(io_err(format!("resolving {}", out.display())))?;
+    for f in [
+        "events.jsonl",
+        "console.log",
+        "crashvmm.log",
+        "exit-code",
+        "testhost.log",
+        "mode",
+    ] {
+        let _ = fs::remove_file(out.join(f));
+    }
+    fs::write(out.join("mode"), format!("{}\n", mode.as_str())).map_err(io_err("writing mode"))?;
+    let limit = opts.timeout.unwrap_or(match mode {
+        Mode::Direct => s.testhost_timeout / 4,
+        Mode::TestHost => s.testhost_timeout,
+    });
+    let start = Instant::now();
+    let (exit_code, timed_out) = match mode {
+        Mode::Direct => run_direct(s, &binary, &kernel, &initrd, &out, limit, opts.show_console)?,
+        Mode::TestHost => run_testhost(
+            setup,
+            s,
+            &binary,
+            &kernel,
+            &initrd,
+            &out,
+            limit,
+            opts.show_console,
+        )?,
+    };
+    Ok(Outcome {
+        scenario: s.name,
+        mode,
+        mode_reason,
+        exit_code,
+        timed_out,
+        elapsed: start.elapsed(),
+        out,
+    })
+}
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn run_direct(
+    s: &Scenario,
+    binary: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    out: &Path,
+    limit: Duration,
+    show: bool,
+) -> Result<(Option<i32>, bool), RunnerError> {
+    let stderr = File::create(out.join("crashvmm.log")).map_err(io_err("creating crashvmm.log"))?;
+    let mut child = Command::new(binary)
+        .args(crashvmm_args(
+            s,
+            &path_str(kernel),
+            &path_str(initrd),
+            &path_str(out),
+        ))
+        .stdin(Stdio::null())
+        .stdout(if show {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .stderr(stderr)
+        .spawn()
+        .map_err(io_err(format!("starting {}", binary.display())))?;
+    let status = wait_or_kill(&mut child, limit)?;
+    let code = status.map(exit_code_of);
+    if let Some(code) = code {
+        fs::write(out.join("exit-code"), format!("{code}\n"))
+            .map_err(io_err("writing exit-code"))?;
+    }
+    Ok((code, status.is_none()))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_testhost(
+    setup: &Setup,
+    s: &Scenario,
+    binary: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    out: &Path,
+    limit: Duration,
+    show: bool,
+) -> Result<(Option<i32>, bool), RunnerError> {
+    let host_kernel = setup.require(
+        "test host kernel",
+        setup.images.join("host/vmlinuz"),
+        "run `make images`",
+    )?;
+    let host_initrd = setup.require(
+        "test host initramfs",
+        setup.images.join("host/initramfs.cpio.gz"),
+        "run `make images`",
+    )?;
+    let share = tempfile::Builder::new()
+        .prefix("crashvmm-testhost-")
+        .tempdir()
+        .map_err(io_err("creating the test host share"))?;
+    let sp = share.path();
+    for (from, to) in [
+        (binary, "crashvmm"),
+        (kernel, "vmlinuz"),
+        (initrd, "initramfs.cpio.gz"),
+    ] {
+        fs::copy(from, sp.join(to))
+            .map_err(io_err(format!("copying {} to the share", from.display())))?;
+    }
+    fs::create_dir(sp.join("out")).map_err(io_err("creating the share's out/"))?;
+    let args: Vec<String> = crashvmm_args(s, "vmlinuz", "initramfs.cpio.gz", "out")
+        .iter()
+        .map(|a| sh_quote(a))
+        .collect();
+    let script = format!(
+        "# Written by the crashvmm scenario runner; run by the test host's init as `sh run.sh SHARE`.\n\
+         cd \"$1\" || exit 125\n\
+         echo \"TESTHOST: scenario {name}: starting crashvmm\"\n\
+         ./crashvmm {args} </dev/null 2>out/crashvmm.log\n\
+         rc=$?\n\
+         echo \"$rc\" >out/exit-code\n\
+         echo \"TESTHOST: scenario {name}: crashvmm exited with $rc\"\n",
+        name = s.name,
+        args = args.join(" ")
+    );
+    fs::write(sp.join("run.sh"), script).map_err(io_err("writing run.sh"))?;
+
+    // The guest's memory plus room for the test host kernel and its page cache.
+    let guest_mib = parse_mib(s.memory).unwrap_or(1024);
+    let host_mib = (guest_mib + 1024).max(2048);
+    let log = File::create(out.join("testhost.log")).map_err(io_err("creating testhost.log"))?;
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2"])
+        .args(["-m", &format!("{host_mib}M")])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+        ])
+        .arg("-kernel")
+        .arg(&host_kernel)
+        .arg("-initrd")
+        .arg(&host_initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .arg("-virtfs")
+        .arg(format!(
+            "local,path={},mount_tag=share,security_model=none,id=share",
+            sp.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_err(
+            "starting qemu-system-x86_64 (install qemu-system-x86, or run `make deps`)",
+        ))?;
+    let t_out = tee(
+        child.stdout.take().expect("piped stdout"),
+        log.try_clone().map_err(io_err("testhost.log"))?,
+        show,
+    );
+    let t_err = tee(child.stderr.take().expect("piped stderr"), log, show);
+    let status = wait_or_kill(&mut child, limit)?;
+    let _ = t_out.join();
+    let _ = t_err.join();
+
+    for f in ["events.jsonl", "console.log", "crashvmm.log", "exit-code"] {
+        let from = sp.join("out").join(f);
+        if from.exists() {
+            fs::copy(&from, out.join(f)).map_err(io_err(format!("copying {f} back")))?;
+        }
+    }
+    if status.is_none() {
+        return Ok((None, true));
+    }
+    let rc = fs::read_to_string(sp.join("testhost-rc"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let code = fs::read_to_string(out.join("exit-code"))
+        .ok()
+        .and_then(|c| c.trim().parse().ok());
+    match code {
+        Some(code) => Ok((Some(code), false)),
+        None => Err(RunnerError::TestHost {
+            rc: if rc.is_empty() { "missing".into() } else { rc },
+            log: out.join("testhost.log"),
+        }),
+    }
+}
+
+/// `768M` / `2G` to MiB (the scenario table only uses these forms).
+fn parse_mib(s: &str) -> Option<u64> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        "M" => Some(n),
+        "G" => Some(n * 1024),
+        _ => None,
+    }
+}
+
+/// First line of `path` that contains `needle`, for messages.
+pub fn find_line(path: &Path, needle: &str) -> Option<String> {
+    let f = File::open(path).ok()?;
+    BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenario_table_is_consistent() {
+        for s in SCENARIOS {
+            assert!(
+                parse_mib(s.memory).is_some(),
+                "{}: memory {}",
+                s.name,
+                s.memory
+            );
+            assert_eq!(scenario(s.name).unwrap().name, s.name);
+        }
+        assert!(scenario("nope").is_none());
+    }
+
+    #[test]
+    fn run_script_quoting_survives_quotes() {
+        assert_eq!(sh_quote("a b"), "'a b'");
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+        let args = crashvmm_args(scenario("boot").unwrap(), "k", "i", "out");
+        assert!(args
+            .windows(2)
+            .any(|w| w[0] == "--cmdline" && w[1].ends_with("crashtest=boot")));
+        assert!(args
+            .windows(2)
+            .any(|w| w[0] == "--events" && w[1] == "out/events.jsonl"));
+    }
+
+    #[test]
+    fn unknown_scenario_names_the_known_ones() {
+        let err = run_scenario(
+            &Setup::from_env(),
+            "nope",
+            Path::new("/tmp"),
+            &RunOptions::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("boot"), "{err}");
+    }
+}

@@ -43,6 +43,8 @@ pub struct VmConfig {
     pub console: ConsoleMode,
     pub console_log: Option<PathBuf>,
     pub events: Option<PathBuf>,
+    /// The KVM device node (normally `/dev/kvm`).
+    pub kvm_device: PathBuf,
 }
 
 /// Parse a size such as `512M`, `2G`, `1GiB` or `1073741824` (binary multiples).
@@ -139,6 +141,7 @@ mod tests {
             console: ConsoleMode::Null,
             console_log: None,
             events: None,
+            kvm_device: "/dev/kvm".into(),
         };
         assert!(matches!(base.validate(), Err(ConfigError::Vcpus(0))));
         let err = VmConfig {

@@ -54,6 +54,9 @@ struct RunArgs {
     /// Write the JSON Lines event log here.
     #[arg(long, value_name = "PATH")]
     events: Option<PathBuf>,
+    /// The KVM device node.
+    #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
+    kvm_device: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -89,6 +92,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         console: args.console,
         console_log: args.console_log,
         events: args.events,
+        kvm_device: args.kvm_device,
     };
     Ok(vmm::vm::run(&config)?.exit_code())
 }

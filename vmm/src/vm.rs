@@ -4,8 +4,11 @@
 //! signals, and the notification that a vCPU thread decided the VM must end. Each vCPU runs in
 //! its own thread ([`vcpu::run_vcpu`]).
 
+use std::ffi::CString;
 use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,8 +51,12 @@ pub enum VmError {
     Console(#[from] ConsoleError),
     #[error(transparent)]
     EventLog(#[from] EventLogError),
-    #[error("cannot open /dev/kvm: {0} (is KVM available and accessible to this user?)")]
-    OpenKvm(#[source] vmm_sys_util::errno::Error),
+    #[error("cannot open {path}: {source} (is KVM available and accessible to this user?)")]
+    OpenKvm {
+        path: PathBuf,
+        #[source]
+        source: vmm_sys_util::errno::Error,
+    },
     #[error("KVM API version {0} is not supported (need 12)")]
     KvmApi(i32),
     #[error("this KVM lacks {0}, which crashvmm needs")]
@@ -295,7 +302,13 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     };
     let console = ConsoleOutput::new(&config.console, config.console_log.as_deref())?;
 
-    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    let open_err = |source| VmError::OpenKvm {
+        path: config.kvm_device.clone(),
+        source,
+    };
+    let kvm_path = CString::new(config.kvm_device.as_os_str().as_bytes())
+        .map_err(|_| open_err(vmm_sys_util::errno::Error::new(libc::EINVAL)))?;
+    let kvm = Kvm::new_with_path(kvm_path).map_err(open_err)?;
     check_kvm(&kvm, config.vcpus)?;
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDR)
