@@ -6,7 +6,9 @@
 
 pub mod acpi_pm;
 pub mod bus;
+pub mod hyperv;
 pub mod i8042;
+pub mod pvpanic;
 
 /// Why the guest asked for a reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +36,23 @@ pub enum VmRequest {
     Reset(ResetSource),
     /// The guest entered ACPI sleep state S5 (soft off).
     PowerOff,
+    /// The guest wrote this bitmask to the pvpanic device.
+    PvPanic { bits: u8 },
+}
+
+/// Access to guest physical memory, as devices see it. Every access is bounds-checked by the
+/// implementation; an access outside guest RAM is an error, never a panic.
+pub trait GuestMemory {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), OutOfRange>;
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), OutOfRange>;
+}
+
+/// A guest physical access outside guest RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("guest physical range {gpa:#x}+{len:#x} is outside guest RAM")]
+pub struct OutOfRange {
+    pub gpa: u64,
+    pub len: usize,
 }
 
 /// A device on the port-I/O bus. `offset` is relative to the base port the device was

@@ -43,16 +43,52 @@ pub struct Scenario {
 }
 
 /// Every scenario the runner knows.
-pub const SCENARIOS: &[Scenario] = &[Scenario {
-    name: "boot",
-    description: "boot to the guest's init, print the marker, power off",
-    memory: "768M",
-    vcpus: 2,
-    cmdline: "console=ttyS0 panic=-1",
-    expected_exit: 0,
-    vmm_args: &[],
-    testhost_timeout: Duration::from_secs(300),
-}];
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "boot",
+        description: "boot to the guest's init, print the marker, power off",
+        memory: "768M",
+        vcpus: 2,
+        cmdline: "console=ttyS0 panic=-1",
+        expected_exit: 0,
+        vmm_args: &[],
+        testhost_timeout: Duration::from_secs(300),
+    },
+    Scenario {
+        name: "panic",
+        description:
+            "Hyper-V on, no crash kernel: load pvpanic-mmio and hv_vmbus, panic with sysrq",
+        memory: "768M",
+        vcpus: 2,
+        cmdline: "console=ttyS0 panic=-1",
+        expected_exit: GUEST_PANICKED,
+        vmm_args: &[],
+        testhost_timeout: Duration::from_secs(300),
+    },
+    Scenario {
+        name: "panic-kvm",
+        description: "as panic, with --hyperv off: a plain KVM guest, pvpanic alone reports",
+        memory: "768M",
+        vcpus: 2,
+        cmdline: "console=ttyS0 panic=-1",
+        expected_exit: GUEST_PANICKED,
+        vmm_args: &["--hyperv", "off"],
+        testhost_timeout: Duration::from_secs(300),
+    },
+];
+
+/// crashvmm's exit code for a guest that panicked (see README.md).
+pub const GUEST_PANICKED: i32 = 5;
+
+impl Scenario {
+    /// The guest-side script: scenarios that differ only in crashvmm options share one
+    /// (`panic-kvm` runs `panic`).
+    pub fn guest_scenario(&self) -> &'static str {
+        self.name
+            .split_once('-')
+            .map_or(self.name, |(base, _)| base)
+    }
+}
 
 pub fn scenario(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == name)
@@ -254,7 +290,7 @@ fn crashvmm_args(s: &Scenario, kernel: &str, initrd: &str, out: &str) -> Vec<Str
         "--initrd",
         initrd,
         "--cmdline",
-        &format!("{} crashtest={}", s.cmdline, s.name),
+        &format!("{} crashtest={}", s.cmdline, s.guest_scenario()),
         "--memory",
         s.memory,
         "--vcpus",

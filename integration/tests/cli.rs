@@ -29,7 +29,10 @@ fn run(args: &[&str]) -> (i32, String) {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "crashvmm panicked: {stderr}");
+    assert!(
+        !stderr.contains("panicked at"),
+        "crashvmm panicked: {stderr}"
+    );
     (out.status.code().expect("exited normally"), stderr)
 }
 
@@ -138,4 +141,18 @@ fn unwritable_event_log() {
         ],
         "cannot create event log /nonexistent/dir/events.jsonl",
     );
+}
+
+#[test]
+fn hyperv_and_pvpanic_switches_are_validated() {
+    let k = guest_kernel();
+    let k = k.to_str().unwrap();
+    let (code, stderr) = run(&["--kernel", k, "--hyperv", "maybe"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("not on or off"), "{stderr}");
+    let (code, stderr) = run(&["--kernel", k, "--pvpanic-events", "panicked,bogus"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("unknown pvpanic event 'bogus'"), "{stderr}");
+    let (code, stderr) = run(&["--kernel", k, "--pvpanic-events", "0x10"]);
+    assert_eq!(code, 2, "{stderr}");
 }

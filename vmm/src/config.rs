@@ -45,6 +45,11 @@ pub struct VmConfig {
     pub events: Option<PathBuf>,
     /// The KVM device node (normally `/dev/kvm`).
     pub kvm_device: PathBuf,
+    /// Present the userspace Hyper-V enlightenments (crash MSRs, SynIC, hypercall page).
+    pub hyperv: bool,
+    /// Present the pvpanic device, advertising these events.
+    pub pvpanic: bool,
+    pub pvpanic_events: u8,
 }
 
 /// Parse a size such as `512M`, `2G`, `1GiB` or `1073741824` (binary multiples).
@@ -142,6 +147,9 @@ mod tests {
             console_log: None,
             events: None,
             kvm_device: "/dev/kvm".into(),
+            hyperv: true,
+            pvpanic: true,
+            pvpanic_events: devices::pvpanic::PVPANIC_ALL,
         };
         assert!(matches!(base.validate(), Err(ConfigError::Vcpus(0))));
         let err = VmConfig {

@@ -22,6 +22,38 @@ pub enum Event {
     },
     /// The VM ended; `exit_code` is crashvmm's process exit code.
     VmExited { exit_code: i32, reason: String },
+    /// The guest wrote to pvpanic.
+    Pvpanic {
+        vcpu: u32,
+        bits: u8,
+        panicked: bool,
+        crash_loaded: bool,
+        shutdown: bool,
+    },
+    /// The guest enabled its Hyper-V hypercall page (64-bit values as hex strings).
+    HypervEnabled {
+        vcpu: u32,
+        guest_os_id: String,
+        hypercall_gpa: String,
+    },
+    /// The guest reported a crash through the Hyper-V crash MSRs: P0..P4 as hex strings and,
+    /// when it sent one, the crash message (its kernel log tail).
+    HvCrash {
+        vcpu: u32,
+        params: [String; 5],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message_error: Option<String>,
+    },
+    /// The crashed kernel tore Hyper-V down (GUEST_OS_ID zeroed, hypercall page disabled):
+    /// it is about to kexec into its crash kernel.
+    GuestKexec { vcpu: u32 },
+}
+
+/// A 64-bit value as the event log writes it.
+pub fn hex(v: u64) -> String {
+    format!("{v:#x}")
 }
 
 #[derive(Serialize)]

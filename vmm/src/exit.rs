@@ -14,7 +14,7 @@ pub mod code {
     pub const RESET: i32 = 3;
     /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN).
     pub const TRIPLE_FAULT: i32 = 4;
-    /// Reserved for the crash orchestrator: the guest panicked.
+    /// The guest panicked (pvpanic or the Hyper-V crash MSRs) and ran no crash kernel.
     pub const GUEST_PANICKED: i32 = 5;
     /// KVM could not run the guest: internal error, emulation failure, failed VM entry.
     pub const KVM_FAILURE: i32 = 6;
@@ -38,6 +38,11 @@ pub enum VmExit {
     Stopped {
         signal: i32,
     },
+    /// The guest panicked (and is not running its own crash kernel); `trigger` names the
+    /// first signal that said so.
+    GuestPanicked {
+        trigger: String,
+    },
     /// crashvmm itself failed while the VM ran.
     Error(String),
 }
@@ -50,6 +55,7 @@ impl VmExit {
             VmExit::TripleFault { .. } => code::TRIPLE_FAULT,
             VmExit::KvmFailure { .. } => code::KVM_FAILURE,
             VmExit::Stopped { signal } => code::SIGNAL_BASE + signal,
+            VmExit::GuestPanicked { .. } => code::GUEST_PANICKED,
             VmExit::Error(_) => code::ERROR,
         }
     }
@@ -62,6 +68,7 @@ impl VmExit {
             VmExit::TripleFault { vcpu } => format!("triple_fault (vcpu {vcpu})"),
             VmExit::KvmFailure { vcpu, detail } => format!("kvm_failure (vcpu {vcpu}): {detail}"),
             VmExit::Stopped { signal } => format!("stopped (signal {signal})"),
+            VmExit::GuestPanicked { trigger } => format!("guest_panicked ({trigger})"),
             VmExit::Error(e) => format!("error: {e}"),
         }
     }
@@ -82,11 +89,13 @@ mod tests {
                 detail: String::new(),
             },
             VmExit::Stopped { signal: 15 },
+            VmExit::GuestPanicked {
+                trigger: String::new(),
+            },
             VmExit::Error(String::new()),
         ];
         let mut codes: Vec<i32> = all.iter().map(VmExit::exit_code).collect();
         codes.push(code::USAGE);
-        codes.push(code::GUEST_PANICKED);
         let n = codes.len();
         codes.sort();
         codes.dedup();

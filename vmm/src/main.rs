@@ -57,6 +57,25 @@ struct RunArgs {
     /// The KVM device node.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
     kvm_device: PathBuf,
+    /// Userspace Hyper-V enlightenments: synthetic crash MSRs with the crash message page,
+    /// SynIC and hypercall page. `off` presents a plain KVM guest.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    hyperv: bool,
+    /// The pvpanic ISA device at port 0x505 (ACPI QEMU0001).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    pvpanic: bool,
+    /// pvpanic events to advertise: all, a comma list of panicked, crash-loaded, shutdown, or
+    /// a bitmask.
+    #[arg(long, value_name = "EVENTS", default_value = "all", value_parser = devices::pvpanic::parse_events)]
+    pvpanic_events: u8,
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("'{s}' is not on or off")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -93,6 +112,9 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         console_log: args.console_log,
         events: args.events,
         kvm_device: args.kvm_device,
+        hyperv: args.hyperv,
+        pvpanic: args.pvpanic,
+        pvpanic_events: args.pvpanic_events,
     };
     Ok(vmm::vm::run(&config)?.exit_code())
 }

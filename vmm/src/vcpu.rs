@@ -1,19 +1,29 @@
 //! vCPU setup and the exit-handling path. One thread per vCPU runs [`run_vcpu`]; each exit
 //! goes through the free function [`handle_exit`], which unit tests feed with made-up exits.
 
-use std::collections::HashSet;
+use std::cell::Cell;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use devices::bus::PioBus;
+use devices::hyperv::hypercall::{handle_hypercall, HypercallInput, HYPERCALL_PORT};
+use devices::hyperv::tlfs::{HV_SYNTHETIC_MSR_BASE, HV_SYNTHETIC_MSR_COUNT};
+use devices::hyperv::{HvEvent, MsrError};
 use devices::VmRequest;
-use kvm_bindings::{kvm_msr_entry, CpuId, Msrs};
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_bindings::{kvm_msi, kvm_msr_entry, kvm_run, CpuId, Msrs};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use thiserror::Error;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::errno;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::SIGRTMIN;
 
 use crate::boot;
+use crate::crash::CrashSignal;
+use crate::events::{hex, Event, EventLog};
 use crate::exit::VmExit;
+use crate::hyperv::{GuestRam, HyperV};
 
 #[derive(Debug, Error)]
 pub enum VcpuError {
@@ -30,17 +40,28 @@ pub enum VcpuError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitAction {
     Continue,
+    /// The VM must end.
     Stop(VmExit),
+    /// This vCPU cannot run on (triple fault): stop running it, the orchestrator decides.
+    Park,
+    /// The guest called the hypercall page: read the registers, run it, write RAX.
+    Hypercall,
+    /// This VP's SynIC changed: deliver its queued messages.
+    Deliver,
 }
 
-/// Unhandled-access reporting, limited to the first access of each port or address.
+/// Rate-limited reporting of accesses nothing handles: debug for ports and MMIO (first access
+/// of each address), warnings for synthetic MSRs (first few of each).
 #[derive(Default)]
 pub struct UnhandledLog {
     seen: HashSet<u64>,
+    warnings: usize,
 }
 
 impl UnhandledLog {
     const MAX: usize = 64;
+    const MAX_WARNINGS: usize = 16;
+
     fn note(&mut self, vcpu: u32, what: &str, addr: u64) {
         if self.seen.len() < Self::MAX && self.seen.insert(addr) {
             log::debug!(
@@ -48,12 +69,189 @@ impl UnhandledLog {
             );
         }
     }
+
+    fn warn(&mut self, vcpu: u32, what: std::fmt::Arguments) {
+        self.warnings += 1;
+        if self.warnings <= Self::MAX_WARNINGS {
+            log::warn!("vCPU {vcpu}: {what}");
+            if self.warnings == Self::MAX_WARNINGS {
+                log::warn!("vCPU {vcpu}: further warnings of this kind are suppressed");
+            }
+        }
+    }
 }
 
-fn request_to_exit(req: VmRequest) -> ExitAction {
+/// Crash signals from the vCPU threads to the main thread's orchestrator.
+pub struct SignalQueue {
+    queue: Mutex<VecDeque<CrashSignal>>,
+    notify: EventFd,
+}
+
+impl SignalQueue {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            queue: Mutex::new(VecDeque::new()),
+            notify: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
+    }
+
+    pub fn send(&self, signal: CrashSignal) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(signal);
+        if let Err(e) = self.notify.write(1) {
+            log::error!("cannot wake the main loop for a crash signal: {e}");
+        }
+    }
+
+    pub fn drain(&self) -> Vec<CrashSignal> {
+        let _ = self.notify.read();
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect()
+    }
+
+    pub fn notify_fd(&self) -> &EventFd {
+        &self.notify
+    }
+}
+
+/// What the exit handler works with; shared by all vCPU threads.
+pub struct ExitContext {
+    pub bus: PioBus,
+    pub mem: GuestMemoryMmap,
+    pub hyperv: Option<Mutex<HyperV>>,
+    pub events: EventLog,
+    pub signals: SignalQueue,
+}
+
+impl ExitContext {
+    fn hyperv(&self) -> Option<MutexGuard<'_, HyperV>> {
+        self.hyperv
+            .as_ref()
+            .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn pvpanic(&self, vcpu: u32, bits: u8) {
+        use devices::pvpanic::{PVPANIC_CRASH_LOADED, PVPANIC_PANICKED, PVPANIC_SHUTDOWN};
+        log::warn!("vCPU {vcpu}: pvpanic event {bits:#x}");
+        self.events.emit(Event::Pvpanic {
+            vcpu,
+            bits,
+            panicked: bits & PVPANIC_PANICKED != 0,
+            crash_loaded: bits & PVPANIC_CRASH_LOADED != 0,
+            shutdown: bits & PVPANIC_SHUTDOWN != 0,
+        });
+        self.signals.send(CrashSignal::PvPanic { vcpu, bits });
+    }
+
+    fn rdmsr(&self, vcpu: u32, index: u32, unhandled: &mut UnhandledLog) -> Option<u64> {
+        let result = match self.hyperv() {
+            Some(hv) if is_synthetic(index) => hv.partition.read_msr(vcpu, index),
+            _ => Err(MsrError::Unknown(index)),
+        };
+        result
+            .map_err(|e| self.msr_fault(vcpu, "RDMSR", index, &e, unhandled))
+            .ok()
+    }
+
+    fn wrmsr(
+        &self,
+        vcpu: u32,
+        index: u32,
+        value: u64,
+        unhandled: &mut UnhandledLog,
+    ) -> Result<ExitAction, ()> {
+        let result = match self.hyperv() {
+            Some(mut hv) if is_synthetic(index) => {
+                hv.partition
+                    .write_msr(vcpu, index, value, &GuestRam(&self.mem))
+            }
+            _ => Err(MsrError::Unknown(index)),
+        };
+        match result {
+            Ok(Some(event)) => Ok(self.hv_event(vcpu, event)),
+            Ok(None) => Ok(ExitAction::Continue),
+            Err(e) => {
+                self.msr_fault(vcpu, "WRMSR", index, &e, unhandled);
+                Err(())
+            }
+        }
+    }
+
+    fn msr_fault(
+        &self,
+        vcpu: u32,
+        op: &str,
+        index: u32,
+        e: &MsrError,
+        unhandled: &mut UnhandledLog,
+    ) {
+        if is_synthetic(index) {
+            unhandled.warn(vcpu, format_args!("{op} {index:#x}: {e}; injecting #GP"));
+        } else {
+            unhandled.note(vcpu, "MSR", index as u64);
+        }
+    }
+
+    fn hv_event(&self, vcpu: u32, event: HvEvent) -> ExitAction {
+        match event {
+            HvEvent::HypercallEnabled { guest_os_id, gpa } => {
+                log::info!("vCPU {vcpu}: Hyper-V enabled (guest OS id {guest_os_id:#x}, hypercall page {gpa:#x})");
+                self.events.emit(Event::HypervEnabled {
+                    vcpu,
+                    guest_os_id: hex(guest_os_id),
+                    hypercall_gpa: hex(gpa),
+                });
+                ExitAction::Continue
+            }
+            HvEvent::Crash(report) => {
+                log::warn!(
+                    "vCPU {vcpu}: Hyper-V crash report, P0-P4 {:x?}",
+                    report.params
+                );
+                if let Some(e) = &report.message_error {
+                    log::warn!("vCPU {vcpu}: crash message: {e}");
+                }
+                self.events.emit(Event::HvCrash {
+                    vcpu,
+                    params: report.params.map(hex),
+                    message: report.message.clone(),
+                    message_error: report.message_error,
+                });
+                self.signals.send(CrashSignal::HvCrash {
+                    vcpu,
+                    params: report.params,
+                    message: report.message,
+                });
+                ExitAction::Continue
+            }
+            HvEvent::Teardown => {
+                log::info!("vCPU {vcpu}: guest tore Hyper-V down (kexec imminent)");
+                self.events.emit(Event::GuestKexec { vcpu });
+                self.signals.send(CrashSignal::GuestKexec { vcpu });
+                ExitAction::Continue
+            }
+            HvEvent::SynicChanged => ExitAction::Deliver,
+        }
+    }
+}
+
+fn is_synthetic(index: u32) -> bool {
+    (HV_SYNTHETIC_MSR_BASE..HV_SYNTHETIC_MSR_BASE + HV_SYNTHETIC_MSR_COUNT).contains(&index)
+}
+
+fn request_to_action(ctx: &ExitContext, vcpu: u32, req: VmRequest) -> ExitAction {
     match req {
         VmRequest::PowerOff => ExitAction::Stop(VmExit::PowerOff),
         VmRequest::Reset(src) => ExitAction::Stop(VmExit::Reset(src)),
+        VmRequest::PvPanic { bits } => {
+            ctx.pvpanic(vcpu, bits);
+            ExitAction::Continue
+        }
     }
 }
 
@@ -61,21 +259,36 @@ fn request_to_exit(req: VmRequest) -> ExitAction {
 pub fn handle_exit(
     vcpu: u32,
     exit: VcpuExit,
-    bus: &PioBus,
+    ctx: &ExitContext,
     unhandled: &mut UnhandledLog,
 ) -> ExitAction {
     match exit {
         VcpuExit::IoIn(port, data) => {
-            if !bus.read(port, data) {
+            if !ctx.bus.read(port, data) {
                 unhandled.note(vcpu, "port read", port as u64);
             }
             ExitAction::Continue
         }
-        VcpuExit::IoOut(port, data) => match bus.write(port, data) {
-            Ok(Some(req)) => request_to_exit(req),
+        VcpuExit::IoOut(HYPERCALL_PORT, _) if ctx.hyperv.is_some() => ExitAction::Hypercall,
+        VcpuExit::IoOut(port, data) => match ctx.bus.write(port, data) {
+            Ok(Some(req)) => request_to_action(ctx, vcpu, req),
             Ok(None) => ExitAction::Continue,
             Err(_) => {
                 unhandled.note(vcpu, "port write", port as u64);
+                ExitAction::Continue
+            }
+        },
+        VcpuExit::X86Rdmsr(exit) => {
+            match ctx.rdmsr(vcpu, exit.index, unhandled) {
+                Some(v) => *exit.data = v,
+                None => *exit.error = 1,
+            }
+            ExitAction::Continue
+        }
+        VcpuExit::X86Wrmsr(exit) => match ctx.wrmsr(vcpu, exit.index, exit.data, unhandled) {
+            Ok(action) => action,
+            Err(()) => {
+                *exit.error = 1;
                 ExitAction::Continue
             }
         },
@@ -91,7 +304,10 @@ pub fn handle_exit(
         }
         // With the in-kernel irqchip KVM handles HLT itself; an exit here just resumes.
         VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => ExitAction::Continue,
-        VcpuExit::Shutdown => ExitAction::Stop(VmExit::TripleFault { vcpu }),
+        VcpuExit::Shutdown => {
+            ctx.signals.send(CrashSignal::TripleFault { vcpu });
+            ExitAction::Park
+        }
         VcpuExit::FailEntry(reason, cpu) => ExitAction::Stop(VmExit::KvmFailure {
             vcpu,
             detail: format!("VM entry failed (hardware reason {reason:#x}, host cpu {cpu})"),
@@ -196,7 +412,7 @@ pub fn configure_vcpu(
 /// The first reason the VM must end, shared by every vCPU thread and the main loop.
 pub struct ExitState {
     exit: Mutex<Option<VmExit>>,
-    notify: vmm_sys_util::eventfd::EventFd,
+    notify: EventFd,
     stop: AtomicBool,
 }
 
@@ -204,7 +420,7 @@ impl ExitState {
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
             exit: Mutex::new(None),
-            notify: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)?,
+            notify: EventFd::new(libc::EFD_NONBLOCK)?,
             stop: AtomicBool::new(false),
         })
     }
@@ -230,50 +446,206 @@ impl ExitState {
         self.stop.load(Ordering::SeqCst)
     }
 
-    pub fn notify_fd(&self) -> &vmm_sys_util::eventfd::EventFd {
+    pub fn notify_fd(&self) -> &EventFd {
         &self.notify
     }
 }
 
+thread_local! {
+    /// This thread's `kvm_run`, for the kick signal handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The kick signal's handler: make the interrupted (or the next) KVM_RUN of this thread return
+/// at once. Setting `immediate_exit` closes the race of a signal that lands just before the
+/// thread enters KVM_RUN.
+pub extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    KVM_RUN.with(|p| {
+        let run = p.get();
+        if !run.is_null() {
+            // SAFETY: the pointer is this thread's own kvm_run mapping, set before the first
+            // KVM_RUN and valid for as long as the thread runs the vCPU; a byte store is
+            // async-signal-safe.
+            unsafe { std::ptr::write_volatile(&mut (*run).immediate_exit, 1) };
+        }
+    });
+}
+
+/// Kicks vCPU threads out of KVM_RUN (for a stop, or to deliver a SynIC message on the target
+/// vCPU's own thread).
+#[derive(Default)]
+pub struct Kicker {
+    threads: Mutex<Vec<Option<libc::pthread_t>>>,
+}
+
+impl Kicker {
+    pub fn new(vcpus: u32) -> Self {
+        Self {
+            threads: Mutex::new(vec![None; vcpus as usize]),
+        }
+    }
+
+    fn register(&self, vcpu: u32) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        if let Some(slot) = self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(vcpu as usize)
+        {
+            *slot = Some(me);
+        }
+    }
+
+    fn unregister(&self, vcpu: u32) {
+        if let Some(slot) = self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(vcpu as usize)
+        {
+            *slot = None;
+        }
+    }
+
+    /// Kick `vcpu` (a no-op once its thread ended).
+    pub fn kick(&self, vcpu: u32) {
+        let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(Some(t)) = threads.get(vcpu as usize) {
+            // SAFETY: the thread id is live: it is removed under this lock before the thread
+            // ends. The signal's handler is installed before any vCPU thread starts.
+            unsafe { libc::pthread_kill(*t, SIGRTMIN()) };
+        }
+    }
+
+    /// Kick every vCPU still running.
+    pub fn kick_all(&self) {
+        let n = self.threads.lock().unwrap_or_else(|e| e.into_inner()).len();
+        (0..n as u32).for_each(|v| self.kick(v));
+    }
+}
+
+/// Run a hypercall for `vcpu`: read the registers the hypercall page left, run it, put the
+/// status in RAX. RIP is left alone, so KVM completes the port write and the page returns.
+fn hypercall(vcpu: u32, fd: &VcpuFd, ctx: &ExitContext) -> Result<(), errno::Error> {
+    let mut regs = fd.get_regs()?;
+    let input = HypercallInput {
+        control: regs.rcx,
+        param1: regs.r11,
+        param2: regs.r8,
+    };
+    let Some(mut hv) = ctx.hyperv() else {
+        return Ok(());
+    };
+    let HyperV { messages, .. } = &mut *hv;
+    regs.rax = handle_hypercall(vcpu, input, &GuestRam(&ctx.mem), messages.as_mut());
+    drop(hv);
+    fd.set_regs(&regs)
+}
+
+/// Deliver `vcpu`'s queued SynIC messages and raise their vectors on its LAPIC.
+fn deliver(vcpu: u32, vm: &VmFd, ctx: &ExitContext) {
+    let Some(mut hv) = ctx.hyperv() else { return };
+    if hv.partition.queued(vcpu) == 0 {
+        return;
+    }
+    let d = hv.partition.deliver(vcpu, &GuestRam(&ctx.mem));
+    drop(hv);
+    for e in d.dropped {
+        log::warn!("vCPU {vcpu}: SynIC message dropped: {e}");
+    }
+    for vector in d.vectors {
+        // Fixed delivery, edge, physical destination = this vCPU's APIC id (= its index).
+        let msi = kvm_msi {
+            address_lo: 0xfee0_0000 | (vcpu << 12),
+            data: vector as u32,
+            ..Default::default()
+        };
+        if let Err(e) = vm.signal_msi(msi) {
+            log::warn!("vCPU {vcpu}: cannot inject SynIC vector {vector:#x}: {e}");
+        }
+    }
+}
+
 /// The vCPU thread body: run until an exit ends the VM or the VM is stopping.
-pub fn run_vcpu(id: u32, mut fd: VcpuFd, bus: Arc<PioBus>, state: Arc<ExitState>) {
+pub fn run_vcpu(
+    id: u32,
+    mut fd: VcpuFd,
+    vm: Arc<VmFd>,
+    ctx: Arc<ExitContext>,
+    state: Arc<ExitState>,
+    kicker: Arc<Kicker>,
+) {
+    KVM_RUN.with(|p| p.set(fd.get_kvm_run()));
+    kicker.register(id);
     let mut unhandled = UnhandledLog::default();
     while !state.stopping() {
+        deliver(id, &vm, &ctx);
         let action = match fd.run() {
-            Ok(exit) => handle_exit(id, exit, &bus, &mut unhandled),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitAction::Continue,
+            Ok(exit) => handle_exit(id, exit, &ctx, &mut unhandled),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                fd.set_kvm_immediate_exit(0);
+                ExitAction::Continue
+            }
             Err(e) => ExitAction::Stop(VmExit::KvmFailure {
                 vcpu: id,
                 detail: format!("KVM_RUN failed: {e}"),
             }),
         };
-        if let ExitAction::Stop(exit) = action {
-            if let VmExit::KvmFailure { .. } | VmExit::TripleFault { .. } = exit {
-                if let Ok(regs) = fd.get_regs() {
-                    log::error!(
-                        "vCPU {id}: {} at rip {:#x} rsp {:#x}",
-                        exit.reason(),
-                        regs.rip,
-                        regs.rsp
-                    );
+        match action {
+            ExitAction::Continue => {}
+            ExitAction::Deliver => deliver(id, &vm, &ctx),
+            ExitAction::Hypercall => {
+                if let Err(e) = hypercall(id, &fd, &ctx) {
+                    state.request(VmExit::KvmFailure {
+                        vcpu: id,
+                        detail: format!("hypercall registers: {e}"),
+                    });
                 }
             }
-            state.request(exit);
-            break;
+            ExitAction::Park => {
+                log_regs(id, &fd, "triple fault");
+                break;
+            }
+            ExitAction::Stop(exit) => {
+                if let VmExit::KvmFailure { .. } = exit {
+                    log_regs(id, &fd, &exit.reason());
+                }
+                state.request(exit);
+                break;
+            }
         }
     }
+    kicker.unregister(id);
+    KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
     log::debug!("vCPU {id} thread ends");
+}
+
+fn log_regs(id: u32, fd: &VcpuFd, what: &str) {
+    if let Ok(regs) = fd.get_regs() {
+        log::error!(
+            "vCPU {id}: {what} at rip {:#x} rsp {:#x}",
+            regs.rip,
+            regs.rsp
+        );
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::ram_ranges;
     use devices::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
+    use devices::hyperv::tlfs::*;
+    use devices::hyperv::HvConfig;
     use devices::i8042::{I8042, I8042_BASE, I8042_LEN};
+    use devices::pvpanic::{PvPanic, PVPANIC_ALL, PVPANIC_PORT};
     use devices::ResetSource;
-    use std::sync::Mutex;
+    use kvm_ioctls::{MsrExitReason, ReadMsrExit, WriteMsrExit};
+    use vm_memory::Bytes;
 
-    fn bus() -> PioBus {
+    fn ctx(hyperv: bool) -> ExitContext {
         let mut bus = PioBus::new();
         bus.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042::new())))
             .unwrap();
@@ -283,60 +655,229 @@ mod tests {
             Arc::new(Mutex::new(AcpiPm::new())),
         )
         .unwrap();
-        bus
+        bus.insert(
+            PVPANIC_PORT,
+            1,
+            Arc::new(Mutex::new(PvPanic::new(PVPANIC_ALL))),
+        )
+        .unwrap();
+        ExitContext {
+            bus,
+            mem: GuestMemoryMmap::from_ranges(&ram_ranges(64 << 20)).unwrap(),
+            hyperv: hyperv.then(|| {
+                HyperV::new(HvConfig {
+                    vcpus: 2,
+                    tsc_hz: 1_000_000,
+                    apic_hz: 1_000_000_000,
+                    crash_message: true,
+                })
+            }),
+            events: EventLog::disabled(),
+            signals: SignalQueue::new().unwrap(),
+        }
+    }
+
+    fn rdmsr(ctx: &ExitContext, vcpu: u32, index: u32) -> Result<u64, u8> {
+        let (mut error, mut data) = (0u8, 0u64);
+        let exit = VcpuExit::X86Rdmsr(ReadMsrExit {
+            error: &mut error,
+            reason: MsrExitReason::Filter,
+            index,
+            data: &mut data,
+        });
+        assert_eq!(
+            handle_exit(vcpu, exit, ctx, &mut UnhandledLog::default()),
+            ExitAction::Continue
+        );
+        if error == 0 {
+            Ok(data)
+        } else {
+            Err(error)
+        }
+    }
+
+    fn wrmsr(ctx: &ExitContext, vcpu: u32, index: u32, data: u64) -> (ExitAction, u8) {
+        let mut error = 0u8;
+        let exit = VcpuExit::X86Wrmsr(WriteMsrExit {
+            error: &mut error,
+            reason: MsrExitReason::Filter,
+            index,
+            data,
+        });
+        let action = handle_exit(vcpu, exit, ctx, &mut UnhandledLog::default());
+        (action, error)
     }
 
     #[test]
     fn reset_and_poweroff_stop_the_vm() {
-        let (bus, mut u) = (bus(), UnhandledLog::default());
+        let (c, mut u) = (ctx(false), UnhandledLog::default());
         assert_eq!(
-            handle_exit(0, VcpuExit::IoOut(0x64, &[0xfe]), &bus, &mut u),
+            handle_exit(0, VcpuExit::IoOut(0x64, &[0xfe]), &c, &mut u),
             ExitAction::Stop(VmExit::Reset(ResetSource::Keyboard))
         );
         assert_eq!(
-            handle_exit(1, VcpuExit::IoOut(0x600, &[0x34]), &bus, &mut u),
+            handle_exit(1, VcpuExit::IoOut(0x600, &[0x34]), &c, &mut u),
             ExitAction::Stop(VmExit::PowerOff)
         );
         assert_eq!(
-            handle_exit(1, VcpuExit::IoOut(0x604, &[1]), &bus, &mut u),
+            handle_exit(1, VcpuExit::IoOut(0x604, &[1]), &c, &mut u),
             ExitAction::Stop(VmExit::Reset(ResetSource::AcpiResetRegister))
         );
-        assert_eq!(
-            handle_exit(2, VcpuExit::Shutdown, &bus, &mut u),
-            ExitAction::Stop(VmExit::TripleFault { vcpu: 2 })
-        );
         assert!(matches!(
-            handle_exit(0, VcpuExit::InternalError, &bus, &mut u),
+            handle_exit(0, VcpuExit::InternalError, &c, &mut u),
             ExitAction::Stop(VmExit::KvmFailure { vcpu: 0, .. })
         ));
     }
 
     #[test]
+    fn triple_fault_parks_the_vcpu_and_signals() {
+        let c = ctx(false);
+        assert_eq!(
+            handle_exit(2, VcpuExit::Shutdown, &c, &mut UnhandledLog::default()),
+            ExitAction::Park
+        );
+        assert_eq!(
+            c.signals.drain(),
+            vec![CrashSignal::TripleFault { vcpu: 2 }]
+        );
+    }
+
+    #[test]
+    fn pvpanic_write_becomes_a_signal() {
+        let c = ctx(false);
+        assert_eq!(
+            handle_exit(
+                1,
+                VcpuExit::IoOut(0x505, &[2]),
+                &c,
+                &mut UnhandledLog::default()
+            ),
+            ExitAction::Continue
+        );
+        assert_eq!(
+            c.signals.drain(),
+            vec![CrashSignal::PvPanic { vcpu: 1, bits: 2 }]
+        );
+        let mut b = [0u8];
+        handle_exit(
+            0,
+            VcpuExit::IoIn(0x505, &mut b),
+            &c,
+            &mut UnhandledLog::default(),
+        );
+        assert_eq!(b, [7]);
+    }
+
+    #[test]
     fn unknown_ports_and_mmio_read_all_ones() {
-        let (bus, mut u) = (bus(), UnhandledLog::default());
+        let (c, mut u) = (ctx(false), UnhandledLog::default());
         let mut data = [0u8; 4];
         assert_eq!(
-            handle_exit(0, VcpuExit::IoIn(0xcfc, &mut data), &bus, &mut u),
+            handle_exit(0, VcpuExit::IoIn(0xcfc, &mut data), &c, &mut u),
             ExitAction::Continue
         );
         assert_eq!(data, [0xff; 4]);
         let mut data = [0u8; 8];
         assert_eq!(
-            handle_exit(0, VcpuExit::MmioRead(0xd000_0000, &mut data), &bus, &mut u),
+            handle_exit(0, VcpuExit::MmioRead(0xd000_0000, &mut data), &c, &mut u),
             ExitAction::Continue
         );
         assert_eq!(data, [0xff; 8]);
         assert_eq!(
-            handle_exit(0, VcpuExit::IoOut(0x80, &[0]), &bus, &mut u),
+            handle_exit(0, VcpuExit::IoOut(0x80, &[0]), &c, &mut u),
             ExitAction::Continue
         );
         assert_eq!(
-            handle_exit(0, VcpuExit::MmioWrite(0xd000_0000, &[1]), &bus, &mut u),
+            handle_exit(0, VcpuExit::MmioWrite(0xd000_0000, &[1]), &c, &mut u),
             ExitAction::Continue
         );
         assert_eq!(
-            handle_exit(0, VcpuExit::Hlt, &bus, &mut u),
+            handle_exit(0, VcpuExit::Hlt, &c, &mut u),
             ExitAction::Continue
+        );
+        // Without Hyper-V, the hypercall port is just another unclaimed port.
+        assert_eq!(
+            handle_exit(0, VcpuExit::IoOut(HYPERCALL_PORT, &[0]), &c, &mut u),
+            ExitAction::Continue
+        );
+    }
+
+    #[test]
+    fn msrs_without_hyperv_fault() {
+        let c = ctx(false);
+        assert_eq!(rdmsr(&c, 0, HV_X64_MSR_VP_INDEX), Err(1));
+        assert_eq!(
+            wrmsr(&c, 0, HV_X64_MSR_GUEST_OS_ID, 1),
+            (ExitAction::Continue, 1)
+        );
+        assert_eq!(
+            rdmsr(&c, 0, 0xc001_0140),
+            Err(1),
+            "unknown non-synthetic MSR"
+        );
+    }
+
+    #[test]
+    fn synthetic_msrs_and_hyperv_lifecycle() {
+        let c = ctx(true);
+        assert_eq!(rdmsr(&c, 1, HV_X64_MSR_VP_INDEX), Ok(1));
+        assert_eq!(
+            rdmsr(&c, 0, HV_X64_MSR_CRASH_CTL),
+            Ok(0xc000_0000_0000_0000)
+        );
+        assert_eq!(wrmsr(&c, 0, HV_X64_MSR_VP_INDEX, 3).1, 1, "read-only");
+        assert_eq!(rdmsr(&c, 0, 0x4000_00b0), Err(1), "stimer: not offered");
+        assert_eq!(
+            rdmsr(&c, 0, 0x1b).map(|_| ()),
+            Err(1),
+            "non-synthetic MSRs are not ours"
+        );
+        assert_eq!(
+            wrmsr(&c, 0, HV_X64_MSR_GUEST_OS_ID, 0x8100_0006_01c0_0000),
+            (ExitAction::Continue, 0)
+        );
+        assert_eq!(
+            wrmsr(&c, 0, HV_X64_MSR_HYPERCALL, 0x5001),
+            (ExitAction::Continue, 0)
+        );
+        assert_eq!(
+            wrmsr(&c, 1, HV_X64_MSR_SIMP, 0x6001),
+            (ExitAction::Deliver, 0)
+        );
+        // The crash report with its message.
+        c.mem
+            .write_slice(
+                b"Kernel panic - not syncing: sysrq triggered crash",
+                vm_memory::GuestAddress(0x7000),
+            )
+            .unwrap();
+        wrmsr(&c, 0, HV_X64_MSR_CRASH_P3, 0x7000);
+        wrmsr(&c, 0, HV_X64_MSR_CRASH_P4, 49);
+        assert_eq!(
+            wrmsr(&c, 0, HV_X64_MSR_CRASH_CTL, 0xc000_0000_0000_0000).1,
+            0
+        );
+        wrmsr(&c, 1, HV_X64_MSR_GUEST_OS_ID, 0);
+        wrmsr(&c, 1, HV_X64_MSR_HYPERCALL, 0);
+        let signals = c.signals.drain();
+        assert!(
+            matches!(&signals[0], CrashSignal::HvCrash { vcpu: 0, message: Some(m), .. } if m.ends_with("sysrq triggered crash"))
+        );
+        assert_eq!(signals[1], CrashSignal::GuestKexec { vcpu: 1 });
+        assert_eq!(signals.len(), 2);
+    }
+
+    #[test]
+    fn hypercall_port_exits_need_registers() {
+        let c = ctx(true);
+        assert_eq!(
+            handle_exit(
+                0,
+                VcpuExit::IoOut(HYPERCALL_PORT, &[0]),
+                &c,
+                &mut UnhandledLog::default()
+            ),
+            ExitAction::Hypercall
         );
     }
 

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use devices::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
 use devices::bus::{BusError, PioBus};
+use devices::hyperv::HvConfig;
 use devices::i8042::{I8042, I8042_BASE, I8042_LEN};
+use devices::pvpanic::{PvPanic, PVPANIC_ACPI_HID, PVPANIC_PORT};
 use devices::{PioDevice, VmRequest};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
@@ -26,17 +28,19 @@ use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::acpi::{self, AcpiError, Dsdt};
 use crate::boot::{self, BootError};
 use crate::config::{ConfigError, VmConfig};
 use crate::console::{ConsoleError, ConsoleMode, ConsoleOutput, EscapeFilter, RawTerminal};
 use crate::cpuid;
+use crate::crash::{Action, Orchestrator};
 use crate::events::{Event, EventLog, EventLogError};
 use crate::exit::VmExit;
+use crate::hyperv::{self, HyperV};
 use crate::layout::{self, KVM_TSS_ADDR};
-use crate::vcpu::{self, ExitState, VcpuError};
+use crate::vcpu::{self, ExitContext, ExitState, Kicker, SignalQueue, VcpuError};
 
 /// COM1.
 pub const COM1_BASE: u16 = 0x3f8;
@@ -246,7 +250,20 @@ fn add_com1(dsdt: &mut Dsdt) {
     ));
 }
 
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+/// Describe pvpanic as QEMU's ISA device: `QEMU0001` with one I/O port.
+fn add_pvpanic(dsdt: &mut Dsdt) {
+    use acpi_tables::aml::{Device, Name, Path, ResourceTemplate, IO};
+    dsdt.add(&Device::new(
+        Path::new("_SB_.PEVT"),
+        vec![
+            &Name::new(Path::new("_HID"), &PVPANIC_ACPI_HID),
+            &Name::new(
+                Path::new("_CRS"),
+                &ResourceTemplate::new(vec![&IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1)]),
+            ),
+        ],
+    ));
+}
 
 fn check_kvm(kvm: &Kvm, vcpus: u32) -> Result<(), VmError> {
     let api = kvm.get_api_version();
@@ -328,6 +345,9 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
 
     let mut dsdt = Dsdt::new();
     add_com1(&mut dsdt);
+    if config.pvpanic {
+        add_pvpanic(&mut dsdt);
+    }
     let rsdp = acpi::write_acpi_tables(&mem, config.vcpus, dsdt)?;
     let layout = boot::load_linux(
         &mem,
@@ -363,12 +383,24 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         ACPI_PM_LEN,
         Arc::new(Mutex::new(AcpiPm::new())),
     )?;
-    let bus = Arc::new(bus);
+    if config.pvpanic {
+        bus.insert(
+            PVPANIC_PORT,
+            1,
+            Arc::new(Mutex::new(PvPanic::new(config.pvpanic_events))),
+        )?;
+    }
 
     // vCPUs.
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let supported = if config.hyperv {
+        hyperv::setup_msr_exits(&kvm, &vm)?;
+        hyperv::hyperv_cpuid(&supported, config.vcpus)?
+    } else {
+        supported
+    };
     let mut vcpu_fds = Vec::new();
     for id in 0..config.vcpus {
         let fd = vm
@@ -383,16 +415,44 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         )?;
         vcpu_fds.push(fd);
     }
+    let hyperv = match config.hyperv {
+        true => {
+            let tsc_khz = vcpu_fds[0]
+                .get_tsc_khz()
+                .map_err(kvm_err("KVM_GET_TSC_KHZ"))?;
+            Some(HyperV::new(HvConfig {
+                vcpus: config.vcpus,
+                tsc_hz: tsc_khz as u64 * 1000,
+                apic_hz: hyperv::APIC_HZ,
+                crash_message: true,
+            }))
+        }
+        false => None,
+    };
 
-    register_signal_handler(SIGRTMIN(), kick_handler)
+    register_signal_handler(SIGRTMIN(), vcpu::kick_handler)
         .map_err(kvm_err("registering the vCPU kick signal"))?;
     let state = Arc::new(ExitState::new().map_err(io_err("exit eventfd"))?);
+    let ctx = Arc::new(ExitContext {
+        bus,
+        mem: mem.clone(),
+        hyperv,
+        events: events.clone(),
+        signals: SignalQueue::new().map_err(io_err("crash signal eventfd"))?,
+    });
+    let kicker = Arc::new(Kicker::new(config.vcpus));
     let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> = EventManager::new()
         .map_err(|e| VmError::Io {
             what: "event manager",
             source: io::Error::other(format!("{e:?}")),
         })?;
     manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher(state.clone()))));
+    let crash = Arc::new(Mutex::new(CrashWatcher {
+        ctx: ctx.clone(),
+        orchestrator: Orchestrator::new(config.hyperv),
+        state: state.clone(),
+    }));
+    manager.add_subscriber(crash.clone());
     let mut pipes = Vec::new();
     for signal in [libc::SIGINT, libc::SIGTERM] {
         let (rx, tx) = UnixStream::pair().map_err(io_err("signal pipe"))?;
@@ -426,22 +486,32 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         kernel: config.kernel.display().to_string(),
     });
     let started = Instant::now();
+    let vm = Arc::new(vm);
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     for (id, fd) in vcpu_fds.into_iter().enumerate() {
-        let (bus, state) = (bus.clone(), state.clone());
+        let (vm, ctx, state, kicker) = (vm.clone(), ctx.clone(), state.clone(), kicker.clone());
         let t = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vcpu::run_vcpu(id as u32, fd, bus, state))
+            .spawn(move || vcpu::run_vcpu(id as u32, fd, vm, ctx, state, kicker))
             .map_err(io_err("spawning a vCPU thread"))?;
         threads.push(t);
     }
 
     while state.get().is_none() {
-        if let Err(e) = manager.run() {
+        let deadline = lock(&crash).orchestrator.deadline();
+        let timeout_ms = deadline.map_or(-1, |d| {
+            d.saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as i32
+        });
+        if let Err(e) = manager.run_with_timeout(timeout_ms) {
             state.request(VmExit::Error(format!("event loop: {e:?}")));
         }
+        let mut crash = lock(&crash);
+        let actions = crash.orchestrator.on_timer(Instant::now());
+        crash.execute(actions);
     }
-    stop_vcpus(&threads);
+    stop_vcpus(&threads, &kicker);
     for t in threads {
         if t.join().is_err() {
             log::error!("a vCPU thread panicked");
@@ -451,6 +521,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     let exit = state
         .get()
         .unwrap_or(VmExit::Error("no exit reason".into()));
+    let exit = lock(&crash).orchestrator.final_exit(exit);
     log::info!(
         "VM ended after {:.3} s: {}",
         started.elapsed().as_secs_f64(),
@@ -464,14 +535,47 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     Ok(exit)
 }
 
-/// Kick every vCPU thread out of KVM_RUN until it has seen the stop flag. A signal can land
-/// just before a thread enters KVM_RUN, so keep kicking until each thread is done.
-fn stop_vcpus(threads: &[JoinHandle<()>]) {
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Feeds crash signals from the vCPU threads to the orchestrator and executes its decisions.
+struct CrashWatcher {
+    ctx: Arc<ExitContext>,
+    orchestrator: Orchestrator,
+    state: Arc<ExitState>,
+}
+
+impl CrashWatcher {
+    /// The executor: act on the orchestrator's decisions.
+    fn execute(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Stop(exit) => self.state.request(exit),
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for CrashWatcher {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        for signal in self.ctx.signals.drain() {
+            let actions = self.orchestrator.on_signal(&signal, Instant::now());
+            self.execute(actions);
+        }
+    }
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.ctx.signals.notify_fd(), EventSet::IN)) {
+            log::error!("cannot watch crash signals: {e:?}");
+        }
+    }
+}
+
+/// Kick every vCPU thread out of KVM_RUN until each has seen the stop flag and ended.
+fn stop_vcpus(threads: &[JoinHandle<()>], kicker: &Kicker) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while threads.iter().any(|t| !t.is_finished()) {
-        for t in threads.iter().filter(|t| !t.is_finished()) {
-            let _ = t.kill(SIGRTMIN());
-        }
+        kicker.kick_all();
         if Instant::now() > deadline {
             log::error!("vCPU threads did not stop within 5 s");
             return;

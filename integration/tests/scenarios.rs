@@ -1,0 +1,177 @@
+//! Real Linux scenarios under crashvmm (directly on hardware KVM, or in the software KVM test
+//! host): each asserts on the console, the event log and crashvmm's exit code.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use integration::{run_scenario, Outcome, RunOptions, Setup, BOOT_MARKER, GUEST_PANICKED};
+use serde_json::Value;
+
+/// One scenario at a time: each already uses both cores of a CI machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Run `name`; the outputs stay in a kept temporary directory named in every failure message.
+fn run(name: &str) -> (Outcome, Vec<Value>, String, PathBuf) {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = tempfile::Builder::new()
+        .prefix(&format!("crashvmm-{name}-"))
+        .tempdir()
+        .unwrap()
+        .keep();
+    let o = run_scenario(&Setup::from_env(), name, &out, &RunOptions::default())
+        .unwrap_or_else(|e| panic!("scenario {name} could not run: {e}"));
+    assert!(
+        !o.timed_out,
+        "scenario {name} timed out ({}); outputs in {}",
+        o.mode.as_str(),
+        out.display()
+    );
+    let events = o
+        .events()
+        .unwrap_or_else(|e| panic!("{e}; outputs in {}", out.display()));
+    let console = o.console();
+    (o, events, console, out)
+}
+
+fn names(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or("?"))
+        .collect()
+}
+
+fn position(events: &[Value], name: &str) -> Option<usize> {
+    events.iter().position(|e| e["event"] == name)
+}
+
+/// Common to every run: RFC 3339 UTC timestamps with microseconds, `vm_started` first and
+/// `vm_exited` last with crashvmm's exit code.
+fn check_frame(o: &Outcome, events: &[Value], expected_exit: i32, out: &Path) {
+    assert_eq!(
+        o.exit_code,
+        Some(expected_exit),
+        "exit code; events {:?}; outputs in {}",
+        names(events),
+        out.display()
+    );
+    assert_eq!(
+        events.first().map(|e| &e["event"]),
+        Some(&Value::from("vm_started")),
+        "{:?}",
+        names(events)
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "vm_exited");
+    assert_eq!(last["exit_code"], expected_exit);
+    for e in events {
+        let ts = e["ts"].as_str().expect("ts");
+        assert!(
+            ts.len() == 27 && ts.ends_with('Z'),
+            "RFC 3339 UTC with microseconds: {ts}"
+        );
+        chrono_like(ts);
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+fn chrono_like(ts: &str) {
+    let b = ts.as_bytes();
+    for (i, c) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+    ] {
+        assert_eq!(b[i], c, "{ts}");
+    }
+}
+
+fn tail(console: &str) -> String {
+    let lines: Vec<&str> = console.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+#[test]
+fn boot_reaches_init_and_powers_off() {
+    let (o, events, console, out) = run("boot");
+    assert!(
+        console.lines().any(|l| l.trim_end() == BOOT_MARKER),
+        "no marker in console.log (outputs in {}):\n{}",
+        out.display(),
+        tail(&console)
+    );
+    assert!(
+        console.contains("Linux version 6.1"),
+        "the console shows the guest kernel banner"
+    );
+    check_frame(&o, &events, 0, &out);
+    assert_eq!(events[0]["vcpus"], 2);
+    assert_eq!(events[0]["memory_bytes"], 768u64 << 20);
+    assert!(events[0]["kernel"].as_str().unwrap().ends_with("vmlinuz"));
+    assert_eq!(events.last().unwrap()["reason"], "poweroff");
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn panic_is_reported_through_pvpanic_and_the_hyperv_crash_msrs() {
+    let (o, events, console, out) = run("panic");
+    assert!(
+        console.contains("Hypervisor detected: Microsoft Hyper-V"),
+        "guest did not select Hyper-V (outputs in {}):\n{}",
+        out.display(),
+        tail(&console)
+    );
+    assert!(console.contains("Hyper-V: enabling crash_kexec_post_notifiers"));
+    check_frame(&o, &events, GUEST_PANICKED, &out);
+    let enabled = position(&events, "hyperv_enabled").expect("hyperv_enabled");
+    let pvpanic = position(&events, "pvpanic").expect("pvpanic");
+    let hv_crash = position(&events, "hv_crash").expect("hv_crash");
+    assert!(
+        enabled < pvpanic && pvpanic < hv_crash,
+        "order: {:?}",
+        names(&events)
+    );
+    assert!(
+        events[enabled]["guest_os_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("0x81"),
+        "Linux vendor id 0x8100"
+    );
+    assert_eq!(events[pvpanic]["panicked"], true);
+    assert_eq!(events[pvpanic]["crash_loaded"], false);
+    assert_eq!(events[pvpanic]["bits"], 1);
+    let message = events[hv_crash]["message"].as_str().expect("crash message");
+    assert!(message.contains("sysrq triggered crash"), "{message}");
+    let params = events[hv_crash]["params"].as_array().unwrap();
+    assert_eq!(params.len(), 5);
+    // The message path: P3 is the message page, P4 its length.
+    let len =
+        u64::from_str_radix(params[4].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(len as usize, message.len());
+    assert!(events.last().unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("guest_panicked"));
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn hyperv_off_is_a_plain_kvm_guest_and_pvpanic_still_reports() {
+    let (o, events, console, out) = run("panic-kvm");
+    assert!(
+        console.contains("Hypervisor detected: KVM"),
+        "outputs in {}:\n{}",
+        out.display(),
+        tail(&console)
+    );
+    assert!(!console.contains("Hyper-V"), "no Hyper-V with --hyperv off");
+    check_frame(&o, &events, GUEST_PANICKED, &out);
+    let pvpanic = position(&events, "pvpanic").expect("pvpanic");
+    assert_eq!(events[pvpanic]["panicked"], true);
+    assert!(position(&events, "hv_crash").is_none());
+    assert!(position(&events, "hyperv_enabled").is_none());
+    std::fs::remove_dir_all(&out).ok();
+}

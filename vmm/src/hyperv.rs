@@ -1,0 +1,184 @@
+//! Glue between KVM and the userspace Hyper-V of `devices::hyperv`: CPUID, the MSR filter,
+//! guest memory access, and the state shared by the vCPU threads.
+
+use std::sync::Mutex;
+
+use devices::hyperv::cpuid::hyperv_leaves;
+use devices::hyperv::hypercall::{MessageHandler, NoConnections};
+use devices::hyperv::tlfs::{
+    HV_SYNTHETIC_MSR_BASE, HV_SYNTHETIC_MSR_COUNT, HYPERVISOR_CPUID_RANGE,
+};
+use devices::hyperv::{HvConfig, HvPartition};
+use devices::{GuestMemory, OutOfRange};
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_enable_cap, CpuId, KVM_CAP_X86_USER_SPACE_MSR,
+    KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_UNKNOWN,
+};
+use kvm_ioctls::{Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::vm::VmError;
+
+/// KVM's LAPIC timer runs at 1 GHz (`APIC_BUS_CYCLE_NS_DEFAULT` = 1).
+pub const APIC_HZ: u64 = 1_000_000_000;
+/// CPUID 0x80000007 EDX bit 8: invariant TSC (goes with `HV_ACCESS_TSC_INVARIANT`).
+const CPUID_80000007_EDX_INVARIANT_TSC: u32 = 1 << 8;
+
+/// Guest RAM as `devices` sees it.
+pub struct GuestRam<'a>(pub &'a GuestMemoryMmap);
+
+impl GuestMemory for GuestRam<'_> {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
+        gpa.checked_add(buf.len() as u64).ok_or(OutOfRange {
+            gpa,
+            len: buf.len(),
+        })?;
+        self.0
+            .read_slice(buf, GuestAddress(gpa))
+            .map_err(|_| OutOfRange {
+                gpa,
+                len: buf.len(),
+            })
+    }
+
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), OutOfRange> {
+        gpa.checked_add(data.len() as u64).ok_or(OutOfRange {
+            gpa,
+            len: data.len(),
+        })?;
+        self.0
+            .write_slice(data, GuestAddress(gpa))
+            .map_err(|_| OutOfRange {
+                gpa,
+                len: data.len(),
+            })
+    }
+}
+
+/// The partition and where its messages go, behind one lock shared by the vCPU threads.
+pub struct HyperV {
+    pub partition: HvPartition,
+    pub messages: Box<dyn MessageHandler + Send>,
+}
+
+impl HyperV {
+    pub fn new(config: HvConfig) -> Mutex<Self> {
+        Mutex::new(Self {
+            partition: HvPartition::new(config),
+            messages: Box::new(NoConnections),
+        })
+    }
+}
+
+/// Replace every hypervisor leaf (KVM's "KVMKVMKVM" ones included) with the Hyper-V leaves, so
+/// that Linux selects Hyper-V, and advertise the invariant TSC.
+pub fn hyperv_cpuid(cpuid: &CpuId, vcpus: u32) -> Result<CpuId, VmError> {
+    let mut entries: Vec<kvm_cpuid_entry2> = cpuid
+        .as_slice()
+        .iter()
+        .filter(|e| !HYPERVISOR_CPUID_RANGE.contains(&e.function))
+        .copied()
+        .collect();
+    for e in entries.iter_mut().filter(|e| e.function == 0x8000_0007) {
+        e.edx |= CPUID_80000007_EDX_INVARIANT_TSC;
+    }
+    entries.extend(hyperv_leaves(vcpus).into_iter().map(|l| kvm_cpuid_entry2 {
+        function: l.function,
+        index: l.index,
+        eax: l.eax,
+        ebx: l.ebx,
+        ecx: l.ecx,
+        edx: l.edx,
+        ..Default::default()
+    }));
+    CpuId::from_entries(&entries)
+        .map_err(|_| VmError::MissingCap("room for the Hyper-V CPUID leaves"))
+}
+
+/// Route the synthetic MSRs (and any MSR KVM does not know) to userspace.
+pub fn setup_msr_exits(kvm: &Kvm, vm: &VmFd) -> Result<(), VmError> {
+    if !kvm.check_extension(Cap::X86UserSpaceMsr) {
+        return Err(VmError::MissingCap("KVM_CAP_X86_USER_SPACE_MSR"));
+    }
+    if !kvm.check_extension(Cap::X86MsrFilter) {
+        return Err(VmError::MissingCap("KVM_CAP_X86_MSR_FILTER"));
+    }
+    let mut cap = kvm_enable_cap {
+        cap: KVM_CAP_X86_USER_SPACE_MSR,
+        ..Default::default()
+    };
+    cap.args[0] = (KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER) as u64;
+    vm.enable_cap(&cap).map_err(|source| VmError::Kvm {
+        what: "KVM_ENABLE_CAP(X86_USER_SPACE_MSR)",
+        source,
+    })?;
+    // A zero bitmap denies every MSR of the range in KVM, so each access exits to us, even on
+    // hosts whose KVM has Hyper-V emulation of its own.
+    let bitmap = vec![0u8; (HV_SYNTHETIC_MSR_COUNT / 8) as usize];
+    let range = MsrFilterRange {
+        flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+        base: HV_SYNTHETIC_MSR_BASE,
+        msr_count: HV_SYNTHETIC_MSR_COUNT,
+        bitmap: &bitmap,
+    };
+    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &[range])
+        .map_err(|source| VmError::Kvm {
+            what: "KVM_X86_SET_MSR_FILTER",
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::ram_ranges;
+
+    #[test]
+    fn guest_ram_is_bounds_checked() {
+        let mem = GuestMemoryMmap::from_ranges(&ram_ranges(64 << 20)).unwrap();
+        let ram = GuestRam(&mem);
+        ram.write(0x1000, b"abc").unwrap();
+        let mut b = [0u8; 3];
+        ram.read(0x1000, &mut b).unwrap();
+        assert_eq!(&b, b"abc");
+        assert!(ram.read((64 << 20) - 1, &mut b).is_err());
+        assert!(ram.read(u64::MAX - 1, &mut b).is_err());
+        assert!(ram.write(0xc000_0000, b"x").is_err());
+    }
+
+    #[test]
+    fn cpuid_has_hyperv_and_no_kvm_signature() {
+        let kvm_leaf = |function, ebx, ecx, edx| kvm_cpuid_entry2 {
+            function,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        };
+        // "KVMKVMKVM\0\0\0" at 0x40000000 and 0x40000100, as KVM_GET_SUPPORTED_CPUID may return.
+        let sig = (0x4b4d_564b, 0x564b_4d56, 0x4d);
+        let supported = CpuId::from_entries(&[
+            kvm_leaf(0, 0, 0, 0),
+            kvm_leaf(0x4000_0000, sig.0, sig.1, sig.2),
+            kvm_leaf(0x4000_0001, 0, 0, 0),
+            kvm_leaf(0x4000_0100, sig.0, sig.1, sig.2),
+            kvm_leaf(0x8000_0007, 0, 0, 0),
+        ])
+        .unwrap();
+        let cpuid = hyperv_cpuid(&supported, 2).unwrap();
+        let e = cpuid.as_slice();
+        assert!(!e
+            .iter()
+            .any(|e| e.ebx == sig.0 && HYPERVISOR_CPUID_RANGE.contains(&e.function)));
+        let hv0 = e.iter().find(|e| e.function == 0x4000_0000).unwrap();
+        assert_eq!(hv0.ebx, 0x7263_694d);
+        assert_eq!(
+            e.iter()
+                .filter(|e| (0x4000_0000..=0x4000_ffff).contains(&e.function))
+                .count(),
+            7
+        );
+        let ext = e.iter().find(|e| e.function == 0x8000_0007).unwrap();
+        assert_ne!(ext.edx & CPUID_80000007_EDX_INVARIANT_TSC, 0);
+    }
+}
