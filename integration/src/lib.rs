@@ -75,6 +75,16 @@ pub const SCENARIOS: &[Scenario] = &[
         vmm_args: &["--hyperv", "off"],
         testhost_timeout: Duration::from_secs(300),
     },
+    Scenario {
+        name: "kdump",
+        description: "crash kernel loaded with kexec -p, sysrq crash: VMBus UNLOAD, kexec, the crash kernel reconnects",
+        memory: "768M",
+        vcpus: 2,
+        cmdline: "console=ttyS0 panic=-1 crashkernel=192M",
+        expected_exit: GUEST_PANICKED,
+        vmm_args: &[],
+        testhost_timeout: Duration::from_secs(420),
+    },
 ];
 
 /// crashvmm's exit code for a guest that panicked (see README.md).

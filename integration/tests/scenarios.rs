@@ -126,7 +126,17 @@ fn panic_is_reported_through_pvpanic_and_the_hyperv_crash_msrs() {
     assert!(console.contains("Hyper-V: enabling crash_kexec_post_notifiers"));
     check_frame(&o, &events, GUEST_PANICKED, &out);
     let enabled = position(&events, "hyperv_enabled").expect("hyperv_enabled");
+    let connected = position(&events, "vmbus_connected").expect("vmbus_connected");
     let pvpanic = position(&events, "pvpanic").expect("pvpanic");
+    assert!(
+        enabled < connected && connected < pvpanic,
+        "order: {:?}",
+        names(&events)
+    );
+    assert!(
+        console.contains("hv_vmbus: Vmbus version:"),
+        "hv_vmbus connected"
+    );
     let hv_crash = position(&events, "hv_crash").expect("hv_crash");
     assert!(
         enabled < pvpanic && pvpanic < hv_crash,
@@ -173,5 +183,72 @@ fn hyperv_off_is_a_plain_kvm_guest_and_pvpanic_still_reports() {
     assert_eq!(events[pvpanic]["panicked"], true);
     assert!(position(&events, "hv_crash").is_none());
     assert!(position(&events, "hyperv_enabled").is_none());
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn kdump_unloads_vmbus_kexecs_and_the_crash_kernel_reconnects() {
+    let (o, events, console, out) = run("kdump");
+    let fail = |what: &str| {
+        format!(
+            "{what}; events {:?}; outputs in {}\n{}",
+            names(&events),
+            out.display(),
+            tail(&console)
+        )
+    };
+    assert!(
+        console.contains("CRASHTEST: kdump: crash kernel loaded"),
+        "{}",
+        fail("no crash kernel loaded")
+    );
+    assert!(
+        console.contains("CRASHTEST: kdump-capture: marker"),
+        "{}",
+        fail("crash kernel marker missing")
+    );
+    assert!(
+        !console.contains("Waiting for VMBus UNLOAD"),
+        "{}",
+        fail("the guest waited for UNLOAD")
+    );
+    check_frame(&o, &events, GUEST_PANICKED, &out);
+    let at = |name: &str| {
+        position(&events, name).unwrap_or_else(|| panic!("{}", fail(&format!("no {name}"))))
+    };
+    let pvpanic = at("pvpanic");
+    assert_eq!(events[pvpanic]["crash_loaded"], true);
+    assert_eq!(events[pvpanic]["panicked"], false);
+    let (req, done, kexec, started) = (
+        at("vmbus_unload_requested"),
+        at("vmbus_unload_completed"),
+        at("guest_kexec"),
+        at("crash_kernel_started"),
+    );
+    let hv_crash = at("hv_crash");
+    // The crash kernel's connection: the last vmbus_connected, after it started.
+    let reconnect = events
+        .iter()
+        .rposition(|e| e["event"] == "vmbus_connected")
+        .unwrap();
+    assert!(
+        pvpanic < req && req < done && done < kexec && kexec < started && started < reconnect,
+        "{}",
+        fail("order")
+    );
+    // With the crash message page Linux 6.1.143+ reports after the UNLOAD (kmsg dump);
+    // either way before the kexec.
+    assert!(
+        pvpanic < hv_crash && hv_crash < kexec,
+        "{}",
+        fail("hv_crash order")
+    );
+    assert!(
+        events[done]["latency_us"].as_u64().is_some(),
+        "UNLOAD latency reported"
+    );
+    // The crash kernel runs on the vCPU that panicked and connects from there.
+    assert_eq!(events[started]["vcpu"], events[kexec]["vcpu"]);
+    assert_eq!(events[reconnect]["target_vcpu"], events[kexec]["vcpu"]);
     std::fs::remove_dir_all(&out).ok();
 }

@@ -50,6 +50,12 @@ pub struct VmConfig {
     /// Present the pvpanic device, advertising these events.
     pub pvpanic: bool,
     pub pvpanic_events: u8,
+    /// Advertise CRASH_NOTIFY_MSG, so the guest sends its kernel log tail with the crash.
+    pub hyperv_crash_message: bool,
+    /// Answer VMBus UNLOAD this late.
+    pub vmbus_unload_delay: std::time::Duration,
+    /// Answer VMBus UNLOAD at all.
+    pub vmbus_unload_response: bool,
 }
 
 /// Parse a size such as `512M`, `2G`, `1GiB` or `1073741824` (binary multiples).
@@ -150,6 +156,9 @@ mod tests {
             hyperv: true,
             pvpanic: true,
             pvpanic_events: devices::pvpanic::PVPANIC_ALL,
+            hyperv_crash_message: true,
+            vmbus_unload_delay: std::time::Duration::ZERO,
+            vmbus_unload_response: true,
         };
         assert!(matches!(base.validate(), Err(ConfigError::Vcpus(0))));
         let err = VmConfig {

@@ -49,6 +49,21 @@ pub enum Event {
     /// The crashed kernel tore Hyper-V down (GUEST_OS_ID zeroed, hypercall page disabled):
     /// it is about to kexec into its crash kernel.
     GuestKexec { vcpu: u32 },
+    /// After a `guest_kexec`, a kernel (the crash kernel) set up Hyper-V again.
+    CrashKernelStarted { vcpu: u32 },
+    /// VMBus version negotiation succeeded; `vcpu` sent INITIATE_CONTACT, replies go to
+    /// `target_vcpu`.
+    VmbusConnected {
+        vcpu: u32,
+        version: String,
+        target_vcpu: u32,
+    },
+    /// The guest sent UNLOAD (on the crash path: right before kexec).
+    VmbusUnloadRequested { vcpu: u32 },
+    /// UNLOAD_RESPONSE reached the guest's message page, `latency_us` after the UNLOAD.
+    VmbusUnloadCompleted { vcpu: u32, latency_us: u64 },
+    /// A VMBus message crashvmm refused (truncated, unknown, out of order).
+    VmbusMessageRejected { vcpu: u32, reason: String },
 }
 
 /// A 64-bit value as the event log writes it.

@@ -2,13 +2,17 @@
 //! guest memory access, and the state shared by the vCPU threads.
 
 use std::sync::Mutex;
+use std::time::Instant;
 
 use devices::hyperv::cpuid::hyperv_leaves;
-use devices::hyperv::hypercall::{MessageHandler, NoConnections};
+use devices::hyperv::hypercall::MessageHandler;
 use devices::hyperv::tlfs::{
-    HV_SYNTHETIC_MSR_BASE, HV_SYNTHETIC_MSR_COUNT, HYPERVISOR_CPUID_RANGE,
+    HV_STATUS_INVALID_CONNECTION_ID, HV_STATUS_INVALID_HYPERCALL_INPUT, HV_SYNTHETIC_MSR_BASE,
+    HV_SYNTHETIC_MSR_COUNT, HYPERVISOR_CPUID_RANGE,
 };
 use devices::hyperv::{HvConfig, HvPartition};
+use devices::vmbus::messages::VMBUS_SYNIC_MESSAGE_TYPE;
+use devices::vmbus::{Output, ServerConfig, VmbusServer};
 use devices::{GuestMemory, OutOfRange};
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_enable_cap, CpuId, KVM_CAP_X86_USER_SPACE_MSR,
@@ -55,18 +59,52 @@ impl GuestMemory for GuestRam<'_> {
     }
 }
 
-/// The partition and where its messages go, behind one lock shared by the vCPU threads.
+/// The partition and its VMBus server, behind one lock shared by the vCPU threads.
 pub struct HyperV {
     pub partition: HvPartition,
-    pub messages: Box<dyn MessageHandler + Send>,
+    pub vmbus: VmbusServer,
+    /// The VP and time of the UNLOAD being answered, for the completion latency.
+    pub unload_started: Option<(u32, Instant)>,
 }
 
 impl HyperV {
-    pub fn new(config: HvConfig) -> Mutex<Self> {
+    pub fn new(config: HvConfig, vmbus: ServerConfig) -> Mutex<Self> {
         Mutex::new(Self {
             partition: HvPartition::new(config),
-            messages: Box::new(NoConnections),
+            vmbus: VmbusServer::new(vmbus),
+            unload_started: None,
         })
+    }
+}
+
+/// Tag of a queued UNLOAD_RESPONSE, so that its delivery can be timed.
+pub const TAG_UNLOAD_RESPONSE: u64 = 1;
+
+/// The hypercall layer's view of the VMBus server: collects what the server wants done.
+pub struct VmbusPort<'a> {
+    pub server: &'a mut VmbusServer,
+    pub outputs: Vec<Output>,
+}
+
+impl MessageHandler for VmbusPort<'_> {
+    fn post_message(
+        &mut self,
+        vp: u32,
+        connection_id: u32,
+        message_type: u32,
+        payload: &[u8],
+    ) -> u16 {
+        if message_type != VMBUS_SYNIC_MESSAGE_TYPE {
+            return HV_STATUS_INVALID_HYPERCALL_INPUT;
+        }
+        let (status, out) = self.server.post_message(vp, connection_id, payload);
+        self.outputs.extend(out);
+        status
+    }
+
+    fn signal_event(&mut self, _vp: u32, _connection_id: u32, _flag: u16) -> u16 {
+        // No channel is open, so there is no event connection to signal.
+        HV_STATUS_INVALID_CONNECTION_ID
     }
 }
 

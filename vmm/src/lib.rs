@@ -15,3 +15,4 @@ pub mod hyperv;
 pub mod layout;
 pub mod vcpu;
 pub mod vm;
+pub mod vmbus;

@@ -68,6 +68,17 @@ struct RunArgs {
     /// a bitmask.
     #[arg(long, value_name = "EVENTS", default_value = "all", value_parser = devices::pvpanic::parse_events)]
     pvpanic_events: u8,
+    /// Offer the crash message page (CRASH_CTL bit 62): the guest then sends its kernel log tail
+    /// with the crash report. Linux sends that report after the VMBus UNLOAD; with `off` it
+    /// reports registers only, before the UNLOAD.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    hyperv_crash_message: bool,
+    /// Answer the guest's VMBus UNLOAD this late, e.g. 2s or 500ms (test knob).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+    vmbus_unload_delay: std::time::Duration,
+    /// Answer the guest's VMBus UNLOAD at all; `off` tests the guest's 100 s fallback.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    vmbus_unload_response: bool,
 }
 
 fn on_off(s: &str) -> Result<bool, String> {
@@ -115,6 +126,9 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         hyperv: args.hyperv,
         pvpanic: args.pvpanic,
         pvpanic_events: args.pvpanic_events,
+        hyperv_crash_message: args.hyperv_crash_message,
+        vmbus_unload_delay: args.vmbus_unload_delay,
+        vmbus_unload_response: args.vmbus_unload_response,
     };
     Ok(vmm::vm::run(&config)?.exit_code())
 }

@@ -5,6 +5,7 @@ use std::cell::Cell;
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use devices::bus::PioBus;
 use devices::hyperv::hypercall::{handle_hypercall, HypercallInput, HYPERCALL_PORT};
@@ -23,7 +24,8 @@ use crate::boot;
 use crate::crash::CrashSignal;
 use crate::events::{hex, Event, EventLog};
 use crate::exit::VmExit;
-use crate::hyperv::{GuestRam, HyperV};
+use crate::hyperv::{GuestRam, HyperV, VmbusPort};
+use crate::vmbus::{self, Deferred};
 
 #[derive(Debug, Error)]
 pub enum VcpuError {
@@ -105,6 +107,11 @@ impl SignalQueue {
         }
     }
 
+    /// Wake the main loop without a signal (it recomputes its timers).
+    pub fn wake(&self) {
+        let _ = self.notify.write(1);
+    }
+
     pub fn drain(&self) -> Vec<CrashSignal> {
         let _ = self.notify.read();
         self.queue
@@ -126,6 +133,9 @@ pub struct ExitContext {
     pub hyperv: Option<Mutex<HyperV>>,
     pub events: EventLog,
     pub signals: SignalQueue,
+    pub kicker: Arc<Kicker>,
+    /// VMBus replies to post later (the UNLOAD-delay knob).
+    pub deferred: Deferred,
 }
 
 impl ExitContext {
@@ -231,8 +241,18 @@ impl ExitContext {
             }
             HvEvent::Teardown => {
                 log::info!("vCPU {vcpu}: guest tore Hyper-V down (kexec imminent)");
+                // Whatever is still queued was meant for the kernel that is going away.
+                if let Some(mut hv) = self.hyperv() {
+                    hv.partition.clear_queues();
+                }
                 self.events.emit(Event::GuestKexec { vcpu });
                 self.signals.send(CrashSignal::GuestKexec { vcpu });
+                ExitAction::Continue
+            }
+            HvEvent::Reinitialized { guest_os_id } => {
+                log::info!("vCPU {vcpu}: Hyper-V set up again (guest OS id {guest_os_id:#x}): crash kernel running");
+                self.events.emit(Event::CrashKernelStarted { vcpu });
+                self.signals.send(CrashSignal::CrashKernelStarted { vcpu });
                 ExitAction::Continue
             }
             HvEvent::SynicChanged => ExitAction::Deliver,
@@ -538,9 +558,18 @@ fn hypercall(vcpu: u32, fd: &VcpuFd, ctx: &ExitContext) -> Result<(), errno::Err
     let Some(mut hv) = ctx.hyperv() else {
         return Ok(());
     };
-    let HyperV { messages, .. } = &mut *hv;
-    regs.rax = handle_hypercall(vcpu, input, &GuestRam(&ctx.mem), messages.as_mut());
+    let mut port = VmbusPort {
+        server: &mut hv.vmbus,
+        outputs: Vec::new(),
+    };
+    regs.rax = handle_hypercall(vcpu, input, &GuestRam(&ctx.mem), &mut port);
+    let outputs = port.outputs;
+    let kick = vmbus::apply(ctx, &mut hv, outputs, Instant::now());
     drop(hv);
+    // This vCPU delivers its own messages before it re-enters the guest; others need a kick.
+    kick.into_iter()
+        .filter(|&vp| vp != vcpu)
+        .for_each(|vp| ctx.kicker.kick(vp));
     fd.set_regs(&regs)
 }
 
@@ -551,6 +580,7 @@ fn deliver(vcpu: u32, vm: &VmFd, ctx: &ExitContext) {
         return;
     }
     let d = hv.partition.deliver(vcpu, &GuestRam(&ctx.mem));
+    vmbus::delivered(ctx, &mut hv, vcpu, &d.delivered);
     drop(hv);
     for e in d.dropped {
         log::warn!("vCPU {vcpu}: SynIC message dropped: {e}");
@@ -665,15 +695,24 @@ mod tests {
             bus,
             mem: GuestMemoryMmap::from_ranges(&ram_ranges(64 << 20)).unwrap(),
             hyperv: hyperv.then(|| {
-                HyperV::new(HvConfig {
-                    vcpus: 2,
-                    tsc_hz: 1_000_000,
-                    apic_hz: 1_000_000_000,
-                    crash_message: true,
-                })
+                HyperV::new(
+                    HvConfig {
+                        vcpus: 2,
+                        tsc_hz: 1_000_000,
+                        apic_hz: 1_000_000_000,
+                        crash_message: true,
+                    },
+                    devices::vmbus::ServerConfig {
+                        vcpus: 2,
+                        unload_delay: std::time::Duration::ZERO,
+                        unload_response: true,
+                    },
+                )
             }),
             events: EventLog::disabled(),
             signals: SignalQueue::new().unwrap(),
+            kicker: Arc::new(Kicker::new(2)),
+            deferred: Deferred::default(),
         }
     }
 

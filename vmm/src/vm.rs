@@ -18,6 +18,7 @@ use devices::bus::{BusError, PioBus};
 use devices::hyperv::HvConfig;
 use devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use devices::pvpanic::{PvPanic, PVPANIC_ACPI_HID, PVPANIC_PORT};
+use devices::vmbus::ServerConfig;
 use devices::{PioDevice, VmRequest};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
@@ -41,6 +42,7 @@ use crate::exit::VmExit;
 use crate::hyperv::{self, HyperV};
 use crate::layout::{self, KVM_TSS_ADDR};
 use crate::vcpu::{self, ExitContext, ExitState, Kicker, SignalQueue, VcpuError};
+use crate::vmbus::{self, Deferred};
 
 /// COM1.
 pub const COM1_BASE: u16 = 0x3f8;
@@ -265,6 +267,22 @@ fn add_pvpanic(dsdt: &mut Dsdt) {
     ));
 }
 
+/// The VMBus root device `hv_vmbus` probes for (`_HID "VMBus"`); its `_CRS` must exist,
+/// empty is fine on x86.
+fn add_vmbus(dsdt: &mut Dsdt) {
+    use acpi_tables::aml::{Device, Name, Path, ResourceTemplate};
+    dsdt.add(&Device::new(
+        Path::new("_SB_.VMBS"),
+        vec![
+            &Name::new(Path::new("_HID"), &"VMBus"),
+            &Name::new(Path::new("_UID"), &0u8),
+            &Name::new(Path::new("_DDN"), &"VMBUS"),
+            &Name::new(Path::new("_STA"), &0x0fu8),
+            &Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![])),
+        ],
+    ));
+}
+
 fn check_kvm(kvm: &Kvm, vcpus: u32) -> Result<(), VmError> {
     let api = kvm.get_api_version();
     if api != 12 {
@@ -348,6 +366,9 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     if config.pvpanic {
         add_pvpanic(&mut dsdt);
     }
+    if config.hyperv {
+        add_vmbus(&mut dsdt);
+    }
     let rsdp = acpi::write_acpi_tables(&mem, config.vcpus, dsdt)?;
     let layout = boot::load_linux(
         &mem,
@@ -420,12 +441,19 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
             let tsc_khz = vcpu_fds[0]
                 .get_tsc_khz()
                 .map_err(kvm_err("KVM_GET_TSC_KHZ"))?;
-            Some(HyperV::new(HvConfig {
-                vcpus: config.vcpus,
-                tsc_hz: tsc_khz as u64 * 1000,
-                apic_hz: hyperv::APIC_HZ,
-                crash_message: true,
-            }))
+            Some(HyperV::new(
+                HvConfig {
+                    vcpus: config.vcpus,
+                    tsc_hz: tsc_khz as u64 * 1000,
+                    apic_hz: hyperv::APIC_HZ,
+                    crash_message: config.hyperv_crash_message,
+                },
+                ServerConfig {
+                    vcpus: config.vcpus,
+                    unload_delay: config.vmbus_unload_delay,
+                    unload_response: config.vmbus_unload_response,
+                },
+            ))
         }
         false => None,
     };
@@ -433,14 +461,16 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     register_signal_handler(SIGRTMIN(), vcpu::kick_handler)
         .map_err(kvm_err("registering the vCPU kick signal"))?;
     let state = Arc::new(ExitState::new().map_err(io_err("exit eventfd"))?);
+    let kicker = Arc::new(Kicker::new(config.vcpus));
     let ctx = Arc::new(ExitContext {
         bus,
         mem: mem.clone(),
         hyperv,
         events: events.clone(),
         signals: SignalQueue::new().map_err(io_err("crash signal eventfd"))?,
+        kicker: kicker.clone(),
+        deferred: Deferred::default(),
     });
-    let kicker = Arc::new(Kicker::new(config.vcpus));
     let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> = EventManager::new()
         .map_err(|e| VmError::Io {
             what: "event manager",
@@ -498,7 +528,13 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     }
 
     while state.get().is_none() {
-        let deadline = lock(&crash).orchestrator.deadline();
+        let deadline = [
+            lock(&crash).orchestrator.deadline(),
+            ctx.deferred.next_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let timeout_ms = deadline.map_or(-1, |d| {
             d.saturating_duration_since(Instant::now())
                 .as_millis()
@@ -507,6 +543,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         if let Err(e) = manager.run_with_timeout(timeout_ms) {
             state.request(VmExit::Error(format!("event loop: {e:?}")));
         }
+        vmbus::post_due(&ctx, Instant::now());
         let mut crash = lock(&crash);
         let actions = crash.orchestrator.on_timer(Instant::now());
         crash.execute(actions);

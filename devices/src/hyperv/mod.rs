@@ -56,6 +56,9 @@ pub enum HvEvent {
     /// The guest tore Hyper-V down (GUEST_OS_ID zeroed and the hypercall page disabled): what
     /// `hyperv_cleanup()` does right before `machine_kexec()`.
     Teardown,
+    /// GUEST_OS_ID was set again after a [`HvEvent::Teardown`]: a new kernel (the crash kernel)
+    /// runs and initializes Hyper-V.
+    Reinitialized { guest_os_id: u64 },
     /// The SynIC of this VP changed (EOM, SINT unmasked, SIMP or SCONTROL enabled): queued
     /// messages may now be deliverable with [`HvPartition::deliver`].
     SynicChanged,
@@ -69,7 +72,7 @@ struct Vp {
     siefp: u64,
     simp: u64,
     sint: [u64; HV_SYNIC_SINT_COUNT],
-    queue: VecDeque<(usize, [u8; HV_MESSAGE_SIZE])>,
+    queue: VecDeque<Queued>,
 }
 
 impl Default for Vp {
@@ -103,6 +106,8 @@ pub struct HvConfig {
 pub struct Delivery {
     /// Vectors to inject into the VP, one per message written.
     pub vectors: Vec<u8>,
+    /// Tags of the messages written, in order.
+    pub delivered: Vec<u64>,
     /// Messages dropped because the SIMP page is outside guest RAM.
     pub dropped: Vec<OutOfRange>,
 }
@@ -118,10 +123,15 @@ pub struct HvPartition {
     saved_page: Option<(u64, Vec<u8>)>,
     /// Hyper-V was enabled since the last teardown.
     active: bool,
+    /// A teardown happened and no kernel has set GUEST_OS_ID since.
+    torn_down: bool,
     reference_tsc: u64,
     crash_params: [u64; 5],
     vps: Vec<Vp>,
 }
+
+/// A queued SynIC message: its SINT, the 256-byte slot image, and the caller's tag.
+type Queued = (usize, [u8; HV_MESSAGE_SIZE], u64);
 
 impl HvPartition {
     pub fn new(config: HvConfig) -> Self {
@@ -131,6 +141,7 @@ impl HvPartition {
             hypercall: 0,
             saved_page: None,
             active: false,
+            torn_down: false,
             reference_tsc: 0,
             crash_params: [0; 5],
             vps: vec![Vp::default(); config.vcpus as usize],
@@ -198,6 +209,10 @@ impl HvPartition {
         match msr {
             HV_X64_MSR_GUEST_OS_ID => {
                 self.guest_os_id = value;
+                if value != 0 && self.torn_down {
+                    self.torn_down = false;
+                    return Ok(Some(HvEvent::Reinitialized { guest_os_id: value }));
+                }
                 Ok(self.check_teardown())
             }
             HV_X64_MSR_HYPERCALL => self.write_hypercall(value, mem),
@@ -292,6 +307,7 @@ impl HvPartition {
     fn check_teardown(&mut self) -> Option<HvEvent> {
         if self.active && self.guest_os_id == 0 && self.hypercall & HV_MSR_ENABLE == 0 {
             self.active = false;
+            self.torn_down = true;
             return Some(HvEvent::Teardown);
         }
         None
@@ -324,13 +340,15 @@ impl HvPartition {
     }
 
     /// Queue a SynIC message for `vp` on `sint` (call [`deliver`](Self::deliver) on that VP's
-    /// thread afterwards). Fails when the queue is full.
+    /// thread afterwards); `tag` comes back in [`Delivery::delivered`]. Fails when the queue is
+    /// full.
     pub fn post(
         &mut self,
         vp: u32,
         sint: usize,
         message_type: u32,
         payload: &[u8],
+        tag: u64,
     ) -> Result<(), u16> {
         if sint >= HV_SYNIC_SINT_COUNT || payload.len() > HV_MESSAGE_PAYLOAD_BYTE_COUNT {
             return Err(HV_STATUS_INVALID_PARAMETER);
@@ -347,8 +365,13 @@ impl HvPartition {
         msg[4] = payload.len() as u8;
         msg[HV_MESSAGE_HEADER_SIZE..HV_MESSAGE_HEADER_SIZE + payload.len()]
             .copy_from_slice(payload);
-        v.queue.push_back((sint, msg));
+        v.queue.push_back((sint, msg, tag));
         Ok(())
+    }
+
+    /// Drop every queued message of every VP.
+    pub fn clear_queues(&mut self) {
+        self.vps.iter_mut().for_each(|v| v.queue.clear());
     }
 
     /// Messages waiting for `vp`.
@@ -376,7 +399,7 @@ impl HvPartition {
         let mut i = 0;
         while i < self.vps[vp as usize].queue.len() {
             let v = &self.vps[vp as usize];
-            let (sint, msg) = v.queue[i];
+            let (sint, msg, tag) = v.queue[i];
             if !self.sint_ready(vp, sint) {
                 i += 1;
                 continue;
@@ -399,6 +422,7 @@ impl HvPartition {
                 Ok(true) => {
                     self.vps[vp as usize].queue.remove(i);
                     out.vectors.push(vector);
+                    out.delivered.push(tag);
                 }
                 Ok(false) => i += 1,
                 Err(e) => {
@@ -570,8 +594,12 @@ mod tests {
         assert_eq!(code, [0xaa; 13], "the guest's bytes are back");
         // Once per enable cycle; the crash kernel enables again at a new page.
         assert_eq!(p.write_msr(0, HV_X64_MSR_HYPERCALL, 0x3000, &mem), Ok(None));
-        p.write_msr(0, HV_X64_MSR_GUEST_OS_ID, LINUX_6_1_GUEST_ID, &mem)
-            .unwrap();
+        assert_eq!(
+            p.write_msr(0, HV_X64_MSR_GUEST_OS_ID, LINUX_6_1_GUEST_ID, &mem),
+            Ok(Some(HvEvent::Reinitialized {
+                guest_os_id: LINUX_6_1_GUEST_ID
+            }))
+        );
         assert!(matches!(
             p.write_msr(0, HV_X64_MSR_HYPERCALL, 0x5001, &mem),
             Ok(Some(HvEvent::HypercallEnabled { gpa: 0x5000, .. }))
@@ -675,20 +703,23 @@ mod tests {
     fn synic_delivery_and_eom_protocol() {
         let mut p = partition(2);
         let mem = FakeMem::new(0x10000);
-        p.post(1, 2, 1, b"first").unwrap();
+        p.post(1, 2, 1, b"first", 0).unwrap();
         // Not enabled yet: stays queued, nothing written anywhere.
         assert_eq!(p.deliver(1, &mem), Delivery::default());
         assert_eq!(p.queued(1), 1);
         enable_synic(&mut p, 1, 0x6000, &mem);
         assert_eq!(p.deliver(1, &mem).vectors, vec![0xf3]);
         let slot = 0x6000 + 2 * 256;
+        p.post(1, 2, 1, b"tagged", 42).unwrap();
+        p.clear_queues();
+        assert_eq!(p.queued(1), 0);
         let mut m = [0u8; 32];
         mem.read(slot, &mut m).unwrap();
         assert_eq!(u32::from_le_bytes(m[0..4].try_into().unwrap()), 1);
         assert_eq!(m[4], 5);
         assert_eq!(&m[16..21], b"first");
         // The slot is busy: the next message waits and msg_pending is set.
-        p.post(1, 2, 1, b"second").unwrap();
+        p.post(1, 2, 1, b"second", 7).unwrap();
         assert_eq!(p.deliver(1, &mem).vectors, Vec::<u8>::new());
         mem.read(slot, &mut m).unwrap();
         assert_eq!(m[5] & HV_MESSAGE_FLAG_PENDING, 1);
@@ -698,7 +729,14 @@ mod tests {
             p.write_msr(1, HV_X64_MSR_EOM, 0, &mem),
             Ok(Some(HvEvent::SynicChanged))
         );
-        assert_eq!(p.deliver(1, &mem).vectors, vec![0xf3]);
+        assert_eq!(
+            p.deliver(1, &mem),
+            Delivery {
+                vectors: vec![0xf3],
+                delivered: vec![7],
+                dropped: vec![]
+            }
+        );
         mem.read(slot, &mut m).unwrap();
         assert_eq!(&m[16..22], b"second");
         assert_eq!(
@@ -708,7 +746,7 @@ mod tests {
         );
         assert_eq!(p.queued(1), 0);
         // VP 0 never enabled its SynIC: its page is never touched.
-        p.post(0, 2, 1, b"x").unwrap();
+        p.post(0, 2, 1, b"x", 0).unwrap();
         assert!(p.deliver(0, &mem).vectors.is_empty());
     }
 
@@ -719,7 +757,7 @@ mod tests {
         enable_synic(&mut p, 0, 0x6000, &mem);
         p.write_msr(0, HV_X64_MSR_SINT0 + 2, 0xf3 | HV_SYNIC_SINT_MASKED, &mem)
             .unwrap();
-        p.post(0, 2, 1, b"m").unwrap();
+        p.post(0, 2, 1, b"m", 0).unwrap();
         assert!(p.deliver(0, &mem).vectors.is_empty());
         p.write_msr(0, HV_X64_MSR_SINT0 + 2, 0xf3, &mem).unwrap();
         p.write_msr(0, HV_X64_MSR_SIMP, 0x6000, &mem).unwrap(); // disabled (crash teardown)
@@ -736,7 +774,7 @@ mod tests {
         let mut p = partition(1);
         let mem = FakeMem::new(0x10000);
         enable_synic(&mut p, 0, 0xffff_f000, &mem);
-        p.post(0, 2, 1, b"lost").unwrap();
+        p.post(0, 2, 1, b"lost", 0).unwrap();
         let d = p.deliver(0, &mem);
         assert!(d.vectors.is_empty());
         assert_eq!(d.dropped.len(), 1);
@@ -747,11 +785,14 @@ mod tests {
     fn queue_is_bounded_and_checked() {
         let mut p = partition(1);
         for _ in 0..MAX_QUEUED_MESSAGES {
-            p.post(0, 2, 1, b"").unwrap();
+            p.post(0, 2, 1, b"", 0).unwrap();
         }
-        assert_eq!(p.post(0, 2, 1, b""), Err(HV_STATUS_INSUFFICIENT_BUFFERS));
-        assert_eq!(p.post(0, 16, 1, b""), Err(HV_STATUS_INVALID_PARAMETER));
-        assert_eq!(p.post(0, 2, 1, &[0; 241]), Err(HV_STATUS_INVALID_PARAMETER));
-        assert_eq!(p.post(7, 2, 1, b""), Err(HV_STATUS_INVALID_PARAMETER));
+        assert_eq!(p.post(0, 2, 1, b"", 0), Err(HV_STATUS_INSUFFICIENT_BUFFERS));
+        assert_eq!(p.post(0, 16, 1, b"", 0), Err(HV_STATUS_INVALID_PARAMETER));
+        assert_eq!(
+            p.post(0, 2, 1, &[0; 241], 0),
+            Err(HV_STATUS_INVALID_PARAMETER)
+        );
+        assert_eq!(p.post(7, 2, 1, b"", 0), Err(HV_STATUS_INVALID_PARAMETER));
     }
 }

@@ -21,6 +21,8 @@ pub enum CrashSignal {
     },
     /// The crashed kernel tore Hyper-V down: kexec into the crash kernel is imminent.
     GuestKexec { vcpu: u32 },
+    /// After a `GuestKexec`, a kernel (the crash kernel) set up Hyper-V again.
+    CrashKernelStarted { vcpu: u32 },
     /// A vCPU triple-faulted.
     TripleFault { vcpu: u32 },
 }
@@ -104,7 +106,7 @@ impl Orchestrator {
                     vec![self.panic_exit("hv_crash")]
                 }
             }
-            CrashSignal::GuestKexec { .. } => vec![],
+            CrashSignal::GuestKexec { .. } | CrashSignal::CrashKernelStarted { .. } => vec![],
             CrashSignal::TripleFault { vcpu } => match self.panicked {
                 Some(_) => vec![self.panic_exit("triple_fault")],
                 None => vec![Action::Stop(VmExit::TripleFault { vcpu })],
@@ -122,11 +124,11 @@ impl Orchestrator {
         }
     }
 
-    /// The VM ended for `exit`: a reset after a panic (`panic=N` on the guest's command line)
-    /// is still a panicked guest.
+    /// The VM ended for `exit`. A guest that panicked stays a panicked guest whatever it did
+    /// next: reset itself (`panic=N`), triple-faulted, or powered off after its kdump.
     pub fn final_exit(&self, exit: VmExit) -> VmExit {
         match (&exit, self.panicked) {
-            (VmExit::Reset(_) | VmExit::TripleFault { .. }, Some(trigger)) => {
+            (VmExit::Reset(_) | VmExit::TripleFault { .. } | VmExit::PowerOff, Some(trigger)) => {
                 VmExit::GuestPanicked {
                     trigger: trigger.to_string(),
                 }
@@ -220,6 +222,19 @@ mod tests {
                 trigger: "hv_crash".into()
             }
         );
-        assert_eq!(o.final_exit(VmExit::PowerOff), VmExit::PowerOff);
+        assert_eq!(
+            o.final_exit(VmExit::PowerOff),
+            VmExit::GuestPanicked {
+                trigger: "hv_crash".into()
+            }
+        );
+        assert_eq!(
+            o.final_exit(VmExit::Stopped { signal: 15 }),
+            VmExit::Stopped { signal: 15 }
+        );
+        assert_eq!(
+            Orchestrator::new(true).final_exit(VmExit::PowerOff),
+            VmExit::PowerOff
+        );
     }
 }

@@ -1,0 +1,176 @@
+//! Carrying out what the VMBus server decides: posting its replies into SynIC queues (now, or
+//! later for the UNLOAD-delay knob), kicking the target vCPU so that its own thread delivers
+//! them, and recording the VMBus events.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use devices::hyperv::tlfs::VMBUS_MESSAGE_SINT;
+use devices::vmbus::messages::{version_string, VMBUS_SYNIC_MESSAGE_TYPE};
+use devices::vmbus::{Output, SendKind, ServerEvent};
+
+use crate::events::Event;
+use crate::hyperv::{HyperV, TAG_UNLOAD_RESPONSE};
+use crate::vcpu::ExitContext;
+
+/// A reply the server wants posted later.
+#[derive(Debug)]
+pub struct DeferredSend {
+    pub due: Instant,
+    pub vp: u32,
+    pub payload: Vec<u8>,
+    pub kind: SendKind,
+}
+
+/// Replies waiting for their time; the main loop posts them when due.
+#[derive(Default)]
+pub struct Deferred(Mutex<Vec<DeferredSend>>);
+
+impl Deferred {
+    /// When the next one is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|d| d.due)
+            .min()
+    }
+
+    fn push(&self, d: DeferredSend) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(d);
+    }
+
+    fn take_due(&self, now: Instant) -> Vec<DeferredSend> {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (due, later) = q.drain(..).partition(|d| d.due <= now);
+        *q = later;
+        due
+    }
+}
+
+/// Carry out the server's outputs. Returns the VPs to kick (after the Hyper-V lock is released)
+/// so they deliver what was queued for them.
+pub fn apply(ctx: &ExitContext, hv: &mut HyperV, outputs: Vec<Output>, now: Instant) -> Vec<u32> {
+    let mut kick = Vec::new();
+    let mut pending = std::collections::VecDeque::from(outputs);
+    while let Some(out) = pending.pop_front() {
+        match out {
+            Output::Send {
+                vp,
+                payload,
+                delay,
+                kind,
+            } if delay > Duration::ZERO => {
+                ctx.deferred.push(DeferredSend {
+                    due: now + delay,
+                    vp,
+                    payload,
+                    kind,
+                });
+                // Wake the main loop so it rearms its timer.
+                ctx.signals.wake();
+            }
+            Output::Send {
+                vp, payload, kind, ..
+            } => {
+                let tag = if kind == SendKind::UnloadResponse {
+                    TAG_UNLOAD_RESPONSE
+                } else {
+                    0
+                };
+                if let Err(status) = hv.partition.post(
+                    vp,
+                    VMBUS_MESSAGE_SINT,
+                    VMBUS_SYNIC_MESSAGE_TYPE,
+                    &payload,
+                    tag,
+                ) {
+                    log::warn!("VMBus: cannot queue a message for VP {vp} (status {status:#x})");
+                }
+                kick.push(vp);
+                if kind == SendKind::UnloadResponse {
+                    pending.extend(hv.vmbus.unload_response_posted());
+                }
+            }
+            Output::ClearQueues => hv.partition.clear_queues(),
+            Output::Event(e) => record(ctx, hv, e, now),
+        }
+    }
+    kick.sort_unstable();
+    kick.dedup();
+    kick
+}
+
+fn record(ctx: &ExitContext, hv: &mut HyperV, event: ServerEvent, now: Instant) {
+    match event {
+        ServerEvent::Connected {
+            vcpu,
+            version,
+            target_vcpu,
+        } => {
+            log::info!(
+                "VMBus: connected, protocol {} (target VP {target_vcpu})",
+                version_string(version)
+            );
+            ctx.events.emit(Event::VmbusConnected {
+                vcpu,
+                version: version_string(version),
+                target_vcpu,
+            });
+        }
+        ServerEvent::VersionRejected { vcpu, version } => {
+            log::info!(
+                "VMBus: vCPU {vcpu} asked for protocol {}, declined",
+                version_string(version)
+            );
+        }
+        ServerEvent::UnloadRequested { vcpu } => {
+            log::info!("VMBus: vCPU {vcpu} requests UNLOAD");
+            hv.unload_started = Some((vcpu, now));
+            ctx.events.emit(Event::VmbusUnloadRequested { vcpu });
+        }
+        ServerEvent::Rejected { vcpu, reason } => {
+            log::warn!("VMBus: message from vCPU {vcpu} rejected: {reason}");
+            ctx.events
+                .emit(Event::VmbusMessageRejected { vcpu, reason });
+        }
+    }
+}
+
+/// Post the deferred replies that are due, from the main thread.
+pub fn post_due(ctx: &ExitContext, now: Instant) {
+    let due = ctx.deferred.take_due(now);
+    if due.is_empty() {
+        return;
+    }
+    let Some(hv) = ctx.hyperv.as_ref() else {
+        return;
+    };
+    let mut hv = hv.lock().unwrap_or_else(|e| e.into_inner());
+    let outputs = due
+        .into_iter()
+        .map(|d| Output::Send {
+            vp: d.vp,
+            payload: d.payload,
+            delay: Duration::ZERO,
+            kind: d.kind,
+        })
+        .collect();
+    let kick = apply(ctx, &mut hv, outputs, now);
+    drop(hv);
+    kick.into_iter().for_each(|vp| ctx.kicker.kick(vp));
+}
+
+/// After a delivery on `vcpu`: if it carried the UNLOAD_RESPONSE, the UNLOAD is complete.
+pub fn delivered(ctx: &ExitContext, hv: &mut HyperV, vcpu: u32, tags: &[u64]) {
+    if tags.contains(&TAG_UNLOAD_RESPONSE) {
+        let latency_us = hv
+            .unload_started
+            .take()
+            .map_or(0, |(_, t)| t.elapsed().as_micros() as u64);
+        log::info!("VMBus: UNLOAD answered on VP {vcpu} after {latency_us} us");
+        ctx.events
+            .emit(Event::VmbusUnloadCompleted { vcpu, latency_us });
+    }
+}
