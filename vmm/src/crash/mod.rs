@@ -4,6 +4,8 @@
 //! Devices and vCPU threads record what they saw in the event log where they see it (so the
 //! log keeps the guest's order) and send the signal here; the orchestrator only decides.
 
+pub mod vmcore;
+
 use std::time::{Duration, Instant};
 
 use crate::exit::VmExit;

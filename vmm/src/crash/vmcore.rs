@@ -1,0 +1,1 @@
+//! Host-side vmcore writer (being written).
