@@ -25,6 +25,11 @@ die() { printf 'images: error: %s\n' "$*" >&2; exit 1; }
 GUEST_MODULES=(pvpanic pvpanic_mmio 'pvpanic_pci?' hv_vmbus
   'virtio?' 'virtio_ring?' 'virtio_mmio?' 'virtio_pci?' 'virtio_blk?' 'virtio_console?'
   'virtio_net?' 'virtio_balloon?' 'virtio_rng?')
+# The crash kernel's initramfs (/boot/crash-initrd.cpio.gz in the guest image) is loaded into the
+# crashkernel= reservation: only what a dump needs. No virtio_net/balloon/rng (a balloon must not
+# run in a crash kernel), no pvpanic_pci.
+CRASH_MODULES=(pvpanic pvpanic_mmio hv_vmbus
+  'virtio?' 'virtio_ring?' 'virtio_mmio?' 'virtio_pci?' 'virtio_blk?' 'virtio_console?')
 HOST_MODULES=(irqbypass kvm ccp kvm_amd 'kvm_intel?'
   'virtio?' 'virtio_ring?' 'virtio_pci?' 'netfs?' 'fscache?' 9pnet 9pnet_virtio 9p)
 # Shared libraries put into the test host so that dynamically linked programs built on this
@@ -383,24 +388,47 @@ copy_kernel_files() {
   rm -f "$dir/kernel-release.new"
 }
 
+# The same /init and scenario scripts in the guest and in the crash-kernel initramfs.
+stage_init_and_scenarios() {
+  local root=$1 s
+  install -m 0755 "$here/guest-init.sh" "$root/init"
+  mkdir -p "$root/scenarios"
+  for s in "$here"/scenarios/*.sh; do
+    [[ -e $s ]] || die "no scenarios in $here/scenarios"
+    install -m 0755 "$s" "$root/scenarios/"
+  done
+  printf 'kernel=%s\npackage=%s\n' "$GUEST_REL" "$(basename "$GUEST_DEB")" >"$root/etc/crashtest-image"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Crash-kernel initramfs (goes into the guest image as /boot/crash-initrd.cpio.gz)
+
+say "crash initramfs: kernel $GUEST_REL"
+copy_kernel_files "$GUEST_ROOT" "$GUEST_REL" "$out/guest"
+croot="$cache/stage/crash"
+stage_skeleton "$croot"
+stage_elf "$MAKEDUMPFILE" "$croot" /usr/bin/makedumpfile
+[[ -n $VMCORE_DMESG ]] && stage_elf "$VMCORE_DMESG" "$croot" /sbin/vmcore-dmesg
+stage_modules "$GUEST_ROOT" "$GUEST_REL" "$croot" "${CRASH_MODULES[@]}"
+stage_init_and_scenarios "$croot"
+printf 'crash-initrd=1\n' >>"$croot/etc/crashtest-image"
+pack_cpio "$croot" "$out/guest/crash-initrd.cpio.gz"
+
 # ---------------------------------------------------------------------------------------------
 # Guest image
 
 say "guest: kernel $GUEST_REL"
-copy_kernel_files "$GUEST_ROOT" "$GUEST_REL" "$out/guest"
 groot="$cache/stage/guest"
 stage_skeleton "$groot"
 stage_elf "$KEXEC" "$groot" /sbin/kexec
 stage_elf "$MAKEDUMPFILE" "$groot" /usr/bin/makedumpfile
 [[ -n $VMCORE_DMESG ]] && stage_elf "$VMCORE_DMESG" "$groot" /sbin/vmcore-dmesg
 stage_modules "$GUEST_ROOT" "$GUEST_REL" "$groot" "${GUEST_MODULES[@]}"
-install -m 0755 "$here/guest-init.sh" "$groot/init"
-mkdir -p "$groot/scenarios"
-for s in "$here"/scenarios/*.sh; do
-  [[ -e $s ]] || die "no scenarios in $here/scenarios"
-  install -m 0755 "$s" "$groot/scenarios/"
-done
-printf 'kernel=%s\npackage=%s\n' "$GUEST_REL" "$(basename "$GUEST_DEB")" >"$groot/etc/crashtest-image"
+stage_init_and_scenarios "$groot"
+# For crashtest=kdump: the kernel to kexec into (the same bzImage) and the crash initramfs.
+mkdir -p "$groot/boot"
+cp "$out/guest/vmlinuz" "$groot/boot/vmlinuz"
+cp "$out/guest/crash-initrd.cpio.gz" "$groot/boot/crash-initrd.cpio.gz"
 pack_cpio "$groot" "$out/guest/initramfs.cpio.gz"
 
 # ---------------------------------------------------------------------------------------------

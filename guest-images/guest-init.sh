@@ -17,6 +17,9 @@ mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=0755 tmpfs /run
 
 halt_now() {
+	# Let the console send what is queued (stty with a setting does tcsetattr(TCSADRAIN)),
+	# so that the last markers are not cut off by the power-off.
+	timeout 2 stty "$(stty -g)" 2>/dev/null
 	sync
 	poweroff -f
 	# Only reached when the power-off request itself failed.

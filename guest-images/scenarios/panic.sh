@@ -4,5 +4,9 @@
 modprobe pvpanic-mmio || echo "CRASHTEST: panic: warning: modprobe pvpanic-mmio failed"
 modprobe hv_vmbus || echo "CRASHTEST: panic: warning: modprobe hv_vmbus failed"
 echo "CRASHTEST: panic: triggering"
+# Wait until the console has sent everything: otherwise the UART interrupt is still sending the
+# markers while the panic printk writes, and the lines come out interleaved. stty with a setting
+# does tcsetattr(TCSADRAIN); the timeout bounds it in case the UART never reports empty.
+timeout 2 stty "$(stty -g)" 2>/dev/null || sleep 1
 echo 1 >/proc/sys/kernel/sysrq
 echo c >/proc/sysrq-trigger
