@@ -54,14 +54,10 @@ impl PioDevice for AcpiPm {
     fn write(&mut self, offset: u16, data: &[u8]) -> Option<VmRequest> {
         let value = *data.first()?;
         match offset {
-            SLEEP_CONTROL_OFFSET
-                if value & SLP_EN != 0 && (value >> SLP_TYP_SHIFT) & 0x7 == S5_SLP_TYP =>
-            {
+            SLEEP_CONTROL_OFFSET if value & SLP_EN != 0 && (value >> SLP_TYP_SHIFT) & 0x7 == S5_SLP_TYP => {
                 Some(VmRequest::PowerOff)
             }
-            RESET_OFFSET if value == RESET_VALUE => {
-                Some(VmRequest::Reset(ResetSource::AcpiResetRegister))
-            }
+            RESET_OFFSET if value == RESET_VALUE => Some(VmRequest::Reset(ResetSource::AcpiResetRegister)),
             _ => None,
         }
     }
@@ -76,16 +72,10 @@ mod tests {
         let mut pm = AcpiPm::new();
         let s5 = (S5_SLP_TYP << SLP_TYP_SHIFT) | SLP_EN;
         assert_eq!(s5, 0x34, "the value Linux writes for SLP_TYP 5");
-        assert_eq!(
-            pm.write(SLEEP_CONTROL_OFFSET, &[s5]),
-            Some(VmRequest::PowerOff)
-        );
+        assert_eq!(pm.write(SLEEP_CONTROL_OFFSET, &[s5]), Some(VmRequest::PowerOff));
         // Without SLP_EN, or another sleep type, nothing happens.
         assert_eq!(pm.write(SLEEP_CONTROL_OFFSET, &[s5 & !SLP_EN]), None);
-        assert_eq!(
-            pm.write(SLEEP_CONTROL_OFFSET, &[(3 << SLP_TYP_SHIFT) | SLP_EN]),
-            None
-        );
+        assert_eq!(pm.write(SLEEP_CONTROL_OFFSET, &[(3 << SLP_TYP_SHIFT) | SLP_EN]), None);
         assert_eq!(pm.write(SLEEP_STATUS_OFFSET, &[s5]), None);
         assert_eq!(pm.write(SLEEP_CONTROL_OFFSET, &[]), None);
     }
@@ -93,10 +83,7 @@ mod tests {
     #[test]
     fn reset_register_needs_reset_value() {
         let mut pm = AcpiPm::new();
-        assert_eq!(
-            pm.write(RESET_OFFSET, &[RESET_VALUE]),
-            Some(VmRequest::Reset(ResetSource::AcpiResetRegister))
-        );
+        assert_eq!(pm.write(RESET_OFFSET, &[RESET_VALUE]), Some(VmRequest::Reset(ResetSource::AcpiResetRegister)));
         assert_eq!(pm.write(RESET_OFFSET, &[2]), None);
     }
 

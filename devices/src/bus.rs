@@ -49,11 +49,8 @@ impl PioBus {
             return Err(BusError::BadRange { base, len });
         }
         let end = base as u32 + len as u32;
-        if let Some((&other, _)) = self
-            .devices
-            .range(..end as u16)
-            .next_back()
-            .filter(|(&b, e)| b as u32 + e.len as u32 > base as u32)
+        if let Some((&other, _)) =
+            self.devices.range(..end as u16).next_back().filter(|(&b, e)| b as u32 + e.len as u32 > base as u32)
         {
             return Err(BusError::Overlap { base, len, other });
         }
@@ -150,33 +147,10 @@ mod tests {
         let mut bus = PioBus::new();
         bus.insert(0x60, 1, dev.clone()).unwrap();
         bus.insert(0x64, 1, dev.clone()).unwrap();
-        assert_eq!(
-            bus.insert(0x5f, 2, dev.clone()),
-            Err(BusError::Overlap {
-                base: 0x5f,
-                len: 2,
-                other: 0x60
-            })
-        );
-        assert_eq!(
-            bus.insert(0x63, 4, dev.clone()),
-            Err(BusError::Overlap {
-                base: 0x63,
-                len: 4,
-                other: 0x64
-            })
-        );
-        assert_eq!(
-            bus.insert(0x10, 0, dev.clone()),
-            Err(BusError::BadRange { base: 0x10, len: 0 })
-        );
-        assert_eq!(
-            bus.insert(0xfff0, 0x20, dev.clone()),
-            Err(BusError::BadRange {
-                base: 0xfff0,
-                len: 0x20
-            })
-        );
+        assert_eq!(bus.insert(0x5f, 2, dev.clone()), Err(BusError::Overlap { base: 0x5f, len: 2, other: 0x60 }));
+        assert_eq!(bus.insert(0x63, 4, dev.clone()), Err(BusError::Overlap { base: 0x63, len: 4, other: 0x64 }));
+        assert_eq!(bus.insert(0x10, 0, dev.clone()), Err(BusError::BadRange { base: 0x10, len: 0 }));
+        assert_eq!(bus.insert(0xfff0, 0x20, dev.clone()), Err(BusError::BadRange { base: 0xfff0, len: 0x20 }));
         bus.insert(0xfff0, 0x10, dev).unwrap();
         assert!(bus.contains(0xffff));
         assert!(bus.contains(0x60) && !bus.contains(0x61));

@@ -52,10 +52,7 @@ mod tests {
     #[test]
     fn reset_only_on_fe_to_command_port() {
         let mut dev = I8042::new();
-        assert_eq!(
-            dev.write(COMMAND_OFFSET, &[0xfe]),
-            Some(VmRequest::Reset(ResetSource::Keyboard))
-        );
+        assert_eq!(dev.write(COMMAND_OFFSET, &[0xfe]), Some(VmRequest::Reset(ResetSource::Keyboard)));
         assert_eq!(dev.write(DATA_OFFSET, &[0xfe]), None);
         for cmd in (0..=0xffu8).filter(|&c| c != 0xfe) {
             assert_eq!(dev.write(COMMAND_OFFSET, &[cmd]), None, "command {cmd:#x}");

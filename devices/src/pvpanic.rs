@@ -26,17 +26,12 @@ pub fn parse_events(s: &str) -> Result<u8, String> {
     if s == "all" {
         return Ok(PVPANIC_ALL);
     }
-    let number = s
-        .strip_prefix("0x")
-        .map(|h| u8::from_str_radix(h, 16))
-        .unwrap_or_else(|| s.parse::<u8>());
+    let number = s.strip_prefix("0x").map(|h| u8::from_str_radix(h, 16)).unwrap_or_else(|| s.parse::<u8>());
     if let Ok(n) = number {
         return if n & !PVPANIC_ALL == 0 {
             Ok(n)
         } else {
-            Err(format!(
-                "pvpanic events {n:#x} include unknown bits (known: {PVPANIC_ALL:#x})"
-            ))
+            Err(format!("pvpanic events {n:#x} include unknown bits (known: {PVPANIC_ALL:#x})"))
         };
     }
     s.split(',').try_fold(0u8, |acc, name| {
@@ -63,9 +58,7 @@ pub struct PvPanic {
 impl PvPanic {
     /// A device that advertises `supported` (a subset of [`PVPANIC_ALL`]).
     pub fn new(supported: u8) -> Self {
-        Self {
-            supported: supported & PVPANIC_ALL,
-        }
+        Self { supported: supported & PVPANIC_ALL }
     }
 }
 
@@ -105,10 +98,7 @@ mod tests {
             assert_eq!(dev.write(0, &[v]), Some(VmRequest::PvPanic { bits: v }));
         }
         assert_eq!(dev.write(0, &[]), None);
-        assert_eq!(
-            dev.write(0, &[1, 2, 3, 4]),
-            Some(VmRequest::PvPanic { bits: 1 })
-        );
+        assert_eq!(dev.write(0, &[1, 2, 3, 4]), Some(VmRequest::PvPanic { bits: 1 }));
     }
 
     #[test]

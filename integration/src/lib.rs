@@ -40,6 +40,8 @@ pub struct Scenario {
     pub vmm_args: &'static [&'static str],
     /// Wall-clock limit in the software KVM test host; direct runs get a quarter of it.
     pub testhost_timeout: Duration,
+    /// Put the crash directory on a tmpfs of this size (to test a full disk); needs root.
+    pub crash_dir_tmpfs: Option<&'static str>,
 }
 
 /// Every scenario the runner knows.
@@ -53,17 +55,18 @@ pub const SCENARIOS: &[Scenario] = &[
         expected_exit: 0,
         vmm_args: &[],
         testhost_timeout: Duration::from_secs(300),
+        crash_dir_tmpfs: None,
     },
     Scenario {
         name: "panic",
-        description:
-            "Hyper-V on, no crash kernel: load pvpanic-mmio and hv_vmbus, panic with sysrq",
+        description: "Hyper-V on, no crash kernel: load pvpanic-mmio and hv_vmbus, panic with sysrq",
         memory: "768M",
         vcpus: 2,
         cmdline: "console=ttyS0 panic=-1",
         expected_exit: GUEST_PANICKED,
         vmm_args: &[],
         testhost_timeout: Duration::from_secs(300),
+        crash_dir_tmpfs: None,
     },
     Scenario {
         name: "panic-kvm",
@@ -74,6 +77,7 @@ pub const SCENARIOS: &[Scenario] = &[
         expected_exit: GUEST_PANICKED,
         vmm_args: &["--hyperv", "off"],
         testhost_timeout: Duration::from_secs(300),
+        crash_dir_tmpfs: None,
     },
     Scenario {
         name: "kdump",
@@ -84,19 +88,77 @@ pub const SCENARIOS: &[Scenario] = &[
         expected_exit: GUEST_PANICKED,
         vmm_args: &[],
         testhost_timeout: Duration::from_secs(420),
+        crash_dir_tmpfs: None,
+    },
+    Scenario {
+        name: "panic-fulldisk",
+        description: "as panic, with the crash directory on a 4 MiB tmpfs: the vmcore cannot be written",
+        memory: "768M",
+        vcpus: 2,
+        cmdline: "console=ttyS0 panic=-1",
+        expected_exit: CRASH_COLLECTION_FAILED,
+        vmm_args: &[],
+        testhost_timeout: Duration::from_secs(300),
+        crash_dir_tmpfs: Some("4m"),
     },
 ];
+
+/// crashvmm's exit code when the guest panicked and its vmcore could not be collected.
+pub const CRASH_COLLECTION_FAILED: i32 = 7;
 
 /// crashvmm's exit code for a guest that panicked (see README.md).
 pub const GUEST_PANICKED: i32 = 5;
 
 impl Scenario {
+    /// Where crashvmm writes crash directories, inside the output directory.
+    fn crash_dir_name(&self) -> &'static str {
+        if self.crash_dir_tmpfs.is_some() {
+            "crashes-tmpfs"
+        } else {
+            "crashes"
+        }
+    }
+
+    /// The shell script that runs crashvmm for this scenario from directory `$1`, with paths
+    /// as seen there, leaving `crashvmm.log`, `exit-code` and `crashes/` in `out`.
+    fn script(&self, crashvmm: &str, kernel: &str, initrd: &str, out: &str) -> String {
+        let args: Vec<String> = crashvmm_args(self, kernel, initrd, out).iter().map(|a| sh_quote(a)).collect();
+        let mut sh = format!(
+            "# Written by the crashvmm scenario runner; run as `sh run.sh DIR`.\n\
+             cd \"$1\" || exit 125\n\
+             echo \"TESTHOST: scenario {name}: starting crashvmm\"\n",
+            name = self.name
+        );
+        if let Some(size) = self.crash_dir_tmpfs {
+            let d = format!("{out}/{}", self.crash_dir_name());
+            sh += &format!(
+                "mkdir -p {d} && mount -t tmpfs -o size={size} crashvmm-crashes {d} || \
+                 {{ echo \"TESTHOST: cannot mount a {size} tmpfs on {d}\"; exit 125; }}\n"
+            );
+        }
+        // RUST_LOG reaches crashvmm, in the test host too.
+        if let Ok(level) = std::env::var("RUST_LOG") {
+            sh += &format!("export RUST_LOG={}\n", sh_quote(&level));
+        }
+        sh += &format!(
+            "{q} {args} </dev/null 2>{out}/crashvmm.log\n\
+             rc=$?\n\
+             echo \"$rc\" >{out}/exit-code\n",
+            q = sh_quote(crashvmm),
+            args = args.join(" ")
+        );
+        if self.crash_dir_tmpfs.is_some() {
+            let d = format!("{out}/{}", self.crash_dir_name());
+            sh += &format!("cp -a {d} {out}/crashes; umount {d}; rmdir {d}\n");
+        }
+        sh += &format!("echo \"TESTHOST: scenario {}: crashvmm exited with $rc\"\n", self.name);
+        sh
+    }
+
     /// The guest-side script: scenarios that differ only in crashvmm options share one
     /// (`panic-kvm` runs `panic`).
     pub fn guest_scenario(&self) -> &'static str {
-        self.name
-            .split_once('-')
-            .map_or(self.name, |(base, _)| base)
+        self.name.split_once('-').map_or(self.name, |(base, _)| base)
     }
 }
 
@@ -109,11 +171,7 @@ pub enum RunnerError {
     #[error("unknown scenario '{0}' (known: {1})")]
     UnknownScenario(String, String),
     #[error("{what} not found at {path}: {hint}")]
-    Missing {
-        what: &'static str,
-        path: PathBuf,
-        hint: &'static str,
-    },
+    Missing { what: &'static str, path: PathBuf, hint: &'static str },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -153,27 +211,12 @@ impl Mode {
             Ok("testhost") => return (Mode::TestHost, "CRASHVMM_SCENARIO_MODE=testhost".into()),
             _ => {}
         }
-        let hw = ["kvm_intel", "kvm_amd"]
-            .into_iter()
-            .find(|m| Path::new("/sys/module").join(m).exists());
-        let usable = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_ok();
+        let hw = ["kvm_intel", "kvm_amd"].into_iter().find(|m| Path::new("/sys/module").join(m).exists());
+        let usable = fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
         match (hw, usable) {
-            (Some(m), true) => (
-                Mode::Direct,
-                format!("/dev/kvm is hardware virtualization ({m})"),
-            ),
-            (Some(m), false) => (
-                Mode::TestHost,
-                format!("{m} is loaded but /dev/kvm cannot be opened"),
-            ),
-            (None, _) => (
-                Mode::TestHost,
-                "/dev/kvm is not hardware virtualization (no kvm_intel or kvm_amd)".into(),
-            ),
+            (Some(m), true) => (Mode::Direct, format!("/dev/kvm is hardware virtualization ({m})")),
+            (Some(m), false) => (Mode::TestHost, format!("{m} is loaded but /dev/kvm cannot be opened")),
+            (None, _) => (Mode::TestHost, "/dev/kvm is not hardware virtualization (no kvm_intel or kvm_amd)".into()),
         }
     }
 }
@@ -190,29 +233,16 @@ pub struct Setup {
 impl Setup {
     /// The repository's build outputs, or `CRASHVMM_BIN` and `CRASHVMM_IMAGES`.
     pub fn from_env() -> Self {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap_or(Path::new("."))
-            .to_owned();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).to_owned();
         let binary = std::env::var_os("CRASHVMM_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target/x86_64-unknown-linux-gnu/release/crashvmm"));
-        let images = std::env::var_os("CRASHVMM_IMAGES")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("build/images"));
-        Self {
-            root,
-            binary,
-            images,
-        }
+        let images =
+            std::env::var_os("CRASHVMM_IMAGES").map(PathBuf::from).unwrap_or_else(|| root.join("build/images"));
+        Self { root, binary, images }
     }
 
-    fn require(
-        &self,
-        what: &'static str,
-        path: PathBuf,
-        hint: &'static str,
-    ) -> Result<PathBuf, RunnerError> {
+    fn require(&self, what: &'static str, path: PathBuf, hint: &'static str) -> Result<PathBuf, RunnerError> {
         if path.is_file() {
             Ok(path)
         } else {
@@ -221,19 +251,11 @@ impl Setup {
     }
 
     fn guest_kernel(&self) -> Result<PathBuf, RunnerError> {
-        self.require(
-            "guest kernel",
-            self.images.join("guest/vmlinuz"),
-            "run `make images`",
-        )
+        self.require("guest kernel", self.images.join("guest/vmlinuz"), "run `make images`")
     }
 
     fn guest_initrd(&self) -> Result<PathBuf, RunnerError> {
-        self.require(
-            "guest initramfs",
-            self.images.join("guest/initramfs.cpio.gz"),
-            "run `make images`",
-        )
+        self.require("guest initramfs", self.images.join("guest/initramfs.cpio.gz"), "run `make images`")
     }
 
     fn crashvmm(&self) -> Result<PathBuf, RunnerError> {
@@ -267,17 +289,22 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn console(&self) -> String {
-        String::from_utf8_lossy(&fs::read(self.out.join("console.log")).unwrap_or_default())
-            .into_owned()
+        String::from_utf8_lossy(&fs::read(self.out.join("console.log")).unwrap_or_default()).into_owned()
     }
 
     /// The event log, one JSON value per line; a line that does not parse is an error.
     pub fn events(&self) -> Result<Vec<Value>, String> {
-        let text = fs::read_to_string(self.out.join("events.jsonl"))
-            .map_err(|e| format!("events.jsonl: {e}"))?;
-        text.lines()
-            .map(|l| serde_json::from_str(l).map_err(|e| format!("bad event line {l:?}: {e}")))
-            .collect()
+        let text = fs::read_to_string(self.out.join("events.jsonl")).map_err(|e| format!("events.jsonl: {e}"))?;
+        text.lines().map(|l| serde_json::from_str(l).map_err(|e| format!("bad event line {l:?}: {e}"))).collect()
+    }
+
+    /// The crash directories crashvmm left, oldest first.
+    pub fn crash_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = fs::read_dir(self.out.join("crashes"))
+            .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default();
+        dirs.sort();
+        dirs
     }
 
     /// Whether crashvmm ended with the scenario's expected exit code.
@@ -311,11 +338,17 @@ fn crashvmm_args(s: &Scenario, kernel: &str, initrd: &str, out: &str) -> Vec<Str
         &format!("{out}/console.log"),
         "--events",
         &format!("{out}/events.jsonl"),
+        "--crash-dir",
+        &format!("{out}/{}", s.crash_dir_name()),
     ]
     .iter()
     .map(|a| a.to_string())
     .collect();
     args.extend(s.vmm_args.iter().map(|a| a.to_string()));
+    // Extra options for experiments: CRASHVMM_EXTRA_ARGS="--on-panic pause --after-crash exit".
+    if let Ok(extra) = std::env::var("CRASHVMM_EXTRA_ARGS") {
+        args.extend(extra.split_whitespace().map(str::to_string));
+    }
     args
 }
 
@@ -342,14 +375,8 @@ fn tee(mut from: impl Read + Send + 'static, log: File, show: bool) -> JoinHandl
 
 /// Wait for `child` up to `limit`; kill it past that. Returns the exit status, or `None`
 /// when it had to be killed.
-fn wait_or_kill(
-    child: &mut Child,
-    limit: Duration,
-) -> Result<Option<std::process::ExitStatus>, RunnerError> {
-    match child
-        .wait_timeout(limit)
-        .map_err(io_err("waiting for the scenario"))?
-    {
+fn wait_or_kill(child: &mut Child, limit: Duration) -> Result<Option<std::process::ExitStatus>, RunnerError> {
+    match child.wait_timeout(limit).map_err(io_err("waiting for the scenario"))? {
         Some(status) => Ok(Some(status)),
         None => {
             let _ = child.kill();
@@ -361,49 +388,22 @@ fn wait_or_kill(
 
 fn exit_code_of(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 /// Run `scenario` and leave its outputs in `out` (created; earlier outputs are replaced).
-pub fn run_scenario(
-    setup: &Setup,
-    name: &str,
-    out: &Path,
-    opts: &RunOptions,
-) -> Result<Outcome, RunnerError> {
+pub fn run_scenario(setup: &Setup, name: &str, out: &Path, opts: &RunOptions) -> Result<Outcome, RunnerError> {
     let s = scenario(name).ok_or_else(|| {
-        RunnerError::UnknownScenario(
-            name.into(),
-            SCENARIOS
-                .iter()
-                .map(|s| s.name)
-                .collect::<Vec<_>>()
-                .join(", "),
-        )
+        RunnerError::UnknownScenario(name.into(), SCENARIOS.iter().map(|s| s.name).collect::<Vec<_>>().join(", "))
     })?;
     let (mode, mode_reason) = match opts.mode {
         Some(m) => (m, "chosen by the caller".to_string()),
         None => Mode::detect(),
     };
-    let (binary, kernel, initrd) = (
-        setup.crashvmm()?,
-        setup.guest_kernel()?,
-        setup.guest_initrd()?,
-    );
+    let (binary, kernel, initrd) = (setup.crashvmm()?, setup.guest_kernel()?, setup.guest_initrd()?);
     fs::create_dir_all(out).map_err(io_err(format!("creating {}", out.display())))?;
-    let out = out
-        .canonicalize()
-        .map_err(io_err(format!("resolving {}", out.display())))?;
-    for f in [
-        "events.jsonl",
-        "console.log",
-        "crashvmm.log",
-        "exit-code",
-        "testhost.log",
-        "mode",
-    ] {
+    let out = out.canonicalize().map_err(io_err(format!("resolving {}", out.display())))?;
+    for f in ["events.jsonl", "console.log", "crashvmm.log", "exit-code", "testhost.log", "mode"] {
         let _ = fs::remove_file(out.join(f));
     }
     fs::write(out.join("mode"), format!("{}\n", mode.as_str())).map_err(io_err("writing mode"))?;
@@ -414,26 +414,9 @@ pub fn run_scenario(
     let start = Instant::now();
     let (exit_code, timed_out) = match mode {
         Mode::Direct => run_direct(s, &binary, &kernel, &initrd, &out, limit, opts.show_console)?,
-        Mode::TestHost => run_testhost(
-            setup,
-            s,
-            &binary,
-            &kernel,
-            &initrd,
-            &out,
-            limit,
-            opts.show_console,
-        )?,
+        Mode::TestHost => run_testhost(setup, s, &binary, &kernel, &initrd, &out, limit, opts.show_console)?,
     };
-    Ok(Outcome {
-        scenario: s.name,
-        mode,
-        mode_reason,
-        exit_code,
-        timed_out,
-        elapsed: start.elapsed(),
-        out,
-    })
+    Ok(Outcome { scenario: s.name, mode, mode_reason, exit_code, timed_out, elapsed: start.elapsed(), out })
 }
 
 fn path_str(p: &Path) -> String {
@@ -449,30 +432,28 @@ fn run_direct(
     limit: Duration,
     show: bool,
 ) -> Result<(Option<i32>, bool), RunnerError> {
-    let stderr = File::create(out.join("crashvmm.log")).map_err(io_err("creating crashvmm.log"))?;
-    let mut child = Command::new(binary)
-        .args(crashvmm_args(
-            s,
-            &path_str(kernel),
-            &path_str(initrd),
-            &path_str(out),
-        ))
+    let script = out.join("run.sh");
+    fs::write(&script, s.script(&path_str(binary), &path_str(kernel), &path_str(initrd), "."))
+        .map_err(io_err("writing run.sh"))?;
+    // A scenario with its own tmpfs needs a private mount namespace.
+    let mut cmd = match s.crash_dir_tmpfs {
+        Some(_) => {
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "sh"]);
+            c
+        }
+        None => Command::new("sh"),
+    };
+    let mut child = cmd
+        .arg(&script)
+        .arg(out)
         .stdin(Stdio::null())
-        .stdout(if show {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .stderr(stderr)
+        .stdout(if show { Stdio::inherit() } else { Stdio::null() })
         .spawn()
-        .map_err(io_err(format!("starting {}", binary.display())))?;
+        .map_err(io_err("starting the scenario script"))?;
     let status = wait_or_kill(&mut child, limit)?;
-    let code = status.map(exit_code_of);
-    if let Some(code) = code {
-        fs::write(out.join("exit-code"), format!("{code}\n"))
-            .map_err(io_err("writing exit-code"))?;
-    }
-    Ok((code, status.is_none()))
+    let code = fs::read_to_string(out.join("exit-code")).ok().and_then(|c| c.trim().parse().ok());
+    Ok((code.or(status.map(exit_code_of)), status.is_none()))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -486,46 +467,20 @@ fn run_testhost(
     limit: Duration,
     show: bool,
 ) -> Result<(Option<i32>, bool), RunnerError> {
-    let host_kernel = setup.require(
-        "test host kernel",
-        setup.images.join("host/vmlinuz"),
-        "run `make images`",
-    )?;
-    let host_initrd = setup.require(
-        "test host initramfs",
-        setup.images.join("host/initramfs.cpio.gz"),
-        "run `make images`",
-    )?;
+    let host_kernel = setup.require("test host kernel", setup.images.join("host/vmlinuz"), "run `make images`")?;
+    let host_initrd =
+        setup.require("test host initramfs", setup.images.join("host/initramfs.cpio.gz"), "run `make images`")?;
     let share = tempfile::Builder::new()
         .prefix("crashvmm-testhost-")
         .tempdir()
         .map_err(io_err("creating the test host share"))?;
     let sp = share.path();
-    for (from, to) in [
-        (binary, "crashvmm"),
-        (kernel, "vmlinuz"),
-        (initrd, "initramfs.cpio.gz"),
-    ] {
-        fs::copy(from, sp.join(to))
-            .map_err(io_err(format!("copying {} to the share", from.display())))?;
+    for (from, to) in [(binary, "crashvmm"), (kernel, "vmlinuz"), (initrd, "initramfs.cpio.gz")] {
+        fs::copy(from, sp.join(to)).map_err(io_err(format!("copying {} to the share", from.display())))?;
     }
     fs::create_dir(sp.join("out")).map_err(io_err("creating the share's out/"))?;
-    let args: Vec<String> = crashvmm_args(s, "vmlinuz", "initramfs.cpio.gz", "out")
-        .iter()
-        .map(|a| sh_quote(a))
-        .collect();
-    let script = format!(
-        "# Written by the crashvmm scenario runner; run by the test host's init as `sh run.sh SHARE`.\n\
-         cd \"$1\" || exit 125\n\
-         echo \"TESTHOST: scenario {name}: starting crashvmm\"\n\
-         ./crashvmm {args} </dev/null 2>out/crashvmm.log\n\
-         rc=$?\n\
-         echo \"$rc\" >out/exit-code\n\
-         echo \"TESTHOST: scenario {name}: crashvmm exited with $rc\"\n",
-        name = s.name,
-        args = args.join(" ")
-    );
-    fs::write(sp.join("run.sh"), script).map_err(io_err("writing run.sh"))?;
+    fs::write(sp.join("run.sh"), s.script("./crashvmm", "vmlinuz", "initramfs.cpio.gz", "out"))
+        .map_err(io_err("writing run.sh"))?;
 
     // The guest's memory plus room for the test host kernel and its page cache.
     let guest_mib = parse_mib(s.memory).unwrap_or(1024);
@@ -534,37 +489,20 @@ fn run_testhost(
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2"])
         .args(["-m", &format!("{host_mib}M")])
-        .args([
-            "-nographic",
-            "-no-reboot",
-            "-nodefaults",
-            "-serial",
-            "stdio",
-            "-monitor",
-            "none",
-        ])
+        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-monitor", "none"])
         .arg("-kernel")
         .arg(&host_kernel)
         .arg("-initrd")
         .arg(&host_initrd)
         .args(["-append", "console=ttyS0 panic=-1 quiet"])
         .arg("-virtfs")
-        .arg(format!(
-            "local,path={},mount_tag=share,security_model=none,id=share",
-            sp.display()
-        ))
+        .arg(format!("local,path={},mount_tag=share,security_model=none,id=share", sp.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(io_err(
-            "starting qemu-system-x86_64 (install qemu-system-x86, or run `make deps`)",
-        ))?;
-    let t_out = tee(
-        child.stdout.take().expect("piped stdout"),
-        log.try_clone().map_err(io_err("testhost.log"))?,
-        show,
-    );
+        .map_err(io_err("starting qemu-system-x86_64 (install qemu-system-x86, or run `make deps`)"))?;
+    let t_out = tee(child.stdout.take().expect("piped stdout"), log.try_clone().map_err(io_err("testhost.log"))?, show);
     let t_err = tee(child.stderr.take().expect("piped stderr"), log, show);
     let status = wait_or_kill(&mut child, limit)?;
     let _ = t_out.join();
@@ -576,22 +514,36 @@ fn run_testhost(
             fs::copy(&from, out.join(f)).map_err(io_err(format!("copying {f} back")))?;
         }
     }
+    copy_sparse(&sp.join("out/crashes"), &out.join("crashes"))?;
     if status.is_none() {
         return Ok((None, true));
     }
-    let rc = fs::read_to_string(sp.join("testhost-rc"))
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    let code = fs::read_to_string(out.join("exit-code"))
-        .ok()
-        .and_then(|c| c.trim().parse().ok());
+    let rc = fs::read_to_string(sp.join("testhost-rc")).unwrap_or_default().trim().to_string();
+    let code = fs::read_to_string(out.join("exit-code")).ok().and_then(|c| c.trim().parse().ok());
     match code {
         Some(code) => Ok((Some(code), false)),
         None => Err(RunnerError::TestHost {
             rc: if rc.is_empty() { "missing".into() } else { rc },
             log: out.join("testhost.log"),
         }),
+    }
+}
+
+/// Copy a directory tree keeping holes (vmcores are sparse), replacing `to`.
+fn copy_sparse(from: &Path, to: &Path) -> Result<(), RunnerError> {
+    if !from.exists() {
+        return Ok(());
+    }
+    let _ = fs::remove_dir_all(to);
+    let status =
+        Command::new("cp").args(["-a", "--sparse=always"]).arg(from).arg(to).status().map_err(io_err("running cp"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(RunnerError::Io {
+            what: format!("copying {} back", from.display()),
+            source: io::Error::other(format!("cp exited with {status}")),
+        })
     }
 }
 
@@ -609,10 +561,7 @@ fn parse_mib(s: &str) -> Option<u64> {
 /// First line of `path` that contains `needle`, for messages.
 pub fn find_line(path: &Path, needle: &str) -> Option<String> {
     let f = File::open(path).ok()?;
-    BufReader::new(f)
-        .lines()
-        .map_while(Result::ok)
-        .find(|l| l.contains(needle))
+    BufReader::new(f).lines().map_while(Result::ok).find(|l| l.contains(needle))
 }
 
 #[cfg(test)]
@@ -622,12 +571,7 @@ mod tests {
     #[test]
     fn scenario_table_is_consistent() {
         for s in SCENARIOS {
-            assert!(
-                parse_mib(s.memory).is_some(),
-                "{}: memory {}",
-                s.name,
-                s.memory
-            );
+            assert!(parse_mib(s.memory).is_some(), "{}: memory {}", s.name, s.memory);
             assert_eq!(scenario(s.name).unwrap().name, s.name);
         }
         assert!(scenario("nope").is_none());
@@ -638,23 +582,13 @@ mod tests {
         assert_eq!(sh_quote("a b"), "'a b'");
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
         let args = crashvmm_args(scenario("boot").unwrap(), "k", "i", "out");
-        assert!(args
-            .windows(2)
-            .any(|w| w[0] == "--cmdline" && w[1].ends_with("crashtest=boot")));
-        assert!(args
-            .windows(2)
-            .any(|w| w[0] == "--events" && w[1] == "out/events.jsonl"));
+        assert!(args.windows(2).any(|w| w[0] == "--cmdline" && w[1].ends_with("crashtest=boot")));
+        assert!(args.windows(2).any(|w| w[0] == "--events" && w[1] == "out/events.jsonl"));
     }
 
     #[test]
     fn unknown_scenario_names_the_known_ones() {
-        let err = run_scenario(
-            &Setup::from_env(),
-            "nope",
-            Path::new("/tmp"),
-            &RunOptions::default(),
-        )
-        .unwrap_err();
+        let err = run_scenario(&Setup::from_env(), "nope", Path::new("/tmp"), &RunOptions::default()).unwrap_err();
         assert!(err.to_string().contains("boot"), "{err}");
     }
 }

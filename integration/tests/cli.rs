@@ -7,11 +7,7 @@ use integration::Setup;
 
 fn crashvmm() -> PathBuf {
     let bin = Setup::from_env().binary;
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `make build` (or set CRASHVMM_BIN)",
-        bin.display()
-    );
+    assert!(bin.is_file(), "{} is missing: run `make build` (or set CRASHVMM_BIN)", bin.display());
     bin
 }
 
@@ -23,16 +19,9 @@ fn guest_kernel() -> PathBuf {
 
 /// Run `crashvmm run ARGS`; return its exit code and stderr, checking the error is one line.
 fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(crashvmm())
-        .arg("run")
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(crashvmm()).arg("run").args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !stderr.contains("panicked at"),
-        "crashvmm panicked: {stderr}"
-    );
+    assert!(!stderr.contains("panicked at"), "crashvmm panicked: {stderr}");
     (out.status.code().expect("exited normally"), stderr)
 }
 
@@ -40,35 +29,21 @@ fn assert_one_line_error(args: &[&str], needle: &str) {
     let (code, stderr) = run(args);
     assert_eq!(code, 1, "exit code for {args:?}; stderr: {stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "one line expected for {args:?}, got: {stderr}"
-    );
+    assert_eq!(lines.len(), 1, "one line expected for {args:?}, got: {stderr}");
     assert!(lines[0].starts_with("crashvmm: error: "), "{}", lines[0]);
-    assert!(
-        lines[0].contains(needle),
-        "{:?} does not mention {needle:?}",
-        lines[0]
-    );
+    assert!(lines[0].contains(needle), "{:?} does not mention {needle:?}", lines[0]);
 }
 
 #[test]
 fn missing_kernel() {
-    assert_one_line_error(
-        &["--kernel", "/nonexistent", "--memory", "256M"],
-        "cannot read kernel /nonexistent",
-    );
+    assert_one_line_error(&["--kernel", "/nonexistent", "--memory", "256M"], "cannot read kernel /nonexistent");
 }
 
 #[test]
 fn kernel_that_is_not_a_bzimage() {
     let f = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(f.path(), vec![0x7fu8; 4096]).unwrap();
-    assert_one_line_error(
-        &["--kernel", f.path().to_str().unwrap()],
-        "is not a bzImage",
-    );
+    assert_one_line_error(&["--kernel", f.path().to_str().unwrap()], "is not a bzImage");
     assert_one_line_error(&["--kernel", "/"], "not a regular file");
 }
 
@@ -77,14 +52,8 @@ fn memory_out_of_range_or_malformed() {
     let k = guest_kernel();
     let k = k.to_str().unwrap();
     assert_one_line_error(&["--kernel", k, "--memory", "1M"], "below the minimum");
-    assert_one_line_error(
-        &["--kernel", k, "--memory", "100T"],
-        "more than this host has",
-    );
-    assert_one_line_error(
-        &["--kernel", k, "--memory", "lots"],
-        "invalid memory size 'lots'",
-    );
+    assert_one_line_error(&["--kernel", k, "--memory", "100T"], "more than this host has");
+    assert_one_line_error(&["--kernel", k, "--memory", "lots"], "invalid memory size 'lots'");
 }
 
 #[test]
@@ -109,14 +78,7 @@ fn unreadable_initrd() {
 #[test]
 fn no_kvm_device() {
     assert_one_line_error(
-        &[
-            "--kernel",
-            guest_kernel().to_str().unwrap(),
-            "--kvm-device",
-            "/nonexistent/kvm",
-            "--console",
-            "null",
-        ],
+        &["--kernel", guest_kernel().to_str().unwrap(), "--kvm-device", "/nonexistent/kvm", "--console", "null"],
         "cannot open /nonexistent/kvm",
     );
 }
@@ -133,12 +95,7 @@ fn bad_console_and_unknown_options_are_usage_errors() {
 #[test]
 fn unwritable_event_log() {
     assert_one_line_error(
-        &[
-            "--kernel",
-            guest_kernel().to_str().unwrap(),
-            "--events",
-            "/nonexistent/dir/events.jsonl",
-        ],
+        &["--kernel", guest_kernel().to_str().unwrap(), "--events", "/nonexistent/dir/events.jsonl"],
         "cannot create event log /nonexistent/dir/events.jsonl",
     );
 }

@@ -13,31 +13,17 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Run `name`; the outputs stay in a kept temporary directory named in every failure message.
 fn run(name: &str) -> (Outcome, Vec<Value>, String, PathBuf) {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let out = tempfile::Builder::new()
-        .prefix(&format!("crashvmm-{name}-"))
-        .tempdir()
-        .unwrap()
-        .keep();
+    let out = tempfile::Builder::new().prefix(&format!("crashvmm-{name}-")).tempdir().unwrap().keep();
     let o = run_scenario(&Setup::from_env(), name, &out, &RunOptions::default())
         .unwrap_or_else(|e| panic!("scenario {name} could not run: {e}"));
-    assert!(
-        !o.timed_out,
-        "scenario {name} timed out ({}); outputs in {}",
-        o.mode.as_str(),
-        out.display()
-    );
-    let events = o
-        .events()
-        .unwrap_or_else(|e| panic!("{e}; outputs in {}", out.display()));
+    assert!(!o.timed_out, "scenario {name} timed out ({}); outputs in {}", o.mode.as_str(), out.display());
+    let events = o.events().unwrap_or_else(|e| panic!("{e}; outputs in {}", out.display()));
     let console = o.console();
     (o, events, console, out)
 }
 
 fn names(events: &[Value]) -> Vec<&str> {
-    events
-        .iter()
-        .map(|e| e["event"].as_str().unwrap_or("?"))
-        .collect()
+    events.iter().map(|e| e["event"].as_str().unwrap_or("?")).collect()
 }
 
 fn position(events: &[Value], name: &str) -> Option<usize> {
@@ -47,28 +33,14 @@ fn position(events: &[Value], name: &str) -> Option<usize> {
 /// Common to every run: RFC 3339 UTC timestamps with microseconds, `vm_started` first and
 /// `vm_exited` last with crashvmm's exit code.
 fn check_frame(o: &Outcome, events: &[Value], expected_exit: i32, out: &Path) {
-    assert_eq!(
-        o.exit_code,
-        Some(expected_exit),
-        "exit code; events {:?}; outputs in {}",
-        names(events),
-        out.display()
-    );
-    assert_eq!(
-        events.first().map(|e| &e["event"]),
-        Some(&Value::from("vm_started")),
-        "{:?}",
-        names(events)
-    );
+    assert_eq!(o.exit_code, Some(expected_exit), "exit code; events {:?}; outputs in {}", names(events), out.display());
+    assert_eq!(events.first().map(|e| &e["event"]), Some(&Value::from("vm_started")), "{:?}", names(events));
     let last = events.last().unwrap();
     assert_eq!(last["event"], "vm_exited");
     assert_eq!(last["exit_code"], expected_exit);
     for e in events {
         let ts = e["ts"].as_str().expect("ts");
-        assert!(
-            ts.len() == 27 && ts.ends_with('Z'),
-            "RFC 3339 UTC with microseconds: {ts}"
-        );
+        assert!(ts.len() == 27 && ts.ends_with('Z'), "RFC 3339 UTC with microseconds: {ts}");
         chrono_like(ts);
     }
 }
@@ -76,14 +48,7 @@ fn check_frame(o: &Outcome, events: &[Value], expected_exit: i32, out: &Path) {
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 fn chrono_like(ts: &str) {
     let b = ts.as_bytes();
-    for (i, c) in [
-        (4, b'-'),
-        (7, b'-'),
-        (10, b'T'),
-        (13, b':'),
-        (16, b':'),
-        (19, b'.'),
-    ] {
+    for (i, c) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.')] {
         assert_eq!(b[i], c, "{ts}");
     }
 }
@@ -102,10 +67,7 @@ fn boot_reaches_init_and_powers_off() {
         out.display(),
         tail(&console)
     );
-    assert!(
-        console.contains("Linux version 6.1"),
-        "the console shows the guest kernel banner"
-    );
+    assert!(console.contains("Linux version 6.1"), "the console shows the guest kernel banner");
     check_frame(&o, &events, 0, &out);
     assert_eq!(events[0]["vcpus"], 2);
     assert_eq!(events[0]["memory_bytes"], 768u64 << 20);
@@ -128,28 +90,11 @@ fn panic_is_reported_through_pvpanic_and_the_hyperv_crash_msrs() {
     let enabled = position(&events, "hyperv_enabled").expect("hyperv_enabled");
     let connected = position(&events, "vmbus_connected").expect("vmbus_connected");
     let pvpanic = position(&events, "pvpanic").expect("pvpanic");
-    assert!(
-        enabled < connected && connected < pvpanic,
-        "order: {:?}",
-        names(&events)
-    );
-    assert!(
-        console.contains("hv_vmbus: Vmbus version:"),
-        "hv_vmbus connected"
-    );
+    assert!(enabled < connected && connected < pvpanic, "order: {:?}", names(&events));
+    assert!(console.contains("hv_vmbus: Vmbus version:"), "hv_vmbus connected");
     let hv_crash = position(&events, "hv_crash").expect("hv_crash");
-    assert!(
-        enabled < pvpanic && pvpanic < hv_crash,
-        "order: {:?}",
-        names(&events)
-    );
-    assert!(
-        events[enabled]["guest_os_id"]
-            .as_str()
-            .unwrap()
-            .starts_with("0x81"),
-        "Linux vendor id 0x8100"
-    );
+    assert!(enabled < pvpanic && pvpanic < hv_crash, "order: {:?}", names(&events));
+    assert!(events[enabled]["guest_os_id"].as_str().unwrap().starts_with("0x81"), "Linux vendor id 0x8100");
     assert_eq!(events[pvpanic]["panicked"], true);
     assert_eq!(events[pvpanic]["crash_loaded"], false);
     assert_eq!(events[pvpanic]["bits"], 1);
@@ -158,30 +103,22 @@ fn panic_is_reported_through_pvpanic_and_the_hyperv_crash_msrs() {
     let params = events[hv_crash]["params"].as_array().unwrap();
     assert_eq!(params.len(), 5);
     // The message path: P3 is the message page, P4 its length.
-    let len =
-        u64::from_str_radix(params[4].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    let len = u64::from_str_radix(params[4].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
     assert_eq!(len as usize, message.len());
-    assert!(events.last().unwrap()["reason"]
-        .as_str()
-        .unwrap()
-        .starts_with("guest_panicked"));
+    assert!(events.last().unwrap()["reason"].as_str().unwrap().starts_with("guest_panicked"));
     std::fs::remove_dir_all(&out).ok();
 }
 
 #[test]
 fn hyperv_off_is_a_plain_kvm_guest_and_pvpanic_still_reports() {
     let (o, events, console, out) = run("panic-kvm");
-    assert!(
-        console.contains("Hypervisor detected: KVM"),
-        "outputs in {}:\n{}",
-        out.display(),
-        tail(&console)
-    );
+    assert!(console.contains("Hypervisor detected: KVM"), "outputs in {}:\n{}", out.display(), tail(&console));
     assert!(!console.contains("Hyper-V"), "no Hyper-V with --hyperv off");
     check_frame(&o, &events, GUEST_PANICKED, &out);
     let pvpanic = position(&events, "pvpanic").expect("pvpanic");
     assert_eq!(events[pvpanic]["panicked"], true);
     assert!(position(&events, "hv_crash").is_none());
+    assert_eq!(o.crash_dirs().len(), 1);
     assert!(position(&events, "hyperv_enabled").is_none());
     std::fs::remove_dir_all(&out).ok();
 }
@@ -189,64 +126,26 @@ fn hyperv_off_is_a_plain_kvm_guest_and_pvpanic_still_reports() {
 #[test]
 fn kdump_unloads_vmbus_kexecs_and_the_crash_kernel_reconnects() {
     let (o, events, console, out) = run("kdump");
-    let fail = |what: &str| {
-        format!(
-            "{what}; events {:?}; outputs in {}\n{}",
-            names(&events),
-            out.display(),
-            tail(&console)
-        )
-    };
-    assert!(
-        console.contains("CRASHTEST: kdump: crash kernel loaded"),
-        "{}",
-        fail("no crash kernel loaded")
-    );
-    assert!(
-        console.contains("CRASHTEST: kdump-capture: marker"),
-        "{}",
-        fail("crash kernel marker missing")
-    );
-    assert!(
-        !console.contains("Waiting for VMBus UNLOAD"),
-        "{}",
-        fail("the guest waited for UNLOAD")
-    );
+    let fail =
+        |what: &str| format!("{what}; events {:?}; outputs in {}\n{}", names(&events), out.display(), tail(&console));
+    assert!(console.contains("CRASHTEST: kdump: crash kernel loaded"), "{}", fail("no crash kernel loaded"));
+    assert!(console.contains("CRASHTEST: kdump-capture: marker"), "{}", fail("crash kernel marker missing"));
+    assert!(!console.contains("Waiting for VMBus UNLOAD"), "{}", fail("the guest waited for UNLOAD"));
     check_frame(&o, &events, GUEST_PANICKED, &out);
-    let at = |name: &str| {
-        position(&events, name).unwrap_or_else(|| panic!("{}", fail(&format!("no {name}"))))
-    };
+    let at = |name: &str| position(&events, name).unwrap_or_else(|| panic!("{}", fail(&format!("no {name}"))));
     let pvpanic = at("pvpanic");
     assert_eq!(events[pvpanic]["crash_loaded"], true);
     assert_eq!(events[pvpanic]["panicked"], false);
-    let (req, done, kexec, started) = (
-        at("vmbus_unload_requested"),
-        at("vmbus_unload_completed"),
-        at("guest_kexec"),
-        at("crash_kernel_started"),
-    );
+    let (req, done, kexec, started) =
+        (at("vmbus_unload_requested"), at("vmbus_unload_completed"), at("guest_kexec"), at("crash_kernel_started"));
     let hv_crash = at("hv_crash");
     // The crash kernel's connection: the last vmbus_connected, after it started.
-    let reconnect = events
-        .iter()
-        .rposition(|e| e["event"] == "vmbus_connected")
-        .unwrap();
-    assert!(
-        pvpanic < req && req < done && done < kexec && kexec < started && started < reconnect,
-        "{}",
-        fail("order")
-    );
+    let reconnect = events.iter().rposition(|e| e["event"] == "vmbus_connected").unwrap();
+    assert!(pvpanic < req && req < done && done < kexec && kexec < started && started < reconnect, "{}", fail("order"));
     // With the crash message page Linux 6.1.143+ reports after the UNLOAD (kmsg dump);
     // either way before the kexec.
-    assert!(
-        pvpanic < hv_crash && hv_crash < kexec,
-        "{}",
-        fail("hv_crash order")
-    );
-    assert!(
-        events[done]["latency_us"].as_u64().is_some(),
-        "UNLOAD latency reported"
-    );
+    assert!(pvpanic < hv_crash && hv_crash < kexec, "{}", fail("hv_crash order"));
+    assert!(events[done]["latency_us"].as_u64().is_some(), "UNLOAD latency reported");
     // The crash kernel runs on the vCPU that panicked and connects from there.
     assert_eq!(events[started]["vcpu"], events[kexec]["vcpu"]);
     assert_eq!(events[reconnect]["target_vcpu"], events[kexec]["vcpu"]);

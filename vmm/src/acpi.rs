@@ -7,9 +7,7 @@
 use acpi_tables::aml::{Name, Package, Path as AmlPath};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{
-    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
-};
+use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -49,10 +47,7 @@ impl Dsdt {
     /// A DSDT with the objects every guest needs (`\_S5_` for soft-off).
     pub fn new() -> Self {
         let mut dsdt = Self::default();
-        dsdt.add(&Name::new(
-            AmlPath::new("_S5_"),
-            &Package::new(vec![&S5_SLP_TYP, &S5_SLP_TYP]),
-        ));
+        dsdt.add(&Name::new(AmlPath::new("_S5_"), &Package::new(vec![&S5_SLP_TYP, &S5_SLP_TYP])));
         dsdt
     }
 
@@ -70,13 +65,7 @@ impl Dsdt {
 }
 
 fn io_gas(port: u16) -> GAS {
-    GAS::new(
-        AddressSpace::SystemIo,
-        8,
-        0,
-        AccessSize::ByteAccess,
-        port as u64,
-    )
+    GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port as u64)
 }
 
 fn fadt(dsdt_addr: u64) -> Vec<u8> {
@@ -102,12 +91,7 @@ fn madt(vcpus: u32) -> Result<Vec<u8>, AcpiError> {
     if vcpus > 255 {
         return Err(AcpiError::TooManyVcpus(vcpus));
     }
-    let mut madt = MADT::new(
-        OEM_ID,
-        *b"CRSHAPIC",
-        OEM_REVISION,
-        LocalInterruptController::Address(LAPIC_ADDR),
-    );
+    let mut madt = MADT::new(OEM_ID, *b"CRSHAPIC", OEM_REVISION, LocalInterruptController::Address(LAPIC_ADDR));
     for id in 0..vcpus as u8 {
         madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
     }
@@ -137,10 +121,7 @@ pub fn write_acpi_tables(mem: &GuestMemoryMmap, vcpus: u32, dsdt: Dsdt) -> Resul
     xsdt.to_aml_bytes(&mut xsdt_bytes);
     let end = xsdt_addr + xsdt_bytes.len() as u64;
     if end > ACPI_END {
-        return Err(AcpiError::TooLarge {
-            needed: end - ACPI_START,
-            available: ACPI_END - ACPI_START,
-        });
+        return Err(AcpiError::TooLarge { needed: end - ACPI_START, available: ACPI_END - ACPI_START });
     }
     let mut rsdp = Vec::new();
     Rsdp::new(OEM_ID, xsdt_addr).to_aml_bytes(&mut rsdp);
@@ -180,11 +161,7 @@ mod tests {
         let head = read(mem, addr, 8);
         assert_eq!(&head[..4], sig);
         let t = read(mem, addr, u32_at(&head, 4) as usize);
-        assert_eq!(
-            t.iter().fold(0u8, |a, b| a.wrapping_add(*b)),
-            0,
-            "{sig:?} checksum"
-        );
+        assert_eq!(t.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0, "{sig:?} checksum");
         t
     }
 
@@ -237,10 +214,7 @@ mod tests {
             AmlPath::new("_SB_.PEVT"),
             vec![
                 &Name::new(AmlPath::new("_HID"), &"QEMU0001"),
-                &Name::new(
-                    AmlPath::new("_CRS"),
-                    &ResourceTemplate::new(vec![&IO::new(0x505, 0x505, 1, 1)]),
-                ),
+                &Name::new(AmlPath::new("_CRS"), &ResourceTemplate::new(vec![&IO::new(0x505, 0x505, 1, 1)])),
             ],
         ));
         let rsdp_addr = write_acpi_tables(&mem, 1, dsdt).unwrap();
@@ -254,9 +228,6 @@ mod tests {
     #[test]
     fn too_many_vcpus_is_an_error() {
         let mem = GuestMemoryMmap::from_ranges(&ram_ranges(64 << 20)).unwrap();
-        assert!(matches!(
-            write_acpi_tables(&mem, 256, Dsdt::new()),
-            Err(AcpiError::TooManyVcpus(256))
-        ));
+        assert!(matches!(write_acpi_tables(&mem, 256, Dsdt::new()), Err(AcpiError::TooManyVcpus(256))));
     }
 }

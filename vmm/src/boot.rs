@@ -53,12 +53,7 @@ pub enum BootError {
         "{path} has no 64-bit entry point (boot protocol {major}.{minor:02}, \
          xloadflags {xloadflags:#x}); crashvmm needs a 64-bit bzImage, boot protocol 2.12+"
     )]
-    Not64Bit {
-        path: PathBuf,
-        major: u8,
-        minor: u8,
-        xloadflags: u16,
-    },
+    Not64Bit { path: PathBuf, major: u8, minor: u8, xloadflags: u16 },
     #[error("cannot load kernel {path}: {source}")]
     KernelLoad {
         path: PathBuf,
@@ -75,12 +70,7 @@ pub enum BootError {
         "initrd {path} ({size} bytes) does not fit in guest memory between the kernel's end \
          ({kernel_end:#x}) and {limit:#x}; give the guest more memory"
     )]
-    InitrdTooLarge {
-        path: PathBuf,
-        size: u64,
-        kernel_end: u64,
-        limit: u64,
-    },
+    InitrdTooLarge { path: PathBuf, size: u64, kernel_end: u64, limit: u64 },
     #[error("kernel command line is {len} bytes, the limit is {max}")]
     CmdlineTooLong { len: usize, max: usize },
     #[error("invalid kernel command line: {0}")]
@@ -104,10 +94,7 @@ pub struct BzImageInfo {
 
 /// Check that `path` is a 64-bit bzImage, with an error an operator can act on otherwise.
 pub fn check_bzimage(path: &Path) -> Result<BzImageInfo, BootError> {
-    let io = |source| BootError::KernelIo {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| BootError::KernelIo { path: path.to_owned(), source };
     let mut f = File::open(path).map_err(io)?;
     if !f.metadata().map_err(io)?.is_file() {
         return Err(io(std::io::Error::other("not a regular file")));
@@ -121,25 +108,13 @@ pub fn check_bzimage(path: &Path) -> Result<BzImageInfo, BootError> {
         }
     };
     let mut magic = [0u8; 4];
-    if !read_at(&mut f, HDR_MAGIC_OFFSET, &mut magic)?
-        || u32::from_le_bytes(magic) != KERNEL_HDR_MAGIC
-    {
-        return Err(BootError::NotBzImage {
-            path: path.to_owned(),
-        });
+    if !read_at(&mut f, HDR_MAGIC_OFFSET, &mut magic)? || u32::from_le_bytes(magic) != KERNEL_HDR_MAGIC {
+        return Err(BootError::NotBzImage { path: path.to_owned() });
     }
     let mut v = [0u8; 2];
     let mut x = [0u8; 2];
-    let protocol = if read_at(&mut f, HDR_VERSION_OFFSET, &mut v)? {
-        u16::from_le_bytes(v)
-    } else {
-        0
-    };
-    let xloadflags = if read_at(&mut f, HDR_XLOADFLAGS_OFFSET, &mut x)? {
-        u16::from_le_bytes(x)
-    } else {
-        0
-    };
+    let protocol = if read_at(&mut f, HDR_VERSION_OFFSET, &mut v)? { u16::from_le_bytes(v) } else { 0 };
+    let xloadflags = if read_at(&mut f, HDR_XLOADFLAGS_OFFSET, &mut x)? { u16::from_le_bytes(x) } else { 0 };
     if protocol < MIN_BOOT_PROTOCOL || xloadflags & XLF_KERNEL_64 == 0 {
         return Err(BootError::Not64Bit {
             path: path.to_owned(),
@@ -148,10 +123,7 @@ pub fn check_bzimage(path: &Path) -> Result<BzImageInfo, BootError> {
             xloadflags,
         });
     }
-    Ok(BzImageInfo {
-        protocol,
-        xloadflags,
-    })
+    Ok(BzImageInfo { protocol, xloadflags })
 }
 
 /// Where things ended up in guest memory.
@@ -173,45 +145,27 @@ pub fn load_linux(
     rsdp_addr: u64,
 ) -> Result<BootLayout, BootError> {
     check_bzimage(kernel)?;
-    let mut kernel_file = File::open(kernel).map_err(|source| BootError::KernelIo {
-        path: kernel.to_owned(),
-        source,
-    })?;
+    let mut kernel_file =
+        File::open(kernel).map_err(|source| BootError::KernelIo { path: kernel.to_owned(), source })?;
     let loaded = BzImage::load(mem, None, &mut kernel_file, Some(GuestAddress(HIMEM_START)))
-        .map_err(|source| BootError::KernelLoad {
-            path: kernel.to_owned(),
-            source,
-        })?;
-    let mut hdr = loaded.setup_header.ok_or_else(|| BootError::NotBzImage {
-        path: kernel.to_owned(),
-    })?;
+        .map_err(|source| BootError::KernelLoad { path: kernel.to_owned(), source })?;
+    let mut hdr = loaded.setup_header.ok_or_else(|| BootError::NotBzImage { path: kernel.to_owned() })?;
 
     // Command line.
     let max = (hdr.cmdline_size as usize).clamp(1, CMDLINE_MAX);
     if cmdline.len() + 1 > max {
-        return Err(BootError::CmdlineTooLong {
-            len: cmdline.len(),
-            max: max - 1,
-        });
+        return Err(BootError::CmdlineTooLong { len: cmdline.len(), max: max - 1 });
     }
     let mut cl = Cmdline::new(max).map_err(|e| BootError::Cmdline(e.to_string()))?;
     if !cmdline.trim().is_empty() {
-        cl.insert_str(cmdline.trim())
-            .map_err(|e| BootError::Cmdline(e.to_string()))?;
+        cl.insert_str(cmdline.trim()).map_err(|e| BootError::Cmdline(e.to_string()))?;
     }
-    loader::load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &cl)
-        .map_err(|e| BootError::Cmdline(e.to_string()))?;
+    loader::load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &cl).map_err(|e| BootError::Cmdline(e.to_string()))?;
 
     // Initrd: page-aligned at the top of low RAM, under the kernel's initrd_addr_max.
     let kernel_end = loaded.kernel_load.raw_value() + loaded.kernel_end;
     let initrd_loc = match initrd {
-        Some(path) => Some(load_initrd(
-            mem,
-            mem_size,
-            path,
-            kernel_end,
-            hdr.initrd_addr_max,
-        )?),
+        Some(path) => Some(load_initrd(mem, mem_size, path, kernel_end, hdr.initrd_addr_max)?),
         None => None,
     };
 
@@ -227,18 +181,10 @@ pub fn load_linux(
         hdr.ramdisk_size = size as u32;
     }
 
-    let mut params = boot_params {
-        hdr,
-        acpi_rsdp_addr: rsdp_addr,
-        ..Default::default()
-    };
+    let mut params = boot_params { hdr, acpi_rsdp_addr: rsdp_addr, ..Default::default() };
     let map = e820_map(mem_size);
     for (slot, e) in params.e820_table.iter_mut().zip(&map) {
-        *slot = boot_e820_entry {
-            addr: e.addr,
-            size: e.size,
-            r#type: e.kind,
-        };
+        *slot = boot_e820_entry { addr: e.addr, size: e.size, r#type: e.kind };
     }
     params.e820_entries = map.len() as u8;
     LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(
@@ -247,11 +193,7 @@ pub fn load_linux(
     )
     .map_err(|e| BootError::ZeroPage(e.to_string()))?;
 
-    Ok(BootLayout {
-        entry: loaded.kernel_load.raw_value() + STARTUP_64_OFFSET,
-        kernel_end,
-        initrd: initrd_loc,
-    })
+    Ok(BootLayout { entry: loaded.kernel_load.raw_value() + STARTUP_64_OFFSET, kernel_end, initrd: initrd_loc })
 }
 
 fn load_initrd(
@@ -261,10 +203,7 @@ fn load_initrd(
     kernel_end: u64,
     initrd_addr_max: u32,
 ) -> Result<(u64, u64), BootError> {
-    let io = |source| BootError::InitrdIo {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| BootError::InitrdIo { path: path.to_owned(), source };
     let mut f = File::open(path).map_err(io)?;
     let meta = f.metadata().map_err(io)?;
     if !meta.is_file() {
@@ -272,32 +211,20 @@ fn load_initrd(
     }
     let size = meta.len();
     let limit = low_ram_end(mem_size).min(initrd_addr_max as u64 + 1);
-    let too_large = || BootError::InitrdTooLarge {
-        path: path.to_owned(),
-        size,
-        kernel_end,
-        limit,
-    };
+    let too_large = || BootError::InitrdTooLarge { path: path.to_owned(), size, kernel_end, limit };
     let addr = limit.checked_sub(size).ok_or_else(too_large)? & !0xfff;
     if addr < kernel_end.next_multiple_of(4096) {
         return Err(too_large());
     }
     mem.read_exact_volatile_from(GuestAddress(addr), &mut f, size as usize)
-        .map_err(|source| BootError::GuestMemory {
-            what: "initrd",
-            source,
-        })?;
+        .map_err(|source| BootError::GuestMemory { what: "initrd", source })?;
     Ok((addr, size))
 }
 
 /// Identity-map the first [`IDENTITY_MAPPED_GIB`] GiB with 2 MiB pages.
 pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), BootError> {
     let w = |addr: u64, val: u64| {
-        mem.write_obj(val, GuestAddress(addr))
-            .map_err(|source| BootError::GuestMemory {
-                what: "page tables",
-                source,
-            })
+        mem.write_obj(val, GuestAddress(addr)).map_err(|source| BootError::GuestMemory { what: "page tables", source })
     };
     // Present | writable.
     w(PML4_ADDR, PDPT_ADDR | 0x3)?;
@@ -322,12 +249,8 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 }
 
 /// The boot GDT: null, 64-bit code, data, TSS.
-pub const BOOT_GDT: [u64; 4] = [
-    gdt_entry(0, 0, 0),
-    gdt_entry(0xa09b, 0, 0xfffff),
-    gdt_entry(0xc093, 0, 0xfffff),
-    gdt_entry(0x808b, 0, 0xfffff),
-];
+pub const BOOT_GDT: [u64; 4] =
+    [gdt_entry(0, 0, 0), gdt_entry(0xa09b, 0, 0xfffff), gdt_entry(0xc093, 0, 0xfffff), gdt_entry(0x808b, 0, 0xfffff)];
 
 /// The KVM segment descriptor for GDT entry `index`.
 pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
@@ -360,16 +283,9 @@ pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
 pub fn write_gdt(mem: &GuestMemoryMmap) -> Result<(), BootError> {
     for (i, e) in BOOT_GDT.iter().enumerate() {
         mem.write_obj(*e, GuestAddress(GDT_ADDR + i as u64 * 8))
-            .map_err(|source| BootError::GuestMemory {
-                what: "GDT",
-                source,
-            })?;
+            .map_err(|source| BootError::GuestMemory { what: "GDT", source })?;
     }
-    mem.write_obj(0u64, GuestAddress(IDT_ADDR))
-        .map_err(|source| BootError::GuestMemory {
-            what: "IDT",
-            source,
-        })
+    mem.write_obj(0u64, GuestAddress(IDT_ADDR)).map_err(|source| BootError::GuestMemory { what: "IDT", source })
 }
 
 const X86_CR0_PE: u64 = 1 << 0;
@@ -416,11 +332,7 @@ pub fn boot_regs(entry: u64) -> kvm_regs {
 
 /// FPU state at reset: x87 control word 0x37f, MXCSR 0x1f80.
 pub fn boot_fpu() -> kvm_fpu {
-    kvm_fpu {
-        fcw: 0x37f,
-        mxcsr: 0x1f80,
-        ..Default::default()
-    }
+    kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }
 }
 
 #[cfg(test)]
@@ -452,26 +364,14 @@ mod tests {
     fn rejects_non_bzimages_with_reasons() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(b"\x7fELF not a bzimage").unwrap();
-        assert!(matches!(
-            check_bzimage(f.path()),
-            Err(BootError::NotBzImage { .. })
-        ));
+        assert!(matches!(check_bzimage(f.path()), Err(BootError::NotBzImage { .. })));
         let old = fake_bzimage(0x020a, 0);
         let err = check_bzimage(old.path()).unwrap_err();
         assert!(err.to_string().contains("boot protocol 2.10"), "{err}");
         let no64 = fake_bzimage(0x020f, 0);
-        assert!(matches!(
-            check_bzimage(no64.path()),
-            Err(BootError::Not64Bit { .. })
-        ));
-        assert!(matches!(
-            check_bzimage(Path::new("/nonexistent/kernel")),
-            Err(BootError::KernelIo { .. })
-        ));
-        assert!(matches!(
-            check_bzimage(Path::new("/")),
-            Err(BootError::KernelIo { .. })
-        ));
+        assert!(matches!(check_bzimage(no64.path()), Err(BootError::Not64Bit { .. })));
+        assert!(matches!(check_bzimage(Path::new("/nonexistent/kernel")), Err(BootError::KernelIo { .. })));
+        assert!(matches!(check_bzimage(Path::new("/")), Err(BootError::KernelIo { .. })));
         let ok = fake_bzimage(0x020f, XLF_KERNEL_64);
         assert_eq!(check_bzimage(ok.path()).unwrap().protocol, 0x020f);
     }
@@ -483,15 +383,7 @@ mod tests {
         let kernel = fake_bzimage(0x020f, XLF_KERNEL_64);
         let mut initrd = tempfile::NamedTempFile::new().unwrap();
         initrd.write_all(&[0x5a; 10_000]).unwrap();
-        let l = load_linux(
-            &m,
-            size,
-            kernel.path(),
-            Some(initrd.path()),
-            "console=ttyS0 quiet",
-            0xe0000,
-        )
-        .unwrap();
+        let l = load_linux(&m, size, kernel.path(), Some(initrd.path()), "console=ttyS0 quiet", 0xe0000).unwrap();
         assert_eq!(l.entry, HIMEM_START + STARTUP_64_OFFSET);
         let (addr, len) = l.initrd.unwrap();
         assert_eq!(len, 10_000);
@@ -533,19 +425,14 @@ mod tests {
         assert_eq!(pml4, PDPT_ADDR | 3);
         let pdpte3: u64 = m.read_obj(GuestAddress(PDPT_ADDR + 24)).unwrap();
         assert_eq!(pdpte3 & !0xfff, PD_ADDR + 3 * 4096);
-        let last: u64 = m
-            .read_obj(GuestAddress(PD_ADDR + 3 * 4096 + 511 * 8))
-            .unwrap();
+        let last: u64 = m.read_obj(GuestAddress(PD_ADDR + 3 * 4096 + 511 * 8)).unwrap();
         assert_eq!(last, ((4u64 << 30) - (2 << 20)) | 0x83);
     }
 
     #[test]
     fn gdt_segments_are_long_mode() {
         let cs = segment_from_gdt(BOOT_GDT[1], 1);
-        assert_eq!(
-            (cs.l, cs.db, cs.present, cs.s, cs.type_, cs.selector),
-            (1, 0, 1, 1, 0xb, 8)
-        );
+        assert_eq!((cs.l, cs.db, cs.present, cs.s, cs.type_, cs.selector), (1, 0, 1, 1, 0xb, 8));
         assert_eq!(cs.limit, 0xffff_ffff);
         let ds = segment_from_gdt(BOOT_GDT[2], 2);
         assert_eq!((ds.l, ds.db, ds.type_, ds.selector), (0, 1, 3, 16));

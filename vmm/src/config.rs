@@ -56,14 +56,15 @@ pub struct VmConfig {
     pub vmbus_unload_delay: std::time::Duration,
     /// Answer VMBus UNLOAD at all.
     pub vmbus_unload_response: bool,
+    /// What to do when the guest crashes.
+    pub policy: crate::crash::Policy,
+    /// Where crash directories go.
+    pub crash_dir: PathBuf,
 }
 
 /// Parse a size such as `512M`, `2G`, `1GiB` or `1073741824` (binary multiples).
 pub fn parse_memory(s: &str) -> Result<u64, ConfigError> {
-    parse_size::Config::new()
-        .with_binary()
-        .parse_size(s)
-        .map_err(|_| ConfigError::MemorySyntax(s.to_owned()))
+    parse_size::Config::new().with_binary().parse_size(s).map_err(|_| ConfigError::MemorySyntax(s.to_owned()))
 }
 
 /// Total RAM of this host, from `/proc/meminfo`.
@@ -85,10 +86,7 @@ pub fn check_memory(requested: u64, host: Option<u64>) -> Result<(), ConfigError
 }
 
 fn check_initrd(path: &Path) -> Result<(), ConfigError> {
-    let err = |source| ConfigError::Initrd {
-        path: path.to_owned(),
-        source,
-    };
+    let err = |source| ConfigError::Initrd { path: path.to_owned(), source };
     let f = std::fs::File::open(path).map_err(err)?;
     if !f.metadata().map_err(err)?.is_file() {
         return Err(err(std::io::Error::other("not a regular file")));
@@ -121,22 +119,10 @@ mod tests {
         assert_eq!(parse_memory("2G").unwrap(), 2 << 30);
         assert_eq!(parse_memory("1GiB").unwrap(), 1 << 30);
         assert_eq!(parse_memory("4096").unwrap(), 4096);
-        assert!(matches!(
-            parse_memory("lots"),
-            Err(ConfigError::MemorySyntax(_))
-        ));
-        assert!(matches!(
-            parse_memory("-1G"),
-            Err(ConfigError::MemorySyntax(_))
-        ));
-        assert!(matches!(
-            check_memory(1 << 20, None),
-            Err(ConfigError::MemoryTooSmall { .. })
-        ));
-        assert!(matches!(
-            check_memory(8 << 30, Some(4 << 30)),
-            Err(ConfigError::MemoryTooLarge { .. })
-        ));
+        assert!(matches!(parse_memory("lots"), Err(ConfigError::MemorySyntax(_))));
+        assert!(matches!(parse_memory("-1G"), Err(ConfigError::MemorySyntax(_))));
+        assert!(matches!(check_memory(1 << 20, None), Err(ConfigError::MemoryTooSmall { .. })));
+        assert!(matches!(check_memory(8 << 30, Some(4 << 30)), Err(ConfigError::MemoryTooLarge { .. })));
         assert!(check_memory(1 << 30, Some(4 << 30)).is_ok());
         assert!(host_memory_bytes().unwrap() > 0);
     }
@@ -159,14 +145,11 @@ mod tests {
             hyperv_crash_message: true,
             vmbus_unload_delay: std::time::Duration::ZERO,
             vmbus_unload_response: true,
+            policy: Default::default(),
+            crash_dir: "crashes".into(),
         };
         assert!(matches!(base.validate(), Err(ConfigError::Vcpus(0))));
-        let err = VmConfig {
-            vcpus: 1,
-            ..base.clone()
-        }
-        .validate()
-        .unwrap_err();
+        let err = VmConfig { vcpus: 1, ..base.clone() }.validate().unwrap_err();
         assert!(err.to_string().contains("/nonexistent"), "{err}");
         assert!(check_initrd(Path::new("/nonexistent/initrd")).is_err());
         assert!(check_initrd(Path::new("/")).is_err());

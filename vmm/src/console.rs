@@ -46,10 +46,7 @@ pub enum ConsoleError {
 }
 
 fn create(path: &Path) -> Result<File, ConsoleError> {
-    File::create(path).map_err(|source| ConsoleError::Create {
-        path: path.to_owned(),
-        source,
-    })
+    File::create(path).map_err(|source| ConsoleError::Create { path: path.to_owned(), source })
 }
 
 /// The last [`CONSOLE_TAIL_BYTES`] of console output.
@@ -65,12 +62,7 @@ impl ConsoleTail {
     }
 
     pub fn contents(&self) -> Vec<u8> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .copied()
-            .collect()
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect()
     }
 }
 
@@ -89,11 +81,7 @@ impl ConsoleOutput {
             ConsoleMode::Null => None,
         };
         let log = log.map(create).transpose()?;
-        Ok(Self {
-            sink,
-            log,
-            tail: ConsoleTail::default(),
-        })
+        Ok(Self { sink, log, tail: ConsoleTail::default() })
     }
 
     pub fn tail(&self) -> ConsoleTail {
@@ -125,6 +113,30 @@ impl Write for ConsoleOutput {
             sink.flush().ok();
         }
         Ok(())
+    }
+}
+
+/// The console output shared by every boot of the VM (a reset keeps the same console).
+#[derive(Clone)]
+pub struct SharedConsole(Arc<Mutex<ConsoleOutput>>);
+
+impl SharedConsole {
+    pub fn new(out: ConsoleOutput) -> Self {
+        Self(Arc::new(Mutex::new(out)))
+    }
+
+    pub fn tail(&self) -> ConsoleTail {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).tail()
+    }
+}
+
+impl Write for SharedConsole {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
     }
 }
 
@@ -209,10 +221,7 @@ mod tests {
     fn parses_console_modes() {
         assert_eq!("stdio".parse::<ConsoleMode>(), Ok(ConsoleMode::Stdio));
         assert_eq!("null".parse::<ConsoleMode>(), Ok(ConsoleMode::Null));
-        assert_eq!(
-            "file:/tmp/c".parse::<ConsoleMode>(),
-            Ok(ConsoleMode::File("/tmp/c".into()))
-        );
+        assert_eq!("file:/tmp/c".parse::<ConsoleMode>(), Ok(ConsoleMode::File("/tmp/c".into())));
         assert!("file:".parse::<ConsoleMode>().is_err());
         assert!("tty".parse::<ConsoleMode>().is_err());
     }
@@ -227,8 +236,7 @@ mod tests {
         assert_eq!(std::fs::read(&l).unwrap(), b"hello\n");
         assert_eq!(out.tail().contents(), b"hello\n");
         let mut null = ConsoleOutput::new(&ConsoleMode::Null, None).unwrap();
-        null.write_all(&vec![b'a'; CONSOLE_TAIL_BYTES + 10])
-            .unwrap();
+        null.write_all(&vec![b'a'; CONSOLE_TAIL_BYTES + 10]).unwrap();
         assert_eq!(null.tail().contents().len(), CONSOLE_TAIL_BYTES);
         assert!(ConsoleOutput::new(&ConsoleMode::File("/nonexistent/x".into()), None).is_err());
     }

@@ -31,11 +31,7 @@ pub fn patch_entry(e: &mut kvm_cpuid_entry2, id: u32, count: u32) {
             // EAX[31:26]: cores per package - 1; EAX[25:14]: threads sharing this cache - 1.
             let cores = (count.min(64) - 1) << 26;
             let level = (e.eax >> 5) & 0x7;
-            let sharing = if level >= 3 {
-                (count.min(4096) - 1) << 14
-            } else {
-                0
-            };
+            let sharing = if level >= 3 { (count.min(4096) - 1) << 14 } else { 0 };
             e.eax = (e.eax & 0x3fff) | cores | sharing;
         }
         0xb | 0x1f => {
@@ -83,15 +79,7 @@ mod tests {
     use super::*;
 
     fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 {
-            function,
-            index,
-            eax: 0x1,
-            ebx: 0xdead_beef,
-            ecx: 0,
-            edx: 0,
-            ..Default::default()
-        }
+        kvm_cpuid_entry2 { function, index, eax: 0x1, ebx: 0xdead_beef, ecx: 0, edx: 0, ..Default::default() }
     }
 
     #[test]
@@ -115,10 +103,7 @@ mod tests {
                 assert_eq!(e.edx, id);
             }
             assert_eq!((smt.eax, smt.ebx, smt.ecx >> 8), (0, 1, LEVEL_TYPE_SMT));
-            assert_eq!(
-                (core.eax, core.ebx, core.ecx >> 8),
-                (bits, count, LEVEL_TYPE_CORE)
-            );
+            assert_eq!((core.eax, core.ebx, core.ecx >> 8), (bits, count, LEVEL_TYPE_CORE));
             assert_eq!((end.ebx, end.ecx >> 8), (0, 0));
         }
     }

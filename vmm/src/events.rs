@@ -15,27 +15,13 @@ use thiserror::Error;
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The VM is set up and its vCPUs are about to run.
-    VmStarted {
-        vcpus: u32,
-        memory_bytes: u64,
-        kernel: String,
-    },
+    VmStarted { vcpus: u32, memory_bytes: u64, kernel: String },
     /// The VM ended; `exit_code` is crashvmm's process exit code.
     VmExited { exit_code: i32, reason: String },
     /// The guest wrote to pvpanic.
-    Pvpanic {
-        vcpu: u32,
-        bits: u8,
-        panicked: bool,
-        crash_loaded: bool,
-        shutdown: bool,
-    },
+    Pvpanic { vcpu: u32, bits: u8, panicked: bool, crash_loaded: bool, shutdown: bool },
     /// The guest enabled its Hyper-V hypercall page (64-bit values as hex strings).
-    HypervEnabled {
-        vcpu: u32,
-        guest_os_id: String,
-        hypercall_gpa: String,
-    },
+    HypervEnabled { vcpu: u32, guest_os_id: String, hypercall_gpa: String },
     /// The guest reported a crash through the Hyper-V crash MSRs: P0..P4 as hex strings and,
     /// when it sent one, the crash message (its kernel log tail).
     HvCrash {
@@ -53,17 +39,23 @@ pub enum Event {
     CrashKernelStarted { vcpu: u32 },
     /// VMBus version negotiation succeeded; `vcpu` sent INITIATE_CONTACT, replies go to
     /// `target_vcpu`.
-    VmbusConnected {
-        vcpu: u32,
-        version: String,
-        target_vcpu: u32,
-    },
+    VmbusConnected { vcpu: u32, version: String, target_vcpu: u32 },
     /// The guest sent UNLOAD (on the crash path: right before kexec).
     VmbusUnloadRequested { vcpu: u32 },
     /// UNLOAD_RESPONSE reached the guest's message page, `latency_us` after the UNLOAD.
     VmbusUnloadCompleted { vcpu: u32, latency_us: u64 },
     /// A VMBus message crashvmm refused (truncated, unknown, out of order).
     VmbusMessageRejected { vcpu: u32, reason: String },
+    /// A crash began (`trigger`: the first signal of it).
+    CrashDetected { trigger: String },
+    /// A vmcore was written (`source`: "host" for one crashvmm took from guest memory).
+    VmcoreWritten { path: String, bytes: u64, source: String, duration_ms: u64 },
+    /// Writing a vmcore failed; the report says so too.
+    VmcoreFailed { reason: String },
+    /// A crash directory is complete.
+    CrashReport { dir: String },
+    /// The VM was reset after a crash (`--after-crash reset`) and boots again.
+    VmReset { crashes: u32 },
 }
 
 /// A 64-bit value as the event log writes it.
@@ -88,11 +80,23 @@ pub enum EventLogError {
     },
 }
 
+/// Lines kept in memory for crash directories.
+const MEMORY_LINES: usize = 100_000;
+
 /// A cheap-to-clone handle on the event log. Writes are whole lines, so a reader (or a crash
-/// of crashvmm itself) never sees half a record.
+/// of crashvmm itself) never sees half a record. Every line is also kept in memory (the last
+/// [`MEMORY_LINES`]) so that each crash directory gets its own `events.jsonl`.
 #[derive(Clone, Default)]
 pub struct EventLog {
     file: Option<Arc<Mutex<File>>>,
+    memory: Arc<Mutex<Memory>>,
+}
+
+#[derive(Default)]
+struct Memory {
+    /// Sequence number of `lines[0]`.
+    first: usize,
+    lines: std::collections::VecDeque<String>,
 }
 
 impl EventLog {
@@ -102,21 +106,13 @@ impl EventLog {
     }
 
     pub fn create(path: &Path) -> Result<Self, EventLogError> {
-        let file = File::create(path).map_err(|source| EventLogError::Create {
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(Self {
-            file: Some(Arc::new(Mutex::new(file))),
-        })
+        let file = File::create(path).map_err(|source| EventLogError::Create { path: path.to_owned(), source })?;
+        Ok(Self { file: Some(Arc::new(Mutex::new(file))), memory: Arc::default() })
     }
 
     /// Serialize one record (with the current time) as a line ending in `\n`.
     pub fn format(event: &Event) -> String {
-        let record = Record {
-            ts: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
-            event,
-        };
+        let record = Record { ts: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true), event };
         // Serializing plain strings and numbers cannot fail.
         let mut line = serde_json::to_string(&record).unwrap_or_default();
         line.push('\n');
@@ -126,13 +122,33 @@ impl EventLog {
     /// Record an event. A write error is logged, never fatal: the VM matters more.
     pub fn emit(&self, event: Event) {
         log::debug!("event: {event:?}");
+        let line = Self::format(&event);
+        {
+            let mut m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+            m.lines.push_back(line.clone());
+            if m.lines.len() > MEMORY_LINES {
+                m.lines.pop_front();
+                m.first += 1;
+            }
+        }
         if let Some(file) = &self.file {
-            let line = Self::format(&event);
             let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = f.write_all(line.as_bytes()) {
                 log::error!("cannot write to the event log: {e}");
             }
         }
+    }
+
+    /// A mark for [`since`](Self::since): the sequence number of the next line.
+    pub fn mark(&self) -> usize {
+        let m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        m.first + m.lines.len()
+    }
+
+    /// The lines recorded since `mark` (those still in memory).
+    pub fn since(&self, mark: usize) -> Vec<String> {
+        let m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        m.lines.iter().skip(mark.saturating_sub(m.first)).cloned().collect()
     }
 
     /// Flush the log to stable storage.
@@ -155,21 +171,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         let log = EventLog::create(&path).unwrap();
-        log.emit(Event::VmStarted {
-            vcpus: 2,
-            memory_bytes: 1 << 30,
-            kernel: "/k".into(),
-        });
-        log.clone().emit(Event::VmExited {
-            exit_code: 0,
-            reason: "poweroff".into(),
-        });
+        log.emit(Event::VmStarted { vcpus: 2, memory_bytes: 1 << 30, kernel: "/k".into() });
+        log.clone().emit(Event::VmExited { exit_code: 0, reason: "poweroff".into() });
         log.sync();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2);
         assert!(text.lines().all(|l| l.starts_with("{\"ts\":\"")));
         assert_eq!(lines[0]["event"], "vm_started");
@@ -177,6 +183,11 @@ mod tests {
         assert_eq!(lines[0]["memory_bytes"], 1u64 << 30);
         assert_eq!(lines[1]["event"], "vm_exited");
         assert_eq!(lines[1]["exit_code"], 0);
+        let mark = log.mark();
+        log.emit(Event::CrashDetected { trigger: "pvpanic".into() });
+        assert_eq!(log.since(mark).len(), 1);
+        assert!(log.since(mark)[0].contains("crash_detected"));
+        assert_eq!(log.since(0).len(), 3);
         let ts = lines[0]["ts"].as_str().unwrap();
         // 2026-11-25T12:34:56.123456Z
         assert_eq!(ts.len(), 27, "{ts}");
@@ -186,9 +197,7 @@ mod tests {
 
     #[test]
     fn unwritable_path_is_an_error() {
-        let err = EventLog::create(Path::new("/nonexistent/dir/events.jsonl"))
-            .err()
-            .unwrap();
+        let err = EventLog::create(Path::new("/nonexistent/dir/events.jsonl")).err().unwrap();
         assert!(err.to_string().contains("/nonexistent/dir/events.jsonl"));
     }
 }

@@ -18,6 +18,8 @@ pub mod code {
     pub const GUEST_PANICKED: i32 = 5;
     /// KVM could not run the guest: internal error, emulation failure, failed VM entry.
     pub const KVM_FAILURE: i32 = 6;
+    /// The guest panicked and its vmcore could not be collected (the report says why).
+    pub const CRASH_COLLECTION_FAILED: i32 = 7;
     /// Stopped by a signal: 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
     pub const SIGNAL_BASE: i32 = 128;
 }
@@ -43,6 +45,12 @@ pub enum VmExit {
     GuestPanicked {
         trigger: String,
     },
+    /// The guest panicked and crashvmm could not collect its vmcore (for example the disk of
+    /// the crash directory is full).
+    CrashCollectionFailed {
+        trigger: String,
+        reason: String,
+    },
     /// crashvmm itself failed while the VM ran.
     Error(String),
 }
@@ -56,6 +64,7 @@ impl VmExit {
             VmExit::KvmFailure { .. } => code::KVM_FAILURE,
             VmExit::Stopped { signal } => code::SIGNAL_BASE + signal,
             VmExit::GuestPanicked { .. } => code::GUEST_PANICKED,
+            VmExit::CrashCollectionFailed { .. } => code::CRASH_COLLECTION_FAILED,
             VmExit::Error(_) => code::ERROR,
         }
     }
@@ -69,6 +78,9 @@ impl VmExit {
             VmExit::KvmFailure { vcpu, detail } => format!("kvm_failure (vcpu {vcpu}): {detail}"),
             VmExit::Stopped { signal } => format!("stopped (signal {signal})"),
             VmExit::GuestPanicked { trigger } => format!("guest_panicked ({trigger})"),
+            VmExit::CrashCollectionFailed { trigger, reason } => {
+                format!("crash_collection_failed ({trigger}): {reason}")
+            }
             VmExit::Error(e) => format!("error: {e}"),
         }
     }
@@ -84,14 +96,9 @@ mod tests {
             VmExit::PowerOff,
             VmExit::Reset(ResetSource::Keyboard),
             VmExit::TripleFault { vcpu: 0 },
-            VmExit::KvmFailure {
-                vcpu: 0,
-                detail: String::new(),
-            },
+            VmExit::KvmFailure { vcpu: 0, detail: String::new() },
             VmExit::Stopped { signal: 15 },
-            VmExit::GuestPanicked {
-                trigger: String::new(),
-            },
+            VmExit::GuestPanicked { trigger: String::new() },
             VmExit::Error(String::new()),
         ];
         let mut codes: Vec<i32> = all.iter().map(VmExit::exit_code).collect();
@@ -100,10 +107,7 @@ mod tests {
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), n);
-        assert_eq!(
-            VmExit::Reset(ResetSource::AcpiResetRegister).exit_code(),
-            code::RESET
-        );
+        assert_eq!(VmExit::Reset(ResetSource::AcpiResetRegister).exit_code(), code::RESET);
         assert_eq!(VmExit::Stopped { signal: 2 }.exit_code(), 130);
     }
 }

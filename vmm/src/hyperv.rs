@@ -7,16 +7,16 @@ use std::time::Instant;
 use devices::hyperv::cpuid::hyperv_leaves;
 use devices::hyperv::hypercall::MessageHandler;
 use devices::hyperv::tlfs::{
-    HV_STATUS_INVALID_CONNECTION_ID, HV_STATUS_INVALID_HYPERCALL_INPUT, HV_SYNTHETIC_MSR_BASE,
-    HV_SYNTHETIC_MSR_COUNT, HYPERVISOR_CPUID_RANGE,
+    HV_STATUS_INVALID_CONNECTION_ID, HV_STATUS_INVALID_HYPERCALL_INPUT, HV_SYNTHETIC_MSR_BASE, HV_SYNTHETIC_MSR_COUNT,
+    HYPERVISOR_CPUID_RANGE,
 };
 use devices::hyperv::{HvConfig, HvPartition};
 use devices::vmbus::messages::VMBUS_SYNIC_MESSAGE_TYPE;
 use devices::vmbus::{Output, ServerConfig, VmbusServer};
 use devices::{GuestMemory, OutOfRange};
 use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_enable_cap, CpuId, KVM_CAP_X86_USER_SPACE_MSR,
-    KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_UNKNOWN,
+    kvm_cpuid_entry2, kvm_enable_cap, CpuId, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER,
+    KVM_MSR_EXIT_REASON_UNKNOWN,
 };
 use kvm_ioctls::{Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -33,29 +33,13 @@ pub struct GuestRam<'a>(pub &'a GuestMemoryMmap);
 
 impl GuestMemory for GuestRam<'_> {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
-        gpa.checked_add(buf.len() as u64).ok_or(OutOfRange {
-            gpa,
-            len: buf.len(),
-        })?;
-        self.0
-            .read_slice(buf, GuestAddress(gpa))
-            .map_err(|_| OutOfRange {
-                gpa,
-                len: buf.len(),
-            })
+        gpa.checked_add(buf.len() as u64).ok_or(OutOfRange { gpa, len: buf.len() })?;
+        self.0.read_slice(buf, GuestAddress(gpa)).map_err(|_| OutOfRange { gpa, len: buf.len() })
     }
 
     fn write(&self, gpa: u64, data: &[u8]) -> Result<(), OutOfRange> {
-        gpa.checked_add(data.len() as u64).ok_or(OutOfRange {
-            gpa,
-            len: data.len(),
-        })?;
-        self.0
-            .write_slice(data, GuestAddress(gpa))
-            .map_err(|_| OutOfRange {
-                gpa,
-                len: data.len(),
-            })
+        gpa.checked_add(data.len() as u64).ok_or(OutOfRange { gpa, len: data.len() })?;
+        self.0.write_slice(data, GuestAddress(gpa)).map_err(|_| OutOfRange { gpa, len: data.len() })
     }
 }
 
@@ -69,11 +53,7 @@ pub struct HyperV {
 
 impl HyperV {
     pub fn new(config: HvConfig, vmbus: ServerConfig) -> Mutex<Self> {
-        Mutex::new(Self {
-            partition: HvPartition::new(config),
-            vmbus: VmbusServer::new(vmbus),
-            unload_started: None,
-        })
+        Mutex::new(Self { partition: HvPartition::new(config), vmbus: VmbusServer::new(vmbus), unload_started: None })
     }
 }
 
@@ -87,13 +67,7 @@ pub struct VmbusPort<'a> {
 }
 
 impl MessageHandler for VmbusPort<'_> {
-    fn post_message(
-        &mut self,
-        vp: u32,
-        connection_id: u32,
-        message_type: u32,
-        payload: &[u8],
-    ) -> u16 {
+    fn post_message(&mut self, vp: u32, connection_id: u32, message_type: u32, payload: &[u8]) -> u16 {
         if message_type != VMBUS_SYNIC_MESSAGE_TYPE {
             return HV_STATUS_INVALID_HYPERCALL_INPUT;
         }
@@ -111,12 +85,8 @@ impl MessageHandler for VmbusPort<'_> {
 /// Replace every hypervisor leaf (KVM's "KVMKVMKVM" ones included) with the Hyper-V leaves, so
 /// that Linux selects Hyper-V, and advertise the invariant TSC.
 pub fn hyperv_cpuid(cpuid: &CpuId, vcpus: u32) -> Result<CpuId, VmError> {
-    let mut entries: Vec<kvm_cpuid_entry2> = cpuid
-        .as_slice()
-        .iter()
-        .filter(|e| !HYPERVISOR_CPUID_RANGE.contains(&e.function))
-        .copied()
-        .collect();
+    let mut entries: Vec<kvm_cpuid_entry2> =
+        cpuid.as_slice().iter().filter(|e| !HYPERVISOR_CPUID_RANGE.contains(&e.function)).copied().collect();
     for e in entries.iter_mut().filter(|e| e.function == 0x8000_0007) {
         e.edx |= CPUID_80000007_EDX_INVARIANT_TSC;
     }
@@ -129,8 +99,7 @@ pub fn hyperv_cpuid(cpuid: &CpuId, vcpus: u32) -> Result<CpuId, VmError> {
         edx: l.edx,
         ..Default::default()
     }));
-    CpuId::from_entries(&entries)
-        .map_err(|_| VmError::MissingCap("room for the Hyper-V CPUID leaves"))
+    CpuId::from_entries(&entries).map_err(|_| VmError::MissingCap("room for the Hyper-V CPUID leaves"))
 }
 
 /// Route the synthetic MSRs (and any MSR KVM does not know) to userspace.
@@ -141,15 +110,9 @@ pub fn setup_msr_exits(kvm: &Kvm, vm: &VmFd) -> Result<(), VmError> {
     if !kvm.check_extension(Cap::X86MsrFilter) {
         return Err(VmError::MissingCap("KVM_CAP_X86_MSR_FILTER"));
     }
-    let mut cap = kvm_enable_cap {
-        cap: KVM_CAP_X86_USER_SPACE_MSR,
-        ..Default::default()
-    };
+    let mut cap = kvm_enable_cap { cap: KVM_CAP_X86_USER_SPACE_MSR, ..Default::default() };
     cap.args[0] = (KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER) as u64;
-    vm.enable_cap(&cap).map_err(|source| VmError::Kvm {
-        what: "KVM_ENABLE_CAP(X86_USER_SPACE_MSR)",
-        source,
-    })?;
+    vm.enable_cap(&cap).map_err(|source| VmError::Kvm { what: "KVM_ENABLE_CAP(X86_USER_SPACE_MSR)", source })?;
     // A zero bitmap denies every MSR of the range in KVM, so each access exits to us, even on
     // hosts whose KVM has Hyper-V emulation of its own.
     let bitmap = vec![0u8; (HV_SYNTHETIC_MSR_COUNT / 8) as usize];
@@ -160,10 +123,7 @@ pub fn setup_msr_exits(kvm: &Kvm, vm: &VmFd) -> Result<(), VmError> {
         bitmap: &bitmap,
     };
     vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &[range])
-        .map_err(|source| VmError::Kvm {
-            what: "KVM_X86_SET_MSR_FILTER",
-            source,
-        })
+        .map_err(|source| VmError::Kvm { what: "KVM_X86_SET_MSR_FILTER", source })
 }
 
 #[cfg(test)]
@@ -186,13 +146,7 @@ mod tests {
 
     #[test]
     fn cpuid_has_hyperv_and_no_kvm_signature() {
-        let kvm_leaf = |function, ebx, ecx, edx| kvm_cpuid_entry2 {
-            function,
-            ebx,
-            ecx,
-            edx,
-            ..Default::default()
-        };
+        let kvm_leaf = |function, ebx, ecx, edx| kvm_cpuid_entry2 { function, ebx, ecx, edx, ..Default::default() };
         // "KVMKVMKVM\0\0\0" at 0x40000000 and 0x40000100, as KVM_GET_SUPPORTED_CPUID may return.
         let sig = (0x4b4d_564b, 0x564b_4d56, 0x4d);
         let supported = CpuId::from_entries(&[
@@ -205,17 +159,10 @@ mod tests {
         .unwrap();
         let cpuid = hyperv_cpuid(&supported, 2).unwrap();
         let e = cpuid.as_slice();
-        assert!(!e
-            .iter()
-            .any(|e| e.ebx == sig.0 && HYPERVISOR_CPUID_RANGE.contains(&e.function)));
+        assert!(!e.iter().any(|e| e.ebx == sig.0 && HYPERVISOR_CPUID_RANGE.contains(&e.function)));
         let hv0 = e.iter().find(|e| e.function == 0x4000_0000).unwrap();
         assert_eq!(hv0.ebx, 0x7263_694d);
-        assert_eq!(
-            e.iter()
-                .filter(|e| (0x4000_0000..=0x4000_ffff).contains(&e.function))
-                .count(),
-            7
-        );
+        assert_eq!(e.iter().filter(|e| (0x4000_0000..=0x4000_ffff).contains(&e.function)).count(), 7);
         let ext = e.iter().find(|e| e.function == 0x8000_0007).unwrap();
         assert_ne!(ext.edx & CPUID_80000007_EDX_INVARIANT_TSC, 0);
     }

@@ -78,28 +78,12 @@ pub fn low_ram_end(mem_size: u64) -> u64 {
 /// The e820 map Linux gets for a guest of `mem_size` bytes (at least [`MIN_MEMORY`]).
 pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
     let mut map = vec![
-        E820Entry {
-            addr: 0,
-            size: EBDA_START,
-            kind: E820_RAM,
-        },
-        E820Entry {
-            addr: ACPI_START,
-            size: ACPI_END - ACPI_START,
-            kind: E820_RESERVED,
-        },
-        E820Entry {
-            addr: HIMEM_START,
-            size: low_ram_end(mem_size) - HIMEM_START,
-            kind: E820_RAM,
-        },
+        E820Entry { addr: 0, size: EBDA_START, kind: E820_RAM },
+        E820Entry { addr: ACPI_START, size: ACPI_END - ACPI_START, kind: E820_RESERVED },
+        E820Entry { addr: HIMEM_START, size: low_ram_end(mem_size) - HIMEM_START, kind: E820_RAM },
     ];
     if mem_size > MMIO_HOLE_START {
-        map.push(E820Entry {
-            addr: MMIO_HOLE_END,
-            size: mem_size - MMIO_HOLE_START,
-            kind: E820_RAM,
-        });
+        map.push(E820Entry { addr: MMIO_HOLE_END, size: mem_size - MMIO_HOLE_START, kind: E820_RAM });
     }
     map
 }
@@ -114,19 +98,8 @@ mod tests {
         assert_eq!(ram_ranges(mem), vec![(GuestAddress(0), mem as usize)]);
         let map = e820_map(mem);
         assert_eq!(map.len(), 3);
-        assert_eq!(
-            map[2],
-            E820Entry {
-                addr: HIMEM_START,
-                size: mem - HIMEM_START,
-                kind: E820_RAM
-            }
-        );
-        let ram: u64 = map
-            .iter()
-            .filter(|e| e.kind == E820_RAM)
-            .map(|e| e.size)
-            .sum();
+        assert_eq!(map[2], E820Entry { addr: HIMEM_START, size: mem - HIMEM_START, kind: E820_RAM });
+        let ram: u64 = map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
         assert_eq!(ram, mem - (HIMEM_START - EBDA_START));
     }
 
@@ -141,20 +114,10 @@ mod tests {
             ]
         );
         let map = e820_map(mem);
-        assert_eq!(
-            map.last().unwrap(),
-            &E820Entry {
-                addr: 1 << 32,
-                size: 3 << 30,
-                kind: E820_RAM
-            }
-        );
+        assert_eq!(map.last().unwrap(), &E820Entry { addr: 1 << 32, size: 3 << 30, kind: E820_RAM });
         for e in &map {
             let end = e.addr + e.size;
-            assert!(
-                end <= MMIO_HOLE_START || e.addr >= MMIO_HOLE_END,
-                "{e:?} overlaps the hole"
-            );
+            assert!(end <= MMIO_HOLE_START || e.addr >= MMIO_HOLE_END, "{e:?} overlaps the hole");
         }
     }
 }

@@ -6,14 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use vmm::config::{parse_memory, VmConfig};
 use vmm::console::ConsoleMode;
+use vmm::crash::{AfterCrash, HostDump, OnPanic, Policy};
 use vmm::exit::code;
 
 #[derive(Parser)]
-#[command(
-    name = "crashvmm",
-    version,
-    about = "A KVM VMM for the moment a guest kernel dies"
-)]
+#[command(name = "crashvmm", version, about = "A KVM VMM for the moment a guest kernel dies")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,8 +21,15 @@ enum Command {
     /// Boot a Linux bzImage and run it until it powers off, resets or fails.
     ///
     /// Exit codes: 0 guest powered off, 1 crashvmm error, 2 usage error, 3 guest reset,
-    /// 4 triple fault, 5 guest panicked, 6 KVM failure, 128+N stopped by signal N.
-    Run(RunArgs),
+    /// 4 triple fault, 5 guest panicked, 6 KVM failure, 7 guest panicked and its vmcore could
+    /// not be collected, 128+N stopped by signal N.
+    Run(Box<RunArgs>),
+    /// Summarize a crash directory (or the newest one under a --crash-dir) for a person.
+    Report {
+        /// A crash directory, or a directory of crash directories.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -79,6 +83,26 @@ struct RunArgs {
     /// Answer the guest's VMBus UNLOAD at all; `off` tests the guest's 100 s fallback.
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
     vmbus_unload_response: bool,
+    /// What to do when the guest panics: auto (the guest's kdump when it announced one, else a
+    /// host-side vmcore), kdump, host-dump, pause or ignore.
+    #[arg(long, value_name = "POLICY", default_value = "auto", value_enum)]
+    on_panic: OnPanic,
+    /// What happens once crash collection ends: exit, reset (boot the guest again) or pause.
+    #[arg(long, value_name = "ACTION", default_value = "exit", value_enum)]
+    after_crash: AfterCrash,
+    /// How long the guest's crash kernel may take before crashvmm takes a host-side vmcore.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    kdump_timeout: std::time::Duration,
+    /// When crashvmm writes a vmcore from guest memory: never, fallback (no guest kdump, or it
+    /// failed or timed out) or always (also a snapshot at the guest's kexec).
+    #[arg(long, value_name = "WHEN", default_value = "fallback", value_enum)]
+    host_dump: HostDump,
+    /// With --after-crash reset, exit after this many crashes (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_crashes: u32,
+    /// Where crash directories go (one per crash).
+    #[arg(long, value_name = "DIR", default_value = "crashes")]
+    crash_dir: PathBuf,
 }
 
 fn on_off(s: &str) -> Result<bool, String> {
@@ -101,7 +125,8 @@ fn main() -> ExitCode {
         .format_timestamp_micros()
         .init();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
+        Command::Report { dir } => vmm::crash::summary::print(&dir).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),
@@ -129,6 +154,15 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         hyperv_crash_message: args.hyperv_crash_message,
         vmbus_unload_delay: args.vmbus_unload_delay,
         vmbus_unload_response: args.vmbus_unload_response,
+        policy: Policy {
+            on_panic: args.on_panic,
+            after_crash: args.after_crash,
+            kdump_timeout: args.kdump_timeout,
+            host_dump: args.host_dump,
+            max_crashes: args.max_crashes,
+            hyperv: args.hyperv,
+        },
+        crash_dir: args.crash_dir,
     };
     Ok(vmm::vm::run(&config)?.exit_code())
 }

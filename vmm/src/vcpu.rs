@@ -4,8 +4,8 @@
 use std::cell::Cell;
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use devices::bus::PioBus;
 use devices::hyperv::hypercall::{handle_hypercall, HypercallInput, HYPERCALL_PORT};
@@ -21,6 +21,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::SIGRTMIN;
 
 use crate::boot;
+use crate::crash::vmcore::VcpuState;
 use crate::crash::CrashSignal;
 use crate::events::{hex, Event, EventLog};
 use crate::exit::VmExit;
@@ -66,9 +67,7 @@ impl UnhandledLog {
 
     fn note(&mut self, vcpu: u32, what: &str, addr: u64) {
         if self.seen.len() < Self::MAX && self.seen.insert(addr) {
-            log::debug!(
-                "vCPU {vcpu}: {what} {addr:#x} has no device (further accesses not logged)"
-            );
+            log::debug!("vCPU {vcpu}: {what} {addr:#x} has no device (further accesses not logged)");
         }
     }
 
@@ -91,17 +90,11 @@ pub struct SignalQueue {
 
 impl SignalQueue {
     pub fn new() -> std::io::Result<Self> {
-        Ok(Self {
-            queue: Mutex::new(VecDeque::new()),
-            notify: EventFd::new(libc::EFD_NONBLOCK)?,
-        })
+        Ok(Self { queue: Mutex::new(VecDeque::new()), notify: EventFd::new(libc::EFD_NONBLOCK)? })
     }
 
     pub fn send(&self, signal: CrashSignal) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(signal);
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(signal);
         if let Err(e) = self.notify.write(1) {
             log::error!("cannot wake the main loop for a crash signal: {e}");
         }
@@ -114,11 +107,7 @@ impl SignalQueue {
 
     pub fn drain(&self) -> Vec<CrashSignal> {
         let _ = self.notify.read();
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect()
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect()
     }
 
     pub fn notify_fd(&self) -> &EventFd {
@@ -136,13 +125,13 @@ pub struct ExitContext {
     pub kicker: Arc<Kicker>,
     /// VMBus replies to post later (the UNLOAD-delay knob).
     pub deferred: Deferred,
+    /// Pausing the vCPUs and their saved registers.
+    pub control: VcpuControl,
 }
 
 impl ExitContext {
     fn hyperv(&self) -> Option<MutexGuard<'_, HyperV>> {
-        self.hyperv
-            .as_ref()
-            .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()))
+        self.hyperv.as_ref().map(|h| h.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn pvpanic(&self, vcpu: u32, bits: u8) {
@@ -163,23 +152,12 @@ impl ExitContext {
             Some(hv) if is_synthetic(index) => hv.partition.read_msr(vcpu, index),
             _ => Err(MsrError::Unknown(index)),
         };
-        result
-            .map_err(|e| self.msr_fault(vcpu, "RDMSR", index, &e, unhandled))
-            .ok()
+        result.map_err(|e| self.msr_fault(vcpu, "RDMSR", index, &e, unhandled)).ok()
     }
 
-    fn wrmsr(
-        &self,
-        vcpu: u32,
-        index: u32,
-        value: u64,
-        unhandled: &mut UnhandledLog,
-    ) -> Result<ExitAction, ()> {
+    fn wrmsr(&self, vcpu: u32, index: u32, value: u64, unhandled: &mut UnhandledLog) -> Result<ExitAction, ()> {
         let result = match self.hyperv() {
-            Some(mut hv) if is_synthetic(index) => {
-                hv.partition
-                    .write_msr(vcpu, index, value, &GuestRam(&self.mem))
-            }
+            Some(mut hv) if is_synthetic(index) => hv.partition.write_msr(vcpu, index, value, &GuestRam(&self.mem)),
             _ => Err(MsrError::Unknown(index)),
         };
         match result {
@@ -192,14 +170,7 @@ impl ExitContext {
         }
     }
 
-    fn msr_fault(
-        &self,
-        vcpu: u32,
-        op: &str,
-        index: u32,
-        e: &MsrError,
-        unhandled: &mut UnhandledLog,
-    ) {
+    fn msr_fault(&self, vcpu: u32, op: &str, index: u32, e: &MsrError, unhandled: &mut UnhandledLog) {
         if is_synthetic(index) {
             unhandled.warn(vcpu, format_args!("{op} {index:#x}: {e}; injecting #GP"));
         } else {
@@ -211,18 +182,11 @@ impl ExitContext {
         match event {
             HvEvent::HypercallEnabled { guest_os_id, gpa } => {
                 log::info!("vCPU {vcpu}: Hyper-V enabled (guest OS id {guest_os_id:#x}, hypercall page {gpa:#x})");
-                self.events.emit(Event::HypervEnabled {
-                    vcpu,
-                    guest_os_id: hex(guest_os_id),
-                    hypercall_gpa: hex(gpa),
-                });
+                self.events.emit(Event::HypervEnabled { vcpu, guest_os_id: hex(guest_os_id), hypercall_gpa: hex(gpa) });
                 ExitAction::Continue
             }
             HvEvent::Crash(report) => {
-                log::warn!(
-                    "vCPU {vcpu}: Hyper-V crash report, P0-P4 {:x?}",
-                    report.params
-                );
+                log::warn!("vCPU {vcpu}: Hyper-V crash report, P0-P4 {:x?}", report.params);
                 if let Some(e) = &report.message_error {
                     log::warn!("vCPU {vcpu}: crash message: {e}");
                 }
@@ -232,11 +196,7 @@ impl ExitContext {
                     message: report.message.clone(),
                     message_error: report.message_error,
                 });
-                self.signals.send(CrashSignal::HvCrash {
-                    vcpu,
-                    params: report.params,
-                    message: report.message,
-                });
+                self.signals.send(CrashSignal::HvCrash { vcpu, params: report.params, message: report.message });
                 ExitAction::Continue
             }
             HvEvent::Teardown => {
@@ -276,12 +236,7 @@ fn request_to_action(ctx: &ExitContext, vcpu: u32, req: VmRequest) -> ExitAction
 }
 
 /// Handle one vCPU exit.
-pub fn handle_exit(
-    vcpu: u32,
-    exit: VcpuExit,
-    ctx: &ExitContext,
-    unhandled: &mut UnhandledLog,
-) -> ExitAction {
+pub fn handle_exit(vcpu: u32, exit: VcpuExit, ctx: &ExitContext, unhandled: &mut UnhandledLog) -> ExitAction {
     match exit {
         VcpuExit::IoIn(port, data) => {
             if !ctx.bus.read(port, data) {
@@ -336,10 +291,7 @@ pub fn handle_exit(
             vcpu,
             detail: "KVM internal error (emulation failure or unhandled exit)".into(),
         }),
-        other => ExitAction::Stop(VmExit::KvmFailure {
-            vcpu,
-            detail: format!("unexpected exit {other:?}"),
-        }),
+        other => ExitAction::Stop(VmExit::KvmFailure { vcpu, detail: format!("unexpected exit {other:?}") }),
     }
 }
 
@@ -373,19 +325,8 @@ fn set_lvt_mode(regs: &mut [i8], offset: usize, mode: u32) {
 
 /// Configure a vCPU's CPUID, MSRs and local APIC; the BSP (`entry` given) also gets the
 /// long-mode registers at the kernel entry point.
-pub fn configure_vcpu(
-    fd: &VcpuFd,
-    id: u32,
-    cpuid: &CpuId,
-    entry: Option<u64>,
-) -> Result<(), VcpuError> {
-    let kvm = |what| {
-        move |source| VcpuError::Kvm {
-            vcpu: id,
-            what,
-            source,
-        }
-    };
+pub fn configure_vcpu(fd: &VcpuFd, id: u32, cpuid: &CpuId, entry: Option<u64>) -> Result<(), VcpuError> {
+    let kvm = |what| move |source| VcpuError::Kvm { vcpu: id, what, source };
     fd.set_cpuid2(cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
     let entries: Vec<kvm_msr_entry> = [
         (MSR_IA32_SYSENTER_CS, 0),
@@ -399,11 +340,7 @@ pub fn configure_vcpu(
         (MSR_IA32_MISC_ENABLE, MSR_IA32_MISC_ENABLE_FAST_STRING),
     ]
     .into_iter()
-    .map(|(index, data)| kvm_msr_entry {
-        index,
-        data,
-        ..Default::default()
-    })
+    .map(|(index, data)| kvm_msr_entry { index, data, ..Default::default() })
     .collect();
     let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::Kvm {
         vcpu: id,
@@ -421,10 +358,8 @@ pub fn configure_vcpu(
     fd.set_fpu(&boot::boot_fpu()).map_err(kvm("KVM_SET_FPU"))?;
     if let Some(entry) = entry {
         let sregs = fd.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
-        fd.set_sregs(&boot::long_mode_sregs(sregs))
-            .map_err(kvm("KVM_SET_SREGS"))?;
-        fd.set_regs(&boot::boot_regs(entry))
-            .map_err(kvm("KVM_SET_REGS"))?;
+        fd.set_sregs(&boot::long_mode_sregs(sregs)).map_err(kvm("KVM_SET_SREGS"))?;
+        fd.set_regs(&boot::boot_regs(entry)).map_err(kvm("KVM_SET_REGS"))?;
     }
     Ok(())
 }
@@ -438,11 +373,7 @@ pub struct ExitState {
 
 impl ExitState {
     pub fn new() -> std::io::Result<Self> {
-        Ok(Self {
-            exit: Mutex::new(None),
-            notify: EventFd::new(libc::EFD_NONBLOCK)?,
-            stop: AtomicBool::new(false),
-        })
+        Ok(Self { exit: Mutex::new(None), notify: EventFd::new(libc::EFD_NONBLOCK)?, stop: AtomicBool::new(false) })
     }
 
     /// Record `exit` if it is the first, and wake the main loop.
@@ -456,6 +387,11 @@ impl ExitState {
         if let Err(e) = self.notify.write(1) {
             log::error!("cannot wake the main loop: {e}");
         }
+    }
+
+    /// Stop the vCPUs without an exit reason of their own (crash handling decided).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 
     pub fn get(&self) -> Option<VmExit> {
@@ -500,31 +436,19 @@ pub struct Kicker {
 
 impl Kicker {
     pub fn new(vcpus: u32) -> Self {
-        Self {
-            threads: Mutex::new(vec![None; vcpus as usize]),
-        }
+        Self { threads: Mutex::new(vec![None; vcpus as usize]) }
     }
 
     fn register(&self, vcpu: u32) {
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
-        if let Some(slot) = self
-            .threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(vcpu as usize)
-        {
+        if let Some(slot) = self.threads.lock().unwrap_or_else(|e| e.into_inner()).get_mut(vcpu as usize) {
             *slot = Some(me);
         }
     }
 
     fn unregister(&self, vcpu: u32) {
-        if let Some(slot) = self
-            .threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(vcpu as usize)
-        {
+        if let Some(slot) = self.threads.lock().unwrap_or_else(|e| e.into_inner()).get_mut(vcpu as usize) {
             *slot = None;
         }
     }
@@ -546,30 +470,127 @@ impl Kicker {
     }
 }
 
+/// Pausing and resuming the vCPU threads, and the registers they save when they stop.
+pub struct VcpuControl {
+    inner: Mutex<ControlState>,
+    changed: Condvar,
+}
+
+struct ControlState {
+    pause: bool,
+    /// Per vCPU: stopped (paused or its thread ended) with the registers it had.
+    stopped: Vec<Option<VcpuState>>,
+}
+
+impl VcpuControl {
+    pub fn new(vcpus: u32) -> Self {
+        Self {
+            inner: Mutex::new(ControlState { pause: false, stopped: vec![None; vcpus as usize] }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ControlState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stop every vCPU and wait (up to `timeout`) until each has saved its registers. Returns
+    /// false when some did not stop in time.
+    pub fn pause_all(&self, kicker: &Kicker, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        self.lock().pause = true;
+        loop {
+            if self.lock().stopped.iter().all(Option::is_some) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            kicker.kick_all();
+            let guard = self.lock();
+            let _ = self.changed.wait_timeout(guard, Duration::from_millis(5));
+        }
+    }
+
+    /// Let paused vCPUs run again.
+    pub fn resume(&self) {
+        let mut s = self.lock();
+        s.pause = false;
+        self.changed.notify_all();
+    }
+
+    /// Wake paused vCPUs so that they see a stop request.
+    pub fn wake(&self) {
+        self.changed.notify_all();
+    }
+
+    /// The registers the stopped vCPUs saved, in vCPU order.
+    pub fn snapshots(&self) -> Vec<VcpuState> {
+        self.lock().stopped.iter().flatten().cloned().collect()
+    }
+
+    /// Record that vCPU `id` stopped with `state` (for callers without a vCPU fd, e.g. tests).
+    pub fn mark_stopped(&self, id: u32, state: VcpuState) {
+        if let Some(slot) = self.lock().stopped.get_mut(id as usize) {
+            *slot = Some(state);
+        }
+        self.changed.notify_all();
+    }
+
+    fn save(&self, id: u32, fd: &VcpuFd) {
+        let state = match (fd.get_regs(), fd.get_sregs()) {
+            (Ok(regs), Ok(sregs)) => VcpuState { id, regs, sregs },
+            (r, s) => {
+                log::warn!("vCPU {id}: cannot read registers: {:?} {:?}", r.err(), s.err());
+                VcpuState { id, regs: Default::default(), sregs: Default::default() }
+            }
+        };
+        if let Some(slot) = self.lock().stopped.get_mut(id as usize) {
+            *slot = Some(state);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Called by vCPU `id`'s thread between runs: park while a pause is requested.
+    fn park_if_paused(&self, id: u32, fd: &VcpuFd, exit: &ExitState) {
+        if !self.lock().pause {
+            return;
+        }
+        self.save(id, fd);
+        let mut s = self.lock();
+        while s.pause && !exit.stopping() {
+            s = self
+                .changed
+                .wait_timeout(s, Duration::from_millis(50))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        if let Some(slot) = s.stopped.get_mut(id as usize) {
+            *slot = None;
+        }
+    }
+
+    /// Called by vCPU `id`'s thread as it ends.
+    fn ended(&self, id: u32, fd: &VcpuFd) {
+        self.save(id, fd);
+    }
+}
+
 /// Run a hypercall for `vcpu`: read the registers the hypercall page left, run it, put the
 /// status in RAX. RIP is left alone, so KVM completes the port write and the page returns.
 fn hypercall(vcpu: u32, fd: &VcpuFd, ctx: &ExitContext) -> Result<(), errno::Error> {
     let mut regs = fd.get_regs()?;
-    let input = HypercallInput {
-        control: regs.rcx,
-        param1: regs.r11,
-        param2: regs.r8,
-    };
+    let input = HypercallInput { control: regs.rcx, param1: regs.r11, param2: regs.r8 };
     let Some(mut hv) = ctx.hyperv() else {
         return Ok(());
     };
-    let mut port = VmbusPort {
-        server: &mut hv.vmbus,
-        outputs: Vec::new(),
-    };
+    let mut port = VmbusPort { server: &mut hv.vmbus, outputs: Vec::new() };
     regs.rax = handle_hypercall(vcpu, input, &GuestRam(&ctx.mem), &mut port);
     let outputs = port.outputs;
     let kick = vmbus::apply(ctx, &mut hv, outputs, Instant::now());
     drop(hv);
     // This vCPU delivers its own messages before it re-enters the guest; others need a kick.
-    kick.into_iter()
-        .filter(|&vp| vp != vcpu)
-        .for_each(|vp| ctx.kicker.kick(vp));
+    kick.into_iter().filter(|&vp| vp != vcpu).for_each(|vp| ctx.kicker.kick(vp));
     fd.set_regs(&regs)
 }
 
@@ -587,11 +608,7 @@ fn deliver(vcpu: u32, vm: &VmFd, ctx: &ExitContext) {
     }
     for vector in d.vectors {
         // Fixed delivery, edge, physical destination = this vCPU's APIC id (= its index).
-        let msi = kvm_msi {
-            address_lo: 0xfee0_0000 | (vcpu << 12),
-            data: vector as u32,
-            ..Default::default()
-        };
+        let msi = kvm_msi { address_lo: 0xfee0_0000 | (vcpu << 12), data: vector as u32, ..Default::default() };
         if let Err(e) = vm.signal_msi(msi) {
             log::warn!("vCPU {vcpu}: cannot inject SynIC vector {vector:#x}: {e}");
         }
@@ -611,6 +628,10 @@ pub fn run_vcpu(
     kicker.register(id);
     let mut unhandled = UnhandledLog::default();
     while !state.stopping() {
+        ctx.control.park_if_paused(id, &fd, &state);
+        if state.stopping() {
+            break;
+        }
         deliver(id, &vm, &ctx);
         let action = match fd.run() {
             Ok(exit) => handle_exit(id, exit, &ctx, &mut unhandled),
@@ -618,20 +639,14 @@ pub fn run_vcpu(
                 fd.set_kvm_immediate_exit(0);
                 ExitAction::Continue
             }
-            Err(e) => ExitAction::Stop(VmExit::KvmFailure {
-                vcpu: id,
-                detail: format!("KVM_RUN failed: {e}"),
-            }),
+            Err(e) => ExitAction::Stop(VmExit::KvmFailure { vcpu: id, detail: format!("KVM_RUN failed: {e}") }),
         };
         match action {
             ExitAction::Continue => {}
             ExitAction::Deliver => deliver(id, &vm, &ctx),
             ExitAction::Hypercall => {
                 if let Err(e) = hypercall(id, &fd, &ctx) {
-                    state.request(VmExit::KvmFailure {
-                        vcpu: id,
-                        detail: format!("hypercall registers: {e}"),
-                    });
+                    state.request(VmExit::KvmFailure { vcpu: id, detail: format!("hypercall registers: {e}") });
                 }
             }
             ExitAction::Park => {
@@ -647,6 +662,7 @@ pub fn run_vcpu(
             }
         }
     }
+    ctx.control.ended(id, &fd);
     kicker.unregister(id);
     KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
     log::debug!("vCPU {id} thread ends");
@@ -654,16 +670,12 @@ pub fn run_vcpu(
 
 fn log_regs(id: u32, fd: &VcpuFd, what: &str) {
     if let Ok(regs) = fd.get_regs() {
-        log::error!(
-            "vCPU {id}: {what} at rip {:#x} rsp {:#x}",
-            regs.rip,
-            regs.rsp
-        );
+        log::error!("vCPU {id}: {what} at rip {:#x} rsp {:#x}", regs.rip, regs.rsp);
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::layout::ram_ranges;
     use devices::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
@@ -675,33 +687,17 @@ mod tests {
     use kvm_ioctls::{MsrExitReason, ReadMsrExit, WriteMsrExit};
     use vm_memory::Bytes;
 
-    fn ctx(hyperv: bool) -> ExitContext {
+    pub(crate) fn ctx(hyperv: bool) -> ExitContext {
         let mut bus = PioBus::new();
-        bus.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042::new())))
-            .unwrap();
-        bus.insert(
-            ACPI_PM_BASE,
-            ACPI_PM_LEN,
-            Arc::new(Mutex::new(AcpiPm::new())),
-        )
-        .unwrap();
-        bus.insert(
-            PVPANIC_PORT,
-            1,
-            Arc::new(Mutex::new(PvPanic::new(PVPANIC_ALL))),
-        )
-        .unwrap();
+        bus.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042::new()))).unwrap();
+        bus.insert(ACPI_PM_BASE, ACPI_PM_LEN, Arc::new(Mutex::new(AcpiPm::new()))).unwrap();
+        bus.insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic::new(PVPANIC_ALL)))).unwrap();
         ExitContext {
             bus,
             mem: GuestMemoryMmap::from_ranges(&ram_ranges(64 << 20)).unwrap(),
             hyperv: hyperv.then(|| {
                 HyperV::new(
-                    HvConfig {
-                        vcpus: 2,
-                        tsc_hz: 1_000_000,
-                        apic_hz: 1_000_000_000,
-                        crash_message: true,
-                    },
+                    HvConfig { vcpus: 2, tsc_hz: 1_000_000, apic_hz: 1_000_000_000, crash_message: true },
                     devices::vmbus::ServerConfig {
                         vcpus: 2,
                         unload_delay: std::time::Duration::ZERO,
@@ -713,6 +709,7 @@ mod tests {
             signals: SignalQueue::new().unwrap(),
             kicker: Arc::new(Kicker::new(2)),
             deferred: Deferred::default(),
+            control: VcpuControl::new(2),
         }
     }
 
@@ -724,10 +721,7 @@ mod tests {
             index,
             data: &mut data,
         });
-        assert_eq!(
-            handle_exit(vcpu, exit, ctx, &mut UnhandledLog::default()),
-            ExitAction::Continue
-        );
+        assert_eq!(handle_exit(vcpu, exit, ctx, &mut UnhandledLog::default()), ExitAction::Continue);
         if error == 0 {
             Ok(data)
         } else {
@@ -737,12 +731,7 @@ mod tests {
 
     fn wrmsr(ctx: &ExitContext, vcpu: u32, index: u32, data: u64) -> (ExitAction, u8) {
         let mut error = 0u8;
-        let exit = VcpuExit::X86Wrmsr(WriteMsrExit {
-            error: &mut error,
-            reason: MsrExitReason::Filter,
-            index,
-            data,
-        });
+        let exit = VcpuExit::X86Wrmsr(WriteMsrExit { error: &mut error, reason: MsrExitReason::Filter, index, data });
         let action = handle_exit(vcpu, exit, ctx, &mut UnhandledLog::default());
         (action, error)
     }
@@ -754,10 +743,7 @@ mod tests {
             handle_exit(0, VcpuExit::IoOut(0x64, &[0xfe]), &c, &mut u),
             ExitAction::Stop(VmExit::Reset(ResetSource::Keyboard))
         );
-        assert_eq!(
-            handle_exit(1, VcpuExit::IoOut(0x600, &[0x34]), &c, &mut u),
-            ExitAction::Stop(VmExit::PowerOff)
-        );
+        assert_eq!(handle_exit(1, VcpuExit::IoOut(0x600, &[0x34]), &c, &mut u), ExitAction::Stop(VmExit::PowerOff));
         assert_eq!(
             handle_exit(1, VcpuExit::IoOut(0x604, &[1]), &c, &mut u),
             ExitAction::Stop(VmExit::Reset(ResetSource::AcpiResetRegister))
@@ -771,39 +757,20 @@ mod tests {
     #[test]
     fn triple_fault_parks_the_vcpu_and_signals() {
         let c = ctx(false);
-        assert_eq!(
-            handle_exit(2, VcpuExit::Shutdown, &c, &mut UnhandledLog::default()),
-            ExitAction::Park
-        );
-        assert_eq!(
-            c.signals.drain(),
-            vec![CrashSignal::TripleFault { vcpu: 2 }]
-        );
+        assert_eq!(handle_exit(2, VcpuExit::Shutdown, &c, &mut UnhandledLog::default()), ExitAction::Park);
+        assert_eq!(c.signals.drain(), vec![CrashSignal::TripleFault { vcpu: 2 }]);
     }
 
     #[test]
     fn pvpanic_write_becomes_a_signal() {
         let c = ctx(false);
         assert_eq!(
-            handle_exit(
-                1,
-                VcpuExit::IoOut(0x505, &[2]),
-                &c,
-                &mut UnhandledLog::default()
-            ),
+            handle_exit(1, VcpuExit::IoOut(0x505, &[2]), &c, &mut UnhandledLog::default()),
             ExitAction::Continue
         );
-        assert_eq!(
-            c.signals.drain(),
-            vec![CrashSignal::PvPanic { vcpu: 1, bits: 2 }]
-        );
+        assert_eq!(c.signals.drain(), vec![CrashSignal::PvPanic { vcpu: 1, bits: 2 }]);
         let mut b = [0u8];
-        handle_exit(
-            0,
-            VcpuExit::IoIn(0x505, &mut b),
-            &c,
-            &mut UnhandledLog::default(),
-        );
+        handle_exit(0, VcpuExit::IoIn(0x505, &mut b), &c, &mut UnhandledLog::default());
         assert_eq!(b, [7]);
     }
 
@@ -811,91 +778,44 @@ mod tests {
     fn unknown_ports_and_mmio_read_all_ones() {
         let (c, mut u) = (ctx(false), UnhandledLog::default());
         let mut data = [0u8; 4];
-        assert_eq!(
-            handle_exit(0, VcpuExit::IoIn(0xcfc, &mut data), &c, &mut u),
-            ExitAction::Continue
-        );
+        assert_eq!(handle_exit(0, VcpuExit::IoIn(0xcfc, &mut data), &c, &mut u), ExitAction::Continue);
         assert_eq!(data, [0xff; 4]);
         let mut data = [0u8; 8];
-        assert_eq!(
-            handle_exit(0, VcpuExit::MmioRead(0xd000_0000, &mut data), &c, &mut u),
-            ExitAction::Continue
-        );
+        assert_eq!(handle_exit(0, VcpuExit::MmioRead(0xd000_0000, &mut data), &c, &mut u), ExitAction::Continue);
         assert_eq!(data, [0xff; 8]);
-        assert_eq!(
-            handle_exit(0, VcpuExit::IoOut(0x80, &[0]), &c, &mut u),
-            ExitAction::Continue
-        );
-        assert_eq!(
-            handle_exit(0, VcpuExit::MmioWrite(0xd000_0000, &[1]), &c, &mut u),
-            ExitAction::Continue
-        );
-        assert_eq!(
-            handle_exit(0, VcpuExit::Hlt, &c, &mut u),
-            ExitAction::Continue
-        );
+        assert_eq!(handle_exit(0, VcpuExit::IoOut(0x80, &[0]), &c, &mut u), ExitAction::Continue);
+        assert_eq!(handle_exit(0, VcpuExit::MmioWrite(0xd000_0000, &[1]), &c, &mut u), ExitAction::Continue);
+        assert_eq!(handle_exit(0, VcpuExit::Hlt, &c, &mut u), ExitAction::Continue);
         // Without Hyper-V, the hypercall port is just another unclaimed port.
-        assert_eq!(
-            handle_exit(0, VcpuExit::IoOut(HYPERCALL_PORT, &[0]), &c, &mut u),
-            ExitAction::Continue
-        );
+        assert_eq!(handle_exit(0, VcpuExit::IoOut(HYPERCALL_PORT, &[0]), &c, &mut u), ExitAction::Continue);
     }
 
     #[test]
     fn msrs_without_hyperv_fault() {
         let c = ctx(false);
         assert_eq!(rdmsr(&c, 0, HV_X64_MSR_VP_INDEX), Err(1));
-        assert_eq!(
-            wrmsr(&c, 0, HV_X64_MSR_GUEST_OS_ID, 1),
-            (ExitAction::Continue, 1)
-        );
-        assert_eq!(
-            rdmsr(&c, 0, 0xc001_0140),
-            Err(1),
-            "unknown non-synthetic MSR"
-        );
+        assert_eq!(wrmsr(&c, 0, HV_X64_MSR_GUEST_OS_ID, 1), (ExitAction::Continue, 1));
+        assert_eq!(rdmsr(&c, 0, 0xc001_0140), Err(1), "unknown non-synthetic MSR");
     }
 
     #[test]
     fn synthetic_msrs_and_hyperv_lifecycle() {
         let c = ctx(true);
         assert_eq!(rdmsr(&c, 1, HV_X64_MSR_VP_INDEX), Ok(1));
-        assert_eq!(
-            rdmsr(&c, 0, HV_X64_MSR_CRASH_CTL),
-            Ok(0xc000_0000_0000_0000)
-        );
+        assert_eq!(rdmsr(&c, 0, HV_X64_MSR_CRASH_CTL), Ok(0xc000_0000_0000_0000));
         assert_eq!(wrmsr(&c, 0, HV_X64_MSR_VP_INDEX, 3).1, 1, "read-only");
         assert_eq!(rdmsr(&c, 0, 0x4000_00b0), Err(1), "stimer: not offered");
-        assert_eq!(
-            rdmsr(&c, 0, 0x1b).map(|_| ()),
-            Err(1),
-            "non-synthetic MSRs are not ours"
-        );
-        assert_eq!(
-            wrmsr(&c, 0, HV_X64_MSR_GUEST_OS_ID, 0x8100_0006_01c0_0000),
-            (ExitAction::Continue, 0)
-        );
-        assert_eq!(
-            wrmsr(&c, 0, HV_X64_MSR_HYPERCALL, 0x5001),
-            (ExitAction::Continue, 0)
-        );
-        assert_eq!(
-            wrmsr(&c, 1, HV_X64_MSR_SIMP, 0x6001),
-            (ExitAction::Deliver, 0)
-        );
+        assert_eq!(rdmsr(&c, 0, 0x1b).map(|_| ()), Err(1), "non-synthetic MSRs are not ours");
+        assert_eq!(wrmsr(&c, 0, HV_X64_MSR_GUEST_OS_ID, 0x8100_0006_01c0_0000), (ExitAction::Continue, 0));
+        assert_eq!(wrmsr(&c, 0, HV_X64_MSR_HYPERCALL, 0x5001), (ExitAction::Continue, 0));
+        assert_eq!(wrmsr(&c, 1, HV_X64_MSR_SIMP, 0x6001), (ExitAction::Deliver, 0));
         // The crash report with its message.
         c.mem
-            .write_slice(
-                b"Kernel panic - not syncing: sysrq triggered crash",
-                vm_memory::GuestAddress(0x7000),
-            )
+            .write_slice(b"Kernel panic - not syncing: sysrq triggered crash", vm_memory::GuestAddress(0x7000))
             .unwrap();
         wrmsr(&c, 0, HV_X64_MSR_CRASH_P3, 0x7000);
         wrmsr(&c, 0, HV_X64_MSR_CRASH_P4, 49);
-        assert_eq!(
-            wrmsr(&c, 0, HV_X64_MSR_CRASH_CTL, 0xc000_0000_0000_0000).1,
-            0
-        );
+        assert_eq!(wrmsr(&c, 0, HV_X64_MSR_CRASH_CTL, 0xc000_0000_0000_0000).1, 0);
         wrmsr(&c, 1, HV_X64_MSR_GUEST_OS_ID, 0);
         wrmsr(&c, 1, HV_X64_MSR_HYPERCALL, 0);
         let signals = c.signals.drain();
@@ -910,12 +830,7 @@ mod tests {
     fn hypercall_port_exits_need_registers() {
         let c = ctx(true);
         assert_eq!(
-            handle_exit(
-                0,
-                VcpuExit::IoOut(HYPERCALL_PORT, &[0]),
-                &c,
-                &mut UnhandledLog::default()
-            ),
+            handle_exit(0, VcpuExit::IoOut(HYPERCALL_PORT, &[0]), &c, &mut UnhandledLog::default()),
             ExitAction::Hypercall
         );
     }

@@ -34,14 +34,16 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 use crate::acpi::{self, AcpiError, Dsdt};
 use crate::boot::{self, BootError};
 use crate::config::{ConfigError, VmConfig};
-use crate::console::{ConsoleError, ConsoleMode, ConsoleOutput, EscapeFilter, RawTerminal};
+use crate::console::{ConsoleError, ConsoleMode, ConsoleOutput, ConsoleTail, EscapeFilter, RawTerminal, SharedConsole};
 use crate::cpuid;
-use crate::crash::{Action, Orchestrator};
+use crate::crash::executor::{BootEnd, CrashHandling};
+use crate::crash::report::GuestInfo;
+use crate::crash::{Orchestrator, Policy};
 use crate::events::{Event, EventLog, EventLogError};
 use crate::exit::VmExit;
 use crate::hyperv::{self, HyperV};
 use crate::layout::{self, KVM_TSS_ADDR};
-use crate::vcpu::{self, ExitContext, ExitState, Kicker, SignalQueue, VcpuError};
+use crate::vcpu::{self, ExitContext, ExitState, Kicker, SignalQueue, VcpuControl, VcpuError};
 use crate::vmbus::{self, Deferred};
 
 /// COM1.
@@ -116,7 +118,7 @@ impl Trigger for IrqLine {
 }
 
 /// The 8250 UART on the port bus.
-struct SerialDevice(Serial<IrqLine, NoEvents, ConsoleOutput>);
+struct SerialDevice(Serial<IrqLine, NoEvents, SharedConsole>);
 
 impl PioDevice for SerialDevice {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
@@ -185,12 +187,7 @@ struct StdinWatcher {
 
 impl MutEventSubscriber for StdinWatcher {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let capacity = self
-            .serial
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .fifo_capacity();
+        let capacity = self.serial.lock().unwrap_or_else(|e| e.into_inner()).0.fifo_capacity();
         if capacity == 0 {
             // The guest has not drained the FIFO yet; let it catch up.
             std::thread::sleep(Duration::from_millis(2));
@@ -203,11 +200,8 @@ impl MutEventSubscriber for StdinWatcher {
                 let _ = ops.remove(events);
             }
             Ok(n) => {
-                let (bytes, quit) = if self.escape_enabled {
-                    self.filter.feed(&buf[..n])
-                } else {
-                    (buf[..n].to_vec(), false)
-                };
+                let (bytes, quit) =
+                    if self.escape_enabled { self.filter.feed(&buf[..n]) } else { (buf[..n].to_vec(), false) };
                 let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
                 if let Err(e) = serial.0.enqueue_raw_bytes(&bytes) {
                     log::warn!("serial input dropped: {e:?}");
@@ -215,9 +209,7 @@ impl MutEventSubscriber for StdinWatcher {
                 drop(serial);
                 if quit {
                     log::info!("console escape: stopping the VM");
-                    self.state.request(VmExit::Stopped {
-                        signal: libc::SIGINT,
-                    });
+                    self.state.request(VmExit::Stopped { signal: libc::SIGINT });
                 }
             }
         }
@@ -259,10 +251,7 @@ fn add_pvpanic(dsdt: &mut Dsdt) {
         Path::new("_SB_.PEVT"),
         vec![
             &Name::new(Path::new("_HID"), &PVPANIC_ACPI_HID),
-            &Name::new(
-                Path::new("_CRS"),
-                &ResourceTemplate::new(vec![&IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1)]),
-            ),
+            &Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1)])),
         ],
     ));
 }
@@ -301,10 +290,7 @@ fn check_kvm(kvm: &Kvm, vcpus: u32) -> Result<(), VmError> {
     }
     let max = kvm.get_max_vcpus();
     if vcpus as usize > max {
-        return Err(VmError::TooManyVcpus {
-            requested: vcpus,
-            max,
-        });
+        return Err(VmError::TooManyVcpus { requested: vcpus, max });
     }
     Ok(())
 }
@@ -328,6 +314,17 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
     Ok(())
 }
 
+/// What lives across boots of the guest (a reset builds a fresh VM in the same session).
+struct Session<'a> {
+    config: &'a VmConfig,
+    kvm: Kvm,
+    events: EventLog,
+    console: SharedConsole,
+    signal_pipes: Vec<(i32, UnixStream)>,
+    crash: Arc<Mutex<CrashHandling>>,
+    escape_enabled: bool,
+}
+
 /// Run the VM described by `config` to its end.
 pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     config.validate()?;
@@ -335,30 +332,85 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         Some(p) => EventLog::create(p)?,
         None => EventLog::disabled(),
     };
-    let console = ConsoleOutput::new(&config.console, config.console_log.as_deref())?;
+    let console = SharedConsole::new(ConsoleOutput::new(&config.console, config.console_log.as_deref())?);
 
-    let open_err = |source| VmError::OpenKvm {
-        path: config.kvm_device.clone(),
-        source,
-    };
+    let open_err = |source| VmError::OpenKvm { path: config.kvm_device.clone(), source };
     let kvm_path = CString::new(config.kvm_device.as_os_str().as_bytes())
         .map_err(|_| open_err(vmm_sys_util::errno::Error::new(libc::EINVAL)))?;
     let kvm = Kvm::new_with_path(kvm_path).map_err(open_err)?;
     check_kvm(&kvm, config.vcpus)?;
-    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-    vm.set_tss_address(KVM_TSS_ADDR)
-        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-    vm.create_irq_chip()
-        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-    vm.create_pit2(kvm_pit_config::default())
-        .map_err(kvm_err("KVM_CREATE_PIT2"))?;
 
-    let mem = GuestMemoryMmap::from_ranges(&layout::ram_ranges(config.memory_bytes)).map_err(
-        |source| VmError::GuestMemory {
-            bytes: config.memory_bytes,
-            source,
-        },
-    )?;
+    register_signal_handler(SIGRTMIN(), vcpu::kick_handler).map_err(kvm_err("registering the vCPU kick signal"))?;
+    let mut signal_pipes = Vec::new();
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let (rx, tx) = UnixStream::pair().map_err(io_err("signal pipe"))?;
+        rx.set_nonblocking(true).map_err(io_err("signal pipe"))?;
+        signal_hook::low_level::pipe::register(signal, tx).map_err(io_err("signal handler"))?;
+        signal_pipes.push((signal, rx));
+    }
+    let policy = Policy { hyperv: config.hyperv, ..config.policy.clone() };
+    let guest = GuestInfo {
+        kernel: config.kernel.display().to_string(),
+        cmdline: config.cmdline.clone(),
+        memory_bytes: config.memory_bytes,
+        vcpus: config.vcpus,
+    };
+    let crash = Arc::new(Mutex::new(CrashHandling::new(
+        Orchestrator::new(policy),
+        config.crash_dir.clone(),
+        guest,
+        events.clone(),
+    )));
+    let raw_terminal = match config.console {
+        ConsoleMode::Stdio => RawTerminal::enable(),
+        _ => None,
+    };
+    if raw_terminal.is_some() {
+        eprintln!("crashvmm: console on this terminal; press Ctrl-A x to stop the VM\r");
+    }
+    let session = Session {
+        config,
+        kvm,
+        events: events.clone(),
+        console,
+        signal_pipes,
+        crash: crash.clone(),
+        escape_enabled: raw_terminal.is_some(),
+    };
+
+    let started = Instant::now();
+    let mut boots = 0u32;
+    let exit = loop {
+        match boot(&session, boots)? {
+            BootEnd::Exit(exit) => break exit,
+            BootEnd::Reset => {
+                boots += 1;
+                let mut c = lock(&crash);
+                let crashes = c.orchestrator.crashes();
+                log::warn!("resetting the VM after crash {crashes}");
+                events.emit(Event::VmReset { crashes });
+                c.on_boot();
+            }
+        }
+    };
+    drop(raw_terminal);
+    log::info!("VM ended after {:.3} s: {}", started.elapsed().as_secs_f64(), exit.reason());
+    events.emit(Event::VmExited { exit_code: exit.exit_code(), reason: exit.reason() });
+    events.sync();
+    Ok(exit)
+}
+
+/// Build a fresh VM, run it until this boot ends, and say how.
+fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
+    let config = s.config;
+    let kvm = &s.kvm;
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    vm.create_pit2(kvm_pit_config::default()).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+    let mem = GuestMemoryMmap::from_ranges(&layout::ram_ranges(config.memory_bytes))
+        .map_err(|source| VmError::GuestMemory { bytes: config.memory_bytes, source })?;
     register_memory(&vm, &mem)?;
 
     let mut dsdt = Dsdt::new();
@@ -370,14 +422,8 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         add_vmbus(&mut dsdt);
     }
     let rsdp = acpi::write_acpi_tables(&mem, config.vcpus, dsdt)?;
-    let layout = boot::load_linux(
-        &mem,
-        config.memory_bytes,
-        &config.kernel,
-        config.initrd.as_deref(),
-        &config.cmdline,
-        rsdp,
-    )?;
+    let layout =
+        boot::load_linux(&mem, config.memory_bytes, &config.kernel, config.initrd.as_deref(), &config.cmdline, rsdp)?;
     boot::write_page_tables(&mem)?;
     boot::write_gdt(&mem)?;
     log::info!(
@@ -390,57 +436,34 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
 
     // Devices.
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("serial eventfd"))?;
-    vm.register_irqfd(&serial_irq, COM1_GSI)
-        .map_err(kvm_err("KVM_IRQFD (serial)"))?;
-    let serial = Arc::new(Mutex::new(SerialDevice(Serial::new(
-        IrqLine(serial_irq),
-        console,
-    ))));
+    vm.register_irqfd(&serial_irq, COM1_GSI).map_err(kvm_err("KVM_IRQFD (serial)"))?;
+    let serial = Arc::new(Mutex::new(SerialDevice(Serial::new(IrqLine(serial_irq), s.console.clone()))));
     let mut bus = PioBus::new();
     bus.insert(COM1_BASE, COM1_LEN, serial.clone())?;
     bus.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042::new())))?;
-    bus.insert(
-        ACPI_PM_BASE,
-        ACPI_PM_LEN,
-        Arc::new(Mutex::new(AcpiPm::new())),
-    )?;
+    bus.insert(ACPI_PM_BASE, ACPI_PM_LEN, Arc::new(Mutex::new(AcpiPm::new())))?;
     if config.pvpanic {
-        bus.insert(
-            PVPANIC_PORT,
-            1,
-            Arc::new(Mutex::new(PvPanic::new(config.pvpanic_events))),
-        )?;
+        bus.insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic::new(config.pvpanic_events))))?;
     }
 
     // vCPUs.
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let supported = if config.hyperv {
-        hyperv::setup_msr_exits(&kvm, &vm)?;
+        hyperv::setup_msr_exits(kvm, &vm)?;
         hyperv::hyperv_cpuid(&supported, config.vcpus)?
     } else {
         supported
     };
     let mut vcpu_fds = Vec::new();
     for id in 0..config.vcpus {
-        let fd = vm
-            .create_vcpu(id as u64)
-            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let fd = vm.create_vcpu(id as u64).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         let entry = (id == 0).then_some(layout.entry);
-        vcpu::configure_vcpu(
-            &fd,
-            id,
-            &cpuid::vcpu_cpuid(&supported, id, config.vcpus),
-            entry,
-        )?;
+        vcpu::configure_vcpu(&fd, id, &cpuid::vcpu_cpuid(&supported, id, config.vcpus), entry)?;
         vcpu_fds.push(fd);
     }
     let hyperv = match config.hyperv {
         true => {
-            let tsc_khz = vcpu_fds[0]
-                .get_tsc_khz()
-                .map_err(kvm_err("KVM_GET_TSC_KHZ"))?;
+            let tsc_khz = vcpu_fds[0].get_tsc_khz().map_err(kvm_err("KVM_GET_TSC_KHZ"))?;
             Some(HyperV::new(
                 HvConfig {
                     vcpus: config.vcpus,
@@ -458,64 +481,52 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         false => None,
     };
 
-    register_signal_handler(SIGRTMIN(), vcpu::kick_handler)
-        .map_err(kvm_err("registering the vCPU kick signal"))?;
     let state = Arc::new(ExitState::new().map_err(io_err("exit eventfd"))?);
     let kicker = Arc::new(Kicker::new(config.vcpus));
     let ctx = Arc::new(ExitContext {
         bus,
-        mem: mem.clone(),
+        mem,
         hyperv,
-        events: events.clone(),
+        events: s.events.clone(),
         signals: SignalQueue::new().map_err(io_err("crash signal eventfd"))?,
         kicker: kicker.clone(),
         deferred: Deferred::default(),
+        control: VcpuControl::new(config.vcpus),
     });
+    let console = s.console.tail();
     let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> = EventManager::new()
-        .map_err(|e| VmError::Io {
-            what: "event manager",
-            source: io::Error::other(format!("{e:?}")),
-        })?;
+        .map_err(|e| VmError::Io { what: "event manager", source: io::Error::other(format!("{e:?}")) })?;
     manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher(state.clone()))));
-    let crash = Arc::new(Mutex::new(CrashWatcher {
+    let decided: Arc<Mutex<Option<BootEnd>>> = Arc::default();
+    manager.add_subscriber(Arc::new(Mutex::new(CrashWatcher {
         ctx: ctx.clone(),
-        orchestrator: Orchestrator::new(config.hyperv),
-        state: state.clone(),
-    }));
-    manager.add_subscriber(crash.clone());
-    let mut pipes = Vec::new();
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        let (rx, tx) = UnixStream::pair().map_err(io_err("signal pipe"))?;
-        rx.set_nonblocking(true).map_err(io_err("signal pipe"))?;
-        signal_hook::low_level::pipe::register(signal, tx).map_err(io_err("signal handler"))?;
-        pipes.push((signal, rx));
-    }
-    manager.add_subscriber(Arc::new(Mutex::new(SignalWatcher {
-        pipes,
-        state: state.clone(),
+        crash: s.crash.clone(),
+        console: console.clone(),
+        decided: decided.clone(),
     })));
-    let raw_terminal = if config.console == ConsoleMode::Stdio {
-        let raw = RawTerminal::enable();
+    let pipes = s
+        .signal_pipes
+        .iter()
+        .map(|(sig, p)| p.try_clone().map(|p| (*sig, p)))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(io_err("signal pipe"))?;
+    manager.add_subscriber(Arc::new(Mutex::new(SignalWatcher { pipes, state: state.clone() })));
+    if config.console == ConsoleMode::Stdio {
         manager.add_subscriber(Arc::new(Mutex::new(StdinWatcher {
             serial: serial.clone(),
             filter: EscapeFilter::default(),
-            escape_enabled: raw.is_some(),
+            escape_enabled: s.escape_enabled,
             state: state.clone(),
         })));
-        if raw.is_some() {
-            eprintln!("crashvmm: console on this terminal; press Ctrl-A x to stop the VM\r");
-        }
-        raw
-    } else {
-        None
-    };
+    }
 
-    events.emit(Event::VmStarted {
-        vcpus: config.vcpus,
-        memory_bytes: config.memory_bytes,
-        kernel: config.kernel.display().to_string(),
-    });
-    let started = Instant::now();
+    if boot_number == 0 {
+        s.events.emit(Event::VmStarted {
+            vcpus: config.vcpus,
+            memory_bytes: config.memory_bytes,
+            kernel: config.kernel.display().to_string(),
+        });
+    }
     let vm = Arc::new(vm);
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     for (id, fd) in vcpu_fds.into_iter().enumerate() {
@@ -527,78 +538,70 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         threads.push(t);
     }
 
-    while state.get().is_none() {
-        let deadline = [
-            lock(&crash).orchestrator.deadline(),
-            ctx.deferred.next_due(),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let timeout_ms = deadline.map_or(-1, |d| {
-            d.saturating_duration_since(Instant::now())
-                .as_millis()
-                .min(i32::MAX as u128) as i32
-        });
+    // Run until crash handling decides (stop, reset) or the VM ends by itself.
+    let decision = loop {
+        if let Some(end) = lock(&decided).take() {
+            break Some(end);
+        }
+        if state.get().is_some() {
+            break None;
+        }
+        let deadline = [lock(&s.crash).orchestrator.deadline(), ctx.deferred.next_due()].into_iter().flatten().min();
+        let timeout_ms = deadline
+            .map_or(-1, |d| d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32);
         if let Err(e) = manager.run_with_timeout(timeout_ms) {
             state.request(VmExit::Error(format!("event loop: {e:?}")));
         }
         vmbus::post_due(&ctx, Instant::now());
-        let mut crash = lock(&crash);
-        let actions = crash.orchestrator.on_timer(Instant::now());
-        crash.execute(actions);
-    }
-    stop_vcpus(&threads, &kicker);
+        if let Some(end) = lock(&s.crash).timer(&ctx, &console) {
+            *lock(&decided) = Some(end);
+        }
+    };
+    state.stop();
+    stop_vcpus(&threads, &kicker, &ctx.control);
     for t in threads {
         if t.join().is_err() {
             log::error!("a vCPU thread panicked");
         }
     }
-    drop(raw_terminal);
-    let exit = state
-        .get()
-        .unwrap_or(VmExit::Error("no exit reason".into()));
-    let exit = lock(&crash).orchestrator.final_exit(exit);
-    log::info!(
-        "VM ended after {:.3} s: {}",
-        started.elapsed().as_secs_f64(),
-        exit.reason()
-    );
-    events.emit(Event::VmExited {
-        exit_code: exit.exit_code(),
-        reason: exit.reason(),
-    });
-    events.sync();
-    Ok(exit)
+    if let Some(end) = decision {
+        return Ok(end);
+    }
+    let exit = state.get().unwrap_or(VmExit::Error("no exit reason".into()));
+    let mut crash = lock(&s.crash);
+    // Signals sent while the VM was ending (a panic just before the guest's own reboot) still
+    // count.
+    for signal in ctx.signals.drain() {
+        if let Some(end) = crash.signal(signal, &ctx, &console) {
+            return Ok(end);
+        }
+    }
+    Ok(crash.vm_exit(exit, &ctx, &console))
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Feeds crash signals from the vCPU threads to the orchestrator and executes its decisions.
+/// Feeds crash signals from the vCPU threads to crash handling.
 struct CrashWatcher {
     ctx: Arc<ExitContext>,
-    orchestrator: Orchestrator,
-    state: Arc<ExitState>,
-}
-
-impl CrashWatcher {
-    /// The executor: act on the orchestrator's decisions.
-    fn execute(&mut self, actions: Vec<Action>) {
-        for action in actions {
-            match action {
-                Action::Stop(exit) => self.state.request(exit),
-            }
-        }
-    }
+    crash: Arc<Mutex<CrashHandling>>,
+    console: ConsoleTail,
+    /// Set when crash handling ends this boot.
+    decided: Arc<Mutex<Option<BootEnd>>>,
 }
 
 impl MutEventSubscriber for CrashWatcher {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         for signal in self.ctx.signals.drain() {
-            let actions = self.orchestrator.on_signal(&signal, Instant::now());
-            self.execute(actions);
+            if lock(&self.decided).is_some() {
+                break;
+            }
+            let end = lock(&self.crash).signal(signal, &self.ctx, &self.console);
+            if end.is_some() {
+                *lock(&self.decided) = end;
+            }
         }
     }
     fn init(&mut self, ops: &mut EventOps) {
@@ -609,10 +612,11 @@ impl MutEventSubscriber for CrashWatcher {
 }
 
 /// Kick every vCPU thread out of KVM_RUN until each has seen the stop flag and ended.
-fn stop_vcpus(threads: &[JoinHandle<()>], kicker: &Kicker) {
+fn stop_vcpus(threads: &[JoinHandle<()>], kicker: &Kicker, control: &VcpuControl) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while threads.iter().any(|t| !t.is_finished()) {
         kicker.kick_all();
+        control.wake();
         if Instant::now() > deadline {
             log::error!("vCPU threads did not stop within 5 s");
             return;

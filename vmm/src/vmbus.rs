@@ -9,6 +9,7 @@ use devices::hyperv::tlfs::VMBUS_MESSAGE_SINT;
 use devices::vmbus::messages::{version_string, VMBUS_SYNIC_MESSAGE_TYPE};
 use devices::vmbus::{Output, SendKind, ServerEvent};
 
+use crate::crash::CrashSignal;
 use crate::events::Event;
 use crate::hyperv::{HyperV, TAG_UNLOAD_RESPONSE};
 use crate::vcpu::ExitContext;
@@ -29,12 +30,7 @@ pub struct Deferred(Mutex<Vec<DeferredSend>>);
 impl Deferred {
     /// When the next one is due.
     pub fn next_due(&self) -> Option<Instant> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|d| d.due)
-            .min()
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|d| d.due).min()
     }
 
     fn push(&self, d: DeferredSend) {
@@ -56,36 +52,15 @@ pub fn apply(ctx: &ExitContext, hv: &mut HyperV, outputs: Vec<Output>, now: Inst
     let mut pending = std::collections::VecDeque::from(outputs);
     while let Some(out) = pending.pop_front() {
         match out {
-            Output::Send {
-                vp,
-                payload,
-                delay,
-                kind,
-            } if delay > Duration::ZERO => {
-                ctx.deferred.push(DeferredSend {
-                    due: now + delay,
-                    vp,
-                    payload,
-                    kind,
-                });
+            Output::Send { vp, payload, delay, kind } if delay > Duration::ZERO => {
+                ctx.deferred.push(DeferredSend { due: now + delay, vp, payload, kind });
                 // Wake the main loop so it rearms its timer.
                 ctx.signals.wake();
             }
-            Output::Send {
-                vp, payload, kind, ..
-            } => {
-                let tag = if kind == SendKind::UnloadResponse {
-                    TAG_UNLOAD_RESPONSE
-                } else {
-                    0
-                };
-                if let Err(status) = hv.partition.post(
-                    vp,
-                    VMBUS_MESSAGE_SINT,
-                    VMBUS_SYNIC_MESSAGE_TYPE,
-                    &payload,
-                    tag,
-                ) {
+            Output::Send { vp, payload, kind, .. } => {
+                let tag = if kind == SendKind::UnloadResponse { TAG_UNLOAD_RESPONSE } else { 0 };
+                if let Err(status) = hv.partition.post(vp, VMBUS_MESSAGE_SINT, VMBUS_SYNIC_MESSAGE_TYPE, &payload, tag)
+                {
                     log::warn!("VMBus: cannot queue a message for VP {vp} (status {status:#x})");
                 }
                 kick.push(vp);
@@ -104,36 +79,22 @@ pub fn apply(ctx: &ExitContext, hv: &mut HyperV, outputs: Vec<Output>, now: Inst
 
 fn record(ctx: &ExitContext, hv: &mut HyperV, event: ServerEvent, now: Instant) {
     match event {
-        ServerEvent::Connected {
-            vcpu,
-            version,
-            target_vcpu,
-        } => {
-            log::info!(
-                "VMBus: connected, protocol {} (target VP {target_vcpu})",
-                version_string(version)
-            );
-            ctx.events.emit(Event::VmbusConnected {
-                vcpu,
-                version: version_string(version),
-                target_vcpu,
-            });
+        ServerEvent::Connected { vcpu, version, target_vcpu } => {
+            log::info!("VMBus: connected, protocol {} (target VP {target_vcpu})", version_string(version));
+            ctx.events.emit(Event::VmbusConnected { vcpu, version: version_string(version), target_vcpu });
         }
         ServerEvent::VersionRejected { vcpu, version } => {
-            log::info!(
-                "VMBus: vCPU {vcpu} asked for protocol {}, declined",
-                version_string(version)
-            );
+            log::info!("VMBus: vCPU {vcpu} asked for protocol {}, declined", version_string(version));
         }
         ServerEvent::UnloadRequested { vcpu } => {
             log::info!("VMBus: vCPU {vcpu} requests UNLOAD");
             hv.unload_started = Some((vcpu, now));
             ctx.events.emit(Event::VmbusUnloadRequested { vcpu });
+            ctx.signals.send(CrashSignal::UnloadRequested { vcpu, answered: hv.vmbus.answers_unload() });
         }
         ServerEvent::Rejected { vcpu, reason } => {
             log::warn!("VMBus: message from vCPU {vcpu} rejected: {reason}");
-            ctx.events
-                .emit(Event::VmbusMessageRejected { vcpu, reason });
+            ctx.events.emit(Event::VmbusMessageRejected { vcpu, reason });
         }
     }
 }
@@ -150,12 +111,7 @@ pub fn post_due(ctx: &ExitContext, now: Instant) {
     let mut hv = hv.lock().unwrap_or_else(|e| e.into_inner());
     let outputs = due
         .into_iter()
-        .map(|d| Output::Send {
-            vp: d.vp,
-            payload: d.payload,
-            delay: Duration::ZERO,
-            kind: d.kind,
-        })
+        .map(|d| Output::Send { vp: d.vp, payload: d.payload, delay: Duration::ZERO, kind: d.kind })
         .collect();
     let kick = apply(ctx, &mut hv, outputs, now);
     drop(hv);
@@ -165,12 +121,9 @@ pub fn post_due(ctx: &ExitContext, now: Instant) {
 /// After a delivery on `vcpu`: if it carried the UNLOAD_RESPONSE, the UNLOAD is complete.
 pub fn delivered(ctx: &ExitContext, hv: &mut HyperV, vcpu: u32, tags: &[u64]) {
     if tags.contains(&TAG_UNLOAD_RESPONSE) {
-        let latency_us = hv
-            .unload_started
-            .take()
-            .map_or(0, |(_, t)| t.elapsed().as_micros() as u64);
+        let latency_us = hv.unload_started.take().map_or(0, |(_, t)| t.elapsed().as_micros() as u64);
         log::info!("VMBus: UNLOAD answered on VP {vcpu} after {latency_us} us");
-        ctx.events
-            .emit(Event::VmbusUnloadCompleted { vcpu, latency_us });
+        ctx.events.emit(Event::VmbusUnloadCompleted { vcpu, latency_us });
+        ctx.signals.send(CrashSignal::UnloadCompleted { vcpu, latency_us });
     }
 }

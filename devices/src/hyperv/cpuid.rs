@@ -31,48 +31,22 @@ pub const FEATURES_EAX: u32 = HV_MSR_SYNIC_AVAILABLE
 /// High privileges: post messages and signal events, nothing that makes Linux a root partition.
 pub const FEATURES_EBX: u32 = HV_POST_MESSAGES | HV_SIGNAL_EVENTS;
 /// Misc features: frequency MSRs and the guest crash MSRs.
-pub const FEATURES_EDX: u32 =
-    HV_FEATURE_FREQUENCY_MSRS_AVAILABLE | HV_FEATURE_GUEST_CRASH_MSR_AVAILABLE;
+pub const FEATURES_EDX: u32 = HV_FEATURE_FREQUENCY_MSRS_AVAILABLE | HV_FEATURE_GUEST_CRASH_MSR_AVAILABLE;
 /// Recommendations: do not use auto-EOI (KVM's in-kernel LAPIC cannot emulate it).
 pub const ENLIGHTENMENTS_EAX: u32 = HV_DEPRECATING_AEOI_RECOMMENDED;
 
 /// The leaves 0x40000000..=0x40000006 for a partition of `vcpus` virtual processors.
 pub fn hyperv_leaves(vcpus: u32) -> Vec<CpuidLeaf> {
-    let leaf = |function, eax, ebx, ecx, edx| CpuidLeaf {
-        function,
-        index: 0,
-        eax,
-        ebx,
-        ecx,
-        edx,
-    };
+    let leaf = |function, eax, ebx, ecx, edx| CpuidLeaf { function, index: 0, eax, ebx, ecx, edx };
     let [b, c, d] = HYPERV_VENDOR;
     vec![
-        leaf(
-            HYPERV_CPUID_VENDOR_AND_MAX_FUNCTIONS,
-            HYPERV_MAX_LEAF,
-            b,
-            c,
-            d,
-        ),
+        leaf(HYPERV_CPUID_VENDOR_AND_MAX_FUNCTIONS, HYPERV_MAX_LEAF, b, c, d),
         leaf(HYPERV_CPUID_INTERFACE, HYPERV_INTERFACE_HV1, 0, 0, 0),
         // Build 0x1bbc, version 6.1 (what QEMU reports; Linux only prints it).
         leaf(HYPERV_CPUID_VERSION, 0x1bbc, 0x0006_0001, 0, 0),
-        leaf(
-            HYPERV_CPUID_FEATURES,
-            FEATURES_EAX,
-            FEATURES_EBX,
-            0,
-            FEATURES_EDX,
-        ),
+        leaf(HYPERV_CPUID_FEATURES, FEATURES_EAX, FEATURES_EBX, 0, FEATURES_EDX),
         // EBX: spin-lock retry count "never notify" (0xffffffff).
-        leaf(
-            HYPERV_CPUID_ENLIGHTMENT_INFO,
-            ENLIGHTENMENTS_EAX,
-            0xffff_ffff,
-            0,
-            0,
-        ),
+        leaf(HYPERV_CPUID_ENLIGHTMENT_INFO, ENLIGHTENMENTS_EAX, 0xffff_ffff, 0, 0),
         leaf(HYPERV_CPUID_IMPLEMENT_LIMITS, vcpus, vcpus, 0, 0),
         leaf(HYPERV_CPUID_HARDWARE_FEATURES, 0, 0, 0, 0),
     ]
@@ -101,10 +75,7 @@ mod tests {
         assert_eq!(f.ebx, 0x30);
         assert_eq!(f.edx, 0x500);
         // Root-partition, partition-id, CPU-management, extended-hypercall, isolation: clear.
-        assert_eq!(
-            f.ebx & ((1 << 0) | (1 << 1) | (1 << 12) | (1 << 20) | (1 << 22)),
-            0
-        );
+        assert_eq!(f.ebx & ((1 << 0) | (1 << 1) | (1 << 12) | (1 << 20) | (1 << 22)), 0);
         assert_eq!(leaves[4].eax, 0x200);
         assert_eq!((leaves[5].eax, leaves[5].ebx), (4, 4));
         let functions: Vec<u32> = leaves.iter().map(|l| l.function).collect();

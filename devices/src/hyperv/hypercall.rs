@@ -65,13 +65,7 @@ impl Control {
 /// Where HvPostMessage and HvSignalEvent go (the VMBus server, once there is one).
 pub trait MessageHandler {
     /// A validated HvPostMessage from virtual processor `vp`; returns an `HV_STATUS_*`.
-    fn post_message(
-        &mut self,
-        vp: u32,
-        connection_id: u32,
-        message_type: u32,
-        payload: &[u8],
-    ) -> u16;
+    fn post_message(&mut self, vp: u32, connection_id: u32, message_type: u32, payload: &[u8]) -> u16;
     /// An HvSignalEvent from `vp`; returns an `HV_STATUS_*`.
     fn signal_event(&mut self, vp: u32, connection_id: u32, flag: u16) -> u16;
 }
@@ -82,13 +76,7 @@ pub trait MessageHandler {
 pub struct NoConnections;
 
 impl MessageHandler for NoConnections {
-    fn post_message(
-        &mut self,
-        _vp: u32,
-        _connection_id: u32,
-        _message_type: u32,
-        _payload: &[u8],
-    ) -> u16 {
+    fn post_message(&mut self, _vp: u32, _connection_id: u32, _message_type: u32, _payload: &[u8]) -> u16 {
         HV_STATUS_INVALID_CONNECTION_ID
     }
     fn signal_event(&mut self, _vp: u32, _connection_id: u32, _flag: u16) -> u16 {
@@ -134,20 +122,13 @@ fn post_message(
         return HV_STATUS_INVALID_PARAMETER;
     }
     let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap_or_default());
-    let (connection_id, message_type, size) =
-        (word(0) & CONNECTION_ID_MASK, word(8), word(12) as usize);
+    let (connection_id, message_type, size) = (word(0) & CONNECTION_ID_MASK, word(8), word(12) as usize);
     // Message types with the high bit set belong to the hypervisor; 0 is "no message".
-    if message_type == HVMSG_NONE
-        || message_type & 0x8000_0000 != 0
-        || size > HV_MESSAGE_PAYLOAD_BYTE_COUNT
-    {
+    if message_type == HVMSG_NONE || message_type & 0x8000_0000 != 0 || size > HV_MESSAGE_PAYLOAD_BYTE_COUNT {
         return HV_STATUS_INVALID_HYPERCALL_INPUT;
     }
     let mut payload = vec![0u8; size];
-    if mem
-        .read(gpa + HV_POST_MESSAGE_HEADER_SIZE as u64, &mut payload)
-        .is_err()
-    {
+    if mem.read(gpa + HV_POST_MESSAGE_HEADER_SIZE as u64, &mut payload).is_err() {
         return HV_STATUS_INVALID_PARAMETER;
     }
     handler.post_message(vp, connection_id, message_type, &payload)
@@ -190,15 +171,8 @@ mod tests {
     }
 
     impl MessageHandler for Recorder {
-        fn post_message(
-            &mut self,
-            vp: u32,
-            connection_id: u32,
-            message_type: u32,
-            payload: &[u8],
-        ) -> u16 {
-            self.posts
-                .push((vp, connection_id, message_type, payload.to_vec()));
+        fn post_message(&mut self, vp: u32, connection_id: u32, message_type: u32, payload: &[u8]) -> u16 {
+            self.posts.push((vp, connection_id, message_type, payload.to_vec()));
             HV_STATUS_SUCCESS
         }
         fn signal_event(&mut self, vp: u32, connection_id: u32, flag: u16) -> u16 {
@@ -217,25 +191,13 @@ mod tests {
     }
 
     fn call(control: u64, p1: u64, mem: &FakeMem, h: &mut Recorder) -> u64 {
-        handle_hypercall(
-            3,
-            HypercallInput {
-                control,
-                param1: p1,
-                param2: 0,
-            },
-            mem,
-            h,
-        )
+        handle_hypercall(3, HypercallInput { control, param1: p1, param2: 0 }, mem, h)
     }
 
     #[test]
     fn page_code_traps_on_our_port() {
         assert_eq!(&HYPERCALL_PAGE_CODE[..4], &[0xf3, 0x0f, 0x1e, 0xfa]);
-        assert_eq!(
-            u16::from_le_bytes([HYPERCALL_PAGE_CODE[9], HYPERCALL_PAGE_CODE[10]]),
-            HYPERCALL_PORT
-        );
+        assert_eq!(u16::from_le_bytes([HYPERCALL_PAGE_CODE[9], HYPERCALL_PAGE_CODE[10]]), HYPERCALL_PORT);
         assert_eq!(*HYPERCALL_PAGE_CODE.last().unwrap(), 0xc3);
     }
 
@@ -264,52 +226,19 @@ mod tests {
         let mem = FakeMem::new(0x10000);
         let mut h = Recorder::default();
         post_input(&mem, 0x2000, 4, 1, 241, &[0; 241]);
-        assert_eq!(
-            call(0x5c, 0x2000, &mem, &mut h) as u16,
-            HV_STATUS_INVALID_HYPERCALL_INPUT,
-            "payload over 240"
-        );
+        assert_eq!(call(0x5c, 0x2000, &mem, &mut h) as u16, HV_STATUS_INVALID_HYPERCALL_INPUT, "payload over 240");
         post_input(&mem, 0x3000, 4, 0, 1, &[0]);
-        assert_eq!(
-            call(0x5c, 0x3000, &mem, &mut h) as u16,
-            HV_STATUS_INVALID_HYPERCALL_INPUT,
-            "type 0"
-        );
+        assert_eq!(call(0x5c, 0x3000, &mem, &mut h) as u16, HV_STATUS_INVALID_HYPERCALL_INPUT, "type 0");
         post_input(&mem, 0x3000, 4, 0x8000_0001, 1, &[0]);
-        assert_eq!(
-            call(0x5c, 0x3000, &mem, &mut h) as u16,
-            HV_STATUS_INVALID_HYPERCALL_INPUT,
-            "hypervisor type"
-        );
-        assert_eq!(
-            call(0x5c, 0x2004, &mem, &mut h) as u16,
-            HV_STATUS_INVALID_ALIGNMENT
-        );
-        assert_eq!(
-            call(0x5c, 0x1_0000_0000, &mem, &mut h) as u16,
-            HV_STATUS_INVALID_PARAMETER,
-            "outside RAM"
-        );
-        assert_eq!(
-            call(0x5c, !7, &mem, &mut h) as u16,
-            HV_STATUS_INVALID_PARAMETER,
-            "wraps"
-        );
+        assert_eq!(call(0x5c, 0x3000, &mem, &mut h) as u16, HV_STATUS_INVALID_HYPERCALL_INPUT, "hypervisor type");
+        assert_eq!(call(0x5c, 0x2004, &mem, &mut h) as u16, HV_STATUS_INVALID_ALIGNMENT);
+        assert_eq!(call(0x5c, 0x1_0000_0000, &mem, &mut h) as u16, HV_STATUS_INVALID_PARAMETER, "outside RAM");
+        assert_eq!(call(0x5c, !7, &mem, &mut h) as u16, HV_STATUS_INVALID_PARAMETER, "wraps");
         // Header inside RAM, payload beyond it.
         post_input(&mem, 0xfff0, 4, 1, 240, &[]);
-        assert_eq!(
-            call(0x5c, 0xfff0, &mem, &mut h) as u16,
-            HV_STATUS_INVALID_PARAMETER
-        );
-        assert_eq!(
-            call(0x5c | HV_HYPERCALL_FAST_BIT, 0x2000, &mem, &mut h) as u16,
-            HV_STATUS_INVALID_HYPERCALL_INPUT
-        );
-        assert_eq!(
-            call(0x5c | (1 << 32), 0x2000, &mem, &mut h) as u16,
-            HV_STATUS_INVALID_HYPERCALL_INPUT,
-            "rep"
-        );
+        assert_eq!(call(0x5c, 0xfff0, &mem, &mut h) as u16, HV_STATUS_INVALID_PARAMETER);
+        assert_eq!(call(0x5c | HV_HYPERCALL_FAST_BIT, 0x2000, &mem, &mut h) as u16, HV_STATUS_INVALID_HYPERCALL_INPUT);
+        assert_eq!(call(0x5c | (1 << 32), 0x2000, &mem, &mut h) as u16, HV_STATUS_INVALID_HYPERCALL_INPUT, "rep");
         assert!(h.posts.is_empty());
     }
 
@@ -317,21 +246,11 @@ mod tests {
     fn signal_event_fast_and_slow() {
         let mem = FakeMem::new(0x10000);
         let mut h = Recorder::default();
-        assert_eq!(
-            call(0x5d | HV_HYPERCALL_FAST_BIT, (7 << 32) | 0x18, &mem, &mut h),
-            0
-        );
-        mem.write(0x100, &((2u64 << 32) | 0x19).to_le_bytes())
-            .unwrap();
+        assert_eq!(call(0x5d | HV_HYPERCALL_FAST_BIT, (7 << 32) | 0x18, &mem, &mut h), 0);
+        mem.write(0x100, &((2u64 << 32) | 0x19).to_le_bytes()).unwrap();
         assert_eq!(call(0x5d, 0x100, &mem, &mut h), 0);
-        assert_eq!(
-            call(0x5d, 0x101, &mem, &mut h) as u16,
-            HV_STATUS_INVALID_ALIGNMENT
-        );
-        assert_eq!(
-            call(0x5d, 0x20_0000, &mem, &mut h) as u16,
-            HV_STATUS_INVALID_PARAMETER
-        );
+        assert_eq!(call(0x5d, 0x101, &mem, &mut h) as u16, HV_STATUS_INVALID_ALIGNMENT);
+        assert_eq!(call(0x5d, 0x20_0000, &mem, &mut h) as u16, HV_STATUS_INVALID_PARAMETER);
         assert_eq!(h.signals, vec![(3, 0x18, 7), (3, 0x19, 2)]);
     }
 
@@ -340,24 +259,11 @@ mod tests {
         let mem = FakeMem::new(0x1000);
         let mut h = Recorder::default();
         for code in [0u64, 1, 2, 0x46, 0x5b, 0x5e, 0x8001, 0xffff] {
-            assert_eq!(
-                call(code, 0, &mem, &mut h) as u16,
-                HV_STATUS_INVALID_HYPERCALL_CODE,
-                "{code:#x}"
-            );
+            assert_eq!(call(code, 0, &mem, &mut h) as u16, HV_STATUS_INVALID_HYPERCALL_CODE, "{code:#x}");
         }
         let mut none = NoConnections;
         post_input(&mem, 0x100, 1, 1, 0, &[]);
-        let r = handle_hypercall(
-            0,
-            HypercallInput {
-                control: 0x5c,
-                param1: 0x100,
-                param2: 0,
-            },
-            &mem,
-            &mut none,
-        );
+        let r = handle_hypercall(0, HypercallInput { control: 0x5c, param1: 0x100, param2: 0 }, &mem, &mut none);
         assert_eq!(r as u16, HV_STATUS_INVALID_CONNECTION_ID);
     }
 }

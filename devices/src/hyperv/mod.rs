@@ -150,12 +150,7 @@ impl HvPartition {
 
     /// The CRASH_CTL capabilities the guest reads.
     pub fn crash_capabilities(&self) -> u64 {
-        HV_CRASH_CTL_CRASH_NOTIFY
-            | if self.config.crash_message {
-                HV_CRASH_CTL_CRASH_NOTIFY_MSG
-            } else {
-                0
-            }
+        HV_CRASH_CTL_CRASH_NOTIFY | if self.config.crash_message { HV_CRASH_CTL_CRASH_NOTIFY_MSG } else { 0 }
     }
 
     pub fn guest_os_id(&self) -> u64 {
@@ -187,9 +182,7 @@ impl HvPartition {
             HV_X64_MSR_SIMP => v.simp,
             HV_X64_MSR_EOM => 0,
             HV_X64_MSR_SINT0..=HV_X64_MSR_SINT15 => v.sint[(msr - HV_X64_MSR_SINT0) as usize],
-            HV_X64_MSR_CRASH_P0..=HV_X64_MSR_CRASH_P4 => {
-                self.crash_params[(msr - HV_X64_MSR_CRASH_P0) as usize]
-            }
+            HV_X64_MSR_CRASH_P0..=HV_X64_MSR_CRASH_P4 => self.crash_params[(msr - HV_X64_MSR_CRASH_P0) as usize],
             HV_X64_MSR_CRASH_CTL => self.crash_capabilities(),
             HV_X64_MSR_TSC_INVARIANT_CONTROL => 0,
             _ => return Err(MsrError::Unknown(msr)),
@@ -216,10 +209,9 @@ impl HvPartition {
                 Ok(self.check_teardown())
             }
             HV_X64_MSR_HYPERCALL => self.write_hypercall(value, mem),
-            HV_X64_MSR_VP_INDEX
-            | HV_X64_MSR_TSC_FREQUENCY
-            | HV_X64_MSR_APIC_FREQUENCY
-            | HV_X64_MSR_SVERSION => Err(MsrError::ReadOnly(msr)),
+            HV_X64_MSR_VP_INDEX | HV_X64_MSR_TSC_FREQUENCY | HV_X64_MSR_APIC_FREQUENCY | HV_X64_MSR_SVERSION => {
+                Err(MsrError::ReadOnly(msr))
+            }
             HV_X64_MSR_REFERENCE_TSC => {
                 // Not advertised; Linux's hyperv_cleanup() still writes enable=0. Keep the value,
                 // never enable a TSC page.
@@ -236,19 +228,13 @@ impl HvPartition {
             }
             HV_X64_MSR_SIEFP | HV_X64_MSR_SIMP => {
                 let v = self.vp_mut(vp)?;
-                *(if msr == HV_X64_MSR_SIMP {
-                    &mut v.simp
-                } else {
-                    &mut v.siefp
-                }) = value;
+                *(if msr == HV_X64_MSR_SIMP { &mut v.simp } else { &mut v.siefp }) = value;
                 Ok(Some(HvEvent::SynicChanged))
             }
             HV_X64_MSR_EOM => Ok(Some(HvEvent::SynicChanged)),
             HV_X64_MSR_SINT0..=HV_X64_MSR_SINT15 => {
-                let valid = HV_SYNIC_SINT_VECTOR_MASK
-                    | HV_SYNIC_SINT_MASKED
-                    | HV_SYNIC_SINT_AUTO_EOI
-                    | HV_SYNIC_SINT_POLLING;
+                let valid =
+                    HV_SYNIC_SINT_VECTOR_MASK | HV_SYNIC_SINT_MASKED | HV_SYNIC_SINT_AUTO_EOI | HV_SYNIC_SINT_POLLING;
                 if value & !valid != 0 {
                     return Err(MsrError::Reserved { msr, value });
                 }
@@ -265,23 +251,16 @@ impl HvPartition {
         }
     }
 
-    fn write_hypercall(
-        &mut self,
-        value: u64,
-        mem: &dyn GuestMemory,
-    ) -> Result<Option<HvEvent>, MsrError> {
+    fn write_hypercall(&mut self, value: u64, mem: &dyn GuestMemory) -> Result<Option<HvEvent>, MsrError> {
         let gpa = value & HV_MSR_PAGE_MASK;
         // As on KVM: while GUEST_OS_ID is 0 the hypercall page cannot be enabled.
         let enable = value & HV_MSR_ENABLE != 0 && self.guest_os_id != 0;
-        let was =
-            (self.hypercall & HV_MSR_ENABLE != 0).then_some(self.hypercall & HV_MSR_PAGE_MASK);
+        let was = (self.hypercall & HV_MSR_ENABLE != 0).then_some(self.hypercall & HV_MSR_PAGE_MASK);
         if enable && was != Some(gpa) {
             let mut saved = vec![0u8; 4096];
-            mem.read(gpa, &mut saved)
-                .map_err(|_| MsrError::HypercallPage { gpa })?;
+            mem.read(gpa, &mut saved).map_err(|_| MsrError::HypercallPage { gpa })?;
             self.restore_page(mem);
-            mem.write(gpa, &HYPERCALL_PAGE_CODE)
-                .map_err(|_| MsrError::HypercallPage { gpa })?;
+            mem.write(gpa, &HYPERCALL_PAGE_CODE).map_err(|_| MsrError::HypercallPage { gpa })?;
             self.saved_page = Some((gpa, saved));
         } else if !enable {
             self.restore_page(mem);
@@ -289,10 +268,7 @@ impl HvPartition {
         self.hypercall = gpa | (value & HV_X64_MSR_HYPERCALL_LOCKED) | u64::from(enable);
         if enable && was.is_none() {
             self.active = true;
-            return Ok(Some(HvEvent::HypercallEnabled {
-                guest_os_id: self.guest_os_id,
-                gpa,
-            }));
+            return Ok(Some(HvEvent::HypercallEnabled { guest_os_id: self.guest_os_id, gpa }));
         }
         Ok(self.check_teardown())
     }
@@ -322,9 +298,7 @@ impl HvPartition {
         if value & HV_CRASH_CTL_CRASH_NOTIFY_MSG != 0 {
             let (gpa, len) = (params[3], params[4]);
             if len > HV_CRASH_MSG_MAX {
-                message_error = Some(format!(
-                    "message length {len} exceeds {HV_CRASH_MSG_MAX} bytes; truncated"
-                ));
+                message_error = Some(format!("message length {len} exceeds {HV_CRASH_MSG_MAX} bytes; truncated"));
             }
             let mut buf = vec![0u8; len.min(HV_CRASH_MSG_MAX) as usize];
             match mem.read(gpa, &mut buf) {
@@ -332,39 +306,24 @@ impl HvPartition {
                 Err(e) => message_error = Some(format!("crash message unreadable: {e}")),
             }
         }
-        Some(HvEvent::Crash(CrashReport {
-            params,
-            message,
-            message_error,
-        }))
+        Some(HvEvent::Crash(CrashReport { params, message, message_error }))
     }
 
     /// Queue a SynIC message for `vp` on `sint` (call [`deliver`](Self::deliver) on that VP's
     /// thread afterwards); `tag` comes back in [`Delivery::delivered`]. Fails when the queue is
     /// full.
-    pub fn post(
-        &mut self,
-        vp: u32,
-        sint: usize,
-        message_type: u32,
-        payload: &[u8],
-        tag: u64,
-    ) -> Result<(), u16> {
+    pub fn post(&mut self, vp: u32, sint: usize, message_type: u32, payload: &[u8], tag: u64) -> Result<(), u16> {
         if sint >= HV_SYNIC_SINT_COUNT || payload.len() > HV_MESSAGE_PAYLOAD_BYTE_COUNT {
             return Err(HV_STATUS_INVALID_PARAMETER);
         }
-        let v = self
-            .vps
-            .get_mut(vp as usize)
-            .ok_or(HV_STATUS_INVALID_PARAMETER)?;
+        let v = self.vps.get_mut(vp as usize).ok_or(HV_STATUS_INVALID_PARAMETER)?;
         if v.queue.len() >= MAX_QUEUED_MESSAGES {
             return Err(HV_STATUS_INSUFFICIENT_BUFFERS);
         }
         let mut msg = [0u8; HV_MESSAGE_SIZE];
         msg[0..4].copy_from_slice(&message_type.to_le_bytes());
         msg[4] = payload.len() as u8;
-        msg[HV_MESSAGE_HEADER_SIZE..HV_MESSAGE_HEADER_SIZE + payload.len()]
-            .copy_from_slice(payload);
+        msg[HV_MESSAGE_HEADER_SIZE..HV_MESSAGE_HEADER_SIZE + payload.len()].copy_from_slice(payload);
         v.queue.push_back((sint, msg, tag));
         Ok(())
     }
@@ -382,9 +341,7 @@ impl HvPartition {
     /// Whether `vp` can take messages on `sint` now.
     pub fn sint_ready(&self, vp: u32, sint: usize) -> bool {
         self.vps.get(vp as usize).is_some_and(|v| {
-            v.scontrol & HV_MSR_ENABLE != 0
-                && v.simp & HV_MSR_ENABLE != 0
-                && v.sint[sint] & HV_SYNIC_SINT_MASKED == 0
+            v.scontrol & HV_MSR_ENABLE != 0 && v.simp & HV_MSR_ENABLE != 0 && v.sint[sint] & HV_SYNIC_SINT_MASKED == 0
         })
     }
 
@@ -410,8 +367,7 @@ impl HvPartition {
             let result = mem.read(slot, &mut header).and_then(|()| {
                 if u32::from_le_bytes(header[0..4].try_into().unwrap_or_default()) != HVMSG_NONE {
                     // Busy: ask for an EOM and keep the message.
-                    mem.write(slot + 5, &[header[5] | HV_MESSAGE_FLAG_PENDING])
-                        .map(|()| false)
+                    mem.write(slot + 5, &[header[5] | HV_MESSAGE_FLAG_PENDING]).map(|()| false)
                 } else {
                     // Body first, message type last: the type is what makes the slot valid.
                     mem.write(slot + 4, &msg[4..])?;
@@ -487,12 +443,7 @@ mod tests {
     const LINUX_6_1_GUEST_ID: u64 = 0x8100_0006_01c0_0000;
 
     fn partition(vcpus: u32) -> HvPartition {
-        HvPartition::new(HvConfig {
-            vcpus,
-            tsc_hz: 2_500_000_000,
-            apic_hz: 1_000_000_000,
-            crash_message: true,
-        })
+        HvPartition::new(HvConfig { vcpus, tsc_hz: 2_500_000_000, apic_hz: 1_000_000_000, crash_message: true })
     }
 
     #[test]
@@ -502,61 +453,28 @@ mod tests {
         assert_eq!(p.read_msr(0, HV_X64_MSR_TSC_FREQUENCY), Ok(2_500_000_000));
         assert_eq!(p.read_msr(0, HV_X64_MSR_APIC_FREQUENCY), Ok(1_000_000_000));
         assert_eq!(p.read_msr(0, HV_X64_MSR_SVERSION), Ok(1));
-        assert_eq!(
-            p.read_msr(0, HV_X64_MSR_CRASH_CTL),
-            Ok(0xc000_0000_0000_0000)
-        );
-        assert_eq!(
-            p.read_msr(0, HV_X64_MSR_SINT0 + 2),
-            Ok(HV_SYNIC_SINT_MASKED),
-            "SINTs reset masked"
-        );
-        assert_eq!(
-            p.read_msr(4, HV_X64_MSR_VP_INDEX),
-            Err(MsrError::NoSuchVp(4))
-        );
-        let regs_only = HvPartition::new(HvConfig {
-            crash_message: false,
-            ..p.config
-        });
-        assert_eq!(
-            regs_only.read_msr(0, HV_X64_MSR_CRASH_CTL),
-            Ok(0x8000_0000_0000_0000)
-        );
+        assert_eq!(p.read_msr(0, HV_X64_MSR_CRASH_CTL), Ok(0xc000_0000_0000_0000));
+        assert_eq!(p.read_msr(0, HV_X64_MSR_SINT0 + 2), Ok(HV_SYNIC_SINT_MASKED), "SINTs reset masked");
+        assert_eq!(p.read_msr(4, HV_X64_MSR_VP_INDEX), Err(MsrError::NoSuchVp(4)));
+        let regs_only = HvPartition::new(HvConfig { crash_message: false, ..p.config });
+        assert_eq!(regs_only.read_msr(0, HV_X64_MSR_CRASH_CTL), Ok(0x8000_0000_0000_0000));
     }
 
     #[test]
     fn read_only_unknown_and_reserved_msrs_fault() {
         let mut p = partition(1);
         let mem = FakeMem::new(0x10000);
-        for msr in [
-            HV_X64_MSR_VP_INDEX,
-            HV_X64_MSR_TSC_FREQUENCY,
-            HV_X64_MSR_APIC_FREQUENCY,
-            HV_X64_MSR_SVERSION,
-        ] {
+        for msr in [HV_X64_MSR_VP_INDEX, HV_X64_MSR_TSC_FREQUENCY, HV_X64_MSR_APIC_FREQUENCY, HV_X64_MSR_SVERSION] {
             assert_eq!(p.write_msr(0, msr, 5, &mem), Err(MsrError::ReadOnly(msr)));
         }
-        for msr in [
-            HV_X64_MSR_RESET,
-            HV_X64_MSR_VP_RUNTIME,
-            HV_X64_MSR_TIME_REF_COUNT,
-            0x4000_00b0,
-            0x4000_01ff,
-        ] {
+        for msr in [HV_X64_MSR_RESET, HV_X64_MSR_VP_RUNTIME, HV_X64_MSR_TIME_REF_COUNT, 0x4000_00b0, 0x4000_01ff] {
             assert_eq!(p.read_msr(0, msr), Err(MsrError::Unknown(msr)));
             assert_eq!(p.write_msr(0, msr, 0, &mem), Err(MsrError::Unknown(msr)));
         }
-        assert!(matches!(
-            p.write_msr(0, HV_X64_MSR_SINT0, 1 << 40, &mem),
-            Err(MsrError::Reserved { .. })
-        ));
+        assert!(matches!(p.write_msr(0, HV_X64_MSR_SINT0, 1 << 40, &mem), Err(MsrError::Reserved { .. })));
         // Linux's hyperv_cleanup() writes these even though they are not advertised.
         assert_eq!(p.write_msr(0, HV_X64_MSR_REFERENCE_TSC, 0, &mem), Ok(None));
-        assert_eq!(
-            p.write_msr(0, HV_X64_MSR_TSC_INVARIANT_CONTROL, 1, &mem),
-            Ok(None)
-        );
+        assert_eq!(p.write_msr(0, HV_X64_MSR_TSC_INVARIANT_CONTROL, 1, &mem), Ok(None));
     }
 
     #[test]
@@ -567,38 +485,25 @@ mod tests {
         // Enabling before GUEST_OS_ID is ignored, as on KVM.
         assert_eq!(p.write_msr(0, HV_X64_MSR_HYPERCALL, 0x3001, &mem), Ok(None));
         assert_eq!(p.read_msr(0, HV_X64_MSR_HYPERCALL), Ok(0x3000));
-        p.write_msr(0, HV_X64_MSR_GUEST_OS_ID, LINUX_6_1_GUEST_ID, &mem)
-            .unwrap();
+        p.write_msr(0, HV_X64_MSR_GUEST_OS_ID, LINUX_6_1_GUEST_ID, &mem).unwrap();
         assert_eq!(
             p.write_msr(0, HV_X64_MSR_HYPERCALL, 0x3001, &mem),
-            Ok(Some(HvEvent::HypercallEnabled {
-                guest_os_id: LINUX_6_1_GUEST_ID,
-                gpa: 0x3000
-            }))
+            Ok(Some(HvEvent::HypercallEnabled { guest_os_id: LINUX_6_1_GUEST_ID, gpa: 0x3000 }))
         );
         let mut code = [0u8; 13];
         mem.read(0x3000, &mut code).unwrap();
         assert_eq!(code, HYPERCALL_PAGE_CODE);
-        assert_eq!(
-            p.read_msr(1, HV_X64_MSR_HYPERCALL),
-            Ok(0x3001),
-            "partition-wide"
-        );
+        assert_eq!(p.read_msr(1, HV_X64_MSR_HYPERCALL), Ok(0x3001), "partition-wide");
         // hyperv_cleanup(): GUEST_OS_ID <- 0, then HYPERCALL enable <- 0.
         assert_eq!(p.write_msr(1, HV_X64_MSR_GUEST_OS_ID, 0, &mem), Ok(None));
-        assert_eq!(
-            p.write_msr(1, HV_X64_MSR_HYPERCALL, 0x3000, &mem),
-            Ok(Some(HvEvent::Teardown))
-        );
+        assert_eq!(p.write_msr(1, HV_X64_MSR_HYPERCALL, 0x3000, &mem), Ok(Some(HvEvent::Teardown)));
         mem.read(0x3000, &mut code).unwrap();
         assert_eq!(code, [0xaa; 13], "the guest's bytes are back");
         // Once per enable cycle; the crash kernel enables again at a new page.
         assert_eq!(p.write_msr(0, HV_X64_MSR_HYPERCALL, 0x3000, &mem), Ok(None));
         assert_eq!(
             p.write_msr(0, HV_X64_MSR_GUEST_OS_ID, LINUX_6_1_GUEST_ID, &mem),
-            Ok(Some(HvEvent::Reinitialized {
-                guest_os_id: LINUX_6_1_GUEST_ID
-            }))
+            Ok(Some(HvEvent::Reinitialized { guest_os_id: LINUX_6_1_GUEST_ID }))
         );
         assert!(matches!(
             p.write_msr(0, HV_X64_MSR_HYPERCALL, 0x5001, &mem),
@@ -610,17 +515,12 @@ mod tests {
     fn hypercall_page_outside_ram_faults() {
         let mut p = partition(1);
         let mem = FakeMem::new(0x10000);
-        p.write_msr(0, HV_X64_MSR_GUEST_OS_ID, LINUX_6_1_GUEST_ID, &mem)
-            .unwrap();
+        p.write_msr(0, HV_X64_MSR_GUEST_OS_ID, LINUX_6_1_GUEST_ID, &mem).unwrap();
         assert_eq!(
             p.write_msr(0, HV_X64_MSR_HYPERCALL, 0x8000_0001, &mem),
             Err(MsrError::HypercallPage { gpa: 0x8000_0000 })
         );
-        assert_eq!(
-            p.write_msr(0, HV_X64_MSR_HYPERCALL, 0xf001, &mem)
-                .map(|e| e.is_some()),
-            Ok(true)
-        );
+        assert_eq!(p.write_msr(0, HV_X64_MSR_HYPERCALL, 0xf001, &mem).map(|e| e.is_some()), Ok(true));
     }
 
     #[test]
@@ -630,29 +530,20 @@ mod tests {
         let text = b"[  1.0] sysrq: Trigger a crash\n[  1.1] Kernel panic - not syncing: sysrq triggered crash\n";
         mem.write(0x4000, text).unwrap();
         for (i, v) in [0, 0, 0, 0x4000, text.len() as u64].into_iter().enumerate() {
-            p.write_msr(0, HV_X64_MSR_CRASH_P0 + i as u32, v, &mem)
-                .unwrap();
+            p.write_msr(0, HV_X64_MSR_CRASH_P0 + i as u32, v, &mem).unwrap();
         }
         assert_eq!(p.read_msr(0, HV_X64_MSR_CRASH_P3), Ok(0x4000));
-        let Ok(Some(HvEvent::Crash(r))) =
-            p.write_msr(0, HV_X64_MSR_CRASH_CTL, 0xc000_0000_0000_0000, &mem)
-        else {
+        let Ok(Some(HvEvent::Crash(r))) = p.write_msr(0, HV_X64_MSR_CRASH_CTL, 0xc000_0000_0000_0000, &mem) else {
             panic!("no crash event")
         };
         assert_eq!(r.params, [0, 0, 0, 0x4000, text.len() as u64]);
         assert!(r.message.unwrap().contains("sysrq triggered crash"));
         assert_eq!(r.message_error, None);
         // Registers only.
-        let Ok(Some(HvEvent::Crash(r))) = p.write_msr(0, HV_X64_MSR_CRASH_CTL, 1 << 63, &mem)
-        else {
-            panic!()
-        };
+        let Ok(Some(HvEvent::Crash(r))) = p.write_msr(0, HV_X64_MSR_CRASH_CTL, 1 << 63, &mem) else { panic!() };
         assert_eq!(r.message, None);
         // No notify bit: nothing.
-        assert_eq!(
-            p.write_msr(0, HV_X64_MSR_CRASH_CTL, 1 << 62, &mem),
-            Ok(None)
-        );
+        assert_eq!(p.write_msr(0, HV_X64_MSR_CRASH_CTL, 1 << 62, &mem), Ok(None));
     }
 
     #[test]
@@ -660,12 +551,9 @@ mod tests {
         let mut p = partition(1);
         let mem = FakeMem::new(0x10000);
         // P3 outside guest memory.
-        p.write_msr(0, HV_X64_MSR_CRASH_P3, 0x1_0000_0000, &mem)
-            .unwrap();
+        p.write_msr(0, HV_X64_MSR_CRASH_P3, 0x1_0000_0000, &mem).unwrap();
         p.write_msr(0, HV_X64_MSR_CRASH_P4, 100, &mem).unwrap();
-        let Ok(Some(HvEvent::Crash(r))) =
-            p.write_msr(0, HV_X64_MSR_CRASH_CTL, 0xc000_0000_0000_0000, &mem)
-        else {
+        let Ok(Some(HvEvent::Crash(r))) = p.write_msr(0, HV_X64_MSR_CRASH_CTL, 0xc000_0000_0000_0000, &mem) else {
             panic!()
         };
         assert_eq!(r.message, None);
@@ -673,9 +561,7 @@ mod tests {
         // P4 larger than 4 KiB: truncated to one page.
         p.write_msr(0, HV_X64_MSR_CRASH_P3, 0x1000, &mem).unwrap();
         p.write_msr(0, HV_X64_MSR_CRASH_P4, u64::MAX, &mem).unwrap();
-        let Ok(Some(HvEvent::Crash(r))) =
-            p.write_msr(0, HV_X64_MSR_CRASH_CTL, 0xc000_0000_0000_0000, &mem)
-        else {
+        let Ok(Some(HvEvent::Crash(r))) = p.write_msr(0, HV_X64_MSR_CRASH_CTL, 0xc000_0000_0000_0000, &mem) else {
             panic!()
         };
         assert_eq!(r.message.unwrap().len(), 4096);
@@ -683,9 +569,7 @@ mod tests {
         // Message running off the end of RAM.
         p.write_msr(0, HV_X64_MSR_CRASH_P3, 0xff00, &mem).unwrap();
         p.write_msr(0, HV_X64_MSR_CRASH_P4, 0x200, &mem).unwrap();
-        let Ok(Some(HvEvent::Crash(r))) =
-            p.write_msr(0, HV_X64_MSR_CRASH_CTL, 0xc000_0000_0000_0000, &mem)
-        else {
+        let Ok(Some(HvEvent::Crash(r))) = p.write_msr(0, HV_X64_MSR_CRASH_CTL, 0xc000_0000_0000_0000, &mem) else {
             panic!()
         };
         assert!(r.message.is_none() && r.message_error.is_some());
@@ -693,8 +577,7 @@ mod tests {
 
     fn enable_synic(p: &mut HvPartition, vp: u32, simp: u64, mem: &FakeMem) {
         p.write_msr(vp, HV_X64_MSR_SIMP, simp | 1, mem).unwrap();
-        p.write_msr(vp, HV_X64_MSR_SIEFP, (simp + 0x1000) | 1, mem)
-            .unwrap();
+        p.write_msr(vp, HV_X64_MSR_SIEFP, (simp + 0x1000) | 1, mem).unwrap();
         p.write_msr(vp, HV_X64_MSR_SINT0 + 2, 0xf3, mem).unwrap();
         p.write_msr(vp, HV_X64_MSR_SCONTROL, 1, mem).unwrap();
     }
@@ -725,25 +608,11 @@ mod tests {
         assert_eq!(m[5] & HV_MESSAGE_FLAG_PENDING, 1);
         // Guest frees the slot (cmpxchg type to 0) and writes EOM.
         mem.write(slot, &[0, 0, 0, 0]).unwrap();
-        assert_eq!(
-            p.write_msr(1, HV_X64_MSR_EOM, 0, &mem),
-            Ok(Some(HvEvent::SynicChanged))
-        );
-        assert_eq!(
-            p.deliver(1, &mem),
-            Delivery {
-                vectors: vec![0xf3],
-                delivered: vec![7],
-                dropped: vec![]
-            }
-        );
+        assert_eq!(p.write_msr(1, HV_X64_MSR_EOM, 0, &mem), Ok(Some(HvEvent::SynicChanged)));
+        assert_eq!(p.deliver(1, &mem), Delivery { vectors: vec![0xf3], delivered: vec![7], dropped: vec![] });
         mem.read(slot, &mut m).unwrap();
         assert_eq!(&m[16..22], b"second");
-        assert_eq!(
-            m[5] & HV_MESSAGE_FLAG_PENDING,
-            0,
-            "a fresh header clears msg_pending"
-        );
+        assert_eq!(m[5] & HV_MESSAGE_FLAG_PENDING, 0, "a fresh header clears msg_pending");
         assert_eq!(p.queued(1), 0);
         // VP 0 never enabled its SynIC: its page is never touched.
         p.post(0, 2, 1, b"x", 0).unwrap();
@@ -755,8 +624,7 @@ mod tests {
         let mut p = partition(1);
         let mem = FakeMem::new(0x10000);
         enable_synic(&mut p, 0, 0x6000, &mem);
-        p.write_msr(0, HV_X64_MSR_SINT0 + 2, 0xf3 | HV_SYNIC_SINT_MASKED, &mem)
-            .unwrap();
+        p.write_msr(0, HV_X64_MSR_SINT0 + 2, 0xf3 | HV_SYNIC_SINT_MASKED, &mem).unwrap();
         p.post(0, 2, 1, b"m", 0).unwrap();
         assert!(p.deliver(0, &mem).vectors.is_empty());
         p.write_msr(0, HV_X64_MSR_SINT0 + 2, 0xf3, &mem).unwrap();
@@ -789,10 +657,7 @@ mod tests {
         }
         assert_eq!(p.post(0, 2, 1, b"", 0), Err(HV_STATUS_INSUFFICIENT_BUFFERS));
         assert_eq!(p.post(0, 16, 1, b"", 0), Err(HV_STATUS_INVALID_PARAMETER));
-        assert_eq!(
-            p.post(0, 2, 1, &[0; 241], 0),
-            Err(HV_STATUS_INVALID_PARAMETER)
-        );
+        assert_eq!(p.post(0, 2, 1, &[0; 241], 0), Err(HV_STATUS_INVALID_PARAMETER));
         assert_eq!(p.post(7, 2, 1, b"", 0), Err(HV_STATUS_INVALID_PARAMETER));
     }
 }

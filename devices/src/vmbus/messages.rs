@@ -91,11 +91,7 @@ pub enum MessageError {
     #[error("message type {msgtype} is not a VMBus channel message type")]
     UnknownType { msgtype: u32 },
     #[error("message type {msgtype} needs {need} bytes, got {len}")]
-    Truncated {
-        msgtype: u32,
-        need: usize,
-        len: usize,
-    },
+    Truncated { msgtype: u32, need: usize, len: usize },
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
@@ -118,11 +114,7 @@ pub fn parse(b: &[u8]) -> Result<GuestMessage, MessageError> {
     let msgtype = u32_at(b, 0);
     let need = |n: usize| {
         if b.len() < n {
-            Err(MessageError::Truncated {
-                msgtype,
-                need: n,
-                len: b.len(),
-            })
+            Err(MessageError::Truncated { msgtype, need: n, len: b.len() })
         } else {
             Ok(())
         }
@@ -218,18 +210,9 @@ mod tests {
                 monitor_page2: 0
             })
         );
-        assert_eq!(
-            parse(&header(CHANNELMSG_REQUESTOFFERS, 8)),
-            Ok(GuestMessage::RequestOffers)
-        );
-        assert_eq!(
-            parse(&header(CHANNELMSG_UNLOAD, 8)),
-            Ok(GuestMessage::Unload)
-        );
-        assert_eq!(
-            parse(&header(5, 32)),
-            Ok(GuestMessage::Unsupported { msgtype: 5 })
-        );
+        assert_eq!(parse(&header(CHANNELMSG_REQUESTOFFERS, 8)), Ok(GuestMessage::RequestOffers));
+        assert_eq!(parse(&header(CHANNELMSG_UNLOAD, 8)), Ok(GuestMessage::Unload));
+        assert_eq!(parse(&header(5, 32)), Ok(GuestMessage::Unsupported { msgtype: 5 }));
         // Trailing bytes from a newer guest are fine.
         assert!(parse(&[initiate(VERSION_WIN8_1, 0), vec![0; 8]].concat()).is_ok());
     }
@@ -240,30 +223,12 @@ mod tests {
         assert_eq!(parse(&[14, 0, 0]), Err(MessageError::NoHeader { len: 3 }));
         assert_eq!(
             parse(&initiate(VERSION_WIN10, 0)[..39]),
-            Err(MessageError::Truncated {
-                msgtype: 14,
-                need: 40,
-                len: 39
-            })
+            Err(MessageError::Truncated { msgtype: 14, need: 40, len: 39 })
         );
-        assert_eq!(
-            parse(&header(0, 8)),
-            Err(MessageError::UnknownType { msgtype: 0 })
-        );
-        assert_eq!(
-            parse(&header(25, 8)),
-            Err(MessageError::UnknownType { msgtype: 25 })
-        );
-        assert_eq!(
-            parse(&header(0xffff_ffff, 8)),
-            Err(MessageError::UnknownType {
-                msgtype: 0xffff_ffff
-            })
-        );
-        assert_eq!(
-            parse(&vec![0u8; 241]),
-            Err(MessageError::Oversized { len: 241 })
-        );
+        assert_eq!(parse(&header(0, 8)), Err(MessageError::UnknownType { msgtype: 0 }));
+        assert_eq!(parse(&header(25, 8)), Err(MessageError::UnknownType { msgtype: 25 }));
+        assert_eq!(parse(&header(0xffff_ffff, 8)), Err(MessageError::UnknownType { msgtype: 0xffff_ffff }));
+        assert_eq!(parse(&vec![0u8; 241]), Err(MessageError::Oversized { len: 241 }));
     }
 
     #[test]
@@ -292,12 +257,8 @@ mod tests {
         assert_eq!(version_response(false, 0)[8], 0);
         assert_eq!(all_offers_delivered(), vec![4, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(unload_response(), vec![17, 0, 0, 0, 0, 0, 0, 0]);
-        let offer = ChannelOffer {
-            interface_type: [1; 16],
-            interface_instance: [2; 16],
-            child_relid: 7,
-            connection_id: 0x20,
-        };
+        let offer =
+            ChannelOffer { interface_type: [1; 16], interface_instance: [2; 16], child_relid: 7, connection_id: 0x20 };
         let b = offer.encode();
         assert_eq!(b.len(), 196);
         assert_eq!(u32_at(&b, 184), 7);

@@ -5,9 +5,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::messages::*;
-use crate::hyperv::tlfs::{
-    HV_STATUS_INVALID_CONNECTION_ID, HV_STATUS_INVALID_PARAMETER, HV_STATUS_SUCCESS,
-};
+use crate::hyperv::tlfs::{HV_STATUS_INVALID_CONNECTION_ID, HV_STATUS_INVALID_PARAMETER, HV_STATUS_SUCCESS};
 
 /// INITIATE_CONTACTs kept while an UNLOAD is being answered.
 pub const MAX_QUEUED_CONTACTS: usize = 4;
@@ -95,17 +93,17 @@ pub struct VmbusServer {
 
 impl VmbusServer {
     pub fn new(config: ServerConfig) -> Self {
-        Self {
-            config,
-            state: State::Disconnected,
-            offers: Vec::new(),
-            queued_contacts: VecDeque::new(),
-        }
+        Self { config, state: State::Disconnected, offers: Vec::new(), queued_contacts: VecDeque::new() }
     }
 
     /// Offer a channel from the next REQUESTOFFERS on.
     pub fn add_offer(&mut self, offer: ChannelOffer) {
         self.offers.push(offer);
+    }
+
+    /// Whether UNLOAD gets an answer (the `unload_response` knob).
+    pub fn answers_unload(&self) -> bool {
+        self.config.unload_response
     }
 
     /// The negotiated version and target VP, when connected.
@@ -117,12 +115,7 @@ impl VmbusServer {
     }
 
     /// An HvPostMessage from `vp`; returns the hypercall status and what to do.
-    pub fn post_message(
-        &mut self,
-        vp: u32,
-        connection_id: u32,
-        payload: &[u8],
-    ) -> (u16, Vec<Output>) {
+    pub fn post_message(&mut self, vp: u32, connection_id: u32, payload: &[u8]) -> (u16, Vec<Output>) {
         let msg = match parse(payload) {
             Ok(m) => m,
             Err(e) => return reject(vp, e.to_string()),
@@ -135,9 +128,7 @@ impl VmbusServer {
             return (HV_STATUS_INVALID_CONNECTION_ID, vec![]);
         }
         match msg {
-            GuestMessage::InitiateContact { .. }
-                if matches!(self.state, State::Unloading { .. }) =>
-            {
+            GuestMessage::InitiateContact { .. } if matches!(self.state, State::Unloading { .. }) => {
                 // The race that hung kdump kernels on Hyper-V: answer after the UNLOAD.
                 if self.queued_contacts.len() >= MAX_QUEUED_CONTACTS {
                     self.queued_contacts.pop_front();
@@ -145,23 +136,17 @@ impl VmbusServer {
                 self.queued_contacts.push_back((vp, payload.to_vec()));
                 (HV_STATUS_SUCCESS, vec![])
             }
-            GuestMessage::InitiateContact {
-                version,
-                target_vcpu,
-                ..
-            } => (
-                HV_STATUS_SUCCESS,
-                self.initiate_contact(vp, version, target_vcpu),
-            ),
+            GuestMessage::InitiateContact { version, target_vcpu, .. } => {
+                (HV_STATUS_SUCCESS, self.initiate_contact(vp, version, target_vcpu))
+            }
             GuestMessage::RequestOffers => match self.state {
                 State::Connected { target_vp, .. } => (HV_STATUS_SUCCESS, self.offers(target_vp)),
                 _ => reject(vp, "REQUESTOFFERS without a connection".into()),
             },
             GuestMessage::Unload => (HV_STATUS_SUCCESS, self.unload(vp)),
-            GuestMessage::Unsupported { msgtype } => reject(
-                vp,
-                format!("message type {msgtype} needs a channel, and none is offered"),
-            ),
+            GuestMessage::Unsupported { msgtype } => {
+                reject(vp, format!("message type {msgtype} needs a channel, and none is offered"))
+            }
         }
     }
 
@@ -172,12 +157,8 @@ impl VmbusServer {
         let mut out = vec![Output::ClearQueues];
         let target_ok = target_vcpu < self.config.vcpus;
         let reply_to = if target_ok { target_vcpu } else { vp };
-        let send = |payload| Output::Send {
-            vp: reply_to,
-            payload,
-            delay: Duration::ZERO,
-            kind: SendKind::VersionResponse,
-        };
+        let send =
+            |payload| Output::Send { vp: reply_to, payload, delay: Duration::ZERO, kind: SendKind::VersionResponse };
         if !target_ok {
             out.push(Output::Event(ServerEvent::Rejected {
                 vcpu: vp,
@@ -188,38 +169,19 @@ impl VmbusServer {
             }));
             out.push(send(version_response(false, 0)));
         } else if !SUPPORTED_VERSIONS.contains(&version) {
-            out.push(Output::Event(ServerEvent::VersionRejected {
-                vcpu: vp,
-                version,
-            }));
+            out.push(Output::Event(ServerEvent::VersionRejected { vcpu: vp, version }));
             out.push(send(version_response(false, 0)));
         } else {
-            self.state = State::Connected {
-                version,
-                target_vp: target_vcpu,
-            };
+            self.state = State::Connected { version, target_vp: target_vcpu };
             out.push(send(version_response(true, VMBUS_MESSAGE_CONNECTION_ID)));
-            out.push(Output::Event(ServerEvent::Connected {
-                vcpu: vp,
-                version,
-                target_vcpu,
-            }));
+            out.push(Output::Event(ServerEvent::Connected { vcpu: vp, version, target_vcpu }));
         }
         out
     }
 
     fn offers(&self, target_vp: u32) -> Vec<Output> {
-        let send = |payload, kind| Output::Send {
-            vp: target_vp,
-            payload,
-            delay: Duration::ZERO,
-            kind,
-        };
-        let mut out: Vec<Output> = self
-            .offers
-            .iter()
-            .map(|o| send(o.encode(), SendKind::Offer))
-            .collect();
+        let send = |payload, kind| Output::Send { vp: target_vp, payload, delay: Duration::ZERO, kind };
+        let mut out: Vec<Output> = self.offers.iter().map(|o| send(o.encode(), SendKind::Offer)).collect();
         out.push(send(all_offers_delivered(), SendKind::AllOffersDelivered));
         out
     }
@@ -255,20 +217,14 @@ impl VmbusServer {
         }
         let mut out = Vec::new();
         while let Some((vp, payload)) = self.queued_contacts.pop_front() {
-            out.extend(
-                self.post_message(vp, VMBUS_MESSAGE_CONNECTION_ID, &payload)
-                    .1,
-            );
+            out.extend(self.post_message(vp, VMBUS_MESSAGE_CONNECTION_ID, &payload).1);
         }
         out
     }
 }
 
 fn reject(vp: u32, reason: String) -> (u16, Vec<Output>) {
-    (
-        HV_STATUS_INVALID_PARAMETER,
-        vec![Output::Event(ServerEvent::Rejected { vcpu: vp, reason })],
-    )
+    (HV_STATUS_INVALID_PARAMETER, vec![Output::Event(ServerEvent::Rejected { vcpu: vp, reason })])
 }
 
 #[cfg(test)]
@@ -276,11 +232,7 @@ mod tests {
     use super::*;
 
     fn server(vcpus: u32) -> VmbusServer {
-        VmbusServer::new(ServerConfig {
-            vcpus,
-            unload_delay: Duration::ZERO,
-            unload_response: true,
-        })
+        VmbusServer::new(ServerConfig { vcpus, unload_delay: Duration::ZERO, unload_response: true })
     }
 
     fn contact(version: u32, target: u32) -> Vec<u8> {
@@ -300,9 +252,7 @@ mod tests {
     fn sends(out: &[Output]) -> Vec<(u32, u32, SendKind)> {
         out.iter()
             .filter_map(|o| match o {
-                Output::Send {
-                    vp, payload, kind, ..
-                } => Some((*vp, payload[0] as u32, *kind)),
+                Output::Send { vp, payload, kind, .. } => Some((*vp, payload[0] as u32, *kind)),
                 _ => None,
             })
             .collect()
@@ -324,33 +274,14 @@ mod tests {
         let (st, out) = s.post_message(0, 4, &contact(VERSION_WIN10_V5_3, 1));
         assert_eq!(st, 0);
         assert_eq!(out[0], Output::ClearQueues);
-        assert_eq!(
-            sends(&out),
-            vec![(1, CHANNELMSG_VERSION_RESPONSE, SendKind::VersionResponse)]
-        );
-        let Output::Send { payload, .. } = &out[1] else {
-            panic!()
-        };
+        assert_eq!(sends(&out), vec![(1, CHANNELMSG_VERSION_RESPONSE, SendKind::VersionResponse)]);
+        let Output::Send { payload, .. } = &out[1] else { panic!() };
         assert_eq!(payload, &version_response(true, 1));
-        assert_eq!(
-            events(&out),
-            vec![ServerEvent::Connected {
-                vcpu: 0,
-                version: VERSION_WIN10_V5_3,
-                target_vcpu: 1
-            }]
-        );
+        assert_eq!(events(&out), vec![ServerEvent::Connected { vcpu: 0, version: VERSION_WIN10_V5_3, target_vcpu: 1 }]);
         assert_eq!(s.connection(), Some((VERSION_WIN10_V5_3, 1)));
         let (st, out) = s.post_message(0, 1, &msg(CHANNELMSG_REQUESTOFFERS));
         assert_eq!(st, 0);
-        assert_eq!(
-            sends(&out),
-            vec![(
-                1,
-                CHANNELMSG_ALLOFFERS_DELIVERED,
-                SendKind::AllOffersDelivered
-            )]
-        );
+        assert_eq!(sends(&out), vec![(1, CHANNELMSG_ALLOFFERS_DELIVERED, SendKind::AllOffersDelivered)]);
     }
 
     #[test]
@@ -368,11 +299,7 @@ mod tests {
             sends(&out),
             vec![
                 (0, CHANNELMSG_OFFERCHANNEL, SendKind::Offer),
-                (
-                    0,
-                    CHANNELMSG_ALLOFFERS_DELIVERED,
-                    SendKind::AllOffersDelivered
-                )
+                (0, CHANNELMSG_ALLOFFERS_DELIVERED, SendKind::AllOffersDelivered)
             ]
         );
     }
@@ -383,9 +310,7 @@ mod tests {
         for v in [VERSION_WIN8, VERSION_WIN7, VERSION_WS2008, 0xdead_beef] {
             let (st, out) = s.post_message(0, 1, &contact(v, 0));
             assert_eq!(st, 0);
-            let Some(Output::Send { payload, .. }) =
-                out.iter().find(|o| matches!(o, Output::Send { .. }))
-            else {
+            let Some(Output::Send { payload, .. }) = out.iter().find(|o| matches!(o, Output::Send { .. })) else {
                 panic!("unanswered")
             };
             assert_eq!(payload[8], 0, "version {v:#x} declined");
@@ -393,37 +318,20 @@ mod tests {
         }
         for v in SUPPORTED_VERSIONS {
             let (_, out) = s.post_message(0, 1, &contact(v, 0));
-            assert!(
-                events(&out)
-                    .iter()
-                    .any(|e| matches!(e, ServerEvent::Connected { .. })),
-                "{v:#x}"
-            );
+            assert!(events(&out).iter().any(|e| matches!(e, ServerEvent::Connected { .. })), "{v:#x}");
         }
     }
 
     #[test]
     fn wrong_connection_ids_and_bad_targets() {
         let mut s = server(2);
-        assert_eq!(
-            s.post_message(0, 2, &contact(VERSION_WIN10_V5_3, 0)).0,
-            HV_STATUS_INVALID_CONNECTION_ID
-        );
-        assert_eq!(
-            s.post_message(0, 4, &msg(CHANNELMSG_UNLOAD)).0,
-            HV_STATUS_INVALID_CONNECTION_ID
-        );
+        assert_eq!(s.post_message(0, 2, &contact(VERSION_WIN10_V5_3, 0)).0, HV_STATUS_INVALID_CONNECTION_ID);
+        assert_eq!(s.post_message(0, 4, &msg(CHANNELMSG_UNLOAD)).0, HV_STATUS_INVALID_CONNECTION_ID);
         // A target VP that does not exist: declined to the sender.
         let (st, out) = s.post_message(1, 4, &contact(VERSION_WIN10_V5_3, 9));
         assert_eq!(st, 0);
-        assert_eq!(
-            sends(&out),
-            vec![(1, CHANNELMSG_VERSION_RESPONSE, SendKind::VersionResponse)]
-        );
-        assert!(matches!(
-            events(&out)[0],
-            ServerEvent::Rejected { vcpu: 1, .. }
-        ));
+        assert_eq!(sends(&out), vec![(1, CHANNELMSG_VERSION_RESPONSE, SendKind::VersionResponse)]);
+        assert!(matches!(events(&out)[0], ServerEvent::Rejected { vcpu: 1, .. }));
         assert_eq!(s.connection(), None);
     }
 
@@ -434,10 +342,7 @@ mod tests {
         let (st, out) = s.post_message(0, 1, &msg(CHANNELMSG_UNLOAD));
         assert_eq!(st, 0);
         assert_eq!(events(&out), vec![ServerEvent::UnloadRequested { vcpu: 0 }]);
-        assert_eq!(
-            sends(&out),
-            vec![(1, CHANNELMSG_UNLOAD_RESPONSE, SendKind::UnloadResponse)]
-        );
+        assert_eq!(sends(&out), vec![(1, CHANNELMSG_UNLOAD_RESPONSE, SendKind::UnloadResponse)]);
         // A second UNLOAD while the first is being answered: nothing more.
         assert_eq!(s.post_message(0, 1, &msg(CHANNELMSG_UNLOAD)), (0, vec![]));
         assert!(s.unload_response_posted().is_empty());
@@ -449,45 +354,28 @@ mod tests {
         let mut s = server(2);
         let (st, out) = s.post_message(1, 1, &msg(CHANNELMSG_UNLOAD));
         assert_eq!(st, 0);
-        assert_eq!(
-            sends(&out),
-            vec![(1, CHANNELMSG_UNLOAD_RESPONSE, SendKind::UnloadResponse)]
-        );
+        assert_eq!(sends(&out), vec![(1, CHANNELMSG_UNLOAD_RESPONSE, SendKind::UnloadResponse)]);
     }
 
     #[test]
     fn contact_during_unload_is_answered_after_it() {
-        let mut s = VmbusServer::new(ServerConfig {
-            vcpus: 2,
-            unload_delay: Duration::from_secs(3),
-            unload_response: true,
-        });
+        let mut s =
+            VmbusServer::new(ServerConfig { vcpus: 2, unload_delay: Duration::from_secs(3), unload_response: true });
         s.post_message(0, 4, &contact(VERSION_WIN10_V5_3, 0));
         let (_, out) = s.post_message(0, 1, &msg(CHANNELMSG_UNLOAD));
-        let Some(Output::Send { delay, .. }) =
-            out.iter().find(|o| matches!(o, Output::Send { .. }))
-        else {
-            panic!()
-        };
+        let Some(Output::Send { delay, .. }) = out.iter().find(|o| matches!(o, Output::Send { .. })) else { panic!() };
         assert_eq!(*delay, Duration::from_secs(3));
         // The crash kernel (on VP 1) connects before the response went out.
         let (st, out) = s.post_message(1, 4, &contact(VERSION_WIN10_V5_3, 1));
         assert_eq!((st, out), (0, vec![]));
         let out = s.unload_response_posted();
-        assert_eq!(
-            sends(&out),
-            vec![(1, CHANNELMSG_VERSION_RESPONSE, SendKind::VersionResponse)]
-        );
+        assert_eq!(sends(&out), vec![(1, CHANNELMSG_VERSION_RESPONSE, SendKind::VersionResponse)]);
         assert_eq!(s.connection(), Some((VERSION_WIN10_V5_3, 1)));
     }
 
     #[test]
     fn no_unload_response_knob() {
-        let mut s = VmbusServer::new(ServerConfig {
-            vcpus: 1,
-            unload_delay: Duration::ZERO,
-            unload_response: false,
-        });
+        let mut s = VmbusServer::new(ServerConfig { vcpus: 1, unload_delay: Duration::ZERO, unload_response: false });
         s.post_message(0, 4, &contact(VERSION_WIN10_V5_3, 0));
         let (_, out) = s.post_message(0, 1, &msg(CHANNELMSG_UNLOAD));
         assert_eq!(events(&out), vec![ServerEvent::UnloadRequested { vcpu: 0 }]);
@@ -509,34 +397,21 @@ mod tests {
     #[test]
     fn malformed_messages_are_rejected_with_reasons() {
         let mut s = server(1);
-        for bad in [
-            vec![],
-            vec![14u8, 0, 0, 0],
-            contact(VERSION_WIN10, 0)[..20].to_vec(),
-            msg(99),
-            msg(5),
-            vec![0; 241],
-        ] {
+        for bad in
+            [vec![], vec![14u8, 0, 0, 0], contact(VERSION_WIN10, 0)[..20].to_vec(), msg(99), msg(5), vec![0; 241]]
+        {
             let (st, out) = s.post_message(0, 1, &bad);
             assert_eq!(st, HV_STATUS_INVALID_PARAMETER, "{bad:?}");
-            assert!(
-                matches!(&events(&out)[0], ServerEvent::Rejected { reason, .. } if !reason.is_empty())
-            );
+            assert!(matches!(&events(&out)[0], ServerEvent::Rejected { reason, .. } if !reason.is_empty()));
         }
         let (st, _) = s.post_message(0, 1, &msg(CHANNELMSG_REQUESTOFFERS));
-        assert_eq!(
-            st, HV_STATUS_INVALID_PARAMETER,
-            "REQUESTOFFERS before INITIATE_CONTACT"
-        );
+        assert_eq!(st, HV_STATUS_INVALID_PARAMETER, "REQUESTOFFERS before INITIATE_CONTACT");
     }
 
     #[test]
     fn message_flood_stays_bounded() {
-        let mut s = VmbusServer::new(ServerConfig {
-            vcpus: 1,
-            unload_delay: Duration::from_secs(1),
-            unload_response: true,
-        });
+        let mut s =
+            VmbusServer::new(ServerConfig { vcpus: 1, unload_delay: Duration::from_secs(1), unload_response: true });
         s.post_message(0, 4, &contact(VERSION_WIN10_V5_3, 0));
         s.post_message(0, 1, &msg(CHANNELMSG_UNLOAD));
         for _ in 0..10_000 {

@@ -9,9 +9,7 @@ use clap::Parser;
 use integration::{run_scenario, Mode, RunOptions, Setup, SCENARIOS};
 
 #[derive(Parser)]
-#[command(
-    about = "Run a crashvmm Linux scenario, directly on hardware KVM or in the software KVM test host"
-)]
+#[command(about = "Run a crashvmm Linux scenario, directly on hardware KVM or in the software KVM test host")]
 struct Args {
     /// Scenario name (see --list).
     #[arg(long, required_unless_present = "list")]
@@ -51,11 +49,7 @@ fn main() -> ExitCode {
         }
     };
     let (name, out) = (args.name.unwrap_or_default(), args.out.unwrap_or_default());
-    let opts = RunOptions {
-        mode,
-        show_console: args.show_console,
-        timeout: args.timeout.map(Duration::from_secs),
-    };
+    let opts = RunOptions { mode, show_console: args.show_console, timeout: args.timeout.map(Duration::from_secs) };
     let (detected, why) = Mode::detect();
     let shown = mode.unwrap_or(detected);
     eprintln!(
@@ -64,11 +58,7 @@ fn main() -> ExitCode {
             Mode::Direct => "directly on /dev/kvm",
             Mode::TestHost => "in the software KVM test host (qemu-system-x86_64 -accel tcg)",
         },
-        if mode.is_some() {
-            "--mode"
-        } else {
-            why.as_str()
-        }
+        if mode.is_some() { "--mode" } else { why.as_str() }
     );
     match run_scenario(&Setup::from_env(), &name, &out, &opts) {
         Ok(o) if o.timed_out => {

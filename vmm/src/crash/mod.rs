@@ -4,137 +4,485 @@
 //! Devices and vCPU threads record what they saw in the event log where they see it (so the
 //! log keeps the guest's order) and send the signal here; the orchestrator only decides.
 
+pub mod executor;
+pub mod report;
+pub mod summary;
 pub mod vmcore;
 
 use std::time::{Duration, Instant};
 
 use crate::exit::VmExit;
 
-/// Everything that tells crashvmm the guest is dying or about to start its crash kernel.
+/// Everything that tells crashvmm the guest is dying, or how its own crash handling goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CrashSignal {
     /// The guest wrote `bits` to pvpanic.
     PvPanic { vcpu: u32, bits: u8 },
     /// The guest wrote CRASH_CTL with CRASH_NOTIFY.
-    HvCrash {
-        vcpu: u32,
-        params: [u64; 5],
-        message: Option<String>,
-    },
+    HvCrash { vcpu: u32, params: [u64; 5], message: Option<String> },
     /// The crashed kernel tore Hyper-V down: kexec into the crash kernel is imminent.
     GuestKexec { vcpu: u32 },
     /// After a `GuestKexec`, a kernel (the crash kernel) set up Hyper-V again.
     CrashKernelStarted { vcpu: u32 },
     /// A vCPU triple-faulted.
     TripleFault { vcpu: u32 },
+    /// KVM could not run a vCPU (internal error, emulation failure, failed entry).
+    KvmFailure { vcpu: u32, detail: String },
+    /// The guest sent VMBus UNLOAD; `answered` when crashvmm will answer it.
+    UnloadRequested { vcpu: u32, answered: bool },
+    /// The UNLOAD_RESPONSE reached the guest, `latency_us` after the UNLOAD.
+    UnloadCompleted { vcpu: u32, latency_us: u64 },
 }
 
-/// What the executor must do.
+/// `--on-panic`: what to do when the guest panics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnPanic {
+    /// Let the guest's kdump run when it announced one, else take a host-side vmcore.
+    Auto,
+    /// Let the guest's kdump run; never take a host-side vmcore unless it fails.
+    Kdump,
+    /// Take a host-side vmcore at once (the guest's kdump does not run).
+    HostDump,
+    /// Pause the VM for inspection.
+    Pause,
+    /// Record the crash and let the guest go on.
+    Ignore,
+}
+
+/// `--after-crash`: what happens once collection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AfterCrash {
+    Exit,
+    Reset,
+    Pause,
+}
+
+/// `--host-dump`: when crashvmm writes a vmcore from guest memory itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostDump {
+    /// Never.
+    Never,
+    /// When there is no guest kdump, or it fails or times out.
+    Fallback,
+    /// Also snapshot at `guest_kexec`, before the crash kernel runs.
+    Always,
+}
+
+/// The crash policy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Policy {
+    pub on_panic: OnPanic,
+    pub after_crash: AfterCrash,
+    #[serde(serialize_with = "serialize_secs")]
+    pub kdump_timeout: Duration,
+    pub host_dump: HostDump,
+    /// With `after_crash: reset`, exit instead once this many crashes happened (0: no limit).
+    pub max_crashes: u32,
+    /// The guest can report through the Hyper-V crash MSRs (so a pvpanic PANICKED is followed
+    /// by a Hyper-V report worth waiting for).
+    pub hyperv: bool,
+}
+
+fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            on_panic: OnPanic::Auto,
+            after_crash: AfterCrash::Exit,
+            kdump_timeout: Duration::from_secs(600),
+            host_dump: HostDump::Fallback,
+            max_crashes: 0,
+            hyperv: true,
+        }
+    }
+}
+
+/// What the executor must do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
+    /// A new crash: record `crash_detected` and start its crash directory.
+    BeginCrash { trigger: String },
+    /// Stop every vCPU (and save its registers).
+    Pause,
+    /// Let the vCPUs run again.
+    Resume,
+    /// Write a host-side vmcore now (vCPUs paused), then call [`Orchestrator::on_dump_done`].
+    HostDump { reason: String },
+    /// Write the crash directory (report, events, console, vmcore).
+    FinishCrash { outcome: String },
     /// End the VM.
     Stop(VmExit),
+    /// Boot the guest again.
+    Reset,
+    /// Keep the VM paused until crashvmm is stopped from outside.
+    StayPaused,
 }
 
 /// How long to wait after a pvpanic PANICKED for the Hyper-V crash report (which Linux sends
-/// from a later panic notifier and the kmsg dumper) before ending the VM anyway.
+/// from a later panic notifier and the kmsg dumper) before collecting anyway.
 pub const HV_CRASH_GRACE: Duration = Duration::from_secs(5);
+/// After a Hyper-V crash report without pvpanic, how long to wait for a kexec (a guest whose
+/// pvpanic is off may still run kdump).
+pub const KEXEC_GRACE: Duration = Duration::from_secs(2);
 
-/// The crash state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// A PANICKED arrived; the Hyper-V report should follow.
+    AwaitReport { deadline: Instant },
+    /// A Hyper-V report arrived without pvpanic; a kexec may follow.
+    AwaitKexec { deadline: Instant },
+    /// The guest runs its kdump; it must power off before the deadline.
+    AwaitKdump { deadline: Instant },
+    /// A host dump is being written; `resume` when the guest goes on afterwards.
+    Dumping { resume: bool },
+    /// Collection ended.
+    Finished,
+}
+
+#[derive(Debug)]
+struct Crash {
+    trigger: String,
+    phase: Phase,
+    kexec_seen: bool,
+    crash_kernel_started: bool,
+    dump_failed: Option<String>,
+}
+
+/// The crash state machine. Pure: time comes in as arguments, decisions go out as actions.
 #[derive(Debug)]
 pub struct Orchestrator {
-    /// The guest can report through the Hyper-V crash MSRs.
-    hyperv: bool,
-    /// First panic signal seen, as a trigger name.
-    panicked: Option<&'static str>,
-    /// The guest announced its own crash kernel (pvpanic CRASH_LOADED).
-    crash_loaded: bool,
-    deadline: Option<Instant>,
+    policy: Policy,
+    crash: Option<Crash>,
+    crashes: u32,
+    unload_in_flight: bool,
+    /// Actions held back while an UNLOAD is in flight (the guest busy-waits for it).
+    held: Vec<Action>,
 }
 
 impl Orchestrator {
-    pub fn new(hyperv: bool) -> Self {
-        Self {
-            hyperv,
-            panicked: None,
-            crash_loaded: false,
-            deadline: None,
-        }
+    pub fn new(policy: Policy) -> Self {
+        Self { policy, crash: None, crashes: 0, unload_in_flight: false, held: Vec::new() }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Crashes so far.
+    pub fn crashes(&self) -> u32 {
+        self.crashes
     }
 
     /// When [`on_timer`](Self::on_timer) wants to run next.
     pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
+        match self.crash.as_ref()?.phase {
+            Phase::AwaitReport { deadline } | Phase::AwaitKexec { deadline } | Phase::AwaitKdump { deadline } => {
+                Some(deadline)
+            }
+            _ => None,
+        }
     }
 
-    /// Whether the guest has panicked.
+    /// Whether a crash is being handled or was handled in this boot of the guest.
     pub fn panicked(&self) -> bool {
-        self.panicked.is_some()
+        self.crash.is_some()
     }
 
-    fn panic_exit(&self, trigger: &'static str) -> Action {
-        Action::Stop(VmExit::GuestPanicked {
-            trigger: self.panicked.unwrap_or(trigger).to_string(),
-        })
+    fn begin(&mut self, trigger: &str, phase: Phase) -> Vec<Action> {
+        self.crashes += 1;
+        self.crash = Some(Crash {
+            trigger: trigger.to_string(),
+            phase,
+            kexec_seen: false,
+            crash_kernel_started: false,
+            dump_failed: None,
+        });
+        vec![Action::BeginCrash { trigger: trigger.to_string() }]
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        if let Some(c) = self.crash.as_mut() {
+            c.phase = phase;
+        }
+    }
+
+    fn trigger(&self) -> String {
+        self.crash.as_ref().map_or_else(|| "unknown".into(), |c| c.trigger.clone())
+    }
+
+    /// The guest will not handle this crash itself: collect per `--on-panic`.
+    fn collect(&mut self, reason: &str) -> Vec<Action> {
+        match self.policy.on_panic {
+            OnPanic::Auto | OnPanic::HostDump if self.policy.host_dump != HostDump::Never => {
+                self.set_phase(Phase::Dumping { resume: false });
+                vec![Action::Pause, Action::HostDump { reason: reason.to_string() }]
+            }
+            OnPanic::Auto | OnPanic::HostDump | OnPanic::Kdump => self.finish(format!("{reason}; no vmcore taken")),
+            OnPanic::Pause => {
+                self.set_phase(Phase::Finished);
+                vec![Action::Pause, Action::FinishCrash { outcome: format!("{reason}; VM paused") }, Action::StayPaused]
+            }
+            OnPanic::Ignore => {
+                self.set_phase(Phase::Finished);
+                vec![Action::FinishCrash { outcome: format!("{reason}; ignored") }]
+            }
+        }
+    }
+
+    /// The guest's kdump did not deliver: take a host-side vmcore if allowed.
+    fn fallback(&mut self, reason: &str) -> Vec<Action> {
+        if self.policy.host_dump == HostDump::Never {
+            return self.finish(format!("{reason}; no vmcore taken (--host-dump never)"));
+        }
+        self.set_phase(Phase::Dumping { resume: false });
+        vec![Action::Pause, Action::HostDump { reason: reason.to_string() }]
+    }
+
+    /// Write the crash directory, then do what `--after-crash` says.
+    fn finish(&mut self, outcome: String) -> Vec<Action> {
+        self.set_phase(Phase::Finished);
+        let mut out = vec![Action::FinishCrash { outcome }];
+        out.extend(self.after_crash());
+        out
+    }
+
+    fn after_crash(&self) -> Vec<Action> {
+        match self.policy.after_crash {
+            AfterCrash::Exit => vec![Action::Stop(self.panic_exit())],
+            AfterCrash::Reset if self.policy.max_crashes > 0 && self.crashes >= self.policy.max_crashes => {
+                vec![Action::Stop(VmExit::GuestPanicked {
+                    trigger: format!(
+                        "{} (crash {} of --max-crashes {})",
+                        self.trigger(),
+                        self.crashes,
+                        self.policy.max_crashes
+                    ),
+                })]
+            }
+            AfterCrash::Reset => vec![Action::Reset],
+            AfterCrash::Pause => vec![Action::Pause, Action::StayPaused],
+        }
+    }
+
+    fn panic_exit(&self) -> VmExit {
+        match self.crash.as_ref().and_then(|c| c.dump_failed.clone()) {
+            Some(reason) => VmExit::CrashCollectionFailed { trigger: self.trigger(), reason },
+            None => VmExit::GuestPanicked { trigger: self.trigger() },
+        }
+    }
+
+    fn kdump_phase(&mut self, now: Instant) -> Vec<Action> {
+        self.set_phase(Phase::AwaitKdump { deadline: now + self.policy.kdump_timeout });
+        if self.policy.host_dump == HostDump::Always && self.crash.as_ref().is_some_and(|c| c.kexec_seen) {
+            self.set_phase(Phase::Dumping { resume: true });
+            return vec![
+                Action::Pause,
+                Action::HostDump { reason: "snapshot at guest_kexec (--host-dump always)".into() },
+            ];
+        }
+        vec![]
     }
 
     pub fn on_signal(&mut self, signal: &CrashSignal, now: Instant) -> Vec<Action> {
-        match *signal {
-            CrashSignal::PvPanic { bits, .. } => {
-                use devices::pvpanic::{PVPANIC_CRASH_LOADED, PVPANIC_PANICKED};
-                if bits & PVPANIC_CRASH_LOADED != 0 {
-                    // The guest runs its own kdump: record, do not disturb it.
-                    self.crash_loaded = true;
-                    self.panicked.get_or_insert("pvpanic");
-                    return vec![];
-                }
-                if bits & PVPANIC_PANICKED == 0 {
-                    return vec![];
-                }
-                self.panicked.get_or_insert("pvpanic");
-                if self.hyperv {
-                    // The Hyper-V report follows from later panic notifiers: wait for it.
-                    self.deadline.get_or_insert(now + HV_CRASH_GRACE);
-                    vec![]
-                } else {
-                    vec![self.panic_exit("pvpanic")]
-                }
+        let actions = self.decide(signal, now);
+        self.hold_while_unloading(actions)
+    }
+
+    fn decide(&mut self, signal: &CrashSignal, now: Instant) -> Vec<Action> {
+        use devices::pvpanic::{PVPANIC_CRASH_LOADED, PVPANIC_PANICKED};
+        let phase = self.crash.as_ref().map(|c| c.phase);
+        let in_crash_kernel = self.crash.as_ref().is_some_and(|c| c.crash_kernel_started);
+        match signal {
+            CrashSignal::UnloadRequested { answered, .. } => {
+                self.unload_in_flight = *answered;
+                vec![]
             }
-            CrashSignal::HvCrash { .. } => {
-                self.panicked.get_or_insert("hv_crash");
-                if self.crash_loaded {
-                    vec![]
-                } else {
-                    vec![self.panic_exit("hv_crash")]
-                }
+            CrashSignal::UnloadCompleted { .. } => {
+                self.unload_in_flight = false;
+                std::mem::take(&mut self.held)
             }
-            CrashSignal::GuestKexec { .. } | CrashSignal::CrashKernelStarted { .. } => vec![],
-            CrashSignal::TripleFault { vcpu } => match self.panicked {
-                Some(_) => vec![self.panic_exit("triple_fault")],
-                None => vec![Action::Stop(VmExit::TripleFault { vcpu })],
+            CrashSignal::PvPanic { bits, .. } if bits & (PVPANIC_PANICKED | PVPANIC_CRASH_LOADED) == 0 => {
+                vec![]
+            }
+            CrashSignal::PvPanic { bits, .. } => match phase {
+                None if bits & PVPANIC_CRASH_LOADED != 0 => {
+                    let mut out = self.begin("pvpanic", Phase::Finished);
+                    out.extend(match self.policy.on_panic {
+                        OnPanic::Auto | OnPanic::Kdump => self.kdump_phase(now),
+                        // Collect once the guest is quiet: at its kexec, or after the grace time.
+                        OnPanic::HostDump | OnPanic::Pause => {
+                            self.set_phase(Phase::AwaitKexec { deadline: now + HV_CRASH_GRACE });
+                            vec![]
+                        }
+                        OnPanic::Ignore => self.collect("pvpanic crash-loaded"),
+                    });
+                    out
+                }
+                None => {
+                    if self.policy.hyperv {
+                        self.begin("pvpanic", Phase::AwaitReport { deadline: now + HV_CRASH_GRACE })
+                    } else {
+                        let mut out = self.begin("pvpanic", Phase::Finished);
+                        out.extend(self.collect("pvpanic panicked"));
+                        out
+                    }
+                }
+                Some(Phase::AwaitKdump { .. }) if in_crash_kernel => self.fallback("the crash kernel panicked"),
+                _ => vec![],
             },
+            CrashSignal::HvCrash { .. } => match phase {
+                None => self.begin("hv_crash", Phase::AwaitKexec { deadline: now + KEXEC_GRACE }),
+                Some(Phase::AwaitReport { .. }) => self.collect("Hyper-V crash report"),
+                Some(Phase::AwaitKdump { .. }) if in_crash_kernel => self.fallback("the crash kernel panicked"),
+                _ => vec![],
+            },
+            CrashSignal::GuestKexec { .. } => {
+                let Some(c) = self.crash.as_mut() else {
+                    // A kexec without a crash (kexec -e) is no crash.
+                    return vec![];
+                };
+                c.kexec_seen = true;
+                match phase {
+                    Some(Phase::AwaitReport { .. } | Phase::AwaitKexec { .. }) => match self.policy.on_panic {
+                        OnPanic::Auto | OnPanic::Kdump => self.kdump_phase(now),
+                        _ => self.collect("guest kexec"),
+                    },
+                    Some(Phase::AwaitKdump { .. }) => self.kdump_phase(now),
+                    _ => vec![],
+                }
+            }
+            CrashSignal::CrashKernelStarted { .. } => {
+                if let Some(c) = self.crash.as_mut() {
+                    c.crash_kernel_started = true;
+                }
+                vec![]
+            }
+            CrashSignal::TripleFault { .. } | CrashSignal::KvmFailure { .. } => {
+                let trigger =
+                    if matches!(signal, CrashSignal::TripleFault { .. }) { "triple_fault" } else { "kvm_failure" };
+                match phase {
+                    None => {
+                        let mut out = self.begin(trigger, Phase::Finished);
+                        out.extend(self.collect(trigger));
+                        out
+                    }
+                    Some(Phase::AwaitKdump { .. }) => self.fallback(&format!("{trigger} during kdump")),
+                    Some(Phase::AwaitReport { .. } | Phase::AwaitKexec { .. }) => self.collect(trigger),
+                    _ => vec![],
+                }
+            }
         }
+    }
+
+    /// Never pause the vCPUs while the guest busy-waits for an UNLOAD_RESPONSE we will send:
+    /// hold a pause (and everything after it) until the UNLOAD completed.
+    fn hold_while_unloading(&mut self, actions: Vec<Action>) -> Vec<Action> {
+        if !self.unload_in_flight && self.held.is_empty() {
+            return actions;
+        }
+        let mut out = Vec::new();
+        for a in actions {
+            if self.unload_in_flight && (!self.held.is_empty() || matches!(a, Action::Pause | Action::HostDump { .. }))
+            {
+                self.held.push(a);
+            } else {
+                out.push(a);
+            }
+        }
+        out
     }
 
     pub fn on_timer(&mut self, now: Instant) -> Vec<Action> {
-        match self.deadline {
-            Some(d) if now >= d => {
-                self.deadline = None;
-                vec![self.panic_exit("pvpanic")]
+        if self.deadline().is_none_or(|d| now < d) {
+            return vec![];
+        }
+        let actions = match self.crash.as_ref().map(|c| c.phase) {
+            Some(Phase::AwaitReport { .. }) => self.collect("pvpanic; no Hyper-V report followed"),
+            Some(Phase::AwaitKexec { .. }) => self.collect("no kexec followed the crash report"),
+            Some(Phase::AwaitKdump { .. }) => {
+                let secs = self.policy.kdump_timeout.as_secs_f64();
+                self.fallback(&format!("kdump did not finish within --kdump-timeout {secs} s"))
             }
             _ => vec![],
+        };
+        self.hold_while_unloading(actions)
+    }
+
+    /// The host dump finished (`error` when it failed).
+    pub fn on_dump_done(&mut self, error: Option<String>, _now: Instant) -> Vec<Action> {
+        let resume = matches!(self.crash.as_ref().map(|c| c.phase), Some(Phase::Dumping { resume: true }));
+        if let (Some(c), Some(e)) = (self.crash.as_mut(), error.as_ref()) {
+            c.dump_failed = Some(e.clone());
+        }
+        if resume {
+            // The kdump snapshot is taken; the crash kernel goes on.
+            self.set_phase(Phase::AwaitKdump { deadline: _now + self.policy.kdump_timeout });
+            return vec![Action::Resume];
+        }
+        match error {
+            None => self.finish("host-side vmcore written".into()),
+            Some(e) => self.finish(format!("host-side vmcore failed: {e}")),
         }
     }
 
-    /// The VM ended for `exit`. A guest that panicked stays a panicked guest whatever it did
-    /// next: reset itself (`panic=N`), triple-faulted, or powered off after its kdump.
-    pub fn final_exit(&self, exit: VmExit) -> VmExit {
-        match (&exit, self.panicked) {
-            (VmExit::Reset(_) | VmExit::TripleFault { .. } | VmExit::PowerOff, Some(trigger)) => {
-                VmExit::GuestPanicked {
-                    trigger: trigger.to_string(),
+    /// The VM stopped by itself (power-off, reset, triple fault, ...) or was stopped from
+    /// outside: what now.
+    pub fn on_vm_exit(&mut self, exit: VmExit, now: Instant) -> Vec<Action> {
+        let _ = now;
+        let phase = self.crash.as_ref().map(|c| c.phase);
+        let actions = match (phase, &exit) {
+            (None, _) => vec![Action::Stop(exit)],
+            (_, VmExit::Stopped { .. } | VmExit::Error(_)) => {
+                let mut out = Vec::new();
+                if phase != Some(Phase::Finished) {
+                    out.push(Action::FinishCrash { outcome: format!("interrupted: {}", exit.reason()) });
                 }
+                out.push(Action::Stop(exit));
+                out
             }
+            (Some(Phase::AwaitKdump { .. }), VmExit::PowerOff) => {
+                let outcome = if self.crash.as_ref().is_some_and(|c| c.crash_kernel_started) {
+                    "the guest's kdump ran and powered off"
+                } else {
+                    "the guest powered off during kdump"
+                };
+                self.finish(outcome.into())
+            }
+            (Some(Phase::AwaitKdump { .. }), _) => self.fallback(&format!("kdump ended with {}", exit.reason())),
+            (Some(Phase::AwaitReport { .. } | Phase::AwaitKexec { .. }), _) => {
+                // Memory is intact: collect from it now.
+                self.collect(&format!("guest panicked, then {}", exit.reason()))
+            }
+            (Some(Phase::Finished), VmExit::Reset(_)) if self.policy.after_crash == AfterCrash::Reset => {
+                self.after_crash()
+            }
+            (Some(_), _) => vec![Action::Stop(self.final_exit(exit))],
+        };
+        // The VM no longer runs, so nothing waits for an UNLOAD.
+        self.unload_in_flight = false;
+        let mut out = std::mem::take(&mut self.held);
+        out.extend(actions);
+        out
+    }
+
+    /// The guest booted again after [`Action::Reset`].
+    pub fn on_reset(&mut self) {
+        self.crash = None;
+        self.unload_in_flight = false;
+        self.held.clear();
+    }
+
+    /// A guest that panicked stays a panicked guest whatever it did next: reset itself
+    /// (`panic=N`), triple-faulted, or powered off after its kdump.
+    pub fn final_exit(&self, exit: VmExit) -> VmExit {
+        match (&exit, &self.crash) {
+            (VmExit::Reset(_) | VmExit::TripleFault { .. } | VmExit::PowerOff, Some(_)) => self.panic_exit(),
             _ => exit,
         }
     }
@@ -145,98 +493,273 @@ mod tests {
     use super::*;
     use devices::ResetSource;
 
-    fn stop_panicked(trigger: &str) -> Vec<Action> {
-        vec![Action::Stop(VmExit::GuestPanicked {
-            trigger: trigger.into(),
-        })]
+    const PANICKED: u8 = 1;
+    const CRASH_LOADED: u8 = 2;
+
+    fn pv(bits: u8) -> CrashSignal {
+        CrashSignal::PvPanic { vcpu: 1, bits }
+    }
+    fn hv() -> CrashSignal {
+        CrashSignal::HvCrash { vcpu: 1, params: [0; 5], message: Some("sysrq triggered crash".into()) }
+    }
+    fn kexec() -> CrashSignal {
+        CrashSignal::GuestKexec { vcpu: 1 }
+    }
+    fn started() -> CrashSignal {
+        CrashSignal::CrashKernelStarted { vcpu: 1 }
+    }
+    fn begin(t: &str) -> Action {
+        Action::BeginCrash { trigger: t.into() }
+    }
+    fn dump() -> Vec<Action> {
+        vec![Action::Pause, Action::HostDump { reason: String::new() }]
+    }
+    fn stop_panicked(t: &str) -> Action {
+        Action::Stop(VmExit::GuestPanicked { trigger: t.into() })
+    }
+
+    /// Compare ignoring free-text reasons and outcomes.
+    fn shape(actions: &[Action]) -> Vec<Action> {
+        actions
+            .iter()
+            .map(|a| match a {
+                Action::HostDump { .. } => Action::HostDump { reason: String::new() },
+                Action::FinishCrash { .. } => Action::FinishCrash { outcome: String::new() },
+                other => other.clone(),
+            })
+            .collect()
+    }
+
+    fn policy(on_panic: OnPanic, after_crash: AfterCrash, host_dump: HostDump) -> Policy {
+        Policy {
+            on_panic,
+            after_crash,
+            host_dump,
+            kdump_timeout: Duration::from_secs(60),
+            max_crashes: 0,
+            hyperv: true,
+        }
+    }
+
+    /// Feed signals; return every action in order.
+    fn run(p: Policy, signals: &[CrashSignal]) -> (Orchestrator, Vec<Action>) {
+        run_at(p, signals, Instant::now())
+    }
+
+    fn run_at(p: Policy, signals: &[CrashSignal], t0: Instant) -> (Orchestrator, Vec<Action>) {
+        let mut o = Orchestrator::new(p);
+        let mut out = vec![];
+        for s in signals {
+            out.extend(o.on_signal(s, t0));
+        }
+        (o, shape(&out))
+    }
+
+    fn finish() -> Action {
+        Action::FinishCrash { outcome: String::new() }
     }
 
     #[test]
-    fn table() {
-        let t0 = Instant::now();
-        let pv = |bits| CrashSignal::PvPanic { vcpu: 0, bits };
-        let hv = CrashSignal::HvCrash {
-            vcpu: 1,
-            params: [0; 5],
-            message: None,
-        };
-        // (hyperv, signals, expected actions after the last signal)
-        let cases: Vec<(bool, Vec<CrashSignal>, Vec<Action>)> = vec![
-            (false, vec![pv(1)], stop_panicked("pvpanic")),
-            (true, vec![pv(1)], vec![]),
-            (true, vec![pv(1), hv.clone()], stop_panicked("pvpanic")),
-            (true, vec![hv.clone()], stop_panicked("hv_crash")),
-            (true, vec![pv(2)], vec![]),
-            (true, vec![pv(2), hv.clone()], vec![]),
-            (true, vec![pv(4)], vec![]),
-            (true, vec![pv(0)], vec![]),
+    fn final_panic_table() {
+        use AfterCrash as A;
+        use HostDump as H;
+        use OnPanic as P;
+        // (policy, signals, expected actions)
+        let cases: Vec<(Policy, Vec<CrashSignal>, Vec<Action>)> = vec![
+            // No Hyper-V: pvpanic alone decides.
             (
-                true,
-                vec![CrashSignal::TripleFault { vcpu: 3 }],
-                vec![Action::Stop(VmExit::TripleFault { vcpu: 3 })],
+                Policy { hyperv: false, ..policy(P::Auto, A::Exit, H::Fallback) },
+                vec![pv(PANICKED)],
+                [vec![begin("pvpanic")], dump()].concat(),
+            ),
+            // Hyper-V: wait for its report, then dump.
+            (policy(P::Auto, A::Exit, H::Fallback), vec![pv(PANICKED)], vec![begin("pvpanic")]),
+            (
+                policy(P::Auto, A::Exit, H::Fallback),
+                vec![pv(PANICKED), hv()],
+                [vec![begin("pvpanic")], dump()].concat(),
             ),
             (
-                true,
-                vec![pv(1), CrashSignal::TripleFault { vcpu: 0 }],
-                stop_panicked("pvpanic"),
+                policy(P::HostDump, A::Exit, H::Fallback),
+                vec![pv(PANICKED), hv()],
+                [vec![begin("pvpanic")], dump()].concat(),
             ),
-            (true, vec![CrashSignal::GuestKexec { vcpu: 0 }], vec![]),
+            // No host dump allowed: report only, then after-crash.
+            (
+                policy(P::Auto, A::Exit, H::Never),
+                vec![pv(PANICKED), hv()],
+                vec![begin("pvpanic"), finish(), stop_panicked("pvpanic")],
+            ),
+            (
+                policy(P::Kdump, A::Reset, H::Fallback),
+                vec![pv(PANICKED), hv()],
+                vec![begin("pvpanic"), finish(), Action::Reset],
+            ),
+            (
+                policy(P::Pause, A::Exit, H::Fallback),
+                vec![pv(PANICKED), hv()],
+                vec![begin("pvpanic"), Action::Pause, finish(), Action::StayPaused],
+            ),
+            (policy(P::Ignore, A::Exit, H::Fallback), vec![pv(PANICKED), hv()], vec![begin("pvpanic"), finish()]),
+            // Duplicates change nothing.
+            (
+                policy(P::Auto, A::Exit, H::Fallback),
+                vec![pv(PANICKED), pv(PANICKED), hv(), hv(), pv(PANICKED)],
+                [vec![begin("pvpanic")], dump()].concat(),
+            ),
+            // Not crashes.
+            (policy(P::Auto, A::Exit, H::Fallback), vec![pv(4), pv(0), kexec(), started()], vec![]),
+            // A triple fault is a crash of its own.
+            (
+                policy(P::Auto, A::Exit, H::Fallback),
+                vec![CrashSignal::TripleFault { vcpu: 0 }],
+                [vec![begin("triple_fault")], dump()].concat(),
+            ),
+            (
+                policy(P::Auto, A::Exit, H::Fallback),
+                vec![CrashSignal::KvmFailure { vcpu: 0, detail: "x".into() }],
+                [vec![begin("kvm_failure")], dump()].concat(),
+            ),
+            // Hyper-V report without pvpanic: wait for a kexec first.
+            (policy(P::Auto, A::Exit, H::Fallback), vec![hv()], vec![begin("hv_crash")]),
         ];
-        for (hyperv, signals, expected) in cases {
-            let mut o = Orchestrator::new(hyperv);
-            let mut last = vec![];
-            for s in &signals {
-                last = o.on_signal(s, t0);
-            }
-            assert_eq!(last, expected, "hyperv={hyperv} signals={signals:?}");
+        for (p, signals, expected) in cases {
+            let desc = format!("{p:?} {signals:?}");
+            assert_eq!(run(p, &signals).1, expected, "{desc}");
         }
     }
 
     #[test]
-    fn pvpanic_alone_stops_after_the_grace_period() {
-        let t0 = Instant::now();
-        let mut o = Orchestrator::new(true);
-        assert!(o
-            .on_signal(&CrashSignal::PvPanic { vcpu: 0, bits: 1 }, t0)
-            .is_empty());
-        assert_eq!(o.deadline(), Some(t0 + HV_CRASH_GRACE));
-        assert!(o.on_timer(t0 + HV_CRASH_GRACE / 2).is_empty());
-        assert_eq!(o.on_timer(t0 + HV_CRASH_GRACE), stop_panicked("pvpanic"));
-        assert_eq!(o.deadline(), None);
+    fn kdump_table() {
+        use AfterCrash as A;
+        use HostDump as H;
+        use OnPanic as P;
+        let seq = [pv(CRASH_LOADED), hv(), kexec(), started()];
+        let cases: Vec<(Policy, Vec<Action>)> = vec![
+            (policy(P::Auto, A::Exit, H::Fallback), vec![begin("pvpanic")]),
+            (policy(P::Kdump, A::Exit, H::Fallback), vec![begin("pvpanic")]),
+            // --host-dump always: snapshot at guest_kexec, then the crash kernel goes on.
+            (policy(P::Auto, A::Exit, H::Always), [vec![begin("pvpanic")], dump()].concat()),
+            // host-dump policy: the guest's kdump does not run; dump once it is quiet (kexec).
+            (policy(P::HostDump, A::Exit, H::Fallback), [vec![begin("pvpanic")], dump()].concat()),
+            (
+                policy(P::Pause, A::Exit, H::Fallback),
+                vec![begin("pvpanic"), Action::Pause, finish(), Action::StayPaused],
+            ),
+            (policy(P::Ignore, A::Exit, H::Fallback), vec![begin("pvpanic"), finish()]),
+        ];
+        for (p, expected) in cases {
+            let desc = format!("{p:?}");
+            assert_eq!(run(p, &seq).1, expected, "{desc}");
+        }
+        // A kexec after a Hyper-V report without pvpanic is a kdump too.
+        let (o, _) = run(policy(P::Auto, A::Exit, H::Fallback), &[hv(), kexec()]);
+        assert!(matches!(o.crash.unwrap().phase, Phase::AwaitKdump { .. }));
     }
 
     #[test]
-    fn reset_after_panic_is_a_panic() {
-        let mut o = Orchestrator::new(true);
-        let reset = VmExit::Reset(ResetSource::AcpiResetRegister);
-        assert_eq!(o.final_exit(reset.clone()), reset);
-        o.on_signal(
-            &CrashSignal::HvCrash {
-                vcpu: 0,
-                params: [0; 5],
-                message: None,
-            },
-            Instant::now(),
-        );
-        assert_eq!(
-            o.final_exit(reset),
-            VmExit::GuestPanicked {
-                trigger: "hv_crash".into()
+    fn kdump_completion_and_timeout() {
+        let t0 = Instant::now();
+        let p = policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Fallback);
+        let (mut o, _) = run(p.clone(), &[pv(CRASH_LOADED), hv(), kexec(), started()]);
+        assert_eq!(o.deadline().map(|d| d > t0), Some(true));
+        // The crash kernel powered off: kdump done.
+        let out = shape(&o.on_vm_exit(VmExit::PowerOff, t0));
+        assert_eq!(out, vec![finish(), stop_panicked("pvpanic")]);
+        // Timeout: host-side vmcore instead, with the reason.
+        let (mut o, _) = run(p.clone(), &[pv(CRASH_LOADED), kexec(), started()]);
+        assert!(o.on_timer(t0).is_empty());
+        let out = o.on_timer(t0 + Duration::from_secs(61));
+        assert!(matches!(&out[1], Action::HostDump { reason } if reason.contains("--kdump-timeout 60")), "{out:?}");
+        assert_eq!(shape(&o.on_dump_done(None, t0)), vec![finish(), stop_panicked("pvpanic")]);
+        // With --host-dump never the timeout gives a report without vmcore.
+        let (mut o, _) = run(policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Never), &[pv(CRASH_LOADED), kexec()]);
+        assert_eq!(shape(&o.on_timer(t0 + Duration::from_secs(61))), vec![finish(), stop_panicked("pvpanic")]);
+        // The crash kernel itself panics: fallback.
+        let (_, out) = run(p, &[pv(CRASH_LOADED), kexec(), started(), pv(PANICKED)]);
+        assert_eq!(out, [vec![begin("pvpanic")], dump()].concat());
+    }
+
+    #[test]
+    fn snapshot_then_resume_with_host_dump_always() {
+        let t0 = Instant::now();
+        let (mut o, _) = run(policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Always), &[pv(CRASH_LOADED), kexec()]);
+        assert_eq!(o.on_dump_done(None, t0), vec![Action::Resume]);
+        assert!(o.deadline().is_some(), "back to waiting for kdump");
+        assert_eq!(shape(&o.on_vm_exit(VmExit::PowerOff, t0)), vec![finish(), stop_panicked("pvpanic")]);
+    }
+
+    #[test]
+    fn report_grace_period() {
+        let t0 = Instant::now();
+        let (mut o, _) = run_at(policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Fallback), &[pv(PANICKED)], t0);
+        assert_eq!(o.deadline(), Some(t0 + HV_CRASH_GRACE));
+        assert!(o.on_timer(t0 + HV_CRASH_GRACE / 2).is_empty());
+        assert_eq!(shape(&o.on_timer(t0 + HV_CRASH_GRACE)), dump());
+        // The guest reset itself before the report came: collect from memory anyway.
+        let (mut o, _) = run(policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Fallback), &[pv(PANICKED)]);
+        assert_eq!(shape(&o.on_vm_exit(VmExit::Reset(ResetSource::AcpiResetRegister), t0)), dump());
+    }
+
+    #[test]
+    fn never_pauses_while_unload_is_in_flight() {
+        let t0 = Instant::now();
+        let p = policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Fallback);
+        let unload = CrashSignal::UnloadRequested { vcpu: 1, answered: true };
+        let done = CrashSignal::UnloadCompleted { vcpu: 0, latency_us: 1 };
+        let (mut o, out) = run(p.clone(), &[pv(PANICKED), unload.clone(), hv()]);
+        assert_eq!(out, vec![begin("pvpanic")], "pause held back");
+        assert_eq!(shape(&o.on_signal(&done, t0)), dump(), "released by the UNLOAD_RESPONSE");
+        // An UNLOAD that will never be answered does not hold anything.
+        let (_, out) = run(p.clone(), &[pv(PANICKED), CrashSignal::UnloadRequested { vcpu: 1, answered: false }, hv()]);
+        assert_eq!(out, [vec![begin("pvpanic")], dump()].concat());
+        // The timer path is held too.
+        let (mut o, _) = run_at(p, &[pv(PANICKED), unload], t0);
+        assert!(o.on_timer(t0 + HV_CRASH_GRACE).is_empty());
+        assert_eq!(shape(&o.on_signal(&done, t0)), dump());
+    }
+
+    #[test]
+    fn crash_loops_stop_at_max_crashes() {
+        let t0 = Instant::now();
+        let p = Policy { max_crashes: 2, ..policy(OnPanic::Auto, AfterCrash::Reset, HostDump::Fallback) };
+        let mut o = Orchestrator::new(p);
+        for n in 1..=2u32 {
+            o.on_signal(&pv(PANICKED), t0);
+            o.on_signal(&hv(), t0);
+            let out = shape(&o.on_dump_done(None, t0));
+            if n == 1 {
+                assert_eq!(out, vec![finish(), Action::Reset]);
+                o.on_reset();
+            } else {
+                assert!(
+                    matches!(&out[1], Action::Stop(VmExit::GuestPanicked { trigger }) if trigger.contains("max-crashes 2")),
+                    "{out:?}"
+                );
             }
+        }
+        assert_eq!(o.crashes(), 2);
+    }
+
+    #[test]
+    fn failed_dump_gives_its_own_exit() {
+        let t0 = Instant::now();
+        let (mut o, _) = run(policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Fallback), &[pv(PANICKED), hv()]);
+        let out = o.on_dump_done(Some("no space left on device".into()), t0);
+        assert!(
+            matches!(&out[1], Action::Stop(VmExit::CrashCollectionFailed { reason, .. }) if reason.contains("no space"))
         );
-        assert_eq!(
-            o.final_exit(VmExit::PowerOff),
-            VmExit::GuestPanicked {
-                trigger: "hv_crash".into()
-            }
-        );
-        assert_eq!(
-            o.final_exit(VmExit::Stopped { signal: 15 }),
-            VmExit::Stopped { signal: 15 }
-        );
-        assert_eq!(
-            Orchestrator::new(true).final_exit(VmExit::PowerOff),
-            VmExit::PowerOff
-        );
+    }
+
+    #[test]
+    fn exits_without_a_crash_pass_through_and_user_stops_finish_the_report() {
+        let t0 = Instant::now();
+        let mut o = Orchestrator::new(Policy::default());
+        assert_eq!(o.on_vm_exit(VmExit::PowerOff, t0), vec![Action::Stop(VmExit::PowerOff)]);
+        o.on_signal(&pv(CRASH_LOADED), t0);
+        let out = shape(&o.on_vm_exit(VmExit::Stopped { signal: 15 }, t0));
+        assert_eq!(out, vec![finish(), Action::Stop(VmExit::Stopped { signal: 15 })]);
+        let o = Orchestrator::new(Policy::default());
+        assert_eq!(o.final_exit(VmExit::PowerOff), VmExit::PowerOff);
     }
 }
