@@ -1,6 +1,6 @@
 # crashvmm: the one entry point for people and CI.
 #
-#   make run        boot the demo guest and show its console
+#   make run        boot the demo guest, crash it, and show the crash report
 #   make test       everything CI runs: lint, unit tests, build, images, integration tests
 #   make scenario SCENARIO=boot OUT=/tmp/b     run one Linux scenario, outputs in OUT
 #   make images     build the guest and test-host images from Debian packages
@@ -65,9 +65,12 @@ test: deps lint unit integration
 scenario: build images
 	$(CARGO) run --locked -q -p integration --bin scenario -- --name $(SCENARIO) --out $(OUT)
 
+# The demo: boot the Debian guest, crash it with sysrq, show the crash report.
 run: deps build images
-	$(CARGO) run --locked -q -p integration --bin scenario -- --name boot --out build/run --show-console
-	@echo; echo "== event log (build/run/events.jsonl)"; cat build/run/events.jsonl
+	$(CARGO) run --locked -q -p integration --bin scenario -- --name panic --out build/run --show-console
+	@echo
+	@$(BIN) report build/run/crashes
+	@echo "events: build/run/events.jsonl; crash directory: $$(ls -d build/run/crashes/*/ | tail -n 1)"
 
 clean:
 	$(CARGO) clean

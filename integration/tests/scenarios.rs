@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use integration::{run_scenario, Outcome, RunOptions, Setup, BOOT_MARKER, GUEST_PANICKED};
+use integration::{run_scenario, Outcome, RunOptions, Setup, BOOT_MARKER, CRASH_COLLECTION_FAILED, GUEST_PANICKED};
 use serde_json::Value;
 
 /// One scenario at a time: each already uses both cores of a CI machine.
@@ -149,5 +149,30 @@ fn kdump_unloads_vmbus_kexecs_and_the_crash_kernel_reconnects() {
     // The crash kernel runs on the vCPU that panicked and connects from there.
     assert_eq!(events[started]["vcpu"], events[kexec]["vcpu"]);
     assert_eq!(events[reconnect]["target_vcpu"], events[kexec]["vcpu"]);
+    // The guest's own kdump ran: a crash directory without a host-side vmcore.
+    let dirs = o.crash_dirs();
+    assert_eq!(dirs.len(), 1, "{}", fail("crash directories"));
+    let report: Value = serde_json::from_slice(&std::fs::read(dirs[0].join("report.json")).unwrap()).unwrap();
+    assert!(report["outcome"].as_str().unwrap().contains("kdump ran"), "{report}");
+    assert_eq!(report["pvpanic"]["crash_loaded"], true);
+    assert!(!dirs[0].join("vmcore").exists());
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn a_full_crash_disk_gives_a_report_that_says_so_and_a_clean_exit_code() {
+    let (o, events, _console, out) = run("panic-fulldisk");
+    check_frame(&o, &events, CRASH_COLLECTION_FAILED, &out);
+    let failed = position(&events, "vmcore_failed").unwrap_or_else(|| panic!("no vmcore_failed: {:?}", names(&events)));
+    assert!(events[failed]["reason"].as_str().unwrap().contains("No space left"), "{}", events[failed]);
+    assert!(position(&events, "vmcore_written").is_none());
+    let dirs = o.crash_dirs();
+    assert_eq!(dirs.len(), 1, "the report is kept; outputs in {}", out.display());
+    let report: Value = serde_json::from_slice(&std::fs::read(dirs[0].join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["vmcore"], Value::Null);
+    assert!(report["vmcore_error"].as_str().unwrap().contains("No space left"), "{report}");
+    assert!(report["outcome"].as_str().unwrap().contains("failed"), "{report}");
+    assert!(!dirs[0].join("vmcore").exists(), "no partial vmcore left behind");
+    assert!(events.last().unwrap()["reason"].as_str().unwrap().starts_with("crash_collection_failed"));
     std::fs::remove_dir_all(&out).ok();
 }
