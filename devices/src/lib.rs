@@ -9,6 +9,7 @@ pub mod bus;
 pub mod hyperv;
 pub mod i8042;
 pub mod pvpanic;
+pub mod virtio;
 pub mod vmbus;
 
 /// Why the guest asked for a reset.
