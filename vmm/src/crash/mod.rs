@@ -5,6 +5,7 @@
 //! log keeps the guest's order) and send the signal here; the orchestrator only decides.
 
 pub mod executor;
+pub mod flat;
 pub mod report;
 pub mod summary;
 pub mod vmcore;
