@@ -16,6 +16,10 @@ pub enum BusError {
     BadRange { base: u16, len: u16 },
     #[error("port range {base:#x}+{len} overlaps the device at {other:#x}")]
     Overlap { base: u16, len: u16, other: u16 },
+    #[error("MMIO range {base:#x}+{len:#x} is empty or wraps")]
+    BadMmioRange { base: u64, len: u64 },
+    #[error("MMIO range {base:#x}+{len:#x} overlaps the device at {other:#x}")]
+    MmioOverlap { base: u64, len: u64, other: u64 },
 }
 
 /// No device decodes the port of a guest access.
@@ -99,6 +103,67 @@ impl PioBus {
     }
 }
 
+/// A device in guest physical memory (MMIO). `offset` is relative to its base.
+pub trait MmioDevice: Send {
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+/// A device shared between the vCPU threads that may access it.
+pub type SharedMmioDevice = Arc<Mutex<dyn MmioDevice>>;
+
+/// The MMIO bus: non-overlapping windows in the MMIO hole.
+#[derive(Clone, Default)]
+pub struct MmioBus {
+    devices: BTreeMap<u64, (u64, SharedMmioDevice)>,
+}
+
+impl MmioBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Register `device` for `[base, base + len)`.
+    pub fn insert(&mut self, base: u64, len: u64, device: SharedMmioDevice) -> Result<(), BusError> {
+        let end = base.checked_add(len).filter(|_| len > 0).ok_or(BusError::BadMmioRange { base, len })?;
+        let clash = self.devices.iter().find(|(&b, (l, _))| b < end && base < b + l);
+        if let Some((&other, _)) = clash {
+            return Err(BusError::MmioOverlap { base, len, other });
+        }
+        self.devices.insert(base, (len, device));
+        Ok(())
+    }
+
+    fn find(&self, addr: u64) -> Option<(u64, &SharedMmioDevice)> {
+        self.devices.range(..=addr).next_back().filter(|(&b, (l, _))| addr - b < *l).map(|(&b, (_, d))| (addr - b, d))
+    }
+
+    /// A guest read; false (and all ones) when no device is there.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        match self.find(addr) {
+            Some((offset, d)) => {
+                d.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
+                true
+            }
+            None => {
+                data.fill(0xff);
+                false
+            }
+        }
+    }
+
+    /// A guest write; false when no device is there.
+    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+        match self.find(addr) {
+            Some((offset, d)) => {
+                d.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// Lock a device, recovering from a poisoned mutex: a vCPU thread that panicked while holding
 /// it must not take every other vCPU down with it.
 fn lock(device: &SharedPioDevice) -> std::sync::MutexGuard<'_, dyn PioDevice + 'static> {
@@ -139,6 +204,38 @@ mod tests {
         assert_eq!(bus.write(0x3f8, &[8]), Ok(None));
         assert_eq!(bus.write(0x500, &[8]), Err(NoDevice { port: 0x500 }));
         assert_eq!(dev.lock().unwrap().writes, vec![(1, vec![7]), (0, vec![8])]);
+    }
+
+    #[derive(Default)]
+    struct Mem(Vec<(u64, Vec<u8>)>);
+
+    impl MmioDevice for Mem {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.0.push((offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn mmio_bus_routes_and_rejects_overlaps() {
+        let dev = Arc::new(Mutex::new(Mem::default()));
+        let mut bus = MmioBus::new();
+        bus.insert(0xd000_0000, 0x200, dev.clone()).unwrap();
+        bus.insert(0xd000_1000, 0x200, dev.clone()).unwrap();
+        assert!(matches!(bus.insert(0xd000_01ff, 2, dev.clone()), Err(BusError::MmioOverlap { .. })));
+        assert!(matches!(bus.insert(0xcfff_ffff, 2, dev.clone()), Err(BusError::MmioOverlap { .. })));
+        assert!(matches!(bus.insert(u64::MAX, 2, dev.clone()), Err(BusError::BadMmioRange { .. })));
+        assert!(matches!(bus.insert(5, 0, dev.clone()), Err(BusError::BadMmioRange { .. })));
+        let mut b = [0u8; 4];
+        assert!(bus.read(0xd000_0010, &mut b));
+        assert_eq!(b, [0x10; 4]);
+        assert!(!bus.read(0xd000_0200, &mut b));
+        assert_eq!(b, [0xff; 4]);
+        assert!(bus.write(0xd000_1004, &[1]));
+        assert!(!bus.write(0xd000_2000, &[1]));
+        assert_eq!(dev.lock().unwrap().0, vec![(4, vec![1])]);
     }
 
     #[test]

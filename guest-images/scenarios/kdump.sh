@@ -18,11 +18,22 @@ crash_size=$(cat /sys/kernel/kexec_crash_size)
 [ "$crash_size" -gt 0 ] 2>/dev/null || fail "no crashkernel reservation (kexec_crash_size=$crash_size; add crashkernel=192M)"
 echo "CRASHTEST: kdump: crashkernel reservation $crash_size bytes"
 
+# Which crash-kernel scenario to run: crashtest.capture=NAME on our command line selects
+# scenarios/kdump-NAME.sh (default: capture; hang makes the crash kernel hang, to test the VMM's
+# --kdump-timeout).
+capture=capture
+for arg in $(cat /proc/cmdline); do
+	case "$arg" in
+	crashtest.capture=*) capture=${arg#crashtest.capture=} ;;
+	esac
+done
+[ -f "/scenarios/kdump-$capture.sh" ] || fail "no crash-kernel scenario kdump-$capture"
+
 # kexec_load (no -s): kexec-tools builds purgatory, boot_params and the ELF core header itself
 # from /proc/iomem, /sys/firmware/memmap, /sys/kernel/boot_params and /proc/kcore, and appends
 # elfcorehdr= (and acpi_rsdp= when it finds the RSDP) to the crash kernel's command line.
 if ! out=$(kexec -p /boot/vmlinuz --initrd=/boot/crash-initrd.cpio.gz \
-	--append="console=ttyS0 nr_cpus=1 reset_devices irqpoll panic=-1 crashtest=kdump-capture" 2>&1); then
+	--append="console=ttyS0 nr_cpus=1 reset_devices irqpoll panic=-1 crashtest=kdump-$capture" 2>&1); then
 	fail "kexec -p failed: $(echo "$out" | tr '\n' ' ')"
 fi
 [ -n "$out" ] && echo "$out"

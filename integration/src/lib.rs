@@ -81,12 +81,25 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "kdump",
-        description: "crash kernel loaded with kexec -p, sysrq crash: VMBus UNLOAD, kexec, the crash kernel reconnects",
+        description:
+            "crash kernel loaded with kexec -p, sysrq crash: VMBus UNLOAD, kexec, the crash kernel reconnects, \
+                      writes its dump to the crash disk; crashvmm collects it",
         memory: "768M",
         vcpus: 2,
         cmdline: "console=ttyS0 panic=-1 crashkernel=192M",
         expected_exit: GUEST_PANICKED,
-        vmm_args: &[],
+        vmm_args: &["--crash-disk", "path=crash-disk.img,size=1G"],
+        testhost_timeout: Duration::from_secs(420),
+        crash_dir_tmpfs: None,
+    },
+    Scenario {
+        name: "kdump-timeout",
+        description: "as kdump, but the crash kernel hangs: after --kdump-timeout crashvmm takes a host-side vmcore",
+        memory: "768M",
+        vcpus: 2,
+        cmdline: "console=ttyS0 panic=-1 crashkernel=192M crashtest.capture=hang",
+        expected_exit: GUEST_PANICKED,
+        vmm_args: &["--crash-disk", "path=crash-disk.img,size=1G", "--kdump-timeout", "30s"],
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
     },

@@ -149,13 +149,38 @@ fn kdump_unloads_vmbus_kexecs_and_the_crash_kernel_reconnects() {
     // The crash kernel runs on the vCPU that panicked and connects from there.
     assert_eq!(events[started]["vcpu"], events[kexec]["vcpu"]);
     assert_eq!(events[reconnect]["target_vcpu"], events[kexec]["vcpu"]);
-    // The guest's own kdump ran: a crash directory without a host-side vmcore.
+    // The guest's own kdump ran and crashvmm collected its dump from the crash disk.
+    let completed = at("kdump_completed");
+    assert!(started < completed, "{}", fail("kdump_completed order"));
+    assert!(events[completed]["bytes"].as_u64().unwrap() > 0);
+    let written = at("vmcore_written");
+    assert_eq!(events[written]["source"], "guest");
+    assert!(completed < written, "{}", fail("vmcore_written order"));
+    assert!(console.contains("CRASHTEST: kdump: dump written"), "{}", fail("the crash kernel's makedumpfile"));
     let dirs = o.crash_dirs();
     assert_eq!(dirs.len(), 1, "{}", fail("crash directories"));
     let report: Value = serde_json::from_slice(&std::fs::read(dirs[0].join("report.json")).unwrap()).unwrap();
-    assert!(report["outcome"].as_str().unwrap().contains("kdump ran"), "{report}");
+    assert!(report["outcome"].as_str().unwrap().contains("collected from the crash disk"), "{report}");
     assert_eq!(report["pvpanic"]["crash_loaded"], true);
-    assert!(!dirs[0].join("vmcore").exists());
+    assert_eq!(report["vmcore"]["source"], "guest");
+    assert_eq!(report["vmcore"]["format"], "kdump-compressed");
+    assert!(!dirs[0].join("vmcore").exists(), "no host-side vmcore when the guest's kdump worked");
+    // makedumpfile reads it back: the crashed kernel's log, with the panic.
+    let kdump = dirs[0].join("vmcore.kdump");
+    let dmesg = out.join("dmesg.txt");
+    let run = std::process::Command::new("makedumpfile")
+        .arg("--dump-dmesg")
+        .arg(&kdump)
+        .arg(&dmesg)
+        .output()
+        .expect("makedumpfile is installed (make deps)");
+    assert!(run.status.success(), "makedumpfile --dump-dmesg: {}", String::from_utf8_lossy(&run.stderr));
+    let log = String::from_utf8_lossy(&std::fs::read(&dmesg).unwrap()).into_owned();
+    assert!(
+        log.contains("sysrq triggered crash"),
+        "the crashed kernel's log:\n{}",
+        &log[log.len().saturating_sub(2000)..]
+    );
     std::fs::remove_dir_all(&out).ok();
 }
 
@@ -174,5 +199,24 @@ fn a_full_crash_disk_gives_a_report_that_says_so_and_a_clean_exit_code() {
     assert!(report["outcome"].as_str().unwrap().contains("failed"), "{report}");
     assert!(!dirs[0].join("vmcore").exists(), "no partial vmcore left behind");
     assert!(events.last().unwrap()["reason"].as_str().unwrap().starts_with("crash_collection_failed"));
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn a_hung_crash_kernel_gets_a_host_side_vmcore_after_the_kdump_timeout() {
+    let (o, events, console, out) = run("kdump-timeout");
+    assert!(console.contains("CRASHTEST: kdump-hang: hanging"), "outputs in {}", out.display());
+    check_frame(&o, &events, GUEST_PANICKED, &out);
+    let started = position(&events, "crash_kernel_started").expect("crash_kernel_started");
+    let written = position(&events, "vmcore_written").expect("vmcore_written");
+    assert!(started < written, "{:?}", names(&events));
+    assert_eq!(events[written]["source"], "host");
+    assert!(position(&events, "kdump_completed").is_none());
+    let dirs = o.crash_dirs();
+    assert_eq!(dirs.len(), 1);
+    let report: Value = serde_json::from_slice(&std::fs::read(dirs[0].join("report.json")).unwrap()).unwrap();
+    assert!(report["outcome"].as_str().unwrap().contains("host-side vmcore"), "{report}");
+    assert!(report["vmcore"]["reason"].as_str().unwrap().contains("--kdump-timeout 30 s"), "{report}");
+    assert!(dirs[0].join("vmcore").is_file());
     std::fs::remove_dir_all(&out).ok();
 }

@@ -60,6 +60,59 @@ pub struct VmConfig {
     pub policy: crate::crash::Policy,
     /// Where crash directories go.
     pub crash_dir: PathBuf,
+    /// virtio-blk disks.
+    pub disks: Vec<DiskConfig>,
+    /// The disk the guest's crash kernel writes its dump to.
+    pub crash_disk: Option<CrashDiskConfig>,
+}
+
+/// `--disk path=FILE[,readonly]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub readonly: bool,
+}
+
+/// `--crash-disk path=FILE,size=SIZE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashDiskConfig {
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+/// Split `key=value,flag,...` into pairs (a flag has an empty value).
+fn options(s: &str) -> Vec<(&str, &str)> {
+    s.split(',').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, ""))).collect()
+}
+
+/// Parse `--disk path=FILE[,readonly]`.
+pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let (mut path, mut readonly) = (None, false);
+    for (k, v) in options(s) {
+        match (k, v) {
+            ("path", p) if !p.is_empty() => path = Some(PathBuf::from(p)),
+            ("readonly" | "ro", "") => readonly = true,
+            _ => return Err(format!("unknown disk option '{k}' (use path=FILE[,readonly])")),
+        }
+    }
+    Ok(DiskConfig { path: path.ok_or("a disk needs path=FILE")?, readonly })
+}
+
+/// Parse `--crash-disk path=FILE,size=SIZE`.
+pub fn parse_crash_disk(s: &str) -> Result<CrashDiskConfig, String> {
+    let (mut path, mut size) = (None, None);
+    for (k, v) in options(s) {
+        match k {
+            "path" if !v.is_empty() => path = Some(PathBuf::from(v)),
+            "size" => size = Some(parse_memory(v).map_err(|_| format!("invalid crash disk size '{v}'"))?),
+            _ => return Err(format!("unknown crash disk option '{k}' (use path=FILE,size=SIZE)")),
+        }
+    }
+    let size = size.ok_or("a crash disk needs size=SIZE (e.g. 2G)")?;
+    if size < 1 << 20 || size % 512 != 0 {
+        return Err(format!("crash disk size {size} must be at least 1 MiB and a multiple of 512"));
+    }
+    Ok(CrashDiskConfig { path: path.ok_or("a crash disk needs path=FILE")?, size })
 }
 
 /// Parse a size such as `512M`, `2G`, `1GiB` or `1073741824` (binary multiples).
@@ -114,6 +167,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn disk_options() {
+        assert_eq!(parse_disk("path=/d.img"), Ok(DiskConfig { path: "/d.img".into(), readonly: false }));
+        assert_eq!(parse_disk("path=/d.img,readonly"), Ok(DiskConfig { path: "/d.img".into(), readonly: true }));
+        assert!(parse_disk("readonly").is_err());
+        assert!(parse_disk("path=/d,bogus=1").is_err());
+        assert_eq!(
+            parse_crash_disk("path=/c.img,size=1G"),
+            Ok(CrashDiskConfig { path: "/c.img".into(), size: 1 << 30 })
+        );
+        assert!(parse_crash_disk("path=/c.img").unwrap_err().contains("size"));
+        assert!(parse_crash_disk("size=1G").unwrap_err().contains("path"));
+        assert!(parse_crash_disk("path=/c,size=1000").is_err());
+        assert!(parse_crash_disk("path=/c,size=lots").is_err());
+    }
+
+    #[test]
     fn memory_sizes() {
         assert_eq!(parse_memory("512M").unwrap(), 512 << 20);
         assert_eq!(parse_memory("2G").unwrap(), 2 << 30);
@@ -147,6 +216,8 @@ mod tests {
             vmbus_unload_response: true,
             policy: Default::default(),
             crash_dir: "crashes".into(),
+            disks: vec![],
+            crash_disk: None,
         };
         assert!(matches!(base.validate(), Err(ConfigError::Vcpus(0))));
         let err = VmConfig { vcpus: 1, ..base.clone() }.validate().unwrap_err();

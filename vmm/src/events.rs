@@ -52,6 +52,8 @@ pub enum Event {
     VmcoreWritten { path: String, bytes: u64, source: String, duration_ms: u64 },
     /// Writing a vmcore failed; the report says so too.
     VmcoreFailed { reason: String },
+    /// The guest's kdump finished and its dump was taken from the crash disk.
+    KdumpCompleted { bytes: u64, duration_ms: u64 },
     /// A crash directory is complete.
     CrashReport { dir: String },
     /// The VM was reset after a crash (`--after-crash reset`) and boots again.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod console;
 pub mod cpuid;
 pub mod crash;
+pub mod disk;
 pub mod events;
 pub mod exit;
 pub mod hyperv;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vmm::config::{parse_memory, VmConfig};
+use vmm::config::{parse_crash_disk, parse_disk, parse_memory, CrashDiskConfig, DiskConfig, VmConfig};
 use vmm::console::ConsoleMode;
 use vmm::crash::{AfterCrash, HostDump, OnPanic, Policy};
 use vmm::exit::code;
@@ -103,6 +103,13 @@ struct RunArgs {
     /// Where crash directories go (one per crash).
     #[arg(long, value_name = "DIR", default_value = "crashes")]
     crash_dir: PathBuf,
+    /// A virtio-blk disk (virtio-mmio, ACPI LNRO0005): path=FILE[,readonly]. Repeatable.
+    #[arg(long, value_name = "path=FILE[,readonly]", value_parser = parse_disk)]
+    disk: Vec<DiskConfig>,
+    /// The disk the guest's crash kernel writes its dump to (created sparse, emptied at start;
+    /// serial "crashvmm-crashdisk"): path=FILE,size=SIZE.
+    #[arg(long, value_name = "path=FILE,size=SIZE", value_parser = parse_crash_disk)]
+    crash_disk: Option<CrashDiskConfig>,
 }
 
 fn on_off(s: &str) -> Result<bool, String> {
@@ -163,6 +170,8 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             hyperv: args.hyperv,
         },
         crash_dir: args.crash_dir,
+        disks: args.disk,
+        crash_disk: args.crash_disk,
     };
     Ok(vmm::vm::run(&config)?.exit_code())
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use devices::bus::PioBus;
+use devices::bus::{MmioBus, PioBus};
 use devices::hyperv::hypercall::{handle_hypercall, HypercallInput, HYPERCALL_PORT};
 use devices::hyperv::tlfs::{HV_SYNTHETIC_MSR_BASE, HV_SYNTHETIC_MSR_COUNT};
 use devices::hyperv::{HvEvent, MsrError};
@@ -118,6 +118,7 @@ impl SignalQueue {
 /// What the exit handler works with; shared by all vCPU threads.
 pub struct ExitContext {
     pub bus: PioBus,
+    pub mmio: MmioBus,
     pub mem: GuestMemoryMmap,
     pub hyperv: Option<Mutex<HyperV>>,
     pub events: EventLog,
@@ -268,13 +269,16 @@ pub fn handle_exit(vcpu: u32, exit: VcpuExit, ctx: &ExitContext, unhandled: &mut
             }
         },
         VcpuExit::MmioRead(addr, data) => {
-            // Nothing decodes this address: a PC reads all ones.
-            data.fill(0xff);
-            unhandled.note(vcpu, "MMIO read", addr);
+            // Where nothing decodes the address, a PC reads all ones.
+            if !ctx.mmio.read(addr, data) {
+                unhandled.note(vcpu, "MMIO read", addr);
+            }
             ExitAction::Continue
         }
-        VcpuExit::MmioWrite(addr, _) => {
-            unhandled.note(vcpu, "MMIO write", addr);
+        VcpuExit::MmioWrite(addr, data) => {
+            if !ctx.mmio.write(addr, data) {
+                unhandled.note(vcpu, "MMIO write", addr);
+            }
             ExitAction::Continue
         }
         // With the in-kernel irqchip KVM handles HLT itself; an exit here just resumes.
@@ -694,6 +698,7 @@ pub(crate) mod tests {
         bus.insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic::new(PVPANIC_ALL)))).unwrap();
         ExitContext {
             bus,
+            mmio: MmioBus::new(),
             mem: GuestMemoryMmap::from_ranges(&ram_ranges(64 << 20)).unwrap(),
             hyperv: hyperv.then(|| {
                 HyperV::new(

@@ -14,10 +14,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use devices::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
-use devices::bus::{BusError, PioBus};
+use devices::bus::{BusError, MmioBus, PioBus};
 use devices::hyperv::HvConfig;
 use devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use devices::pvpanic::{PvPanic, PVPANIC_ACPI_HID, PVPANIC_PORT};
+use devices::virtio::{VirtioBlock, VIRTIO_MMIO_ACPI_HID, VIRTIO_MMIO_WINDOW};
 use devices::vmbus::ServerConfig;
 use devices::{PioDevice, VmRequest};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -34,11 +35,15 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 use crate::acpi::{self, AcpiError, Dsdt};
 use crate::boot::{self, BootError};
 use crate::config::{ConfigError, VmConfig};
+use crate::config::{CrashDiskConfig, DiskConfig};
 use crate::console::{ConsoleError, ConsoleMode, ConsoleOutput, ConsoleTail, EscapeFilter, RawTerminal, SharedConsole};
 use crate::cpuid;
 use crate::crash::executor::{BootEnd, CrashHandling};
 use crate::crash::report::GuestInfo;
 use crate::crash::{Orchestrator, Policy};
+use crate::disk::{
+    DiskError, FileBackend, VirtioBlockMmio, CRASH_DISK_SERIAL, VIRTIO_GSIS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE,
+};
 use crate::events::{Event, EventLog, EventLogError};
 use crate::exit::VmExit;
 use crate::hyperv::{self, HyperV};
@@ -91,6 +96,8 @@ pub enum VmError {
     Vcpu(#[from] VcpuError),
     #[error("device wiring: {0}")]
     Bus(#[from] BusError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -256,6 +263,54 @@ fn add_pvpanic(dsdt: &mut Dsdt) {
     ));
 }
 
+/// Which disk a virtio slot holds.
+enum Slot<'a> {
+    Crash(&'a CrashDiskConfig),
+    Disk(&'a DiskConfig, usize),
+}
+
+/// A virtio-mmio device: its disk, window and interrupt.
+struct DiskSlot<'a> {
+    disk: Slot<'a>,
+    base: u64,
+    gsi: u32,
+}
+
+/// The crash disk first (so a crash kernel that knows nothing else sees it as /dev/vda; it is
+/// also named by its serial), then the other disks.
+fn disk_slots(config: &VmConfig) -> Result<Vec<DiskSlot<'_>>, VmError> {
+    let disks =
+        config.crash_disk.iter().map(Slot::Crash).chain(config.disks.iter().enumerate().map(|(i, d)| Slot::Disk(d, i)));
+    disks
+        .enumerate()
+        .map(|(i, disk)| {
+            let gsi = *VIRTIO_GSIS.get(i).ok_or(DiskError::TooMany)?;
+            Ok(DiskSlot { disk, base: VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_STRIDE, gsi })
+        })
+        .collect()
+}
+
+/// A virtio-mmio device for Linux's `virtio_mmio` driver, which matches ACPI `LNRO0005` (the
+/// Debian kernels lack `virtio_mmio.device=` on the command line): its register window and its
+/// interrupt.
+fn add_virtio_mmio(dsdt: &mut Dsdt, index: usize, base: u64, gsi: u32) {
+    use acpi_tables::aml::{Device, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate};
+    dsdt.add(&Device::new(
+        Path::new(&format!("_SB_.VR{index:02}")),
+        vec![
+            &Name::new(Path::new("_HID"), &VIRTIO_MMIO_ACPI_HID),
+            &Name::new(Path::new("_UID"), &(index as u8)),
+            &Name::new(
+                Path::new("_CRS"),
+                &ResourceTemplate::new(vec![
+                    &Memory32Fixed::new(true, base as u32, VIRTIO_MMIO_WINDOW as u32),
+                    &Interrupt::new(true, true, false, false, gsi),
+                ]),
+            ),
+        ],
+    ));
+}
+
 /// The VMBus root device `hv_vmbus` probes for (`_HID "VMBus"`); its `_CRS` must exist,
 /// empty is fine on x86.
 fn add_vmbus(dsdt: &mut Dsdt) {
@@ -355,12 +410,9 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         memory_bytes: config.memory_bytes,
         vcpus: config.vcpus,
     };
-    let crash = Arc::new(Mutex::new(CrashHandling::new(
-        Orchestrator::new(policy),
-        config.crash_dir.clone(),
-        guest,
-        events.clone(),
-    )));
+    let mut handling = CrashHandling::new(Orchestrator::new(policy), config.crash_dir.clone(), guest, events.clone());
+    handling.crash_disk = config.crash_disk.as_ref().map(|c| c.path.clone());
+    let crash = Arc::new(Mutex::new(handling));
     let raw_terminal = match config.console {
         ConsoleMode::Stdio => RawTerminal::enable(),
         _ => None,
@@ -421,6 +473,10 @@ fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
     if config.hyperv {
         add_vmbus(&mut dsdt);
     }
+    let disks = disk_slots(config)?;
+    for (i, d) in disks.iter().enumerate() {
+        add_virtio_mmio(&mut dsdt, i, d.base, d.gsi);
+    }
     let rsdp = acpi::write_acpi_tables(&mem, config.vcpus, dsdt)?;
     let layout =
         boot::load_linux(&mem, config.memory_bytes, &config.kernel, config.initrd.as_deref(), &config.cmdline, rsdp)?;
@@ -444,6 +500,19 @@ fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
     bus.insert(ACPI_PM_BASE, ACPI_PM_LEN, Arc::new(Mutex::new(AcpiPm::new())))?;
     if config.pvpanic {
         bus.insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic::new(config.pvpanic_events))))?;
+    }
+    let mut mmio = MmioBus::new();
+    for d in &disks {
+        let (backend, readonly, serial) = match &d.disk {
+            Slot::Crash(c) => (FileBackend::crash_disk(&c.path, c.size)?, false, CRASH_DISK_SERIAL.to_string()),
+            Slot::Disk(c, i) => (FileBackend::open(&c.path, c.readonly)?, c.readonly, format!("crashvmm-disk{i}")),
+        };
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("virtio eventfd"))?;
+        vm.register_irqfd(&irq, d.gsi).map_err(kvm_err("KVM_IRQFD (virtio)"))?;
+        let block =
+            VirtioBlock::new(backend, readonly, serial.as_bytes()).map_err(|e| DiskError::Virtio(e.to_string()))?;
+        let dev = Arc::new(Mutex::new(VirtioBlockMmio::new(block, mem.clone(), irq)?));
+        mmio.insert(d.base, VIRTIO_MMIO_WINDOW, dev)?;
     }
 
     // vCPUs.
@@ -485,6 +554,7 @@ fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
     let kicker = Arc::new(Kicker::new(config.vcpus));
     let ctx = Arc::new(ExitContext {
         bus,
+        mmio,
         mem,
         hyperv,
         events: s.events.clone(),

@@ -1,1 +1,50 @@
-//! virtio devices (being written).
+//! virtio devices behind the virtio-mmio transport.
+//!
+//! - [`mmio`]: [`VirtioMmio`], the virtio-mmio version 2 ("modern") register window (virtio 1.x
+//!   §4.2.2) around any [`VirtioDevice`]: feature negotiation, the status handshake, queue setup
+//!   and notifications. It owns the split virtqueues (`virtio_queue::Queue`).
+//! - [`block`]: [`VirtioBlock`], a virtio-blk device (one request queue) over a [`BlockBackend`],
+//!   so that no file is touched here; [`VecBackend`] keeps the disk in memory.
+//!
+//! Guest memory is `vm_memory::GuestMemory` (what `virtio_queue` works with), not the crate's own
+//! [`crate::GuestMemory`]: every access is bounds-checked either way. Requests are processed
+//! synchronously inside the `QueueNotify` write; the transport reports whether the device
+//! interrupt must be raised and the VMM raises it.
+//!
+//! Nothing a guest writes panics: malformed accesses and requests are refused, logged (warnings
+//! for the first few per device, debug level after that) and, for requests, completed with an
+//! error status wherever the request has a status byte to write.
+
+pub mod block;
+pub mod mmio;
+
+#[cfg(test)]
+mod test_util;
+
+pub use block::{BlockBackend, VecBackend, VirtioBlock, VirtioBlockError};
+pub use mmio::{VirtioDevice, VirtioMmio, VirtioMmioError, VIRTIO_MMIO_ACPI_HID, VIRTIO_MMIO_WINDOW};
+
+/// How many guest mistakes a device reports as warnings before it goes quiet (debug level), so a
+/// hostile or broken guest cannot flood the host log.
+const GUEST_WARNINGS: u32 = 16;
+
+/// Chooses the log level for guest-caused problems: `Warn` for the first [`GUEST_WARNINGS`], then
+/// `Debug`.
+#[derive(Debug, Default)]
+struct GuestWarnings {
+    reported: u32,
+}
+
+impl GuestWarnings {
+    fn level(&mut self) -> log::Level {
+        if self.reported < GUEST_WARNINGS {
+            self.reported += 1;
+            if self.reported == GUEST_WARNINGS {
+                log::warn!("virtio: this device logs further guest errors at debug level only");
+            }
+            log::Level::Warn
+        } else {
+            log::Level::Debug
+        }
+    }
+}

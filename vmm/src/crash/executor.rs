@@ -9,7 +9,7 @@ use chrono::Utc;
 
 use super::report::{CrashRecord, GuestInfo, TimedSignal};
 use super::vmcore::{self, VmcoreOptions};
-use super::{Action, CrashSignal, Orchestrator};
+use super::{flat, Action, CrashSignal, Orchestrator};
 use crate::console::ConsoleTail;
 use crate::events::{Event, EventLog};
 use crate::exit::VmExit;
@@ -40,6 +40,10 @@ pub struct CrashHandling {
     record_error: Option<String>,
     /// The VM is paused for good (`pause` policies): wait to be stopped.
     pub stay_paused: bool,
+    /// The disk the guest's crash kernel writes its dump to.
+    pub crash_disk: Option<PathBuf>,
+    /// When the crashed kernel kexec'd into its crash kernel.
+    kexec_at: Option<Instant>,
 }
 
 impl CrashHandling {
@@ -57,6 +61,8 @@ impl CrashHandling {
             record: None,
             record_error: None,
             stay_paused: false,
+            crash_disk: None,
+            kexec_at: None,
         }
     }
 
@@ -64,6 +70,7 @@ impl CrashHandling {
     pub fn on_boot(&mut self) {
         self.signals.clear();
         self.stay_paused = false;
+        self.kexec_at = None;
         self.orchestrator.on_reset();
     }
 
@@ -75,6 +82,9 @@ impl CrashHandling {
             r.signals.push(timed.clone());
         }
         self.signals.push(timed.clone());
+        if let CrashSignal::GuestKexec { .. } = timed.signal {
+            self.kexec_at = Some(Instant::now());
+        }
         let actions = self.orchestrator.on_signal(&timed.signal, Instant::now());
         self.execute(actions, ctx, console)
     }
@@ -107,6 +117,10 @@ impl CrashHandling {
                 Action::HostDump { reason } => {
                     let error = self.host_dump(&reason, ctx).err();
                     queue.extend(self.orchestrator.on_dump_done(error, Instant::now()));
+                }
+                Action::CollectKdump => {
+                    let result = self.collect_kdump();
+                    queue.extend(self.orchestrator.on_kdump_collected(result, Instant::now()));
                 }
                 Action::FinishCrash { outcome } => self.finish(&outcome, ctx, console),
                 Action::Stop(exit) => return Some(BootEnd::Exit(exit)),
@@ -178,6 +192,49 @@ impl CrashHandling {
                 record.vmcore_error = Some(reason.clone());
                 self.events.emit(Event::VmcoreFailed { reason: reason.clone() });
                 Err(reason)
+            }
+        }
+    }
+
+    /// Take the guest's dump (makedumpfile's flattened format) from the crash disk into the
+    /// crash directory as `vmcore.kdump`. `Ok(false)` when there is no crash disk.
+    fn collect_kdump(&mut self) -> Result<bool, String> {
+        let Some(disk) = self.crash_disk.clone() else { return Ok(false) };
+        let Some(record) = self.record.as_mut() else {
+            return Err(self.record_error.clone().unwrap_or_else(|| "no crash directory".into()));
+        };
+        let duration = self.kexec_at.map_or(Duration::ZERO, |t| t.elapsed());
+        let file = "vmcore.kdump";
+        let out_path = record.tmp_dir.join(file);
+        let result = (|| -> Result<u64, String> {
+            let input = std::fs::File::open(&disk).map_err(|e| format!("cannot open {}: {e}", disk.display()))?;
+            let disk_len = input.metadata().map_err(|e| e.to_string())?.len();
+            let out =
+                std::fs::File::create(&out_path).map_err(|e| format!("cannot create {}: {e}", out_path.display()))?;
+            let len = flat::rearrange(std::io::BufReader::with_capacity(1 << 20, input), &out, disk_len.max(1 << 40))
+                .map_err(|e| e.to_string())?;
+            out.sync_all().map_err(|e| e.to_string())?;
+            Ok(len)
+        })();
+        match result {
+            Ok(bytes) => {
+                record.set_guest_vmcore(file, bytes, duration).map_err(|e| e.to_string())?;
+                let duration_ms = duration.as_millis() as u64;
+                log::info!("kdump: {bytes}-byte dump collected from {}", disk.display());
+                self.events.emit(Event::KdumpCompleted { bytes, duration_ms });
+                self.events.emit(Event::VmcoreWritten {
+                    path: record.final_dir.join(file).display().to_string(),
+                    bytes,
+                    source: "guest".into(),
+                    duration_ms,
+                });
+                Ok(true)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&out_path);
+                log::error!("kdump: no dump collected from {}: {e}", disk.display());
+                record.vmcore_error = Some(format!("crash disk: {e}"));
+                Err(e)
             }
         }
     }

@@ -115,6 +115,9 @@ pub enum Action {
     Resume,
     /// Write a host-side vmcore now (vCPUs paused), then call [`Orchestrator::on_dump_done`].
     HostDump { reason: String },
+    /// The guest's kdump finished: take its dump from the crash disk, then call
+    /// [`Orchestrator::on_kdump_collected`].
+    CollectKdump,
     /// Write the crash directory (report, events, console, vmcore).
     FinishCrash { outcome: String },
     /// End the VM.
@@ -142,6 +145,8 @@ enum Phase {
     AwaitKdump { deadline: Instant },
     /// A host dump is being written; `resume` when the guest goes on afterwards.
     Dumping { resume: bool },
+    /// The guest's kdump finished; its dump is being taken from the crash disk.
+    Collecting,
     /// Collection ended.
     Finished,
 }
@@ -432,6 +437,17 @@ impl Orchestrator {
         }
     }
 
+    /// The guest's dump was taken from the crash disk (`Ok(true)`), there was no crash disk to
+    /// take it from (`Ok(false)`), or it could not be read (`Err`).
+    pub fn on_kdump_collected(&mut self, result: Result<bool, String>, now: Instant) -> Vec<Action> {
+        let _ = now;
+        match result {
+            Ok(true) => self.finish("the guest's kdump ran; its vmcore was collected from the crash disk".into()),
+            Ok(false) => self.finish("the guest's kdump ran and powered off (no crash disk to collect from)".into()),
+            Err(e) => self.fallback(&format!("the guest's kdump left no usable dump: {e}")),
+        }
+    }
+
     /// The VM stopped by itself (power-off, reset, triple fault, ...) or was stopped from
     /// outside: what now.
     pub fn on_vm_exit(&mut self, exit: VmExit, now: Instant) -> Vec<Action> {
@@ -448,12 +464,8 @@ impl Orchestrator {
                 out
             }
             (Some(Phase::AwaitKdump { .. }), VmExit::PowerOff) => {
-                let outcome = if self.crash.as_ref().is_some_and(|c| c.crash_kernel_started) {
-                    "the guest's kdump ran and powered off"
-                } else {
-                    "the guest powered off during kdump"
-                };
-                self.finish(outcome.into())
+                self.set_phase(Phase::Collecting);
+                vec![Action::CollectKdump]
             }
             (Some(Phase::AwaitKdump { .. }), _) => self.fallback(&format!("kdump ended with {}", exit.reason())),
             (Some(Phase::AwaitReport { .. } | Phase::AwaitKexec { .. }), _) => {
@@ -664,9 +676,14 @@ mod tests {
         let p = policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Fallback);
         let (mut o, _) = run(p.clone(), &[pv(CRASH_LOADED), hv(), kexec(), started()]);
         assert_eq!(o.deadline().map(|d| d > t0), Some(true));
-        // The crash kernel powered off: kdump done.
-        let out = shape(&o.on_vm_exit(VmExit::PowerOff, t0));
-        assert_eq!(out, vec![finish(), stop_panicked("pvpanic")]);
+        // The crash kernel powered off: kdump done; its dump is collected.
+        assert_eq!(o.on_vm_exit(VmExit::PowerOff, t0), vec![Action::CollectKdump]);
+        assert_eq!(shape(&o.on_kdump_collected(Ok(true), t0)), vec![finish(), stop_panicked("pvpanic")]);
+        // No usable dump on the crash disk: a host-side vmcore instead.
+        let (mut o2, _) = run(p.clone(), &[pv(CRASH_LOADED), kexec(), started()]);
+        o2.on_vm_exit(VmExit::PowerOff, t0);
+        let out = o2.on_kdump_collected(Err("no makedumpfile signature".into()), t0);
+        assert!(matches!(&out[1], Action::HostDump { reason } if reason.contains("no usable dump")), "{out:?}");
         // Timeout: host-side vmcore instead, with the reason.
         let (mut o, _) = run(p.clone(), &[pv(CRASH_LOADED), kexec(), started()]);
         assert!(o.on_timer(t0).is_empty());
@@ -687,7 +704,8 @@ mod tests {
         let (mut o, _) = run(policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Always), &[pv(CRASH_LOADED), kexec()]);
         assert_eq!(o.on_dump_done(None, t0), vec![Action::Resume]);
         assert!(o.deadline().is_some(), "back to waiting for kdump");
-        assert_eq!(shape(&o.on_vm_exit(VmExit::PowerOff, t0)), vec![finish(), stop_panicked("pvpanic")]);
+        assert_eq!(o.on_vm_exit(VmExit::PowerOff, t0), vec![Action::CollectKdump]);
+        assert_eq!(shape(&o.on_kdump_collected(Ok(false), t0)), vec![finish(), stop_panicked("pvpanic")]);
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct TimedSignal {
 #[derive(Debug, Clone, Serialize)]
 pub struct VmcoreEntry {
     pub path: String,
+    /// `elf` (host-side) or `kdump-compressed` (the guest's makedumpfile).
+    pub format: &'static str,
     pub bytes: u64,
     pub allocated_bytes: u64,
     pub sha256: String,
@@ -126,6 +128,7 @@ impl CrashRecord {
         }
         self.vmcore = Some(VmcoreEntry {
             path: "vmcore".into(),
+            format: "elf",
             bytes: s.bytes,
             allocated_bytes: s.allocated_bytes,
             sha256: s.sha256.clone(),
@@ -133,6 +136,29 @@ impl CrashRecord {
             duration_ms: s.duration.as_millis() as u64,
             reason: reason.to_string(),
         });
+    }
+
+    /// Record the dump the guest's kdump wrote (already at `file` in the crash directory).
+    pub fn set_guest_vmcore(
+        &mut self,
+        file: &str,
+        bytes: u64,
+        duration: std::time::Duration,
+    ) -> Result<(), ReportError> {
+        let path = self.tmp_dir.join(file);
+        let meta = fs::metadata(&path).map_err(io("stat", &path))?;
+        let sha256 = sha256_file(&path)?;
+        self.vmcore = Some(VmcoreEntry {
+            path: file.into(),
+            format: "kdump-compressed",
+            bytes,
+            allocated_bytes: std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
+            sha256,
+            source: "guest",
+            duration_ms: duration.as_millis() as u64,
+            reason: "the guest's kdump (makedumpfile in its crash kernel)".into(),
+        });
+        Ok(())
     }
 
     /// The report as JSON.
@@ -208,7 +234,7 @@ impl CrashRecord {
         write_synced(&self.tmp_dir.join("report.json"), &report)?;
         write_synced(&self.tmp_dir.join("events.jsonl"), events.concat().as_bytes())?;
         write_synced(&self.tmp_dir.join("console.log"), console)?;
-        if let Some(f) = self.vmcore.as_ref().map(|_| self.vmcore_path()) {
+        if let Some(f) = self.vmcore.as_ref().map(|v| self.tmp_dir.join(&v.path)) {
             File::open(&f).and_then(|f| f.sync_all()).map_err(io("sync", &f))?;
         }
         sync_dir(&self.tmp_dir)?;
@@ -235,6 +261,14 @@ fn unused_name(base: &Path, at: &DateTime<Utc>, number: u32) -> PathBuf {
         })
         .find(|p| !p.exists())
         .unwrap_or_else(|| base.join(format!("{stamp}-{number:03}")))
+}
+
+fn sha256_file(path: &Path) -> Result<String, ReportError> {
+    use sha2::{Digest, Sha256};
+    let mut f = File::open(path).map_err(io("open", path))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(io("read", path))?;
+    Ok(hex::encode(h.finalize()))
 }
 
 fn write_synced(path: &Path, data: &[u8]) -> Result<(), ReportError> {
