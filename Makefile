@@ -65,9 +65,10 @@ test: deps lint unit integration
 scenario: build images
 	$(CARGO) run --locked -q -p integration --bin scenario -- --name $(SCENARIO) --out $(OUT)
 
-# The demo: boot the Debian guest, crash it with sysrq, show the crash report.
+# The demo: boot the Debian guest (a crash kernel loaded), crash it with sysrq, let its kdump
+# write the dump to the crash disk, show the crash report.
 run: deps build images
-	$(CARGO) run --locked -q -p integration --bin scenario -- --name panic --out build/run --show-console
+	$(CARGO) run --locked -q -p integration --bin scenario -- --name kdump --out build/run --show-console
 	@echo
 	@$(BIN) report build/run/crashes
 	@echo "events: build/run/events.jsonl; crash directory: $$(ls -d build/run/crashes/*/ | tail -n 1)"
