@@ -104,6 +104,18 @@ pub const SCENARIOS: &[Scenario] = &[
         crash_dir_tmpfs: None,
     },
     Scenario {
+        name: "panic-reset",
+        description:
+            "as panic, with --after-crash reset --max-crashes 2: two crashes, two crash directories, then exit",
+        memory: "768M",
+        vcpus: 2,
+        cmdline: "console=ttyS0 panic=-1",
+        expected_exit: GUEST_PANICKED,
+        vmm_args: &["--after-crash", "reset", "--max-crashes", "2"],
+        testhost_timeout: Duration::from_secs(420),
+        crash_dir_tmpfs: None,
+    },
+    Scenario {
         name: "panic-fulldisk",
         description: "as panic, with the crash directory on a 4 MiB tmpfs: the vmcore cannot be written",
         memory: "768M",

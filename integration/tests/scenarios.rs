@@ -220,3 +220,20 @@ fn a_hung_crash_kernel_gets_a_host_side_vmcore_after_the_kdump_timeout() {
     assert!(dirs[0].join("vmcore").is_file());
     std::fs::remove_dir_all(&out).ok();
 }
+
+#[test]
+fn after_crash_reset_boots_again_until_max_crashes() {
+    let (o, events, _console, out) = run("panic-reset");
+    check_frame(&o, &events, GUEST_PANICKED, &out);
+    let count = |n: &str| events.iter().filter(|e| e["event"] == n).count();
+    assert_eq!((count("crash_detected"), count("crash_report"), count("vm_reset")), (2, 2, 1), "{:?}", names(&events));
+    let reset = position(&events, "vm_reset").unwrap();
+    assert_eq!(events[reset]["crashes"], 1);
+    // The second boot really booted: Hyper-V enabled again after the reset.
+    assert!(events[reset..].iter().any(|e| e["event"] == "hyperv_enabled"), "{:?}", names(&events));
+    assert!(events.last().unwrap()["reason"].as_str().unwrap().contains("max-crashes 2"));
+    let dirs = o.crash_dirs();
+    assert_eq!(dirs.len(), 2, "one crash directory per crash");
+    assert!(dirs.iter().all(|d| d.join("vmcore").is_file() && d.join("report.json").is_file()));
+    std::fs::remove_dir_all(&out).ok();
+}
