@@ -4,10 +4,11 @@
 //! reset register) by waiting for the input buffer to drain (status bit 1 clear) and writing
 //! command 0xFE ("pulse output line 0", the CPU reset line) to the command port 0x64.
 
+use crate::port61::Port61;
 use crate::{PioDevice, ResetSource, VmRequest};
 
-/// Base port of the controller; the device spans 0x60..=0x64 (0x61 is the PC speaker port,
-/// which KVM's in-kernel PIT handles, and never reaches this device).
+/// Base port of the controller; the device spans 0x60..=0x64, and answers system control port
+/// B (0x61) too (see [`crate::port61`]).
 pub const I8042_BASE: u16 = 0x60;
 /// Number of ports from [`I8042_BASE`].
 pub const I8042_LEN: u16 = 5;
@@ -18,10 +19,13 @@ pub const COMMAND_OFFSET: u16 = 4;
 /// Command: pulse the CPU reset line.
 pub const CMD_RESET_CPU: u8 = 0xfe;
 
-/// Minimal i8042: empty buffers, no keyboard, a working reset line.
+/// Offset of system control port B (0x61).
+pub const PORT_B_OFFSET: u16 = 1;
+
+/// Minimal i8042: empty buffers, no keyboard, a working reset line; plus port 0x61.
 #[derive(Debug, Default)]
 pub struct I8042 {
-    _private: (),
+    port_b: Port61,
 }
 
 impl I8042 {
@@ -33,6 +37,7 @@ impl I8042 {
 impl PioDevice for I8042 {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
         match offset {
+            PORT_B_OFFSET => self.port_b.read(0, data),
             // Status 0: output buffer empty, input buffer empty; data port has nothing.
             DATA_OFFSET | COMMAND_OFFSET => data.fill(0),
             _ => data.fill(0xff),
@@ -40,6 +45,9 @@ impl PioDevice for I8042 {
     }
 
     fn write(&mut self, offset: u16, data: &[u8]) -> Option<VmRequest> {
+        if offset == PORT_B_OFFSET {
+            return self.port_b.write(0, data);
+        }
         (offset == COMMAND_OFFSET && data.first() == Some(&CMD_RESET_CPU))
             .then_some(VmRequest::Reset(ResetSource::Keyboard))
     }
@@ -68,5 +76,8 @@ mod tests {
         assert_eq!(b[0] & 0x02, 0, "Linux's kb_wait() spins while bit 1 is set");
         dev.read(2, &mut b);
         assert_eq!(b, [0xff]);
+        // Port 0x61: an NMI's reason must not read as SERR/IOCHK.
+        dev.read(PORT_B_OFFSET, &mut b);
+        assert_eq!(b[0] & 0xc0, 0);
     }
 }

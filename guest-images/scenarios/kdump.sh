@@ -41,6 +41,18 @@ loaded=$(cat /sys/kernel/kexec_crash_loaded 2>/dev/null)
 [ "$loaded" = 1 ] || fail "kexec -p returned 0 but /sys/kernel/kexec_crash_loaded is '$loaded'"
 echo "CRASHTEST: kdump: crash kernel loaded"
 
+# crashtest.trigger=nmi: wait for an NMI from the VMM instead of crashing with sysrq.
+for arg in $(cat /proc/cmdline); do
+	case "$arg" in
+	crashtest.trigger=nmi)
+		echo 1 >/proc/sys/kernel/unknown_nmi_panic
+		echo "CRASHTEST: kdump: waiting for an NMI"
+		sleep 120
+		fail "no NMI came within 120 s"
+		;;
+	esac
+done
+
 echo "CRASHTEST: kdump: triggering"
 # Wait until the console has sent everything: otherwise the UART interrupt is still sending the
 # markers while the panic printk writes, and the lines come out interleaved. stty with a setting

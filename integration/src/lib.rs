@@ -42,6 +42,10 @@ pub struct Scenario {
     pub testhost_timeout: Duration,
     /// Put the crash directory on a tmpfs of this size (to test a full disk); needs root.
     pub crash_dir_tmpfs: Option<&'static str>,
+    /// Shell commands run beside crashvmm once the console shows the first string: `ctl` is
+    /// `crashvmm ctl --api-socket ...` (crashvmm then serves a control socket), `$OUT` the
+    /// output directory.
+    pub driver: Option<(&'static str, &'static str)>,
 }
 
 /// Every scenario the runner knows.
@@ -56,6 +60,7 @@ pub const SCENARIOS: &[Scenario] = &[
         vmm_args: &[],
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
+        driver: None,
     },
     Scenario {
         name: "panic",
@@ -67,6 +72,7 @@ pub const SCENARIOS: &[Scenario] = &[
         vmm_args: &[],
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
+        driver: None,
     },
     Scenario {
         name: "panic-kvm",
@@ -78,6 +84,7 @@ pub const SCENARIOS: &[Scenario] = &[
         vmm_args: &["--hyperv", "off"],
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
+        driver: None,
     },
     Scenario {
         name: "kdump",
@@ -91,6 +98,7 @@ pub const SCENARIOS: &[Scenario] = &[
         vmm_args: &["--crash-disk", "path=crash-disk.img,size=1G"],
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
+        driver: None,
     },
     Scenario {
         name: "kdump-timeout",
@@ -102,6 +110,7 @@ pub const SCENARIOS: &[Scenario] = &[
         vmm_args: &["--crash-disk", "path=crash-disk.img,size=1G", "--kdump-timeout", "30s"],
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
+        driver: None,
     },
     Scenario {
         name: "panic-reset",
@@ -114,6 +123,7 @@ pub const SCENARIOS: &[Scenario] = &[
         vmm_args: &["--after-crash", "reset", "--max-crashes", "2"],
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
+        driver: None,
     },
     Scenario {
         name: "panic-fulldisk",
@@ -125,6 +135,39 @@ pub const SCENARIOS: &[Scenario] = &[
         vmm_args: &[],
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: Some("4m"),
+        driver: None,
+    },
+    Scenario {
+        name: "kdump-nmi",
+        description: "as kdump, but the guest sets unknown_nmi_panic and waits; the runner injects an NMI through the control socket",
+        memory: "768M",
+        vcpus: 2,
+        cmdline: "console=ttyS0 panic=-1 crashkernel=192M crashtest.trigger=nmi",
+        expected_exit: GUEST_PANICKED,
+        vmm_args: &["--crash-disk", "path=crash-disk.img,size=1G"],
+        testhost_timeout: Duration::from_secs(420),
+        crash_dir_tmpfs: None,
+        driver: Some(("CRASHTEST: kdump: waiting for an NMI", "ctl inject-nmi >$OUT/ctl-inject-nmi.json")),
+    },
+    Scenario {
+        name: "wait-ctl",
+        description: "the guest idles; the runner drives the control socket: status, a malformed request, \
+                      subscribe, pause, resume, shutdown",
+        memory: "768M",
+        vcpus: 2,
+        cmdline: "console=ttyS0 panic=-1",
+        expected_exit: 0,
+        vmm_args: &[],
+        testhost_timeout: Duration::from_secs(300),
+        crash_dir_tmpfs: None,
+        driver: Some((
+            "CRASHTEST: wait: ready",
+            "ctl status >$OUT/ctl-status.json; \
+             ctl raw 'this is not json' >$OUT/ctl-malformed.json; \
+             (ctl subscribe >$OUT/ctl-subscribe.jsonl &); sleep 2; \
+             ctl pause >$OUT/ctl-pause.json; ctl status >$OUT/ctl-status-paused.json; \
+             ctl resume >$OUT/ctl-resume.json; sleep 1; ctl shutdown >$OUT/ctl-shutdown.json",
+        )),
     },
 ];
 
@@ -146,8 +189,11 @@ impl Scenario {
 
     /// The shell script that runs crashvmm for this scenario from directory `$1`, with paths
     /// as seen there, leaving `crashvmm.log`, `exit-code` and `crashes/` in `out`.
-    fn script(&self, crashvmm: &str, kernel: &str, initrd: &str, out: &str) -> String {
-        let args: Vec<String> = crashvmm_args(self, kernel, initrd, out).iter().map(|a| sh_quote(a)).collect();
+    fn script(&self, crashvmm: &str, kernel: &str, initrd: &str, out: &str, api: &str) -> String {
+        let mut args: Vec<String> = crashvmm_args(self, kernel, initrd, out).iter().map(|a| sh_quote(a)).collect();
+        if self.driver.is_some() {
+            args.extend(["--api-socket".to_string(), sh_quote(api)]);
+        }
         let mut sh = format!(
             "# Written by the crashvmm scenario runner; run as `sh run.sh DIR`.\n\
              cd \"$1\" || exit 125\n\
@@ -165,13 +211,28 @@ impl Scenario {
         if let Ok(level) = std::env::var("RUST_LOG") {
             sh += &format!("export RUST_LOG={}\n", sh_quote(&level));
         }
-        sh += &format!(
-            "{q} {args} </dev/null 2>{out}/crashvmm.log\n\
-             rc=$?\n\
-             echo \"$rc\" >{out}/exit-code\n",
-            q = sh_quote(crashvmm),
-            args = args.join(" ")
-        );
+        let q = sh_quote(crashvmm);
+        sh += &format!("{q} {args} </dev/null 2>{out}/crashvmm.log &\npid=$!\n", args = args.join(" "));
+        if let Some((marker, commands)) = self.driver {
+            // Wait for the guest's marker (while crashvmm lives), then drive the control socket.
+            sh += &format!(
+                "(\n\
+                 ctl() {{ {q} ctl --api-socket {api} \"$@\"; }}\n\
+                 OUT={out}\n\
+                 exec 2>{out}/ctl-errors.log\n\
+                 i=0\n\
+                 until grep -qF {m} {out}/console.log 2>/dev/null; do\n\
+                 \tkill -0 $pid 2>/dev/null || exit 0; i=$((i + 1)); [ $i -lt 600 ] || exit 0; sleep 1\n\
+                 done\n\
+                 echo \"TESTHOST: scenario {name}: driving the control socket\"\n\
+                 {commands}\n\
+                 ) &\n",
+                api = sh_quote(api),
+                m = sh_quote(marker),
+                name = self.name
+            );
+        }
+        sh += &format!("wait $pid\nrc=$?\nwait\necho \"$rc\" >{out}/exit-code\n");
         if self.crash_dir_tmpfs.is_some() {
             let d = format!("{out}/{}", self.crash_dir_name());
             sh += &format!("cp -a {d} {out}/crashes; umount {d}; rmdir {d}\n");
@@ -458,7 +519,7 @@ fn run_direct(
     show: bool,
 ) -> Result<(Option<i32>, bool), RunnerError> {
     let script = out.join("run.sh");
-    fs::write(&script, s.script(&path_str(binary), &path_str(kernel), &path_str(initrd), "."))
+    fs::write(&script, s.script(&path_str(binary), &path_str(kernel), &path_str(initrd), ".", "./api.sock"))
         .map_err(io_err("writing run.sh"))?;
     // A scenario with its own tmpfs needs a private mount namespace.
     let mut cmd = match s.crash_dir_tmpfs {
@@ -504,7 +565,9 @@ fn run_testhost(
         fs::copy(from, sp.join(to)).map_err(io_err(format!("copying {} to the share", from.display())))?;
     }
     fs::create_dir(sp.join("out")).map_err(io_err("creating the share's out/"))?;
-    fs::write(sp.join("run.sh"), s.script("./crashvmm", "vmlinuz", "initramfs.cpio.gz", "out"))
+    // Unix sockets do not live on the 9p share: the control socket goes to the test host's /tmp.
+    let api = "/tmp/crashvmm-api.sock";
+    fs::write(sp.join("run.sh"), s.script("./crashvmm", "vmlinuz", "initramfs.cpio.gz", "out", api))
         .map_err(io_err("writing run.sh"))?;
 
     // The guest's memory plus room for the test host kernel and its page cache.
@@ -533,7 +596,11 @@ fn run_testhost(
     let _ = t_out.join();
     let _ = t_err.join();
 
-    for f in ["events.jsonl", "console.log", "crashvmm.log", "exit-code"] {
+    let ctl_files = fs::read_dir(sp.join("out"))
+        .map(|rd| rd.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let wanted = ["events.jsonl", "console.log", "crashvmm.log", "exit-code"].map(String::from);
+    for f in wanted.iter().chain(ctl_files.iter().filter(|f| f.starts_with("ctl-"))) {
         let from = sp.join("out").join(f);
         if from.exists() {
             fs::copy(&from, out.join(f)).map_err(io_err(format!("copying {f} back")))?;

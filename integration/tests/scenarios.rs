@@ -237,3 +237,54 @@ fn after_crash_reset_boots_again_until_max_crashes() {
     assert!(dirs.iter().all(|d| d.join("vmcore").is_file() && d.join("report.json").is_file()));
     std::fs::remove_dir_all(&out).ok();
 }
+
+/// A file the scenario's control-socket driver left, one JSON value per line.
+fn ctl_output(out: &Path, name: &str) -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}; outputs in {}", out.display()));
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{name}: {l:?}: {e}"))).collect()
+}
+
+#[test]
+fn the_control_socket_answers_status_streams_events_and_rejects_malformed_requests() {
+    let (o, events, _console, out) = run("wait-ctl");
+    check_frame(&o, &events, 0, &out);
+    let status = &ctl_output(&out, "ctl-status.json")[0];
+    assert_eq!(
+        (status["ok"].clone(), status["state"].clone(), status["vcpus"].clone()),
+        (true.into(), "running".into(), 2.into())
+    );
+    assert_eq!(status["crashes"], 0);
+    let malformed = &ctl_output(&out, "ctl-malformed.json")[0];
+    assert_eq!(malformed["ok"], false);
+    assert!(malformed["error"].as_str().unwrap().starts_with("bad request"), "{malformed}");
+    assert_eq!(ctl_output(&out, "ctl-status-paused.json")[0]["state"], "paused");
+    // The subscription streams the same records as events.jsonl, from the subscription on.
+    let stream = ctl_output(&out, "ctl-subscribe.jsonl");
+    assert_eq!(stream[0]["ok"], true);
+    let streamed: Vec<&str> = stream[1..].iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(streamed, vec!["vm_paused", "vm_resumed", "vm_exited"], "{stream:?}");
+    let logged: Vec<&Value> =
+        events.iter().filter(|e| e["event"] == "vm_paused" || e["event"] == "vm_resumed").collect();
+    assert_eq!(logged.len(), 2);
+    assert_eq!(&stream[1], logged[0], "the same record");
+    assert_eq!(events.last().unwrap()["reason"], "shutdown (control socket)");
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn an_nmi_injected_through_the_control_socket_is_the_crash_trigger() {
+    let (o, events, _console, out) = run("kdump-nmi");
+    check_frame(&o, &events, GUEST_PANICKED, &out);
+    assert_eq!(ctl_output(&out, "ctl-inject-nmi.json")[0]["ok"], true);
+    let nmi = position(&events, "nmi_injected").expect("nmi_injected");
+    let pvpanic = position(&events, "pvpanic").expect("pvpanic");
+    assert!(nmi < pvpanic, "{:?}", names(&events));
+    assert!(position(&events, "kdump_completed").is_some(), "{:?}", names(&events));
+    let dirs = o.crash_dirs();
+    assert_eq!(dirs.len(), 1);
+    let report: Value = serde_json::from_slice(&std::fs::read(dirs[0].join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["trigger"], "nmi_injection", "{report}");
+    assert_eq!(report["vmcore"]["source"], "guest");
+    std::fs::remove_dir_all(&out).ok();
+}

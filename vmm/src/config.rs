@@ -64,6 +64,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// The disk the guest's crash kernel writes its dump to.
     pub crash_disk: Option<CrashDiskConfig>,
+    /// The control socket.
+    pub api_socket: Option<PathBuf>,
 }
 
 /// `--disk path=FILE[,readonly]`.
@@ -218,6 +220,7 @@ mod tests {
             crash_dir: "crashes".into(),
             disks: vec![],
             crash_disk: None,
+            api_socket: None,
         };
         assert!(matches!(base.validate(), Err(ConfigError::Vcpus(0))));
         let err = VmConfig { vcpus: 1, ..base.clone() }.validate().unwrap_err();

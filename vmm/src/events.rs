@@ -15,13 +15,30 @@ use thiserror::Error;
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The VM is set up and its vCPUs are about to run.
-    VmStarted { vcpus: u32, memory_bytes: u64, kernel: String },
+    VmStarted {
+        vcpus: u32,
+        memory_bytes: u64,
+        kernel: String,
+    },
     /// The VM ended; `exit_code` is crashvmm's process exit code.
-    VmExited { exit_code: i32, reason: String },
+    VmExited {
+        exit_code: i32,
+        reason: String,
+    },
     /// The guest wrote to pvpanic.
-    Pvpanic { vcpu: u32, bits: u8, panicked: bool, crash_loaded: bool, shutdown: bool },
+    Pvpanic {
+        vcpu: u32,
+        bits: u8,
+        panicked: bool,
+        crash_loaded: bool,
+        shutdown: bool,
+    },
     /// The guest enabled its Hyper-V hypercall page (64-bit values as hex strings).
-    HypervEnabled { vcpu: u32, guest_os_id: String, hypercall_gpa: String },
+    HypervEnabled {
+        vcpu: u32,
+        guest_os_id: String,
+        hypercall_gpa: String,
+    },
     /// The guest reported a crash through the Hyper-V crash MSRs: P0..P4 as hex strings and,
     /// when it sent one, the crash message (its kernel log tail).
     HvCrash {
@@ -34,30 +51,69 @@ pub enum Event {
     },
     /// The crashed kernel tore Hyper-V down (GUEST_OS_ID zeroed, hypercall page disabled):
     /// it is about to kexec into its crash kernel.
-    GuestKexec { vcpu: u32 },
+    GuestKexec {
+        vcpu: u32,
+    },
     /// After a `guest_kexec`, a kernel (the crash kernel) set up Hyper-V again.
-    CrashKernelStarted { vcpu: u32 },
+    CrashKernelStarted {
+        vcpu: u32,
+    },
     /// VMBus version negotiation succeeded; `vcpu` sent INITIATE_CONTACT, replies go to
     /// `target_vcpu`.
-    VmbusConnected { vcpu: u32, version: String, target_vcpu: u32 },
+    VmbusConnected {
+        vcpu: u32,
+        version: String,
+        target_vcpu: u32,
+    },
     /// The guest sent UNLOAD (on the crash path: right before kexec).
-    VmbusUnloadRequested { vcpu: u32 },
+    VmbusUnloadRequested {
+        vcpu: u32,
+    },
     /// UNLOAD_RESPONSE reached the guest's message page, `latency_us` after the UNLOAD.
-    VmbusUnloadCompleted { vcpu: u32, latency_us: u64 },
+    VmbusUnloadCompleted {
+        vcpu: u32,
+        latency_us: u64,
+    },
     /// A VMBus message crashvmm refused (truncated, unknown, out of order).
-    VmbusMessageRejected { vcpu: u32, reason: String },
+    VmbusMessageRejected {
+        vcpu: u32,
+        reason: String,
+    },
     /// A crash began (`trigger`: the first signal of it).
-    CrashDetected { trigger: String },
+    CrashDetected {
+        trigger: String,
+    },
     /// A vmcore was written (`source`: "host" for one crashvmm took from guest memory).
-    VmcoreWritten { path: String, bytes: u64, source: String, duration_ms: u64 },
+    VmcoreWritten {
+        path: String,
+        bytes: u64,
+        source: String,
+        duration_ms: u64,
+    },
     /// Writing a vmcore failed; the report says so too.
-    VmcoreFailed { reason: String },
+    VmcoreFailed {
+        reason: String,
+    },
     /// The guest's kdump finished and its dump was taken from the crash disk.
-    KdumpCompleted { bytes: u64, duration_ms: u64 },
+    KdumpCompleted {
+        bytes: u64,
+        duration_ms: u64,
+    },
     /// A crash directory is complete.
-    CrashReport { dir: String },
+    CrashReport {
+        dir: String,
+    },
+    /// An NMI was injected into `vcpu` (control socket `inject-nmi`).
+    NmiInjected {
+        vcpu: u32,
+    },
+    /// The vCPUs were paused / resumed from the control socket.
+    VmPaused,
+    VmResumed,
     /// The VM was reset after a crash (`--after-crash reset`) and boots again.
-    VmReset { crashes: u32 },
+    VmReset {
+        crashes: u32,
+    },
 }
 
 /// A 64-bit value as the event log writes it.
@@ -92,6 +148,8 @@ const MEMORY_LINES: usize = 100_000;
 pub struct EventLog {
     file: Option<Arc<Mutex<File>>>,
     memory: Arc<Mutex<Memory>>,
+    /// Control-socket subscribers (non-blocking; dropped when they cannot keep up).
+    subscribers: Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>,
 }
 
 #[derive(Default)]
@@ -109,7 +167,7 @@ impl EventLog {
 
     pub fn create(path: &Path) -> Result<Self, EventLogError> {
         let file = File::create(path).map_err(|source| EventLogError::Create { path: path.to_owned(), source })?;
-        Ok(Self { file: Some(Arc::new(Mutex::new(file))), memory: Arc::default() })
+        Ok(Self { file: Some(Arc::new(Mutex::new(file))), ..Self::default() })
     }
 
     /// Serialize one record (with the current time) as a line ending in `\n`.
@@ -138,6 +196,16 @@ impl EventLog {
             if let Err(e) = f.write_all(line.as_bytes()) {
                 log::error!("cannot write to the event log: {e}");
             }
+        }
+        // A subscriber that cannot take the whole line now is dropped: it never blocks the VM.
+        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        subs.retain_mut(|s| s.write_all(line.as_bytes()).is_ok());
+    }
+
+    /// Stream every later record to `stream` (set non-blocking here).
+    pub fn subscribe(&self, stream: std::os::unix::net::UnixStream) {
+        if stream.set_nonblocking(true).is_ok() {
+            self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).push(stream);
         }
     }
 

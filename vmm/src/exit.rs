@@ -51,6 +51,8 @@ pub enum VmExit {
         trigger: String,
         reason: String,
     },
+    /// Stopped through the control socket (`shutdown`).
+    HostShutdown,
     /// crashvmm itself failed while the VM ran.
     Error(String),
 }
@@ -58,7 +60,7 @@ pub enum VmExit {
 impl VmExit {
     pub fn exit_code(&self) -> i32 {
         match self {
-            VmExit::PowerOff => code::POWER_OFF,
+            VmExit::PowerOff | VmExit::HostShutdown => code::POWER_OFF,
             VmExit::Reset(_) => code::RESET,
             VmExit::TripleFault { .. } => code::TRIPLE_FAULT,
             VmExit::KvmFailure { .. } => code::KVM_FAILURE,
@@ -73,6 +75,7 @@ impl VmExit {
     pub fn reason(&self) -> String {
         match self {
             VmExit::PowerOff => "poweroff".into(),
+            VmExit::HostShutdown => "shutdown (control socket)".into(),
             VmExit::Reset(src) => format!("reset ({})", src.as_str()),
             VmExit::TripleFault { vcpu } => format!("triple_fault (vcpu {vcpu})"),
             VmExit::KvmFailure { vcpu, detail } => format!("kvm_failure (vcpu {vcpu}): {detail}"),

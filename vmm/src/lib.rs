@@ -4,6 +4,7 @@
 //! the `devices` crate. Start with `docs/DESIGN.md`.
 
 pub mod acpi;
+pub mod api;
 pub mod boot;
 pub mod config;
 pub mod console;

@@ -24,12 +24,57 @@ enum Command {
     /// 4 triple fault, 5 guest panicked, 6 KVM failure, 7 guest panicked and its vmcore could
     /// not be collected, 128+N stopped by signal N.
     Run(Box<RunArgs>),
+    /// Talk to a running crashvmm through its control socket.
+    Ctl {
+        /// The `--api-socket` of the running crashvmm.
+        #[arg(long, value_name = "PATH")]
+        api_socket: PathBuf,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
     /// Summarize a crash directory (or the newest one under a --crash-dir) for a person.
     Report {
         /// A crash directory, or a directory of crash directories.
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// State, vCPUs, crashes, last crash directory.
+    Status,
+    /// Inject an NMI into every vCPU, or one.
+    InjectNmi {
+        #[arg(long)]
+        vcpu: Option<u32>,
+    },
+    /// Pause the vCPUs.
+    Pause,
+    /// Resume the vCPUs.
+    Resume,
+    /// Stop the VM now (hard stop; crashvmm exits with code 0).
+    Shutdown,
+    /// Stream the event log's records as they happen.
+    Subscribe,
+    /// Send one raw request line (for tests and scripts).
+    Raw { json: String },
+}
+
+impl CtlCommand {
+    fn request(&self) -> String {
+        let v = match self {
+            CtlCommand::Status => serde_json::json!({"command": "status"}),
+            CtlCommand::InjectNmi { vcpu: Some(v) } => serde_json::json!({"command": "inject-nmi", "vcpu": v}),
+            CtlCommand::InjectNmi { vcpu: None } => serde_json::json!({"command": "inject-nmi"}),
+            CtlCommand::Pause => serde_json::json!({"command": "pause"}),
+            CtlCommand::Resume => serde_json::json!({"command": "resume"}),
+            CtlCommand::Shutdown => serde_json::json!({"command": "shutdown"}),
+            CtlCommand::Subscribe => serde_json::json!({"command": "subscribe"}),
+            CtlCommand::Raw { json } => return json.clone(),
+        };
+        v.to_string()
+    }
 }
 
 #[derive(clap::Args)]
@@ -110,6 +155,9 @@ struct RunArgs {
     /// serial "crashvmm-crashdisk"): path=FILE,size=SIZE.
     #[arg(long, value_name = "path=FILE,size=SIZE", value_parser = parse_crash_disk)]
     crash_disk: Option<CrashDiskConfig>,
+    /// Serve the control socket here (owner-only; see `crashvmm ctl`).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
 }
 
 fn on_off(s: &str) -> Result<bool, String> {
@@ -134,6 +182,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(*args),
         Command::Report { dir } => vmm::crash::summary::print(&dir).map(|()| 0),
+        Command::Ctl { api_socket, command } => vmm::api::client(&api_socket, &command.request()),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),
@@ -172,6 +221,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         crash_dir: args.crash_dir,
         disks: args.disk,
         crash_disk: args.crash_disk,
+        api_socket: args.api_socket,
     };
     Ok(vmm::vm::run(&config)?.exit_code())
 }

@@ -482,6 +482,8 @@ pub struct VcpuControl {
 
 struct ControlState {
     pause: bool,
+    /// Per vCPU: an NMI to inject before its next run.
+    nmi: Vec<bool>,
     /// Per vCPU: stopped (paused or its thread ended) with the registers it had.
     stopped: Vec<Option<VcpuState>>,
 }
@@ -489,7 +491,11 @@ struct ControlState {
 impl VcpuControl {
     pub fn new(vcpus: u32) -> Self {
         Self {
-            inner: Mutex::new(ControlState { pause: false, stopped: vec![None; vcpus as usize] }),
+            inner: Mutex::new(ControlState {
+                pause: false,
+                nmi: vec![false; vcpus as usize],
+                stopped: vec![None; vcpus as usize],
+            }),
             changed: Condvar::new(),
         }
     }
@@ -514,6 +520,26 @@ impl VcpuControl {
             let guard = self.lock();
             let _ = self.changed.wait_timeout(guard, Duration::from_millis(5));
         }
+    }
+
+    pub fn vcpus(&self) -> u32 {
+        self.lock().stopped.len() as u32
+    }
+
+    /// Whether a pause is in force.
+    pub fn paused(&self) -> bool {
+        self.lock().pause
+    }
+
+    /// Ask vCPU `id` to inject an NMI before it runs again (kick it afterwards).
+    pub fn request_nmi(&self, id: u32) {
+        if let Some(n) = self.lock().nmi.get_mut(id as usize) {
+            *n = true;
+        }
+    }
+
+    fn take_nmi(&self, id: u32) -> bool {
+        self.lock().nmi.get_mut(id as usize).is_some_and(std::mem::take)
     }
 
     /// Let paused vCPUs run again.
@@ -637,6 +663,11 @@ pub fn run_vcpu(
             break;
         }
         deliver(id, &vm, &ctx);
+        if ctx.control.take_nmi(id) {
+            if let Err(e) = fd.nmi() {
+                log::warn!("vCPU {id}: KVM_NMI failed: {e}");
+            }
+        }
         let action = match fd.run() {
             Ok(exit) => handle_exit(id, exit, &ctx, &mut unhandled),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {

@@ -7,7 +7,7 @@
 use std::ffi::CString;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -33,6 +33,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::acpi::{self, AcpiError, Dsdt};
+use crate::api::{self, ApiServer};
 use crate::boot::{self, BootError};
 use crate::config::{ConfigError, VmConfig};
 use crate::config::{CrashDiskConfig, DiskConfig};
@@ -378,6 +379,9 @@ struct Session<'a> {
     signal_pipes: Vec<(i32, UnixStream)>,
     crash: Arc<Mutex<CrashHandling>>,
     escape_enabled: bool,
+    /// The control socket, when `--api-socket` was given.
+    api: Option<UnixListener>,
+    started: Instant,
 }
 
 /// Run the VM described by `config` to its end.
@@ -420,6 +424,11 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     if raw_terminal.is_some() {
         eprintln!("crashvmm: console on this terminal; press Ctrl-A x to stop the VM\r");
     }
+    let api = match &config.api_socket {
+        Some(path) => Some(api::bind(path).map_err(|source| VmError::Io { what: "control socket", source })?),
+        None => None,
+    };
+    let started = Instant::now();
     let session = Session {
         config,
         kvm,
@@ -428,9 +437,10 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         signal_pipes,
         crash: crash.clone(),
         escape_enabled: raw_terminal.is_some(),
+        api,
+        started,
     };
 
-    let started = Instant::now();
     let mut boots = 0u32;
     let exit = loop {
         match boot(&session, boots)? {
@@ -446,6 +456,9 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         }
     };
     drop(raw_terminal);
+    if let Some(path) = &config.api_socket {
+        let _ = std::fs::remove_file(path);
+    }
     log::info!("VM ended after {:.3} s: {}", started.elapsed().as_secs_f64(), exit.reason());
     events.emit(Event::VmExited { exit_code: exit.exit_code(), reason: exit.reason() });
     events.sync();
@@ -498,6 +511,7 @@ fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
     bus.insert(COM1_BASE, COM1_LEN, serial.clone())?;
     bus.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042::new())))?;
     bus.insert(ACPI_PM_BASE, ACPI_PM_LEN, Arc::new(Mutex::new(AcpiPm::new())))?;
+
     if config.pvpanic {
         bus.insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic::new(config.pvpanic_events))))?;
     }
@@ -581,6 +595,16 @@ fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
         .collect::<io::Result<Vec<_>>>()
         .map_err(io_err("signal pipe"))?;
     manager.add_subscriber(Arc::new(Mutex::new(SignalWatcher { pipes, state: state.clone() })));
+    if let Some(listener) = &s.api {
+        let listener = listener.try_clone().map_err(io_err("control socket"))?;
+        manager.add_subscriber(Arc::new(Mutex::new(ApiServer::new(
+            listener,
+            ctx.clone(),
+            state.clone(),
+            s.crash.clone(),
+            s.started,
+        ))));
+    }
     if config.console == ConsoleMode::Stdio {
         manager.add_subscriber(Arc::new(Mutex::new(StdinWatcher {
             serial: serial.clone(),

@@ -44,6 +44,8 @@ pub struct CrashHandling {
     pub crash_disk: Option<PathBuf>,
     /// When the crashed kernel kexec'd into its crash kernel.
     kexec_at: Option<Instant>,
+    /// The last crash directory written.
+    last_dir: Option<PathBuf>,
 }
 
 impl CrashHandling {
@@ -63,6 +65,7 @@ impl CrashHandling {
             stay_paused: false,
             crash_disk: None,
             kexec_at: None,
+            last_dir: None,
         }
     }
 
@@ -72,6 +75,11 @@ impl CrashHandling {
         self.stay_paused = false;
         self.kexec_at = None;
         self.orchestrator.on_reset();
+    }
+
+    /// The last crash directory written.
+    pub fn last_crash_dir(&self) -> Option<&std::path::Path> {
+        self.last_dir.as_deref()
     }
 
     /// Feed a signal to the orchestrator and carry out its decision.
@@ -251,6 +259,7 @@ impl CrashHandling {
             Ok(dir) => {
                 log::warn!("crash report: {}", dir.display());
                 self.events.emit(Event::CrashReport { dir: dir.display().to_string() });
+                self.last_dir = Some(dir);
             }
             Err(e) => log::error!("crash directory incomplete: {e}"),
         }

@@ -33,6 +33,8 @@ pub enum CrashSignal {
     UnloadRequested { vcpu: u32, answered: bool },
     /// The UNLOAD_RESPONSE reached the guest, `latency_us` after the UNLOAD.
     UnloadCompleted { vcpu: u32, latency_us: u64 },
+    /// crashvmm injected an NMI (control socket): a crash that follows soon is its doing.
+    NmiInjected,
 }
 
 /// `--on-panic`: what to do when the guest panics.
@@ -128,6 +130,18 @@ pub enum Action {
     StayPaused,
 }
 
+/// A crash this soon after crashvmm injected an NMI has the injection as its trigger.
+pub const NMI_BLAME: Duration = Duration::from_secs(60);
+
+/// The time a phase was entered, from its deadline (begin() gets no clock of its own).
+fn phase_time(phase: &Phase) -> Option<Instant> {
+    match *phase {
+        Phase::AwaitReport { deadline } => deadline.checked_sub(HV_CRASH_GRACE),
+        Phase::AwaitKexec { deadline } => deadline.checked_sub(KEXEC_GRACE),
+        _ => Some(Instant::now()),
+    }
+}
+
 /// How long to wait after a pvpanic PANICKED for the Hyper-V crash report (which Linux sends
 /// from a later panic notifier and the kmsg dumper) before collecting anyway.
 pub const HV_CRASH_GRACE: Duration = Duration::from_secs(5);
@@ -169,11 +183,13 @@ pub struct Orchestrator {
     unload_in_flight: bool,
     /// Actions held back while an UNLOAD is in flight (the guest busy-waits for it).
     held: Vec<Action>,
+    /// When crashvmm last injected an NMI.
+    last_nmi: Option<Instant>,
 }
 
 impl Orchestrator {
     pub fn new(policy: Policy) -> Self {
-        Self { policy, crash: None, crashes: 0, unload_in_flight: false, held: Vec::new() }
+        Self { policy, crash: None, crashes: 0, unload_in_flight: false, held: Vec::new(), last_nmi: None }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -201,6 +217,11 @@ impl Orchestrator {
     }
 
     fn begin(&mut self, trigger: &str, phase: Phase) -> Vec<Action> {
+        // A crash within NMI_BLAME of an injected NMI is the injection's doing.
+        let trigger = match (self.last_nmi.take(), phase_time(&phase)) {
+            (Some(t), Some(now)) if now.saturating_duration_since(t) <= NMI_BLAME => "nmi_injection",
+            _ => trigger,
+        };
         self.crashes += 1;
         self.crash = Some(Crash {
             trigger: trigger.to_string(),
@@ -312,6 +333,10 @@ impl Orchestrator {
             CrashSignal::UnloadCompleted { .. } => {
                 self.unload_in_flight = false;
                 std::mem::take(&mut self.held)
+            }
+            CrashSignal::NmiInjected => {
+                self.last_nmi = Some(now);
+                vec![]
             }
             CrashSignal::PvPanic { bits, .. } if bits & (PVPANIC_PANICKED | PVPANIC_CRASH_LOADED) == 0 => {
                 vec![]

@@ -317,6 +317,7 @@ fn signal_json(t: &TimedSignal) -> Value {
         CrashSignal::UnloadRequested { vcpu, answered } => {
             json!({"at": at, "signal": "vmbus_unload_requested", "vcpu": vcpu, "answered": answered})
         }
+        CrashSignal::NmiInjected => json!({"at": at, "signal": "nmi_injected"}),
         CrashSignal::UnloadCompleted { vcpu, latency_us } => {
             json!({"at": at, "signal": "vmbus_unload_completed", "vcpu": vcpu, "latency_us": latency_us})
         }

@@ -1,0 +1,306 @@
+//! The control socket (`--api-socket PATH`): JSON requests and responses, one per line, over a
+//! Unix socket only its owner can use; `subscribe` turns a connection into a stream of the
+//! event log's records. Served by the main thread's event loop; a client never blocks the VMM
+//! (event streams are non-blocking and a slow subscriber is dropped).
+//!
+//! ```text
+//! {"command":"status"}                         -> {"ok":true,"state":"running",...}
+//! {"command":"inject-nmi"} / {"command":"inject-nmi","vcpu":1}
+//! {"command":"pause"} / {"command":"resume"}
+//! {"command":"shutdown"}                       -> hard stop (exit code 0)
+//! {"command":"subscribe"}                      -> {"ok":true} then event lines
+//! anything else                                -> {"ok":false,"error":"..."}
+//! ```
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::crash::executor::CrashHandling;
+use crate::crash::CrashSignal;
+use crate::events::Event;
+use crate::exit::VmExit;
+use crate::vcpu::{ExitContext, ExitState};
+
+/// Longest request line.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// A request.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+    InjectNmi {
+        #[serde(default)]
+        vcpu: Option<u32>,
+    },
+    Pause,
+    Resume,
+    Shutdown,
+    Subscribe,
+}
+
+/// Parse one request line.
+pub fn parse(line: &str) -> Result<Request, String> {
+    serde_json::from_str(line.trim()).map_err(|e| format!("bad request: {e}"))
+}
+
+fn error(msg: impl std::fmt::Display) -> Value {
+    json!({"ok": false, "error": msg.to_string()})
+}
+
+/// Bind the socket at `path` (replacing a stale socket, never another kind of file), owner-only.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::other(format!("{} exists and is not a socket", path.display())));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// What the API acts on during one boot of the guest.
+pub struct ApiServer {
+    pub listener: UnixListener,
+    pub ctx: Arc<ExitContext>,
+    pub state: Arc<ExitState>,
+    pub crash: Arc<Mutex<CrashHandling>>,
+    pub started: Instant,
+    conns: HashMap<u32, (UnixStream, Vec<u8>)>,
+    next: u32,
+}
+
+/// `data` of the listener in the event loop; connections count up from 1.
+const LISTENER: u32 = 0;
+
+impl ApiServer {
+    pub fn new(
+        listener: UnixListener,
+        ctx: Arc<ExitContext>,
+        state: Arc<ExitState>,
+        crash: Arc<Mutex<CrashHandling>>,
+        started: Instant,
+    ) -> Self {
+        Self { listener, ctx, state, crash, started, conns: HashMap::new(), next: 1 }
+    }
+
+    fn handle(&mut self, req: Request) -> Value {
+        let c = &self.ctx;
+        match req {
+            Request::Status => {
+                let crash = self.crash.lock().unwrap_or_else(|e| e.into_inner());
+                let state = if self.state.stopping() {
+                    "stopping"
+                } else if c.control.paused() {
+                    "paused"
+                } else {
+                    "running"
+                };
+                json!({
+                    "ok": true, "state": state, "vcpus": c.control.vcpus(),
+                    "uptime_s": self.started.elapsed().as_secs_f64(),
+                    "crashes": crash.orchestrator.crashes(),
+                    "crash_in_progress": crash.orchestrator.panicked(),
+                    "last_crash_dir": crash.last_crash_dir().map(|d| d.display().to_string()),
+                })
+            }
+            Request::InjectNmi { vcpu } => {
+                let n = c.control.vcpus();
+                if vcpu.is_some_and(|v| v >= n) {
+                    return error(format!("no vCPU {} (the VM has {n})", vcpu.unwrap_or_default()));
+                }
+                let targets: Vec<u32> = vcpu.map_or_else(|| (0..n).collect(), |v| vec![v]);
+                for &v in &targets {
+                    c.control.request_nmi(v);
+                    c.kicker.kick(v);
+                    c.events.emit(Event::NmiInjected { vcpu: v });
+                }
+                c.signals.send(CrashSignal::NmiInjected);
+                json!({"ok": true, "vcpus": targets})
+            }
+            Request::Pause => {
+                let ok = c.control.pause_all(&c.kicker, std::time::Duration::from_secs(5));
+                c.events.emit(Event::VmPaused);
+                json!({"ok": ok})
+            }
+            Request::Resume => {
+                c.control.resume();
+                c.events.emit(Event::VmResumed);
+                json!({"ok": true})
+            }
+            Request::Shutdown => {
+                self.state.request(VmExit::HostShutdown);
+                json!({"ok": true})
+            }
+            Request::Subscribe => unreachable!("handled by the caller"),
+        }
+    }
+
+    fn accept(&mut self, ops: &mut EventOps) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let id = self.next;
+                    self.next += 1;
+                    if ops.add(Events::with_data(&stream, id, EventSet::IN)).is_ok() {
+                        self.conns.insert(id, (stream, Vec::new()));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("control socket: accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, id: u32, ops: &mut EventOps) {
+        if let Some((stream, _)) = self.conns.remove(&id) {
+            let _ = ops.remove(Events::new_raw(stream.as_raw_fd(), EventSet::IN));
+        }
+    }
+
+    fn serve(&mut self, id: u32, ops: &mut EventOps) {
+        let mut chunk = [0u8; 4096];
+        let n = match self.conns.get_mut(&id).map(|(s, _)| s.read(&mut chunk)) {
+            Some(Ok(0)) | Some(Err(_)) | None => return self.close(id, ops),
+            Some(Ok(n)) => n,
+        };
+        let Some((_, buf)) = self.conns.get_mut(&id) else { return };
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > MAX_REQUEST && !buf.contains(&b'\n') {
+            self.reply(id, &error(format!("request longer than {MAX_REQUEST} bytes")));
+            return self.close(id, ops);
+        }
+        while let Some(pos) = self.conns.get(&id).and_then(|(_, b)| b.iter().position(|&c| c == b'\n')) {
+            let line: Vec<u8> = self.conns.get_mut(&id).map(|(_, b)| b.drain(..=pos).collect()).unwrap_or_default();
+            let line = String::from_utf8_lossy(&line).into_owned();
+            if line.trim().is_empty() {
+                continue;
+            }
+            match parse(&line) {
+                Ok(Request::Subscribe) => {
+                    // From now on this connection carries event lines, written by whichever
+                    // thread emits them.
+                    self.reply(id, &json!({"ok": true}));
+                    if let Some((stream, _)) = self.conns.get(&id).and_then(|(s, b)| s.try_clone().ok().map(|s| (s, b)))
+                    {
+                        self.ctx.events.subscribe(stream);
+                    }
+                    // Stop reading it; the subscription lives until the client goes away.
+                    if let Some((stream, _)) = self.conns.remove(&id) {
+                        let _ = ops.remove(Events::new_raw(stream.as_raw_fd(), EventSet::IN));
+                    }
+                    return;
+                }
+                Ok(req) => {
+                    let resp = self.handle(req);
+                    self.reply(id, &resp);
+                }
+                Err(e) => self.reply(id, &error(e)),
+            }
+        }
+    }
+
+    fn reply(&mut self, id: u32, v: &Value) {
+        if let Some((stream, _)) = self.conns.get_mut(&id) {
+            let mut line = v.to_string();
+            line.push('\n');
+            // Non-blocking: a client that does not read its answers loses them.
+            let _ = stream.write_all(line.as_bytes());
+        }
+    }
+}
+
+impl MutEventSubscriber for ApiServer {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            LISTENER => self.accept(ops),
+            id => self.serve(id, ops),
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::with_data(&self.listener, LISTENER, EventSet::IN)) {
+            log::error!("cannot watch the control socket: {e:?}");
+        }
+    }
+}
+
+/// `crashvmm ctl`: send one request, print the answer (and, for `subscribe`, the stream).
+pub fn client(path: &Path, request: &str) -> anyhow::Result<i32> {
+    use anyhow::Context;
+    let mut stream = UnixStream::connect(path)
+        .with_context(|| format!("cannot connect to the control socket {}", path.display()))?;
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(b"\n")?;
+    let subscribe = parse(request).is_ok_and(|r| r == Request::Subscribe);
+    let mut reader = io::BufReader::new(stream);
+    let mut line = String::new();
+    let mut ok = true;
+    loop {
+        line.clear();
+        if io::BufRead::read_line(&mut reader, &mut line)? == 0 {
+            break;
+        }
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::String(line.trim().into()));
+        if v.get("ok") == Some(&Value::Bool(false)) {
+            ok = false;
+        }
+        println!("{}", line.trim_end());
+        if !subscribe {
+            break;
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_requests_and_rejects_the_rest() {
+        assert_eq!(parse(r#"{"command":"status"}"#), Ok(Request::Status));
+        assert_eq!(parse(r#"{"command":"inject-nmi"}"#), Ok(Request::InjectNmi { vcpu: None }));
+        assert_eq!(parse(r#" {"command":"inject-nmi","vcpu":1} "#), Ok(Request::InjectNmi { vcpu: Some(1) }));
+        assert_eq!(parse(r#"{"command":"subscribe"}"#), Ok(Request::Subscribe));
+        for bad in ["", "garbage", "{}", r#"{"command":"explode"}"#, r#"{"command":"inject-nmi","vcpu":"one"}"#, "[1]"]
+        {
+            assert!(parse(bad).unwrap_err().starts_with("bad request"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bind_is_owner_only_and_refuses_to_clobber_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        drop(bind(&path).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        // A stale socket is replaced; a regular file is not touched.
+        drop(bind(&path).unwrap());
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"keep").unwrap();
+        assert!(bind(&file).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    }
+}
