@@ -152,7 +152,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "wait-ctl",
         description: "the guest idles; the runner drives the control socket: status, a malformed request, \
-                      subscribe, pause, resume, shutdown",
+                      subscribe, pause, resume, dump, reset, shutdown",
         memory: "768M",
         vcpus: 2,
         cmdline: "console=ttyS0 panic=-1",
@@ -166,7 +166,10 @@ pub const SCENARIOS: &[Scenario] = &[
              ctl raw 'this is not json' >$OUT/ctl-malformed.json; \
              (ctl subscribe >$OUT/ctl-subscribe.jsonl &); sleep 2; \
              ctl pause >$OUT/ctl-pause.json; ctl status >$OUT/ctl-status-paused.json; \
-             ctl resume >$OUT/ctl-resume.json; sleep 1; ctl shutdown >$OUT/ctl-shutdown.json",
+             ctl resume >$OUT/ctl-resume.json; ctl dump >$OUT/ctl-dump.json; ctl reset >$OUT/ctl-reset.json; \
+             i=0; until [ $(grep -c 'CRASHTEST: wait: ready' $OUT/console.log) -ge 2 ] || [ $i -ge 120 ]; do \
+             i=$((i + 1)); sleep 1; done; \
+             ctl status >$OUT/ctl-status-reset.json; ctl shutdown >$OUT/ctl-shutdown.json",
         )),
     },
 ];

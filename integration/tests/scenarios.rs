@@ -263,7 +263,18 @@ fn the_control_socket_answers_status_streams_events_and_rejects_malformed_reques
     let stream = ctl_output(&out, "ctl-subscribe.jsonl");
     assert_eq!(stream[0]["ok"], true);
     let streamed: Vec<&str> = stream[1..].iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert_eq!(streamed, vec!["vm_paused", "vm_resumed", "vm_exited"], "{stream:?}");
+    let expected = ["vm_paused", "vm_resumed", "dump_started", "vmcore_written", "vm_reset"];
+    assert_eq!(&streamed[..5], &expected, "{stream:?}");
+    assert_eq!(streamed.last(), Some(&"vm_exited"), "{stream:?}");
+    // dump: a host-side vmcore of the running VM, which then went on.
+    let dump = &ctl_output(&out, "ctl-dump.json")[0];
+    assert_eq!(dump["ok"], true, "{dump}");
+    assert_eq!(dump["bytes"].as_u64(), Some(stream[4]["bytes"].as_u64().unwrap()));
+    // reset: the guest booted again (its init said so a second time) and still answers.
+    assert_eq!(ctl_output(&out, "ctl-reset.json")[0]["ok"], true);
+    let console = o.console();
+    assert_eq!(console.matches("CRASHTEST: wait: ready").count(), 2, "the guest booted twice");
+    assert_eq!(ctl_output(&out, "ctl-status-reset.json")[0]["state"], "running");
     let logged: Vec<&Value> =
         events.iter().filter(|e| e["event"] == "vm_paused" || e["event"] == "vm_resumed").collect();
     assert_eq!(logged.len(), 2);

@@ -7,6 +7,8 @@
 //! {"command":"status"}                         -> {"ok":true,"state":"running",...}
 //! {"command":"inject-nmi"} / {"command":"inject-nmi","vcpu":1}
 //! {"command":"pause"} / {"command":"resume"}
+//! {"command":"dump"}                           -> host-side vmcore of the live VM (pause, write, resume)
+//! {"command":"reset"}                          -> boot the guest again
 //! {"command":"shutdown"}                       -> hard stop (exit code 0)
 //! {"command":"subscribe"}                      -> {"ok":true} then event lines
 //! anything else                                -> {"ok":false,"error":"..."}
@@ -26,7 +28,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use vmm_sys_util::epoll::EventSet;
 
-use crate::crash::executor::CrashHandling;
+use crate::crash::executor::{BootEnd, CrashHandling};
+use crate::crash::vmcore::{self, VmcoreOptions};
 use crate::crash::CrashSignal;
 use crate::events::Event;
 use crate::exit::VmExit;
@@ -46,6 +49,8 @@ pub enum Request {
     },
     Pause,
     Resume,
+    Dump,
+    Reset,
     Shutdown,
     Subscribe,
 }
@@ -81,6 +86,8 @@ pub struct ApiServer {
     pub state: Arc<ExitState>,
     pub crash: Arc<Mutex<CrashHandling>>,
     pub started: Instant,
+    /// Set to end this boot (a reset).
+    pub decided: Arc<Mutex<Option<BootEnd>>>,
     conns: HashMap<u32, (UnixStream, Vec<u8>)>,
     next: u32,
 }
@@ -95,8 +102,47 @@ impl ApiServer {
         state: Arc<ExitState>,
         crash: Arc<Mutex<CrashHandling>>,
         started: Instant,
+        decided: Arc<Mutex<Option<BootEnd>>>,
     ) -> Self {
-        Self { listener, ctx, state, crash, started, conns: HashMap::new(), next: 1 }
+        Self { listener, ctx, state, crash, started, decided, conns: HashMap::new(), next: 1 }
+    }
+
+    /// A host-side vmcore of the running VM, next to the crash directories.
+    fn dump(&self) -> Value {
+        let c = &self.ctx;
+        let base = self.crash.lock().unwrap_or_else(|e| e.into_inner()).crash_dir.clone();
+        let dir = base.join(format!("{}-dump", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            return error(format!("cannot create {}: {e}", dir.display()));
+        }
+        let path = dir.join("vmcore");
+        let was_paused = c.control.paused();
+        if !c.control.pause_all(&c.kicker, std::time::Duration::from_secs(5)) {
+            log::warn!("dump: not every vCPU stopped; their registers may be missing");
+        }
+        c.events.emit(Event::DumpStarted { path: path.display().to_string() });
+        let result = vmcore::write_vmcore(&c.mem, &c.control.snapshots(), &path, &VmcoreOptions { progress: false });
+        if !was_paused {
+            c.control.resume();
+        }
+        match result {
+            Ok(s) => {
+                let duration_ms = s.duration.as_millis() as u64;
+                c.events.emit(Event::VmcoreWritten {
+                    path: path.display().to_string(),
+                    bytes: s.bytes,
+                    source: "host".into(),
+                    duration_ms,
+                });
+                json!({"ok": true, "path": path.display().to_string(), "bytes": s.bytes, "sha256": s.sha256,
+                       "duration_ms": duration_ms})
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                c.events.emit(Event::VmcoreFailed { reason: e.to_string() });
+                error(format!("dump failed: {e}"))
+            }
+        }
     }
 
     fn handle(&mut self, req: Request) -> Value {
@@ -141,6 +187,12 @@ impl ApiServer {
             Request::Resume => {
                 c.control.resume();
                 c.events.emit(Event::VmResumed);
+                json!({"ok": true})
+            }
+            Request::Dump => self.dump(),
+            Request::Reset => {
+                *self.decided.lock().unwrap_or_else(|e| e.into_inner()) = Some(BootEnd::Reset);
+                c.signals.wake();
                 json!({"ok": true})
             }
             Request::Shutdown => {
@@ -284,6 +336,8 @@ mod tests {
         assert_eq!(parse(r#"{"command":"inject-nmi"}"#), Ok(Request::InjectNmi { vcpu: None }));
         assert_eq!(parse(r#" {"command":"inject-nmi","vcpu":1} "#), Ok(Request::InjectNmi { vcpu: Some(1) }));
         assert_eq!(parse(r#"{"command":"subscribe"}"#), Ok(Request::Subscribe));
+        assert_eq!(parse(r#"{"command":"dump"}"#), Ok(Request::Dump));
+        assert_eq!(parse(r#"{"command":"reset"}"#), Ok(Request::Reset));
         for bad in ["", "garbage", "{}", r#"{"command":"explode"}"#, r#"{"command":"inject-nmi","vcpu":"one"}"#, "[1]"]
         {
             assert!(parse(bad).unwrap_err().starts_with("bad request"), "{bad}");

@@ -103,6 +103,10 @@ pub enum Event {
     CrashReport {
         dir: String,
     },
+    /// The control socket's `dump` started writing a vmcore of the running VM.
+    DumpStarted {
+        path: String,
+    },
     /// An NMI was injected into `vcpu` (control socket `inject-nmi`).
     NmiInjected {
         vcpu: u32,

@@ -53,6 +53,10 @@ enum CtlCommand {
     Pause,
     /// Resume the vCPUs.
     Resume,
+    /// Write a host-side vmcore of the running VM (pause, write, resume).
+    Dump,
+    /// Boot the guest again.
+    Reset,
     /// Stop the VM now (hard stop; crashvmm exits with code 0).
     Shutdown,
     /// Stream the event log's records as they happen.
@@ -69,6 +73,8 @@ impl CtlCommand {
             CtlCommand::InjectNmi { vcpu: None } => serde_json::json!({"command": "inject-nmi"}),
             CtlCommand::Pause => serde_json::json!({"command": "pause"}),
             CtlCommand::Resume => serde_json::json!({"command": "resume"}),
+            CtlCommand::Dump => serde_json::json!({"command": "dump"}),
+            CtlCommand::Reset => serde_json::json!({"command": "reset"}),
             CtlCommand::Shutdown => serde_json::json!({"command": "shutdown"}),
             CtlCommand::Subscribe => serde_json::json!({"command": "subscribe"}),
             CtlCommand::Raw { json } => return json.clone(),

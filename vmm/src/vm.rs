@@ -603,6 +603,7 @@ fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
             state.clone(),
             s.crash.clone(),
             s.started,
+            decided.clone(),
         ))));
     }
     if config.console == ConsoleMode::Stdio {
