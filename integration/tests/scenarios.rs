@@ -216,7 +216,7 @@ fn a_hung_crash_kernel_gets_a_host_side_vmcore_after_the_kdump_timeout() {
     assert_eq!(dirs.len(), 1);
     let report: Value = serde_json::from_slice(&std::fs::read(dirs[0].join("report.json")).unwrap()).unwrap();
     assert!(report["outcome"].as_str().unwrap().contains("host-side vmcore"), "{report}");
-    assert!(report["vmcore"]["reason"].as_str().unwrap().contains("--kdump-timeout 30 s"), "{report}");
+    assert!(report["vmcore"]["reason"].as_str().unwrap().contains("--kdump-timeout 60 s"), "{report}");
     assert!(dirs[0].join("vmcore").is_file());
     std::fs::remove_dir_all(&out).ok();
 }
