@@ -8,7 +8,8 @@
 //! 0x0009_fc00  end of low RAM (EBDA and legacy hole above, not RAM)
 //! 0x000e_0000  ACPI tables (RSDP first), reserved in e820 up to 1 MiB
 //! 0x0010_0000  RAM: kernel, then initrd at the top of low RAM
-//! 0xc000_0000  MMIO hole (IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000) up to 4 GiB
+//! 0xc000_0000  MMIO hole up to 4 GiB: virtio-mmio windows from 0xd000_0000 (one page each),
+//!              IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
 //! 0x1_0000_0000  RAM above 4 GiB, when the guest has more than 3 GiB
 //! ```
 
