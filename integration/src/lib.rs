@@ -164,7 +164,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "CRASHTEST: wait: ready",
             "ctl status >$OUT/ctl-status.json; \
              ctl raw 'this is not json' >$OUT/ctl-malformed.json; \
-             (ctl subscribe >$OUT/ctl-subscribe.jsonl &); sleep 2; \
+             (ctl subscribe >$OUT/ctl-subscribe.jsonl &); sleep 3; \
              ctl pause >$OUT/ctl-pause.json; ctl status >$OUT/ctl-status-paused.json; \
              ctl resume >$OUT/ctl-resume.json; ctl dump >$OUT/ctl-dump.json; ctl reset >$OUT/ctl-reset.json; \
              i=0; until [ $(grep -c 'CRASHTEST: wait: ready' $OUT/console.log) -ge 2 ] || [ $i -ge 120 ]; do \
