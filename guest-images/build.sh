@@ -70,6 +70,30 @@ ensure_host_packages() {
   fi
 }
 
+# The crashtest lockup module (guest-images/lockup: every CPU spins with interrupts off), built
+# once per kernel release against Debian's headers package for that kernel (installed when
+# missing), and staged as /lib/modules/REL/extra/crashtest-lockup.ko (loaded with insmod).
+build_lockup_module() {
+  local rel=$1 root=$2 hdr="/usr/src/linux-headers-$1" ko="$cache/crashtest-lockup-$1.ko"
+  if [[ ! -f $ko || $here/lockup/lockup.c -nt $ko ]]; then
+    if [[ ! -d $hdr ]]; then
+      ((EUID == 0)) || die "building the lockup module needs linux-headers-$rel (run as root, or install it)"
+      say "installing linux-headers-$rel (for the lockup test module)"
+      local log="$cache/apt-install.log"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "linux-headers-$rel" >>"$log" 2>&1 || {
+        apt-get update >>"$log" 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+          "linux-headers-$rel" >>"$log" 2>&1
+      } || die "apt-get install linux-headers-$rel failed (see $log)"
+    fi
+    local src="$cache/lockup-build"
+    rm -rf "$src" && mkdir -p "$src" && cp "$here/lockup/lockup.c" "$here/lockup/Kbuild" "$src/"
+    make -s -C "$hdr" M="$src" modules >"$cache/lockup-build.log" 2>&1 \
+      || die "building the lockup module failed (see $cache/lockup-build.log)"
+    cp "$src/lockup.ko" "$ko"
+  fi
+  install -D -m 0644 "$ko" "$root/lib/modules/$rel/extra/crashtest-lockup.ko"
+}
+
 mkdir -p "$out" "$cache"
 out=$(cd "$out" && pwd)
 cache=$(cd "$cache" && pwd)
@@ -424,6 +448,7 @@ stage_elf "$KEXEC" "$groot" /sbin/kexec
 stage_elf "$MAKEDUMPFILE" "$groot" /usr/bin/makedumpfile
 [[ -n $VMCORE_DMESG ]] && stage_elf "$VMCORE_DMESG" "$groot" /sbin/vmcore-dmesg
 stage_modules "$GUEST_ROOT" "$GUEST_REL" "$groot" "${GUEST_MODULES[@]}"
+build_lockup_module "$GUEST_REL" "$groot"
 stage_init_and_scenarios "$groot"
 # For crashtest=kdump: the kernel to kexec into (the same bzImage) and the crash initramfs.
 mkdir -p "$groot/boot"

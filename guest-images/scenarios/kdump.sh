@@ -50,6 +50,14 @@ for arg in $(cat /proc/cmdline); do
 		sleep 120
 		fail "no NMI came within 120 s"
 		;;
+	crashtest.trigger=lockup)
+		# Every CPU spins with interrupts off; only an NMI (the VMM's watchdog) gets out.
+		echo 1 >/proc/sys/kernel/unknown_nmi_panic
+		echo "CRASHTEST: kdump: hanging with interrupts off"
+		timeout 2 stty "$(stty -g)" 2>/dev/null || sleep 1
+		insmod "/lib/modules/$(uname -r)/extra/crashtest-lockup.ko"
+		fail "still running after the lockup module"
+		;;
 	esac
 done
 

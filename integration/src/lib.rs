@@ -138,7 +138,7 @@ pub const SCENARIOS: &[Scenario] = &[
         driver: None,
     },
     Scenario {
-        name: "kdump-nmi",
+        name: "nmi",
         description: "as kdump, but the guest sets unknown_nmi_panic and waits; the runner injects an NMI through the control socket",
         memory: "768M",
         vcpus: 2,
@@ -148,6 +148,19 @@ pub const SCENARIOS: &[Scenario] = &[
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
         driver: Some(("CRASHTEST: kdump: waiting for an NMI", "ctl inject-nmi >$OUT/ctl-inject-nmi.json")),
+    },
+    Scenario {
+        name: "hang",
+        description: "as kdump, but every CPU spins with interrupts off (a test module); the --watchdog \
+                      detects it and injects an NMI, and the guest's kdump runs",
+        memory: "768M",
+        vcpus: 2,
+        cmdline: "console=ttyS0 panic=-1 crashkernel=192M crashtest.trigger=lockup",
+        expected_exit: GUEST_PANICKED,
+        vmm_args: &["--crash-disk", "path=crash-disk.img,size=1G", "--watchdog", "10s", "--on-hang", "nmi"],
+        testhost_timeout: Duration::from_secs(420),
+        crash_dir_tmpfs: None,
+        driver: None,
     },
     Scenario {
         name: "wait-ctl",

@@ -285,7 +285,7 @@ fn the_control_socket_answers_status_streams_events_and_rejects_malformed_reques
 
 #[test]
 fn an_nmi_injected_through_the_control_socket_is_the_crash_trigger() {
-    let (o, events, _console, out) = run("kdump-nmi");
+    let (o, events, _console, out) = run("nmi");
     check_frame(&o, &events, GUEST_PANICKED, &out);
     assert_eq!(ctl_output(&out, "ctl-inject-nmi.json")[0]["ok"], true);
     let nmi = position(&events, "nmi_injected").expect("nmi_injected");
@@ -297,5 +297,25 @@ fn an_nmi_injected_through_the_control_socket_is_the_crash_trigger() {
     let report: Value = serde_json::from_slice(&std::fs::read(dirs[0].join("report.json")).unwrap()).unwrap();
     assert_eq!(report["trigger"], "nmi_injection", "{report}");
     assert_eq!(report["vmcore"]["source"], "guest");
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn a_hang_with_interrupts_off_is_detected_within_the_watchdog_period_and_broken_by_an_nmi() {
+    let (o, events, console, out) = run("hang");
+    assert!(console.contains("CRASHTEST: kdump: hanging with interrupts off"), "outputs in {}", out.display());
+    check_frame(&o, &events, GUEST_PANICKED, &out);
+    let hang = position(&events, "guest_hang").unwrap_or_else(|| panic!("no guest_hang: {:?}", names(&events)));
+    // --watchdog 10s: reported after 10 s without progress, within a few seconds more.
+    let seconds = events[hang]["seconds"].as_f64().unwrap();
+    assert!((10.0..15.0).contains(&seconds), "stalled {seconds} s");
+    let nmi = position(&events, "nmi_injected").expect("nmi_injected");
+    let pvpanic = position(&events, "pvpanic").expect("pvpanic");
+    assert!(hang < nmi && nmi < pvpanic, "{:?}", names(&events));
+    assert!(position(&events, "kdump_completed").is_some(), "{:?}", names(&events));
+    let dirs = o.crash_dirs();
+    assert_eq!(dirs.len(), 1);
+    let report: Value = serde_json::from_slice(&std::fs::read(dirs[0].join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["trigger"], "guest_hang", "{report}");
     std::fs::remove_dir_all(&out).ok();
 }

@@ -66,6 +66,8 @@ pub struct VmConfig {
     pub crash_disk: Option<CrashDiskConfig>,
     /// The control socket.
     pub api_socket: Option<PathBuf>,
+    /// Hang detection period.
+    pub watchdog: Option<std::time::Duration>,
 }
 
 /// `--disk path=FILE[,readonly]`.
@@ -221,6 +223,7 @@ mod tests {
             disks: vec![],
             crash_disk: None,
             api_socket: None,
+            watchdog: None,
         };
         assert!(matches!(base.validate(), Err(ConfigError::Vcpus(0))));
         let err = VmConfig { vcpus: 1, ..base.clone() }.validate().unwrap_err();

@@ -107,7 +107,11 @@ pub enum Event {
     DumpStarted {
         path: String,
     },
-    /// An NMI was injected into `vcpu` (control socket `inject-nmi`).
+    /// The watchdog found the guest making no progress for `seconds`.
+    GuestHang {
+        seconds: f64,
+    },
+    /// An NMI was injected into `vcpu` (control socket `inject-nmi`, or `--on-hang nmi`).
     NmiInjected {
         vcpu: u32,
     },

@@ -18,3 +18,4 @@ pub mod layout;
 pub mod vcpu;
 pub mod vm;
 pub mod vmbus;
+pub mod watchdog;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use vmm::config::{parse_crash_disk, parse_disk, parse_memory, CrashDiskConfig, DiskConfig, VmConfig};
 use vmm::console::ConsoleMode;
-use vmm::crash::{AfterCrash, HostDump, OnPanic, Policy};
+use vmm::crash::{AfterCrash, HostDump, OnHang, OnPanic, Policy};
 use vmm::exit::code;
 
 #[derive(Parser)]
@@ -161,6 +161,14 @@ struct RunArgs {
     /// serial "crashvmm-crashdisk"): path=FILE,size=SIZE.
     #[arg(long, value_name = "path=FILE,size=SIZE", value_parser = parse_crash_disk)]
     crash_disk: Option<CrashDiskConfig>,
+    /// Report a hang when the guest makes no progress for this long (no vCPU exits, and every
+    /// vCPU spinning with interrupts disabled), e.g. 30s.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    watchdog: Option<std::time::Duration>,
+    /// What to do about a hang: nmi (inject an NMI; with kernel.unknown_nmi_panic=1 the guest
+    /// panics and its crash handling follows), host-dump, or reset.
+    #[arg(long, value_name = "ACTION", default_value = "nmi", value_enum)]
+    on_hang: OnHang,
     /// Serve the control socket here (owner-only; see `crashvmm ctl`).
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
@@ -223,7 +231,9 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             host_dump: args.host_dump,
             max_crashes: args.max_crashes,
             hyperv: args.hyperv,
+            on_hang: args.on_hang,
         },
+        watchdog: args.watchdog,
         crash_dir: args.crash_dir,
         disks: args.disk,
         crash_disk: args.crash_disk,

@@ -27,6 +27,7 @@ use crate::events::{hex, Event, EventLog};
 use crate::exit::VmExit;
 use crate::hyperv::{GuestRam, HyperV, VmbusPort};
 use crate::vmbus::{self, Deferred};
+use crate::watchdog::Sample;
 
 #[derive(Debug, Error)]
 pub enum VcpuError {
@@ -128,6 +129,8 @@ pub struct ExitContext {
     pub deferred: Deferred,
     /// Pausing the vCPUs and their saved registers.
     pub control: VcpuControl,
+    /// vCPU exits handled (watchdog progress).
+    pub exits: std::sync::atomic::AtomicU64,
 }
 
 impl ExitContext {
@@ -484,6 +487,9 @@ struct ControlState {
     pause: bool,
     /// Per vCPU: an NMI to inject before its next run.
     nmi: Vec<bool>,
+    /// Per vCPU: the watchdog wants a sample; the latest sample.
+    sample_wanted: Vec<bool>,
+    samples: Vec<Option<Sample>>,
     /// Per vCPU: stopped (paused or its thread ended) with the registers it had.
     stopped: Vec<Option<VcpuState>>,
 }
@@ -494,6 +500,8 @@ impl VcpuControl {
             inner: Mutex::new(ControlState {
                 pause: false,
                 nmi: vec![false; vcpus as usize],
+                sample_wanted: vec![false; vcpus as usize],
+                samples: vec![None; vcpus as usize],
                 stopped: vec![None; vcpus as usize],
             }),
             changed: Condvar::new(),
@@ -535,6 +543,26 @@ impl VcpuControl {
     pub fn request_nmi(&self, id: u32) {
         if let Some(n) = self.lock().nmi.get_mut(id as usize) {
             *n = true;
+        }
+    }
+
+    /// Ask every vCPU for a watchdog sample (kick them afterwards); returns the previous ones.
+    pub fn request_samples(&self) -> Vec<Option<Sample>> {
+        let mut s = self.lock();
+        s.sample_wanted.iter_mut().for_each(|w| *w = true);
+        s.samples.iter_mut().map(std::mem::take).collect()
+    }
+
+    fn sample(&self, id: u32, fd: &VcpuFd) {
+        let wanted = self.lock().sample_wanted.get_mut(id as usize).is_some_and(std::mem::take);
+        if !wanted {
+            return;
+        }
+        const RFLAGS_IF: u64 = 1 << 9;
+        let interrupts_enabled = fd.get_regs().map(|r| r.rflags & RFLAGS_IF != 0).unwrap_or(true);
+        let halted = fd.get_mp_state().map(|m| m.mp_state == kvm_bindings::KVM_MP_STATE_HALTED).unwrap_or(true);
+        if let Some(slot) = self.lock().samples.get_mut(id as usize) {
+            *slot = Some(Sample { interrupts_enabled, halted });
         }
     }
 
@@ -663,13 +691,17 @@ pub fn run_vcpu(
             break;
         }
         deliver(id, &vm, &ctx);
+        ctx.control.sample(id, &fd);
         if ctx.control.take_nmi(id) {
             if let Err(e) = fd.nmi() {
                 log::warn!("vCPU {id}: KVM_NMI failed: {e}");
             }
         }
         let action = match fd.run() {
-            Ok(exit) => handle_exit(id, exit, &ctx, &mut unhandled),
+            Ok(exit) => {
+                ctx.exits.fetch_add(1, Ordering::Relaxed);
+                handle_exit(id, exit, &ctx, &mut unhandled)
+            }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 fd.set_kvm_immediate_exit(0);
                 ExitAction::Continue
@@ -746,6 +778,7 @@ pub(crate) mod tests {
             kicker: Arc::new(Kicker::new(2)),
             deferred: Deferred::default(),
             control: VcpuControl::new(2),
+            exits: Default::default(),
         }
     }
 

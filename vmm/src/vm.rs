@@ -41,7 +41,7 @@ use crate::console::{ConsoleError, ConsoleMode, ConsoleOutput, ConsoleTail, Esca
 use crate::cpuid;
 use crate::crash::executor::{BootEnd, CrashHandling};
 use crate::crash::report::GuestInfo;
-use crate::crash::{Orchestrator, Policy};
+use crate::crash::{CrashSignal, Orchestrator, Policy};
 use crate::disk::{
     DiskError, FileBackend, VirtioBlockMmio, CRASH_DISK_SERIAL, VIRTIO_GSIS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE,
 };
@@ -51,6 +51,7 @@ use crate::hyperv::{self, HyperV};
 use crate::layout::{self, KVM_TSS_ADDR};
 use crate::vcpu::{self, ExitContext, ExitState, Kicker, SignalQueue, VcpuControl, VcpuError};
 use crate::vmbus::{self, Deferred};
+use crate::watchdog::Watchdog;
 
 /// COM1.
 pub const COM1_BASE: u16 = 0x3f8;
@@ -576,6 +577,7 @@ fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
         kicker: kicker.clone(),
         deferred: Deferred::default(),
         control: VcpuControl::new(config.vcpus),
+        exits: Default::default(),
     });
     let console = s.console.tail();
     let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> = EventManager::new()
@@ -633,6 +635,7 @@ fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
         threads.push(t);
     }
 
+    let mut watchdog = config.watchdog.map(|period| (Watchdog::new(period, Instant::now()), Instant::now()));
     // Run until crash handling decides (stop, reset) or the VM ends by itself.
     let decision = loop {
         if let Some(end) = lock(&decided).take() {
@@ -641,7 +644,9 @@ fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
         if state.get().is_some() {
             break None;
         }
-        let deadline = [lock(&s.crash).orchestrator.deadline(), ctx.deferred.next_due()].into_iter().flatten().min();
+        let tick = watchdog.as_ref().map(|(w, last)| *last + w.tick());
+        let deadline =
+            [lock(&s.crash).orchestrator.deadline(), ctx.deferred.next_due(), tick].into_iter().flatten().min();
         let timeout_ms = deadline
             .map_or(-1, |d| d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32);
         if let Err(e) = manager.run_with_timeout(timeout_ms) {
@@ -650,6 +655,20 @@ fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
         vmbus::post_due(&ctx, Instant::now());
         if let Some(end) = lock(&s.crash).timer(&ctx, &console) {
             *lock(&decided) = Some(end);
+        }
+        if let Some((w, last)) = watchdog.as_mut().filter(|(w, last)| Instant::now() >= *last + w.tick()) {
+            let now = Instant::now();
+            *last = now;
+            let samples = ctx.control.request_samples();
+            ctx.kicker.kick_all();
+            if let Some(stalled) = w.observe(ctx.exits.load(std::sync::atomic::Ordering::Relaxed), &samples, now) {
+                log::warn!("watchdog: the guest made no progress for {:.1} s", stalled.as_secs_f64());
+                s.events.emit(Event::GuestHang { seconds: stalled.as_secs_f64() });
+                let signal = CrashSignal::GuestHang { stalled_ms: stalled.as_millis() as u64 };
+                if let Some(end) = lock(&s.crash).signal(signal, &ctx, &console) {
+                    *lock(&decided) = Some(end);
+                }
+            }
         }
     };
     state.stop();

@@ -35,6 +35,21 @@ pub enum CrashSignal {
     UnloadCompleted { vcpu: u32, latency_us: u64 },
     /// crashvmm injected an NMI (control socket): a crash that follows soon is its doing.
     NmiInjected,
+    /// The watchdog saw no progress for `stalled_ms`.
+    GuestHang { stalled_ms: u64 },
+}
+
+/// `--on-hang`: what to do when the watchdog finds the guest hung.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnHang {
+    /// Inject an NMI into every vCPU: a guest with `kernel.unknown_nmi_panic=1` (or
+    /// `panic_on_unrecovered_nmi`) panics, and its crash handling follows.
+    Nmi,
+    /// Take a host-side vmcore.
+    HostDump,
+    /// Record the hang and boot the guest again.
+    Reset,
 }
 
 /// `--on-panic`: what to do when the guest panics.
@@ -87,6 +102,7 @@ pub struct Policy {
     /// The guest can report through the Hyper-V crash MSRs (so a pvpanic PANICKED is followed
     /// by a Hyper-V report worth waiting for).
     pub hyperv: bool,
+    pub on_hang: OnHang,
 }
 
 fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -102,6 +118,7 @@ impl Default for Policy {
             host_dump: HostDump::Fallback,
             max_crashes: 0,
             hyperv: true,
+            on_hang: OnHang::Nmi,
         }
     }
 }
@@ -128,6 +145,8 @@ pub enum Action {
     Reset,
     /// Keep the VM paused until crashvmm is stopped from outside.
     StayPaused,
+    /// Inject an NMI into every vCPU.
+    InjectNmi,
 }
 
 /// A crash this soon after crashvmm injected an NMI has the injection as its trigger.
@@ -183,13 +202,13 @@ pub struct Orchestrator {
     unload_in_flight: bool,
     /// Actions held back while an UNLOAD is in flight (the guest busy-waits for it).
     held: Vec<Action>,
-    /// When crashvmm last injected an NMI.
-    last_nmi: Option<Instant>,
+    /// What a crash that follows soon is blamed on: crashvmm's NMI, or the hang it broke.
+    blame: Option<(Instant, &'static str)>,
 }
 
 impl Orchestrator {
     pub fn new(policy: Policy) -> Self {
-        Self { policy, crash: None, crashes: 0, unload_in_flight: false, held: Vec::new(), last_nmi: None }
+        Self { policy, crash: None, crashes: 0, unload_in_flight: false, held: Vec::new(), blame: None }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -218,8 +237,8 @@ impl Orchestrator {
 
     fn begin(&mut self, trigger: &str, phase: Phase) -> Vec<Action> {
         // A crash within NMI_BLAME of an injected NMI is the injection's doing.
-        let trigger = match (self.last_nmi.take(), phase_time(&phase)) {
-            (Some(t), Some(now)) if now.saturating_duration_since(t) <= NMI_BLAME => "nmi_injection",
+        let trigger = match (self.blame.take(), phase_time(&phase)) {
+            (Some((t, why)), Some(now)) if now.saturating_duration_since(t) <= NMI_BLAME => why,
             _ => trigger,
         };
         self.crashes += 1;
@@ -335,8 +354,36 @@ impl Orchestrator {
                 std::mem::take(&mut self.held)
             }
             CrashSignal::NmiInjected => {
-                self.last_nmi = Some(now);
+                self.blame = Some((now, "nmi_injection"));
                 vec![]
+            }
+            CrashSignal::GuestHang { stalled_ms } => {
+                if self.crash.is_some() {
+                    // A crash being handled (say a crash kernel at work) is not a hang of its own;
+                    // the kdump timeout covers it.
+                    return vec![];
+                }
+                let secs = *stalled_ms as f64 / 1000.0;
+                match self.policy.on_hang {
+                    OnHang::Nmi => {
+                        self.blame = Some((now, "guest_hang"));
+                        vec![Action::InjectNmi]
+                    }
+                    OnHang::HostDump => {
+                        let mut out = self.begin("guest_hang", Phase::Finished);
+                        out.extend(self.fallback(&format!("the guest made no progress for {secs:.1} s")));
+                        out
+                    }
+                    OnHang::Reset => {
+                        let mut out = self.begin("guest_hang", Phase::Finished);
+                        self.set_phase(Phase::Finished);
+                        out.push(Action::FinishCrash {
+                            outcome: format!("the guest made no progress for {secs:.1} s; reset"),
+                        });
+                        out.push(Action::Reset);
+                        out
+                    }
+                }
             }
             CrashSignal::PvPanic { bits, .. } if bits & (PVPANIC_PANICKED | PVPANIC_CRASH_LOADED) == 0 => {
                 vec![]
@@ -576,6 +623,7 @@ mod tests {
             kdump_timeout: Duration::from_secs(60),
             max_crashes: 0,
             hyperv: true,
+            on_hang: OnHang::Nmi,
         }
     }
 
@@ -761,6 +809,25 @@ mod tests {
         let (mut o, _) = run_at(p, &[pv(PANICKED), unload], t0);
         assert!(o.on_timer(t0 + HV_CRASH_GRACE).is_empty());
         assert_eq!(shape(&o.on_signal(&done, t0)), dump());
+    }
+
+    #[test]
+    fn hangs_follow_on_hang() {
+        let t0 = Instant::now();
+        let hang = CrashSignal::GuestHang { stalled_ms: 30_000 };
+        let base = policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Fallback);
+        // nmi: inject, and the crash that follows is the hang's.
+        let mut o = Orchestrator::new(Policy { on_hang: OnHang::Nmi, ..base.clone() });
+        assert_eq!(o.on_signal(&hang, t0), vec![Action::InjectNmi]);
+        assert_eq!(o.on_signal(&pv(CRASH_LOADED), t0)[0], begin("guest_hang"));
+        // host-dump and reset.
+        let (_, out) = run(Policy { on_hang: OnHang::HostDump, ..base.clone() }, std::slice::from_ref(&hang));
+        assert_eq!(out, [vec![begin("guest_hang")], dump()].concat());
+        let (_, out) = run(Policy { on_hang: OnHang::Reset, ..base.clone() }, std::slice::from_ref(&hang));
+        assert_eq!(out, vec![begin("guest_hang"), finish(), Action::Reset]);
+        // While a crash is being handled, a stall is not a new hang.
+        let (_, out) = run(base, &[pv(CRASH_LOADED), hang]);
+        assert_eq!(out, vec![begin("pvpanic")]);
     }
 
     #[test]

@@ -318,6 +318,7 @@ fn signal_json(t: &TimedSignal) -> Value {
             json!({"at": at, "signal": "vmbus_unload_requested", "vcpu": vcpu, "answered": answered})
         }
         CrashSignal::NmiInjected => json!({"at": at, "signal": "nmi_injected"}),
+        CrashSignal::GuestHang { stalled_ms } => json!({"at": at, "signal": "guest_hang", "stalled_ms": stalled_ms}),
         CrashSignal::UnloadCompleted { vcpu, latency_us } => {
             json!({"at": at, "signal": "vmbus_unload_completed", "vcpu": vcpu, "latency_us": latency_us})
         }
