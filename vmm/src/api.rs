@@ -31,7 +31,7 @@ use vmm_sys_util::epoll::EventSet;
 use crate::crash::executor::{BootEnd, CrashHandling};
 use crate::crash::vmcore::{self, VmcoreOptions};
 use crate::crash::CrashSignal;
-use crate::events::Event;
+use crate::events::{dump_progress, Event};
 use crate::exit::VmExit;
 use crate::vcpu::{ExitContext, ExitState};
 
@@ -121,7 +121,9 @@ impl ApiServer {
             log::warn!("dump: not every vCPU stopped; their registers may be missing");
         }
         c.events.emit(Event::DumpStarted { path: path.display().to_string() });
-        let result = vmcore::write_vmcore(&c.mem, &c.control.snapshots(), &path, &VmcoreOptions { progress: false });
+        let progress = dump_progress(&c.events);
+        let opts = VmcoreOptions { progress: false, on_progress: Some(&progress) };
+        let result = vmcore::write_vmcore(&c.mem, &c.control.snapshots(), &path, &opts);
         if !was_paused {
             c.control.resume();
         }

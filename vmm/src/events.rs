@@ -111,6 +111,11 @@ pub enum Event {
     GuestHang {
         seconds: f64,
     },
+    /// A vmcore being written: `bytes` of `total` done (every tenth or so).
+    DumpProgress {
+        bytes: u64,
+        total: u64,
+    },
     /// An NMI was injected into `vcpu` (control socket `inject-nmi`, or `--on-hang nmi`).
     NmiInjected {
         vcpu: u32,
@@ -122,6 +127,20 @@ pub enum Event {
     VmReset {
         crashes: u32,
     },
+}
+
+/// A progress callback for the vmcore writer that records `dump_progress` events at every
+/// tenth of the file.
+pub fn dump_progress(events: &EventLog) -> impl Fn(u64, u64) + Sync + '_ {
+    let last = std::sync::atomic::AtomicU64::new(0);
+    move |bytes, total| {
+        let step = (total / 10).max(1);
+        let tenth = bytes / step;
+        if tenth > last.load(std::sync::atomic::Ordering::Relaxed) {
+            last.store(tenth, std::sync::atomic::Ordering::Relaxed);
+            events.emit(Event::DumpProgress { bytes, total });
+        }
+    }
 }
 
 /// A 64-bit value as the event log writes it.
@@ -271,6 +290,19 @@ mod tests {
         assert_eq!(ts.len(), 27, "{ts}");
         assert!(ts.ends_with('Z'));
         chrono::DateTime::parse_from_rfc3339(ts).unwrap();
+    }
+
+    #[test]
+    fn dump_progress_reports_each_tenth_once() {
+        let log = EventLog::disabled();
+        let report = dump_progress(&log);
+        for done in (0..=1000u64).step_by(7) {
+            report(done, 1000);
+        }
+        report(1000, 1000);
+        let lines = log.since(0);
+        assert_eq!(lines.len(), 10, "{lines:?}");
+        assert!(lines.iter().all(|l| l.contains("dump_progress") && l.contains("\"total\":1000")));
     }
 
     #[test]

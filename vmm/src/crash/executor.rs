@@ -11,7 +11,7 @@ use super::report::{CrashRecord, GuestInfo, TimedSignal};
 use super::vmcore::{self, VmcoreOptions};
 use super::{flat, Action, CrashSignal, Orchestrator};
 use crate::console::ConsoleTail;
-use crate::events::{Event, EventLog};
+use crate::events::{dump_progress, Event, EventLog};
 use crate::exit::VmExit;
 use crate::vcpu::ExitContext;
 
@@ -187,7 +187,9 @@ impl CrashHandling {
         }
         log::info!("writing host-side vmcore ({reason}) to {}", final_path.display());
         let progress = std::io::stderr().is_terminal();
-        match vmcore::write_vmcore(&ctx.mem, &vcpus, &path, &VmcoreOptions { progress }) {
+        let report = dump_progress(&self.events);
+        let opts = VmcoreOptions { progress, on_progress: Some(&report) };
+        match vmcore::write_vmcore(&ctx.mem, &vcpus, &path, &opts) {
             Ok(s) => {
                 log::info!("vmcore: {} bytes ({} allocated) in {:?}", s.bytes, s.allocated_bytes, s.duration);
                 record.set_vmcore(&s, reason);

@@ -96,10 +96,21 @@ pub struct VcpuState {
 }
 
 /// How to write the vmcore.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct VmcoreOptions {
+#[derive(Clone, Copy, Default)]
+pub struct VmcoreOptions<'a> {
     /// Show a progress bar (bytes) on stderr.
     pub progress: bool,
+    /// Called as the file is written, with (bytes done, file length); often, so throttle.
+    pub on_progress: Option<&'a (dyn Fn(u64, u64) + Sync)>,
+}
+
+impl std::fmt::Debug for VmcoreOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmcoreOptions")
+            .field("progress", &self.progress)
+            .field("on_progress", &self.on_progress.is_some())
+            .finish()
+    }
 }
 
 /// What [`write_vmcore`] wrote.
@@ -723,6 +734,9 @@ pub fn write_vmcore(
         };
         let written = write_file(&file, &layout, &regions, pagemap, |pos| {
             bar.set_position(pos.min(hashed.load(Ordering::Relaxed)));
+            if let Some(report) = opts.on_progress {
+                report(pos, layout.file_len);
+            }
         });
         if written.is_err() {
             cancel.store(true, Ordering::Relaxed);
@@ -846,7 +860,7 @@ mod tests {
         let vcpus = [vcpu(0), vcpu(1), vcpu(2)];
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vmcore");
-        let summary = write_vmcore(&mem, &vcpus, &path, &VmcoreOptions { progress: false }).unwrap();
+        let summary = write_vmcore(&mem, &vcpus, &path, &VmcoreOptions { progress: false, on_progress: None }).unwrap();
         let data = std::fs::read(&path).unwrap();
 
         assert_eq!(summary.path, path);
@@ -942,7 +956,7 @@ mod tests {
         plant_vmcoreinfo(&mem, 0x1f_f000, VMCOREINFO_TEXT);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vmcore");
-        let s = write_vmcore(&mem, &[vcpu(0)], &path, &VmcoreOptions { progress: true }).unwrap();
+        let s = write_vmcore(&mem, &[vcpu(0)], &path, &VmcoreOptions { progress: true, on_progress: None }).unwrap();
         let data = std::fs::read(&path).unwrap();
         assert_eq!(s.sha256, sha256_hex(&data));
         assert_eq!(s.vmcoreinfo.unwrap().gpa, 0x1f_f000);
