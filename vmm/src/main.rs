@@ -241,3 +241,28 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     };
     Ok(vmm::vm::run(&config)?.exit_code())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `crashvmm ctl` builds its requests by hand: each must be one the control socket accepts.
+    #[test]
+    fn every_ctl_command_is_a_valid_api_request() {
+        use vmm::api::{parse, Request};
+        let cases = [
+            (CtlCommand::Status, Request::Status),
+            (CtlCommand::InjectNmi { vcpu: None }, Request::InjectNmi { vcpu: None }),
+            (CtlCommand::InjectNmi { vcpu: Some(1) }, Request::InjectNmi { vcpu: Some(1) }),
+            (CtlCommand::Pause, Request::Pause),
+            (CtlCommand::Resume, Request::Resume),
+            (CtlCommand::Dump, Request::Dump),
+            (CtlCommand::Reset, Request::Reset),
+            (CtlCommand::Shutdown, Request::Shutdown),
+            (CtlCommand::Subscribe, Request::Subscribe),
+        ];
+        for (cmd, expected) in cases {
+            assert_eq!(parse(&cmd.request()), Ok(expected));
+        }
+    }
+}
