@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use vmm_sys_util::epoll::EventSet;
 
@@ -39,7 +39,7 @@ use crate::vcpu::{ExitContext, ExitState};
 pub const MAX_REQUEST: usize = 64 * 1024;
 
 /// A request.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
     Status,
@@ -173,11 +173,7 @@ impl ApiServer {
                     return error(format!("no vCPU {} (the VM has {n})", vcpu.unwrap_or_default()));
                 }
                 let targets: Vec<u32> = vcpu.map_or_else(|| (0..n).collect(), |v| vec![v]);
-                for &v in &targets {
-                    c.control.request_nmi(v);
-                    c.kicker.kick(v);
-                    c.events.emit(Event::NmiInjected { vcpu: v });
-                }
+                c.inject_nmi(&targets);
                 c.signals.send(CrashSignal::NmiInjected);
                 json!({"ok": true, "vcpus": targets})
             }

@@ -138,6 +138,15 @@ impl ExitContext {
         self.hyperv.as_ref().map(|h| h.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Inject an NMI into each of `vcpus` (done by each vCPU's own thread before it runs again).
+    pub fn inject_nmi(&self, vcpus: &[u32]) {
+        for &v in vcpus {
+            self.control.request_nmi(v);
+            self.kicker.kick(v);
+            self.events.emit(Event::NmiInjected { vcpu: v });
+        }
+    }
+
     fn pvpanic(&self, vcpu: u32, bits: u8) {
         use devices::pvpanic::{PVPANIC_CRASH_LOADED, PVPANIC_PANICKED, PVPANIC_SHUTDOWN};
         log::warn!("vCPU {vcpu}: pvpanic event {bits:#x}");

@@ -133,13 +133,7 @@ impl CrashHandling {
                 Action::FinishCrash { outcome } => self.finish(&outcome, ctx, console),
                 Action::Stop(exit) => return Some(BootEnd::Exit(exit)),
                 Action::Reset => return Some(BootEnd::Reset),
-                Action::InjectNmi => {
-                    for v in 0..ctx.control.vcpus() {
-                        ctx.control.request_nmi(v);
-                        ctx.kicker.kick(v);
-                        self.events.emit(Event::NmiInjected { vcpu: v });
-                    }
-                }
+                Action::InjectNmi => ctx.inject_nmi(&(0..ctx.control.vcpus()).collect::<Vec<_>>()),
                 Action::StayPaused => {
                     log::info!("crash handled; the VM stays paused (stop crashvmm with SIGINT or SIGTERM)");
                     self.stay_paused = true;
