@@ -66,20 +66,21 @@ enum CtlCommand {
 }
 
 impl CtlCommand {
+    /// The request line: the control socket's own `Request`, serialized.
     fn request(&self) -> String {
-        let v = match self {
-            CtlCommand::Status => serde_json::json!({"command": "status"}),
-            CtlCommand::InjectNmi { vcpu: Some(v) } => serde_json::json!({"command": "inject-nmi", "vcpu": v}),
-            CtlCommand::InjectNmi { vcpu: None } => serde_json::json!({"command": "inject-nmi"}),
-            CtlCommand::Pause => serde_json::json!({"command": "pause"}),
-            CtlCommand::Resume => serde_json::json!({"command": "resume"}),
-            CtlCommand::Dump => serde_json::json!({"command": "dump"}),
-            CtlCommand::Reset => serde_json::json!({"command": "reset"}),
-            CtlCommand::Shutdown => serde_json::json!({"command": "shutdown"}),
-            CtlCommand::Subscribe => serde_json::json!({"command": "subscribe"}),
+        use vmm::api::Request;
+        let req = match self {
+            CtlCommand::Status => Request::Status,
+            CtlCommand::InjectNmi { vcpu } => Request::InjectNmi { vcpu: *vcpu },
+            CtlCommand::Pause => Request::Pause,
+            CtlCommand::Resume => Request::Resume,
+            CtlCommand::Dump => Request::Dump,
+            CtlCommand::Reset => Request::Reset,
+            CtlCommand::Shutdown => Request::Shutdown,
+            CtlCommand::Subscribe => Request::Subscribe,
             CtlCommand::Raw { json } => return json.clone(),
         };
-        v.to_string()
+        serde_json::to_string(&req).unwrap_or_default()
     }
 }
 
@@ -246,7 +247,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
 mod tests {
     use super::*;
 
-    /// `crashvmm ctl` builds its requests by hand: each must be one the control socket accepts.
+    /// Each `crashvmm ctl` request line is one the control socket accepts.
     #[test]
     fn every_ctl_command_is_a_valid_api_request() {
         use vmm::api::{parse, Request};
