@@ -43,7 +43,9 @@ fn missing_kernel() {
 fn kernel_that_is_not_a_bzimage() {
     let f = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(f.path(), vec![0x7fu8; 4096]).unwrap();
-    assert_one_line_error(&["--kernel", f.path().to_str().unwrap()], "is not a bzImage");
+    assert_one_line_error(&["--kernel", f.path().to_str().unwrap()], "is neither a bzImage");
+    std::fs::write(f.path(), b"\x7fELF\x01\x01\x01\0\0\0\0\0\0\0\0\0\x02\0\x03\0").unwrap();
+    assert_one_line_error(&["--kernel", f.path().to_str().unwrap()], "not a 64-bit little-endian x86-64");
     assert_one_line_error(&["--kernel", "/"], "not a regular file");
 }
 

@@ -158,7 +158,7 @@ impl VmConfig {
             return Err(ConfigError::Vcpus(self.vcpus));
         }
         check_memory(self.memory_bytes, host_memory_bytes())?;
-        boot::check_bzimage(&self.kernel)?;
+        boot::check_kernel(&self.kernel)?;
         if let Some(initrd) = &self.initrd {
             check_initrd(initrd)?;
         }

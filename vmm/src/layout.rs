@@ -18,6 +18,10 @@ use vm_memory::GuestAddress;
 pub const GDT_ADDR: u64 = 0x500;
 pub const IDT_ADDR: u64 = 0x520;
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
+/// PVH boot: `hvm_start_info` (in place of the zero page), its memory map and module list.
+pub const PVH_START_INFO_ADDR: u64 = ZERO_PAGE_ADDR;
+pub const PVH_MEMMAP_ADDR: u64 = ZERO_PAGE_ADDR + 0x40;
+pub const PVH_MODLIST_ADDR: u64 = ZERO_PAGE_ADDR + 0x800;
 pub const BOOT_STACK_TOP: u64 = 0x8ff0;
 pub const PML4_ADDR: u64 = 0x9000;
 pub const PDPT_ADDR: u64 = 0xa000;

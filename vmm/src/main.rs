@@ -18,7 +18,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot a Linux bzImage and run it until it powers off, resets or fails.
+    /// Boot a Linux bzImage (or a PVH ELF kernel) and run it until it powers off, resets or fails.
     ///
     /// Exit codes: 0 guest powered off, 1 crashvmm error, 2 usage error, 3 guest reset,
     /// 4 triple fault, 5 guest panicked, 6 KVM failure, 7 guest panicked and its vmcore could
@@ -86,7 +86,8 @@ impl CtlCommand {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Linux bzImage (64-bit boot protocol 2.12 or later).
+    /// Linux bzImage (64-bit boot protocol 2.12 or later), or an x86-64 ELF kernel with a PVH
+    /// entry note (such as the project's test guest); its initrd becomes the PVH module.
     #[arg(long, value_name = "PATH")]
     kernel: PathBuf,
     /// Initramfs to load with the kernel.
@@ -202,10 +203,27 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            eprintln!("crashvmm: error: {e:#}");
+            eprintln!("crashvmm: error: {}", error_chain(&e));
             ExitCode::from(code::ERROR as u8)
         }
     }
+}
+
+/// The error and its causes on one line, leaving out a cause whose text the error already
+/// quotes (many of ours say "cannot read X: {source}" and also expose the source).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run(args: RunArgs) -> anyhow::Result<i32> {

@@ -341,7 +341,7 @@ fn set_lvt_mode(regs: &mut [i8], offset: usize, mode: u32) {
 
 /// Configure a vCPU's CPUID, MSRs and local APIC; the BSP (`entry` given) also gets the
 /// long-mode registers at the kernel entry point.
-pub fn configure_vcpu(fd: &VcpuFd, id: u32, cpuid: &CpuId, entry: Option<u64>) -> Result<(), VcpuError> {
+pub fn configure_vcpu(fd: &VcpuFd, id: u32, cpuid: &CpuId, entry: Option<boot::BootEntry>) -> Result<(), VcpuError> {
     let kvm = |what| move |source| VcpuError::Kvm { vcpu: id, what, source };
     fd.set_cpuid2(cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
     let entries: Vec<kvm_msr_entry> = [
@@ -374,8 +374,8 @@ pub fn configure_vcpu(fd: &VcpuFd, id: u32, cpuid: &CpuId, entry: Option<u64>) -
     fd.set_fpu(&boot::boot_fpu()).map_err(kvm("KVM_SET_FPU"))?;
     if let Some(entry) = entry {
         let sregs = fd.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
-        fd.set_sregs(&boot::long_mode_sregs(sregs)).map_err(kvm("KVM_SET_SREGS"))?;
-        fd.set_regs(&boot::boot_regs(entry)).map_err(kvm("KVM_SET_REGS"))?;
+        fd.set_sregs(&boot::boot_sregs(sregs, &entry)).map_err(kvm("KVM_SET_SREGS"))?;
+        fd.set_regs(&boot::boot_regs(&entry)).map_err(kvm("KVM_SET_REGS"))?;
     }
     Ok(())
 }

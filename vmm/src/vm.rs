@@ -493,11 +493,11 @@ fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
     }
     let rsdp = acpi::write_acpi_tables(&mem, config.vcpus, dsdt)?;
     let layout =
-        boot::load_linux(&mem, config.memory_bytes, &config.kernel, config.initrd.as_deref(), &config.cmdline, rsdp)?;
+        boot::load_kernel(&mem, config.memory_bytes, &config.kernel, config.initrd.as_deref(), &config.cmdline, rsdp)?;
     boot::write_page_tables(&mem)?;
-    boot::write_gdt(&mem)?;
+    boot::write_gdt(&mem, &layout.entry)?;
     log::info!(
-        "kernel entry {:#x}, initrd {:?}, {} MiB, {} vCPU(s)",
+        "kernel {}, initrd {:x?}, {} MiB, {} vCPU(s)",
         layout.entry,
         layout.initrd,
         config.memory_bytes >> 20,
