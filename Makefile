@@ -5,6 +5,9 @@
 #   make scenario SCENARIO=boot OUT=/tmp/b     run one Linux scenario, outputs in OUT
 #   make images     build the guest and test-host images from Debian packages
 #   make build      the statically linked crashvmm binary
+#   make fuzz       fuzz the devices' protocol code, FUZZ_SECONDS (60) per target; not in `make test`
+#   make bench      crashvmm against QEMU: writes docs/benchmarks.md and docs/benchmarks.png
+#                   (about 15 minutes, 20 GiB of free disk; not in `make test`)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -18,7 +21,7 @@ OUT ?= build/scenario-$(SCENARIO)
 # Debian packages the build and the test host need (guest-images/build.sh installs its own too).
 APT_PACKAGES := qemu-system-x86 busybox-static cpio kexec-tools makedumpfile binutils gzip
 
-.PHONY: all build images deps lint fmt unit integration test run scenario clean
+.PHONY: all build images testguest deps lint fmt unit integration test run scenario fuzz bench clean
 
 all: build
 
@@ -38,13 +41,25 @@ deps:
 	fi
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
+	@rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-none || rustup target add x86_64-unknown-none
 
 # Statically linked, so the same binary runs inside the software KVM test host.
 build:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --locked --release --target $(TARGET) -p vmm
 
-images:
+images: testguest
 	bash guest-images/build.sh $(IMAGES) $(CACHE)
+
+# The project's own test guest (guest-images/testguest): a PVH ELF for x86_64-unknown-none,
+# built outside the workspace with its own lock file and target directory.
+TESTGUEST_DIR := guest-images/testguest
+TESTGUEST_CARGO := cd $(TESTGUEST_DIR) && env -u RUSTFLAGS -u CARGO_TARGET_DIR -u CARGO_BUILD_TARGET $(CARGO)
+testguest:
+	@rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-none || rustup target add x86_64-unknown-none
+	$(TESTGUEST_CARGO) build --locked --release --target x86_64-unknown-none
+	@mkdir -p $(IMAGES)/testguest
+	@cmp -s $(TESTGUEST_DIR)/target/x86_64-unknown-none/release/testguest $(IMAGES)/testguest/testguest.elf || \
+	  cp $(TESTGUEST_DIR)/target/x86_64-unknown-none/release/testguest $(IMAGES)/testguest/testguest.elf
 
 fmt:
 	$(CARGO) fmt --all
@@ -52,6 +67,8 @@ fmt:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	$(TESTGUEST_CARGO) fmt -- --check
+	$(TESTGUEST_CARGO) clippy --locked --release --target x86_64-unknown-none -- -D warnings
 
 unit:
 	$(CARGO) test --locked --workspace --lib --bins
@@ -72,6 +89,41 @@ run: deps build images
 	@echo
 	@$(BIN) report build/run/crashes
 	@echo "events: build/run/events.jsonl; crash directory: $$(ls -d build/run/crashes/*/ | tail -n 1)"
+
+# The cargo-fuzz targets of fuzz/ (nightly), FUZZ_SECONDS each: the corpus grows in
+# fuzz/corpus/<target> from the committed fuzz/seeds/<target>; a finding is saved under
+# fuzz/artifacts/<target>/ and fails the run (logs in build/fuzz/).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := vmbus_messages vmbus_server hypercall crash_message
+CARGO_NIGHTLY ?= cargo +nightly
+
+fuzz:
+	@rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && $(CARGO_NIGHTLY) test --locked --lib -q
+	$(CARGO_NIGHTLY) fuzz build
+	@mkdir -p build/fuzz; failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  $(CARGO_NIGHTLY) fuzz run $$t fuzz/corpus/$$t fuzz/seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) \
+	    -timeout=10 -print_final_stats=1 >build/fuzz/$$t.log 2>&1 || { failed="$$failed $$t"; tail -n 40 build/fuzz/$$t.log; }; \
+	done; \
+	for t in $(FUZZ_TARGETS); do \
+	  execs=$$(sed -n 's/^stat::number_of_executed_units: *//p' build/fuzz/$$t.log | tail -n 1); \
+	  case " $$failed " in *" $$t "*) r=FINDING;; *) r=ok;; esac; \
+	  printf 'fuzz: %-16s %-8s %12s executions\n' $$t $$r "$${execs:-?}"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "make fuzz: findings in$$failed (inputs under fuzz/artifacts/)"; exit 1; fi
+	@echo "make fuzz: no findings"
+
+# One run measures crashvmm and, beside it, QEMU on the same machine (integration/src/bench/):
+# vmcore throughput, start time and resident memory, the crash path. The plot's font comes from
+# fonts-dejavu-core. Scratch files go to build/bench (deleted as the run goes).
+bench:
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(APT_PACKAGES) fonts-dejavu-core"
+	@$(MAKE) --no-print-directory build images
+	$(CARGO) run --locked --release -q -p integration --bin bench -- --doc docs/benchmarks.md --png docs/benchmarks.png
 
 clean:
 	$(CARGO) clean

@@ -7,7 +7,8 @@ use std::time::Instant;
 use devices::hyperv::cpuid::hyperv_leaves;
 use devices::hyperv::hypercall::MessageHandler;
 use devices::hyperv::tlfs::{
-    HV_STATUS_INVALID_CONNECTION_ID, HV_STATUS_INVALID_HYPERCALL_INPUT, HV_SYNTHETIC_MSR_BASE, HV_SYNTHETIC_MSR_COUNT,
+    HV_STATUS_INSUFFICIENT_BUFFERS, HV_STATUS_INVALID_CONNECTION_ID, HV_STATUS_INVALID_HYPERCALL_INPUT,
+    HV_SYNTHETIC_MSR_BASE, HV_SYNTHETIC_MSR_COUNT,
     HYPERVISOR_CPUID_RANGE,
 };
 use devices::hyperv::{HvConfig, HvPartition};
@@ -64,12 +65,26 @@ pub const TAG_UNLOAD_RESPONSE: u64 = 1;
 pub struct VmbusPort<'a> {
     pub server: &'a mut VmbusServer,
     pub outputs: Vec<Output>,
+    /// Whether the SynIC queues have room for every reply one message can cause.
+    pub room: bool,
+}
+
+impl<'a> VmbusPort<'a> {
+    pub fn new(hv: &'a mut HyperV) -> Self {
+        let room = hv.partition.has_room(hv.vmbus.max_replies());
+        Self { server: &mut hv.vmbus, outputs: Vec::new(), room }
+    }
 }
 
 impl MessageHandler for VmbusPort<'_> {
     fn post_message(&mut self, vp: u32, connection_id: u32, message_type: u32, payload: &[u8]) -> u16 {
         if message_type != VMBUS_SYNIC_MESSAGE_TYPE {
             return HV_STATUS_INVALID_HYPERCALL_INPUT;
+        }
+        if !self.room {
+            // The guest has not read its replies: it retries later, nothing is lost (TLFS
+            // HvCallPostMessage; Linux's vmbus_post_msg() backs off and retries).
+            return HV_STATUS_INSUFFICIENT_BUFFERS;
         }
         let (status, out) = self.server.post_message(vp, connection_id, payload);
         self.outputs.extend(out);
@@ -142,6 +157,27 @@ mod tests {
         assert!(ram.read((64 << 20) - 1, &mut b).is_err());
         assert!(ram.read(u64::MAX - 1, &mut b).is_err());
         assert!(ram.write(0xc000_0000, b"x").is_err());
+    }
+
+    #[test]
+    fn full_reply_queues_refuse_messages_with_insufficient_buffers() {
+        use devices::vmbus::messages::CHANNELMSG_UNLOAD;
+        let hv = HyperV::new(
+            HvConfig { vcpus: 1, tsc_hz: 1, apic_hz: 1, crash_message: true },
+            ServerConfig { vcpus: 1, unload_delay: std::time::Duration::ZERO, unload_response: true },
+        );
+        let mut hv = hv.lock().unwrap();
+        let unload = [CHANNELMSG_UNLOAD.to_le_bytes(), [0; 4]].concat();
+        for i in 0..devices::hyperv::MAX_QUEUED_MESSAGES - 1 {
+            hv.partition.post(0, 2, VMBUS_SYNIC_MESSAGE_TYPE, b"unread", i as u64).unwrap();
+        }
+        let mut port = VmbusPort::new(&mut hv);
+        let status = port.post_message(0, 1, VMBUS_SYNIC_MESSAGE_TYPE, &unload);
+        assert_eq!((status, port.outputs.len()), (HV_STATUS_INSUFFICIENT_BUFFERS, 0), "never seen by the server");
+        hv.partition.clear_queues();
+        let mut port = VmbusPort::new(&mut hv);
+        assert_eq!(port.post_message(0, 1, VMBUS_SYNIC_MESSAGE_TYPE, &unload), 0, "HV_STATUS_SUCCESS");
+        assert!(!port.outputs.is_empty());
     }
 
     #[test]

@@ -651,7 +651,7 @@ fn hypercall(vcpu: u32, fd: &VcpuFd, ctx: &ExitContext) -> Result<(), errno::Err
     let Some(mut hv) = ctx.hyperv() else {
         return Ok(());
     };
-    let mut port = VmbusPort { server: &mut hv.vmbus, outputs: Vec::new() };
+    let mut port = VmbusPort::new(&mut hv);
     regs.rax = handle_hypercall(vcpu, input, &GuestRam(&ctx.mem), &mut port);
     let outputs = port.outputs;
     let kick = vmbus::apply(ctx, &mut hv, outputs, Instant::now());

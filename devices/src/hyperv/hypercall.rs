@@ -87,6 +87,23 @@ impl MessageHandler for NoConnections {
 /// `connection_id` bits 23:0.
 const CONNECTION_ID_MASK: u32 = 0x00ff_ffff;
 
+/// Whether the input block `[gpa, gpa + len)` starts 8-byte aligned and stays in one page.
+/// TLFS (hypercall status codes): an input GPA not aligned to 8 bytes, an input parameter
+/// list that spans pages, and an input GPA outside the GPA space all give
+/// HV_STATUS_INVALID_ALIGNMENT.
+fn input_block_ok(gpa: u64, len: u64) -> bool {
+    gpa % 8 == 0 && (gpa & 0xfff) + len <= 0x1000
+}
+
+/// Read an input block; a GPA that is not guest RAM is "not within the bounds of the GPA
+/// space": HV_STATUS_INVALID_ALIGNMENT.
+fn read_input(mem: &dyn GuestMemory, gpa: u64, buf: &mut [u8]) -> Result<(), u16> {
+    if !input_block_ok(gpa, buf.len() as u64) {
+        return Err(HV_STATUS_INVALID_ALIGNMENT);
+    }
+    mem.read(gpa, buf).map_err(|_| HV_STATUS_INVALID_ALIGNMENT)
+}
+
 /// Run one hypercall; returns the value for RAX (status in bits 15:0, no reps completed).
 pub fn handle_hypercall(
     vp: u32,
@@ -96,6 +113,10 @@ pub fn handle_hypercall(
 ) -> u64 {
     let c = Control::decode(input.control);
     let status = match c.code {
+        HVCALL_POST_MESSAGE | HVCALL_SIGNAL_EVENT if input.control & HV_HYPERCALL_RSVD_MASK != 0 => {
+            // TLFS: a reserved bit of the hypercall input value is set.
+            HV_STATUS_INVALID_HYPERCALL_INPUT
+        }
         HVCALL_POST_MESSAGE => post_message(vp, c, input, mem, handler),
         HVCALL_SIGNAL_EVENT => signal_event(vp, c, input, mem, handler),
         _ => HV_STATUS_INVALID_HYPERCALL_CODE,
@@ -113,25 +134,21 @@ fn post_message(
     if c.fast || c.rep_count != 0 || c.var_header_size != 0 {
         return HV_STATUS_INVALID_HYPERCALL_INPUT;
     }
-    let gpa = input.param1;
-    if gpa % 8 != 0 {
-        return HV_STATUS_INVALID_ALIGNMENT;
+    // The whole `struct hv_input_post_message` (256 bytes) is the input block.
+    let mut block = [0u8; HV_POST_MESSAGE_INPUT_SIZE];
+    if let Err(status) = read_input(mem, input.param1, &mut block) {
+        return status;
     }
-    let mut header = [0u8; HV_POST_MESSAGE_HEADER_SIZE];
-    if mem.read(gpa, &mut header).is_err() {
-        return HV_STATUS_INVALID_PARAMETER;
-    }
-    let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap_or_default());
+    let word = |i: usize| u32::from_le_bytes([block[i], block[i + 1], block[i + 2], block[i + 3]]);
     let (connection_id, message_type, size) = (word(0) & CONNECTION_ID_MASK, word(8), word(12) as usize);
-    // Message types with the high bit set belong to the hypervisor; 0 is "no message".
+    // TLFS HvCallPostMessage: HV_STATUS_INVALID_PARAMETER when the message type is 0 or has
+    // its most significant bit set (those belong to the hypervisor), or the payload size
+    // exceeds 240 bytes.
     if message_type == HVMSG_NONE || message_type & 0x8000_0000 != 0 || size > HV_MESSAGE_PAYLOAD_BYTE_COUNT {
-        return HV_STATUS_INVALID_HYPERCALL_INPUT;
-    }
-    let mut payload = vec![0u8; size];
-    if mem.read(gpa + HV_POST_MESSAGE_HEADER_SIZE as u64, &mut payload).is_err() {
         return HV_STATUS_INVALID_PARAMETER;
     }
-    handler.post_message(vp, connection_id, message_type, &payload)
+    let payload = &block[HV_POST_MESSAGE_HEADER_SIZE..HV_POST_MESSAGE_HEADER_SIZE + size];
+    handler.post_message(vp, connection_id, message_type, payload)
 }
 
 fn signal_event(
@@ -147,12 +164,9 @@ fn signal_event(
     let word = if c.fast {
         input.param1
     } else {
-        if input.param1 % 8 != 0 {
-            return HV_STATUS_INVALID_ALIGNMENT;
-        }
         let mut b = [0u8; 8];
-        if mem.read(input.param1, &mut b).is_err() {
-            return HV_STATUS_INVALID_PARAMETER;
+        if let Err(status) = read_input(mem, input.param1, &mut b) {
+            return status;
         }
         u64::from_le_bytes(b)
     };
@@ -225,21 +239,32 @@ mod tests {
     fn hostile_post_message_inputs_get_architectural_errors() {
         let mem = FakeMem::new(0x10000);
         let mut h = Recorder::default();
+        // HvCallPostMessage's own: INVALID_PARAMETER for the message type and payload size.
         post_input(&mem, 0x2000, 4, 1, 241, &[0; 241]);
-        assert_eq!(call(0x5c, 0x2000, &mem, &mut h) as u16, HV_STATUS_INVALID_HYPERCALL_INPUT, "payload over 240");
+        assert_eq!(call(0x5c, 0x2000, &mem, &mut h) as u16, HV_STATUS_INVALID_PARAMETER, "payload over 240");
+        post_input(&mem, 0x2000, 4, 1, u32::MAX, &[]);
+        assert_eq!(call(0x5c, 0x2000, &mem, &mut h) as u16, HV_STATUS_INVALID_PARAMETER, "payload 4 GiB");
         post_input(&mem, 0x3000, 4, 0, 1, &[0]);
-        assert_eq!(call(0x5c, 0x3000, &mem, &mut h) as u16, HV_STATUS_INVALID_HYPERCALL_INPUT, "type 0");
+        assert_eq!(call(0x5c, 0x3000, &mem, &mut h) as u16, HV_STATUS_INVALID_PARAMETER, "type 0");
         post_input(&mem, 0x3000, 4, 0x8000_0001, 1, &[0]);
-        assert_eq!(call(0x5c, 0x3000, &mem, &mut h) as u16, HV_STATUS_INVALID_HYPERCALL_INPUT, "hypervisor type");
+        assert_eq!(call(0x5c, 0x3000, &mem, &mut h) as u16, HV_STATUS_INVALID_PARAMETER, "hypervisor type");
+        // The common codes: INVALID_ALIGNMENT for a misaligned input, an input spanning pages,
+        // an input outside the GPA space.
         assert_eq!(call(0x5c, 0x2004, &mem, &mut h) as u16, HV_STATUS_INVALID_ALIGNMENT);
-        assert_eq!(call(0x5c, 0x1_0000_0000, &mem, &mut h) as u16, HV_STATUS_INVALID_PARAMETER, "outside RAM");
-        assert_eq!(call(0x5c, !7, &mem, &mut h) as u16, HV_STATUS_INVALID_PARAMETER, "wraps");
-        // Header inside RAM, payload beyond it.
-        post_input(&mem, 0xfff0, 4, 1, 240, &[]);
-        assert_eq!(call(0x5c, 0xfff0, &mem, &mut h) as u16, HV_STATUS_INVALID_PARAMETER);
+        assert_eq!(call(0x5c, 0x1_0000_0000, &mem, &mut h) as u16, HV_STATUS_INVALID_ALIGNMENT, "outside RAM");
+        assert_eq!(call(0x5c, !7, &mem, &mut h) as u16, HV_STATUS_INVALID_ALIGNMENT, "wraps");
+        post_input(&mem, 0x2ff8, 4, 1, 0, &[]);
+        assert_eq!(call(0x5c, 0x2ff8, &mem, &mut h) as u16, HV_STATUS_INVALID_ALIGNMENT, "spans pages");
+        // The last input block of RAM is fine; one past it is not.
+        post_input(&mem, 0xff00, 4, 1, 0, &[]);
+        assert_eq!(call(0x5c, 0xff00, &mem, &mut h) as u16, HV_STATUS_SUCCESS);
+        assert_eq!(call(0x5c, 0x10000, &mem, &mut h) as u16, HV_STATUS_INVALID_ALIGNMENT);
         assert_eq!(call(0x5c | HV_HYPERCALL_FAST_BIT, 0x2000, &mem, &mut h) as u16, HV_STATUS_INVALID_HYPERCALL_INPUT);
         assert_eq!(call(0x5c | (1 << 32), 0x2000, &mem, &mut h) as u16, HV_STATUS_INVALID_HYPERCALL_INPUT, "rep");
-        assert!(h.posts.is_empty());
+        for reserved in [1 << 27, 1 << 31, 1 << 44, 1 << 63] {
+            assert_eq!(call(0x5c | reserved, 0x2000, &mem, &mut h) as u16, HV_STATUS_INVALID_HYPERCALL_INPUT);
+        }
+        assert_eq!(h.posts, vec![(3, 4, 1, vec![])], "only the last block of RAM");
     }
 
     #[test]
@@ -250,7 +275,8 @@ mod tests {
         mem.write(0x100, &((2u64 << 32) | 0x19).to_le_bytes()).unwrap();
         assert_eq!(call(0x5d, 0x100, &mem, &mut h), 0);
         assert_eq!(call(0x5d, 0x101, &mem, &mut h) as u16, HV_STATUS_INVALID_ALIGNMENT);
-        assert_eq!(call(0x5d, 0x20_0000, &mem, &mut h) as u16, HV_STATUS_INVALID_PARAMETER);
+        assert_eq!(call(0x5d, 0x20_0000, &mem, &mut h) as u16, HV_STATUS_INVALID_ALIGNMENT, "outside RAM");
+        assert_eq!(call(0x5d | HV_HYPERCALL_FAST_BIT | (1 << 60), 0x18, &mem, &mut h) as u16, 3, "reserved bit");
         assert_eq!(h.signals, vec![(3, 0x18, 7), (3, 0x19, 2)]);
     }
 

@@ -311,9 +311,9 @@ impl HvPartition {
 
     /// Queue a SynIC message for `vp` on `sint` (call [`deliver`](Self::deliver) on that VP's
     /// thread afterwards); `tag` comes back in [`Delivery::delivered`]. Fails when the queue is
-    /// full.
+    /// full, and for `HVMSG_NONE`, which in the slot would read as free.
     pub fn post(&mut self, vp: u32, sint: usize, message_type: u32, payload: &[u8], tag: u64) -> Result<(), u16> {
-        if sint >= HV_SYNIC_SINT_COUNT || payload.len() > HV_MESSAGE_PAYLOAD_BYTE_COUNT {
+        if sint >= HV_SYNIC_SINT_COUNT || payload.len() > HV_MESSAGE_PAYLOAD_BYTE_COUNT || message_type == HVMSG_NONE {
             return Err(HV_STATUS_INVALID_PARAMETER);
         }
         let v = self.vps.get_mut(vp as usize).ok_or(HV_STATUS_INVALID_PARAMETER)?;
@@ -333,15 +333,23 @@ impl HvPartition {
         self.vps.iter_mut().for_each(|v| v.queue.clear());
     }
 
+    /// Whether every VP's queue can take `n` more messages: a guest message that may cause `n`
+    /// replies is refused with HV_STATUS_INSUFFICIENT_BUFFERS otherwise, so no reply is lost.
+    pub fn has_room(&self, n: usize) -> bool {
+        self.vps.iter().all(|v| v.queue.len() + n <= MAX_QUEUED_MESSAGES)
+    }
+
     /// Messages waiting for `vp`.
     pub fn queued(&self, vp: u32) -> usize {
         self.vps.get(vp as usize).map_or(0, |v| v.queue.len())
     }
 
-    /// Whether `vp` can take messages on `sint` now.
+    /// Whether `vp` can take messages on `sint` now (never for a VP or SINT that does not exist).
     pub fn sint_ready(&self, vp: u32, sint: usize) -> bool {
         self.vps.get(vp as usize).is_some_and(|v| {
-            v.scontrol & HV_MSR_ENABLE != 0 && v.simp & HV_MSR_ENABLE != 0 && v.sint[sint] & HV_SYNIC_SINT_MASKED == 0
+            v.scontrol & HV_MSR_ENABLE != 0
+                && v.simp & HV_MSR_ENABLE != 0
+                && v.sint.get(sint).is_some_and(|s| s & HV_SYNIC_SINT_MASKED == 0)
         })
     }
 
@@ -647,6 +655,49 @@ mod tests {
         assert!(d.vectors.is_empty());
         assert_eq!(d.dropped.len(), 1);
         assert_eq!(p.queued(0), 0);
+    }
+
+    /// Fuzzing finding (crash_message): SINT 16 and up panicked with an index out of bounds.
+    #[test]
+    fn sint_ready_of_a_sint_that_does_not_exist() {
+        let mut p = partition(1);
+        let mem = FakeMem::new(0x10000);
+        enable_synic(&mut p, 0, 0x6000, &mem);
+        assert!(p.sint_ready(0, VMBUS_MESSAGE_SINT));
+        assert!(!p.sint_ready(0, HV_SYNIC_SINT_COUNT));
+        assert!(!p.sint_ready(0, 17));
+        assert!(!p.sint_ready(0, usize::MAX));
+        assert!(!p.sint_ready(1, VMBUS_MESSAGE_SINT));
+    }
+
+    /// Fuzzing finding (crash_message): a message of type HVMSG_NONE was queued and reported
+    /// delivered, but its slot still read as free, so a later message on that SINT in the same
+    /// round (after one on another SINT) overwrote it: two deliveries on one SINT in a round.
+    #[test]
+    fn message_type_none_is_refused() {
+        let mut p = partition(1);
+        let mem = FakeMem::new(0x10000);
+        enable_synic(&mut p, 0, 0x6000, &mem);
+        assert_eq!(p.post(0, 2, HVMSG_NONE, b"lost", 1), Err(HV_STATUS_INVALID_PARAMETER));
+        p.post(0, 2, 1, b"first", 2).unwrap();
+        p.post(0, 2, 1, b"second", 3).unwrap();
+        assert_eq!(p.deliver(0, &mem).delivered, vec![2], "one message per SINT and round");
+        let mut m = [0u8; 21];
+        mem.read(0x6000 + 2 * 256, &mut m).unwrap();
+        assert_eq!((m[0], &m[16..21]), (1, &b"first"[..]));
+    }
+
+    #[test]
+    fn room_counts_every_vp() {
+        let mut p = partition(2);
+        assert!(p.has_room(MAX_QUEUED_MESSAGES));
+        for i in 0..MAX_QUEUED_MESSAGES - 1 {
+            p.post(1, 2, 1, b"x", i as u64).unwrap();
+        }
+        assert!(p.has_room(1));
+        assert!(!p.has_room(2), "VP 1 has room for one more only");
+        p.clear_queues();
+        assert!(p.has_room(MAX_QUEUED_MESSAGES));
     }
 
     #[test]

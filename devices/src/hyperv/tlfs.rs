@@ -81,6 +81,8 @@ pub const HV_HYPERCALL_FAST_BIT: u64 = 1 << 16;
 pub const HV_HYPERCALL_VARHEAD_OFFSET: u32 = 17;
 pub const HV_HYPERCALL_REP_COMP_OFFSET: u32 = 32;
 pub const HV_HYPERCALL_REP_START_OFFSET: u32 = 48;
+/// Reserved bits of the hypercall input value (TLFS: 31:27, 47:44, 63:60).
+pub const HV_HYPERCALL_RSVD_MASK: u64 = 0xf000_f000_f800_0000;
 pub const HVCALL_POST_MESSAGE: u16 = 0x005c;
 pub const HVCALL_SIGNAL_EVENT: u16 = 0x005d;
 
@@ -96,6 +98,8 @@ pub const HV_STATUS_INSUFFICIENT_BUFFERS: u16 = 0x13;
 
 /// `struct hv_input_post_message`: connection id, reserved, message type, payload size, payload.
 pub const HV_POST_MESSAGE_HEADER_SIZE: usize = 16;
+/// The whole input block of HvPostMessage (header and 240-byte payload).
+pub const HV_POST_MESSAGE_INPUT_SIZE: usize = 256;
 pub const HV_MESSAGE_PAYLOAD_BYTE_COUNT: usize = 240;
 /// `struct hv_message`: a SynIC message slot.
 pub const HV_MESSAGE_SIZE: usize = 256;

@@ -102,6 +102,13 @@ impl VmbusServer {
     }
 
     /// Whether UNLOAD gets an answer (the `unload_response` knob).
+    /// The most SynIC messages one guest message can cause (the VMM keeps room for them).
+    pub fn max_replies(&self) -> usize {
+        // REQUESTOFFERS: every offer and ALLOFFERS_DELIVERED; an INITIATE_CONTACT held during an
+        // UNLOAD: the UNLOAD_RESPONSE and the VERSION_RESPONSE.
+        self.offers.len().max(1) + 1
+    }
+
     pub fn answers_unload(&self) -> bool {
         self.config.unload_response
     }
@@ -210,14 +217,16 @@ impl VmbusServer {
     }
 
     /// The VMM posted the UNLOAD_RESPONSE: the connection is gone; answer any INITIATE_CONTACT
-    /// that arrived meanwhile.
+    /// that arrived meanwhile. Their replies come after the UNLOAD_RESPONSE, which is still
+    /// queued: so no [`Output::ClearQueues`] here (that would drop it).
     pub fn unload_response_posted(&mut self) -> Vec<Output> {
         if matches!(self.state, State::Unloading { .. }) {
             self.state = State::Disconnected;
         }
         let mut out = Vec::new();
         while let Some((vp, payload)) = self.queued_contacts.pop_front() {
-            out.extend(self.post_message(vp, VMBUS_MESSAGE_CONNECTION_ID, &payload).1);
+            let replies = self.post_message(vp, VMBUS_MESSAGE_CONNECTION_ID, &payload).1;
+            out.extend(replies.into_iter().filter(|o| *o != Output::ClearQueues));
         }
         out
     }
@@ -370,6 +379,9 @@ mod tests {
         assert_eq!((st, out), (0, vec![]));
         let out = s.unload_response_posted();
         assert_eq!(sends(&out), vec![(1, CHANNELMSG_VERSION_RESPONSE, SendKind::VersionResponse)]);
+        // The UNLOAD_RESPONSE being posted stays queued ahead of the VERSION_RESPONSE (found by
+        // the test guest's contact-during-unload scenario: a ClearQueues here dropped it).
+        assert!(!out.contains(&Output::ClearQueues), "{out:?}");
         assert_eq!(s.connection(), Some((VERSION_WIN10_V5_3, 1)));
     }
 

@@ -444,7 +444,7 @@ impl Orchestrator {
             CrashSignal::TripleFault { .. } | CrashSignal::KvmFailure { .. } => {
                 let trigger =
                     if matches!(signal, CrashSignal::TripleFault { .. }) { "triple_fault" } else { "kvm_failure" };
-                match phase {
+                let mut out = match phase {
                     None => {
                         let mut out = self.begin(trigger, Phase::Finished);
                         out.extend(self.collect(trigger));
@@ -453,7 +453,19 @@ impl Orchestrator {
                     Some(Phase::AwaitKdump { .. }) => self.fallback(&format!("{trigger} during kdump")),
                     Some(Phase::AwaitReport { .. } | Phase::AwaitKexec { .. }) => self.collect(trigger),
                     _ => vec![],
+                };
+                // A triple-faulted vCPU never runs again (the machine shuts down): when nothing
+                // above ends or holds the VM (`--on-panic ignore`, or a crash already handled),
+                // it ends here, instead of waiting forever for a guest that cannot go on.
+                if let CrashSignal::TripleFault { vcpu } = signal {
+                    let ends = out.iter().any(|a| {
+                        matches!(a, Action::Stop(_) | Action::Reset | Action::Pause | Action::HostDump { .. })
+                    });
+                    if !ends {
+                        out.push(Action::Stop(VmExit::TripleFault { vcpu: *vcpu }));
+                    }
                 }
+                out
             }
         }
     }
@@ -713,6 +725,26 @@ mod tests {
             let desc = format!("{p:?} {signals:?}");
             assert_eq!(run(p, &signals).1, expected, "{desc}");
         }
+    }
+
+    #[test]
+    fn an_ignored_triple_fault_ends_the_vm() {
+        use AfterCrash as A;
+        use HostDump as H;
+        use OnPanic as P;
+        let tf = CrashSignal::TripleFault { vcpu: 0 };
+        let stop_tf = Action::Stop(VmExit::TripleFault { vcpu: 0 });
+        // Ignored: recorded, then the VM ends as a triple fault (exit code 4).
+        let (_, out) = run(policy(P::Ignore, A::Exit, H::Fallback), std::slice::from_ref(&tf));
+        assert_eq!(out, vec![begin("triple_fault"), finish(), stop_tf.clone()]);
+        // After a crash that was ignored and let the guest go on.
+        let (_, out) = run(policy(P::Ignore, A::Exit, H::Fallback), &[pv(PANICKED), hv(), tf.clone()]);
+        assert_eq!(out, vec![begin("pvpanic"), finish(), stop_tf]);
+        // Collected or paused as before.
+        let (_, out) = run(policy(P::Auto, A::Exit, H::Fallback), std::slice::from_ref(&tf));
+        assert_eq!(out, [vec![begin("triple_fault")], dump()].concat());
+        let (_, out) = run(policy(P::Pause, A::Exit, H::Fallback), &[tf]);
+        assert_eq!(out, vec![begin("triple_fault"), Action::Pause, finish(), Action::StayPaused]);
     }
 
     #[test]

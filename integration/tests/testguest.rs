@@ -1,0 +1,369 @@
+//! The project's own test guest (guest-images/testguest) under the real crashvmm binary on
+//! `/dev/kvm` directly, one test per scenario: the guest's `TG: PASS` verdict, crashvmm's exit
+//! code, and the events crashvmm logged, in order.
+//!
+//! Needs `make build` and `make testguest` (both part of `make integration`). Skipped, with a
+//! message, only where there is no `/dev/kvm`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use integration::{Mode, Outcome, Setup};
+use serde_json::Value;
+use wait_timeout::ChildExt;
+
+/// Every scenario ends in well under a second; this only catches a hang.
+const LIMIT: Duration = Duration::from_secs(60);
+/// Guest memory: small, so that host-side vmcores are quick; the kdump scenario's crash
+/// kernel region (4 MiB at 16 MiB) fits.
+const MEMORY: &str = "64M";
+/// The crash kernel region's base (guest-images/testguest/src/kexec.rs).
+const CRASH_KERNEL_BASE: u64 = 16 << 20;
+/// crashvmm's exit codes (README.md).
+const EXIT_POWER_OFF: i32 = 0;
+const EXIT_TRIPLE_FAULT: i32 = 4;
+const EXIT_GUEST_PANICKED: i32 = 5;
+
+/// The crashvmm binary and the test guest ELF, or `None` (skip) without `/dev/kvm`.
+fn prerequisites() -> Option<(PathBuf, PathBuf)> {
+    if !Path::new("/dev/kvm").exists() {
+        eprintln!("skipping the test guest tests: /dev/kvm is missing");
+        return None;
+    }
+    let setup = Setup::from_env();
+    assert!(setup.binary.is_file(), "{} is missing: run `make build` (or set CRASHVMM_BIN)", setup.binary.display());
+    let elf = std::env::var_os("CRASHVMM_TESTGUEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| setup.images.join("testguest/testguest.elf"));
+    assert!(elf.is_file(), "{} is missing: run `make testguest` (or set CRASHVMM_TESTGUEST)", elf.display());
+    Some((setup.binary, elf))
+}
+
+/// One run of crashvmm with the test guest: its outputs live as long as this.
+struct Run {
+    outcome: Outcome,
+    _dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn code(&self) -> i32 {
+        self.outcome.exit_code.expect("crashvmm exited")
+    }
+
+    fn console(&self) -> String {
+        self.outcome.console()
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.outcome.events().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.events().iter().map(|e| e["event"].as_str().unwrap_or("").to_string()).collect()
+    }
+
+    /// The events called `name`, in order.
+    fn all(&self, name: &str) -> Vec<Value> {
+        self.events().into_iter().filter(|e| e["event"] == name).collect()
+    }
+
+    fn one(&self, name: &str) -> Value {
+        let all = self.all(name);
+        assert_eq!(all.len(), 1, "exactly one {name} event expected; events: {:?}", self.names());
+        all.into_iter().next().unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.outcome.out.join("crashvmm.log")).unwrap_or_default()
+    }
+
+    fn context(&self) -> String {
+        format!("\n--- console ---\n{}\n--- crashvmm stderr ---\n{}", self.console(), self.stderr())
+    }
+
+    /// One `TG: PASS <scenario>` line, no FAIL anywhere, crashvmm never panicked.
+    fn assert_pass(&self, scenario: &str) {
+        let console = self.console();
+        let verdicts: Vec<&str> =
+            console.lines().filter(|l| l.starts_with("TG: PASS ") || l.starts_with("TG: FAIL ")).collect();
+        assert_eq!(verdicts, vec![format!("TG: PASS {scenario}")], "verdict{}", self.context());
+        assert!(!console.lines().any(|l| l.starts_with("TG: check ") && l.contains(" ... FAIL")), "{}", self.context());
+        assert!(!self.stderr().contains("panicked at"), "crashvmm panicked{}", self.context());
+    }
+
+    fn assert_exit(&self, code: i32, reason: &str) {
+        assert_eq!(self.code(), code, "exit code{}", self.context());
+        let exited = self.one("vm_exited");
+        assert_eq!(exited["exit_code"], code);
+        assert_eq!(exited["reason"], reason);
+    }
+
+    /// `expected` occurs in the event log in this order (other events may come between).
+    fn assert_in_order(&self, expected: &[&str]) {
+        let names = self.names();
+        let mut it = names.iter();
+        for want in expected {
+            assert!(it.any(|n| n == want), "{want} missing or out of order in {expected:?}; events: {names:?}");
+        }
+    }
+}
+
+/// Run `scenario` with extra `crashvmm run` options.
+fn run(scenario: &str, extra: &[&str]) -> Option<Run> {
+    let (binary, elf) = prerequisites()?;
+    let dir = tempfile::Builder::new().prefix("crashvmm-testguest-").tempdir().expect("temporary directory");
+    let out = dir.path().to_owned();
+    let stderr = std::fs::File::create(out.join("crashvmm.log")).expect("crashvmm.log");
+    let console = format!("file:{}", out.join("console.log").display());
+    let start = Instant::now();
+    let mut child = Command::new(&binary)
+        .arg("run")
+        .arg("--kernel")
+        .arg(&elf)
+        .args(["--cmdline", &format!("testguest.scenario={scenario}"), "--memory", MEMORY, "--console", &console])
+        .arg("--events")
+        .arg(out.join("events.jsonl"))
+        .arg("--crash-dir")
+        .arg(out.join("crashes"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("starting crashvmm");
+    let status = child.wait_timeout(LIMIT).expect("waiting for crashvmm");
+    let timed_out = status.is_none();
+    if timed_out {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let outcome = Outcome {
+        scenario: "testguest",
+        mode: Mode::Direct,
+        mode_reason: "the test guest runs on /dev/kvm directly".into(),
+        exit_code: status.and_then(|s| s.code()),
+        timed_out,
+        elapsed: start.elapsed(),
+        out,
+    };
+    let run = Run { outcome, _dir: dir };
+    assert!(!timed_out, "crashvmm ran past {LIMIT:?} with scenario {scenario}{}", run.context());
+    eprintln!("testguest {scenario}: exit {} in {:.2} s", run.code(), run.outcome.elapsed.as_secs_f64());
+    Some(run)
+}
+
+fn hex(v: &Value) -> u64 {
+    let s = v.as_str().unwrap_or_default();
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or_else(|_| panic!("not a hex string: {v}"))
+}
+
+#[test]
+fn boot_prints_the_start_info_and_powers_off() {
+    let Some(r) = run("boot", &[]) else { return };
+    r.assert_pass("boot");
+    r.assert_exit(EXIT_POWER_OFF, "poweroff");
+    assert_eq!(r.names(), ["vm_started", "vm_exited"]);
+    let console = r.console();
+    assert!(console.contains("TG: cmdline: testguest.scenario=boot"), "{console}");
+    assert!(console.contains("TG: memory: 63 MiB RAM"), "{console}");
+}
+
+#[test]
+fn unknown_scenario_is_named() {
+    let Some(r) = run("nope", &[]) else { return };
+    assert!(r.console().contains("TG: FAIL nope: unknown scenario"), "{}", r.context());
+    r.assert_exit(EXIT_POWER_OFF, "poweroff");
+}
+
+#[test]
+fn connect_negotiates_vmbus_5_3() {
+    let Some(r) = run("connect", &[]) else { return };
+    r.assert_pass("connect");
+    r.assert_exit(EXIT_POWER_OFF, "poweroff");
+    assert_eq!(r.names(), ["vm_started", "hyperv_enabled", "vmbus_connected", "vm_exited"]);
+    let hv = r.one("hyperv_enabled");
+    // Linux's id format: vendor 0x8100, LINUX_VERSION_CODE 6.1.0.
+    assert_eq!(hv["guest_os_id"], "0x8100000601000000");
+    let c = r.one("vmbus_connected");
+    assert_eq!((c["version"].as_str(), c["target_vcpu"].as_u64()), (Some("5.3"), Some(0)));
+}
+
+#[test]
+fn panic_without_kdump_gets_a_host_vmcore() {
+    let Some(r) = run("panic", &[]) else { return };
+    r.assert_pass("panic");
+    r.assert_exit(EXIT_GUEST_PANICKED, "guest_panicked (pvpanic)");
+    r.assert_in_order(&[
+        "hyperv_enabled",
+        "vmbus_connected",
+        "pvpanic",
+        "hv_crash",
+        "vmcore_written",
+        "crash_report",
+        "vm_exited",
+    ]);
+    assert_eq!(r.one("pvpanic")["bits"], 1);
+    assert_eq!(r.one("crash_detected")["trigger"], "pvpanic");
+    let crash = r.one("hv_crash");
+    assert!(crash["message"].as_str().unwrap_or("").starts_with("testguest: panic scenario\n"), "{crash}");
+    assert_eq!(r.one("vmcore_written")["source"], "host");
+    let dirs = r.outcome.crash_dirs();
+    assert_eq!(dirs.len(), 1);
+    assert!(dirs[0].join("vmcore").is_file() && dirs[0].join("report.json").is_file());
+}
+
+#[test]
+fn kdump_unloads_kexecs_and_the_crash_kernel_reconnects() {
+    let disk = tempfile::NamedTempFile::new().expect("crash disk path");
+    let disk_arg = format!("path={},size=16M", disk.path().display());
+    let Some(r) = run("kdump", &["--crash-disk", &disk_arg]) else { return };
+    r.assert_pass("kdump");
+    r.assert_exit(EXIT_GUEST_PANICKED, "guest_panicked (pvpanic)");
+    r.assert_in_order(&[
+        "hyperv_enabled",
+        "vmbus_connected",
+        "pvpanic",
+        "vmbus_unload_requested",
+        "vmbus_unload_completed",
+        "hv_crash",
+        "guest_kexec",
+        "crash_kernel_started",
+        "hyperv_enabled",
+        "vmbus_connected",
+        // The crash kernel wrote no dump to the crash disk: crashvmm falls back to its own.
+        "vmcore_written",
+        "crash_report",
+        "vm_exited",
+    ]);
+    assert_eq!(r.one("pvpanic")["bits"], 2);
+    let crash = r.one("hv_crash");
+    assert!(crash["message"].as_str().unwrap_or("").starts_with("testguest: kdump scenario\n"), "{crash}");
+    // The crash kernel's hypercall page is its own, in the region it was copied to.
+    let enabled = r.all("hyperv_enabled");
+    assert_eq!(enabled.len(), 2);
+    assert!(hex(&enabled[0]["hypercall_gpa"]) < CRASH_KERNEL_BASE);
+    assert!(hex(&enabled[1]["hypercall_gpa"]) >= CRASH_KERNEL_BASE);
+    assert_eq!(r.all("vmbus_connected").len(), 2);
+    assert!(r.console().contains("TG: crash kernel running at 0x10"), "{}", r.context());
+    assert_eq!(r.one("vmcore_written")["source"], "host");
+}
+
+#[test]
+fn bench_panic_writes_pvpanic_only() {
+    // Without Hyper-V crashvmm does not wait for a crash report that never comes.
+    let Some(r) = run("bench-panic", &["--hyperv", "off"]) else { return };
+    r.assert_pass("bench-panic");
+    assert!(r.console().lines().any(|l| l == "TG: READY"), "{}", r.context());
+    r.assert_exit(EXIT_GUEST_PANICKED, "guest_panicked (pvpanic)");
+    assert_eq!(r.one("pvpanic")["bits"], 1);
+    assert!(r.all("hyperv_enabled").is_empty() && r.all("hv_crash").is_empty());
+}
+
+#[test]
+fn hostile_hypercalls_get_tlfs_status_codes() {
+    let Some(r) = run("hostile-hypercall", &[]) else { return };
+    r.assert_pass("hostile-hypercall");
+    r.assert_exit(EXIT_POWER_OFF, "poweroff");
+    assert_eq!(r.names(), ["vm_started", "hyperv_enabled", "vmbus_connected", "vm_exited"]);
+}
+
+#[test]
+fn hostile_synic_pages_drop_messages_and_fault_the_hypercall_page() {
+    let Some(r) = run("hostile-synic", &[]) else { return };
+    r.assert_pass("hostile-synic");
+    r.assert_exit(EXIT_POWER_OFF, "poweroff");
+    // Three contacts answered into pages outside RAM, then the good connect.
+    assert_eq!(r.all("vmbus_connected").len(), 4);
+    assert_eq!(r.stderr().matches("SynIC message dropped").count(), 3, "{}", r.stderr());
+}
+
+#[test]
+fn hostile_crash_messages_are_reported_with_their_errors() {
+    let Some(r) = run("hostile-crash-message", &["--on-panic", "ignore"]) else { return };
+    r.assert_pass("hostile-crash-message");
+    r.assert_exit(EXIT_GUEST_PANICKED, "guest_panicked (hv_crash)");
+    let crashes = r.all("hv_crash");
+    assert_eq!(crashes.len(), 5, "{crashes:?}");
+    let error = |i: usize| crashes[i]["message_error"].as_str().unwrap_or("").to_string();
+    assert!(error(0).contains("outside guest RAM") && crashes[0]["message"].is_null(), "{}", crashes[0]);
+    assert!(error(1).contains("exceeds 4096 bytes"), "{}", crashes[1]);
+    assert_eq!(crashes[1]["message"].as_str().map(str::len), Some(4096));
+    assert!(error(2).contains("outside guest RAM"), "{}", crashes[2]);
+    assert!(error(3).contains("outside guest RAM"), "{}", crashes[3]);
+    assert!(crashes[4]["message"].is_null() && crashes[4]["message_error"].is_null(), "{}", crashes[4]);
+    assert_eq!(r.one("crash_detected")["trigger"], "hv_crash");
+}
+
+#[test]
+fn hostile_msrs_fault() {
+    let Some(r) = run("hostile-msr", &[]) else { return };
+    r.assert_pass("hostile-msr");
+    r.assert_exit(EXIT_POWER_OFF, "poweroff");
+    assert!(r.stderr().contains("injecting #GP"), "{}", r.stderr());
+}
+
+#[test]
+fn every_pvpanic_byte_is_recorded() {
+    let Some(r) = run("pvpanic-bytes", &["--on-panic", "ignore"]) else { return };
+    r.assert_pass("pvpanic-bytes");
+    // The guest powered off after a crash crashvmm recorded and ignored.
+    r.assert_exit(EXIT_GUEST_PANICKED, "guest_panicked (pvpanic)");
+    let bits: Vec<u64> = r.all("pvpanic").iter().map(|e| e["bits"].as_u64().unwrap_or(999)).collect();
+    assert_eq!(bits, (0..=255).collect::<Vec<u64>>());
+    assert_eq!(r.one("crash_detected")["trigger"], "pvpanic");
+}
+
+#[test]
+fn vmbus_flood_is_bounded_and_a_clean_connect_follows() {
+    let Some(r) = run("vmbus-flood", &[]) else { return };
+    r.assert_pass("vmbus-flood");
+    r.assert_exit(EXIT_POWER_OFF, "poweroff");
+    assert_eq!(r.all("vmbus_message_rejected").len(), 240);
+    assert_eq!(r.all("vmbus_connected").len(), 2);
+}
+
+#[test]
+fn contact_during_unload_is_answered_after_the_unload() {
+    let Some(r) = run("contact-during-unload", &["--vmbus-unload-delay", "500ms"]) else { return };
+    r.assert_pass("contact-during-unload");
+    r.assert_exit(EXIT_POWER_OFF, "poweroff");
+    r.assert_in_order(&["vmbus_connected", "vmbus_unload_requested", "vmbus_unload_completed", "vm_exited"]);
+    assert_eq!(r.all("vmbus_connected").len(), 2);
+    let latency = r.one("vmbus_unload_completed")["latency_us"].as_u64().unwrap_or(0);
+    assert!(latency >= 500_000, "UNLOAD answered after {latency} us, the delay is 500 ms");
+}
+
+#[test]
+fn unload_without_connect_is_answered() {
+    let Some(r) = run("unload-without-connect", &[]) else { return };
+    r.assert_pass("unload-without-connect");
+    r.assert_exit(EXIT_POWER_OFF, "poweroff");
+    r.assert_in_order(&[
+        "hyperv_enabled",
+        "vmbus_unload_requested",
+        "vmbus_unload_completed",
+        "vmbus_message_rejected",
+        "vmbus_connected",
+    ]);
+    assert_eq!(r.one("vmbus_message_rejected")["reason"], "REQUESTOFFERS without a connection");
+}
+
+#[test]
+fn triple_fault_is_a_crash() {
+    let Some(r) = run("triple-fault", &[]) else { return };
+    r.assert_pass("triple-fault");
+    r.assert_exit(EXIT_GUEST_PANICKED, "guest_panicked (triple_fault)");
+    assert_eq!(r.one("crash_detected")["trigger"], "triple_fault");
+    r.assert_in_order(&["crash_detected", "vmcore_written", "crash_report", "vm_exited"]);
+    assert!(r.stderr().contains("triple fault at rip"), "{}", r.stderr());
+}
+
+#[test]
+fn ignored_triple_fault_ends_the_vm_with_exit_code_4() {
+    let Some(r) = run("triple-fault", &["--on-panic", "ignore"]) else { return };
+    r.assert_pass("triple-fault");
+    r.assert_exit(EXIT_TRIPLE_FAULT, "triple_fault (vcpu 0)");
+    assert_eq!(r.one("crash_detected")["trigger"], "triple_fault");
+    assert!(r.all("vmcore_written").is_empty());
+}
