@@ -10,6 +10,8 @@
 //! (crashvmm's stderr), `exit-code` (crashvmm's exit status), `mode` (`direct` or `testhost`)
 //! and, in the test host, `testhost.log` (the test host's own console).
 
+pub mod bench;
+
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -558,6 +560,46 @@ fn run_direct(
     Ok((code.or(status.map(exit_code_of)), status.is_none()))
 }
 
+/// Boots the software KVM test host (`host_mib` MiB of RAM) with `share` as its 9p share: its
+/// init runs `sh /share/run.sh /share` and leaves the exit status in `share/testhost-rc`. The
+/// test host's console goes to `log` (and to stdout when `show`). Returns `None` when it ran
+/// past `limit` and was killed.
+pub fn boot_testhost(
+    setup: &Setup,
+    share: &Path,
+    host_mib: u64,
+    log: &Path,
+    limit: Duration,
+    show: bool,
+) -> Result<Option<std::process::ExitStatus>, RunnerError> {
+    let host_kernel = setup.require("test host kernel", setup.images.join("host/vmlinuz"), "run `make images`")?;
+    let host_initrd =
+        setup.require("test host initramfs", setup.images.join("host/initramfs.cpio.gz"), "run `make images`")?;
+    let log = File::create(log).map_err(io_err(format!("creating {}", log.display())))?;
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2"])
+        .args(["-m", &format!("{host_mib}M")])
+        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-monitor", "none"])
+        .arg("-kernel")
+        .arg(&host_kernel)
+        .arg("-initrd")
+        .arg(&host_initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .arg("-virtfs")
+        .arg(format!("local,path={},mount_tag=share,security_model=none,id=share", share.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_err("starting qemu-system-x86_64 (install qemu-system-x86, or run `make deps`)"))?;
+    let t_out = tee(child.stdout.take().expect("piped stdout"), log.try_clone().map_err(io_err("testhost.log"))?, show);
+    let t_err = tee(child.stderr.take().expect("piped stderr"), log, show);
+    let status = wait_or_kill(&mut child, limit)?;
+    let _ = t_out.join();
+    let _ = t_err.join();
+    Ok(status)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_testhost(
     setup: &Setup,
@@ -569,9 +611,6 @@ fn run_testhost(
     limit: Duration,
     show: bool,
 ) -> Result<(Option<i32>, bool), RunnerError> {
-    let host_kernel = setup.require("test host kernel", setup.images.join("host/vmlinuz"), "run `make images`")?;
-    let host_initrd =
-        setup.require("test host initramfs", setup.images.join("host/initramfs.cpio.gz"), "run `make images`")?;
     let share = tempfile::Builder::new()
         .prefix("crashvmm-testhost-")
         .tempdir()
@@ -589,28 +628,7 @@ fn run_testhost(
     // The guest's memory plus room for the test host kernel and its page cache.
     let guest_mib = parse_mib(s.memory).unwrap_or(1024);
     let host_mib = (guest_mib + 1024).max(2048);
-    let log = File::create(out.join("testhost.log")).map_err(io_err("creating testhost.log"))?;
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2"])
-        .args(["-m", &format!("{host_mib}M")])
-        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-monitor", "none"])
-        .arg("-kernel")
-        .arg(&host_kernel)
-        .arg("-initrd")
-        .arg(&host_initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
-        .arg("-virtfs")
-        .arg(format!("local,path={},mount_tag=share,security_model=none,id=share", sp.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(io_err("starting qemu-system-x86_64 (install qemu-system-x86, or run `make deps`)"))?;
-    let t_out = tee(child.stdout.take().expect("piped stdout"), log.try_clone().map_err(io_err("testhost.log"))?, show);
-    let t_err = tee(child.stderr.take().expect("piped stderr"), log, show);
-    let status = wait_or_kill(&mut child, limit)?;
-    let _ = t_out.join();
-    let _ = t_err.join();
+    let status = boot_testhost(setup, sp, host_mib, &out.join("testhost.log"), limit, show)?;
 
     let ctl_files = fs::read_dir(sp.join("out"))
         .map(|rd| rd.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())

@@ -8,8 +8,7 @@ use devices::hyperv::cpuid::hyperv_leaves;
 use devices::hyperv::hypercall::MessageHandler;
 use devices::hyperv::tlfs::{
     HV_STATUS_INSUFFICIENT_BUFFERS, HV_STATUS_INVALID_CONNECTION_ID, HV_STATUS_INVALID_HYPERCALL_INPUT,
-    HV_SYNTHETIC_MSR_BASE, HV_SYNTHETIC_MSR_COUNT,
-    HYPERVISOR_CPUID_RANGE,
+    HV_SYNTHETIC_MSR_BASE, HV_SYNTHETIC_MSR_COUNT, HYPERVISOR_CPUID_RANGE,
 };
 use devices::hyperv::{HvConfig, HvPartition};
 use devices::vmbus::messages::VMBUS_SYNIC_MESSAGE_TYPE;

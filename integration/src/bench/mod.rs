@@ -1,0 +1,99 @@
+//! `make bench`: crashvmm against QEMU on the same machine, in one run, written up as
+//! `docs/benchmarks.md` with a PNG plot.
+//!
+//! 1. [`vmcore`]: host-side vmcore throughput (1, 4, 16 GiB guests with 10% of memory touched)
+//!    against QEMU's `dump-guest-memory` and a plain sequential copy.
+//! 2. [`overhead`]: process start to the first guest output, and the VMM's own resident memory.
+//! 3. [`crashpath`]: the Linux crash path (pvpanic, VMBus UNLOAD, crash kernel) against QEMU with
+//!    `hv-crash` and pvpanic, plus the test guest's UNLOAD handling time per guest size.
+//! 4. Growth with guest size, computed by [`report`] from the above.
+//!
+//! Every VMM runs alone (one at a time); files are deleted right after they are measured.
+
+pub mod crashpath;
+pub mod machine;
+pub mod overhead;
+pub mod plot;
+pub mod procs;
+pub mod qmp;
+pub mod report;
+pub mod stats;
+pub mod vmcore;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use crate::Setup;
+
+/// The QEMU binary (`CRASHVMM_BENCH_QEMU` overrides).
+pub fn qemu_binary() -> String {
+    std::env::var("CRASHVMM_BENCH_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into())
+}
+
+/// `-cpu` for QEMU on `/dev/kvm`: the host CPU, without IA32_ARCH_CAPABILITIES, which the
+/// development machines' software KVM refuses to set (QEMU then aborts at start).
+pub const QEMU_CPU: &str = "host,-arch-capabilities";
+
+/// The test guest's command line for one of its scenarios.
+pub fn testguest_cmdline(scenario: &str) -> String {
+    format!("testguest.scenario={scenario}")
+}
+
+/// Where things are, and how much to do.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub setup: Setup,
+    /// The test guest (a PVH ELF).
+    pub testguest: PathBuf,
+    /// Scratch space for dumps and copies (deleted as the run goes).
+    pub work: PathBuf,
+    /// Fewer repetitions and sizes, for trying the harness out.
+    pub quick: bool,
+}
+
+impl Env {
+    pub fn new(setup: Setup, work: PathBuf, quick: bool) -> Self {
+        let testguest = std::env::var_os("CRASHVMM_TESTGUEST")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| setup.root.join("build/images/testguest/testguest.elf"));
+        Self { setup, testguest, work, quick }
+    }
+
+    /// `crashvmm run` booting the test guest with `scenario`, `mem_gib` GiB and one vCPU.
+    pub fn crashvmm(&self, mem_gib: u64, scenario: &str) -> Command {
+        let mut c = Command::new(&self.setup.binary);
+        c.arg("run").arg("--kernel").arg(&self.testguest);
+        c.args(["--cmdline", &testguest_cmdline(scenario), "--memory", &format!("{mem_gib}G"), "--vcpus", "1"]);
+        c
+    }
+
+    /// QEMU `-M microvm` on `/dev/kvm` booting the test guest with `scenario`, `mem_gib` GiB,
+    /// one vCPU, no default devices, the ISA pvpanic device (port 0x505); the serial port is
+    /// left to the caller (`-serial ...`).
+    pub fn qemu_microvm(&self, mem_gib: u64, scenario: &str) -> Command {
+        let mut c = Command::new(qemu_binary());
+        c.args(["-M", "microvm", "-accel", "kvm", "-cpu", QEMU_CPU, "-smp", "1"]);
+        c.args(["-m", &format!("{mem_gib}G"), "-nodefaults", "-no-user-config", "-display", "none"]);
+        c.arg("-kernel").arg(&self.testguest);
+        c.args(["-append", &testguest_cmdline(scenario), "-device", "pvpanic"]);
+        c
+    }
+}
+
+static START: OnceLock<Instant> = OnceLock::new();
+
+/// Marks the start of the run (for progress lines).
+pub fn start_clock() {
+    START.get_or_init(Instant::now);
+}
+
+/// A progress line: `bench [mm:ss] message`.
+pub fn progress(msg: impl AsRef<str>) {
+    let s = START.get_or_init(Instant::now).elapsed().as_secs();
+    println!("bench [{:02}:{:02}] {}", s / 60, s % 60, msg.as_ref());
+}
+
+pub const GIB: u64 = 1 << 30;
+pub const MIB: u64 = 1 << 20;
