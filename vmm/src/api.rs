@@ -110,7 +110,10 @@ impl ApiServer {
     /// A host-side vmcore of the running VM, next to the crash directories.
     fn dump(&self) -> Value {
         let c = &self.ctx;
-        let base = self.crash.lock().unwrap_or_else(|e| e.into_inner()).crash_dir.clone();
+        let (base, sha256) = {
+            let crash = self.crash.lock().unwrap_or_else(|e| e.into_inner());
+            (crash.crash_dir.clone(), crash.vmcore_sha256)
+        };
         let dir = base.join(format!("{}-dump", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
         if let Err(e) = std::fs::create_dir_all(&dir) {
             return error(format!("cannot create {}: {e}", dir.display()));
@@ -122,7 +125,7 @@ impl ApiServer {
         }
         c.events.emit(Event::DumpStarted { path: path.display().to_string() });
         let progress = dump_progress(&c.events);
-        let opts = VmcoreOptions { progress: false, on_progress: Some(&progress) };
+        let opts = VmcoreOptions { progress: false, on_progress: Some(&progress), sha256 };
         let result = vmcore::write_vmcore(&c.mem, &c.control.snapshots(), &path, &opts);
         if !was_paused {
             c.control.resume();

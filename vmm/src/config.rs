@@ -60,6 +60,8 @@ pub struct VmConfig {
     pub policy: crate::crash::Policy,
     /// Where crash directories go.
     pub crash_dir: PathBuf,
+    /// Compute the SHA-256 of host-side vmcores.
+    pub vmcore_sha256: bool,
     /// virtio-blk disks.
     pub disks: Vec<DiskConfig>,
     /// The disk the guest's crash kernel writes its dump to.
@@ -220,6 +222,7 @@ mod tests {
             vmbus_unload_response: true,
             policy: Default::default(),
             crash_dir: "crashes".into(),
+            vmcore_sha256: false,
             disks: vec![],
             crash_disk: None,
             api_socket: None,

@@ -42,6 +42,8 @@ pub struct CrashHandling {
     pub stay_paused: bool,
     /// The disk the guest's crash kernel writes its dump to.
     pub crash_disk: Option<PathBuf>,
+    /// Compute the SHA-256 of host-side vmcores (`--vmcore-sha256`).
+    pub vmcore_sha256: bool,
     /// When the crashed kernel kexec'd into its crash kernel.
     kexec_at: Option<Instant>,
     /// The last crash directory written.
@@ -64,6 +66,7 @@ impl CrashHandling {
             record_error: None,
             stay_paused: false,
             crash_disk: None,
+            vmcore_sha256: false,
             kexec_at: None,
             last_dir: None,
         }
@@ -182,7 +185,7 @@ impl CrashHandling {
         log::info!("writing host-side vmcore ({reason}) to {}", final_path.display());
         let progress = std::io::stderr().is_terminal();
         let report = dump_progress(&self.events);
-        let opts = VmcoreOptions { progress, on_progress: Some(&report) };
+        let opts = VmcoreOptions { progress, on_progress: Some(&report), sha256: self.vmcore_sha256 };
         match vmcore::write_vmcore(&ctx.mem, &vcpus, &path, &opts) {
             Ok(s) => {
                 log::info!("vmcore: {} bytes ({} allocated) in {:?}", s.bytes, s.allocated_bytes, s.duration);

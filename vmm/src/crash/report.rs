@@ -52,7 +52,8 @@ pub struct VmcoreEntry {
     pub format: &'static str,
     pub bytes: u64,
     pub allocated_bytes: u64,
-    pub sha256: String,
+    /// Of the whole file; `None` for a host-side vmcore without `--vmcore-sha256`.
+    pub sha256: Option<String>,
     pub source: &'static str,
     pub duration_ms: u64,
     pub reason: String,
@@ -153,7 +154,7 @@ impl CrashRecord {
             format: "kdump-compressed",
             bytes,
             allocated_bytes: std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
-            sha256,
+            sha256: Some(sha256),
             source: "guest",
             duration_ms: duration.as_millis() as u64,
             reason: "the guest's kdump (makedumpfile in its crash kernel)".into(),

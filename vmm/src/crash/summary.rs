@@ -68,12 +68,12 @@ pub fn render(dir: &Path) -> Result<String> {
         Some(v) => {
             let _ = writeln!(
                 out,
-                "  vmcore       {} ({} bytes, {} on disk, {} ms), sha256 {}",
+                "  vmcore       {} ({} bytes, {} on disk, {} ms){}",
                 dir.join(s(&v["path"])).display(),
                 v["bytes"],
                 v["allocated_bytes"],
                 v["duration_ms"],
-                s(&v["sha256"])
+                v["sha256"].as_str().map_or(String::new(), |h| format!(", sha256 {h}"))
             );
         }
         None => {

@@ -102,6 +102,9 @@ pub struct VmcoreOptions<'a> {
     pub progress: bool,
     /// Called as the file is written, with (bytes done, file length); often, so throttle.
     pub on_progress: Option<&'a (dyn Fn(u64, u64) + Sync)>,
+    /// Also compute the SHA-256 of the file (in a second thread, holes hashed as zeros): it
+    /// reads the guest's whole memory size, so it, not the write, then sets the time.
+    pub sha256: bool,
 }
 
 impl std::fmt::Debug for VmcoreOptions<'_> {
@@ -109,6 +112,7 @@ impl std::fmt::Debug for VmcoreOptions<'_> {
         f.debug_struct("VmcoreOptions")
             .field("progress", &self.progress)
             .field("on_progress", &self.on_progress.is_some())
+            .field("sha256", &self.sha256)
             .finish()
     }
 }
@@ -122,8 +126,8 @@ pub struct VmcoreSummary {
     /// Disk space the file takes (`st_blocks * 512`): much less than `bytes` when the guest's
     /// memory is mostly zero.
     pub allocated_bytes: u64,
-    /// SHA-256 of the file contents (holes read as zeros), lowercase hex.
-    pub sha256: String,
+    /// SHA-256 of the file contents (holes read as zeros), lowercase hex, when asked for.
+    pub sha256: Option<String>,
     pub duration: Duration,
     /// The guest's VMCOREINFO note, copied into the dump, if one was found.
     pub vmcoreinfo: Option<VmcoreInfoNote>,
@@ -721,17 +725,16 @@ pub fn write_vmcore(
     let bar = progress_bar(layout.file_len, opts.progress);
     let hashed = AtomicU64::new(0);
     let cancel = AtomicBool::new(false);
+    if !opts.sha256 {
+        hashed.store(u64::MAX, Ordering::Relaxed);
+    }
     let (digest, written) = std::thread::scope(|scope| {
-        let hasher = std::thread::Builder::new()
-            .name("vmcore-sha256".into())
-            .spawn_scoped(scope, || hash_file(&layout, &regions, pagemap, &hashed, &cancel));
-        let hasher = match hasher {
-            Ok(h) => Some(h),
-            Err(e) => {
-                log::debug!("vmcore: no hashing thread ({e}), hashing after writing");
-                None
-            }
-        };
+        let hasher = opts.sha256.then(|| {
+            std::thread::Builder::new()
+                .name("vmcore-sha256".into())
+                .spawn_scoped(scope, || hash_file(&layout, &regions, pagemap, &hashed, &cancel))
+                .map_err(|e| log::debug!("vmcore: no hashing thread ({e}), hashing after writing"))
+        });
         let written = write_file(&file, &layout, &regions, pagemap, |pos| {
             bar.set_position(pos.min(hashed.load(Ordering::Relaxed)));
             if let Some(report) = opts.on_progress {
@@ -742,19 +745,23 @@ pub fn write_vmcore(
             cancel.store(true, Ordering::Relaxed);
         }
         let digest = match hasher {
-            Some(h) => {
+            None => Ok(None),
+            Some(Ok(h)) => {
                 while opts.progress && !h.is_finished() {
                     bar.set_position(hashed.load(Ordering::Relaxed));
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                h.join().map_err(|_| VmcoreError::Hasher)
+                h.join().map_err(|_| VmcoreError::Hasher).map(Some)
             }
-            None => Ok(hash_file(&layout, &regions, pagemap, &hashed, &cancel)),
+            Some(Err(())) => Ok(Some(hash_file(&layout, &regions, pagemap, &hashed, &cancel))),
         };
         (digest, written)
     });
     written.map_err(write_err)?;
-    let digest = digest?.ok_or(VmcoreError::Hasher)?;
+    let digest = match digest? {
+        None => None,
+        Some(d) => Some(d.ok_or(VmcoreError::Hasher)?),
+    };
     let wrote = started.elapsed();
     bar.set_position(layout.file_len);
 
@@ -775,7 +782,7 @@ pub fn write_vmcore(
         path: path.to_path_buf(),
         bytes: meta.len(),
         allocated_bytes: meta.blocks().saturating_mul(512),
-        sha256: hex::encode(digest),
+        sha256: digest.map(hex::encode),
         duration,
         vmcoreinfo,
     })
@@ -860,12 +867,12 @@ mod tests {
         let vcpus = [vcpu(0), vcpu(1), vcpu(2)];
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vmcore");
-        let summary = write_vmcore(&mem, &vcpus, &path, &VmcoreOptions { progress: false, on_progress: None }).unwrap();
+        let summary = write_vmcore(&mem, &vcpus, &path, &VmcoreOptions { sha256: true, ..Default::default() }).unwrap();
         let data = std::fs::read(&path).unwrap();
 
         assert_eq!(summary.path, path);
         assert_eq!(summary.bytes, data.len() as u64);
-        assert_eq!(summary.sha256, sha256_hex(&data));
+        assert_eq!(summary.sha256, Some(sha256_hex(&data)));
         assert!(summary.bytes <= required_bytes(&mem));
         let info = summary.vmcoreinfo.clone().unwrap();
         assert_eq!(info.gpa, 0x30_0000);
@@ -956,9 +963,11 @@ mod tests {
         plant_vmcoreinfo(&mem, 0x1f_f000, VMCOREINFO_TEXT);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vmcore");
-        let s = write_vmcore(&mem, &[vcpu(0)], &path, &VmcoreOptions { progress: true, on_progress: None }).unwrap();
+        let s =
+            write_vmcore(&mem, &[vcpu(0)], &path, &VmcoreOptions { progress: true, on_progress: None, sha256: true })
+                .unwrap();
         let data = std::fs::read(&path).unwrap();
-        assert_eq!(s.sha256, sha256_hex(&data));
+        assert_eq!(s.sha256, Some(sha256_hex(&data)));
         assert_eq!(s.vmcoreinfo.unwrap().gpa, 0x1f_f000);
         let elf = Elf::parse(&data).unwrap();
         let ph = &elf.program_headers[1];
@@ -977,8 +986,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vmcore");
         let s = write_vmcore(&mem, &[], &path, &VmcoreOptions::default()).unwrap();
+        assert_eq!(s.sha256, None, "only when asked for");
         let data = std::fs::read(&path).unwrap();
-        assert_eq!(s.sha256, sha256_hex(&data));
+        let s2 = write_vmcore(&mem, &[], &path, &VmcoreOptions { sha256: true, ..Default::default() }).unwrap();
+        assert_eq!(s2.sha256, Some(sha256_hex(&data)), "and then of the same bytes");
         assert!(s.vmcoreinfo.is_none());
         let elf = Elf::parse(&data).unwrap();
         assert_eq!(elf.program_headers.len(), 3);
