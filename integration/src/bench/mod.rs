@@ -1,9 +1,11 @@
 //! `make bench`: crashvmm against QEMU on the same machine, in one run, written up as
 //! `docs/benchmarks.md` with a PNG plot.
 //!
-//! 1. [`vmcore`]: host-side vmcore throughput (1, 4, 16 GiB guests with 10% of memory touched)
-//!    against QEMU's `dump-guest-memory` and a plain sequential copy.
-//! 2. [`overhead`]: process start to the first guest output, and the VMM's own resident memory.
+//! 1. [`vmcore`]: host-side vmcore throughput (1, 4, 16 GiB guests with 10% of memory touched),
+//!    crashvmm's default beside QEMU's `dump-guest-memory` and a plain sequential copy, and what
+//!    crashvmm's opt-in `--vmcore-sha256 on` costs.
+//! 2. [`overhead`]: process start to the guest's first instruction (its first serial byte), and
+//!    the VMM's own resident memory.
 //! 3. [`crashpath`]: the Linux crash path (pvpanic, VMBus UNLOAD, crash kernel) against QEMU with
 //!    `hv-crash` and pvpanic, plus the test guest's UNLOAD handling time per guest size.
 //! 4. Growth with guest size, computed by [`report`] from the above.

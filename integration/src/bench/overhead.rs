@@ -1,7 +1,8 @@
 //! Part 2: VMM overhead.
 //!
 //! - Start: from just before spawning the VMM to the first byte of the test guest's serial
-//!   output (scenario `boot`; the guest writes to the UART first thing), on a pipe; for crashvmm
+//!   output (scenario `boot`), on a pipe: the first three instructions of the guest's PVH entry
+//!   write a newline to COM1, so this is the start to the first guest instruction; for crashvmm
 //!   also to its `vm_started` event (the vCPUs are about to run). Several runs, median.
 //! - Resident memory: the test guest at its `bench-panic` halt (crashvmm `--on-panic pause`,
 //!   QEMU `-action panic=pause`); `Rss` of `/proc/PID/smaps_rollup` minus the `Rss` of the guest

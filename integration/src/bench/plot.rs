@@ -30,6 +30,7 @@ pub struct Panel {
 const X_RANGE: std::ops::Range<f64> = 0.6..24.0;
 
 pub const CRASHVMM: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
+pub const CRASHVMM_LIGHT: RGBColor = RGBColor(0x6b, 0xae, 0xd6);
 pub const QEMU: RGBColor = RGBColor(0xd6, 0x27, 0x28);
 pub const QEMU_LIGHT: RGBColor = RGBColor(0xff, 0x98, 0x96);
 pub const COPY: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);

@@ -123,7 +123,11 @@ fn run(a: RunArgs) -> Result<(), String> {
     let png = if a.png.is_absolute() { a.png.clone() } else { setup.root.join(&a.png) };
     if let Some(json) = &a.from_json {
         let text = std::fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
-        let results: report::Results = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+        let mut results: report::Results =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+        for size in &mut results.vmcore {
+            size.sort_out_hashed_runs();
+        }
         report::write(&results, &doc, &png)?;
         progress(format!("wrote {} and {}", doc.display(), png.display()));
         return Ok(());
