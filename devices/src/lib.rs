@@ -10,6 +10,7 @@ pub mod hyperv;
 pub mod i8042;
 pub mod port61;
 pub mod pvpanic;
+pub mod rtc;
 pub mod virtio;
 pub mod vmbus;
 

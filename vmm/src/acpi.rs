@@ -22,9 +22,9 @@ use crate::layout::{ACPI_END, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR};
 
 const OEM_ID: [u8; 6] = *b"CRSVMM";
 const OEM_REVISION: u32 = 1;
-/// FADT IA-PC boot architecture flags: no VGA, no CMOS RTC.
+/// FADT IA-PC boot architecture flag: no VGA. (`NO_CMOS_RTC`, bit 5, stays clear: the CMOS RTC
+/// at 0x70 is there, and with the bit set Linux would not register it.)
 const IAPC_BOOT_ARCH_NO_VGA: u16 = 1 << 2;
-const IAPC_BOOT_ARCH_NO_CMOS_RTC: u16 = 1 << 5;
 
 #[derive(Debug, Error)]
 pub enum AcpiError {
@@ -75,7 +75,7 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
         .flag(Flags::ResetRegSup)
         .flag(Flags::PwrButton)
         .flag(Flags::SlpButton);
-    b.iapc_boot_arch = (IAPC_BOOT_ARCH_NO_VGA | IAPC_BOOT_ARCH_NO_CMOS_RTC).into();
+    b.iapc_boot_arch = IAPC_BOOT_ARCH_NO_VGA.into();
     b.reset_reg = io_gas(ACPI_PM_BASE + RESET_OFFSET);
     b.reset_value = RESET_VALUE;
     b.sleep_control_reg = io_gas(ACPI_PM_BASE + SLEEP_CONTROL_OFFSET);
@@ -183,6 +183,8 @@ mod tests {
         assert_ne!(flags & (1 << 10), 0);
         let dsdt = table(&mem, u64_at(&fadt, 140), b"DSDT");
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+        // IAPC_BOOT_ARCH: no VGA, and a CMOS RTC (NO_CMOS_RTC, bit 5, clear).
+        assert_eq!(u16::from_le_bytes([fadt[109], fadt[110]]), 1 << 2);
         // Reset register: system I/O at the PM block.
         assert_eq!(fadt[116], 1);
         assert_eq!(u64_at(&fadt, 120), (ACPI_PM_BASE + RESET_OFFSET) as u64);

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, LineWriter, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -67,9 +67,19 @@ impl ConsoleTail {
 }
 
 /// The serial port's output sink.
+///
+/// The UART hands over one byte at a time and flushes after each. stdout gets every byte at
+/// once (a prompt must show before its newline); the files (`--console file:`,
+/// `--console-log`) get whole lines: a write per byte costs a system call per byte, and where a
+/// file is slow to write (a 9p share in the software KVM test host) that made the guest's
+/// console output, and with it its boot, about twice as slow. A partial last line reaches the
+/// files at [`SharedConsole::sync`] or when the output is dropped.
 pub struct ConsoleOutput {
     sink: Option<Box<dyn Write + Send>>,
-    log: Option<File>,
+    /// Whether the UART's flush after each byte reaches the sink (stdout), or the sink is a
+    /// line-buffered file.
+    flush_sink: bool,
+    log: Option<LineWriter<File>>,
     tail: ConsoleTail,
 }
 
@@ -77,15 +87,28 @@ impl ConsoleOutput {
     pub fn new(mode: &ConsoleMode, log: Option<&Path>) -> Result<Self, ConsoleError> {
         let sink: Option<Box<dyn Write + Send>> = match mode {
             ConsoleMode::Stdio => Some(Box::new(io::stdout())),
-            ConsoleMode::File(p) => Some(Box::new(create(p)?)),
+            ConsoleMode::File(p) => Some(Box::new(LineWriter::new(create(p)?))),
             ConsoleMode::Null => None,
         };
-        let log = log.map(create).transpose()?;
-        Ok(Self { sink, log, tail: ConsoleTail::default() })
+        let log = log.map(create).transpose()?.map(LineWriter::new);
+        Ok(Self { sink, flush_sink: *mode == ConsoleMode::Stdio, log, tail: ConsoleTail::default() })
     }
 
     pub fn tail(&self) -> ConsoleTail {
         self.tail.clone()
+    }
+
+    /// Write out everything buffered, a partial last line included.
+    fn sync(&mut self) {
+        if let Some(log) = &mut self.log {
+            if let Err(e) = log.flush() {
+                log::warn!("console log write failed: {e}");
+                self.log = None;
+            }
+        }
+        if let Some(sink) = &mut self.sink {
+            sink.flush().ok();
+        }
     }
 }
 
@@ -108,8 +131,9 @@ impl Write for ConsoleOutput {
         Ok(buf.len())
     }
 
+    /// What the UART calls after every byte: only stdout is flushed (see [`ConsoleOutput`]).
     fn flush(&mut self) -> io::Result<()> {
-        if let Some(sink) = &mut self.sink {
+        if let Some(sink) = self.sink.as_mut().filter(|_| self.flush_sink) {
             sink.flush().ok();
         }
         Ok(())
@@ -127,6 +151,11 @@ impl SharedConsole {
 
     pub fn tail(&self) -> ConsoleTail {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).tail()
+    }
+
+    /// Write out what the console files hold back (a partial last line), as the VM ends.
+    pub fn sync(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).sync()
     }
 }
 
@@ -239,6 +268,37 @@ mod tests {
         null.write_all(&vec![b'a'; CONSOLE_TAIL_BYTES + 10]).unwrap();
         assert_eq!(null.tail().contents().len(), CONSOLE_TAIL_BYTES);
         assert!(ConsoleOutput::new(&ConsoleMode::File("/nonexistent/x".into()), None).is_err());
+    }
+
+    /// The UART writes and flushes one byte at a time: the files get whole lines, and the
+    /// partial last one at `sync` or drop; the tail gets every byte at once.
+    #[test]
+    fn files_get_whole_lines_and_the_rest_at_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, l) = (dir.path().join("c"), dir.path().join("l"));
+        let console = SharedConsole::new(ConsoleOutput::new(&ConsoleMode::File(c.clone()), Some(&l)).unwrap());
+        let mut uart = console.clone();
+        let put = |uart: &mut SharedConsole, bytes: &[u8]| {
+            for &b in bytes {
+                uart.write_all(&[b]).unwrap();
+                uart.flush().unwrap();
+            }
+        };
+        put(&mut uart, b"one\r\ntw");
+        for f in [&c, &l] {
+            assert_eq!(std::fs::read(f).unwrap(), b"one\r\n");
+        }
+        assert_eq!(console.tail().contents(), b"one\r\ntw");
+        put(&mut uart, b"o\r\nlogin: ");
+        console.sync();
+        for f in [&c, &l] {
+            assert_eq!(std::fs::read(f).unwrap(), b"one\r\ntwo\r\nlogin: ");
+        }
+        put(&mut uart, b"root");
+        drop((console, uart));
+        for f in [&c, &l] {
+            assert_eq!(std::fs::read(f).unwrap(), b"one\r\ntwo\r\nlogin: root");
+        }
     }
 
     #[test]

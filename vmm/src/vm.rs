@@ -11,13 +11,14 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use devices::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
 use devices::bus::{BusError, MmioBus, PioBus};
 use devices::hyperv::HvConfig;
 use devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use devices::pvpanic::{PvPanic, PVPANIC_ACPI_HID, PVPANIC_PORT};
+use devices::rtc::{Rtc, RTC_ACPI_HID, RTC_BASE, RTC_LEN};
 use devices::virtio::{VirtioBlock, VIRTIO_MMIO_ACPI_HID, VIRTIO_MMIO_WINDOW};
 use devices::vmbus::ServerConfig;
 use devices::{PioDevice, VmRequest};
@@ -265,6 +266,27 @@ fn add_pvpanic(dsdt: &mut Dsdt) {
     ));
 }
 
+/// Describe the CMOS RTC as `PNP0B00` with its two ports, so that Linux's `rtc_cmos` binds to
+/// it through PnP ACPI (a hardware-reduced platform has no other way to announce it). No IRQ:
+/// the device raises none, and `rtc_cmos` then runs without alarms.
+fn add_rtc(dsdt: &mut Dsdt) {
+    use acpi_tables::aml::{Device, EISAName, Name, Path, ResourceTemplate, IO};
+    dsdt.add(&Device::new(
+        Path::new("_SB_.RTC_"),
+        vec![
+            &Name::new(Path::new("_HID"), &EISAName::new(RTC_ACPI_HID)),
+            &Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&IO::new(RTC_BASE, RTC_BASE, 1, RTC_LEN as u8)])),
+        ],
+    ));
+}
+
+/// The host's clock for the RTC: UTC seconds since the epoch.
+fn host_clock() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// Which disk a virtio slot holds.
 enum Slot<'a> {
     Crash(&'a CrashDiskConfig),
@@ -457,6 +479,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
             }
         }
     };
+    session.console.sync();
     drop(raw_terminal);
     if let Some(path) = &config.api_socket {
         let _ = std::fs::remove_file(path);
@@ -482,6 +505,7 @@ fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
 
     let mut dsdt = Dsdt::new();
     add_com1(&mut dsdt);
+    add_rtc(&mut dsdt);
     if config.pvpanic {
         add_pvpanic(&mut dsdt);
     }
@@ -513,6 +537,7 @@ fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
     bus.insert(COM1_BASE, COM1_LEN, serial.clone())?;
     bus.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042::new())))?;
     bus.insert(ACPI_PM_BASE, ACPI_PM_LEN, Arc::new(Mutex::new(AcpiPm::new())))?;
+    bus.insert(RTC_BASE, RTC_LEN, Arc::new(Mutex::new(Rtc::new(host_clock))))?;
 
     if config.pvpanic {
         bus.insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic::new(config.pvpanic_events))))?;
@@ -737,5 +762,27 @@ fn stop_vcpus(threads: &[JoinHandle<()>], kicker: &Kicker, control: &VcpuControl
             return;
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+
+    #[test]
+    fn dsdt_describes_the_rtc_with_its_ports_and_no_irq() {
+        let mem = GuestMemoryMmap::from_ranges(&layout::ram_ranges(64 << 20)).unwrap();
+        let mut dsdt = Dsdt::new();
+        add_rtc(&mut dsdt);
+        acpi::write_acpi_tables(&mem, 1, dsdt).unwrap();
+        let mut tables = vec![0; (layout::ACPI_END - layout::ACPI_START) as usize];
+        mem.read_slice(&mut tables, GuestAddress(layout::ACPI_START)).unwrap();
+        let has = |bytes: &[u8]| tables.windows(bytes.len()).any(|w| w == bytes);
+        // _HID: EISA id PNP0B00 as a DWord constant.
+        assert!(has(&[0x0c, 0x41, 0xd0, 0x0b, 0x00]));
+        // _CRS: IO (Decode16, 0x70, 0x70, 1, 2), then the end tag: no interrupt descriptor.
+        assert!(has(&[0x47, 0x01, 0x70, 0x00, 0x70, 0x00, 0x01, 0x02, 0x79]));
     }
 }
