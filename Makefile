@@ -7,7 +7,7 @@
 #   make build      the statically linked crashvmm binary
 #   make fuzz       fuzz the devices' protocol code, FUZZ_SECONDS (60) per target; not in `make test`
 #   make bench      crashvmm against QEMU: writes docs/benchmarks.md and docs/benchmarks.png
-#                   (about 6 minutes after the build, 20 GiB of free disk; not in `make test`)
+#                   (about 8 minutes after the build, 20 GiB of free disk; not in `make test`)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
