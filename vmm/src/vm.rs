@@ -405,6 +405,8 @@ struct Session<'a> {
     /// The control socket, when `--api-socket` was given.
     api: Option<UnixListener>,
     started: Instant,
+    /// The CMOS RTC keeps a time the guest set across resets, as a battery-backed one does.
+    rtc: Arc<Mutex<Rtc>>,
 }
 
 /// Run the VM described by `config` to its end.
@@ -463,6 +465,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         escape_enabled: raw_terminal.is_some(),
         api,
         started,
+        rtc: Arc::new(Mutex::new(Rtc::new(host_clock))),
     };
 
     let mut boots = 0u32;
@@ -537,7 +540,7 @@ fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
     bus.insert(COM1_BASE, COM1_LEN, serial.clone())?;
     bus.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042::new())))?;
     bus.insert(ACPI_PM_BASE, ACPI_PM_LEN, Arc::new(Mutex::new(AcpiPm::new())))?;
-    bus.insert(RTC_BASE, RTC_LEN, Arc::new(Mutex::new(Rtc::new(host_clock))))?;
+    bus.insert(RTC_BASE, RTC_LEN, s.rtc.clone())?;
 
     if config.pvpanic {
         bus.insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic::new(config.pvpanic_events))))?;
