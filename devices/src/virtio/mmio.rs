@@ -431,7 +431,7 @@ fn rings_inside<M: GuestMemory>(q: &Queue, mem: &M) -> bool {
 mod tests {
     use super::*;
     use crate::virtio::test_util::{
-        read_reg, test_memory, write_reg, AVAIL_RING, DESC_TABLE, QUEUE_SIZE, USED_RING, VERSION_1,
+        program_queue, read_reg, test_memory, write_reg, AVAIL_RING, DESC_TABLE, QUEUE_SIZE, USED_RING, VERSION_1,
     };
     use vm_memory::GuestMemoryMmap;
 
@@ -505,14 +505,7 @@ mod tests {
 
     fn setup_queue0(dev: &mut VirtioMmio<Fake>, mem: &GuestMemoryMmap) {
         write_reg(dev, mem, VIRTIO_MMIO_QUEUE_SEL, 0);
-        write_reg(dev, mem, VIRTIO_MMIO_QUEUE_NUM, QUEUE_SIZE.into());
-        write_reg(dev, mem, VIRTIO_MMIO_QUEUE_DESC_LOW, DESC_TABLE as u32);
-        write_reg(dev, mem, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
-        write_reg(dev, mem, VIRTIO_MMIO_QUEUE_AVAIL_LOW, AVAIL_RING as u32);
-        write_reg(dev, mem, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
-        write_reg(dev, mem, VIRTIO_MMIO_QUEUE_USED_LOW, USED_RING as u32);
-        write_reg(dev, mem, VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
-        write_reg(dev, mem, VIRTIO_MMIO_QUEUE_READY, 1);
+        program_queue(dev, mem);
     }
 
     fn live(dev: &mut VirtioMmio<Fake>, mem: &GuestMemoryMmap) {

@@ -34,6 +34,19 @@ pub fn write_reg<D: VirtioDevice>(dev: &mut VirtioMmio<D>, mem: &GuestMemoryMmap
     dev.write(reg.into(), &value.to_le_bytes(), mem)
 }
 
+/// Program the selected queue with the test rings (QUEUE_SIZE entries at DESC_TABLE,
+/// AVAIL_RING, USED_RING) and set it ready.
+pub fn program_queue<D: VirtioDevice>(dev: &mut VirtioMmio<D>, mem: &GuestMemoryMmap) {
+    write_reg(dev, mem, VIRTIO_MMIO_QUEUE_NUM, QUEUE_SIZE.into());
+    write_reg(dev, mem, VIRTIO_MMIO_QUEUE_DESC_LOW, DESC_TABLE as u32);
+    write_reg(dev, mem, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
+    write_reg(dev, mem, VIRTIO_MMIO_QUEUE_AVAIL_LOW, AVAIL_RING as u32);
+    write_reg(dev, mem, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
+    write_reg(dev, mem, VIRTIO_MMIO_QUEUE_USED_LOW, USED_RING as u32);
+    write_reg(dev, mem, VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
+    write_reg(dev, mem, VIRTIO_MMIO_QUEUE_READY, 1);
+}
+
 /// One descriptor of a chain the test builds: guest address, length, device-writable.
 #[derive(Debug, Clone, Copy)]
 pub struct Buf {
@@ -91,14 +104,7 @@ impl<D: VirtioDevice> Driver<D> {
         write_reg(dev, mem, VIRTIO_MMIO_QUEUE_SEL, 0);
         assert_eq!(read_reg(dev, VIRTIO_MMIO_QUEUE_READY), 0);
         assert_eq!(read_reg(dev, VIRTIO_MMIO_QUEUE_NUM_MAX), u32::from(QUEUE_SIZE));
-        write_reg(dev, mem, VIRTIO_MMIO_QUEUE_NUM, QUEUE_SIZE.into());
-        write_reg(dev, mem, VIRTIO_MMIO_QUEUE_DESC_LOW, DESC_TABLE as u32);
-        write_reg(dev, mem, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
-        write_reg(dev, mem, VIRTIO_MMIO_QUEUE_AVAIL_LOW, AVAIL_RING as u32);
-        write_reg(dev, mem, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
-        write_reg(dev, mem, VIRTIO_MMIO_QUEUE_USED_LOW, USED_RING as u32);
-        write_reg(dev, mem, VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
-        write_reg(dev, mem, VIRTIO_MMIO_QUEUE_READY, 1);
+        program_queue(dev, mem);
         assert_eq!(read_reg(dev, VIRTIO_MMIO_QUEUE_READY), 1);
         write_reg(dev, mem, VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_DRIVER_OK);
         assert_eq!(read_reg(dev, VIRTIO_MMIO_STATUS), s | VIRTIO_CONFIG_S_DRIVER_OK);
