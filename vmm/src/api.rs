@@ -38,20 +38,29 @@ use crate::vcpu::{ExitContext, ExitState};
 /// Longest request line.
 pub const MAX_REQUEST: usize = 64 * 1024;
 
-/// A request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A request. Also the subcommands of `crashvmm ctl` (their help is these doc comments).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
+    /// State, vCPUs, crashes, last crash directory.
     Status,
+    /// Inject an NMI into every vCPU, or one.
     InjectNmi {
         #[serde(default)]
+        #[arg(long)]
         vcpu: Option<u32>,
     },
+    /// Pause the vCPUs.
     Pause,
+    /// Resume the vCPUs.
     Resume,
+    /// Write a host-side vmcore of the running VM (pause, write, resume).
     Dump,
+    /// Boot the guest again.
     Reset,
+    /// Stop the VM now (hard stop; crashvmm exits with code 0).
     Shutdown,
+    /// Stream the event log's records as they happen.
     Subscribe,
 }
 

@@ -42,25 +42,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CtlCommand {
-    /// State, vCPUs, crashes, last crash directory.
-    Status,
-    /// Inject an NMI into every vCPU, or one.
-    InjectNmi {
-        #[arg(long)]
-        vcpu: Option<u32>,
-    },
-    /// Pause the vCPUs.
-    Pause,
-    /// Resume the vCPUs.
-    Resume,
-    /// Write a host-side vmcore of the running VM (pause, write, resume).
-    Dump,
-    /// Boot the guest again.
-    Reset,
-    /// Stop the VM now (hard stop; crashvmm exits with code 0).
-    Shutdown,
-    /// Stream the event log's records as they happen.
-    Subscribe,
+    /// The control socket's requests, one subcommand each.
+    #[command(flatten)]
+    Request(vmm::api::Request),
     /// Send one raw request line (for tests and scripts).
     Raw { json: String },
 }
@@ -68,19 +52,10 @@ enum CtlCommand {
 impl CtlCommand {
     /// The request line: the control socket's own `Request`, serialized.
     fn request(&self) -> String {
-        use vmm::api::Request;
-        let req = match self {
-            CtlCommand::Status => Request::Status,
-            CtlCommand::InjectNmi { vcpu } => Request::InjectNmi { vcpu: *vcpu },
-            CtlCommand::Pause => Request::Pause,
-            CtlCommand::Resume => Request::Resume,
-            CtlCommand::Dump => Request::Dump,
-            CtlCommand::Reset => Request::Reset,
-            CtlCommand::Shutdown => Request::Shutdown,
-            CtlCommand::Subscribe => Request::Subscribe,
-            CtlCommand::Raw { json } => return json.clone(),
-        };
-        serde_json::to_string(&req).unwrap_or_default()
+        match self {
+            CtlCommand::Request(req) => serde_json::to_string(req).unwrap_or_default(),
+            CtlCommand::Raw { json } => json.clone(),
+        }
     }
 }
 
@@ -271,22 +246,27 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
 mod tests {
     use super::*;
 
-    /// Each `crashvmm ctl` request line is one the control socket accepts.
+    /// Each `crashvmm ctl` command line gives a request line the control socket accepts as the
+    /// request it names.
     #[test]
     fn every_ctl_command_is_a_valid_api_request() {
         use vmm::api::{parse, Request};
-        let cases = [
-            (CtlCommand::Status, Request::Status),
-            (CtlCommand::InjectNmi { vcpu: None }, Request::InjectNmi { vcpu: None }),
-            (CtlCommand::InjectNmi { vcpu: Some(1) }, Request::InjectNmi { vcpu: Some(1) }),
-            (CtlCommand::Pause, Request::Pause),
-            (CtlCommand::Resume, Request::Resume),
-            (CtlCommand::Dump, Request::Dump),
-            (CtlCommand::Reset, Request::Reset),
-            (CtlCommand::Shutdown, Request::Shutdown),
-            (CtlCommand::Subscribe, Request::Subscribe),
+        let cases: [(&[&str], Request); 9] = [
+            (&["status"], Request::Status),
+            (&["inject-nmi"], Request::InjectNmi { vcpu: None }),
+            (&["inject-nmi", "--vcpu", "1"], Request::InjectNmi { vcpu: Some(1) }),
+            (&["pause"], Request::Pause),
+            (&["resume"], Request::Resume),
+            (&["dump"], Request::Dump),
+            (&["reset"], Request::Reset),
+            (&["shutdown"], Request::Shutdown),
+            (&["subscribe"], Request::Subscribe),
         ];
-        for (cmd, expected) in cases {
+        for (args, expected) in cases {
+            let argv = ["crashvmm", "ctl", "--api-socket", "/s"].iter().chain(args);
+            let Command::Ctl { command: cmd, .. } = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("{args:?} is not a ctl command");
+            };
             assert_eq!(parse(&cmd.request()), Ok(expected));
         }
     }
