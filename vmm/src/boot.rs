@@ -294,7 +294,8 @@ fn write_cmdline(mem: &GuestMemoryMmap, max: usize, cmdline: &str) -> Result<u64
     Ok(CMDLINE_ADDR)
 }
 
-/// Load the kernel, initrd and command line, and write the zero page.
+/// Load a bzImage ([`check_kernel`] has checked it), its initrd and command line, and write the
+/// zero page.
 fn load_linux(
     mem: &GuestMemoryMmap,
     mem_size: u64,
@@ -303,7 +304,6 @@ fn load_linux(
     cmdline: &str,
     rsdp_addr: u64,
 ) -> Result<BootLayout, BootError> {
-    check_bzimage(kernel)?;
     let mut kernel_file =
         File::open(kernel).map_err(|source| BootError::KernelIo { path: kernel.to_owned(), source })?;
     let loaded = BzImage::load(mem, None, &mut kernel_file, Some(GuestAddress(HIMEM_START)))
