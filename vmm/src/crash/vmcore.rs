@@ -725,9 +725,6 @@ pub fn write_vmcore(
     let bar = progress_bar(layout.file_len, opts.progress);
     let hashed = AtomicU64::new(0);
     let cancel = AtomicBool::new(false);
-    if !opts.sha256 {
-        hashed.store(u64::MAX, Ordering::Relaxed);
-    }
     let (digest, written) = std::thread::scope(|scope| {
         let hasher = opts.sha256.then(|| {
             std::thread::Builder::new()
@@ -736,7 +733,8 @@ pub fn write_vmcore(
                 .map_err(|e| log::debug!("vmcore: no hashing thread ({e}), hashing after writing"))
         });
         let written = write_file(&file, &layout, &regions, pagemap, |pos| {
-            bar.set_position(pos.min(hashed.load(Ordering::Relaxed)));
+            // With the hash, the bar shows the slower of the two threads.
+            bar.set_position(if opts.sha256 { pos.min(hashed.load(Ordering::Relaxed)) } else { pos });
             if let Some(report) = opts.on_progress {
                 report(pos, layout.file_len);
             }
