@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use super::procs::{self, Guarded};
 use super::qmp::{self, Qmp};
 use super::vmcore::{event_ts, find_event};
-use super::{progress, Env, QEMU_CPU};
+use super::{progress, read_events, Env, QEMU_CPU};
 use crate::{boot_testhost, run_scenario, scenario, Mode, RunOptions};
 
 /// crashvmm's crash path as its event log shows it; times in seconds after the pvpanic write.
@@ -569,10 +569,6 @@ fn testguest_kdump_once(env: &Env, gib: u64) -> Result<(Option<i32>, CrashvmmPat
         return Err(format!("no vmbus_unload_completed event (see {})", log.display()));
     }
     Ok((code, path))
-}
-
-fn read_events(path: &Path) -> Vec<Value> {
-    fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 #[cfg(test)]

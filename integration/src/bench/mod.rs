@@ -92,6 +92,12 @@ pub fn start_clock() {
 }
 
 /// A progress line: `bench [mm:ss] message`.
+/// The records of an `events.jsonl` crashvmm wrote (unreadable lines skipped; none if the file
+/// is missing: the caller reports the event it did not find).
+pub fn read_events(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
 pub fn progress(msg: impl AsRef<str>) {
     let s = START.get_or_init(Instant::now).elapsed().as_secs();
     println!("bench [{:02}:{:02}] {}", s / 60, s % 60, msg.as_ref());

@@ -155,9 +155,8 @@ fn start_once(env: &Env, vmm: Vmm, gib: u64, rep: usize) -> Result<StartRun, Str
     }
     let first = first.ok_or_else(|| format!("no serial output within 30 s (see {})", log.display()))?;
     let vm_started_ms = if vmm == Vmm::Crashvmm {
-        let text = std::fs::read_to_string(&events).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        super::read_events(&events)
+            .into_iter()
             .find(|e| e["event"] == "vm_started")
             .and_then(|e| super::vmcore::event_ts(&e))
             .map(|t| (t - e0) * 1000.0)

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use super::procs;
 use super::qmp::{self, Qmp};
-use super::{progress, Env, GIB};
+use super::{progress, read_events, Env, GIB};
 
 /// One dump.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -257,10 +257,6 @@ fn run_size(env: &Env, gib: u64) -> SizeResult {
     r
 }
 
-fn events(path: &Path) -> Vec<Value> {
-    fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-}
-
 /// The first event named `name`.
 pub fn find_event<'a>(events: &'a [Value], name: &str) -> Option<&'a Value> {
     events.iter().find(|e| e["event"] == name)
@@ -290,7 +286,7 @@ fn crashvmm_dump(env: &Env, gib: u64, initrd: &Path, rep: usize, sha256: bool) -
     procs::sync_all();
     let (mut child, _console, _, _) = procs::spawn_with_console(&mut cmd, &log).map_err(|e| format!("spawn: {e}"))?;
     let code = child.wait_or_kill(Duration::from_secs(600));
-    let ev = events(&ev_path);
+    let ev = read_events(&ev_path);
     let written = find_event(&ev, "vmcore_written")
         .ok_or_else(|| format!("no vmcore_written event (exit code {code:?}; see {})", log.display()))?;
     let panic_ts = find_event(&ev, "pvpanic").and_then(event_ts).ok_or("no pvpanic event")?;
