@@ -21,24 +21,15 @@ OUT ?= build/scenario-$(SCENARIO)
 # Debian packages the build and the test host need (guest-images/build.sh installs its own too).
 APT_PACKAGES := qemu-system-x86 busybox-static cpio kexec-tools makedumpfile binutils gzip
 
-.PHONY: all build images testguest deps lint fmt unit integration test run scenario fuzz bench clean
+.PHONY: all build images testguest deps lint fmt unit image-tests integration test run scenario fuzz bench clean
 
 all: build
 
-# Install what a fresh Debian machine lacks: apt packages (downloads cached under build/) and
-# the Rust components the lint step uses. Needs root for apt-get when something is missing.
+# Install what a fresh Debian machine lacks: apt packages (guest-images/debian.sh: refreshes apt
+# lists that are too old to download from; downloads cached under build/cache/apt) and the Rust
+# components the lint step uses. Needs root for apt-get when something is missing.
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "deps: installing$$missing"; \
-	  mkdir -p $(CACHE)/apt/partial; \
-	  apt_opts="-o Dir::Cache::archives=$(CURDIR)/$(CACHE)/apt"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get $$apt_opts install -y --no-install-recommends $$missing || \
-	    { apt-get update && apt-get $$apt_opts install -y --no-install-recommends $$missing; }; \
-	fi
+	@CACHE_DIR=$(CACHE) bash guest-images/debian.sh install $(APT_PACKAGES)
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
 	@rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-none || rustup target add x86_64-unknown-none
@@ -73,10 +64,15 @@ lint:
 unit:
 	$(CARGO) test --locked --workspace --lib --bins
 
+# The image build's own tests (guest-images/tests/): kernel resolution against a local archive
+# that dropped the kernels the apt lists name.
+image-tests:
+	bash guest-images/tests/stale-lists.sh
+
 integration: build images
 	$(CARGO) test --locked -p integration --tests
 
-test: deps lint unit integration
+test: deps lint unit image-tests integration
 	@echo "make test: all passed"
 
 scenario: build images

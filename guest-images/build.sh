@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
 # Builds the crashvmm guest and software-KVM test-host images from Debian packages.
 #
-#   guest-images/build.sh [OUT_DIR] [CACHE_DIR]
+#   guest-images/build.sh [--fetch-only] [OUT_DIR] [CACHE_DIR]
 #
 # OUT_DIR   defaults to build/images, CACHE_DIR to build/cache (both relative to the repository
 # root when defaulted, relative to the current directory when given). See guest-images/README.md.
+#
+# --fetch-only  resolve the kernel set (guest and test-host kernels, the guest's headers), bring
+#               it into the cache and print it; installs nothing and builds no image.
 #
 # Environment overrides (optional):
 #   GUEST_KERNEL_PKG  package for the guest kernel, an image or a metapackage
 #                     (default: what linux-image-cloud-amd64 depends on)
 #   HOST_KERNEL_PKG   the same for the test-host kernel (default: what linux-image-amd64 depends on)
+#   APT_LISTS_MAX_AGE_HOURS  apt lists older than this are refreshed before a download (24)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
+fetch_only=0
+if [[ ${1:-} == --fetch-only ]]; then
+  fetch_only=1
+  shift
+fi
 out=${1:-$repo/build/images}
 cache=${2:-$repo/build/cache}
 
@@ -45,55 +54,6 @@ if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then
   die "needs a Debian host with dpkg and apt-get"
 fi
 
-pkg_installed() {
-  local st
-  st=$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) || return 1
-  [[ $st == *" ok installed" ]]
-}
-
-ensure_host_packages() {
-  local missing=() p
-  for p in "${HOST_PACKAGES[@]}"; do
-    pkg_installed "$p" || missing+=("$p")
-  done
-  ((${#missing[@]} == 0)) && return 0
-  if ((EUID != 0)); then
-    die "missing host packages: ${missing[*]} (run as root, or: apt-get install --no-install-recommends ${missing[*]})"
-  fi
-  say "installing host packages: ${missing[*]}"
-  local log="$cache/apt-install.log"
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
-    say "apt-get install failed; running apt-get update and retrying"
-    apt-get update >>"$log" 2>&1 || die "apt-get update failed (see $log)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >>"$log" 2>&1 \
-      || die "apt-get install ${missing[*]} failed (see $log)"
-  fi
-}
-
-# The crashtest lockup module (guest-images/lockup: every CPU spins with interrupts off), built
-# once per kernel release against Debian's headers package for that kernel (installed when
-# missing), and staged as /lib/modules/REL/extra/crashtest-lockup.ko (loaded with insmod).
-build_lockup_module() {
-  local rel=$1 root=$2 hdr="/usr/src/linux-headers-$1" ko="$cache/crashtest-lockup-$1.ko"
-  if [[ ! -f $ko || $here/lockup/lockup.c -nt $ko ]]; then
-    if [[ ! -d $hdr ]]; then
-      ((EUID == 0)) || die "building the lockup module needs linux-headers-$rel (run as root, or install it)"
-      say "installing linux-headers-$rel (for the lockup test module)"
-      local log="$cache/apt-install.log"
-      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "linux-headers-$rel" >>"$log" 2>&1 || {
-        apt-get update >>"$log" 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-          "linux-headers-$rel" >>"$log" 2>&1
-      } || die "apt-get install linux-headers-$rel failed (see $log)"
-    fi
-    local src="$cache/lockup-build"
-    rm -rf "$src" && mkdir -p "$src" && cp "$here/lockup/lockup.c" "$here/lockup/Kbuild" "$src/"
-    make -s -C "$hdr" M="$src" modules >"$cache/lockup-build.log" 2>&1 \
-      || die "building the lockup module failed (see $cache/lockup-build.log)"
-    cp "$src/lockup.ko" "$ko"
-  fi
-  install -D -m 0644 "$ko" "$root/lib/modules/$rel/extra/crashtest-lockup.ko"
-}
-
 mkdir -p "$out" "$cache"
 out=$(cd "$out" && pwd)
 cache=$(cd "$cache" && pwd)
@@ -104,69 +64,188 @@ if command -v flock >/dev/null; then
   flock 9
 fi
 
-ensure_host_packages
-for t in busybox cpio gzip strings ldd ldconfig dpkg-deb apt-cache find sort cmp; do
+CACHE_DIR=$cache
+# shellcheck source=guest-images/debian.sh
+source "$here/debian.sh"
+: >"$(apt_log)"
+
+if ((!fetch_only)); then
+  apt_install "${HOST_PACKAGES[@]}" || exit 1
+  for t in busybox cpio gzip strings ldd ldconfig find sort cmp; do
+    command -v "$t" >/dev/null || die "required tool '$t' not found"
+  done
+  BUSYBOX=/bin/busybox
+  [[ -x $BUSYBOX ]] || die "$BUSYBOX missing (package busybox-static)"
+  KEXEC=$(command -v kexec || true)
+  MAKEDUMPFILE=$(command -v makedumpfile || true)
+  VMCORE_DMESG=$(command -v vmcore-dmesg || true)
+  [[ -n $KEXEC ]] || die "kexec not found (package kexec-tools)"
+  [[ -n $MAKEDUMPFILE ]] || die "makedumpfile not found (package makedumpfile)"
+fi
+for t in apt-cache dpkg-deb; do
   command -v "$t" >/dev/null || die "required tool '$t' not found"
 done
-BUSYBOX=/bin/busybox
-[[ -x $BUSYBOX ]] || die "$BUSYBOX missing (package busybox-static)"
-KEXEC=$(command -v kexec || true)
-MAKEDUMPFILE=$(command -v makedumpfile || true)
-VMCORE_DMESG=$(command -v vmcore-dmesg || true)
-[[ -n $KEXEC ]] || die "kexec not found (package kexec-tools)"
-[[ -n $MAKEDUMPFILE ]] || die "makedumpfile not found (package makedumpfile)"
 
 # ---------------------------------------------------------------------------------------------
-# Kernels: resolve, download (cached), extract (cached)
+# The kernel set: the guest kernel, the test-host kernel and the guest kernel's headers (for the
+# lockup test module), resolved together from one set of apt lists so that the image, its
+# modules and its headers are always one ABI. Each .deb is cached by its exact version; the set
+# last fetched is recorded in CACHE/kernel-set, which a build that cannot reach the archive uses.
 
-# The linux-image-6.1.0-NN-FLAVOUR package a metapackage currently depends on.
+# The linux-image-6.1.0-NN-FLAVOUR package a metapackage currently depends on (empty for an
+# image package itself).
 resolve_kernel_pkg() {
   apt-cache depends "$1" 2>/dev/null \
     | awk '!found && $1 ~ /Depends:$/ && $2 ~ /^linux-image-[0-9]/ { print $2; found = 1 }' || true
 }
 
-candidate_version() {
-  apt-cache show --no-all-versions "$1" 2>/dev/null \
-    | awk '!found && /^Version:/ { print $2; found = 1 }' || true
+# The kernel release a linux-image package's name carries.
+abi_of() {
+  local abi=${1#linux-image-}
+  printf '%s' "${abi%-unsigned}"
 }
 
-# fetch_kernel METAPKG OVERRIDE -> sets KDEB (path of the cached .deb)
-fetch_kernel() {
-  local meta=$1 pkg=$2 ver deb
-  if [[ -z $pkg ]]; then
-    pkg=$(resolve_kernel_pkg "$meta")
-  else
-    # The override may itself be a metapackage (e.g. linux-image-6.12-cloud-amd64).
-    ver=$(resolve_kernel_pkg "$pkg")
-    [[ -z $ver ]] || pkg=$ver
+cached_deb() { printf '%s/%s_%s_amd64.deb' "$cache" "$1" "${2//:/%3a}"; }
+lockup_ko() { printf '%s/crashtest-lockup-%s_%s.ko' "$cache" "$1" "${2//:/%3a}"; }
+
+# resolve_image ROLE META OVERRIDE: sets ROLE_PKG, ROLE_VER (candidate) and ROLE_ABI (the release
+# the package name carries) from the current lists, or RESOLVE_ERR.
+resolve_image() {
+  local role=$1 meta=$2 pkg=${3:-$2} dep ver
+  dep=$(resolve_kernel_pkg "$pkg")
+  [[ -z $dep ]] || pkg=$dep
+  ver=$(candidate_version "$pkg")
+  if [[ -z $ver || $pkg != linux-image-[0-9]* ]]; then
+    if [[ -n ${3:-} ]]; then
+      RESOLVE_ERR="apt knows no kernel image package $pkg (from the override for $meta)"
+    else
+      RESOLVE_ERR="apt lists name no kernel for $meta"
+    fi
+    return 1
   fi
-  if [[ -n $pkg ]]; then
-    ver=$(candidate_version "$pkg")
-    [[ -n $ver || -z $2 ]] || die "apt knows no package $pkg (from the override for $meta)"
-  fi
-  if [[ -z $pkg || -z ${ver:-} ]]; then
-    # Offline fallback: newest cached .deb of this flavour.
-    local flavour=${meta#linux-image-}
-    deb=$(find "$cache" -maxdepth 1 -regextype posix-extended \
-      -regex ".*/linux-image-[0-9][0-9.+a-z]*(-[0-9]+)?-${flavour}(-unsigned)?_[^/]*_amd64\.deb" | sort -V | tail -n 1)
-    [[ -n $deb ]] || die "cannot resolve a kernel package from $meta (apt lists missing? run apt-get update)"
-    say "apt cannot resolve $meta; using cached $(basename "$deb")"
-    KDEB=$deb
-    return
-  fi
-  deb="$cache/${pkg}_${ver//:/%3a}_amd64.deb"
-  if [[ -s $deb ]]; then
-    say "kernel $pkg $ver (cached)"
-  else
-    say "downloading $pkg $ver"
-    (cd "$cache" && apt-get download "$pkg=$ver" >"$cache/apt-download.log" 2>&1) \
-      || die "apt-get download $pkg=$ver failed (see $cache/apt-download.log)"
-    [[ -s $deb ]] || die "apt-get download did not produce $deb"
-  fi
-  KDEB=$deb
+  printf -v "${role}_PKG" %s "$pkg"
+  printf -v "${role}_VER" %s "$ver"
+  printf -v "${role}_ABI" %s "$(abi_of "$pkg")"
 }
 
-# extract_kernel DEB -> sets KROOT (extracted tree) and KREL (kernel release)
+resolve_set() {
+  resolve_image GUEST linux-image-cloud-amd64 "${GUEST_KERNEL_PKG:-}" || return 1
+  resolve_image HOST linux-image-amd64 "${HOST_KERNEL_PKG:-}" || return 1
+  HDR_PKG=linux-headers-$GUEST_ABI
+  HDR_VER=$(candidate_version "$HDR_PKG")
+  if [[ $HDR_VER != "$GUEST_VER" ]]; then
+    RESOLVE_ERR="the apt lists have $GUEST_PKG $GUEST_VER but $HDR_PKG ${HDR_VER:-not at all}"
+    return 1
+  fi
+}
+
+set_text() { printf 'guest %s %s, host %s %s' "$GUEST_PKG" "$GUEST_VER" "$HOST_PKG" "$HOST_VER"; }
+
+# The headers are needed unless the lockup module of this exact kernel is cached or they are
+# installed at the image's version.
+headers_needed() {
+  local ko
+  ko=$(lockup_ko "$GUEST_ABI" "$GUEST_VER")
+  [[ -f $ko && ! $here/lockup/lockup.c -nt $ko ]] && return 1
+  [[ $(pkg_installed_version "$HDR_PKG" || true) != "$HDR_VER" ]]
+}
+
+set_cached() {
+  [[ -s $(cached_deb "$GUEST_PKG" "$GUEST_VER") && -s $(cached_deb "$HOST_PKG" "$HOST_VER") ]] || return 1
+  if ((fetch_only)); then
+    [[ -s $cache/apt/${HDR_PKG}_${HDR_VER//:/%3a}_amd64.deb ]]
+  elif headers_needed; then
+    return 1
+  fi
+}
+
+# fetch_deb PKG VER: apt-get download into the cache, unless it is there.
+fetch_deb() {
+  local deb
+  deb=$(cached_deb "$1" "$2")
+  [[ -s $deb ]] && return 0
+  say "downloading $1 $2"
+  if ! (cd "$cache" && apt-get download "$1=$2" >>"$(apt_log)" 2>&1) || [[ ! -s $deb ]]; then
+    FETCH_ERR="$1 $2 cannot be downloaded"
+    return 1
+  fi
+}
+
+# The headers (and what they depend on, from the same lists): installed for the build, only
+# downloaded into CACHE/apt with --fetch-only.
+fetch_headers() {
+  local opts=(-y --no-install-recommends -o "Dir::Cache::archives=$cache/apt")
+  if ((fetch_only)); then
+    opts+=(--download-only)
+  else
+    headers_needed || return 0
+    ((EUID == 0)) || die "building the lockup module needs $HDR_PKG $HDR_VER (run as root, or install it)"
+  fi
+  mkdir -p "$cache/apt/partial"
+  say "$( ((fetch_only)) && echo downloading || echo installing) $HDR_PKG $HDR_VER (for the lockup test module)"
+  DEBIAN_FRONTEND=noninteractive apt-get "${opts[@]}" install "$HDR_PKG=$HDR_VER" >>"$(apt_log)" 2>&1 && return 0
+  FETCH_ERR="$HDR_PKG $HDR_VER cannot be $( ((fetch_only)) && echo downloaded || echo installed)"
+  return 1
+}
+
+fetch_set() {
+  fetch_deb "$GUEST_PKG" "$GUEST_VER" && fetch_deb "$HOST_PKG" "$HOST_VER" && fetch_headers
+}
+
+write_set_record() {
+  {
+    printf 'guest.package=%s\nguest.version=%s\n' "$GUEST_PKG" "$GUEST_VER"
+    printf 'host.package=%s\nhost.version=%s\n' "$HOST_PKG" "$HOST_VER"
+    printf 'headers.package=%s\nheaders.version=%s\n' "$HDR_PKG" "$HDR_VER"
+  } >"$cache/kernel-set.new"
+  mv "$cache/kernel-set.new" "$cache/kernel-set"
+}
+
+# The set last fetched, when the archive cannot be reached and it is complete in the cache (and
+# matches an override, if one is given).
+use_set_record() {
+  local f=$cache/kernel-set
+  [[ -f $f ]] || return 1
+  rec() { sed -n "s/^$1=//p" "$f"; }
+  GUEST_PKG=$(rec guest.package) GUEST_VER=$(rec guest.version)
+  HOST_PKG=$(rec host.package) HOST_VER=$(rec host.version)
+  HDR_PKG=$(rec headers.package) HDR_VER=$(rec headers.version)
+  GUEST_ABI=$(abi_of "$GUEST_PKG") HOST_ABI=$(abi_of "$HOST_PKG")
+  [[ -z ${GUEST_KERNEL_PKG:-} || $GUEST_KERNEL_PKG == "$GUEST_PKG" ]] || return 1
+  [[ -z ${HOST_KERNEL_PKG:-} || $HOST_KERNEL_PKG == "$HOST_PKG" ]] || return 1
+  set_cached
+}
+
+resolve_kernel_set() {
+  if resolve_set && set_cached; then
+    say "kernels: $(set_text) (cached)"
+    return 0
+  fi
+  apt_refresh_if_stale
+  local err
+  while :; do
+    if resolve_set; then
+      say "kernels: $(set_text)"
+      fetch_set && { write_set_record; return 0; }
+      err=$FETCH_ERR
+    else
+      err=$RESOLVE_ERR
+    fi
+    ((APT_REFRESHED)) && break
+    say "$err; refreshing the apt lists and resolving everything again"
+    apt_refresh || break
+  done
+  if use_set_record; then
+    say "$err; using the set cached in $cache/kernel-set: $(set_text)"
+    return 0
+  fi
+  if ((APT_UNREACHABLE)); then
+    die "$err, the Debian archive cannot be reached (see $(apt_log)) and $cache holds no complete kernel set: connect this machine to the archive, or copy a complete $cache from one that can"
+  fi
+  die "$err, even from freshly updated apt lists (see $(apt_log)): set GUEST_KERNEL_PKG=/HOST_KERNEL_PKG= to a kernel package that 'apt-cache policy' lists, or put a complete set into $cache"
+}
+
+# extract_kernel DEB ABI -> sets KROOT (extracted tree) and KREL (kernel release)
 extract_kernel() {
   local deb=$1 name dir
   name=$(basename "$deb" .deb)
@@ -185,16 +264,16 @@ extract_kernel() {
   fi
   KREL=$(basename "${rels[0]}")
   KROOT=$dir
+  [[ $KREL == "$2" ]] || die "$deb holds kernel $KREL, not the $2 its name says"
   [[ -f $KROOT/boot/vmlinuz-$KREL ]] || die "no boot/vmlinuz-$KREL in $deb"
 }
 
-fetch_kernel linux-image-cloud-amd64 "${GUEST_KERNEL_PKG:-}"
-GUEST_DEB=$KDEB
-fetch_kernel linux-image-amd64 "${HOST_KERNEL_PKG:-}"
-HOST_DEB=$KDEB
-extract_kernel "$GUEST_DEB"
+resolve_kernel_set
+GUEST_DEB=$(cached_deb "$GUEST_PKG" "$GUEST_VER")
+HOST_DEB=$(cached_deb "$HOST_PKG" "$HOST_VER")
+extract_kernel "$GUEST_DEB" "$GUEST_ABI"
 GUEST_ROOT=$KROOT GUEST_REL=$KREL
-extract_kernel "$HOST_DEB"
+extract_kernel "$HOST_DEB" "$HOST_ABI"
 HOST_ROOT=$KROOT HOST_REL=$KREL
 
 # Drop extracted trees whose .deb is no longer in the cache (delete a .deb to free its tree).
@@ -203,6 +282,38 @@ for d in "$cache"/extract/*/; do
   d=${d%/}
   [[ -f $cache/$(basename "$d").deb ]] || { say "pruning $(basename "$d")"; rm -rf "$d"; }
 done
+
+if ((fetch_only)); then
+  say "fetched: $(set_text), headers $HDR_PKG $HDR_VER"
+  exit 0
+fi
+
+# A kernel that changed since the last build (newer apt lists, an override) rebuilds its images.
+if [[ -f $out/build-info ]]; then
+  for role in guest host; do
+    was=$(sed -n "s/^$role.package=//p" "$out/build-info")
+    [[ $role == guest ]] && now=$(basename "$GUEST_DEB" .deb) || now=$(basename "$HOST_DEB" .deb)
+    was=${was%.deb}
+    [[ -z $was || $was == "$now" ]] || say "$role kernel changed: $was -> $now; rebuilding the $role images"
+  done
+fi
+
+# The crashtest lockup module (guest-images/lockup: every CPU spins with interrupts off), built
+# once per kernel package version against Debian's headers of that version (installed by
+# resolve_kernel_set), and staged as /lib/modules/REL/extra/crashtest-lockup.ko (loaded with insmod).
+build_lockup_module() {
+  local rel=$1 root=$2 hdr="/usr/src/linux-headers-$1" ko
+  ko=$(lockup_ko "$rel" "$GUEST_VER")
+  if [[ ! -f $ko || $here/lockup/lockup.c -nt $ko ]]; then
+    [[ -d $hdr ]] || die "$hdr missing although $HDR_PKG $HDR_VER is installed"
+    local src="$cache/lockup-build"
+    rm -rf "$src" && mkdir -p "$src" && cp "$here/lockup/lockup.c" "$here/lockup/Kbuild" "$src/"
+    make -s -C "$hdr" M="$src" modules >"$cache/lockup-build.log" 2>&1 \
+      || die "building the lockup module failed (see $cache/lockup-build.log)"
+    cp "$src/lockup.ko" "$ko"
+  fi
+  install -D -m 0644 "$ko" "$root/lib/modules/$rel/extra/crashtest-lockup.ko"
+}
 
 # ---------------------------------------------------------------------------------------------
 # Helpers for staging an initramfs
