@@ -8,6 +8,8 @@
 #   make fuzz       fuzz the devices' protocol code, FUZZ_SECONDS (60) per target; not in `make test`
 #   make bench      crashvmm against QEMU: writes docs/benchmarks.md and docs/benchmarks.png
 #                   (about 8 minutes after the build, 20 GiB of free disk; not in `make test`)
+#   make boot-reliability   50 boots each under crashvmm and QEMU in the test host, failures
+#                   counted: docs/boot-reliability.md (about 45 minutes; not in `make test`)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -21,7 +23,7 @@ OUT ?= build/scenario-$(SCENARIO)
 # Debian packages the build and the test host need (guest-images/build.sh installs its own too).
 APT_PACKAGES := qemu-system-x86 busybox-static cpio kexec-tools makedumpfile binutils gzip
 
-.PHONY: all build images testguest deps lint fmt unit image-tests integration test run scenario fuzz bench clean
+.PHONY: all build images testguest deps lint fmt unit image-tests integration test run scenario fuzz bench boot-reliability clean
 
 all: build
 
@@ -120,6 +122,13 @@ bench:
 	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(APT_PACKAGES) fonts-dejavu-core"
 	@$(MAKE) --no-print-directory build images
 	$(CARGO) run --locked --release -q -p integration --bin bench -- --doc docs/benchmarks.md --png docs/benchmarks.png
+
+# The Debian guest booted BOOT_RUNS (50) times under crashvmm, QEMU and crashvmm --hyperv off in
+# the software KVM test host, failures counted: writes docs/boot-reliability.md (about 45 minutes
+# here; not in `make test`).
+BOOT_RUNS ?= 50
+boot-reliability: deps build images
+	$(CARGO) run --locked --release -q -p integration --bin boot_reliability -- --runs $(BOOT_RUNS) --doc docs/boot-reliability.md
 
 clean:
 	$(CARGO) clean

@@ -237,7 +237,7 @@ fn linux_crashvmm(env: &Env, c: &mut CrashPath) {
 
 /// Files QEMU needs in the test host: the binary, every library `ldd` lists, and the x86
 /// firmware (SeaBIOS, the option ROMs for -kernel). Returns the directory.
-fn stage_qemu(dir: &Path) -> io::Result<()> {
+pub fn stage_qemu(dir: &Path) -> io::Result<()> {
     let qemu = which(&super::qemu_binary()).ok_or_else(|| io::Error::other("qemu-system-x86_64 not found"))?;
     let lib = dir.join("lib");
     let fw = dir.join("fw");
