@@ -38,6 +38,14 @@ pub struct Scenario {
     pub cmdline: &'static str,
     /// crashvmm's exit code when the scenario does what it should.
     pub expected_exit: i32,
+    /// The trigger of the first `crash_detected` event; `None`: no crash may be detected.
+    pub expected_trigger: Option<&'static str>,
+    /// Events that must occur in this order (others may come between).
+    pub expected_events: &'static [&'static str],
+    /// Events that must not occur.
+    pub absent_events: &'static [&'static str],
+    /// Lines (substrings) the guest's console must show.
+    pub expected_console: &'static [&'static str],
     /// Extra `crashvmm run` options.
     pub vmm_args: &'static [&'static str],
     /// Wall-clock limit in the software KVM test host; direct runs get a quarter of it.
@@ -59,6 +67,10 @@ pub const SCENARIOS: &[Scenario] = &[
         vcpus: 2,
         cmdline: "console=ttyS0 panic=-1",
         expected_exit: 0,
+        expected_trigger: None,
+        expected_events: &["vm_started", "vm_exited"],
+        absent_events: &["crash_detected"],
+        expected_console: &[BOOT_MARKER],
         vmm_args: &[],
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
@@ -71,6 +83,10 @@ pub const SCENARIOS: &[Scenario] = &[
         vcpus: 2,
         cmdline: "console=ttyS0 panic=-1",
         expected_exit: GUEST_PANICKED,
+        expected_trigger: Some("pvpanic"),
+        expected_events: &["vm_started", "hyperv_enabled", "vmbus_connected", "pvpanic", "crash_detected", "hv_crash", "vmcore_written", "crash_report", "vm_exited"],
+        absent_events: &["vmcore_failed"],
+        expected_console: &["Hypervisor detected: Microsoft Hyper-V", "hv_vmbus: Vmbus version:"],
         vmm_args: &[],
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
@@ -83,6 +99,10 @@ pub const SCENARIOS: &[Scenario] = &[
         vcpus: 2,
         cmdline: "console=ttyS0 panic=-1",
         expected_exit: GUEST_PANICKED,
+        expected_trigger: Some("pvpanic"),
+        expected_events: &["vm_started", "pvpanic", "crash_detected", "vmcore_written", "crash_report", "vm_exited"],
+        absent_events: &["hyperv_enabled", "hv_crash"],
+        expected_console: &["Hypervisor detected: KVM"],
         vmm_args: &["--hyperv", "off"],
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
@@ -97,6 +117,10 @@ pub const SCENARIOS: &[Scenario] = &[
         vcpus: 2,
         cmdline: "console=ttyS0 panic=-1 crashkernel=192M",
         expected_exit: GUEST_PANICKED,
+        expected_trigger: Some("pvpanic"),
+        expected_events: &["vm_started", "pvpanic", "crash_detected", "vmbus_unload_requested", "vmbus_unload_completed", "guest_kexec", "crash_kernel_started", "vmbus_connected", "kdump_completed", "vmcore_written", "crash_report", "vm_exited"],
+        absent_events: &["vmcore_failed"],
+        expected_console: &["CRASHTEST: kdump: crash kernel loaded", "CRASHTEST: kdump-capture: marker"],
         vmm_args: &["--crash-disk", "path=crash-disk.img,size=1G"],
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
@@ -109,6 +133,10 @@ pub const SCENARIOS: &[Scenario] = &[
         vcpus: 2,
         cmdline: "console=ttyS0 panic=-1 crashkernel=192M crashtest.capture=hang",
         expected_exit: GUEST_PANICKED,
+        expected_trigger: Some("pvpanic"),
+        expected_events: &["vm_started", "pvpanic", "crash_detected", "guest_kexec", "crash_kernel_started", "vmcore_written", "crash_report", "vm_exited"],
+        absent_events: &["kdump_completed"],
+        expected_console: &["CRASHTEST: kdump-hang: hanging"],
         vmm_args: &["--crash-disk", "path=crash-disk.img,size=1G", "--kdump-timeout", "60s"],
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
@@ -122,6 +150,10 @@ pub const SCENARIOS: &[Scenario] = &[
         vcpus: 2,
         cmdline: "console=ttyS0 panic=-1",
         expected_exit: GUEST_PANICKED,
+        expected_trigger: Some("pvpanic"),
+        expected_events: &["vm_started", "pvpanic", "crash_detected", "crash_report", "vm_reset", "hyperv_enabled", "pvpanic", "crash_detected", "crash_report", "vm_exited"],
+        absent_events: &["vmcore_failed"],
+        expected_console: &[],
         vmm_args: &["--after-crash", "reset", "--max-crashes", "2"],
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
@@ -134,6 +166,10 @@ pub const SCENARIOS: &[Scenario] = &[
         vcpus: 2,
         cmdline: "console=ttyS0 panic=-1",
         expected_exit: CRASH_COLLECTION_FAILED,
+        expected_trigger: Some("pvpanic"),
+        expected_events: &["vm_started", "pvpanic", "crash_detected", "vmcore_failed", "crash_report", "vm_exited"],
+        absent_events: &["vmcore_written"],
+        expected_console: &[],
         vmm_args: &[],
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: Some("4m"),
@@ -146,6 +182,10 @@ pub const SCENARIOS: &[Scenario] = &[
         vcpus: 2,
         cmdline: "console=ttyS0 panic=-1 crashkernel=192M crashtest.trigger=nmi",
         expected_exit: GUEST_PANICKED,
+        expected_trigger: Some("nmi_injection"),
+        expected_events: &["vm_started", "nmi_injected", "pvpanic", "crash_detected", "guest_kexec", "crash_kernel_started", "kdump_completed", "vmcore_written", "crash_report", "vm_exited"],
+        absent_events: &["vmcore_failed"],
+        expected_console: &["CRASHTEST: kdump: waiting for an NMI"],
         vmm_args: &["--crash-disk", "path=crash-disk.img,size=1G"],
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
@@ -159,6 +199,10 @@ pub const SCENARIOS: &[Scenario] = &[
         vcpus: 2,
         cmdline: "console=ttyS0 panic=-1 crashkernel=192M crashtest.trigger=lockup",
         expected_exit: GUEST_PANICKED,
+        expected_trigger: Some("guest_hang"),
+        expected_events: &["vm_started", "guest_hang", "nmi_injected", "pvpanic", "crash_detected", "guest_kexec", "crash_kernel_started", "kdump_completed", "vmcore_written", "crash_report", "vm_exited"],
+        absent_events: &["vmcore_failed"],
+        expected_console: &["CRASHTEST: kdump: hanging with interrupts off"],
         vmm_args: &["--crash-disk", "path=crash-disk.img,size=1G", "--watchdog", "10s", "--on-hang", "nmi"],
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
@@ -172,6 +216,10 @@ pub const SCENARIOS: &[Scenario] = &[
         vcpus: 2,
         cmdline: "console=ttyS0 panic=-1",
         expected_exit: 0,
+        expected_trigger: None,
+        expected_events: &["vm_started", "vm_paused", "vm_resumed", "dump_started", "vmcore_written", "vm_reset", "vm_exited"],
+        absent_events: &["crash_detected"],
+        expected_console: &["CRASHTEST: wait: ready"],
         vmm_args: &[],
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
@@ -411,9 +459,52 @@ impl Outcome {
         dirs
     }
 
-    /// Whether crashvmm ended with the scenario's expected exit code.
+    /// Whether the run did what its scenario declares (see [`verdict`](Self::verdict)).
     pub fn as_expected(&self) -> bool {
-        !self.timed_out && scenario(self.scenario).map(|s| s.expected_exit) == self.exit_code
+        self.verdict().is_ok()
+    }
+
+    /// The run against its scenario's declaration: exit code, the crash trigger, the events in
+    /// order, the events that must not occur, the console lines. `Err` says the first
+    /// difference.
+    pub fn verdict(&self) -> Result<(), String> {
+        let s = scenario(self.scenario).ok_or_else(|| format!("'{}' is not a runner scenario", self.scenario))?;
+        if self.timed_out {
+            return Err(format!("timed out after {:.0} s", self.elapsed.as_secs_f64()));
+        }
+        if self.exit_code != Some(s.expected_exit) {
+            let got = self.exit_code.map_or("none".into(), |c| c.to_string());
+            return Err(format!("crashvmm exit code {got}, expected {}", s.expected_exit));
+        }
+        let events = self.events()?;
+        let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap_or("?")).collect();
+        let trigger =
+            events.iter().find(|e| e["event"] == "crash_detected").map(|e| e["trigger"].as_str().unwrap_or("?"));
+        match (s.expected_trigger, trigger) {
+            (want, got) if want == got => {}
+            (None, Some(got)) => return Err(format!("a crash was detected (trigger {got}); none was expected")),
+            (Some(want), None) => return Err(format!("no crash was detected; expected trigger {want}")),
+            (Some(want), Some(got)) => return Err(format!("crash trigger {got}, expected {want}")),
+            (None, None) => {}
+        }
+        let mut rest = names.iter();
+        for want in s.expected_events {
+            if !rest.any(|n| n == want) {
+                return Err(format!(
+                    "event {want} missing or out of order (expected in order: {}); events: {}",
+                    s.expected_events.join(" "),
+                    names.join(" ")
+                ));
+            }
+        }
+        if let Some(bad) = s.absent_events.iter().find(|a| names.contains(a)) {
+            return Err(format!("event {bad} occurred; events: {}", names.join(" ")));
+        }
+        let console = self.console();
+        if let Some(line) = s.expected_console.iter().find(|l| !console.contains(*l)) {
+            return Err(format!("the console never showed {line:?}"));
+        }
+        Ok(())
     }
 }
 
@@ -710,6 +801,76 @@ mod tests {
         let args = crashvmm_args(scenario("boot").unwrap(), "k", "i", "out");
         assert!(args.windows(2).any(|w| w[0] == "--cmdline" && w[1].ends_with("crashtest=boot")));
         assert!(args.windows(2).any(|w| w[0] == "--events" && w[1] == "out/events.jsonl"));
+    }
+
+    /// An outcome of `scenario` with these events (names; `crash_detected` with `trigger`) and
+    /// this console.
+    fn outcome(
+        scenario: &'static str,
+        exit: i32,
+        events: &[&str],
+        trigger: &str,
+        console: &str,
+    ) -> (Outcome, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: String = events
+            .iter()
+            .map(|e| match *e {
+                "crash_detected" => format!("{{\"event\":\"crash_detected\",\"trigger\":\"{trigger}\"}}\n"),
+                e => format!("{{\"event\":\"{e}\"}}\n"),
+            })
+            .collect();
+        fs::write(dir.path().join("events.jsonl"), lines).unwrap();
+        fs::write(dir.path().join("console.log"), console).unwrap();
+        let o = Outcome {
+            scenario,
+            mode: Mode::TestHost,
+            mode_reason: String::new(),
+            exit_code: Some(exit),
+            timed_out: false,
+            elapsed: Duration::from_secs(1),
+            out: dir.path().to_owned(),
+        };
+        (o, dir)
+    }
+
+    #[test]
+    fn a_triple_fault_is_not_a_panic_scenario_passing() {
+        let panic = scenario("panic").unwrap();
+        let console = panic.expected_console.join("\n");
+        let (good, _d) = outcome("panic", GUEST_PANICKED, panic.expected_events, "pvpanic", &console);
+        assert_eq!(good.verdict(), Ok(()));
+        // The run: exit code 5, but a triple fault at boot, no pvpanic.
+        let tf = ["vm_started", "crash_detected", "vmcore_written", "crash_report", "vm_exited"];
+        let (bad, _d) = outcome("panic", GUEST_PANICKED, &tf, "triple_fault", "smp: Brought up 1 node, 2 CPUs");
+        assert_eq!(bad.verdict(), Err("crash trigger triple_fault, expected pvpanic".into()));
+        assert!(!bad.as_expected());
+        let mut missing: Vec<&str> = panic.expected_events.to_vec();
+        missing.retain(|e| *e != "hv_crash");
+        let (bad, _d) = outcome("panic", GUEST_PANICKED, &missing, "pvpanic", &console);
+        assert!(
+            bad.verdict().unwrap_err().starts_with("event hv_crash missing or out of order"),
+            "{:?}",
+            bad.verdict()
+        );
+        let (bad, _d) = outcome("panic", GUEST_PANICKED, panic.expected_events, "pvpanic", "no Hyper-V here");
+        assert!(bad.verdict().unwrap_err().contains("Hypervisor detected: Microsoft Hyper-V"));
+        let (bad, _d) = outcome("panic", 0, panic.expected_events, "pvpanic", &console);
+        assert_eq!(bad.verdict(), Err("crashvmm exit code 0, expected 5".into()));
+    }
+
+    #[test]
+    fn every_declaration_accepts_itself() {
+        for s in SCENARIOS {
+            let console = s.expected_console.join("\n");
+            let (o, _d) =
+                outcome(s.name, s.expected_exit, s.expected_events, s.expected_trigger.unwrap_or(""), &console);
+            assert_eq!(o.verdict(), Ok(()), "{}", s.name);
+            assert_eq!(s.expected_events.first(), Some(&"vm_started"), "{}", s.name);
+            assert_eq!(s.expected_events.last(), Some(&"vm_exited"), "{}", s.name);
+            assert_eq!(s.expected_trigger.is_some(), s.expected_events.contains(&"crash_detected"), "{}", s.name);
+            assert!(!s.absent_events.iter().any(|a| s.expected_events.contains(a)), "{}", s.name);
+        }
     }
 
     #[test]

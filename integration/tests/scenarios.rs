@@ -17,6 +17,9 @@ fn run(name: &str) -> (Outcome, Vec<Value>, String, PathBuf) {
     let o = run_scenario(&Setup::from_env(), name, &out, &RunOptions::default())
         .unwrap_or_else(|e| panic!("scenario {name} could not run: {e}"));
     assert!(!o.timed_out, "scenario {name} timed out ({}); outputs in {}", o.mode.as_str(), out.display());
+    if let Err(why) = o.verdict() {
+        panic!("scenario {name} differs from its declaration: {why}; outputs in {}", out.display());
+    }
     let events = o.events().unwrap_or_else(|e| panic!("{e}; outputs in {}", out.display()));
     let console = o.console();
     (o, events, console, out)

@@ -72,14 +72,18 @@ fn main() -> ExitCode {
         }
         Ok(o) => {
             let code = o.exit_code.map_or("none".into(), |c| c.to_string());
+            let verdict = o.verdict();
             eprintln!(
-                "scenario {name}: crashvmm exit code {code} ({}) after {:.1} s via {}; outputs in {}",
-                if o.as_expected() { "as expected" } else { "UNEXPECTED" },
+                "scenario {name}: crashvmm exit code {code} after {:.1} s via {}: {}; outputs in {}",
                 o.elapsed.as_secs_f64(),
                 o.mode.as_str(),
+                match &verdict {
+                    Ok(()) => "as declared (exit code, trigger, events, console)".to_string(),
+                    Err(why) => format!("FAILED: {why}"),
+                },
                 o.out.display()
             );
-            if o.as_expected() {
+            if verdict.is_ok() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
