@@ -109,16 +109,26 @@ impl Run {
     }
 }
 
-/// Run `scenario` with extra `crashvmm run` options.
-fn run(scenario: &str, extra: &[&str]) -> Option<Run> {
+/// crashvmm running the test guest.
+struct Running {
+    child: std::process::Child,
+    scenario: String,
+    binary: PathBuf,
+    out: PathBuf,
+    dir: tempfile::TempDir,
+    start: Instant,
+}
+
+/// Start `scenario` with extra `crashvmm run` options (`OUT/` in them is the run's output
+/// directory) and `umask` for crashvmm, if given.
+fn start(scenario: &str, extra: &[&str], umask: Option<libc::mode_t>) -> Option<Running> {
     let (binary, elf) = prerequisites()?;
     let dir = tempfile::Builder::new().prefix("crashvmm-testguest-").tempdir().expect("temporary directory");
     let out = dir.path().to_owned();
     let stderr = std::fs::File::create(out.join("crashvmm.log")).expect("crashvmm.log");
     let console = format!("file:{}", out.join("console.log").display());
-    let start = Instant::now();
-    let mut child = Command::new(&binary)
-        .arg("run")
+    let mut cmd = Command::new(&binary);
+    cmd.arg("run")
         .arg("--kernel")
         .arg(&elf)
         .args(["--cmdline", &format!("testguest.scenario={scenario}"), "--memory", MEMORY, "--console", &console])
@@ -126,31 +136,95 @@ fn run(scenario: &str, extra: &[&str]) -> Option<Run> {
         .arg(out.join("events.jsonl"))
         .arg("--crash-dir")
         .arg(out.join("crashes"))
-        .args(extra)
+        .args(extra.iter().map(|a| a.replace("OUT/", &format!("{}/", out.display()))))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("starting crashvmm");
-    let status = child.wait_timeout(LIMIT).expect("waiting for crashvmm");
-    let timed_out = status.is_none();
-    if timed_out {
-        let _ = child.kill();
-        let _ = child.wait();
+        .stderr(stderr);
+    if let Some(mask) = umask {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: umask(2) is async-signal-safe, as a pre_exec hook must be.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::umask(mask);
+                Ok(())
+            })
+        };
     }
-    let outcome = Outcome {
-        scenario: "testguest",
-        mode: Mode::Direct,
-        mode_reason: "the test guest runs on /dev/kvm directly".into(),
-        exit_code: status.and_then(|s| s.code()),
-        timed_out,
-        elapsed: start.elapsed(),
-        out,
-    };
-    let run = Run { outcome, _dir: dir };
-    assert!(!timed_out, "crashvmm ran past {LIMIT:?} with scenario {scenario}{}", run.context());
-    eprintln!("testguest {scenario}: exit {} in {:.2} s", run.code(), run.outcome.elapsed.as_secs_f64());
-    Some(run)
+    let child = cmd.spawn().expect("starting crashvmm");
+    Some(Running { child, scenario: scenario.into(), binary, out, dir, start: Instant::now() })
+}
+
+impl Running {
+    /// Wait (up to `LIMIT`) for the console to show `line`.
+    fn wait_for_console(&mut self, line: &str) {
+        let deadline = Instant::now() + LIMIT;
+        while !std::fs::read_to_string(self.out.join("console.log")).unwrap_or_default().contains(line) {
+            assert!(self.child.try_wait().unwrap().is_none(), "crashvmm exited before the console showed {line:?}");
+            assert!(Instant::now() < deadline, "no {line:?} on the console within {LIMIT:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `crashvmm ctl ARGS` against this run's `--api-socket` (which must be `OUT/api.sock`).
+    fn ctl(&self, args: &[&str]) -> Value {
+        let out = Command::new(&self.binary)
+            .arg("ctl")
+            .arg("--api-socket")
+            .arg(self.out.join("api.sock"))
+            .args(args)
+            .output()
+            .expect("running crashvmm ctl");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "ctl {args:?}: not JSON ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// The `Seccomp:` mode of each of crashvmm's threads, by thread name.
+    fn seccomp_modes(&self) -> Vec<(String, String)> {
+        let tasks = PathBuf::from(format!("/proc/{}/task", self.child.id()));
+        let mut modes: Vec<(String, String)> = std::fs::read_dir(&tasks)
+            .expect("crashvmm's /proc task list")
+            .flatten()
+            .filter_map(|t| {
+                let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+                let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
+                Some((field("Name:")?, field("Seccomp:")?))
+            })
+            .collect();
+        modes.sort();
+        modes
+    }
+
+    fn wait(mut self) -> Run {
+        let status = self.child.wait_timeout(LIMIT).expect("waiting for crashvmm");
+        let timed_out = status.is_none();
+        if timed_out {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let outcome = Outcome {
+            scenario: "testguest",
+            mode: Mode::Direct,
+            mode_reason: "the test guest runs on /dev/kvm directly".into(),
+            exit_code: status.and_then(|s| s.code()),
+            timed_out,
+            elapsed: self.start.elapsed(),
+            out: self.out,
+        };
+        let run = Run { outcome, _dir: self.dir };
+        assert!(!timed_out, "crashvmm ran past {LIMIT:?} with scenario {}{}", self.scenario, run.context());
+        eprintln!("testguest {}: exit {} in {:.2} s", self.scenario, run.code(), run.outcome.elapsed.as_secs_f64());
+        run
+    }
+}
+
+/// Run `scenario` with extra `crashvmm run` options.
+fn run(scenario: &str, extra: &[&str]) -> Option<Run> {
+    Some(start(scenario, extra, None)?.wait())
 }
 
 fn hex(v: &Value) -> u64 {
@@ -366,4 +440,110 @@ fn ignored_triple_fault_ends_the_vm_with_exit_code_4() {
     r.assert_exit(EXIT_TRIPLE_FAULT, "triple_fault (vcpu 0)");
     assert_eq!(r.one("crash_detected")["trigger"], "triple_fault");
     assert!(r.all("vmcore_written").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seccomp and file modes
+
+/// crashvmm's exit code after a seccomp violation (128 + SIGSYS).
+const EXIT_SECCOMP: i32 = 159;
+
+/// While the guest runs, every thread of crashvmm has a filter (`Seccomp: 2`), and the control
+/// socket's requests (a dump with the hashing thread among them) all work under the filters.
+#[test]
+fn every_thread_is_confined_and_the_control_socket_works_under_the_filters() {
+    let args = ["--vcpus", "2", "--api-socket", "OUT/api.sock", "--vmcore-sha256", "on"];
+    let Some(mut r) = start("idle", &args, None) else { return };
+    r.wait_for_console("TG: idle: ready");
+    let modes = r.seccomp_modes();
+    assert!(modes.len() >= 3, "the vmm thread and two vCPU threads at least: {modes:?}");
+    assert!(modes.iter().any(|(n, _)| n == "vcpu1"), "{modes:?}");
+    assert!(modes.iter().all(|(_, m)| m == "2"), "every thread filtered: {modes:?}");
+    assert_eq!(r.ctl(&["status"])["state"], "running");
+    assert_eq!(r.ctl(&["pause"])["ok"], true);
+    assert_eq!(r.ctl(&["status"])["state"], "paused");
+    assert_eq!(r.ctl(&["resume"])["ok"], true);
+    let dump = r.ctl(&["dump"]);
+    assert_eq!(dump["ok"], true, "{dump}");
+    assert_eq!(dump["sha256"].as_str().map(str::len), Some(64), "{dump}");
+    let vmcore = PathBuf::from(dump["path"].as_str().unwrap());
+    assert_eq!(mode_of(&vmcore), 0o600);
+    assert_eq!(mode_of(vmcore.parent().unwrap()), 0o700);
+    assert_eq!(r.ctl(&["shutdown"])["ok"], true);
+    let r = r.wait();
+    assert_eq!(r.code(), EXIT_POWER_OFF, "{}", r.context());
+    assert!(!r.stderr().contains("seccomp"), "{}", r.stderr());
+    r.assert_in_order(&["vm_paused", "vm_resumed", "dump_started", "vmcore_written", "vm_exited"]);
+}
+
+/// The same check sees unfiltered threads when the filters are off.
+#[test]
+fn without_filters_no_thread_is_confined() {
+    let Some(mut r) = start("idle", &["--seccomp", "off", "--api-socket", "OUT/api.sock"], None) else { return };
+    r.wait_for_console("TG: idle: ready");
+    let modes = r.seccomp_modes();
+    assert!(modes.iter().all(|(_, m)| m == "0"), "{modes:?}");
+    assert_eq!(r.ctl(&["shutdown"])["ok"], true);
+    assert_eq!(r.wait().code(), EXIT_POWER_OFF);
+}
+
+/// A thread of each kind opens an IPv4 socket once confined (`--seccomp-selftest`): crashvmm
+/// ends with 159, names the thread and the call on stderr and in the event log's last line.
+#[test]
+fn a_forbidden_system_call_from_each_thread_kind_ends_crashvmm_with_a_report() {
+    for (kind, scenario, extra, thread) in [
+        ("vmm", "boot", &[][..], "vmm"),
+        ("vcpu", "boot", &[][..], "vcpu0"),
+        ("vmcore-hasher", "panic", &["--vmcore-sha256", "on"][..], "vmcore-sha256"),
+    ] {
+        let args: Vec<&str> = ["--seccomp-selftest", kind].into_iter().chain(extra.iter().copied()).collect();
+        let Some(r) = run(scenario, &args) else { return };
+        assert_eq!(r.code(), EXIT_SECCOMP, "{kind}{}", r.context());
+        let said = format!("crashvmm: seccomp: thread {thread} made a forbidden system call 41 (socket)");
+        assert!(r.stderr().contains(&said), "{kind}: {said:?} not in{}", r.context());
+        let events = r.events();
+        let last = events.last().expect("events");
+        assert_eq!(last["event"], "seccomp_violation", "{kind}: {last}");
+        assert_eq!(
+            (last["thread"].as_str(), last["syscall"].as_i64(), last["name"].as_str()),
+            (Some(thread), Some(41), Some("socket"))
+        );
+        chrono::DateTime::parse_from_rfc3339(last["ts"].as_str().unwrap()).expect("an RFC 3339 timestamp");
+    }
+}
+
+/// `--seccomp log` lets the forbidden call through (the kernel logs it); `off` has no filter:
+/// in both the self-test's socket opens and the guest runs to its end.
+#[test]
+fn logging_or_no_filter_lets_the_forbidden_call_through() {
+    for mode in ["log", "off"] {
+        let Some(r) = run("boot", &["--seccomp", mode, "--seccomp-selftest", "vcpu"]) else { return };
+        r.assert_pass("boot");
+        assert_eq!(r.code(), EXIT_POWER_OFF, "--seccomp {mode}{}", r.context());
+        assert!(r.stderr().contains("opened an IPv4 socket"), "--seccomp {mode}{}", r.context());
+    }
+}
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).mode() & 0o777
+}
+
+/// With umask 000, the crash directory, its files, the event log and the console log are still
+/// owner-only: they hold the guest's memory and output.
+#[test]
+fn crash_files_are_owner_only_whatever_the_umask() {
+    let Some(run) = start("panic", &[], Some(0)) else { return };
+    let r = run.wait();
+    assert_eq!(r.code(), EXIT_GUEST_PANICKED, "{}", r.context());
+    let out = &r.outcome.out;
+    assert_eq!(mode_of(&out.join("crashes")), 0o700);
+    let dirs = r.outcome.crash_dirs();
+    assert_eq!(dirs.len(), 1);
+    assert_eq!(mode_of(&dirs[0]), 0o700);
+    let files: Vec<PathBuf> = std::fs::read_dir(&dirs[0]).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(files.len() >= 4, "{files:?}");
+    for f in files.iter().chain([out.join("events.jsonl"), out.join("console.log")].iter()) {
+        assert_eq!(mode_of(f), 0o600, "{}", f.display());
+    }
 }

@@ -82,7 +82,8 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
         }
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path)?;
+    // Owner-only from the start: bind(2) takes the socket's mode from the umask.
+    let listener = crate::files::with_umask(0o177, || UnixListener::bind(path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
@@ -124,7 +125,7 @@ impl ApiServer {
             (crash.crash_dir.clone(), crash.vmcore_sha256)
         };
         let dir = base.join(format!("{}-dump", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
-        if let Err(e) = std::fs::create_dir_all(&dir) {
+        if let Err(e) = crate::files::create_private_dir_all(&dir) {
             return error(format!("cannot create {}: {e}", dir.display()));
         }
         let path = dir.join("vmcore");

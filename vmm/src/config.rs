@@ -70,6 +70,10 @@ pub struct VmConfig {
     pub api_socket: Option<PathBuf>,
     /// Hang detection period.
     pub watchdog: Option<std::time::Duration>,
+    /// The threads' seccomp filters.
+    pub seccomp: crate::seccomp::SeccompMode,
+    /// Test knob: a thread of this kind makes a forbidden system call once confined.
+    pub seccomp_selftest: Option<crate::seccomp::ThreadKind>,
 }
 
 /// `--disk path=FILE[,readonly]`.
@@ -227,6 +231,8 @@ mod tests {
             crash_disk: None,
             api_socket: None,
             watchdog: None,
+            seccomp: Default::default(),
+            seccomp_selftest: None,
         };
         assert!(matches!(base.validate(), Err(ConfigError::Vcpus(0))));
         let err = VmConfig { vcpus: 1, ..base.clone() }.validate().unwrap_err();

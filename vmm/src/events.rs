@@ -127,6 +127,13 @@ pub enum Event {
     VmReset {
         crashes: u32,
     },
+    /// A crashvmm thread made a system call its seccomp filter forbids; crashvmm ends (exit code
+    /// 159). Written by the SIGSYS handler itself (see `seccomp`), so it is the log's last line.
+    SeccompViolation {
+        thread: String,
+        syscall: i64,
+        name: String,
+    },
 }
 
 /// A progress callback for the vmcore writer that records `dump_progress` events at every
@@ -193,8 +200,15 @@ impl EventLog {
     }
 
     pub fn create(path: &Path) -> Result<Self, EventLogError> {
-        let file = File::create(path).map_err(|source| EventLogError::Create { path: path.to_owned(), source })?;
+        let file = crate::files::create_private(path)
+            .map_err(|source| EventLogError::Create { path: path.to_owned(), source })?;
         Ok(Self { file: Some(Arc::new(Mutex::new(file))), ..Self::default() })
+    }
+
+    /// The log file's descriptor (for the seccomp violation report), if there is a file.
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.file.as_ref().map(|f| f.lock().unwrap_or_else(|e| e.into_inner()).as_raw_fd())
     }
 
     /// Serialize one record (with the current time) as a line ending in `\n`.

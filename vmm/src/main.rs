@@ -8,6 +8,7 @@ use vmm::config::{parse_crash_disk, parse_disk, parse_memory, CrashDiskConfig, D
 use vmm::console::ConsoleMode;
 use vmm::crash::{AfterCrash, HostDump, OnHang, OnPanic, Policy};
 use vmm::exit::code;
+use vmm::seccomp::{SeccompMode, ThreadKind};
 
 #[derive(Parser)]
 #[command(name = "crashvmm", version, about = "A KVM VMM for the moment a guest kernel dies")]
@@ -22,7 +23,7 @@ enum Command {
     ///
     /// Exit codes: 0 guest powered off, 1 crashvmm error, 2 usage error, 3 guest reset,
     /// 4 triple fault, 5 guest panicked, 6 KVM failure, 7 guest panicked and its vmcore could
-    /// not be collected, 128+N stopped by signal N.
+    /// not be collected, 128+N stopped by signal N (159: a seccomp violation).
     Run(Box<RunArgs>),
     /// Talk to a running crashvmm through its control socket.
     Ctl {
@@ -154,6 +155,15 @@ struct RunArgs {
     /// Serve the control socket here (owner-only; see `crashvmm ctl`).
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    /// Per-thread seccomp filters: on (a forbidden system call ends crashvmm with exit code 159
+    /// and a report naming the thread and the call), log (the kernel logs it and lets it
+    /// through) or off.
+    #[arg(long, value_name = "on|log|off", default_value = "on", value_enum)]
+    seccomp: SeccompMode,
+    /// Test knob: a thread of this kind (vmm, vcpu, vmcore-hasher) opens an IPv4 socket, which
+    /// its filter forbids, as soon as it is confined.
+    #[arg(long, value_name = "KIND", value_enum, hide = true)]
+    seccomp_selftest: Option<ThreadKind>,
 }
 
 fn on_off(s: &str) -> Result<bool, String> {
@@ -238,6 +248,8 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         disks: args.disk,
         crash_disk: args.crash_disk,
         api_socket: args.api_socket,
+        seccomp: args.seccomp,
+        seccomp_selftest: args.seccomp_selftest,
     };
     Ok(vmm::vm::run(&config)?.exit_code())
 }

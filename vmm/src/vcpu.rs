@@ -745,7 +745,15 @@ pub fn run_vcpu(
 }
 
 fn log_regs(id: u32, fd: &VcpuFd, what: &str) {
-    if let Ok(regs) = fd.get_regs() {
+    let (Ok(regs), Ok(sregs)) = (fd.get_regs(), fd.get_sregs()) else { return };
+    if (VcpuState { id, regs, sregs }).is_reset_state() {
+        log::error!(
+            "vCPU {id}: {what}; rip {:#x} rsp {:#x}, but {}",
+            regs.rip,
+            regs.rsp,
+            crate::crash::report::RESET_NOTE
+        );
+    } else {
         log::error!("vCPU {id}: {what} at rip {:#x} rsp {:#x}", regs.rip, regs.rsp);
     }
 }

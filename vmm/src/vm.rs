@@ -50,6 +50,7 @@ use crate::events::{Event, EventLog, EventLogError};
 use crate::exit::VmExit;
 use crate::hyperv::{self, HyperV};
 use crate::layout::{self, KVM_TSS_ADDR};
+use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::{self, ExitContext, ExitState, Kicker, SignalQueue, VcpuControl, VcpuError};
 use crate::vmbus::{self, Deferred};
 use crate::watchdog::Watchdog;
@@ -101,6 +102,8 @@ pub enum VmError {
     Bus(#[from] BusError),
     #[error(transparent)]
     Disk(#[from] DiskError),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -454,6 +457,10 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         Some(path) => Some(api::bind(path).map_err(|source| VmError::Io { what: "control socket", source })?),
         None => None,
     };
+    // Confine this thread (the event loop, crash handling) before any guest code runs; the vCPU
+    // and vmcore-hasher threads confine themselves further.
+    seccomp::init(config.seccomp, events.raw_fd(), config.seccomp_selftest)?;
+    seccomp::apply(ThreadKind::Vmm)?;
     let started = Instant::now();
     let session = Session {
         config,
@@ -659,7 +666,10 @@ fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
         let (vm, ctx, state, kicker) = (vm.clone(), ctx.clone(), state.clone(), kicker.clone());
         let t = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vcpu::run_vcpu(id as u32, fd, vm, ctx, state, kicker))
+            .spawn(move || match seccomp::apply(ThreadKind::Vcpu) {
+                Ok(()) => vcpu::run_vcpu(id as u32, fd, vm, ctx, state, kicker),
+                Err(e) => state.request(VmExit::Error(format!("vCPU {id}: {e}"))),
+            })
             .map_err(io_err("spawning a vCPU thread"))?;
         threads.push(t);
     }

@@ -223,8 +223,8 @@ impl CrashHandling {
         let result = (|| -> Result<u64, String> {
             let input = std::fs::File::open(&disk).map_err(|e| format!("cannot open {}: {e}", disk.display()))?;
             let disk_len = input.metadata().map_err(|e| e.to_string())?.len();
-            let out =
-                std::fs::File::create(&out_path).map_err(|e| format!("cannot create {}: {e}", out_path.display()))?;
+            let out = crate::files::create_private(&out_path)
+                .map_err(|e| format!("cannot create {}: {e}", out_path.display()))?;
             let len = flat::rearrange(std::io::BufReader::with_capacity(1 << 20, input), &out, disk_len.max(1 << 40))
                 .map_err(|e| e.to_string())?;
             out.sync_all().map_err(|e| e.to_string())?;

@@ -21,6 +21,7 @@ use thiserror::Error;
 use super::vmcore::{VcpuState, VmcoreSummary};
 use super::{CrashSignal, Policy};
 use crate::events::hex;
+use crate::files;
 
 #[derive(Debug, Error)]
 pub enum ReportError {
@@ -93,12 +94,12 @@ fn ts(t: &DateTime<Utc>) -> String {
 impl CrashRecord {
     /// Start crash number `number` under `base` (created if needed).
     pub fn begin(base: &Path, number: u32, trigger: &str) -> Result<Self, ReportError> {
-        fs::create_dir_all(base).map_err(io("create crash directory", base))?;
+        files::create_private_dir_all(base).map_err(io("create crash directory", base))?;
         let detected_at = Utc::now();
         let final_dir = unused_name(base, &detected_at, number);
         let name = final_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp_dir = base.join(format!(".tmp-{name}-{}", std::process::id()));
-        fs::create_dir(&tmp_dir).map_err(io("create", &tmp_dir))?;
+        files::create_private_dir(&tmp_dir).map_err(io("create", &tmp_dir))?;
         Ok(Self {
             final_dir,
             number,
@@ -273,7 +274,7 @@ fn sha256_file(path: &Path) -> Result<String, ReportError> {
 }
 
 fn write_synced(path: &Path, data: &[u8]) -> Result<(), ReportError> {
-    let mut f = File::create(path).map_err(io("create", path))?;
+    let mut f = files::create_private(path).map_err(io("create", path))?;
     f.write_all(data).map_err(io("write", path))?;
     f.sync_all().map_err(io("sync", path))
 }
@@ -329,7 +330,7 @@ fn signal_json(t: &TimedSignal) -> Value {
 fn vcpu_json(v: &VcpuState) -> Value {
     let r = &v.regs;
     let s = &v.sregs;
-    json!({
+    let mut j = json!({
         "id": v.id,
         "rip": hex(r.rip), "rsp": hex(r.rsp), "rbp": hex(r.rbp), "rflags": hex(r.rflags),
         "rax": hex(r.rax), "rbx": hex(r.rbx), "rcx": hex(r.rcx), "rdx": hex(r.rdx),
@@ -338,8 +339,17 @@ fn vcpu_json(v: &VcpuState) -> Value {
         "cs": hex(s.cs.selector as u64), "ss": hex(s.ss.selector as u64),
         "cr0": hex(s.cr0), "cr2": hex(s.cr2), "cr3": hex(s.cr3), "cr4": hex(s.cr4), "efer": hex(s.efer),
         "fs_base": hex(s.fs.base), "gs_base": hex(s.gs.base),
-    })
+    });
+    if v.is_reset_state() {
+        j["registers_reset"] = json!(true);
+        j["note"] = json!(RESET_NOTE);
+    }
+    j
 }
+
+/// Why a vCPU's registers may be its reset state (report.json, crashvmm's log).
+pub const RESET_NOTE: &str = "these are the registers of a CPU just reset (KVM reinitializes a vCPU that \
+                              shut down on AMD), not where the guest was";
 
 #[cfg(test)]
 mod tests {
@@ -386,6 +396,23 @@ mod tests {
         let dir2 = again.finish("again", &Policy::default(), &guest(), &[], b"").unwrap();
         assert_ne!(dir, dir2);
         assert!(dir.join("report.json").exists());
+    }
+
+    #[test]
+    fn reset_registers_of_a_shut_down_vcpu_are_flagged() {
+        let mut v = VcpuState { id: 1, regs: Default::default(), sregs: Default::default() };
+        v.regs.rip = 0x1089be;
+        v.sregs.cr0 = 0xe000_0011;
+        assert!(vcpu_json(&v).get("registers_reset").is_none());
+        // What KVM on AMD leaves after a SHUTDOWN intercept: the INIT state.
+        v.regs.rip = 0xfff0;
+        v.sregs.cs.base = 0xffff_0000;
+        v.sregs.cs.selector = 0xf000;
+        v.sregs.cr0 = 0x6000_0010;
+        let j = vcpu_json(&v);
+        assert_eq!(j["registers_reset"], true);
+        assert_eq!(j["rip"], "0xfff0");
+        assert!(j["note"].as_str().unwrap().contains("not where the guest was"));
     }
 
     #[test]

@@ -27,9 +27,9 @@
 //! The guest must not run while its memory is dumped (the vCPUs are stopped): otherwise the
 //! dump is torn and its hash may not match the file.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -93,6 +93,19 @@ pub struct VcpuState {
     pub id: u32,
     pub regs: kvm_regs,
     pub sregs: kvm_sregs,
+}
+
+/// Where an x86 CPU starts after RESET or INIT: CS.base + RIP = 0xfffffff0.
+const RESET_RIP: u64 = 0xfff0;
+const RESET_CS_BASE: u64 = 0xffff_0000;
+
+impl VcpuState {
+    /// Whether these are the registers of a CPU just reset. On AMD, KVM reinitializes a vCPU
+    /// that shut down (triple fault) before it reports the exit, because the VMCB is undefined
+    /// after a SHUTDOWN intercept: its registers then say nothing about where the guest was.
+    pub fn is_reset_state(&self) -> bool {
+        self.regs.rip == RESET_RIP && self.sregs.cs.base == RESET_CS_BASE && self.sregs.cr0 & 1 == 0
+    }
 }
 
 /// How to write the vmcore.
@@ -714,12 +727,7 @@ pub fn write_vmcore(
     let scanned = started.elapsed();
     let layout = build_layout(&regions, vcpus, vmcoreinfo.as_ref())?;
 
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
+    let file = crate::files::create_private(path)
         .map_err(|source| VmcoreError::Create { path: path.to_path_buf(), source })?;
 
     let bar = progress_bar(layout.file_len, opts.progress);
@@ -729,7 +737,13 @@ pub fn write_vmcore(
         let hasher = opts.sha256.then(|| {
             std::thread::Builder::new()
                 .name("vmcore-sha256".into())
-                .spawn_scoped(scope, || hash_file(&layout, &regions, pagemap, &hashed, &cancel))
+                .spawn_scoped(scope, || match crate::seccomp::apply(crate::seccomp::ThreadKind::VmcoreHasher) {
+                    Ok(()) => hash_file(&layout, &regions, pagemap, &hashed, &cancel),
+                    Err(e) => {
+                        log::error!("vmcore: {e}");
+                        None
+                    }
+                })
                 .map_err(|e| log::debug!("vmcore: no hashing thread ({e}), hashing after writing"))
         });
         let written = write_file(&file, &layout, &regions, pagemap, |pos| {

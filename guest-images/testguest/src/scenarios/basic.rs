@@ -1,4 +1,4 @@
-//! boot, connect, panic, bench-panic, triple-fault.
+//! boot, connect, panic, bench-panic, triple-fault, idle.
 
 use super::{crash_ctl_capabilities, hyperv_up, vmbus_up};
 use crate::check::{check, check_eq, finish, note, verdict};
@@ -75,6 +75,24 @@ pub fn panic(_si: &StartInfo) -> ! {
     verdict();
     report_crash_message(b"testguest: panic scenario\nKernel panic - not syncing: testguest: panic scenario\n");
     halt_forever()
+}
+
+/// Hyper-V and VMBus up, then `TG: idle: ready` and a spin for up to 30 s (for tests that drive
+/// crashvmm's control socket while the guest runs; they end it with `shutdown`); then power off.
+pub fn idle(_si: &StartInfo) -> ! {
+    let hv = hyperv_up();
+    crash_ctl_capabilities();
+    vmbus_up(&hv);
+    note("idle: ready");
+    let d = crate::time::Deadline::after_ms(30_000);
+    for _ in 0..crate::time::MAX_POLLS {
+        if d.passed() {
+            break;
+        }
+        crate::cpu::pause();
+    }
+    note("idle: nobody stopped the VM within 30 s");
+    finish()
 }
 
 /// For the benchmark: READY, then only the pvpanic write; halt. The verdict comes first:
