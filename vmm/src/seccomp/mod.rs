@@ -423,16 +423,7 @@ fn now_realtime() -> (i64, i64) {
 /// `YYYY-MM-DDTHH:MM:SS.uuuuuuZ` (the event log's timestamps), from Unix time.
 fn rfc3339(b: &mut Buf, secs: i64, micros: i64) {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = devices::rtc::civil_from_days(days);
     b.pad(year, 4).s("-").pad(month, 2).s("-").pad(day, 2).s("T");
     b.pad(rem / 3600, 2).s(":").pad(rem / 60 % 60, 2).s(":").pad(rem % 60, 2).s(".").pad(micros, 6).s("Z");
 }
