@@ -4,7 +4,6 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use devices::bus::MmioDevice;
@@ -63,15 +62,7 @@ impl FileBackend {
     pub fn crash_disk(path: &Path, size: u64) -> Result<Self, DiskError> {
         let err = |source| DiskError::Open { path: path.to_owned(), source };
         // It will hold the guest's kdump (its memory): owner-only, as crashvmm's other files.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(crate::files::FILE_MODE)
-            .open(path)
-            .map_err(err)?;
-        file.set_permissions(std::fs::Permissions::from_mode(crate::files::FILE_MODE)).map_err(err)?;
+        let file = crate::files::create_private(path).map_err(err)?;
         file.set_len(size).map_err(err)?;
         Ok(Self { file, len: size })
     }

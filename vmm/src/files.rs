@@ -11,9 +11,9 @@ pub const FILE_MODE: u32 = 0o600;
 /// Mode of crashvmm's directories.
 pub const DIR_MODE: u32 = 0o700;
 
-/// Create (or truncate) `path` for writing, mode 0600.
+/// Create (or truncate) `path` for reading and writing, mode 0600.
 pub fn create_private(path: &Path) -> io::Result<File> {
-    let f = OpenOptions::new().write(true).create(true).truncate(true).mode(FILE_MODE).open(path)?;
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(FILE_MODE).open(path)?;
     f.set_permissions(Permissions::from_mode(FILE_MODE))?;
     Ok(f)
 }
