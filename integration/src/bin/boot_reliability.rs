@@ -194,6 +194,29 @@ fn last_console_line(dir: &Path) -> String {
     con.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(empty console)").trim().chars().take(100).collect()
 }
 
+/// Where each thread of a hung VMM was (`hung-threads.txt`): `name state wchan`, e.g. `vcpu0 R
+/// running` (in KVM_RUN, the guest executing) or `vcpu1 S kvm_vcpu_block` (halted).
+fn hung_threads(dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(dir.join("hung-threads.txt")).ok()?;
+    let threads: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            // "== /proc/P/task/T NAME state S wchan W syscall ..."
+            let f: Vec<&str> = l.strip_prefix("== ")?.split_whitespace().collect();
+            let at = |k: &str| f.iter().position(|w| *w == k).and_then(|i| f.get(i + 1)).copied().unwrap_or("?");
+            Some(format!("{} {} {}", f.get(1)?, at("state"), at("wchan")))
+        })
+        .collect();
+    Some(threads.join(", "))
+}
+
+/// The hand-written part of an existing report (from `## Analysis` on), kept when the
+/// measured part is written again.
+fn kept_analysis(path: &Path) -> Option<String> {
+    let old = fs::read_to_string(path).ok()?;
+    old.find("\n## Analysis").map(|i| old[i..].to_string())
+}
+
 /// What crashvmm's log says about the failure (its first error or warning line).
 fn crashvmm_says(dir: &Path) -> Option<String> {
     let log = fs::read_to_string(dir.join("crashvmm.log")).ok()?;
@@ -254,6 +277,9 @@ fn main() -> ExitCode {
                         last_console_line(&dir),
                         crashvmm_says(&dir).map(|l| format!("; crashvmm: `{l}`")).unwrap_or_default()
                     );
+                    if let Some(t) = hung_threads(&dir) {
+                        let _ = writeln!(details, "  - its threads after {HANG_S} s: {t}");
+                    }
                 }
                 if boots.len() < args.runs as usize {
                     let _ = writeln!(
@@ -293,6 +319,9 @@ fn main() -> ExitCode {
     }
     print!("{doc}");
     if let Some(path) = &args.doc {
+        if let Some(analysis) = kept_analysis(path) {
+            doc = format!("{}\n{}", doc.trim_end(), analysis);
+        }
         if let Err(e) = fs::write(path, &doc) {
             eprintln!("boot-reliability: error: writing {}: {e}", path.display());
             return ExitCode::FAILURE;
