@@ -8,7 +8,9 @@
 //!   host-side vmcore, the guest's kdump), and builds the VM again on a reset (so it keeps the KVM
 //!   ioctls that create a VM). No `socket`, `execve`, `fork`, `ptrace`, executable mappings.
 //! - **vcpu**: `KVM_RUN` and the few vCPU ioctls crash handling needs at run time, console output
-//!   (`write`), memory and futexes. No `open`, no sockets, no thread creation.
+//!   (`write`), virtio-blk requests on the disks' open descriptors (`pread64`, `pwrite64`,
+//!   `fdatasync`: the device runs in the thread whose MMIO write notified it), memory and
+//!   futexes. No `open`, no sockets, no thread creation.
 //! - **vmcore-hasher**: the thread that hashes a host-side vmcore (`--vmcore-sha256 on`):
 //!   reads guest memory and `/proc/self/pagemap` through an open descriptor.
 //!
@@ -246,6 +248,10 @@ const VMM: &[i64] = &[
     libc::SYS_rt_sigaction,
 ];
 
+/// A vCPU thread serves virtio-blk requests (the crash kernel writing its dump to the crash
+/// disk) on descriptors the vmm thread opened.
+const VCPU: &[i64] = &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync];
+
 /// The vmcore hasher reads guest memory (mapped) and the pagemap (an open descriptor).
 const VMCORE_HASHER: &[i64] = &[libc::SYS_pread64];
 
@@ -262,7 +268,7 @@ fn rule(conditions: Vec<SeccompCondition>) -> SeccompRule {
 fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
     let (own, ioctls): (&[i64], Vec<u64>) = match kind {
         ThreadKind::Vmm => (VMM, vmm_ioctls()),
-        ThreadKind::Vcpu => (&[], vcpu_ioctls()),
+        ThreadKind::Vcpu => (VCPU, vcpu_ioctls()),
         ThreadKind::VmcoreHasher => (VMCORE_HASHER, Vec::new()),
     };
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = COMMON.iter().chain(own).map(|&nr| (nr, Vec::new())).collect();
@@ -571,6 +577,21 @@ mod tests {
         assert_eq!(exec, libc::EPERM, "mmap PROT_EXEC");
         assert_eq!(create_vm, libc::EPERM, "ioctl KVM_CREATE_VM");
         assert_eq!(alloc, 1 << 20);
+    }
+
+    /// The Linux kdump scenarios found this: the crash kernel's writes to the crash disk are
+    /// served on the vCPU thread.
+    #[test]
+    fn vcpu_threads_do_disk_io_on_open_descriptors() {
+        use std::os::unix::fs::FileExt;
+        let file = tempfile::tempfile().unwrap();
+        let (wrote, read, synced) = confined(ThreadKind::Vcpu, move || {
+            let mut buf = [0u8; 4];
+            let wrote = file.write_at(b"dump", 512).is_ok();
+            let read = file.read_at(&mut buf, 512).is_ok() && &buf == b"dump";
+            (wrote, read, file.sync_data().is_ok())
+        });
+        assert!(wrote && read && synced, "pwrite64 {wrote}, pread64 {read}, fdatasync {synced}");
     }
 
     #[test]
