@@ -33,6 +33,7 @@ use crate::crash::vmcore::{self, VmcoreOptions};
 use crate::crash::CrashSignal;
 use crate::events::{dump_progress, Event};
 use crate::exit::VmExit;
+use crate::sync::lock;
 use crate::vcpu::{ExitContext, ExitState};
 
 /// Longest request line.
@@ -121,7 +122,7 @@ impl ApiServer {
     fn dump(&self) -> Value {
         let c = &self.ctx;
         let (base, sha256) = {
-            let crash = self.crash.lock().unwrap_or_else(|e| e.into_inner());
+            let crash = lock(&self.crash);
             (crash.crash_dir.clone(), crash.vmcore_sha256)
         };
         let dir = base.join(format!("{}-dump", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
@@ -164,7 +165,7 @@ impl ApiServer {
         let c = &self.ctx;
         match req {
             Request::Status => {
-                let crash = self.crash.lock().unwrap_or_else(|e| e.into_inner());
+                let crash = lock(&self.crash);
                 let state = if self.state.stopping() {
                     "stopping"
                 } else if c.control.paused() {
@@ -202,7 +203,7 @@ impl ApiServer {
             }
             Request::Dump => self.dump(),
             Request::Reset => {
-                *self.decided.lock().unwrap_or_else(|e| e.into_inner()) = Some(BootEnd::Reset);
+                *lock(&self.decided) = Some(BootEnd::Reset);
                 c.signals.wake();
                 json!({"ok": true})
             }

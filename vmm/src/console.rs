@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
+use crate::sync::lock;
 use thiserror::Error;
 
 /// Bytes of console output kept in memory.
@@ -55,14 +56,14 @@ pub struct ConsoleTail(Arc<Mutex<VecDeque<u8>>>);
 
 impl ConsoleTail {
     fn push(&self, data: &[u8]) {
-        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = lock(&self.0);
         q.extend(data);
         let excess = q.len().saturating_sub(CONSOLE_TAIL_BYTES);
         q.drain(..excess);
     }
 
     pub fn contents(&self) -> Vec<u8> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect()
+        lock(&self.0).iter().copied().collect()
     }
 }
 
@@ -150,22 +151,22 @@ impl SharedConsole {
     }
 
     pub fn tail(&self) -> ConsoleTail {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).tail()
+        lock(&self.0).tail()
     }
 
     /// Write out what the console files hold back (a partial last line), as the VM ends.
     pub fn sync(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).sync()
+        lock(&self.0).sync()
     }
 }
 
 impl Write for SharedConsole {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+        lock(&self.0).write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
+        lock(&self.0).flush()
     }
 }
 

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::sync::lock;
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
 use thiserror::Error;
@@ -208,7 +209,7 @@ impl EventLog {
     /// The log file's descriptor (for the seccomp violation report), if there is a file.
     pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
-        self.file.as_ref().map(|f| f.lock().unwrap_or_else(|e| e.into_inner()).as_raw_fd())
+        self.file.as_ref().map(|f| lock(f).as_raw_fd())
     }
 
     /// Serialize one record (with the current time) as a line ending in `\n`.
@@ -225,7 +226,7 @@ impl EventLog {
         log::debug!("event: {event:?}");
         let line = Self::format(&event);
         {
-            let mut m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+            let mut m = lock(&self.memory);
             m.lines.push_back(line.clone());
             if m.lines.len() > MEMORY_LINES {
                 m.lines.pop_front();
@@ -233,39 +234,39 @@ impl EventLog {
             }
         }
         if let Some(file) = &self.file {
-            let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
+            let mut f = lock(file);
             if let Err(e) = f.write_all(line.as_bytes()) {
                 log::error!("cannot write to the event log: {e}");
             }
         }
         // A subscriber that cannot take the whole line now is dropped: it never blocks the VM.
-        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut subs = lock(&self.subscribers);
         subs.retain_mut(|s| s.write_all(line.as_bytes()).is_ok());
     }
 
     /// Stream every later record to `stream` (set non-blocking here).
     pub fn subscribe(&self, stream: std::os::unix::net::UnixStream) {
         if stream.set_nonblocking(true).is_ok() {
-            self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).push(stream);
+            lock(&self.subscribers).push(stream);
         }
     }
 
     /// A mark for [`since`](Self::since): the sequence number of the next line.
     pub fn mark(&self) -> usize {
-        let m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let m = lock(&self.memory);
         m.first + m.lines.len()
     }
 
     /// The lines recorded since `mark` (those still in memory).
     pub fn since(&self, mark: usize) -> Vec<String> {
-        let m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let m = lock(&self.memory);
         m.lines.iter().skip(mark.saturating_sub(m.first)).cloned().collect()
     }
 
     /// Flush the log to stable storage.
     pub fn sync(&self) {
         if let Some(file) = &self.file {
-            let f = file.lock().unwrap_or_else(|e| e.into_inner());
+            let f = lock(file);
             if let Err(e) = f.sync_all() {
                 log::warn!("cannot sync the event log: {e}");
             }

@@ -17,6 +17,7 @@ pub mod files;
 pub mod hyperv;
 pub mod layout;
 pub mod seccomp;
+pub mod sync;
 pub mod vcpu;
 pub mod vm;
 pub mod vmbus;

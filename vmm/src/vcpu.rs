@@ -26,6 +26,7 @@ use crate::crash::CrashSignal;
 use crate::events::{hex, Event, EventLog};
 use crate::exit::VmExit;
 use crate::hyperv::{GuestRam, HyperV, VmbusPort};
+use crate::sync::lock;
 use crate::vmbus::{self, Deferred};
 use crate::watchdog::Sample;
 
@@ -95,7 +96,7 @@ impl SignalQueue {
     }
 
     pub fn send(&self, signal: CrashSignal) {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(signal);
+        lock(&self.queue).push_back(signal);
         if let Err(e) = self.notify.write(1) {
             log::error!("cannot wake the main loop for a crash signal: {e}");
         }
@@ -108,7 +109,7 @@ impl SignalQueue {
 
     pub fn drain(&self) -> Vec<CrashSignal> {
         let _ = self.notify.read();
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect()
+        lock(&self.queue).drain(..).collect()
     }
 
     pub fn notify_fd(&self) -> &EventFd {
@@ -135,7 +136,7 @@ pub struct ExitContext {
 
 impl ExitContext {
     fn hyperv(&self) -> Option<MutexGuard<'_, HyperV>> {
-        self.hyperv.as_ref().map(|h| h.lock().unwrap_or_else(|e| e.into_inner()))
+        self.hyperv.as_ref().map(|h| lock(h))
     }
 
     /// Inject an NMI into each of `vcpus` (done by each vCPU's own thread before it runs again).
@@ -394,7 +395,7 @@ impl ExitState {
 
     /// Record `exit` if it is the first, and wake the main loop.
     pub fn request(&self, exit: VmExit) {
-        let mut slot = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = lock(&self.exit);
         if slot.is_none() {
             log::info!("VM exit requested: {}", exit.reason());
             *slot = Some(exit);
@@ -411,7 +412,7 @@ impl ExitState {
     }
 
     pub fn get(&self) -> Option<VmExit> {
-        self.exit.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.exit).clone()
     }
 
     pub fn stopping(&self) -> bool {
@@ -458,20 +459,20 @@ impl Kicker {
     fn register(&self, vcpu: u32) {
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
-        if let Some(slot) = self.threads.lock().unwrap_or_else(|e| e.into_inner()).get_mut(vcpu as usize) {
+        if let Some(slot) = lock(&self.threads).get_mut(vcpu as usize) {
             *slot = Some(me);
         }
     }
 
     fn unregister(&self, vcpu: u32) {
-        if let Some(slot) = self.threads.lock().unwrap_or_else(|e| e.into_inner()).get_mut(vcpu as usize) {
+        if let Some(slot) = lock(&self.threads).get_mut(vcpu as usize) {
             *slot = None;
         }
     }
 
     /// Kick `vcpu` (a no-op once its thread ended).
     pub fn kick(&self, vcpu: u32) {
-        let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        let threads = lock(&self.threads);
         if let Some(Some(t)) = threads.get(vcpu as usize) {
             // SAFETY: the thread id is live: it is removed under this lock before the thread
             // ends. The signal's handler is installed before any vCPU thread starts.
@@ -481,7 +482,7 @@ impl Kicker {
 
     /// Kick every vCPU still running.
     pub fn kick_all(&self) {
-        let n = self.threads.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let n = lock(&self.threads).len();
         (0..n as u32).for_each(|v| self.kick(v));
     }
 }
@@ -518,7 +519,7 @@ impl VcpuControl {
     }
 
     fn lock(&self) -> MutexGuard<'_, ControlState> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
     }
 
     /// Stop every vCPU and wait (up to `timeout`) until each has saved its registers. Returns

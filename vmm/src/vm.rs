@@ -51,6 +51,7 @@ use crate::exit::VmExit;
 use crate::hyperv::{self, HyperV};
 use crate::layout::{self, KVM_TSS_ADDR};
 use crate::seccomp::{self, ThreadKind};
+use crate::sync::lock;
 use crate::vcpu::{self, ExitContext, ExitState, Kicker, SignalQueue, VcpuControl, VcpuError};
 use crate::vmbus::{self, Deferred};
 use crate::watchdog::Watchdog;
@@ -200,7 +201,7 @@ struct StdinWatcher {
 
 impl MutEventSubscriber for StdinWatcher {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let capacity = self.serial.lock().unwrap_or_else(|e| e.into_inner()).0.fifo_capacity();
+        let capacity = lock(&self.serial).0.fifo_capacity();
         if capacity == 0 {
             // The guest has not drained the FIFO yet; let it catch up.
             std::thread::sleep(Duration::from_millis(2));
@@ -215,7 +216,7 @@ impl MutEventSubscriber for StdinWatcher {
             Ok(n) => {
                 let (bytes, quit) =
                     if self.escape_enabled { self.filter.feed(&buf[..n]) } else { (buf[..n].to_vec(), false) };
-                let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+                let mut serial = lock(&self.serial);
                 if let Err(e) = serial.0.enqueue_raw_bytes(&bytes) {
                     log::warn!("serial input dropped: {e:?}");
                 }
@@ -730,10 +731,6 @@ fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
         }
     }
     Ok(crash.vm_exit(exit, &ctx, &console))
-}
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Feeds crash signals from the vCPU threads to crash handling.

@@ -12,6 +12,7 @@ use devices::vmbus::{Output, SendKind, ServerEvent};
 use crate::crash::CrashSignal;
 use crate::events::Event;
 use crate::hyperv::{HyperV, TAG_UNLOAD_RESPONSE};
+use crate::sync::lock;
 use crate::vcpu::ExitContext;
 
 /// A reply the server wants posted later.
@@ -30,15 +31,15 @@ pub struct Deferred(Mutex<Vec<DeferredSend>>);
 impl Deferred {
     /// When the next one is due.
     pub fn next_due(&self) -> Option<Instant> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|d| d.due).min()
+        lock(&self.0).iter().map(|d| d.due).min()
     }
 
     fn push(&self, d: DeferredSend) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(d);
+        lock(&self.0).push(d);
     }
 
     fn take_due(&self, now: Instant) -> Vec<DeferredSend> {
-        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = lock(&self.0);
         let (due, later) = q.drain(..).partition(|d| d.due <= now);
         *q = later;
         due
@@ -108,7 +109,7 @@ pub fn post_due(ctx: &ExitContext, now: Instant) {
     let Some(hv) = ctx.hyperv.as_ref() else {
         return;
     };
-    let mut hv = hv.lock().unwrap_or_else(|e| e.into_inner());
+    let mut hv = lock(hv);
     let outputs = due
         .into_iter()
         .map(|d| Output::Send { vp: d.vp, payload: d.payload, delay: Duration::ZERO, kind: d.kind })
