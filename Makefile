@@ -9,7 +9,7 @@
 #   make bench      crashvmm against QEMU: writes docs/benchmarks.md and docs/benchmarks.png
 #                   (about 8 minutes after the build, 20 GiB of free disk; not in `make test`)
 #   make boot-reliability   50 boots each under crashvmm and QEMU in the test host, failures
-#                   counted: docs/boot-reliability.md (about 45 minutes; not in `make test`)
+#                   counted: docs/boot-reliability.md (about an hour; not in `make test`)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -124,7 +124,7 @@ bench:
 	$(CARGO) run --locked --release -q -p integration --bin bench -- --doc docs/benchmarks.md --png docs/benchmarks.png
 
 # The Debian guest booted BOOT_RUNS (50) times under crashvmm, QEMU and crashvmm --hyperv off in
-# the software KVM test host, failures counted: writes docs/boot-reliability.md (about 45 minutes
+# the software KVM test host, failures counted: writes docs/boot-reliability.md (about an hour
 # here; not in `make test`).
 BOOT_RUNS ?= 50
 boot-reliability: deps build images

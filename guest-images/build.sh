@@ -105,8 +105,16 @@ abi_of() {
   printf '%s' "${abi%-unsigned}"
 }
 
-cached_deb() { printf '%s/%s_%s_amd64.deb' "$cache" "$1" "${2//:/%3a}"; }
+# deb_name PKG VER: the file name apt gives that package's .deb (an epoch's ':' as %3a).
+deb_name() { printf '%s_%s_amd64.deb' "$1" "${2//:/%3a}"; }
+cached_deb() { printf '%s/%s' "$cache" "$(deb_name "$1" "$2")"; }
 lockup_ko() { printf '%s/crashtest-lockup-%s_%s.ko' "$cache" "$1" "${2//:/%3a}"; }
+# Whether the lockup module of the guest kernel is built, from the current lockup.c.
+lockup_current() {
+  local ko
+  ko=$(lockup_ko "$GUEST_ABI" "$GUEST_VER")
+  [[ -f $ko && ! $here/lockup/lockup.c -nt $ko ]]
+}
 
 # resolve_image ROLE META OVERRIDE: sets ROLE_PKG, ROLE_VER (candidate) and ROLE_ABI (the release
 # the package name carries) from the current lists, or RESOLVE_ERR.
@@ -144,16 +152,14 @@ set_text() { printf 'guest %s %s, host %s %s' "$GUEST_PKG" "$GUEST_VER" "$HOST_P
 # The headers are needed unless the lockup module of this exact kernel is cached or they are
 # installed at the image's version.
 headers_needed() {
-  local ko
-  ko=$(lockup_ko "$GUEST_ABI" "$GUEST_VER")
-  [[ -f $ko && ! $here/lockup/lockup.c -nt $ko ]] && return 1
+  lockup_current && return 1
   [[ $(pkg_installed_version "$HDR_PKG" || true) != "$HDR_VER" ]]
 }
 
 set_cached() {
   [[ -s $(cached_deb "$GUEST_PKG" "$GUEST_VER") && -s $(cached_deb "$HOST_PKG" "$HOST_VER") ]] || return 1
   if ((fetch_only)); then
-    [[ -s $cache/apt/${HDR_PKG}_${HDR_VER//:/%3a}_amd64.deb ]]
+    [[ -s $cache/apt/$(deb_name "$HDR_PKG" "$HDR_VER") ]]
   elif headers_needed; then
     return 1
   fi
@@ -174,17 +180,18 @@ fetch_deb() {
 # The headers (and what they depend on, from the same lists): installed for the build, only
 # downloaded into CACHE/apt with --fetch-only.
 fetch_headers() {
-  local opts=(-y --no-install-recommends -o "Dir::Cache::archives=$cache/apt")
+  local opts=(-y --no-install-recommends -o "Dir::Cache::archives=$cache/apt") verb=install
   if ((fetch_only)); then
     opts+=(--download-only)
+    verb=download
   else
     headers_needed || return 0
     ((EUID == 0)) || die "building the lockup module needs $HDR_PKG $HDR_VER (run as root, or install it)"
   fi
   mkdir -p "$cache/apt/partial"
-  say "$( ((fetch_only)) && echo downloading || echo installing) $HDR_PKG $HDR_VER (for the lockup test module)"
+  say "${verb}ing $HDR_PKG $HDR_VER (for the lockup test module)"
   DEBIAN_FRONTEND=noninteractive apt-get "${opts[@]}" install "$HDR_PKG=$HDR_VER" >>"$(apt_log)" 2>&1 && return 0
-  FETCH_ERR="$HDR_PKG $HDR_VER cannot be $( ((fetch_only)) && echo downloaded || echo installed)"
+  FETCH_ERR="$HDR_PKG $HDR_VER cannot be ${verb}ed"
   return 1
 }
 
@@ -304,7 +311,7 @@ fi
 build_lockup_module() {
   local rel=$1 root=$2 hdr="/usr/src/linux-headers-$1" ko
   ko=$(lockup_ko "$rel" "$GUEST_VER")
-  if [[ ! -f $ko || $here/lockup/lockup.c -nt $ko ]]; then
+  if ! lockup_current; then
     [[ -d $hdr ]] || die "$hdr missing although $HDR_PKG $HDR_VER is installed"
     local src="$cache/lockup-build"
     rm -rf "$src" && mkdir -p "$src" && cp "$here/lockup/lockup.c" "$here/lockup/Kbuild" "$src/"

@@ -1,7 +1,7 @@
 //! `boot-reliability`: boot the same Debian guest many times under crashvmm and under QEMU in
 //! the same software KVM test host and count the boots that do not reach the guest's init.
 //!
-//! Not part of `make test` (about 40 minutes for 3 x 50 boots here); `make boot-reliability`
+//! Not part of `make test` (57 minutes for 3 x 50 boots here, most of it QEMU's slower and hanging boots); `make boot-reliability`
 //! runs it and writes `docs/boot-reliability.md`. Each configuration runs in one test-host
 //! session (booted once, the guest booted `--runs` times in a loop inside it):
 //!
