@@ -459,6 +459,21 @@ impl Outcome {
         dirs
     }
 
+    /// A failure of the kind the software KVM test host causes under any VMM
+    /// (docs/boot-reliability.md): a triple fault, which no scenario expects, or a run past its
+    /// time limit (a vCPU stuck in the nested layer). `None` for direct runs and other outcomes.
+    pub fn test_host_fault(&self) -> Option<String> {
+        if self.mode != Mode::TestHost || self.verdict().is_ok() {
+            return None;
+        }
+        if self.timed_out {
+            return Some("the run timed out in the software KVM test host".into());
+        }
+        let events = self.events().ok()?;
+        let trigger = events.iter().find(|e| e["event"] == "crash_detected")?["trigger"].as_str()?;
+        (trigger == "triple_fault").then(|| "a vCPU triple-faulted in the software KVM test host".into())
+    }
+
     /// Whether the run did what its scenario declares (see [`verdict`](Self::verdict)).
     pub fn as_expected(&self) -> bool {
         self.verdict().is_ok()
@@ -857,6 +872,11 @@ mod tests {
         assert!(bad.verdict().unwrap_err().contains("Hypervisor detected: Microsoft Hyper-V"));
         let (bad, _d) = outcome("panic", 0, panic.expected_events, "pvpanic", &console);
         assert_eq!(bad.verdict(), Err("crashvmm exit code 0, expected 5".into()));
+        assert_eq!(bad.test_host_fault(), None, "only the test host's own failures are retried");
+        let (tf, _d) = outcome("panic", GUEST_PANICKED, &tf, "triple_fault", "");
+        assert!(tf.test_host_fault().is_some());
+        assert_eq!(Outcome { mode: Mode::Direct, ..tf.clone() }.test_host_fault(), None);
+        assert_eq!(good.test_host_fault(), None);
     }
 
     #[test]
