@@ -19,6 +19,29 @@ pub const PVPANIC_SHUTDOWN: u8 = 1 << 2;
 /// Every event this device knows.
 pub const PVPANIC_ALL: u8 = PVPANIC_PANICKED | PVPANIC_CRASH_LOADED | PVPANIC_SHUTDOWN;
 
+/// The events one pvpanic write carries, decoded once for the event log and the orchestrator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PvPanicEvents {
+    pub panicked: bool,
+    pub crash_loaded: bool,
+    pub shutdown: bool,
+}
+
+impl PvPanicEvents {
+    pub fn from_bits(bits: u8) -> Self {
+        Self {
+            panicked: bits & PVPANIC_PANICKED != 0,
+            crash_loaded: bits & PVPANIC_CRASH_LOADED != 0,
+            shutdown: bits & PVPANIC_SHUTDOWN != 0,
+        }
+    }
+
+    /// Whether the guest says it crashed (PANICKED or CRASH_LOADED; SHUTDOWN alone is no crash).
+    pub fn is_crash(self) -> bool {
+        self.panicked || self.crash_loaded
+    }
+}
+
 /// Parse `--pvpanic-events`: `all`, a comma list of `panicked`, `crash-loaded`, `shutdown`,
 /// or a number (`0x3`, `3`).
 pub fn parse_events(s: &str) -> Result<u8, String> {
@@ -79,6 +102,15 @@ impl PioDevice for PvPanic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_decode_each_bit() {
+        let e = PvPanicEvents::from_bits(PVPANIC_CRASH_LOADED | PVPANIC_SHUTDOWN);
+        assert_eq!(e, PvPanicEvents { panicked: false, crash_loaded: true, shutdown: true });
+        assert!(e.is_crash());
+        assert!(!PvPanicEvents::from_bits(PVPANIC_SHUTDOWN).is_crash());
+        assert!(PvPanicEvents::from_bits(PVPANIC_PANICKED).is_crash());
+    }
 
     #[test]
     fn read_returns_supported_events() {

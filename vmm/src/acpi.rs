@@ -18,7 +18,11 @@ use devices::acpi_pm::{
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::layout::{ACPI_END, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR};
+use devices::pvpanic::{PVPANIC_ACPI_HID, PVPANIC_PORT};
+use devices::rtc::{RTC_ACPI_HID, RTC_BASE, RTC_LEN};
+use devices::virtio::{VIRTIO_MMIO_ACPI_HID, VIRTIO_MMIO_WINDOW};
+
+use crate::layout::{ACPI_END, ACPI_START, COM1_BASE, COM1_GSI, COM1_LEN, IOAPIC_ADDR, LAPIC_ADDR};
 
 const OEM_ID: [u8; 6] = *b"CRSVMM";
 const OEM_REVISION: u32 = 1;
@@ -137,6 +141,93 @@ pub fn write_acpi_tables(mem: &GuestMemoryMmap, vcpus: u32, dsdt: Dsdt) -> Resul
     Ok(rsdp_addr)
 }
 
+// The DSDT's device nodes, one function per device crashvmm describes.
+
+/// Describe COM1 in the DSDT. On a hardware-reduced ACPI platform Linux has no legacy PIC and
+/// so no built-in ISA IRQ mappings: the serial port's IRQ 4 only gets an IOAPIC route through
+/// this `_CRS` (without it, opening /dev/ttyS0 fails and user-space console output is lost).
+pub fn add_com1(dsdt: &mut Dsdt) {
+    use acpi_tables::aml::{Device, EISAName, Interrupt, Name, Path, ResourceTemplate, IO};
+    dsdt.add(&Device::new(
+        Path::new("_SB_.COM1"),
+        vec![
+            &Name::new(Path::new("_HID"), &EISAName::new("PNP0501")),
+            &Name::new(Path::new("_UID"), &0u8),
+            &Name::new(
+                Path::new("_CRS"),
+                &ResourceTemplate::new(vec![
+                    &IO::new(COM1_BASE, COM1_BASE, 1, COM1_LEN as u8),
+                    // Consumer, edge-triggered, active-high, exclusive: an ISA interrupt.
+                    &Interrupt::new(true, true, false, false, COM1_GSI),
+                ]),
+            ),
+        ],
+    ));
+}
+
+/// Describe pvpanic as QEMU's ISA device: `QEMU0001` with one I/O port.
+pub fn add_pvpanic(dsdt: &mut Dsdt) {
+    use acpi_tables::aml::{Device, Name, Path, ResourceTemplate, IO};
+    dsdt.add(&Device::new(
+        Path::new("_SB_.PEVT"),
+        vec![
+            &Name::new(Path::new("_HID"), &PVPANIC_ACPI_HID),
+            &Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1)])),
+        ],
+    ));
+}
+
+/// Describe the CMOS RTC as `PNP0B00` with its two ports, so that Linux's `rtc_cmos` binds to
+/// it through PnP ACPI (a hardware-reduced platform has no other way to announce it). No IRQ:
+/// the device raises none, and `rtc_cmos` then runs without alarms.
+pub fn add_rtc(dsdt: &mut Dsdt) {
+    use acpi_tables::aml::{Device, EISAName, Name, Path, ResourceTemplate, IO};
+    dsdt.add(&Device::new(
+        Path::new("_SB_.RTC_"),
+        vec![
+            &Name::new(Path::new("_HID"), &EISAName::new(RTC_ACPI_HID)),
+            &Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&IO::new(RTC_BASE, RTC_BASE, 1, RTC_LEN as u8)])),
+        ],
+    ));
+}
+
+/// A virtio-mmio device for Linux's `virtio_mmio` driver, which matches ACPI `LNRO0005` (the
+/// Debian kernels lack `virtio_mmio.device=` on the command line): its register window and its
+/// interrupt.
+pub fn add_virtio_mmio(dsdt: &mut Dsdt, index: usize, base: u64, gsi: u32) {
+    use acpi_tables::aml::{Device, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate};
+    dsdt.add(&Device::new(
+        Path::new(&format!("_SB_.VR{index:02}")),
+        vec![
+            &Name::new(Path::new("_HID"), &VIRTIO_MMIO_ACPI_HID),
+            &Name::new(Path::new("_UID"), &(index as u8)),
+            &Name::new(
+                Path::new("_CRS"),
+                &ResourceTemplate::new(vec![
+                    &Memory32Fixed::new(true, base as u32, VIRTIO_MMIO_WINDOW as u32),
+                    &Interrupt::new(true, true, false, false, gsi),
+                ]),
+            ),
+        ],
+    ));
+}
+
+/// The VMBus root device `hv_vmbus` probes for (`_HID "VMBus"`); its `_CRS` must exist,
+/// empty is fine on x86.
+pub fn add_vmbus(dsdt: &mut Dsdt) {
+    use acpi_tables::aml::{Device, Name, Path, ResourceTemplate};
+    dsdt.add(&Device::new(
+        Path::new("_SB_.VMBS"),
+        vec![
+            &Name::new(Path::new("_HID"), &"VMBus"),
+            &Name::new(Path::new("_UID"), &0u8),
+            &Name::new(Path::new("_DDN"), &"VMBUS"),
+            &Name::new(Path::new("_STA"), &0x0fu8),
+            &Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![])),
+        ],
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +322,20 @@ mod tests {
     fn too_many_vcpus_is_an_error() {
         let mem = GuestMemoryMmap::from_ranges(&ram_ranges(64 << 20)).unwrap();
         assert!(matches!(write_acpi_tables(&mem, 256, Dsdt::new()), Err(AcpiError::TooManyVcpus(256))));
+    }
+
+    #[test]
+    fn dsdt_describes_the_rtc_with_its_ports_and_no_irq() {
+        let mem = GuestMemoryMmap::from_ranges(&ram_ranges(64 << 20)).unwrap();
+        let mut dsdt = Dsdt::new();
+        add_rtc(&mut dsdt);
+        write_acpi_tables(&mem, 1, dsdt).unwrap();
+        let mut tables = vec![0; (ACPI_END - ACPI_START) as usize];
+        mem.read_slice(&mut tables, GuestAddress(ACPI_START)).unwrap();
+        let has = |bytes: &[u8]| tables.windows(bytes.len()).any(|w| w == bytes);
+        // _HID: EISA id PNP0B00 as a DWord constant.
+        assert!(has(&[0x0c, 0x41, 0xd0, 0x0b, 0x00]));
+        // _CRS: IO (Decode16, 0x70, 0x70, 1, 2), then the end tag: no interrupt descriptor.
+        assert!(has(&[0x47, 0x01, 0x70, 0x00, 0x70, 0x00, 0x01, 0x02, 0x79]));
     }
 }

@@ -1,7 +1,9 @@
 //! The control socket (`--api-socket PATH`): JSON requests and responses, one per line, over a
 //! Unix socket only its owner can use; `subscribe` turns a connection into a stream of the
-//! event log's records. Served by the main thread's event loop; a client never blocks the VMM
-//! (event streams are non-blocking and a slow subscriber is dropped).
+//! event log's records. Served by the main thread's event loop: every request that changes the
+//! VM's course is a [`Command`] the executor carries out (no crash or dump code here), and a
+//! client never blocks the VMM (event streams are non-blocking and a slow subscriber is
+//! dropped).
 //!
 //! ```text
 //! {"command":"status"}                         -> {"ok":true,"state":"running",...}
@@ -28,13 +30,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use vmm_sys_util::epoll::EventSet;
 
-use crate::crash::executor::{BootEnd, CrashHandling};
-use crate::crash::vmcore::{self, VmcoreOptions};
-use crate::crash::CrashSignal;
-use crate::events::{dump_progress, Event};
-use crate::exit::VmExit;
+use crate::control::ExitState;
+use crate::crash::executor::{CommandReply, CrashHandling};
+use crate::crash::{Command, NmiTargets};
 use crate::sync::lock;
-use crate::vcpu::{ExitContext, ExitState};
+use crate::vcpu::ExitContext;
 
 /// Longest request line.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -97,8 +97,6 @@ pub struct ApiServer {
     pub state: Arc<ExitState>,
     pub crash: Arc<Mutex<CrashHandling>>,
     pub started: Instant,
-    /// Set to end this boot (a reset).
-    pub decided: Arc<Mutex<Option<BootEnd>>>,
     conns: HashMap<u32, (UnixStream, Vec<u8>)>,
     next: u32,
 }
@@ -113,105 +111,48 @@ impl ApiServer {
         state: Arc<ExitState>,
         crash: Arc<Mutex<CrashHandling>>,
         started: Instant,
-        decided: Arc<Mutex<Option<BootEnd>>>,
     ) -> Self {
-        Self { listener, ctx, state, crash, started, decided, conns: HashMap::new(), next: 1 }
-    }
-
-    /// A host-side vmcore of the running VM, next to the crash directories.
-    fn dump(&self) -> Value {
-        let c = &self.ctx;
-        let (base, sha256) = {
-            let crash = lock(&self.crash);
-            (crash.crash_dir.clone(), crash.vmcore_sha256)
-        };
-        let dir = base.join(format!("{}-dump", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
-        if let Err(e) = crate::files::create_private_dir_all(&dir) {
-            return error(format!("cannot create {}: {e}", dir.display()));
-        }
-        let path = dir.join("vmcore");
-        let was_paused = c.control.paused();
-        if !c.control.pause_all(&c.kicker, std::time::Duration::from_secs(5)) {
-            log::warn!("dump: not every vCPU stopped; their registers may be missing");
-        }
-        c.events.emit(Event::DumpStarted { path: path.display().to_string() });
-        let progress = dump_progress(&c.events);
-        let opts = VmcoreOptions { progress: false, on_progress: Some(&progress), sha256 };
-        let result = vmcore::write_vmcore(&c.mem, &c.control.snapshots(), &path, &opts);
-        if !was_paused {
-            c.control.resume();
-        }
-        match result {
-            Ok(s) => {
-                let duration_ms = s.duration.as_millis() as u64;
-                c.events.emit(Event::VmcoreWritten {
-                    path: path.display().to_string(),
-                    bytes: s.bytes,
-                    source: "host".into(),
-                    duration_ms,
-                });
-                json!({"ok": true, "path": path.display().to_string(), "bytes": s.bytes, "sha256": s.sha256,
-                       "duration_ms": duration_ms})
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                c.events.emit(Event::VmcoreFailed { reason: e.to_string() });
-                error(format!("dump failed: {e}"))
-            }
-        }
+        Self { listener, ctx, state, crash, started, conns: HashMap::new(), next: 1 }
     }
 
     fn handle(&mut self, req: Request) -> Value {
         let c = &self.ctx;
-        match req {
+        let command = match req {
             Request::Status => {
                 let crash = lock(&self.crash);
-                let state = if self.state.stopping() {
+                let state = if self.state.stopping() || crash.end().is_some() {
                     "stopping"
                 } else if c.control.paused() {
                     "paused"
                 } else {
                     "running"
                 };
-                json!({
+                return json!({
                     "ok": true, "state": state, "vcpus": c.control.vcpus(),
                     "uptime_s": self.started.elapsed().as_secs_f64(),
                     "crashes": crash.orchestrator.crashes(),
                     "crash_in_progress": crash.orchestrator.panicked(),
                     "last_crash_dir": crash.last_crash_dir().map(|d| d.display().to_string()),
-                })
+                });
             }
-            Request::InjectNmi { vcpu } => {
-                let n = c.control.vcpus();
-                if vcpu.is_some_and(|v| v >= n) {
-                    return error(format!("no vCPU {} (the VM has {n})", vcpu.unwrap_or_default()));
-                }
-                let targets: Vec<u32> = vcpu.map_or_else(|| (0..n).collect(), |v| vec![v]);
-                c.inject_nmi(&targets);
-                c.signals.send(CrashSignal::NmiInjected);
-                json!({"ok": true, "vcpus": targets})
-            }
-            Request::Pause => {
-                let ok = c.control.pause_all(&c.kicker, std::time::Duration::from_secs(5));
-                c.events.emit(Event::VmPaused);
-                json!({"ok": ok})
-            }
-            Request::Resume => {
-                c.control.resume();
-                c.events.emit(Event::VmResumed);
-                json!({"ok": true})
-            }
-            Request::Dump => self.dump(),
-            Request::Reset => {
-                *lock(&self.decided) = Some(BootEnd::Reset);
-                c.signals.wake();
-                json!({"ok": true})
-            }
-            Request::Shutdown => {
-                self.state.request(VmExit::HostShutdown);
-                json!({"ok": true})
-            }
+            Request::InjectNmi { vcpu } => Command::InjectNmi(vcpu.map_or(NmiTargets::All, NmiTargets::One)),
+            Request::Pause => Command::Pause,
+            Request::Resume => Command::Resume,
+            Request::Dump => Command::Dump,
+            Request::Reset => Command::Reset,
+            Request::Shutdown => Command::Shutdown,
             Request::Subscribe => unreachable!("handled by the caller"),
+        };
+        // The executor decides and acts; the socket only words the answer.
+        match lock(&self.crash).command(command, &**c) {
+            Ok(CommandReply::NmiInjected { vcpus }) => json!({"ok": true, "vcpus": vcpus}),
+            Ok(CommandReply::Paused { all_stopped }) => json!({"ok": all_stopped}),
+            Ok(CommandReply::Resumed | CommandReply::Ending) => json!({"ok": true}),
+            Ok(CommandReply::Dumped(d)) => json!({
+                "ok": true, "path": d.path.display().to_string(), "bytes": d.bytes, "sha256": d.sha256,
+                "duration_ms": d.duration_ms,
+            }),
+            Err(e) => error(e),
         }
     }
 

@@ -19,9 +19,20 @@ use kvm_bindings::{
     KVM_MSR_EXIT_REASON_UNKNOWN,
 };
 use kvm_ioctls::{Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
+use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::vm::VmError;
+#[derive(Debug, Error)]
+pub enum HypervError {
+    #[error("this KVM lacks {0}, which crashvmm needs")]
+    MissingCap(&'static str),
+    #[error("{what} failed: {source}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: vmm_sys_util::errno::Error,
+    },
+}
 
 /// KVM's LAPIC timer runs at 1 GHz (`APIC_BUS_CYCLE_NS_DEFAULT` = 1).
 pub const APIC_HZ: u64 = 1_000_000_000;
@@ -98,7 +109,7 @@ impl MessageHandler for VmbusPort<'_> {
 
 /// Replace every hypervisor leaf (KVM's "KVMKVMKVM" ones included) with the Hyper-V leaves, so
 /// that Linux selects Hyper-V, and advertise the invariant TSC.
-pub fn hyperv_cpuid(cpuid: &CpuId, vcpus: u32) -> Result<CpuId, VmError> {
+pub fn hyperv_cpuid(cpuid: &CpuId, vcpus: u32) -> Result<CpuId, HypervError> {
     let mut entries: Vec<kvm_cpuid_entry2> =
         cpuid.as_slice().iter().filter(|e| !HYPERVISOR_CPUID_RANGE.contains(&e.function)).copied().collect();
     for e in entries.iter_mut().filter(|e| e.function == 0x8000_0007) {
@@ -113,20 +124,20 @@ pub fn hyperv_cpuid(cpuid: &CpuId, vcpus: u32) -> Result<CpuId, VmError> {
         edx: l.edx,
         ..Default::default()
     }));
-    CpuId::from_entries(&entries).map_err(|_| VmError::MissingCap("room for the Hyper-V CPUID leaves"))
+    CpuId::from_entries(&entries).map_err(|_| HypervError::MissingCap("room for the Hyper-V CPUID leaves"))
 }
 
 /// Route the synthetic MSRs (and any MSR KVM does not know) to userspace.
-pub fn setup_msr_exits(kvm: &Kvm, vm: &VmFd) -> Result<(), VmError> {
+pub fn setup_msr_exits(kvm: &Kvm, vm: &VmFd) -> Result<(), HypervError> {
     if !kvm.check_extension(Cap::X86UserSpaceMsr) {
-        return Err(VmError::MissingCap("KVM_CAP_X86_USER_SPACE_MSR"));
+        return Err(HypervError::MissingCap("KVM_CAP_X86_USER_SPACE_MSR"));
     }
     if !kvm.check_extension(Cap::X86MsrFilter) {
-        return Err(VmError::MissingCap("KVM_CAP_X86_MSR_FILTER"));
+        return Err(HypervError::MissingCap("KVM_CAP_X86_MSR_FILTER"));
     }
     let mut cap = kvm_enable_cap { cap: KVM_CAP_X86_USER_SPACE_MSR, ..Default::default() };
     cap.args[0] = (KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER) as u64;
-    vm.enable_cap(&cap).map_err(|source| VmError::Kvm { what: "KVM_ENABLE_CAP(X86_USER_SPACE_MSR)", source })?;
+    vm.enable_cap(&cap).map_err(|source| HypervError::Kvm { what: "KVM_ENABLE_CAP(X86_USER_SPACE_MSR)", source })?;
     // A zero bitmap denies every MSR of the range in KVM, so each access exits to us, even on
     // hosts whose KVM has Hyper-V emulation of its own.
     let bitmap = vec![0u8; (HV_SYNTHETIC_MSR_COUNT / 8) as usize];
@@ -137,7 +148,7 @@ pub fn setup_msr_exits(kvm: &Kvm, vm: &VmFd) -> Result<(), VmError> {
         bitmap: &bitmap,
     };
     vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &[range])
-        .map_err(|source| VmError::Kvm { what: "KVM_X86_SET_MSR_FILTER", source })
+        .map_err(|source| HypervError::Kvm { what: "KVM_X86_SET_MSR_FILTER", source })
 }
 
 #[cfg(test)]

@@ -93,6 +93,11 @@ pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
     map
 }
 
+/// COM1: its ports and ISA interrupt.
+pub const COM1_BASE: u16 = 0x3f8;
+pub const COM1_LEN: u16 = 8;
+pub const COM1_GSI: u32 = 4;
+
 #[cfg(test)]
 mod tests {
     use super::*;

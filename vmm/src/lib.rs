@@ -6,8 +6,10 @@
 pub mod acpi;
 pub mod api;
 pub mod boot;
+pub mod builder;
 pub mod config;
 pub mod console;
+pub mod control;
 pub mod cpuid;
 pub mod crash;
 pub mod disk;

@@ -9,11 +9,19 @@ use devices::hyperv::tlfs::VMBUS_MESSAGE_SINT;
 use devices::vmbus::messages::{version_string, VMBUS_SYNIC_MESSAGE_TYPE};
 use devices::vmbus::{Output, SendKind, ServerEvent};
 
+use crate::control::SignalQueue;
 use crate::crash::CrashSignal;
-use crate::events::Event;
+use crate::events::{Event, EventLog};
 use crate::hyperv::{HyperV, TAG_UNLOAD_RESPONSE};
 use crate::sync::lock;
-use crate::vcpu::ExitContext;
+
+/// What carrying out the server's outputs reports to: the event log, the crash signals, and
+/// the replies to post later.
+pub struct VmbusLink<'a> {
+    pub events: &'a EventLog,
+    pub signals: &'a SignalQueue,
+    pub deferred: &'a Deferred,
+}
 
 /// A reply the server wants posted later.
 #[derive(Debug)]
@@ -48,7 +56,7 @@ impl Deferred {
 
 /// Carry out the server's outputs. Returns the VPs to kick (after the Hyper-V lock is released)
 /// so they deliver what was queued for them.
-pub fn apply(ctx: &ExitContext, hv: &mut HyperV, outputs: Vec<Output>, now: Instant) -> Vec<u32> {
+pub fn apply(ctx: &VmbusLink<'_>, hv: &mut HyperV, outputs: Vec<Output>, now: Instant) -> Vec<u32> {
     let mut kick = Vec::new();
     let mut pending = std::collections::VecDeque::from(outputs);
     while let Some(out) = pending.pop_front() {
@@ -78,7 +86,7 @@ pub fn apply(ctx: &ExitContext, hv: &mut HyperV, outputs: Vec<Output>, now: Inst
     kick
 }
 
-fn record(ctx: &ExitContext, hv: &mut HyperV, event: ServerEvent, now: Instant) {
+fn record(ctx: &VmbusLink<'_>, hv: &mut HyperV, event: ServerEvent, now: Instant) {
     match event {
         ServerEvent::Connected { vcpu, version, target_vcpu } => {
             log::info!("VMBus: connected, protocol {} (target VP {target_vcpu})", version_string(version));
@@ -100,27 +108,22 @@ fn record(ctx: &ExitContext, hv: &mut HyperV, event: ServerEvent, now: Instant) 
     }
 }
 
-/// Post the deferred replies that are due, from the main thread.
-pub fn post_due(ctx: &ExitContext, now: Instant) {
+/// Post the deferred replies that are due (the main thread). Returns the VPs to kick once the
+/// Hyper-V lock is released.
+pub fn post_due(ctx: &VmbusLink<'_>, hv: &mut HyperV, now: Instant) -> Vec<u32> {
     let due = ctx.deferred.take_due(now);
     if due.is_empty() {
-        return;
+        return Vec::new();
     }
-    let Some(hv) = ctx.hyperv.as_ref() else {
-        return;
-    };
-    let mut hv = lock(hv);
     let outputs = due
         .into_iter()
         .map(|d| Output::Send { vp: d.vp, payload: d.payload, delay: Duration::ZERO, kind: d.kind })
         .collect();
-    let kick = apply(ctx, &mut hv, outputs, now);
-    drop(hv);
-    kick.into_iter().for_each(|vp| ctx.kicker.kick(vp));
+    apply(ctx, hv, outputs, now)
 }
 
 /// After a delivery on `vcpu`: if it carried the UNLOAD_RESPONSE, the UNLOAD is complete.
-pub fn delivered(ctx: &ExitContext, hv: &mut HyperV, vcpu: u32, tags: &[u64]) {
+pub fn delivered(ctx: &VmbusLink<'_>, hv: &mut HyperV, vcpu: u32, tags: &[u64]) {
     if tags.contains(&TAG_UNLOAD_RESPONSE) {
         let latency_us = hv.unload_started.take().map_or(0, |(_, t)| t.elapsed().as_micros() as u64);
         log::info!("VMBus: UNLOAD answered on VP {vcpu} after {latency_us} us");

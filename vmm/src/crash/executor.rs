@@ -1,25 +1,116 @@
-//! The executor: carries out the orchestrator's actions (pause, host dump, crash directory),
-//! and feeds their results back. Lives across guest resets.
+//! The executor: the one place that carries out the orchestrator's actions (pause, resume, NMI,
+//! host dump, kdump collection, crash directory) and the one writer of how a boot ends. Every
+//! input that can change the VM's course comes through it: crash signals, the orchestrator's
+//! deadlines, the VM's end, and the operator's commands (control socket). It lives across
+//! guest resets.
+//!
+//! It reaches the VM only through [`VmControl`] (pause, resume, NMI, registers, memory), so its
+//! tests use a fake VM and construct no device.
 
+use std::fmt::Display;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use thiserror::Error;
+use vm_memory::GuestMemoryMmap;
 
-use super::report::{CrashRecord, GuestInfo, TimedSignal};
-use super::vmcore::{self, VmcoreOptions};
-use super::{flat, Action, CrashSignal, Orchestrator};
+use super::report::{CrashRecord, GuestInfo, ReportError, TimedSignal};
+use super::vmcore::{self, VcpuState, VmcoreError, VmcoreOptions, VmcoreSummary};
+use super::{flat, Action, Command, CrashSignal, DumpReason, NmiTargets, Orchestrator, Outcome, Trigger, VmcoreSource};
 use crate::console::ConsoleTail;
 use crate::events::{dump_progress, Event, EventLog};
 use crate::exit::VmExit;
-use crate::vcpu::ExitContext;
 
 /// How a boot of the guest ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootEnd {
     Exit(VmExit),
     Reset,
+}
+
+/// What the executor needs of the running VM.
+pub trait VmControl {
+    fn memory(&self) -> &GuestMemoryMmap;
+    fn vcpus(&self) -> u32;
+    /// Stop every vCPU (each saves its registers); false when some did not stop in `timeout`.
+    fn pause(&self, timeout: Duration) -> bool;
+    fn paused(&self) -> bool;
+    fn resume(&self);
+    /// Inject an NMI into `vcpu` (before it runs again).
+    fn inject_nmi(&self, vcpu: u32);
+    /// The registers of the stopped vCPUs, in vCPU order.
+    fn snapshots(&self) -> Vec<VcpuState>;
+}
+
+/// Why a vmcore was not written or collected.
+#[derive(Debug, Error)]
+pub enum DumpError {
+    /// The crash has no directory to write into (its creation failed, with this reason).
+    #[error("{0}")]
+    NoCrashDirectory(String),
+    #[error("cannot create {}: {source}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{source}{}", free.map_or(String::new(), |f| format!(" ({f} bytes free)")))]
+    Write {
+        #[source]
+        source: VmcoreError,
+        /// Bytes free where the vmcore was written, when known.
+        free: Option<u64>,
+    },
+    #[error("cannot open {}: {source}", path.display())]
+    CrashDiskOpen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    CrashDiskIo(#[source] std::io::Error),
+    #[error(transparent)]
+    CrashDiskFormat(#[from] flat::FlatError),
+    #[error(transparent)]
+    Record(#[from] ReportError),
+}
+
+/// Why an operator's command was refused or failed.
+#[derive(Debug, Error)]
+pub enum CommandError {
+    #[error("no vCPU {vcpu} (the VM has {vcpus})")]
+    NoSuchVcpu { vcpu: u32, vcpus: u32 },
+    #[error("dump failed: {0}")]
+    Dump(#[from] DumpError),
+    #[error("this boot of the guest is ending; try again once it runs")]
+    Ending,
+}
+
+/// A host-side vmcore written for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorDump {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub sha256: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandReply {
+    NmiInjected {
+        vcpus: Vec<u32>,
+    },
+    /// `all_stopped`: every vCPU stopped in time (their registers are saved).
+    Paused {
+        all_stopped: bool,
+    },
+    Resumed,
+    Dumped(OperatorDump),
+    /// The boot ends (reset or shutdown); the reply is all the operator gets.
+    Ending,
 }
 
 /// How long to wait for the vCPUs to stop.
@@ -31,6 +122,7 @@ pub struct CrashHandling {
     pub crash_dir: PathBuf,
     pub guest: GuestInfo,
     events: EventLog,
+    console: ConsoleTail,
     /// Event-log position where the current crash's events begin.
     events_mark: usize,
     /// Signals of the current boot, with their times.
@@ -48,10 +140,22 @@ pub struct CrashHandling {
     kexec_at: Option<Instant>,
     /// The last crash directory written.
     last_dir: Option<PathBuf>,
+    /// How this boot ends, once decided. Written by [`Self::execute`] and [`Self::vm_exit`] only.
+    end: Option<BootEnd>,
+    /// The last pause stopped every vCPU in time.
+    pause_ok: bool,
+    /// What the operator's dump being carried out gave.
+    operator_dump: Option<Result<OperatorDump, DumpError>>,
 }
 
 impl CrashHandling {
-    pub fn new(orchestrator: Orchestrator, crash_dir: PathBuf, guest: GuestInfo, events: EventLog) -> Self {
+    pub fn new(
+        orchestrator: Orchestrator,
+        crash_dir: PathBuf,
+        guest: GuestInfo,
+        events: EventLog,
+        console: ConsoleTail,
+    ) -> Self {
         let events_mark = events.mark();
         // Absolute, so that events and reports name crash directories unambiguously.
         let crash_dir = std::path::absolute(&crash_dir).unwrap_or(crash_dir);
@@ -60,6 +164,7 @@ impl CrashHandling {
             crash_dir,
             guest,
             events,
+            console,
             events_mark,
             signals: Vec::new(),
             record: None,
@@ -69,84 +174,169 @@ impl CrashHandling {
             vmcore_sha256: false,
             kexec_at: None,
             last_dir: None,
+            end: None,
+            pause_ok: true,
+            operator_dump: None,
         }
     }
 
-    /// A new boot: forget the previous boot's signals.
+    /// A new boot: forget the previous boot's signals and end.
     pub fn on_boot(&mut self) {
         self.signals.clear();
         self.stay_paused = false;
         self.kexec_at = None;
+        self.end = None;
         self.orchestrator.on_reset();
     }
 
+    /// How this boot ends, once decided.
+    pub fn end(&self) -> Option<BootEnd> {
+        self.end.clone()
+    }
+
     /// The last crash directory written.
-    pub fn last_crash_dir(&self) -> Option<&std::path::Path> {
+    pub fn last_crash_dir(&self) -> Option<&Path> {
         self.last_dir.as_deref()
     }
 
-    /// Feed a signal to the orchestrator and carry out its decision.
-    pub fn signal(&mut self, signal: CrashSignal, ctx: &ExitContext, console: &ConsoleTail) -> Option<BootEnd> {
-        log::debug!("crash signal: {signal:?}");
+    fn record_signal(&mut self, signal: CrashSignal) {
         let timed = TimedSignal { at: Utc::now(), signal };
         if let Some(r) = self.record.as_mut() {
             r.signals.push(timed.clone());
         }
-        self.signals.push(timed.clone());
         if let CrashSignal::GuestKexec { .. } = timed.signal {
             self.kexec_at = Some(Instant::now());
         }
-        let actions = self.orchestrator.on_signal(&timed.signal, Instant::now());
-        self.execute(actions, ctx, console)
+        self.signals.push(timed);
     }
 
-    pub fn timer(&mut self, ctx: &ExitContext, console: &ConsoleTail) -> Option<BootEnd> {
+    /// A crash signal from the VM.
+    pub fn signal(&mut self, signal: CrashSignal, vm: &dyn VmControl) {
+        if self.end.is_some() {
+            return;
+        }
+        log::debug!("crash signal: {signal:?}");
+        self.record_signal(signal.clone());
+        let actions = self.orchestrator.on_signal(&signal, Instant::now());
+        self.execute(actions, vm);
+    }
+
+    /// The orchestrator's deadline may have passed.
+    pub fn timer(&mut self, vm: &dyn VmControl) {
+        if self.end.is_some() {
+            return;
+        }
         let actions = self.orchestrator.on_timer(Instant::now());
-        self.execute(actions, ctx, console)
+        self.execute(actions, vm);
     }
 
-    /// The VM stopped (its vCPU threads ended): decide and finish.
-    pub fn vm_exit(&mut self, exit: VmExit, ctx: &ExitContext, console: &ConsoleTail) -> BootEnd {
-        let actions = self.orchestrator.on_vm_exit(exit.clone(), Instant::now());
-        // Nothing left to pause once the VM has stopped: `StayPaused` ends here too.
-        self.execute(actions, ctx, console).unwrap_or_else(|| BootEnd::Exit(self.orchestrator.final_exit(exit)))
+    /// The VM stopped (its vCPU threads ended): decide and finish. Always decides the boot's
+    /// end.
+    pub fn vm_exit(&mut self, exit: VmExit, vm: &dyn VmControl) -> BootEnd {
+        if self.end.is_none() {
+            let actions = self.orchestrator.on_vm_exit(exit.clone(), Instant::now());
+            self.execute(actions, vm);
+        }
+        self.ended_with(exit)
+    }
+
+    /// The VM ends with `exit` unless the actions decided otherwise: nothing is left to pause
+    /// once it has stopped, so `StayPaused` ends here too.
+    fn ended_with(&mut self, exit: VmExit) -> BootEnd {
+        self.end.get_or_insert_with(|| BootEnd::Exit(self.orchestrator.final_exit(exit))).clone()
+    }
+
+    /// The operator's command (control socket).
+    pub fn command(&mut self, command: Command, vm: &dyn VmControl) -> Result<CommandReply, CommandError> {
+        if self.end.is_some() {
+            return Err(CommandError::Ending);
+        }
+        if let Command::InjectNmi(NmiTargets::One(vcpu)) = command {
+            if vcpu >= vm.vcpus() {
+                return Err(CommandError::NoSuchVcpu { vcpu, vcpus: vm.vcpus() });
+            }
+        }
+        if let Command::InjectNmi(_) = command {
+            self.record_signal(CrashSignal::NmiInjected);
+        }
+        let actions = self.orchestrator.on_command(command, vm.paused(), Instant::now());
+        self.execute(actions, vm);
+        Ok(match command {
+            Command::InjectNmi(targets) => CommandReply::NmiInjected { vcpus: targets_of(targets, vm) },
+            Command::Pause => {
+                self.events.emit(Event::VmPaused);
+                CommandReply::Paused { all_stopped: self.pause_ok }
+            }
+            Command::Resume => {
+                self.events.emit(Event::VmResumed);
+                CommandReply::Resumed
+            }
+            Command::Dump => match self.operator_dump.take() {
+                Some(result) => CommandReply::Dumped(result?),
+                None => return Err(CommandError::Ending),
+            },
+            Command::Reset => CommandReply::Ending,
+            Command::Shutdown => {
+                self.ended_with(VmExit::HostShutdown);
+                CommandReply::Ending
+            }
+        })
     }
 
     /// Carry out `actions` in order; stops at the first that ends the boot.
-    pub fn execute(&mut self, actions: Vec<Action>, ctx: &ExitContext, console: &ConsoleTail) -> Option<BootEnd> {
+    fn execute(&mut self, actions: Vec<Action>, vm: &dyn VmControl) {
         let mut queue: std::collections::VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             log::debug!("crash action: {action:?}");
             match action {
-                Action::BeginCrash { trigger } => self.begin(&trigger),
+                Action::BeginCrash { trigger } => self.begin(trigger),
                 Action::Pause => {
-                    if !ctx.control.pause_all(&ctx.kicker, PAUSE_TIMEOUT) {
+                    self.pause_ok = vm.pause(PAUSE_TIMEOUT);
+                    if !self.pause_ok {
                         log::warn!("not every vCPU stopped within {PAUSE_TIMEOUT:?}; their registers may be missing");
                     }
                 }
-                Action::Resume => ctx.control.resume(),
+                Action::Resume => vm.resume(),
                 Action::HostDump { reason } => {
-                    let error = self.host_dump(&reason, ctx).err();
-                    queue.extend(self.orchestrator.on_dump_done(error, Instant::now()));
+                    // An operator's dump answers the operator; a crash's feeds the orchestrator.
+                    let error = if reason.is_crash() {
+                        self.crash_dump(&reason, vm).err()
+                    } else {
+                        self.operator_dump = Some(self.operator_dump(&reason, vm));
+                        None
+                    };
+                    let error = error.as_ref().map(|e| e as &dyn Display);
+                    queue.extend(self.orchestrator.on_dump_done(&reason, error, Instant::now()));
                 }
                 Action::CollectKdump => {
                     let result = self.collect_kdump();
+                    let result = result.as_ref().map(|c| *c).map_err(|e| e as &dyn Display);
                     queue.extend(self.orchestrator.on_kdump_collected(result, Instant::now()));
                 }
-                Action::FinishCrash { outcome } => self.finish(&outcome, ctx, console),
-                Action::Stop(exit) => return Some(BootEnd::Exit(exit)),
-                Action::Reset => return Some(BootEnd::Reset),
-                Action::InjectNmi => ctx.inject_nmi(&(0..ctx.control.vcpus()).collect::<Vec<_>>()),
+                Action::FinishCrash { outcome } => self.finish(&outcome, vm),
+                Action::Stop(exit) => {
+                    self.end = Some(BootEnd::Exit(exit));
+                    return;
+                }
+                Action::Reset => {
+                    self.end = Some(BootEnd::Reset);
+                    return;
+                }
+                Action::InjectNmi(targets) => {
+                    for vcpu in targets_of(targets, vm) {
+                        vm.inject_nmi(vcpu);
+                        self.events.emit(Event::NmiInjected { vcpu });
+                    }
+                }
                 Action::StayPaused => {
                     log::info!("crash handled; the VM stays paused (stop crashvmm with SIGINT or SIGTERM)");
                     self.stay_paused = true;
                 }
             }
         }
-        None
     }
 
-    fn begin(&mut self, trigger: &str) {
+    fn begin(&mut self, trigger: Trigger) {
         let n = self.orchestrator.crashes();
         log::warn!("crash {n} detected (trigger {trigger})");
         self.events.emit(Event::CrashDetected { trigger: trigger.to_string() });
@@ -154,8 +344,7 @@ impl CrashHandling {
         match CrashRecord::begin(&self.crash_dir, n, trigger) {
             Ok(mut r) => {
                 // The signals of this crash so far: from the trigger on.
-                let from = self.signals.len().saturating_sub(1);
-                r.signals.extend(self.signals[from..].iter().cloned());
+                r.signals.extend(self.signals.last().cloned());
                 self.record = Some(r);
             }
             Err(e) => {
@@ -165,81 +354,73 @@ impl CrashHandling {
         }
     }
 
-    fn host_dump(&mut self, reason: &str, ctx: &ExitContext) -> Result<(), String> {
-        let Some(record) = self.record.as_mut() else {
-            return Err(self.record_error.clone().unwrap_or_else(|| "no crash directory".into()));
-        };
-        let path = record.vmcore_path();
-        let final_path = record.final_dir.join("vmcore");
-        let vcpus = ctx.control.snapshots();
+    fn no_crash_directory(&self) -> DumpError {
+        DumpError::NoCrashDirectory(self.record_error.clone().unwrap_or_else(|| "no crash directory".into()))
+    }
+
+    /// A crash's host-side vmcore, into its crash directory. Every host-side vmcore, the
+    /// operator's too, is written by [`DumpTarget::write`].
+    fn crash_dump(&mut self, reason: &DumpReason, vm: &dyn VmControl) -> Result<(), DumpError> {
+        let no_dir = self.no_crash_directory();
+        let Some(record) = self.record.as_mut() else { return Err(no_dir) };
+        let vcpus = vm.snapshots();
         record.vcpus = vcpus.clone();
-        let needed = vmcore::required_bytes(&ctx.mem);
-        if let Some(free) = free_bytes(&record.tmp_dir) {
-            if free < needed {
-                log::warn!(
-                    "{} has {free} bytes free; the vmcore may need up to {needed} (zero pages are holes)",
-                    self.crash_dir.display()
-                );
-            }
-        }
-        log::info!("writing host-side vmcore ({reason}) to {}", final_path.display());
+        let target = DumpTarget { path: record.vmcore_path(), shown: record.final_dir.join("vmcore") };
         let progress = std::io::stderr().is_terminal();
-        let report = dump_progress(&self.events);
-        let opts = VmcoreOptions { progress, on_progress: Some(&report), sha256: self.vmcore_sha256 };
-        match vmcore::write_vmcore(&ctx.mem, &vcpus, &path, &opts) {
+        match target.write(&self.events, vm.memory(), &vcpus, reason, progress, self.vmcore_sha256) {
             Ok(s) => {
-                log::info!("vmcore: {} bytes ({} allocated) in {:?}", s.bytes, s.allocated_bytes, s.duration);
                 record.set_vmcore(&s, reason);
-                self.events.emit(Event::VmcoreWritten {
-                    path: final_path.display().to_string(),
-                    bytes: s.bytes,
-                    source: "host".into(),
-                    duration_ms: s.duration.as_millis() as u64,
-                });
                 Ok(())
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                let free = free_bytes(&record.tmp_dir).map_or(String::new(), |f| format!(" ({f} bytes free)"));
-                let reason = format!("{e}{free}");
-                log::error!("vmcore not written: {reason}");
-                record.vmcore_error = Some(reason.clone());
-                self.events.emit(Event::VmcoreFailed { reason: reason.clone() });
-                Err(reason)
+                record.vmcore_error = Some(e.to_string());
+                Err(e)
             }
         }
     }
 
+    /// The operator's host-side vmcore, in a directory of its own next to the crash directories.
+    fn operator_dump(&self, reason: &DumpReason, vm: &dyn VmControl) -> Result<OperatorDump, DumpError> {
+        let dir = self.crash_dir.join(format!("{}-dump", Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
+        crate::files::create_private_dir_all(&dir)
+            .map_err(|source| DumpError::CreateDir { path: dir.clone(), source })?;
+        let path = dir.join("vmcore");
+        self.events.emit(Event::DumpStarted { path: path.display().to_string() });
+        let target = DumpTarget { path: path.clone(), shown: path };
+        let s = target.write(&self.events, vm.memory(), &vm.snapshots(), reason, false, self.vmcore_sha256)?;
+        let duration_ms = s.duration.as_millis() as u64;
+        Ok(OperatorDump { path: target.path, bytes: s.bytes, sha256: s.sha256, duration_ms })
+    }
+
     /// Take the guest's dump (makedumpfile's flattened format) from the crash disk into the
     /// crash directory as `vmcore.kdump`. `Ok(false)` when there is no crash disk.
-    fn collect_kdump(&mut self) -> Result<bool, String> {
+    fn collect_kdump(&mut self) -> Result<bool, DumpError> {
         let Some(disk) = self.crash_disk.clone() else { return Ok(false) };
-        let Some(record) = self.record.as_mut() else {
-            return Err(self.record_error.clone().unwrap_or_else(|| "no crash directory".into()));
-        };
+        let no_dir = self.no_crash_directory();
+        let Some(record) = self.record.as_mut() else { return Err(no_dir) };
         let duration = self.kexec_at.map_or(Duration::ZERO, |t| t.elapsed());
         let file = "vmcore.kdump";
         let out_path = record.tmp_dir.join(file);
-        let result = (|| -> Result<u64, String> {
-            let input = std::fs::File::open(&disk).map_err(|e| format!("cannot open {}: {e}", disk.display()))?;
-            let disk_len = input.metadata().map_err(|e| e.to_string())?.len();
+        let result = (|| -> Result<u64, DumpError> {
+            let input =
+                std::fs::File::open(&disk).map_err(|source| DumpError::CrashDiskOpen { path: disk.clone(), source })?;
+            let disk_len = input.metadata().map_err(DumpError::CrashDiskIo)?.len();
             let out = crate::files::create_private(&out_path)
-                .map_err(|e| format!("cannot create {}: {e}", out_path.display()))?;
-            let len = flat::rearrange(std::io::BufReader::with_capacity(1 << 20, input), &out, disk_len.max(1 << 40))
-                .map_err(|e| e.to_string())?;
-            out.sync_all().map_err(|e| e.to_string())?;
+                .map_err(|source| DumpError::CreateDir { path: out_path.clone(), source })?;
+            let len = flat::rearrange(std::io::BufReader::with_capacity(1 << 20, input), &out, disk_len.max(1 << 40))?;
+            out.sync_all().map_err(DumpError::CrashDiskIo)?;
             Ok(len)
         })();
         match result {
             Ok(bytes) => {
-                record.set_guest_vmcore(file, bytes, duration).map_err(|e| e.to_string())?;
+                record.set_guest_vmcore(file, bytes, duration)?;
                 let duration_ms = duration.as_millis() as u64;
                 log::info!("kdump: {bytes}-byte dump collected from {}", disk.display());
                 self.events.emit(Event::KdumpCompleted { bytes, duration_ms });
                 self.events.emit(Event::VmcoreWritten {
                     path: record.final_dir.join(file).display().to_string(),
                     bytes,
-                    source: "guest".into(),
+                    source: VmcoreSource::Guest.as_str().into(),
                     duration_ms,
                 });
                 Ok(true)
@@ -253,15 +434,16 @@ impl CrashHandling {
         }
     }
 
-    fn finish(&mut self, outcome: &str, ctx: &ExitContext, console: &ConsoleTail) {
+    fn finish(&mut self, outcome: &Outcome, vm: &dyn VmControl) {
         let Some(mut record) = self.record.take() else {
             return;
         };
         if record.vcpus.is_empty() {
-            record.vcpus = ctx.control.snapshots();
+            record.vcpus = vm.snapshots();
         }
         let events = self.events.since(self.events_mark);
-        match record.finish(outcome, self.orchestrator.policy(), &self.guest, &events, &console.contents()) {
+        let console = self.console.contents();
+        match record.finish(outcome, self.orchestrator.policy(), &self.guest, &events, &console) {
             Ok(dir) => {
                 log::warn!("crash report: {}", dir.display());
                 self.events.emit(Event::CrashReport { dir: dir.display().to_string() });
@@ -273,8 +455,67 @@ impl CrashHandling {
     }
 }
 
+fn targets_of(targets: NmiTargets, vm: &dyn VmControl) -> Vec<u32> {
+    match targets {
+        NmiTargets::All => (0..vm.vcpus()).collect(),
+        NmiTargets::One(v) => vec![v],
+    }
+}
+
+/// Where a host-side vmcore goes: `path` while it is written, `shown` in events and logs (the
+/// name it has once its crash directory is complete).
+struct DumpTarget {
+    path: PathBuf,
+    shown: PathBuf,
+}
+
+impl DumpTarget {
+    /// Write the vmcore, with progress events and `vmcore_written` or `vmcore_failed`; a failed
+    /// file is removed.
+    fn write(
+        &self,
+        events: &EventLog,
+        mem: &GuestMemoryMmap,
+        vcpus: &[VcpuState],
+        reason: &DumpReason,
+        progress: bool,
+        sha256: bool,
+    ) -> Result<VmcoreSummary, DumpError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let needed = vmcore::required_bytes(mem);
+        if let Some(free) = free_bytes(dir).filter(|&f| f < needed) {
+            log::warn!(
+                "{} has {free} bytes free; the vmcore may need up to {needed} (zero pages are holes)",
+                dir.display()
+            );
+        }
+        log::info!("writing host-side vmcore ({reason}) to {}", self.shown.display());
+        let report = dump_progress(events);
+        let opts = VmcoreOptions { progress, on_progress: Some(&report), sha256 };
+        match vmcore::write_vmcore(mem, vcpus, &self.path, &opts) {
+            Ok(s) => {
+                log::info!("vmcore: {} bytes ({} allocated) in {:?}", s.bytes, s.allocated_bytes, s.duration);
+                events.emit(Event::VmcoreWritten {
+                    path: self.shown.display().to_string(),
+                    bytes: s.bytes,
+                    source: VmcoreSource::Host.as_str().into(),
+                    duration_ms: s.duration.as_millis() as u64,
+                });
+                Ok(s)
+            }
+            Err(source) => {
+                let _ = std::fs::remove_file(&self.path);
+                let e = DumpError::Write { source, free: free_bytes(dir) };
+                log::error!("vmcore not written: {e}");
+                events.emit(Event::VmcoreFailed { reason: e.to_string() });
+                Err(e)
+            }
+        }
+    }
+}
+
 /// Bytes available to an unprivileged writer on the file system of `path`.
-fn free_bytes(path: &std::path::Path) -> Option<u64> {
+fn free_bytes(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs is plain data that the call fills; `c` is a valid NUL-terminated path.
@@ -288,37 +529,197 @@ fn free_bytes(path: &std::path::Path) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
-    use crate::crash::vmcore::VcpuState;
     use crate::crash::Policy;
-    use crate::vcpu::tests::ctx;
+    use crate::layout::ram_ranges;
+    use crate::sync::lock;
+
+    /// A VM that records what the executor asked of it.
+    struct FakeVm {
+        mem: GuestMemoryMmap,
+        paused: Mutex<bool>,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl FakeVm {
+        fn new() -> Self {
+            Self {
+                mem: GuestMemoryMmap::from_ranges(&ram_ranges(64 << 20)).unwrap(),
+                paused: Mutex::new(false),
+                calls: Mutex::new(Vec::new()),
+            }
+        }
+        fn calls(&self) -> Vec<String> {
+            std::mem::take(&mut *lock(&self.calls))
+        }
+    }
+
+    impl VmControl for FakeVm {
+        fn memory(&self) -> &GuestMemoryMmap {
+            &self.mem
+        }
+        fn vcpus(&self) -> u32 {
+            2
+        }
+        fn pause(&self, _: Duration) -> bool {
+            *lock(&self.paused) = true;
+            lock(&self.calls).push("pause".into());
+            true
+        }
+        fn paused(&self) -> bool {
+            *lock(&self.paused)
+        }
+        fn resume(&self) {
+            *lock(&self.paused) = false;
+            lock(&self.calls).push("resume".into());
+        }
+        fn inject_nmi(&self, vcpu: u32) {
+            lock(&self.calls).push(format!("nmi {vcpu}"));
+        }
+        fn snapshots(&self) -> Vec<VcpuState> {
+            let paused = self.paused();
+            (0..2)
+                .filter(|_| paused)
+                .map(|id| VcpuState { id, regs: Default::default(), sregs: Default::default() })
+                .collect()
+        }
+    }
+
+    fn handling(base: &Path, events: &EventLog) -> CrashHandling {
+        let guest = GuestInfo { kernel: "k".into(), cmdline: "c".into(), memory_bytes: 64 << 20, vcpus: 2 };
+        CrashHandling::new(
+            Orchestrator::new(Policy::default()),
+            base.into(),
+            guest,
+            events.clone(),
+            ConsoleTail::default(),
+        )
+    }
+
+    fn events_of(events: &EventLog) -> Vec<String> {
+        events
+            .since(0)
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string())
+            .filter(|e| e != "dump_progress")
+            .collect()
+    }
+
+    fn dirs(base: &Path) -> Vec<PathBuf> {
+        let mut d: Vec<_> = std::fs::read_dir(base).unwrap().map(|e| e.unwrap().path()).collect();
+        d.sort();
+        d
+    }
 
     #[test]
     fn panic_with_unload_then_report_writes_a_crash_directory_with_a_vmcore() {
         let base = tempfile::tempdir().unwrap();
         let events = EventLog::disabled();
-        let guest = GuestInfo { kernel: "k".into(), cmdline: "c".into(), memory_bytes: 64 << 20, vcpus: 2 };
-        let mut h = CrashHandling::new(Orchestrator::new(Policy::default()), base.path().into(), guest, events.clone());
-        let c = ctx(true);
-        for id in 0..2 {
-            c.control.mark_stopped(id, VcpuState { id, regs: Default::default(), sregs: Default::default() });
-        }
-        let console = ConsoleTail::default();
+        let mut h = handling(base.path(), &events);
+        let vm = FakeVm::new();
         let signals = [
             CrashSignal::PvPanic { vcpu: 1, bits: 1 },
             CrashSignal::UnloadRequested { vcpu: 1, answered: true },
             CrashSignal::UnloadCompleted { vcpu: 0, latency_us: 5 },
         ];
         for s in signals {
-            assert_eq!(h.signal(s, &c, &console), None);
+            h.signal(s, &vm);
+            assert_eq!(h.end(), None);
         }
-        let end = h.signal(CrashSignal::HvCrash { vcpu: 1, params: [0; 5], message: None }, &c, &console);
-        assert_eq!(end, Some(BootEnd::Exit(VmExit::GuestPanicked { trigger: "pvpanic".into() })));
-        let dirs: Vec<_> = std::fs::read_dir(base.path()).unwrap().map(|e| e.unwrap().path()).collect();
-        assert_eq!(dirs.len(), 1);
-        assert!(dirs[0].join("vmcore").is_file());
-        assert!(dirs[0].join("report.json").is_file());
-        let text = events.since(0).concat();
-        assert!(text.contains("crash_detected") && text.contains("vmcore_written") && text.contains("crash_report"));
+        assert!(vm.calls().is_empty(), "nothing paused while the Hyper-V report is awaited");
+        h.signal(CrashSignal::HvCrash { vcpu: 1, params: [0; 5], message: None }, &vm);
+        assert_eq!(h.end(), Some(BootEnd::Exit(VmExit::GuestPanicked { trigger: "pvpanic".into() })));
+        assert_eq!(vm.calls(), ["pause"]);
+        let d = dirs(base.path());
+        assert_eq!(d.len(), 1);
+        assert!(d[0].join("vmcore").is_file());
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d[0].join("report.json")).unwrap()).unwrap();
+        assert_eq!(report["trigger"], "pvpanic");
+        assert_eq!(report["outcome"], "host-side vmcore written");
+        assert_eq!(report["vmcore"]["source"], "host");
+        assert_eq!(report["vmcore"]["reason"], "Hyper-V crash report");
+        assert_eq!(report["vcpu_registers"].as_array().unwrap().len(), 2);
+        assert_eq!(report["signals"].as_array().unwrap().len(), 4);
+        assert_eq!(events_of(&events), ["crash_detected", "vmcore_written", "crash_report"]);
+        // The boot's end is decided: later inputs of this boot change nothing.
+        h.signal(CrashSignal::TripleFault { vcpu: 0 }, &vm);
+        assert!(matches!(h.command(Command::Pause, &vm), Err(CommandError::Ending)));
+        assert_eq!(
+            h.vm_exit(VmExit::PowerOff, &vm),
+            BootEnd::Exit(VmExit::GuestPanicked { trigger: "pvpanic".into() })
+        );
+        assert_eq!(dirs(base.path()).len(), 1);
+    }
+
+    #[test]
+    fn an_operator_dump_leaves_the_vm_as_it_was_and_is_no_crash() {
+        let base = tempfile::tempdir().unwrap();
+        let events = EventLog::disabled();
+        let mut h = handling(base.path(), &events);
+        let vm = FakeVm::new();
+        let CommandReply::Dumped(d) = h.command(Command::Dump, &vm).unwrap() else { panic!("not a dump") };
+        assert_eq!(vm.calls(), ["pause", "resume"]);
+        assert!(d.path.is_file() && d.path.starts_with(base.path()) && d.bytes > 0);
+        assert!(d.path.parent().unwrap().file_name().unwrap().to_str().unwrap().ends_with("-dump"));
+        assert_eq!(events_of(&events), ["dump_started", "vmcore_written"]);
+        // Paused before: paused after.
+        assert_eq!(h.command(Command::Pause, &vm).unwrap(), CommandReply::Paused { all_stopped: true });
+        vm.calls();
+        assert!(matches!(h.command(Command::Dump, &vm), Ok(CommandReply::Dumped(_))));
+        assert_eq!(vm.calls(), ["pause"]);
+        assert_eq!(h.orchestrator.crashes(), 0);
+        assert_eq!(h.end(), None);
+        assert!(h.last_crash_dir().is_none());
+    }
+
+    #[test]
+    fn an_operator_dump_that_cannot_be_written_is_an_error_and_the_vm_runs_on() {
+        let events = EventLog::disabled();
+        let mut h = handling(Path::new("/proc/crashvmm-no-such-dir"), &events);
+        let vm = FakeVm::new();
+        let e = h.command(Command::Dump, &vm).unwrap_err();
+        assert!(e.to_string().starts_with("dump failed: cannot create /proc/crashvmm-no-such-dir/"), "{e}");
+        assert_eq!(vm.calls(), ["pause", "resume"]);
+        assert_eq!(h.end(), None);
+    }
+
+    #[test]
+    fn commands_reset_shutdown_and_nmi() {
+        let base = tempfile::tempdir().unwrap();
+        let events = EventLog::disabled();
+        let mut h = handling(base.path(), &events);
+        let vm = FakeVm::new();
+        assert!(matches!(
+            h.command(Command::InjectNmi(NmiTargets::One(2)), &vm),
+            Err(CommandError::NoSuchVcpu { vcpu: 2, vcpus: 2 })
+        ));
+        assert_eq!(
+            h.command(Command::InjectNmi(NmiTargets::All), &vm).unwrap(),
+            CommandReply::NmiInjected { vcpus: vec![0, 1] }
+        );
+        assert_eq!(vm.calls(), ["nmi 0", "nmi 1"]);
+        assert_eq!(events_of(&events), ["nmi_injected", "nmi_injected"]);
+        assert_eq!(h.command(Command::Reset, &vm).unwrap(), CommandReply::Ending);
+        assert_eq!(h.end(), Some(BootEnd::Reset));
+        h.on_boot();
+        assert_eq!(h.end(), None);
+        assert_eq!(h.command(Command::Shutdown, &vm).unwrap(), CommandReply::Ending);
+        assert_eq!(h.end(), Some(BootEnd::Exit(VmExit::HostShutdown)));
+    }
+
+    #[test]
+    fn a_crash_without_a_directory_still_ends_the_boot_with_the_reason() {
+        let events = EventLog::disabled();
+        let mut h = handling(Path::new("/proc/crashvmm-no-such-dir"), &events);
+        let vm = FakeVm::new();
+        h.signal(CrashSignal::TripleFault { vcpu: 0 }, &vm);
+        let Some(BootEnd::Exit(VmExit::CrashCollectionFailed { trigger, reason })) = h.end() else {
+            panic!("{:?}", h.end())
+        };
+        assert_eq!(trigger, "triple_fault");
+        assert!(reason.contains("/proc/crashvmm-no-such-dir"), "{reason}");
     }
 }

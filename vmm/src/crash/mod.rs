@@ -9,10 +9,14 @@ pub mod flat;
 pub mod report;
 pub mod summary;
 pub mod vmcore;
+mod vocabulary;
 
 use std::time::{Duration, Instant};
 
+use devices::pvpanic::PvPanicEvents;
+
 use crate::exit::VmExit;
+pub use vocabulary::{Command, DumpReason, NmiTargets, Outcome, Trigger, VmcoreSource};
 
 /// Everything that tells crashvmm the guest is dying, or how its own crash handling goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +38,7 @@ pub enum CrashSignal {
     /// The UNLOAD_RESPONSE reached the guest, `latency_us` after the UNLOAD.
     UnloadCompleted { vcpu: u32, latency_us: u64 },
     /// crashvmm injected an NMI (control socket): a crash that follows soon is its doing.
+    /// Recorded by the executor when it carries out [`Command::InjectNmi`].
     NmiInjected,
     /// The watchdog saw no progress for `stalled_ms`.
     GuestHang { stalled_ms: u64 },
@@ -127,26 +132,26 @@ impl Default for Policy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// A new crash: record `crash_detected` and start its crash directory.
-    BeginCrash { trigger: String },
+    BeginCrash { trigger: Trigger },
     /// Stop every vCPU (and save its registers).
     Pause,
     /// Let the vCPUs run again.
     Resume,
     /// Write a host-side vmcore now (vCPUs paused), then call [`Orchestrator::on_dump_done`].
-    HostDump { reason: String },
+    HostDump { reason: DumpReason },
     /// The guest's kdump finished: take its dump from the crash disk, then call
     /// [`Orchestrator::on_kdump_collected`].
     CollectKdump,
     /// Write the crash directory (report, events, console, vmcore).
-    FinishCrash { outcome: String },
+    FinishCrash { outcome: Outcome },
     /// End the VM.
     Stop(VmExit),
     /// Boot the guest again.
     Reset,
     /// Keep the VM paused until crashvmm is stopped from outside.
     StayPaused,
-    /// Inject an NMI into every vCPU.
-    InjectNmi,
+    /// Inject an NMI.
+    InjectNmi(NmiTargets),
 }
 
 /// A crash this soon after crashvmm injected an NMI has the injection as its trigger.
@@ -186,7 +191,7 @@ enum Phase {
 
 #[derive(Debug)]
 struct Crash {
-    trigger: String,
+    trigger: Trigger,
     phase: Phase,
     kexec_seen: bool,
     crash_kernel_started: bool,
@@ -203,7 +208,7 @@ pub struct Orchestrator {
     /// Actions held back while an UNLOAD is in flight (the guest busy-waits for it).
     held: Vec<Action>,
     /// What a crash that follows soon is blamed on: crashvmm's NMI, or the hang it broke.
-    blame: Option<(Instant, &'static str)>,
+    blame: Option<(Instant, Trigger)>,
 }
 
 impl Orchestrator {
@@ -235,21 +240,15 @@ impl Orchestrator {
         self.crash.is_some()
     }
 
-    fn begin(&mut self, trigger: &str, phase: Phase) -> Vec<Action> {
+    fn begin(&mut self, trigger: Trigger, phase: Phase) -> Vec<Action> {
         // A crash within NMI_BLAME of an injected NMI is the injection's doing.
         let trigger = match (self.blame.take(), phase_time(&phase)) {
             (Some((t, why)), Some(now)) if now.saturating_duration_since(t) <= NMI_BLAME => why,
             _ => trigger,
         };
         self.crashes += 1;
-        self.crash = Some(Crash {
-            trigger: trigger.to_string(),
-            phase,
-            kexec_seen: false,
-            crash_kernel_started: false,
-            dump_failed: None,
-        });
-        vec![Action::BeginCrash { trigger: trigger.to_string() }]
+        self.crash = Some(Crash { trigger, phase, kexec_seen: false, crash_kernel_started: false, dump_failed: None });
+        vec![Action::BeginCrash { trigger }]
     }
 
     fn set_phase(&mut self, phase: Phase) {
@@ -258,40 +257,41 @@ impl Orchestrator {
         }
     }
 
+    /// The current crash's trigger, as `VmExit` names it.
     fn trigger(&self) -> String {
-        self.crash.as_ref().map_or_else(|| "unknown".into(), |c| c.trigger.clone())
+        self.crash.as_ref().map_or_else(|| "unknown".into(), |c| c.trigger.to_string())
     }
 
     /// The guest will not handle this crash itself: collect per `--on-panic`.
-    fn collect(&mut self, reason: &str) -> Vec<Action> {
+    fn collect(&mut self, reason: DumpReason) -> Vec<Action> {
         match self.policy.on_panic {
             OnPanic::Auto | OnPanic::HostDump if self.policy.host_dump != HostDump::Never => {
                 self.set_phase(Phase::Dumping { resume: false });
-                vec![Action::Pause, Action::HostDump { reason: reason.to_string() }]
+                vec![Action::Pause, Action::HostDump { reason }]
             }
-            OnPanic::Auto | OnPanic::HostDump | OnPanic::Kdump => self.finish(format!("{reason}; no vmcore taken")),
+            OnPanic::Auto | OnPanic::HostDump | OnPanic::Kdump => self.finish(Outcome::NoVmcore(reason)),
             OnPanic::Pause => {
                 self.set_phase(Phase::Finished);
-                vec![Action::Pause, Action::FinishCrash { outcome: format!("{reason}; VM paused") }, Action::StayPaused]
+                vec![Action::Pause, Action::FinishCrash { outcome: Outcome::Paused(reason) }, Action::StayPaused]
             }
             OnPanic::Ignore => {
                 self.set_phase(Phase::Finished);
-                vec![Action::FinishCrash { outcome: format!("{reason}; ignored") }]
+                vec![Action::FinishCrash { outcome: Outcome::Ignored(reason) }]
             }
         }
     }
 
     /// The guest's kdump did not deliver: take a host-side vmcore if allowed.
-    fn fallback(&mut self, reason: &str) -> Vec<Action> {
+    fn fallback(&mut self, reason: DumpReason) -> Vec<Action> {
         if self.policy.host_dump == HostDump::Never {
-            return self.finish(format!("{reason}; no vmcore taken (--host-dump never)"));
+            return self.finish(Outcome::NoVmcoreHostDumpNever(reason));
         }
         self.set_phase(Phase::Dumping { resume: false });
-        vec![Action::Pause, Action::HostDump { reason: reason.to_string() }]
+        vec![Action::Pause, Action::HostDump { reason }]
     }
 
     /// Write the crash directory, then do what `--after-crash` says.
-    fn finish(&mut self, outcome: String) -> Vec<Action> {
+    fn finish(&mut self, outcome: Outcome) -> Vec<Action> {
         self.set_phase(Phase::Finished);
         let mut out = vec![Action::FinishCrash { outcome }];
         out.extend(self.after_crash());
@@ -327,10 +327,7 @@ impl Orchestrator {
         self.set_phase(Phase::AwaitKdump { deadline: now + self.policy.kdump_timeout });
         if self.policy.host_dump == HostDump::Always && self.crash.as_ref().is_some_and(|c| c.kexec_seen) {
             self.set_phase(Phase::Dumping { resume: true });
-            return vec![
-                Action::Pause,
-                Action::HostDump { reason: "snapshot at guest_kexec (--host-dump always)".into() },
-            ];
+            return vec![Action::Pause, Action::HostDump { reason: DumpReason::KexecSnapshot }];
         }
         vec![]
     }
@@ -341,7 +338,6 @@ impl Orchestrator {
     }
 
     fn decide(&mut self, signal: &CrashSignal, now: Instant) -> Vec<Action> {
-        use devices::pvpanic::{PVPANIC_CRASH_LOADED, PVPANIC_PANICKED};
         let phase = self.crash.as_ref().map(|c| c.phase);
         let in_crash_kernel = self.crash.as_ref().is_some_and(|c| c.crash_kernel_started);
         match signal {
@@ -354,7 +350,7 @@ impl Orchestrator {
                 std::mem::take(&mut self.held)
             }
             CrashSignal::NmiInjected => {
-                self.blame = Some((now, "nmi_injection"));
+                self.blame = Some((now, Trigger::NmiInjection));
                 vec![]
             }
             CrashSignal::GuestHang { stalled_ms } => {
@@ -363,34 +359,30 @@ impl Orchestrator {
                     // the kdump timeout covers it.
                     return vec![];
                 }
-                let secs = *stalled_ms as f64 / 1000.0;
+                let stalled_ms = *stalled_ms;
                 match self.policy.on_hang {
                     OnHang::Nmi => {
-                        self.blame = Some((now, "guest_hang"));
-                        vec![Action::InjectNmi]
+                        self.blame = Some((now, Trigger::GuestHang));
+                        vec![Action::InjectNmi(NmiTargets::All)]
                     }
                     OnHang::HostDump => {
-                        let mut out = self.begin("guest_hang", Phase::Finished);
-                        out.extend(self.fallback(&format!("the guest made no progress for {secs:.1} s")));
+                        let mut out = self.begin(Trigger::GuestHang, Phase::Finished);
+                        out.extend(self.fallback(DumpReason::Hang { stalled_ms }));
                         out
                     }
                     OnHang::Reset => {
-                        let mut out = self.begin("guest_hang", Phase::Finished);
+                        let mut out = self.begin(Trigger::GuestHang, Phase::Finished);
                         self.set_phase(Phase::Finished);
-                        out.push(Action::FinishCrash {
-                            outcome: format!("the guest made no progress for {secs:.1} s; reset"),
-                        });
+                        out.push(Action::FinishCrash { outcome: Outcome::HangReset { stalled_ms } });
                         out.push(Action::Reset);
                         out
                     }
                 }
             }
-            CrashSignal::PvPanic { bits, .. } if bits & (PVPANIC_PANICKED | PVPANIC_CRASH_LOADED) == 0 => {
-                vec![]
-            }
+            CrashSignal::PvPanic { bits, .. } if !PvPanicEvents::from_bits(*bits).is_crash() => vec![],
             CrashSignal::PvPanic { bits, .. } => match phase {
-                None if bits & PVPANIC_CRASH_LOADED != 0 => {
-                    let mut out = self.begin("pvpanic", Phase::Finished);
+                None if PvPanicEvents::from_bits(*bits).crash_loaded => {
+                    let mut out = self.begin(Trigger::Pvpanic, Phase::Finished);
                     out.extend(match self.policy.on_panic {
                         OnPanic::Auto | OnPanic::Kdump => self.kdump_phase(now),
                         // Collect once the guest is quiet: at its kexec, or after the grace time.
@@ -398,26 +390,26 @@ impl Orchestrator {
                             self.set_phase(Phase::AwaitKexec { deadline: now + HV_CRASH_GRACE });
                             vec![]
                         }
-                        OnPanic::Ignore => self.collect("pvpanic crash-loaded"),
+                        OnPanic::Ignore => self.collect(DumpReason::PvpanicCrashLoaded),
                     });
                     out
                 }
                 None => {
                     if self.policy.hyperv {
-                        self.begin("pvpanic", Phase::AwaitReport { deadline: now + HV_CRASH_GRACE })
+                        self.begin(Trigger::Pvpanic, Phase::AwaitReport { deadline: now + HV_CRASH_GRACE })
                     } else {
-                        let mut out = self.begin("pvpanic", Phase::Finished);
-                        out.extend(self.collect("pvpanic panicked"));
+                        let mut out = self.begin(Trigger::Pvpanic, Phase::Finished);
+                        out.extend(self.collect(DumpReason::PvpanicPanicked));
                         out
                     }
                 }
-                Some(Phase::AwaitKdump { .. }) if in_crash_kernel => self.fallback("the crash kernel panicked"),
+                Some(Phase::AwaitKdump { .. }) if in_crash_kernel => self.fallback(DumpReason::CrashKernelPanicked),
                 _ => vec![],
             },
             CrashSignal::HvCrash { .. } => match phase {
-                None => self.begin("hv_crash", Phase::AwaitKexec { deadline: now + KEXEC_GRACE }),
-                Some(Phase::AwaitReport { .. }) => self.collect("Hyper-V crash report"),
-                Some(Phase::AwaitKdump { .. }) if in_crash_kernel => self.fallback("the crash kernel panicked"),
+                None => self.begin(Trigger::HvCrash, Phase::AwaitKexec { deadline: now + KEXEC_GRACE }),
+                Some(Phase::AwaitReport { .. }) => self.collect(DumpReason::HvCrashReport),
+                Some(Phase::AwaitKdump { .. }) if in_crash_kernel => self.fallback(DumpReason::CrashKernelPanicked),
                 _ => vec![],
             },
             CrashSignal::GuestKexec { .. } => {
@@ -429,7 +421,7 @@ impl Orchestrator {
                 match phase {
                     Some(Phase::AwaitReport { .. } | Phase::AwaitKexec { .. }) => match self.policy.on_panic {
                         OnPanic::Auto | OnPanic::Kdump => self.kdump_phase(now),
-                        _ => self.collect("guest kexec"),
+                        _ => self.collect(DumpReason::GuestKexec),
                     },
                     Some(Phase::AwaitKdump { .. }) => self.kdump_phase(now),
                     _ => vec![],
@@ -442,16 +434,21 @@ impl Orchestrator {
                 vec![]
             }
             CrashSignal::TripleFault { .. } | CrashSignal::KvmFailure { .. } => {
-                let trigger =
-                    if matches!(signal, CrashSignal::TripleFault { .. }) { "triple_fault" } else { "kvm_failure" };
+                let trigger = if matches!(signal, CrashSignal::TripleFault { .. }) {
+                    Trigger::TripleFault
+                } else {
+                    Trigger::KvmFailure
+                };
                 let mut out = match phase {
                     None => {
                         let mut out = self.begin(trigger, Phase::Finished);
-                        out.extend(self.collect(trigger));
+                        out.extend(self.collect(DumpReason::Crash(trigger)));
                         out
                     }
-                    Some(Phase::AwaitKdump { .. }) => self.fallback(&format!("{trigger} during kdump")),
-                    Some(Phase::AwaitReport { .. } | Phase::AwaitKexec { .. }) => self.collect(trigger),
+                    Some(Phase::AwaitKdump { .. }) => self.fallback(DumpReason::DuringKdump(trigger)),
+                    Some(Phase::AwaitReport { .. } | Phase::AwaitKexec { .. }) => {
+                        self.collect(DumpReason::Crash(trigger))
+                    }
                     _ => vec![],
                 };
                 // A triple-faulted vCPU never runs again (the machine shuts down): when nothing
@@ -493,42 +490,71 @@ impl Orchestrator {
             return vec![];
         }
         let actions = match self.crash.as_ref().map(|c| c.phase) {
-            Some(Phase::AwaitReport { .. }) => self.collect("pvpanic; no Hyper-V report followed"),
-            Some(Phase::AwaitKexec { .. }) => self.collect("no kexec followed the crash report"),
-            Some(Phase::AwaitKdump { .. }) => {
-                let secs = self.policy.kdump_timeout.as_secs_f64();
-                self.fallback(&format!("kdump did not finish within --kdump-timeout {secs} s"))
-            }
+            Some(Phase::AwaitReport { .. }) => self.collect(DumpReason::NoHvReport),
+            Some(Phase::AwaitKexec { .. }) => self.collect(DumpReason::NoKexec),
+            Some(Phase::AwaitKdump { .. }) => self.fallback(DumpReason::KdumpTimeout(self.policy.kdump_timeout)),
             _ => vec![],
         };
         self.hold_while_unloading(actions)
     }
 
-    /// The host dump finished (`error` when it failed).
-    pub fn on_dump_done(&mut self, error: Option<String>, _now: Instant) -> Vec<Action> {
+    /// The host dump for `reason` finished (`error` when it failed). An operator's dump is
+    /// not a crash's: it changes nothing here.
+    pub fn on_dump_done(
+        &mut self,
+        reason: &DumpReason,
+        error: Option<&dyn std::fmt::Display>,
+        now: Instant,
+    ) -> Vec<Action> {
+        if !reason.is_crash() {
+            return vec![];
+        }
         let resume = matches!(self.crash.as_ref().map(|c| c.phase), Some(Phase::Dumping { resume: true }));
+        let error = error.map(ToString::to_string);
         if let (Some(c), Some(e)) = (self.crash.as_mut(), error.as_ref()) {
             c.dump_failed = Some(e.clone());
         }
         if resume {
             // The kdump snapshot is taken; the crash kernel goes on.
-            self.set_phase(Phase::AwaitKdump { deadline: _now + self.policy.kdump_timeout });
+            self.set_phase(Phase::AwaitKdump { deadline: now + self.policy.kdump_timeout });
             return vec![Action::Resume];
         }
         match error {
-            None => self.finish("host-side vmcore written".into()),
-            Some(e) => self.finish(format!("host-side vmcore failed: {e}")),
+            None => self.finish(Outcome::HostVmcoreWritten),
+            Some(e) => self.finish(Outcome::HostVmcoreFailed(e)),
         }
     }
 
     /// The guest's dump was taken from the crash disk (`Ok(true)`), there was no crash disk to
     /// take it from (`Ok(false)`), or it could not be read (`Err`).
-    pub fn on_kdump_collected(&mut self, result: Result<bool, String>, now: Instant) -> Vec<Action> {
+    pub fn on_kdump_collected(&mut self, result: Result<bool, &dyn std::fmt::Display>, now: Instant) -> Vec<Action> {
         let _ = now;
         match result {
-            Ok(true) => self.finish("the guest's kdump ran; its vmcore was collected from the crash disk".into()),
-            Ok(false) => self.finish("the guest's kdump ran and powered off (no crash disk to collect from)".into()),
-            Err(e) => self.fallback(&format!("the guest's kdump left no usable dump: {e}")),
+            Ok(true) => self.finish(Outcome::KdumpCollected),
+            Ok(false) => self.finish(Outcome::KdumpNoCrashDisk),
+            Err(e) => self.fallback(DumpReason::KdumpNoDump(e.to_string())),
+        }
+    }
+
+    /// The operator's request (control socket); `paused` says whether the vCPUs are paused
+    /// now. Not held while an UNLOAD is in flight: the operator asked for it now.
+    pub fn on_command(&mut self, command: Command, paused: bool, now: Instant) -> Vec<Action> {
+        match command {
+            Command::InjectNmi(targets) => {
+                let mut out = self.decide(&CrashSignal::NmiInjected, now);
+                out.push(Action::InjectNmi(targets));
+                out
+            }
+            Command::Pause => vec![Action::Pause],
+            Command::Resume => vec![Action::Resume],
+            Command::Dump => {
+                let mut out = vec![Action::Pause, Action::HostDump { reason: DumpReason::Operator }];
+                out.extend((!paused).then_some(Action::Resume));
+                out
+            }
+            Command::Reset => vec![Action::Reset],
+            // As if the VM had ended by itself: a crash in progress is collected first.
+            Command::Shutdown => self.on_vm_exit(VmExit::HostShutdown, now),
         }
     }
 
@@ -542,7 +568,7 @@ impl Orchestrator {
             (_, VmExit::Stopped { .. } | VmExit::Error(_)) => {
                 let mut out = Vec::new();
                 if phase != Some(Phase::Finished) {
-                    out.push(Action::FinishCrash { outcome: format!("interrupted: {}", exit.reason()) });
+                    out.push(Action::FinishCrash { outcome: Outcome::Interrupted(exit.reason()) });
                 }
                 out.push(Action::Stop(exit));
                 out
@@ -551,10 +577,10 @@ impl Orchestrator {
                 self.set_phase(Phase::Collecting);
                 vec![Action::CollectKdump]
             }
-            (Some(Phase::AwaitKdump { .. }), _) => self.fallback(&format!("kdump ended with {}", exit.reason())),
+            (Some(Phase::AwaitKdump { .. }), _) => self.fallback(DumpReason::KdumpEnded(exit.reason())),
             (Some(Phase::AwaitReport { .. } | Phase::AwaitKexec { .. }), _) => {
                 // Memory is intact: collect from it now.
-                self.collect(&format!("guest panicked, then {}", exit.reason()))
+                self.collect(DumpReason::ExitAfterPanic(exit.reason()))
             }
             (Some(Phase::Finished), VmExit::Reset(_)) if self.policy.after_crash == AfterCrash::Reset => {
                 self.after_crash()
@@ -591,6 +617,9 @@ mod tests {
     use devices::ResetSource;
 
     const PANICKED: u8 = 1;
+    /// What `shape` puts in place of reasons and outcomes.
+    const ANY_REASON: DumpReason = DumpReason::GuestKexec;
+    const ANY_OUTCOME: Outcome = Outcome::HostVmcoreWritten;
     const CRASH_LOADED: u8 = 2;
 
     fn pv(bits: u8) -> CrashSignal {
@@ -606,10 +635,21 @@ mod tests {
         CrashSignal::CrashKernelStarted { vcpu: 1 }
     }
     fn begin(t: &str) -> Action {
-        Action::BeginCrash { trigger: t.into() }
+        let trigger = [
+            Trigger::Pvpanic,
+            Trigger::HvCrash,
+            Trigger::TripleFault,
+            Trigger::KvmFailure,
+            Trigger::GuestHang,
+            Trigger::NmiInjection,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == t)
+        .unwrap();
+        Action::BeginCrash { trigger }
     }
     fn dump() -> Vec<Action> {
-        vec![Action::Pause, Action::HostDump { reason: String::new() }]
+        vec![Action::Pause, Action::HostDump { reason: ANY_REASON }]
     }
     fn stop_panicked(t: &str) -> Action {
         Action::Stop(VmExit::GuestPanicked { trigger: t.into() })
@@ -620,8 +660,8 @@ mod tests {
         actions
             .iter()
             .map(|a| match a {
-                Action::HostDump { .. } => Action::HostDump { reason: String::new() },
-                Action::FinishCrash { .. } => Action::FinishCrash { outcome: String::new() },
+                Action::HostDump { .. } => Action::HostDump { reason: ANY_REASON },
+                Action::FinishCrash { .. } => Action::FinishCrash { outcome: ANY_OUTCOME },
                 other => other.clone(),
             })
             .collect()
@@ -654,7 +694,7 @@ mod tests {
     }
 
     fn finish() -> Action {
-        Action::FinishCrash { outcome: String::new() }
+        Action::FinishCrash { outcome: ANY_OUTCOME }
     }
 
     #[test]
@@ -787,14 +827,20 @@ mod tests {
         // No usable dump on the crash disk: a host-side vmcore instead.
         let (mut o2, _) = run(p.clone(), &[pv(CRASH_LOADED), kexec(), started()]);
         o2.on_vm_exit(VmExit::PowerOff, t0);
-        let out = o2.on_kdump_collected(Err("no makedumpfile signature".into()), t0);
-        assert!(matches!(&out[1], Action::HostDump { reason } if reason.contains("no usable dump")), "{out:?}");
+        let out = o2.on_kdump_collected(Err(&"no makedumpfile signature"), t0);
+        assert!(
+            matches!(&out[1], Action::HostDump { reason } if reason.to_string().contains("no usable dump")),
+            "{out:?}"
+        );
         // Timeout: host-side vmcore instead, with the reason.
         let (mut o, _) = run(p.clone(), &[pv(CRASH_LOADED), kexec(), started()]);
         assert!(o.on_timer(t0).is_empty());
         let out = o.on_timer(t0 + Duration::from_secs(61));
-        assert!(matches!(&out[1], Action::HostDump { reason } if reason.contains("--kdump-timeout 60")), "{out:?}");
-        assert_eq!(shape(&o.on_dump_done(None, t0)), vec![finish(), stop_panicked("pvpanic")]);
+        assert!(
+            matches!(&out[1], Action::HostDump { reason } if reason.to_string().contains("--kdump-timeout 60")),
+            "{out:?}"
+        );
+        assert_eq!(shape(&o.on_dump_done(&DumpReason::NoHvReport, None, t0)), vec![finish(), stop_panicked("pvpanic")]);
         // With --host-dump never the timeout gives a report without vmcore.
         let (mut o, _) = run(policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Never), &[pv(CRASH_LOADED), kexec()]);
         assert_eq!(shape(&o.on_timer(t0 + Duration::from_secs(61))), vec![finish(), stop_panicked("pvpanic")]);
@@ -807,7 +853,7 @@ mod tests {
     fn snapshot_then_resume_with_host_dump_always() {
         let t0 = Instant::now();
         let (mut o, _) = run(policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Always), &[pv(CRASH_LOADED), kexec()]);
-        assert_eq!(o.on_dump_done(None, t0), vec![Action::Resume]);
+        assert_eq!(o.on_dump_done(&DumpReason::KexecSnapshot, None, t0), vec![Action::Resume]);
         assert!(o.deadline().is_some(), "back to waiting for kdump");
         assert_eq!(o.on_vm_exit(VmExit::PowerOff, t0), vec![Action::CollectKdump]);
         assert_eq!(shape(&o.on_kdump_collected(Ok(false), t0)), vec![finish(), stop_panicked("pvpanic")]);
@@ -850,7 +896,7 @@ mod tests {
         let base = policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Fallback);
         // nmi: inject, and the crash that follows is the hang's.
         let mut o = Orchestrator::new(Policy { on_hang: OnHang::Nmi, ..base.clone() });
-        assert_eq!(o.on_signal(&hang, t0), vec![Action::InjectNmi]);
+        assert_eq!(o.on_signal(&hang, t0), vec![Action::InjectNmi(NmiTargets::All)]);
         assert_eq!(o.on_signal(&pv(CRASH_LOADED), t0)[0], begin("guest_hang"));
         // host-dump and reset.
         let (_, out) = run(Policy { on_hang: OnHang::HostDump, ..base.clone() }, std::slice::from_ref(&hang));
@@ -870,7 +916,7 @@ mod tests {
         for n in 1..=2u32 {
             o.on_signal(&pv(PANICKED), t0);
             o.on_signal(&hv(), t0);
-            let out = shape(&o.on_dump_done(None, t0));
+            let out = shape(&o.on_dump_done(&DumpReason::HvCrashReport, None, t0));
             if n == 1 {
                 assert_eq!(out, vec![finish(), Action::Reset]);
                 o.on_reset();
@@ -888,7 +934,7 @@ mod tests {
     fn failed_dump_gives_its_own_exit() {
         let t0 = Instant::now();
         let (mut o, _) = run(policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Fallback), &[pv(PANICKED), hv()]);
-        let out = o.on_dump_done(Some("no space left on device".into()), t0);
+        let out = o.on_dump_done(&DumpReason::HvCrashReport, Some(&"no space left on device"), t0);
         assert!(
             matches!(&out[1], Action::Stop(VmExit::CrashCollectionFailed { reason, .. }) if reason.contains("no space"))
         );
@@ -904,5 +950,26 @@ mod tests {
         assert_eq!(out, vec![finish(), Action::Stop(VmExit::Stopped { signal: 15 })]);
         let o = Orchestrator::new(Policy::default());
         assert_eq!(o.final_exit(VmExit::PowerOff), VmExit::PowerOff);
+    }
+
+    #[test]
+    fn operator_commands() {
+        let t0 = Instant::now();
+        let mut o = Orchestrator::new(Policy::default());
+        let op_dump = Action::HostDump { reason: DumpReason::Operator };
+        assert_eq!(o.on_command(Command::Dump, false, t0), vec![Action::Pause, op_dump.clone(), Action::Resume]);
+        assert_eq!(o.on_command(Command::Dump, true, t0), vec![Action::Pause, op_dump]);
+        assert!(o.on_dump_done(&DumpReason::Operator, None, t0).is_empty(), "not a crash");
+        assert_eq!(o.crashes(), 0);
+        assert_eq!(o.on_command(Command::Reset, false, t0), vec![Action::Reset]);
+        assert_eq!(o.on_command(Command::Shutdown, false, t0), vec![Action::Stop(VmExit::HostShutdown)]);
+        // An injected NMI gets the blame for the crash that follows.
+        assert_eq!(
+            o.on_command(Command::InjectNmi(NmiTargets::One(1)), false, t0),
+            vec![Action::InjectNmi(NmiTargets::One(1))]
+        );
+        assert_eq!(o.on_signal(&pv(CRASH_LOADED), t0)[0], begin("nmi_injection"));
+        // A shutdown while the guest's kdump runs takes a host-side vmcore first.
+        assert_eq!(shape(&o.on_command(Command::Shutdown, false, t0)), dump());
     }
 }

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use thiserror::Error;
 
 use super::vmcore::{VcpuState, VmcoreSummary};
-use super::{CrashSignal, Policy};
+use super::{CrashSignal, DumpReason, Outcome, Policy, Trigger, VmcoreSource};
 use crate::events::hex;
 use crate::files;
 
@@ -55,7 +55,7 @@ pub struct VmcoreEntry {
     pub allocated_bytes: u64,
     /// Of the whole file; `None` for a host-side vmcore without `--vmcore-sha256`.
     pub sha256: Option<String>,
-    pub source: &'static str,
+    pub source: VmcoreSource,
     pub duration_ms: u64,
     pub reason: String,
 }
@@ -73,7 +73,7 @@ pub struct GuestInfo {
 #[derive(Debug)]
 pub struct CrashRecord {
     pub number: u32,
-    pub trigger: String,
+    pub trigger: Trigger,
     pub detected_at: DateTime<Utc>,
     pub signals: Vec<TimedSignal>,
     pub vcpus: Vec<VcpuState>,
@@ -93,7 +93,7 @@ fn ts(t: &DateTime<Utc>) -> String {
 
 impl CrashRecord {
     /// Start crash number `number` under `base` (created if needed).
-    pub fn begin(base: &Path, number: u32, trigger: &str) -> Result<Self, ReportError> {
+    pub fn begin(base: &Path, number: u32, trigger: Trigger) -> Result<Self, ReportError> {
         files::create_private_dir_all(base).map_err(io("create crash directory", base))?;
         let detected_at = Utc::now();
         let final_dir = unused_name(base, &detected_at, number);
@@ -103,7 +103,7 @@ impl CrashRecord {
         Ok(Self {
             final_dir,
             number,
-            trigger: trigger.to_string(),
+            trigger,
             detected_at,
             signals: Vec::new(),
             vcpus: Vec::new(),
@@ -124,7 +124,7 @@ impl CrashRecord {
         self.tmp_dir.join("vmcore")
     }
 
-    pub fn set_vmcore(&mut self, s: &VmcoreSummary, reason: &str) {
+    pub fn set_vmcore(&mut self, s: &VmcoreSummary, reason: &DumpReason) {
         if let Some(release) = s.vmcoreinfo.as_ref().and_then(|n| vmcoreinfo_value(&n.text, "OSRELEASE")) {
             self.kernel_release = Some(release);
         }
@@ -134,7 +134,7 @@ impl CrashRecord {
             bytes: s.bytes,
             allocated_bytes: s.allocated_bytes,
             sha256: s.sha256.clone(),
-            source: "host",
+            source: VmcoreSource::Host,
             duration_ms: s.duration.as_millis() as u64,
             reason: reason.to_string(),
         });
@@ -156,7 +156,7 @@ impl CrashRecord {
             bytes,
             allocated_bytes: std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
             sha256: Some(sha256),
-            source: "guest",
+            source: VmcoreSource::Guest,
             duration_ms: duration.as_millis() as u64,
             reason: "the guest's kdump (makedumpfile in its crash kernel)".into(),
         });
@@ -164,15 +164,14 @@ impl CrashRecord {
     }
 
     /// The report as JSON.
-    pub fn report(&self, outcome: &str, policy: &Policy, guest: &GuestInfo) -> Value {
+    pub fn report(&self, outcome: &Outcome, policy: &Policy, guest: &GuestInfo) -> Value {
         let signals: Vec<Value> = self.signals.iter().map(signal_json).collect();
         let last = |f: &dyn Fn(&CrashSignal) -> bool| self.signals.iter().rev().find(|t| f(&t.signal));
         let pvpanic = last(&|s| matches!(s, CrashSignal::PvPanic { .. })).map(|t| match &t.signal {
             CrashSignal::PvPanic { vcpu, bits } => {
-                use devices::pvpanic::*;
-                json!({"vcpu": vcpu, "bits": bits, "panicked": bits & PVPANIC_PANICKED != 0,
-                       "crash_loaded": bits & PVPANIC_CRASH_LOADED != 0, "shutdown": bits & PVPANIC_SHUTDOWN != 0,
-                       "at": ts(&t.at)})
+                let e = devices::pvpanic::PvPanicEvents::from_bits(*bits);
+                json!({"vcpu": vcpu, "bits": bits, "panicked": e.panicked, "crash_loaded": e.crash_loaded,
+                       "shutdown": e.shutdown, "at": ts(&t.at)})
             }
             _ => Value::Null,
         });
@@ -203,7 +202,7 @@ impl CrashRecord {
             "trigger": self.trigger,
             "detected_at": ts(&self.detected_at),
             "finished_at": ts(&Utc::now()),
-            "outcome": outcome,
+            "outcome": outcome.to_string(),
             "policy": policy,
             "guest": {
                 "kernel": guest.kernel, "cmdline": guest.cmdline, "memory_bytes": guest.memory_bytes,
@@ -223,7 +222,7 @@ impl CrashRecord {
     /// final name. Returns that name.
     pub fn finish(
         &mut self,
-        outcome: &str,
+        outcome: &Outcome,
         policy: &Policy,
         guest: &GuestInfo,
         events: &[String],
@@ -362,7 +361,7 @@ mod tests {
     #[test]
     fn directory_is_atomic_and_never_overwritten() {
         let base = tempfile::tempdir().unwrap();
-        let mut first = CrashRecord::begin(base.path(), 1, "pvpanic").unwrap();
+        let mut first = CrashRecord::begin(base.path(), 1, Trigger::Pvpanic).unwrap();
         assert!(first.tmp_dir.file_name().unwrap().to_str().unwrap().starts_with(".tmp-"));
         first.record(&CrashSignal::PvPanic { vcpu: 1, bits: 1 });
         first.record(&CrashSignal::HvCrash { vcpu: 1, params: [0, 0, 0, 0x1000, 3], message: Some("oops".into()) });
@@ -370,12 +369,12 @@ mod tests {
         first.record(&CrashSignal::UnloadCompleted { vcpu: 0, latency_us: 42 });
         let console = b"[    0.000000] Linux version 6.1.0-56-cloud-amd64 (debian-kernel@...) #1 SMP\n";
         let events = vec!["{\"event\":\"a\"}\n".to_string(), "{\"event\":\"b\"}\n".to_string()];
-        let dir = first.finish("done", &Policy::default(), &guest(), &events, console).unwrap();
+        let dir = first.finish(&Outcome::HostVmcoreWritten, &Policy::default(), &guest(), &events, console).unwrap();
         let name = dir.file_name().unwrap().to_str().unwrap().to_string();
         assert!(name.ends_with("-001") && name.len() == "20261125T130105Z-001".len(), "{name}");
         let report: Value = serde_json::from_slice(&fs::read(dir.join("report.json")).unwrap()).unwrap();
         assert_eq!(report["trigger"], "pvpanic");
-        assert_eq!(report["outcome"], "done");
+        assert_eq!(report["outcome"], "host-side vmcore written");
         assert_eq!(report["pvpanic"]["panicked"], true);
         assert_eq!(report["hyperv_crash"]["message"], "oops");
         assert_eq!(report["hyperv_crash"]["params"][3], "0x1000");
@@ -390,10 +389,10 @@ mod tests {
         let leftovers: Vec<_> = fs::read_dir(base.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(leftovers.len(), 1);
         // The same second and number again: a new name, the first stays.
-        let mut again = CrashRecord::begin(base.path(), 1, "pvpanic").unwrap();
+        let mut again = CrashRecord::begin(base.path(), 1, Trigger::Pvpanic).unwrap();
         again.detected_at = first.detected_at;
         again.final_dir = dir.clone();
-        let dir2 = again.finish("again", &Policy::default(), &guest(), &[], b"").unwrap();
+        let dir2 = again.finish(&Outcome::KdumpCollected, &Policy::default(), &guest(), &[], b"").unwrap();
         assert_ne!(dir, dir2);
         assert!(dir.join("report.json").exists());
     }
@@ -417,7 +416,7 @@ mod tests {
 
     #[test]
     fn unwritable_base_is_an_error() {
-        assert!(CrashRecord::begin(Path::new("/proc/crashvmm-no"), 1, "x").is_err());
+        assert!(CrashRecord::begin(Path::new("/proc/crashvmm-no"), 1, Trigger::Pvpanic).is_err());
     }
 
     #[test]

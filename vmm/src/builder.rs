@@ -1,0 +1,347 @@
+//! Building a VM from a [`VmConfig`]: guest memory, ACPI tables, the kernel, devices and
+//! vCPUs configured but not yet running. Running it is `vm.rs`'s business (as Firecracker's
+//! `builder.rs` builds what its VMM runs).
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use devices::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
+use devices::bus::{BusError, MmioBus, PioBus};
+use devices::hyperv::HvConfig;
+use devices::i8042::{I8042, I8042_BASE, I8042_LEN};
+use devices::pvpanic::{PvPanic, PVPANIC_PORT};
+use devices::rtc::{Rtc, RTC_BASE, RTC_LEN};
+use devices::virtio::{VirtioBlock, VIRTIO_MMIO_WINDOW};
+use devices::vmbus::ServerConfig;
+use devices::{PioDevice, VmRequest};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use thiserror::Error;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_superio::serial::NoEvents;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::acpi::{self, AcpiError, Dsdt};
+use crate::boot::{self, BootError};
+use crate::config::{ConfigError, CrashDiskConfig, DiskConfig, VmConfig};
+use crate::console::{ConsoleError, SharedConsole};
+use crate::control::{Kicker, SignalQueue, VcpuControl};
+use crate::cpuid;
+use crate::disk::{
+    DiskError, FileBackend, VirtioBlockMmio, CRASH_DISK_SERIAL, VIRTIO_GSIS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE,
+};
+use crate::events::{EventLog, EventLogError};
+use crate::hyperv::{self, HyperV, HypervError};
+use crate::layout::{self, COM1_BASE, COM1_GSI, COM1_LEN, KVM_TSS_ADDR};
+use crate::vcpu::{self, ExitContext, VcpuError};
+use crate::vmbus::Deferred;
+
+#[derive(Debug, Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
+    #[error(transparent)]
+    EventLog(#[from] EventLogError),
+    #[error("cannot open {path}: {source} (is KVM available and accessible to this user?)")]
+    OpenKvm {
+        path: PathBuf,
+        #[source]
+        source: vmm_sys_util::errno::Error,
+    },
+    #[error("KVM API version {0} is not supported (need 12)")]
+    KvmApi(i32),
+    #[error("this KVM lacks {0}, which crashvmm needs")]
+    MissingCap(&'static str),
+    #[error("{requested} vCPUs requested, this KVM allows at most {max}")]
+    TooManyVcpus { requested: u32, max: usize },
+    #[error("{what} failed: {source}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: vmm_sys_util::errno::Error,
+    },
+    #[error("cannot allocate {bytes} bytes of guest memory: {source}")]
+    GuestMemory {
+        bytes: u64,
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("device wiring: {0}")]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error(transparent)]
+    Hyperv(#[from] HypervError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(vmm_sys_util::errno::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+pub(crate) fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmError {
+    move |source| VmError::Io { what, source }
+}
+
+/// Serial interrupt line: an eventfd registered as an irqfd for GSI 4.
+pub struct IrqLine(EventFd);
+
+impl Trigger for IrqLine {
+    type E = io::Error;
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// The 8250 UART on the port bus.
+pub struct SerialDevice(pub Serial<IrqLine, NoEvents, SharedConsole>);
+
+impl PioDevice for SerialDevice {
+    fn read(&mut self, offset: u16, data: &mut [u8]) {
+        data.fill(0);
+        if let Some(b) = data.first_mut() {
+            *b = self.0.read(offset as u8);
+        }
+    }
+
+    fn write(&mut self, offset: u16, data: &[u8]) -> Option<VmRequest> {
+        if let Some(&b) = data.first() {
+            if let Err(e) = self.0.write(offset as u8, b) {
+                log::warn!("serial: {e:?}");
+            }
+        }
+        None
+    }
+}
+
+/// What a boot needs from the session: the event log, the console, and the devices whose
+/// state outlives a reset.
+pub struct Shared<'a> {
+    pub events: &'a EventLog,
+    pub console: &'a SharedConsole,
+    /// The CMOS RTC keeps a time the guest set across resets, as a battery-backed one does.
+    pub rtc: &'a Arc<Mutex<Rtc>>,
+}
+
+/// A VM built and ready to run: its vCPUs are configured and no thread runs them yet.
+pub struct Machine {
+    pub vm: VmFd,
+    pub vcpus: Vec<VcpuFd>,
+    /// What the exit handlers and the executor share.
+    pub ctx: Arc<ExitContext>,
+    /// COM1, for console input.
+    pub serial: Arc<Mutex<SerialDevice>>,
+}
+
+/// Build a fresh VM for one boot of the guest.
+pub fn build(config: &VmConfig, kvm: &Kvm, shared: &Shared<'_>) -> Result<Machine, VmError> {
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    vm.create_pit2(kvm_pit_config::default()).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+    let mem = GuestMemoryMmap::from_ranges(&layout::ram_ranges(config.memory_bytes))
+        .map_err(|source| VmError::GuestMemory { bytes: config.memory_bytes, source })?;
+    register_memory(&vm, &mem)?;
+
+    let disks = disk_slots(config)?;
+    let rsdp = acpi::write_acpi_tables(&mem, config.vcpus, dsdt(config, &disks))?;
+    let layout =
+        boot::load_kernel(&mem, config.memory_bytes, &config.kernel, config.initrd.as_deref(), &config.cmdline, rsdp)?;
+    boot::write_page_tables(&mem)?;
+    boot::write_gdt(&mem, &layout.entry)?;
+    log::info!(
+        "kernel {}, initrd {:x?}, {} MiB, {} vCPU(s)",
+        layout.entry,
+        layout.initrd,
+        config.memory_bytes >> 20,
+        config.vcpus
+    );
+
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("serial eventfd"))?;
+    vm.register_irqfd(&serial_irq, COM1_GSI).map_err(kvm_err("KVM_IRQFD (serial)"))?;
+    let serial = Arc::new(Mutex::new(SerialDevice(Serial::new(IrqLine(serial_irq), shared.console.clone()))));
+    let bus = port_bus(config, &serial, shared.rtc)?;
+    let mmio = mmio_bus(&vm, &mem, &disks)?;
+
+    let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let supported = if config.hyperv {
+        hyperv::setup_msr_exits(kvm, &vm)?;
+        hyperv::hyperv_cpuid(&supported, config.vcpus)?
+    } else {
+        supported
+    };
+    let mut vcpus = Vec::new();
+    for id in 0..config.vcpus {
+        let fd = vm.create_vcpu(id as u64).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let entry = (id == 0).then_some(layout.entry);
+        vcpu::configure_vcpu(&fd, id, &cpuid::vcpu_cpuid(&supported, id, config.vcpus), entry)?;
+        vcpus.push(fd);
+    }
+    let hyperv = match config.hyperv {
+        true => {
+            let tsc_khz = vcpus[0].get_tsc_khz().map_err(kvm_err("KVM_GET_TSC_KHZ"))?;
+            Some(HyperV::new(
+                HvConfig {
+                    vcpus: config.vcpus,
+                    tsc_hz: tsc_khz as u64 * 1000,
+                    apic_hz: hyperv::APIC_HZ,
+                    crash_message: config.hyperv_crash_message,
+                },
+                ServerConfig {
+                    vcpus: config.vcpus,
+                    unload_delay: config.vmbus_unload_delay,
+                    unload_response: config.vmbus_unload_response,
+                },
+            ))
+        }
+        false => None,
+    };
+    let ctx = Arc::new(ExitContext {
+        bus,
+        mmio,
+        mem,
+        hyperv,
+        events: shared.events.clone(),
+        signals: SignalQueue::new().map_err(io_err("crash signal eventfd"))?,
+        kicker: Arc::new(Kicker::new(config.vcpus)),
+        deferred: Deferred::default(),
+        control: VcpuControl::new(config.vcpus),
+        exits: Default::default(),
+    });
+    Ok(Machine { vm, vcpus, ctx, serial })
+}
+
+/// The DSDT: every device the guest must find through ACPI.
+fn dsdt(config: &VmConfig, disks: &[DiskSlot<'_>]) -> Dsdt {
+    let mut dsdt = Dsdt::new();
+    acpi::add_com1(&mut dsdt);
+    acpi::add_rtc(&mut dsdt);
+    if config.pvpanic {
+        acpi::add_pvpanic(&mut dsdt);
+    }
+    if config.hyperv {
+        acpi::add_vmbus(&mut dsdt);
+    }
+    for (i, d) in disks.iter().enumerate() {
+        acpi::add_virtio_mmio(&mut dsdt, i, d.base, d.gsi);
+    }
+    dsdt
+}
+
+/// The port-I/O devices: COM1, the i8042 reset line, ACPI PM, the RTC, pvpanic.
+fn port_bus(config: &VmConfig, serial: &Arc<Mutex<SerialDevice>>, rtc: &Arc<Mutex<Rtc>>) -> Result<PioBus, VmError> {
+    let mut bus = PioBus::new();
+    bus.insert(COM1_BASE, COM1_LEN, serial.clone())?;
+    bus.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042::new())))?;
+    bus.insert(ACPI_PM_BASE, ACPI_PM_LEN, Arc::new(Mutex::new(AcpiPm::new())))?;
+    bus.insert(RTC_BASE, RTC_LEN, rtc.clone())?;
+    if config.pvpanic {
+        bus.insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic::new(config.pvpanic_events))))?;
+    }
+    Ok(bus)
+}
+
+/// The virtio-mmio block devices, each with its irqfd.
+fn mmio_bus(vm: &VmFd, mem: &GuestMemoryMmap, disks: &[DiskSlot<'_>]) -> Result<MmioBus, VmError> {
+    let mut mmio = MmioBus::new();
+    for d in disks {
+        let (backend, readonly, serial) = match &d.disk {
+            Slot::Crash(c) => (FileBackend::crash_disk(&c.path, c.size)?, false, CRASH_DISK_SERIAL.to_string()),
+            Slot::Disk(c, i) => (FileBackend::open(&c.path, c.readonly)?, c.readonly, format!("crashvmm-disk{i}")),
+        };
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("virtio eventfd"))?;
+        vm.register_irqfd(&irq, d.gsi).map_err(kvm_err("KVM_IRQFD (virtio)"))?;
+        let block =
+            VirtioBlock::new(backend, readonly, serial.as_bytes()).map_err(|e| DiskError::Virtio(e.to_string()))?;
+        let dev = Arc::new(Mutex::new(VirtioBlockMmio::new(block, mem.clone(), irq)?));
+        mmio.insert(d.base, VIRTIO_MMIO_WINDOW, dev)?;
+    }
+    Ok(mmio)
+}
+
+/// Which disk a virtio slot holds.
+enum Slot<'a> {
+    Crash(&'a CrashDiskConfig),
+    Disk(&'a DiskConfig, usize),
+}
+
+/// A virtio-mmio device: its disk, window and interrupt.
+struct DiskSlot<'a> {
+    disk: Slot<'a>,
+    base: u64,
+    gsi: u32,
+}
+
+/// The crash disk first (so a crash kernel that knows nothing else sees it as /dev/vda; it is
+/// also named by its serial), then the other disks.
+fn disk_slots(config: &VmConfig) -> Result<Vec<DiskSlot<'_>>, VmError> {
+    let disks =
+        config.crash_disk.iter().map(Slot::Crash).chain(config.disks.iter().enumerate().map(|(i, d)| Slot::Disk(d, i)));
+    disks
+        .enumerate()
+        .map(|(i, disk)| {
+            let gsi = *VIRTIO_GSIS.get(i).ok_or(DiskError::TooMany)?;
+            Ok(DiskSlot { disk, base: VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_STRIDE, gsi })
+        })
+        .collect()
+}
+
+pub fn check_kvm(kvm: &Kvm, vcpus: u32) -> Result<(), VmError> {
+    let api = kvm.get_api_version();
+    if api != 12 {
+        return Err(VmError::KvmApi(api));
+    }
+    for (cap, name) in [
+        (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+        (Cap::Pit2, "KVM_CAP_PIT2"),
+        (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+        (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+        (Cap::Irqfd, "KVM_CAP_IRQFD"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(VmError::MissingCap(name));
+        }
+    }
+    let max = kvm.get_max_vcpus();
+    if vcpus as usize > max {
+        return Err(VmError::TooManyVcpus { requested: vcpus, max });
+    }
+    Ok(())
+}
+
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|_| VmError::MissingCap("host mapping of guest memory"))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping of `memory_size` bytes owned by `mem`, which
+        // outlives the VM (the vCPU threads are joined before `mem` is dropped).
+        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
