@@ -285,6 +285,34 @@ fn panic_without_kdump_gets_a_host_vmcore() {
     let dirs = r.outcome.crash_dirs();
     assert_eq!(dirs.len(), 1);
     assert!(dirs[0].join("vmcore").is_file() && dirs[0].join("report.json").is_file());
+    // By default a kdump-compressed file with every vCPU's registers; this guest has no
+    // VMCOREINFO, so only zero pages could be left out, and report.json says so.
+    let mut f = std::fs::File::open(dirs[0].join("vmcore")).unwrap();
+    let k = kdump::diskdump::KdumpFile::parse(&mut f).expect("a kdump-compressed vmcore");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dirs[0].join("report.json")).unwrap()).unwrap();
+    assert_eq!(u64::try_from(k.nr_cpus).ok(), report["guest"]["vcpus"].as_u64(), "one NT_PRSTATUS per vCPU");
+    let v = &report["vmcore"];
+    assert_eq!(
+        (v["format"].as_str(), v["dump_level"].as_u64(), v["compression"].as_str()),
+        (Some("kdump-compressed"), Some(31), Some("zlib"))
+    );
+    assert_eq!(v["filter"]["effective_level"], 1, "{v}");
+    assert!(v["filter"]["data_pages"].as_u64().unwrap() < v["filter"]["total_pages"].as_u64().unwrap() / 2, "{v}");
+}
+
+#[test]
+fn an_elf_vmcore_on_request() {
+    let Some(r) = run("panic", &["--vmcore-format", "elf", "--dump-level", "0"]) else { return };
+    r.assert_exit(EXIT_GUEST_PANICKED, "guest_panicked (pvpanic)");
+    let dirs = r.outcome.crash_dirs();
+    let data = std::fs::read(dirs[0].join("vmcore")).unwrap();
+    let elf = goblin::elf::Elf::parse(&data).expect("an ELF vmcore");
+    assert_eq!(elf.header.e_type, goblin::elf::header::ET_CORE);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dirs[0].join("report.json")).unwrap()).unwrap();
+    assert_eq!((report["vmcore"]["format"].as_str(), report["vmcore"]["dump_level"].as_u64()), (Some("elf"), Some(0)));
+    assert!(report["vmcore"].get("compression").is_none(), "{report}");
 }
 
 #[test]
@@ -494,7 +522,8 @@ fn a_forbidden_system_call_from_each_thread_kind_ends_crashvmm_with_a_report() {
     for (kind, scenario, extra, thread) in [
         ("vmm", "boot", &[][..], "vmm"),
         ("vcpu", "boot", &[][..], "vcpu0"),
-        ("vmcore-hasher", "panic", &["--vmcore-sha256", "on"][..], "vmcore-sha256"),
+        // The hasher thread hashes an ELF vmcore as it is written (a kdump file is hashed after).
+        ("vmcore-hasher", "panic", &["--vmcore-sha256", "on", "--vmcore-format", "elf"][..], "vmcore-sha256"),
     ] {
         let args: Vec<&str> = ["--seccomp-selftest", kind].into_iter().chain(extra.iter().copied()).collect();
         let Some(r) = run(scenario, &args) else { return };

@@ -10,6 +10,7 @@
 //! {"command":"inject-nmi"} / {"command":"inject-nmi","vcpu":1}
 //! {"command":"pause"} / {"command":"resume"}
 //! {"command":"dump"}                           -> host-side vmcore of the live VM (pause, write, resume)
+//! {"command":"dump","format":"elf","dump_level":0}   the same, in another format or dump level
 //! {"command":"reset"}                          -> boot the guest again
 //! {"command":"shutdown"}                       -> hard stop (exit code 0)
 //! {"command":"subscribe"}                      -> {"ok":true} then event lines
@@ -32,7 +33,8 @@ use vmm_sys_util::epoll::EventSet;
 
 use crate::control::ExitState;
 use crate::crash::executor::{CommandReply, CrashHandling};
-use crate::crash::{Command, NmiTargets};
+use crate::crash::vmcore::VmcoreFormat;
+use crate::crash::{Command, DumpOverride, NmiTargets};
 use crate::sync::lock;
 use crate::vcpu::ExitContext;
 
@@ -55,8 +57,16 @@ pub enum Request {
     Pause,
     /// Resume the vCPUs.
     Resume,
-    /// Write a host-side vmcore of the running VM (pause, write, resume).
-    Dump,
+    /// Write a host-side vmcore of the running VM (pause, write, resume), in the format and at
+    /// the dump level crashvmm was started with unless given here.
+    Dump {
+        #[serde(default)]
+        #[arg(long, value_enum)]
+        format: Option<VmcoreFormat>,
+        #[serde(default)]
+        #[arg(long)]
+        dump_level: Option<u8>,
+    },
     /// Boot the guest again.
     Reset,
     /// Stop the VM now (hard stop; crashvmm exits with code 0).
@@ -138,7 +148,7 @@ impl ApiServer {
             Request::InjectNmi { vcpu } => Command::InjectNmi(vcpu.map_or(NmiTargets::All, NmiTargets::One)),
             Request::Pause => Command::Pause,
             Request::Resume => Command::Resume,
-            Request::Dump => Command::Dump,
+            Request::Dump { format, dump_level } => Command::Dump(DumpOverride { format, dump_level }),
             Request::Reset => Command::Reset,
             Request::Shutdown => Command::Shutdown,
             Request::Subscribe => unreachable!("handled by the caller"),
@@ -289,7 +299,11 @@ mod tests {
         assert_eq!(parse(r#"{"command":"inject-nmi"}"#), Ok(Request::InjectNmi { vcpu: None }));
         assert_eq!(parse(r#" {"command":"inject-nmi","vcpu":1} "#), Ok(Request::InjectNmi { vcpu: Some(1) }));
         assert_eq!(parse(r#"{"command":"subscribe"}"#), Ok(Request::Subscribe));
-        assert_eq!(parse(r#"{"command":"dump"}"#), Ok(Request::Dump));
+        assert_eq!(parse(r#"{"command":"dump"}"#), Ok(Request::Dump { format: None, dump_level: None }));
+        assert_eq!(
+            parse(r#"{"command":"dump","format":"elf","dump_level":0}"#),
+            Ok(Request::Dump { format: Some(VmcoreFormat::Elf), dump_level: Some(0) })
+        );
         assert_eq!(parse(r#"{"command":"reset"}"#), Ok(Request::Reset));
         for bad in ["", "garbage", "{}", r#"{"command":"explode"}"#, r#"{"command":"inject-nmi","vcpu":"one"}"#, "[1]"]
         {

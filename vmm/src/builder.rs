@@ -221,7 +221,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, shared: &Shared<'_>) -> Result<Machin
         hyperv,
         events: shared.events.clone(),
         signals: SignalQueue::new().map_err(io_err("crash signal eventfd"))?,
-        kicker: Arc::new(Kicker::new(config.vcpus)),
+        kicker: Kicker::new(config.vcpus),
         deferred: Deferred::default(),
         control: VcpuControl::new(config.vcpus),
         exits: Default::default(),

@@ -62,6 +62,8 @@ pub struct VmConfig {
     pub crash_dir: PathBuf,
     /// Compute the SHA-256 of host-side vmcores.
     pub vmcore_sha256: bool,
+    /// Format, dump level and compression of host-side vmcores.
+    pub dump: crate::crash::vmcore::DumpSpec,
     /// virtio-blk disks.
     pub disks: Vec<DiskConfig>,
     /// The disk the guest's crash kernel writes its dump to.
@@ -227,6 +229,7 @@ mod tests {
             policy: Default::default(),
             crash_dir: "crashes".into(),
             vmcore_sha256: false,
+            dump: Default::default(),
             disks: vec![],
             crash_disk: None,
             api_socket: None,

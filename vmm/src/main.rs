@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use vmm::config::{parse_crash_disk, parse_disk, parse_memory, CrashDiskConfig, DiskConfig, VmConfig};
 use vmm::console::ConsoleMode;
+use vmm::crash::vmcore::{DumpSpec, VmcoreCompression, VmcoreFormat};
 use vmm::crash::{AfterCrash, HostDump, OnHang, OnPanic, Policy};
 use vmm::exit::code;
 use vmm::seccomp::{SeccompMode, ThreadKind};
@@ -131,6 +132,20 @@ struct RunArgs {
     /// writing the touched pages.
     #[arg(long, value_name = "on|off", default_value = "off", value_parser = on_off, action = clap::ArgAction::Set)]
     vmcore_sha256: bool,
+    /// Format of host-side vmcores: `kdump` (the kdump-compressed file of `makedumpfile -c`,
+    /// filtered by --dump-level) or `elf` (excluded pages are holes).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "kdump")]
+    vmcore_format: VmcoreFormat,
+    /// Pages host-side vmcores leave out, as makedumpfile's -d: the sum of 1 (zero pages), 2 (page
+    /// cache), 4 (private page cache), 8 (user pages), 16 (free pages), decided from the guest's
+    /// VMCOREINFO and struct pages. A level that cannot be verified on the guest's kernel is not
+    /// applied (report.json says why).
+    #[arg(long, value_name = "N", default_value_t = DumpSpec::MAX_LEVEL,
+          value_parser = clap::value_parser!(u8).range(0..=DumpSpec::MAX_LEVEL as i64))]
+    dump_level: u8,
+    /// Page compression of kdump-format vmcores (what both Debian's crash and makedumpfile read).
+    #[arg(long, value_enum, value_name = "CODEC", default_value = "zlib")]
+    vmcore_compress: VmcoreCompression,
     /// With --after-crash reset, exit after this many crashes (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 0)]
     max_crashes: u32,
@@ -245,6 +260,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         watchdog: args.watchdog,
         crash_dir: args.crash_dir,
         vmcore_sha256: args.vmcore_sha256,
+        dump: DumpSpec { format: args.vmcore_format, dump_level: args.dump_level, compression: args.vmcore_compress },
         disks: args.disk,
         crash_disk: args.crash_disk,
         api_socket: args.api_socket,
@@ -263,13 +279,17 @@ mod tests {
     #[test]
     fn every_ctl_command_is_a_valid_api_request() {
         use vmm::api::{parse, Request};
-        let cases: [(&[&str], Request); 9] = [
+        let cases: [(&[&str], Request); 10] = [
             (&["status"], Request::Status),
             (&["inject-nmi"], Request::InjectNmi { vcpu: None }),
             (&["inject-nmi", "--vcpu", "1"], Request::InjectNmi { vcpu: Some(1) }),
             (&["pause"], Request::Pause),
             (&["resume"], Request::Resume),
-            (&["dump"], Request::Dump),
+            (&["dump"], Request::Dump { format: None, dump_level: None }),
+            (
+                &["dump", "--format", "elf", "--dump-level", "0"],
+                Request::Dump { format: Some(vmm::crash::vmcore::VmcoreFormat::Elf), dump_level: Some(0) },
+            ),
             (&["reset"], Request::Reset),
             (&["shutdown"], Request::Shutdown),
             (&["subscribe"], Request::Subscribe),

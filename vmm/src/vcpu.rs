@@ -92,7 +92,7 @@ pub struct ExitContext {
     pub hyperv: Option<Mutex<HyperV>>,
     pub events: EventLog,
     pub signals: SignalQueue,
-    pub kicker: Arc<Kicker>,
+    pub kicker: Kicker,
     /// VMBus replies to post later (the UNLOAD-delay knob).
     pub deferred: Deferred,
     /// Pausing the vCPUs and their saved registers.
@@ -537,7 +537,7 @@ fn log_regs(id: u32, fd: &VcpuFd, what: &str) {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::layout::ram_ranges;
     use devices::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
@@ -549,7 +549,7 @@ pub(crate) mod tests {
     use kvm_ioctls::{MsrExitReason, ReadMsrExit, WriteMsrExit};
     use vm_memory::Bytes;
 
-    pub(crate) fn ctx(hyperv: bool) -> ExitContext {
+    fn ctx(hyperv: bool) -> ExitContext {
         let mut bus = PioBus::new();
         bus.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042::new()))).unwrap();
         bus.insert(ACPI_PM_BASE, ACPI_PM_LEN, Arc::new(Mutex::new(AcpiPm::new()))).unwrap();
@@ -570,7 +570,7 @@ pub(crate) mod tests {
             }),
             events: EventLog::disabled(),
             signals: SignalQueue::new().unwrap(),
-            kicker: Arc::new(Kicker::new(2)),
+            kicker: Kicker::new(2),
             deferred: Deferred::default(),
             control: VcpuControl::new(2),
             exits: Default::default(),

@@ -177,6 +177,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         CrashHandling::new(Orchestrator::new(policy), config.crash_dir.clone(), guest, events.clone(), console.tail());
     handling.crash_disk = config.crash_disk.as_ref().map(|c| c.path.clone());
     handling.vmcore_sha256 = config.vmcore_sha256;
+    handling.dump_spec = config.dump;
     let crash = Arc::new(Mutex::new(handling));
     let raw_terminal = match config.console {
         ConsoleMode::Stdio => RawTerminal::enable(),

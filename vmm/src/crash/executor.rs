@@ -17,7 +17,7 @@ use thiserror::Error;
 use vm_memory::GuestMemoryMmap;
 
 use super::report::{CrashRecord, GuestInfo, ReportError, TimedSignal};
-use super::vmcore::{self, VcpuState, VmcoreError, VmcoreOptions, VmcoreSummary};
+use super::vmcore::{self, DumpSpec, VcpuState, VmcoreError, VmcoreOptions, VmcoreSummary};
 use super::{flat, Action, Command, CrashSignal, DumpReason, NmiTargets, Orchestrator, Outcome, Trigger, VmcoreSource};
 use crate::console::ConsoleTail;
 use crate::events::{dump_progress, Event, EventLog};
@@ -86,6 +86,8 @@ pub enum CommandError {
     Dump(#[from] DumpError),
     #[error("this boot of the guest is ending; try again once it runs")]
     Ending,
+    #[error("dump level {0} is out of range (0-31)")]
+    BadDumpLevel(u8),
 }
 
 /// A host-side vmcore written for the operator.
@@ -136,6 +138,10 @@ pub struct CrashHandling {
     pub crash_disk: Option<PathBuf>,
     /// Compute the SHA-256 of host-side vmcores (`--vmcore-sha256`).
     pub vmcore_sha256: bool,
+    /// Format, dump level and compression of host-side vmcores.
+    pub dump_spec: DumpSpec,
+    /// The operator's dump being carried out: its format and level.
+    operator_spec: DumpSpec,
     /// When the crashed kernel kexec'd into its crash kernel.
     kexec_at: Option<Instant>,
     /// The last crash directory written.
@@ -172,6 +178,8 @@ impl CrashHandling {
             stay_paused: false,
             crash_disk: None,
             vmcore_sha256: false,
+            dump_spec: DumpSpec::default(),
+            operator_spec: DumpSpec::default(),
             kexec_at: None,
             last_dir: None,
             end: None,
@@ -259,6 +267,14 @@ impl CrashHandling {
         if let Command::InjectNmi(_) = command {
             self.record_signal(CrashSignal::NmiInjected);
         }
+        if let Command::Dump(o) = command {
+            let level = o.dump_level.unwrap_or(self.dump_spec.dump_level);
+            if level > DumpSpec::MAX_LEVEL {
+                return Err(CommandError::BadDumpLevel(level));
+            }
+            let format = o.format.unwrap_or(self.dump_spec.format);
+            self.operator_spec = DumpSpec { format, dump_level: level, ..self.dump_spec };
+        }
         let actions = self.orchestrator.on_command(command, vm.paused(), Instant::now());
         self.execute(actions, vm);
         Ok(match command {
@@ -271,7 +287,7 @@ impl CrashHandling {
                 self.events.emit(Event::VmResumed);
                 CommandReply::Resumed
             }
-            Command::Dump => match self.operator_dump.take() {
+            Command::Dump(_) => match self.operator_dump.take() {
                 Some(result) => CommandReply::Dumped(result?),
                 None => return Err(CommandError::Ending),
             },
@@ -362,12 +378,12 @@ impl CrashHandling {
     /// operator's too, is written by [`DumpTarget::write`].
     fn crash_dump(&mut self, reason: &DumpReason, vm: &dyn VmControl) -> Result<(), DumpError> {
         let no_dir = self.no_crash_directory();
+        let opts = self.vmcore_options(self.dump_spec, std::io::stderr().is_terminal());
         let Some(record) = self.record.as_mut() else { return Err(no_dir) };
         let vcpus = vm.snapshots();
         record.vcpus = vcpus.clone();
         let target = DumpTarget { path: record.vmcore_path(), shown: record.final_dir.join("vmcore") };
-        let progress = std::io::stderr().is_terminal();
-        match target.write(&self.events, vm.memory(), &vcpus, reason, progress, self.vmcore_sha256) {
+        match target.write(&self.events, vm.memory(), &vcpus, reason, opts) {
             Ok(s) => {
                 record.set_vmcore(&s, reason);
                 Ok(())
@@ -387,9 +403,14 @@ impl CrashHandling {
         let path = dir.join("vmcore");
         self.events.emit(Event::DumpStarted { path: path.display().to_string() });
         let target = DumpTarget { path: path.clone(), shown: path };
-        let s = target.write(&self.events, vm.memory(), &vm.snapshots(), reason, false, self.vmcore_sha256)?;
+        let opts = self.vmcore_options(self.operator_spec, false);
+        let s = target.write(&self.events, vm.memory(), &vm.snapshots(), reason, opts)?;
         let duration_ms = s.duration.as_millis() as u64;
         Ok(OperatorDump { path: target.path, bytes: s.bytes, sha256: s.sha256, duration_ms })
+    }
+
+    fn vmcore_options(&self, spec: DumpSpec, progress: bool) -> VmcoreOptions<'static> {
+        VmcoreOptions { spec, progress, on_progress: None, sha256: self.vmcore_sha256 }
     }
 
     /// Take the guest's dump (makedumpfile's flattened format) from the crash disk into the
@@ -478,8 +499,7 @@ impl DumpTarget {
         mem: &GuestMemoryMmap,
         vcpus: &[VcpuState],
         reason: &DumpReason,
-        progress: bool,
-        sha256: bool,
+        opts: VmcoreOptions<'_>,
     ) -> Result<VmcoreSummary, DumpError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let needed = vmcore::required_bytes(mem);
@@ -489,9 +509,15 @@ impl DumpTarget {
                 dir.display()
             );
         }
-        log::info!("writing host-side vmcore ({reason}) to {}", self.shown.display());
+        let spec = opts.spec;
+        log::info!(
+            "writing host-side vmcore ({reason}) to {}: {}, dump level {}",
+            self.shown.display(),
+            spec.format.report_name(),
+            spec.dump_level
+        );
         let report = dump_progress(events);
-        let opts = VmcoreOptions { progress, on_progress: Some(&report), sha256 };
+        let opts = VmcoreOptions { on_progress: Some(&report), ..opts };
         match vmcore::write_vmcore(mem, vcpus, &self.path, &opts) {
             Ok(s) => {
                 log::info!("vmcore: {} bytes ({} allocated) in {:?}", s.bytes, s.allocated_bytes, s.duration);
@@ -660,7 +686,9 @@ mod tests {
         let events = EventLog::disabled();
         let mut h = handling(base.path(), &events);
         let vm = FakeVm::new();
-        let CommandReply::Dumped(d) = h.command(Command::Dump, &vm).unwrap() else { panic!("not a dump") };
+        let CommandReply::Dumped(d) = h.command(Command::Dump(Default::default()), &vm).unwrap() else {
+            panic!("not a dump")
+        };
         assert_eq!(vm.calls(), ["pause", "resume"]);
         assert!(d.path.is_file() && d.path.starts_with(base.path()) && d.bytes > 0);
         assert!(d.path.parent().unwrap().file_name().unwrap().to_str().unwrap().ends_with("-dump"));
@@ -668,7 +696,7 @@ mod tests {
         // Paused before: paused after.
         assert_eq!(h.command(Command::Pause, &vm).unwrap(), CommandReply::Paused { all_stopped: true });
         vm.calls();
-        assert!(matches!(h.command(Command::Dump, &vm), Ok(CommandReply::Dumped(_))));
+        assert!(matches!(h.command(Command::Dump(Default::default()), &vm), Ok(CommandReply::Dumped(_))));
         assert_eq!(vm.calls(), ["pause"]);
         assert_eq!(h.orchestrator.crashes(), 0);
         assert_eq!(h.end(), None);
@@ -680,7 +708,7 @@ mod tests {
         let events = EventLog::disabled();
         let mut h = handling(Path::new("/proc/crashvmm-no-such-dir"), &events);
         let vm = FakeVm::new();
-        let e = h.command(Command::Dump, &vm).unwrap_err();
+        let e = h.command(Command::Dump(Default::default()), &vm).unwrap_err();
         assert!(e.to_string().starts_with("dump failed: cannot create /proc/crashvmm-no-such-dir/"), "{e}");
         assert_eq!(vm.calls(), ["pause", "resume"]);
         assert_eq!(h.end(), None);

@@ -4,6 +4,7 @@
 //! Devices and vCPU threads record what they saw in the event log where they see it (so the
 //! log keeps the guest's order) and send the signal here; the orchestrator only decides.
 
+mod diskdump;
 pub mod executor;
 pub mod flat;
 pub mod report;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use devices::pvpanic::PvPanicEvents;
 
 use crate::exit::VmExit;
-pub use vocabulary::{Command, DumpReason, NmiTargets, Outcome, Trigger, VmcoreSource};
+pub use vocabulary::{Command, DumpOverride, DumpReason, NmiTargets, Outcome, Trigger, VmcoreSource};
 
 /// Everything that tells crashvmm the guest is dying, or how its own crash handling goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -547,7 +548,7 @@ impl Orchestrator {
             }
             Command::Pause => vec![Action::Pause],
             Command::Resume => vec![Action::Resume],
-            Command::Dump => {
+            Command::Dump(_) => {
                 let mut out = vec![Action::Pause, Action::HostDump { reason: DumpReason::Operator }];
                 out.extend((!paused).then_some(Action::Resume));
                 out
@@ -957,8 +958,11 @@ mod tests {
         let t0 = Instant::now();
         let mut o = Orchestrator::new(Policy::default());
         let op_dump = Action::HostDump { reason: DumpReason::Operator };
-        assert_eq!(o.on_command(Command::Dump, false, t0), vec![Action::Pause, op_dump.clone(), Action::Resume]);
-        assert_eq!(o.on_command(Command::Dump, true, t0), vec![Action::Pause, op_dump]);
+        assert_eq!(
+            o.on_command(Command::Dump(DumpOverride::default()), false, t0),
+            vec![Action::Pause, op_dump.clone(), Action::Resume]
+        );
+        assert_eq!(o.on_command(Command::Dump(DumpOverride::default()), true, t0), vec![Action::Pause, op_dump]);
         assert!(o.on_dump_done(&DumpReason::Operator, None, t0).is_empty(), "not a crash");
         assert_eq!(o.crashes(), 0);
         assert_eq!(o.on_command(Command::Reset, false, t0), vec![Action::Reset]);

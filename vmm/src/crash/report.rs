@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use thiserror::Error;
 
-use super::vmcore::{VcpuState, VmcoreSummary};
+use super::vmcore::{FilterSummary, VcpuState, VmcoreCompression, VmcoreFormat, VmcoreSummary};
 use super::{CrashSignal, DumpReason, Outcome, Policy, Trigger, VmcoreSource};
 use crate::events::hex;
 use crate::files;
@@ -49,8 +49,18 @@ pub struct TimedSignal {
 #[derive(Debug, Clone, Serialize)]
 pub struct VmcoreEntry {
     pub path: String,
-    /// `elf` (host-side) or `kdump-compressed` (the guest's makedumpfile).
+    /// `kdump-compressed` (the guest's makedumpfile, or crashvmm's default) or `elf`.
     pub format: &'static str,
+    /// A host-side vmcore's dump level (makedumpfile's `-d`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dump_level: Option<u8>,
+    /// A host-side kdump-format vmcore's page compression.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression: Option<VmcoreCompression>,
+    /// What the dump level left out: pages per class, excluded, written, bytes before and after
+    /// compression, and why a level was not applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterSummary>,
     pub bytes: u64,
     pub allocated_bytes: u64,
     /// Of the whole file; `None` for a host-side vmcore without `--vmcore-sha256`.
@@ -130,7 +140,10 @@ impl CrashRecord {
         }
         self.vmcore = Some(VmcoreEntry {
             path: "vmcore".into(),
-            format: "elf",
+            format: s.spec.format.report_name(),
+            dump_level: Some(s.spec.dump_level),
+            compression: (s.spec.format == VmcoreFormat::Kdump).then_some(s.spec.compression),
+            filter: s.filter.clone(),
             bytes: s.bytes,
             allocated_bytes: s.allocated_bytes,
             sha256: s.sha256.clone(),
@@ -152,7 +165,10 @@ impl CrashRecord {
         let sha256 = sha256_file(&path)?;
         self.vmcore = Some(VmcoreEntry {
             path: file.into(),
-            format: "kdump-compressed",
+            format: VmcoreFormat::Kdump.report_name(),
+            dump_level: None,
+            compression: None,
+            filter: None,
             bytes,
             allocated_bytes: std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
             sha256: Some(sha256),
@@ -264,7 +280,7 @@ fn unused_name(base: &Path, at: &DateTime<Utc>, number: u32) -> PathBuf {
         .unwrap_or_else(|| base.join(format!("{stamp}-{number:03}")))
 }
 
-fn sha256_file(path: &Path) -> Result<String, ReportError> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String, ReportError> {
     use sha2::{Digest, Sha256};
     let mut f = File::open(path).map_err(io("open", path))?;
     let mut h = Sha256::new();

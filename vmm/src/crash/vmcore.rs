@@ -1,5 +1,11 @@
-//! Host-side vmcore: an ELF64 core file of the guest's physical memory, in the shape of QEMU's
-//! `dump-guest-memory` (non-paging) output, readable by `crash` and `makedumpfile`.
+//! Host-side vmcore of the guest's physical memory, readable by `crash` and `makedumpfile`, in
+//! one of two formats ([`VmcoreFormat`]): the kdump-compressed file makedumpfile writes (the
+//! default; `diskdump.rs`, through the `kdump` crate) or an ELF64 core file in the shape of
+//! QEMU's `dump-guest-memory` (non-paging) output (this file). Either way the pages the dump
+//! level excludes (`--dump-level`, makedumpfile's classes: zero, cache, private cache, user,
+//! free, decided from the guest's VMCOREINFO and struct pages) are left out: holes in an ELF.
+//!
+//! The ELF layout:
 //!
 //! ```text
 //! offset 0      Elf64_Ehdr (ET_CORE, EM_X86_64)
@@ -35,7 +41,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kdump::classify::{Bitmap, ClassifyReport};
+use kdump::diskdump::KdumpSummary;
 use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment, kvm_sregs};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
@@ -108,9 +117,79 @@ impl VcpuState {
     }
 }
 
+/// `--vmcore-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmcoreFormat {
+    /// The kdump-compressed (diskdump) file of `makedumpfile -c`: filtered, compressed.
+    #[default]
+    Kdump,
+    /// An ELF core file (QEMU `dump-guest-memory` layout); excluded pages are holes.
+    Elf,
+}
+
+impl VmcoreFormat {
+    /// The name `report.json` gives the format.
+    pub fn report_name(self) -> &'static str {
+        match self {
+            VmcoreFormat::Kdump => "kdump-compressed",
+            VmcoreFormat::Elf => "elf",
+        }
+    }
+}
+
+/// `--vmcore-compress`: page compression of a kdump-format vmcore. zlib and LZO are what both
+/// Debian's `makedumpfile` 1.7.2 and `crash` 8.0.2 read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmcoreCompression {
+    /// zlib, as `makedumpfile -c` (smallest file).
+    #[default]
+    Zlib,
+    /// LZO1X, as `makedumpfile -l`.
+    Lzo,
+    None,
+}
+
+/// What a host-side vmcore holds and how: format, dump level, compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DumpSpec {
+    pub format: VmcoreFormat,
+    /// makedumpfile's dump level (0-31): 1 zero, 2 cache, 4 private cache, 8 user, 16 free.
+    pub dump_level: u8,
+    pub compression: VmcoreCompression,
+}
+
+impl DumpSpec {
+    /// Every page of guest RAM in an ELF file (zero pages as holes): what `--dump-level 0
+    /// --vmcore-format elf` asks for.
+    pub const ELF_ALL: DumpSpec =
+        DumpSpec { format: VmcoreFormat::Elf, dump_level: 0, compression: VmcoreCompression::None };
+    /// The highest dump level.
+    pub const MAX_LEVEL: u8 = 31;
+}
+
+impl Default for DumpSpec {
+    /// `makedumpfile -d 31 -c`.
+    fn default() -> Self {
+        Self { format: VmcoreFormat::Kdump, dump_level: Self::MAX_LEVEL, compression: VmcoreCompression::Zlib }
+    }
+}
+
+/// What the dump level left out, for `report.json`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum FilterSummary {
+    /// A kdump-format file: its pages per class, written, bytes before and after compression.
+    Kdump(Box<KdumpSummary>),
+    /// An ELF file filtered beyond zero pages: the classification.
+    Elf(Box<ClassifyReport>),
+}
+
 /// How to write the vmcore.
 #[derive(Clone, Copy, Default)]
 pub struct VmcoreOptions<'a> {
+    pub spec: DumpSpec,
     /// Show a progress bar (bytes) on stderr.
     pub progress: bool,
     /// Called as the file is written, with (bytes done, file length); often, so throttle.
@@ -123,6 +202,7 @@ pub struct VmcoreOptions<'a> {
 impl std::fmt::Debug for VmcoreOptions<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VmcoreOptions")
+            .field("spec", &self.spec)
             .field("progress", &self.progress)
             .field("on_progress", &self.on_progress.is_some())
             .field("sha256", &self.sha256)
@@ -144,6 +224,9 @@ pub struct VmcoreSummary {
     pub duration: Duration,
     /// The guest's VMCOREINFO note, copied into the dump, if one was found.
     pub vmcoreinfo: Option<VmcoreInfoNote>,
+    pub spec: DumpSpec,
+    /// What the dump level excluded (none for an unfiltered ELF).
+    pub filter: Option<FilterSummary>,
 }
 
 /// The guest kernel's VMCOREINFO ELF note.
@@ -171,19 +254,21 @@ pub enum VmcoreError {
     Overflow,
     #[error("the vmcore hashing thread failed")]
     Hasher,
+    #[error("cannot write the kdump-format vmcore {path}: {source}")]
+    Kdump { path: PathBuf, source: kdump::KdumpError },
 }
 
 /// One guest RAM region, mapped in this process.
-struct Region<'a> {
-    gpa: u64,
+pub(super) struct Region<'a> {
+    pub(super) gpa: u64,
     /// The guest's bytes. See [`host_regions`] for why a shared slice is sound here.
-    bytes: &'a [u8],
+    pub(super) bytes: &'a [u8],
     /// Whether `/proc/self/pagemap` may be used to skip never-touched pages.
     pagemap_ok: bool,
 }
 
 /// Every region of `mem`, in ascending GPA order.
-fn host_regions(mem: &GuestMemoryMmap) -> Result<Vec<Region<'_>>, VmcoreError> {
+pub(super) fn host_regions(mem: &GuestMemoryMmap) -> Result<Vec<Region<'_>>, VmcoreError> {
     let mut regions = Vec::new();
     for r in mem.iter() {
         let gpa = r.start_addr().0;
@@ -209,7 +294,7 @@ fn host_regions(mem: &GuestMemoryMmap) -> Result<Vec<Region<'_>>, VmcoreError> {
 }
 
 /// `/proc/self/pagemap`: which pages of a private anonymous mapping may hold data.
-struct Pagemap {
+pub(super) struct Pagemap {
     file: File,
 }
 
@@ -217,7 +302,7 @@ impl Pagemap {
     const PRESENT: u64 = 1 << 63;
     const SWAPPED: u64 = 1 << 62;
 
-    fn open() -> Option<Self> {
+    pub(super) fn open() -> Option<Self> {
         // SAFETY: sysconf has no memory-safety preconditions.
         let host_page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         if host_page != PAGE as libc::c_long {
@@ -235,22 +320,31 @@ impl Pagemap {
 }
 
 /// Per-batch page classification: `maybe_data[i]` is false only for a page known to be zero
-/// without reading it.
+/// without reading it, or one the dump level excludes (`keep`: bit per guest PFN).
 struct Presence<'p> {
     pagemap: Option<&'p Pagemap>,
+    keep: Option<&'p Bitmap>,
     raw: Vec<u8>,
     maybe_data: Vec<bool>,
 }
 
 impl<'p> Presence<'p> {
-    fn new(pagemap: Option<&'p Pagemap>) -> Self {
-        Self { pagemap, raw: vec![0; BATCH_PAGES * 8], maybe_data: vec![true; BATCH_PAGES] }
+    fn new(pagemap: Option<&'p Pagemap>, keep: Option<&'p Bitmap>) -> Self {
+        Self { pagemap, keep, raw: vec![0; BATCH_PAGES * 8], maybe_data: vec![true; BATCH_PAGES] }
     }
 
     /// Classifies the `n` pages (`n <= BATCH_PAGES`) at `region.bytes[first_page * PAGE..]`.
     fn fill(&mut self, region: &Region<'_>, first_page: usize, n: usize) -> &[bool] {
         let n = n.min(BATCH_PAGES);
-        self.maybe_data[..n].fill(true);
+        match self.keep {
+            Some(keep) => {
+                let pfn = region.gpa / PAGE as u64 + first_page as u64;
+                for (i, m) in self.maybe_data[..n].iter_mut().enumerate() {
+                    *m = keep.get(pfn + i as u64);
+                }
+            }
+            None => self.maybe_data[..n].fill(true),
+        }
         let Some(pagemap) = self.pagemap.filter(|_| region.pagemap_ok) else {
             return &self.maybe_data[..n];
         };
@@ -262,7 +356,7 @@ impl<'p> Presence<'p> {
         for (flag, entry) in self.maybe_data[..n].iter_mut().zip(raw.chunks_exact(8)) {
             let mut e = [0u8; 8];
             e.copy_from_slice(entry);
-            *flag = u64::from_ne_bytes(e) & (Pagemap::PRESENT | Pagemap::SWAPPED) != 0;
+            *flag &= u64::from_ne_bytes(e) & (Pagemap::PRESENT | Pagemap::SWAPPED) != 0;
         }
         &self.maybe_data[..n]
     }
@@ -340,8 +434,8 @@ fn scan_region(region: &Region<'_>, presence: &mut Presence<'_>) -> Option<Vmcor
     None
 }
 
-fn find_in(regions: &[Region<'_>], pagemap: Option<&Pagemap>) -> Option<VmcoreInfoNote> {
-    let mut presence = Presence::new(pagemap);
+pub(super) fn find_in(regions: &[Region<'_>], pagemap: Option<&Pagemap>) -> Option<VmcoreInfoNote> {
+    let mut presence = Presence::new(pagemap, None);
     regions.iter().find_map(|r| scan_region(r, &mut presence))
 }
 
@@ -500,7 +594,8 @@ fn qemu_cpu_state(vcpu: &VcpuState) -> Vec<u8> {
     d
 }
 
-fn notes(vcpus: &[VcpuState], vmcoreinfo: Option<&VmcoreInfoNote>) -> Vec<u8> {
+/// The ELF notes of a vmcore: NT_PRSTATUS and QEMU CPU state per vCPU, then VMCOREINFO.
+pub(super) fn notes(vcpus: &[VcpuState], vmcoreinfo: Option<&VmcoreInfoNote>) -> Vec<u8> {
     let mut n = Vec::with_capacity(vcpus.len() * (PRSTATUS_NOTE_SIZE + QEMU_NOTE_SIZE) + 4200);
     for v in vcpus {
         put_note(&mut n, b"CORE\0", NT_PRSTATUS, &prstatus(v));
@@ -587,6 +682,7 @@ fn hash_file(
     layout: &Layout,
     regions: &[Region<'_>],
     pagemap: Option<&Pagemap>,
+    keep: Option<&Bitmap>,
     done: &AtomicU64,
     cancel: &AtomicBool,
 ) -> Option<[u8; 32]> {
@@ -602,7 +698,7 @@ fn hash_file(
     hasher.update(&layout.header);
     pos += layout.header.len() as u64;
     done.store(pos, Ordering::Relaxed);
-    let mut presence = Presence::new(pagemap);
+    let mut presence = Presence::new(pagemap, keep);
     for (region, &off) in regions.iter().zip(&layout.offsets) {
         zeros(&mut hasher, off.saturating_sub(pos));
         let bytes = region.bytes;
@@ -686,17 +782,18 @@ fn write_file(
     layout: &Layout,
     regions: &[Region<'_>],
     pagemap: Option<&Pagemap>,
+    keep: Option<&Bitmap>,
     mut progress: impl FnMut(u64),
 ) -> io::Result<()> {
     file.write_all_at(&layout.header, 0)?;
-    let mut presence = Presence::new(pagemap);
+    let mut presence = Presence::new(pagemap, keep);
     for (region, &off) in regions.iter().zip(&layout.offsets) {
         write_region(file, region, off, &mut presence, |done| progress(off + done))?;
     }
     file.set_len(layout.file_len)
 }
 
-fn progress_bar(total: u64, show: bool) -> ProgressBar {
+pub(super) fn progress_bar(total: u64, show: bool) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
@@ -709,9 +806,9 @@ fn progress_bar(total: u64, show: bool) -> ProgressBar {
     bar
 }
 
-/// Writes an ELF vmcore of `mem` with one NT_PRSTATUS per entry of `vcpus` to `path` (created
-/// or truncated, mode 0600: it holds the guest's memory), and `fsync`s it. The guest must be
-/// stopped. All-zero pages become holes.
+/// Writes a vmcore of `mem` with one NT_PRSTATUS per entry of `vcpus` to `path` (created or
+/// truncated, mode 0600: it holds the guest's memory) in the format and at the dump level of
+/// `opts.spec`, and `fsync`s it. The guest must be stopped.
 pub fn write_vmcore(
     mem: &GuestMemoryMmap,
     vcpus: &[VcpuState],
@@ -719,13 +816,40 @@ pub fn write_vmcore(
     opts: &VmcoreOptions,
 ) -> Result<VmcoreSummary, VmcoreError> {
     let started = Instant::now();
-    let write_err = |source| VmcoreError::Write { path: path.to_path_buf(), source };
     let regions = host_regions(mem)?;
     let pagemap = Pagemap::open();
     let pagemap = pagemap.as_ref();
     let vmcoreinfo = find_in(&regions, pagemap);
+    match opts.spec.format {
+        VmcoreFormat::Kdump => super::diskdump::write(&regions, vcpus, vmcoreinfo, path, opts, started),
+        VmcoreFormat::Elf => {
+            // Zero pages are holes anyway; other levels need the classification.
+            let filter = opts.spec.dump_level & !kdump::classify::DL_ZERO != 0;
+            let classification = filter
+                .then(|| super::diskdump::classify(&regions, vmcoreinfo.as_ref(), opts.spec.dump_level))
+                .transpose()
+                .map_err(|source| VmcoreError::Kdump { path: path.to_path_buf(), source })?;
+            write_elf(&regions, pagemap, vcpus, vmcoreinfo, classification, path, opts, started)
+        }
+    }
+}
+
+/// The ELF vmcore: all-zero pages and the pages `classification` excludes become holes.
+#[allow(clippy::too_many_arguments)]
+fn write_elf(
+    regions: &[Region<'_>],
+    pagemap: Option<&Pagemap>,
+    vcpus: &[VcpuState],
+    vmcoreinfo: Option<VmcoreInfoNote>,
+    classification: Option<kdump::classify::Classification>,
+    path: &Path,
+    opts: &VmcoreOptions,
+    started: Instant,
+) -> Result<VmcoreSummary, VmcoreError> {
+    let write_err = |source| VmcoreError::Write { path: path.to_path_buf(), source };
+    let keep = classification.as_ref().map(|c| &c.dumpable);
     let scanned = started.elapsed();
-    let layout = build_layout(&regions, vcpus, vmcoreinfo.as_ref())?;
+    let layout = build_layout(regions, vcpus, vmcoreinfo.as_ref())?;
 
     let file = crate::files::create_private(path)
         .map_err(|source| VmcoreError::Create { path: path.to_path_buf(), source })?;
@@ -738,7 +862,7 @@ pub fn write_vmcore(
             std::thread::Builder::new()
                 .name("vmcore-sha256".into())
                 .spawn_scoped(scope, || match crate::seccomp::apply(crate::seccomp::ThreadKind::VmcoreHasher) {
-                    Ok(()) => hash_file(&layout, &regions, pagemap, &hashed, &cancel),
+                    Ok(()) => hash_file(&layout, regions, pagemap, keep, &hashed, &cancel),
                     Err(e) => {
                         log::error!("vmcore: {e}");
                         None
@@ -746,7 +870,7 @@ pub fn write_vmcore(
                 })
                 .map_err(|e| log::debug!("vmcore: no hashing thread ({e}), hashing after writing"))
         });
-        let written = write_file(&file, &layout, &regions, pagemap, |pos| {
+        let written = write_file(&file, &layout, regions, pagemap, keep, |pos| {
             // With the hash, the bar shows the slower of the two threads.
             bar.set_position(if opts.sha256 { pos.min(hashed.load(Ordering::Relaxed)) } else { pos });
             if let Some(report) = opts.on_progress {
@@ -765,7 +889,7 @@ pub fn write_vmcore(
                 }
                 h.join().map_err(|_| VmcoreError::Hasher).map(Some)
             }
-            Some(Err(())) => Ok(Some(hash_file(&layout, &regions, pagemap, &hashed, &cancel))),
+            Some(Err(())) => Ok(Some(hash_file(&layout, regions, pagemap, keep, &hashed, &cancel))),
         };
         (digest, written)
     });
@@ -797,6 +921,8 @@ pub fn write_vmcore(
         sha256: digest.map(hex::encode),
         duration,
         vmcoreinfo,
+        spec: opts.spec,
+        filter: classification.map(|c| FilterSummary::Elf(Box::new(c.report))),
     })
 }
 
@@ -879,7 +1005,13 @@ mod tests {
         let vcpus = [vcpu(0), vcpu(1), vcpu(2)];
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vmcore");
-        let summary = write_vmcore(&mem, &vcpus, &path, &VmcoreOptions { sha256: true, ..Default::default() }).unwrap();
+        let summary = write_vmcore(
+            &mem,
+            &vcpus,
+            &path,
+            &VmcoreOptions { spec: DumpSpec::ELF_ALL, sha256: true, ..Default::default() },
+        )
+        .unwrap();
         let data = std::fs::read(&path).unwrap();
 
         assert_eq!(summary.path, path);
@@ -975,9 +1107,13 @@ mod tests {
         plant_vmcoreinfo(&mem, 0x1f_f000, VMCOREINFO_TEXT);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vmcore");
-        let s =
-            write_vmcore(&mem, &[vcpu(0)], &path, &VmcoreOptions { progress: true, on_progress: None, sha256: true })
-                .unwrap();
+        let s = write_vmcore(
+            &mem,
+            &[vcpu(0)],
+            &path,
+            &VmcoreOptions { spec: DumpSpec::ELF_ALL, progress: true, on_progress: None, sha256: true },
+        )
+        .unwrap();
         let data = std::fs::read(&path).unwrap();
         assert_eq!(s.sha256, Some(sha256_hex(&data)));
         assert_eq!(s.vmcoreinfo.unwrap().gpa, 0x1f_f000);
@@ -997,10 +1133,17 @@ mod tests {
         mem.write_obj(0x77u8, GuestAddress(0xc0000 + 3 * PAGE as u64 + 16)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vmcore");
-        let s = write_vmcore(&mem, &[], &path, &VmcoreOptions::default()).unwrap();
+        let s =
+            write_vmcore(&mem, &[], &path, &VmcoreOptions { spec: DumpSpec::ELF_ALL, ..Default::default() }).unwrap();
         assert_eq!(s.sha256, None, "only when asked for");
         let data = std::fs::read(&path).unwrap();
-        let s2 = write_vmcore(&mem, &[], &path, &VmcoreOptions { sha256: true, ..Default::default() }).unwrap();
+        let s2 = write_vmcore(
+            &mem,
+            &[],
+            &path,
+            &VmcoreOptions { spec: DumpSpec::ELF_ALL, sha256: true, ..Default::default() },
+        )
+        .unwrap();
         assert_eq!(s2.sha256, Some(sha256_hex(&data)), "and then of the same bytes");
         assert!(s.vmcoreinfo.is_none());
         let elf = Elf::parse(&data).unwrap();
@@ -1074,19 +1217,52 @@ mod tests {
     }
 
     #[test]
+    fn the_default_vmcore_is_a_kdump_file_with_the_guests_pages_and_notes() {
+        let mem = populated();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmcore");
+        let s = write_vmcore(&mem, &[vcpu(0), vcpu(1)], &path, &VmcoreOptions { sha256: true, ..Default::default() })
+            .unwrap();
+        assert_eq!(s.spec, DumpSpec::default());
+        let mut f = File::open(&path).unwrap();
+        let k = kdump::diskdump::KdumpFile::parse(&mut f).unwrap();
+        assert_eq!(k.nr_cpus, 2);
+        assert_eq!(k.vmcoreinfo.as_deref(), Some(VMCOREINFO_TEXT));
+        // Bytes of the guest, page by page; zero pages are not stored.
+        let pattern: Vec<u8> = (0..3 * PAGE).map(|i| (i % 251) as u8 + 1).collect();
+        for i in 0..3 {
+            let page = k.read_page(&mut f, 1 + i as u64).unwrap().unwrap();
+            assert_eq!(page, pattern[i * PAGE..(i + 1) * PAGE]);
+        }
+        let high = k.read_page(&mut f, (HIGH_BASE + 0x20_0000) / PAGE as u64).unwrap().unwrap();
+        assert_eq!(&high[4000..4020], b"CRASHVMM-MARKER-HIGH");
+        // A zero page shares the one zero page's data, as in makedumpfile's files.
+        assert_eq!(k.read_page(&mut f, 0x10_0000 / PAGE as u64).unwrap().unwrap(), vec![0; PAGE]);
+        // No struct pages here: only the zero-page level could be applied, and the report says so.
+        let Some(FilterSummary::Kdump(summary)) = &s.filter else { panic!("{:?}", s.filter) };
+        assert_eq!((summary.requested_level, summary.effective_level), (31, 1));
+        assert!(summary.excluded_zero > 0 && summary.data_pages < summary.written_pages);
+        assert_eq!(s.sha256, Some(sha256_hex(&std::fs::read(&path).unwrap())));
+    }
+
+    #[test]
     fn a_failing_write_is_an_error() {
         let full = Path::new("/dev/full");
         if !full.exists() {
             return;
         }
         let mem = populated();
-        let err = write_vmcore(&mem, &[vcpu(0)], full, &VmcoreOptions::default());
+        let err =
+            write_vmcore(&mem, &[vcpu(0)], full, &VmcoreOptions { spec: DumpSpec::ELF_ALL, ..Default::default() });
         match err {
             Err(VmcoreError::Write { source, .. }) => {
                 assert_eq!(source.raw_os_error(), Some(libc::ENOSPC))
             }
             other => panic!("expected a write error, got {other:?}"),
         }
+        // The kdump format too.
+        let err = write_vmcore(&mem, &[vcpu(0)], full, &VmcoreOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("No space left on device"), "{err}");
     }
 
     #[test]
@@ -1106,12 +1282,12 @@ mod tests {
         let mem = two_regions();
         mem.write_obj(1u8, GuestAddress(5 * PAGE as u64 + 7)).unwrap();
         let regions = host_regions(&mem).unwrap();
-        let mut presence = Presence::new(Some(&pagemap));
+        let mut presence = Presence::new(Some(&pagemap), None);
         let maybe = presence.fill(&regions[0], 0, 16).to_vec();
         assert!(maybe[5]);
         assert_eq!(maybe.iter().filter(|&&m| m).count(), 1, "{maybe:?}");
         // Without a pagemap every page may hold data.
-        let mut blind = Presence::new(None);
+        let mut blind = Presence::new(None, None);
         assert!(blind.fill(&regions[0], 0, 16).iter().all(|&m| m));
     }
 

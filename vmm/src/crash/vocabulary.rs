@@ -192,14 +192,22 @@ pub enum NmiTargets {
     One(u32),
 }
 
+/// The operator's choice of format and dump level for one dump.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DumpOverride {
+    pub format: Option<super::vmcore::VmcoreFormat>,
+    pub dump_level: Option<u8>,
+}
+
 /// What the operator asks of the VM (the control socket), as the orchestrator takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     InjectNmi(NmiTargets),
     Pause,
     Resume,
-    /// A host-side vmcore of the VM as it is (paused for the write, then as it was before).
-    Dump,
+    /// A host-side vmcore of the VM as it is (paused for the write, then as it was before),
+    /// in the session's format and dump level unless the operator chose others.
+    Dump(DumpOverride),
     /// Boot the guest again.
     Reset,
     /// End the VM now (exit code 0).

@@ -1,0 +1,155 @@
+//! Against a real crash: `KDUMP_TEST_ELF` (crashvmm's unfiltered host-side ELF vmcore) and,
+//! for the crash check, `KDUMP_TEST_VMLINUX` (the guest kernel's -dbg vmlinux). Skipped, with
+//! a message, when `KDUMP_TEST_ELF` is not set.
+//!
+//! - our level-31 kdump file keeps exactly the PFNs `makedumpfile -d 31` keeps from the same ELF
+//!   (bitmap1 and bitmap2 compared), and is no larger than `makedumpfile -c -d 31`'s;
+//! - `makedumpfile --dump-dmesg` of our file prints the panic;
+//! - `crash VMLINUX OURS` runs `bt` on the panicking task.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use goblin::elf::program_header::{PT_LOAD, PT_NOTE};
+use kdump::{
+    classify, write_kdump, ClassifyOptions, Compression, KdumpFile, KdumpOptions, NoteSet, OutOfRange, PhysMem,
+    RamRange,
+};
+
+struct ElfMem {
+    file: File,
+    loads: Vec<(u64, u64, u64)>,
+}
+
+impl PhysMem for ElfMem {
+    fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
+        let err = OutOfRange { paddr, len: buf.len() };
+        let end = paddr.checked_add(buf.len() as u64).ok_or(err)?;
+        let &(start, _, off) = self.loads.iter().find(|(s, l, _)| *s <= paddr && end <= s + l).ok_or(err)?;
+        self.file.read_exact_at(buf, off + (paddr - start)).map_err(|_| err)
+    }
+}
+
+/// The ELF's RAM ranges and notes (headers read from the first MiB: crashvmm and the kernel
+/// put them there).
+fn open_elf(path: &Path) -> (ElfMem, Vec<RamRange>, Vec<u8>) {
+    let file = File::open(path).unwrap();
+    let len = file.metadata().unwrap().len().min(1 << 20) as usize;
+    let mut head = vec![0u8; len];
+    file.read_exact_at(&mut head, 0).unwrap();
+    let hdr = goblin::elf::Elf::parse_header(&head).unwrap();
+    let ctx = goblin::container::Ctx::new(goblin::container::Container::Big, goblin::container::Endian::Little);
+    let phdrs =
+        goblin::elf::program_header::ProgramHeader::parse(&head, hdr.e_phoff as usize, hdr.e_phnum as usize, ctx)
+            .unwrap();
+    let mut notes = Vec::new();
+    let mut loads = Vec::new();
+    for ph in &phdrs {
+        if ph.p_type == PT_NOTE {
+            let mut n = vec![0u8; ph.p_filesz as usize];
+            file.read_exact_at(&mut n, ph.p_offset).unwrap();
+            notes.extend_from_slice(&n);
+        } else if ph.p_type == PT_LOAD {
+            loads.push((ph.p_paddr, ph.p_filesz, ph.p_offset));
+        }
+    }
+    let ram = loads.iter().map(|&(s, l, _)| RamRange { start: s, len: l }).collect();
+    (ElfMem { file, loads }, ram, notes)
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn real_vmcore_matches_makedumpfile_and_opens_in_crash() {
+    let Some(elf) = std::env::var_os("KDUMP_TEST_ELF") else {
+        println!("skipped: set KDUMP_TEST_ELF (and KDUMP_TEST_VMLINUX) to an unfiltered ELF vmcore");
+        return;
+    };
+    let elf = Path::new(&elf);
+    assert!(have("makedumpfile"), "KDUMP_TEST_ELF is set but makedumpfile is not installed");
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ours.kdump");
+
+    let t = Instant::now();
+    let (mem, ram, notes) = open_elf(elf);
+    let info = kdump::vmcoreinfo::find_vmcoreinfo_note(&notes).map(kdump::VmcoreInfo::parse_bytes);
+    let info = info.expect("the ELF has a VMCOREINFO note");
+    let cls = classify(&mem, &ram, Some(&info), 31, &ClassifyOptions::default()).unwrap();
+    for n in &cls.report.notes {
+        println!("note: {n}");
+    }
+    let mut out = std::io::BufWriter::new(File::create(&ours).unwrap());
+    let opts = KdumpOptions { compression: Compression::default(), threads: 0, on_progress: None };
+    let summary = write_kdump(&mut out, &mem, &cls, Some(&info), &NoteSet::new(&notes, None), &opts).unwrap();
+    drop(out);
+    let ours_time = t.elapsed();
+    println!("ours: {}", serde_json::to_string(&summary).unwrap());
+
+    let mut theirs = Vec::new();
+    for (flag, name) in [("-c", "mdf-zlib.kdump"), ("-l", "mdf-lzo.kdump")] {
+        let path = dir.path().join(name);
+        let t = Instant::now();
+        let st = Command::new("makedumpfile").args([flag, "-d", "31"]).arg(elf).arg(&path).output().unwrap();
+        assert!(st.status.success(), "makedumpfile {flag}: {}", String::from_utf8_lossy(&st.stderr));
+        theirs.push((flag, path, t.elapsed()));
+    }
+    let ours_len = std::fs::metadata(&ours).unwrap().len();
+    println!("ours (zlib 6): {ours_len} bytes in {:.2} s", ours_time.as_secs_f64());
+    for (flag, path, time) in &theirs {
+        println!(
+            "makedumpfile {flag} -d 31: {} bytes in {:.2} s",
+            std::fs::metadata(path).unwrap().len(),
+            time.as_secs_f64()
+        );
+    }
+
+    let mut f = File::open(&ours).unwrap();
+    let k_ours = KdumpFile::parse(&mut f).unwrap();
+    let mut g = File::open(&theirs[0].1).unwrap();
+    let k_mdf = KdumpFile::parse(&mut g).unwrap();
+    assert_eq!(k_ours.max_mapnr, k_mdf.max_mapnr);
+    assert!(k_ours.valid == k_mdf.valid, "bitmap1 differs");
+    let only_ours: Vec<u64> = k_ours.dumpable.iter_ones().filter(|&p| !k_mdf.dumpable.get(p)).collect();
+    let only_mdf: Vec<u64> = k_mdf.dumpable.iter_ones().filter(|&p| !k_ours.dumpable.get(p)).collect();
+    assert!(
+        only_ours.is_empty() && only_mdf.is_empty(),
+        "bitmap2 differs: {} PFNs only in ours (first {:x?}), {} only in makedumpfile's (first {:x?})",
+        only_ours.len(),
+        &only_ours[..only_ours.len().min(16)],
+        only_mdf.len(),
+        &only_mdf[..only_mdf.len().min(16)]
+    );
+    println!("bitmap2: {} PFNs, equal to makedumpfile -d 31's", k_ours.dumpable.count());
+    let mdf_zlib = std::fs::metadata(&theirs[0].1).unwrap().len();
+    assert!(ours_len <= mdf_zlib, "ours {ours_len} bytes > makedumpfile -c {mdf_zlib}");
+    // Same page contents as makedumpfile's file, for a sample.
+    for pfn in k_ours.dumpable.iter_ones().step_by(97) {
+        assert_eq!(k_ours.read_page(&mut f, pfn).unwrap(), k_mdf.read_page(&mut g, pfn).unwrap(), "pfn {pfn:#x}");
+    }
+
+    let dmesg = dir.path().join("dmesg.txt");
+    let st = Command::new("makedumpfile").arg("--dump-dmesg").arg(&ours).arg(&dmesg).output().unwrap();
+    assert!(st.status.success(), "--dump-dmesg: {}", String::from_utf8_lossy(&st.stderr));
+    let log = std::fs::read_to_string(&dmesg).unwrap();
+    assert!(log.contains("Kernel panic - not syncing"), "no panic in the dmesg of our file");
+
+    let Some(vmlinux) = std::env::var_os("KDUMP_TEST_VMLINUX") else {
+        println!("crash check skipped: KDUMP_TEST_VMLINUX not set");
+        return;
+    };
+    assert!(have("crash"), "KDUMP_TEST_VMLINUX is set but crash is not installed");
+    let cmds = dir.path().join("cmds");
+    std::fs::write(&cmds, "bt\nsys\nquit\n").unwrap();
+    let out = Command::new("crash").arg("-s").arg(&vmlinux).arg(&ours).arg("-i").arg(&cmds).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    println!("{text}");
+    assert!(out.status.success(), "crash failed");
+    assert!(text.contains("PID:") && text.contains("#0 ["), "no backtrace");
+    assert!(text.contains(" panic at ") || text.contains("crash_kexec"), "bt does not show the panicking task");
+    assert!(text.contains("PANIC: \"Kernel panic"), "crash does not see the panic");
+}
