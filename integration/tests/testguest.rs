@@ -497,11 +497,33 @@ fn every_thread_is_confined_and_the_control_socket_works_under_the_filters() {
     let vmcore = PathBuf::from(dump["path"].as_str().unwrap());
     assert_eq!(mode_of(&vmcore), 0o600);
     assert_eq!(mode_of(vmcore.parent().unwrap()), 0o700);
+    // A live dump: the guest paused for the snapshot only, the vmcore written by a forked
+    // process under its own filter while the guest runs on.
+    let live = r.ctl(&["dump", "--live", "--format", "elf", "--dump-level", "0"]);
+    assert_eq!((live["ok"].as_bool(), live["live"].as_bool()), (Some(true), Some(true)), "{live}");
+    let pause_us = live["pause_us"].as_u64().unwrap();
+    assert!(pause_us > 0 && pause_us < 5_000_000, "{live}");
+    let data = std::fs::read(live["path"].as_str().unwrap()).unwrap();
+    let elf = goblin::elf::Elf::parse(&data).expect("an ELF vmcore");
+    let notes = elf.iter_note_headers(&data).into_iter().flatten().flatten();
+    assert_eq!(notes.filter(|n| n.name == "CORE" && n.n_type == 1).count(), 2, "NT_PRSTATUS per vCPU");
+    assert_eq!(r.ctl(&["status"])["state"], "running");
     assert_eq!(r.ctl(&["shutdown"])["ok"], true);
     let r = r.wait();
     assert_eq!(r.code(), EXIT_POWER_OFF, "{}", r.context());
     assert!(!r.stderr().contains("seccomp"), "{}", r.stderr());
-    r.assert_in_order(&["vm_paused", "vm_resumed", "dump_started", "vmcore_written", "vm_exited"]);
+    r.assert_in_order(&[
+        "vm_paused",
+        "vm_resumed",
+        "dump_started",
+        "vmcore_written",
+        "dump_started",
+        "vmcore_written",
+        "vm_exited",
+    ]);
+    let written = r.all("vmcore_written");
+    assert_eq!(written[1]["pause_us"].as_u64(), Some(pause_us));
+    assert!(written[0].get("pause_us").is_none(), "a pausing dump has no pause_us");
 }
 
 /// The same check sees unfiltered threads when the filters are off.

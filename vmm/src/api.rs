@@ -11,6 +11,7 @@
 //! {"command":"pause"} / {"command":"resume"}
 //! {"command":"dump"}                           -> host-side vmcore of the live VM (pause, write, resume)
 //! {"command":"dump","format":"elf","dump_level":0}   the same, in another format or dump level
+//! {"command":"dump","live":true}               -> the guest paused for a snapshot only (pause_us)
 //! {"command":"reset"}                          -> boot the guest again
 //! {"command":"shutdown"}                       -> hard stop (exit code 0)
 //! {"command":"subscribe"}                      -> {"ok":true} then event lines
@@ -66,6 +67,10 @@ pub enum Request {
         #[serde(default)]
         #[arg(long)]
         dump_level: Option<u8>,
+        /// Pause the guest only for a copy-on-write snapshot (milliseconds), not for the write.
+        #[serde(default)]
+        #[arg(long)]
+        live: bool,
     },
     /// Boot the guest again.
     Reset,
@@ -148,7 +153,7 @@ impl ApiServer {
             Request::InjectNmi { vcpu } => Command::InjectNmi(vcpu.map_or(NmiTargets::All, NmiTargets::One)),
             Request::Pause => Command::Pause,
             Request::Resume => Command::Resume,
-            Request::Dump { format, dump_level } => Command::Dump(DumpOverride { format, dump_level }),
+            Request::Dump { format, dump_level, live } => Command::Dump(DumpOverride { format, dump_level, live }),
             Request::Reset => Command::Reset,
             Request::Shutdown => Command::Shutdown,
             Request::Subscribe => unreachable!("handled by the caller"),
@@ -158,10 +163,19 @@ impl ApiServer {
             Ok(CommandReply::NmiInjected { vcpus }) => json!({"ok": true, "vcpus": vcpus}),
             Ok(CommandReply::Paused { all_stopped }) => json!({"ok": all_stopped}),
             Ok(CommandReply::Resumed | CommandReply::Ending) => json!({"ok": true}),
-            Ok(CommandReply::Dumped(d)) => json!({
-                "ok": true, "path": d.path.display().to_string(), "bytes": d.bytes, "sha256": d.sha256,
-                "duration_ms": d.duration_ms,
-            }),
+            Ok(CommandReply::Dumped(d)) => {
+                let mut v = json!({
+                    "ok": true, "path": d.path.display().to_string(), "bytes": d.bytes, "sha256": d.sha256,
+                    "duration_ms": d.duration_ms,
+                });
+                if let Some(l) = d.live {
+                    v["live"] = json!(true);
+                    v["pause_us"] = json!(l.pause_us);
+                    v["copied_bytes"] = json!(l.copied_bytes);
+                    v["paused_for_rest"] = json!(l.paused_for_rest);
+                }
+                v
+            }
             Err(e) => error(e),
         }
     }
@@ -299,10 +313,10 @@ mod tests {
         assert_eq!(parse(r#"{"command":"inject-nmi"}"#), Ok(Request::InjectNmi { vcpu: None }));
         assert_eq!(parse(r#" {"command":"inject-nmi","vcpu":1} "#), Ok(Request::InjectNmi { vcpu: Some(1) }));
         assert_eq!(parse(r#"{"command":"subscribe"}"#), Ok(Request::Subscribe));
-        assert_eq!(parse(r#"{"command":"dump"}"#), Ok(Request::Dump { format: None, dump_level: None }));
+        assert_eq!(parse(r#"{"command":"dump"}"#), Ok(Request::Dump { format: None, dump_level: None, live: false }));
         assert_eq!(
             parse(r#"{"command":"dump","format":"elf","dump_level":0}"#),
-            Ok(Request::Dump { format: Some(VmcoreFormat::Elf), dump_level: Some(0) })
+            Ok(Request::Dump { format: Some(VmcoreFormat::Elf), dump_level: Some(0), live: false })
         );
         assert_eq!(parse(r#"{"command":"reset"}"#), Ok(Request::Reset));
         for bad in ["", "garbage", "{}", r#"{"command":"explode"}"#, r#"{"command":"inject-nmi","vcpu":"one"}"#, "[1]"]

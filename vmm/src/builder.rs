@@ -159,6 +159,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, shared: &Shared<'_>) -> Result<Machin
 
     let mem = GuestMemoryMmap::from_ranges(&layout::ram_ranges(config.memory_bytes))
         .map_err(|source| VmError::GuestMemory { bytes: config.memory_bytes, source })?;
+    huge_pages(&mem);
     register_memory(&vm, &mem)?;
 
     let disks = disk_slots(config)?;
@@ -325,6 +326,20 @@ pub fn check_kvm(kvm: &Kvm, vcpus: u32) -> Result<(), VmError> {
         return Err(VmError::TooManyVcpus { requested: vcpus, max });
     }
     Ok(())
+}
+
+/// Ask for transparent huge pages on guest RAM (as QEMU does): fewer page-table entries, so a
+/// live dump's `fork()` copies ~512 times fewer of them (docs/live-dump.md), and fewer TLB
+/// misses. Advice only: without THP the guest runs the same.
+fn huge_pages(mem: &GuestMemoryMmap) {
+    for region in mem.iter() {
+        let Ok(host) = mem.get_host_address(region.start_addr()) else { continue };
+        // SAFETY: madvise on a mapping this process owns, for its whole length; MADV_HUGEPAGE
+        // changes no contents and no permissions.
+        if unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) } != 0 {
+            log::debug!("MADV_HUGEPAGE on guest RAM: {}", io::Error::last_os_error());
+        }
+    }
 }
 
 fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {

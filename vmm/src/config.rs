@@ -64,6 +64,8 @@ pub struct VmConfig {
     pub vmcore_sha256: bool,
     /// Format, dump level and compression of host-side vmcores.
     pub dump: crate::crash::vmcore::DumpSpec,
+    /// Guest memory a live dump may have copied on write before it pauses the guest.
+    pub live_dump_max_copy: u64,
     /// virtio-blk disks.
     pub disks: Vec<DiskConfig>,
     /// The disk the guest's crash kernel writes its dump to.
@@ -230,6 +232,7 @@ mod tests {
             crash_dir: "crashes".into(),
             vmcore_sha256: false,
             dump: Default::default(),
+            live_dump_max_copy: crate::crash::executor::DEFAULT_LIVE_MAX_COPY,
             disks: vec![],
             crash_disk: None,
             api_socket: None,

@@ -90,6 +90,9 @@ pub enum Event {
         bytes: u64,
         source: String,
         duration_ms: u64,
+        /// A live dump: how long the guest was paused for its snapshot.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pause_us: Option<u64>,
     },
     /// Writing a vmcore failed; the report says so too.
     VmcoreFailed {
@@ -107,6 +110,9 @@ pub enum Event {
     /// The control socket's `dump` started writing a vmcore of the running VM.
     DumpStarted {
         path: String,
+        /// A live dump: emitted once the snapshot is taken, with the guest's pause.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pause_us: Option<u64>,
     },
     /// The watchdog found the guest making no progress for `seconds`.
     GuestHang {

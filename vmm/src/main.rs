@@ -146,6 +146,11 @@ struct RunArgs {
     /// Page compression of kdump-format vmcores (what both Debian's crash and makedumpfile read).
     #[arg(long, value_enum, value_name = "CODEC", default_value = "zlib")]
     vmcore_compress: VmcoreCompression,
+    /// Guest memory a live dump (`ctl dump --live`, the snapshot at kexec with --host-dump
+    /// always) may have copied on write while the guest runs; past it the guest is paused for
+    /// the rest of the dump.
+    #[arg(long, value_name = "SIZE", default_value = "1G")]
+    live_dump_max_copy: String,
     /// With --after-crash reset, exit after this many crashes (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 0)]
     max_crashes: u32,
@@ -261,6 +266,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         crash_dir: args.crash_dir,
         vmcore_sha256: args.vmcore_sha256,
         dump: DumpSpec { format: args.vmcore_format, dump_level: args.dump_level, compression: args.vmcore_compress },
+        live_dump_max_copy: parse_memory(&args.live_dump_max_copy)?,
         disks: args.disk,
         crash_disk: args.crash_disk,
         api_socket: args.api_socket,
@@ -279,16 +285,17 @@ mod tests {
     #[test]
     fn every_ctl_command_is_a_valid_api_request() {
         use vmm::api::{parse, Request};
-        let cases: [(&[&str], Request); 10] = [
+        let cases: [(&[&str], Request); 11] = [
             (&["status"], Request::Status),
             (&["inject-nmi"], Request::InjectNmi { vcpu: None }),
             (&["inject-nmi", "--vcpu", "1"], Request::InjectNmi { vcpu: Some(1) }),
             (&["pause"], Request::Pause),
             (&["resume"], Request::Resume),
-            (&["dump"], Request::Dump { format: None, dump_level: None }),
+            (&["dump"], Request::Dump { format: None, dump_level: None, live: false }),
+            (&["dump", "--live"], Request::Dump { format: None, dump_level: None, live: true }),
             (
                 &["dump", "--format", "elf", "--dump-level", "0"],
-                Request::Dump { format: Some(vmm::crash::vmcore::VmcoreFormat::Elf), dump_level: Some(0) },
+                Request::Dump { format: Some(vmm::crash::vmcore::VmcoreFormat::Elf), dump_level: Some(0), live: false },
             ),
             (&["reset"], Request::Reset),
             (&["shutdown"], Request::Shutdown),

@@ -178,6 +178,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     handling.crash_disk = config.crash_disk.as_ref().map(|c| c.path.clone());
     handling.vmcore_sha256 = config.vmcore_sha256;
     handling.dump_spec = config.dump;
+    handling.live_max_copy = config.live_dump_max_copy;
     let crash = Arc::new(Mutex::new(handling));
     let raw_terminal = match config.console {
         ConsoleMode::Stdio => RawTerminal::enable(),

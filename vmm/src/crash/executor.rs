@@ -16,6 +16,7 @@ use chrono::Utc;
 use thiserror::Error;
 use vm_memory::GuestMemoryMmap;
 
+use super::live::{self, LiveStats};
 use super::report::{CrashRecord, GuestInfo, ReportError, TimedSignal};
 use super::vmcore::{self, DumpSpec, VcpuState, VmcoreError, VmcoreOptions, VmcoreSummary};
 use super::{flat, Action, Command, CrashSignal, DumpReason, NmiTargets, Orchestrator, Outcome, Trigger, VmcoreSource};
@@ -97,6 +98,9 @@ pub struct OperatorDump {
     pub bytes: u64,
     pub sha256: Option<String>,
     pub duration_ms: u64,
+    /// A live dump: the guest's pause, the memory copied on write, whether the copy limit
+    /// paused it for the rest.
+    pub live: Option<LiveStats>,
 }
 
 /// What a command did.
@@ -117,6 +121,9 @@ pub enum CommandReply {
 
 /// How long to wait for the vCPUs to stop.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `--live-dump-max-copy` unless given: 1 GiB.
+pub const DEFAULT_LIVE_MAX_COPY: u64 = 1 << 30;
 
 /// Crash handling state that outlives a boot.
 pub struct CrashHandling {
@@ -140,8 +147,12 @@ pub struct CrashHandling {
     pub vmcore_sha256: bool,
     /// Format, dump level and compression of host-side vmcores.
     pub dump_spec: DumpSpec,
-    /// The operator's dump being carried out: its format and level.
+    /// The operator's dump being carried out: its format and level, and whether it is live.
     operator_spec: DumpSpec,
+    operator_live: bool,
+    /// `--live-dump-max-copy`: guest memory a live dump may have copied on write before it
+    /// pauses the guest for the rest.
+    pub live_max_copy: u64,
     /// When the crashed kernel kexec'd into its crash kernel.
     kexec_at: Option<Instant>,
     /// The last crash directory written.
@@ -180,6 +191,8 @@ impl CrashHandling {
             vmcore_sha256: false,
             dump_spec: DumpSpec::default(),
             operator_spec: DumpSpec::default(),
+            operator_live: false,
+            live_max_copy: DEFAULT_LIVE_MAX_COPY,
             kexec_at: None,
             last_dir: None,
             end: None,
@@ -274,6 +287,7 @@ impl CrashHandling {
             }
             let format = o.format.unwrap_or(self.dump_spec.format);
             self.operator_spec = DumpSpec { format, dump_level: level, ..self.dump_spec };
+            self.operator_live = o.live;
         }
         let actions = self.orchestrator.on_command(command, vm.paused(), Instant::now());
         self.execute(actions, vm);
@@ -379,13 +393,13 @@ impl CrashHandling {
     fn crash_dump(&mut self, reason: &DumpReason, vm: &dyn VmControl) -> Result<(), DumpError> {
         let no_dir = self.no_crash_directory();
         let opts = self.vmcore_options(self.dump_spec, std::io::stderr().is_terminal());
+        let live = reason.is_live().then_some(self.live_max_copy);
         let Some(record) = self.record.as_mut() else { return Err(no_dir) };
-        let vcpus = vm.snapshots();
-        record.vcpus = vcpus.clone();
         let target = DumpTarget { path: record.vmcore_path(), shown: record.final_dir.join("vmcore") };
-        match target.write(&self.events, vm.memory(), &vcpus, reason, opts) {
-            Ok(s) => {
-                record.set_vmcore(&s, reason);
+        match target.write(&self.events, vm, reason, opts, live, &|_| {}) {
+            Ok(w) => {
+                record.vcpus = w.vcpus;
+                record.set_vmcore(&w.summary, reason);
                 Ok(())
             }
             Err(e) => {
@@ -401,12 +415,25 @@ impl CrashHandling {
         crate::files::create_private_dir_all(&dir)
             .map_err(|source| DumpError::CreateDir { path: dir.clone(), source })?;
         let path = dir.join("vmcore");
-        self.events.emit(Event::DumpStarted { path: path.display().to_string() });
+        let shown = path.display().to_string();
+        let live = self.operator_live.then_some(self.live_max_copy);
+        if live.is_none() {
+            self.events.emit(Event::DumpStarted { path: shown.clone(), pause_us: None });
+        }
+        // A live dump says it started once its snapshot is taken, with the guest's pause.
+        let started =
+            |l: &LiveStats| self.events.emit(Event::DumpStarted { path: shown.clone(), pause_us: Some(l.pause_us) });
         let target = DumpTarget { path: path.clone(), shown: path };
         let opts = self.vmcore_options(self.operator_spec, false);
-        let s = target.write(&self.events, vm.memory(), &vm.snapshots(), reason, opts)?;
-        let duration_ms = s.duration.as_millis() as u64;
-        Ok(OperatorDump { path: target.path, bytes: s.bytes, sha256: s.sha256, duration_ms })
+        let w = target.write(&self.events, vm, reason, opts, live, &started)?;
+        let duration_ms = w.summary.duration.as_millis() as u64;
+        Ok(OperatorDump {
+            path: target.path,
+            bytes: w.summary.bytes,
+            sha256: w.summary.sha256,
+            duration_ms,
+            live: w.live,
+        })
     }
 
     fn vmcore_options(&self, spec: DumpSpec, progress: bool) -> VmcoreOptions<'static> {
@@ -443,6 +470,7 @@ impl CrashHandling {
                     bytes,
                     source: VmcoreSource::Guest.as_str().into(),
                     duration_ms,
+                    pause_us: None,
                 });
                 Ok(true)
             }
@@ -490,17 +518,27 @@ struct DumpTarget {
     shown: PathBuf,
 }
 
+/// A vmcore written, with the registers it holds and, for a live dump, what it cost the guest.
+struct Written {
+    summary: VmcoreSummary,
+    vcpus: Vec<VcpuState>,
+    live: Option<LiveStats>,
+}
+
 impl DumpTarget {
     /// Write the vmcore, with progress events and `vmcore_written` or `vmcore_failed`; a failed
-    /// file is removed.
+    /// file is removed. The vCPUs are paused already, or, for a live dump (`live`: the copy
+    /// limit), paused here for the snapshot only (`on_snapshot` is called once they run again).
     fn write(
         &self,
         events: &EventLog,
-        mem: &GuestMemoryMmap,
-        vcpus: &[VcpuState],
+        vm: &dyn VmControl,
         reason: &DumpReason,
         opts: VmcoreOptions<'_>,
-    ) -> Result<VmcoreSummary, DumpError> {
+        live: Option<u64>,
+        on_snapshot: &dyn Fn(&LiveStats),
+    ) -> Result<Written, DumpError> {
+        let mem = vm.memory();
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let needed = vmcore::required_bytes(mem);
         if let Some(free) = free_bytes(dir).filter(|&f| f < needed) {
@@ -511,23 +549,46 @@ impl DumpTarget {
         }
         let spec = opts.spec;
         log::info!(
-            "writing host-side vmcore ({reason}) to {}: {}, dump level {}",
+            "writing {}host-side vmcore ({reason}) to {}: {}, dump level {}",
+            if live.is_some() { "live " } else { "" },
             self.shown.display(),
             spec.format.report_name(),
             spec.dump_level
         );
         let report = dump_progress(events);
         let opts = VmcoreOptions { on_progress: Some(&report), ..opts };
-        match vmcore::write_vmcore(mem, vcpus, &self.path, &opts) {
-            Ok(s) => {
+        let written = match live {
+            Some(max_copy) => live::live_dump(vm, &self.path, &opts, max_copy, on_snapshot)
+                .map(|(summary, vcpus, stats)| Written { summary, vcpus, live: Some(stats) }),
+            None => {
+                let vcpus = vm.snapshots();
+                vmcore::write_vmcore(mem, &vcpus, &self.path, &opts).map(|summary| Written {
+                    summary,
+                    vcpus,
+                    live: None,
+                })
+            }
+        };
+        match written {
+            Ok(w) => {
+                let s = &w.summary;
                 log::info!("vmcore: {} bytes ({} allocated) in {:?}", s.bytes, s.allocated_bytes, s.duration);
+                if let Some(l) = &w.live {
+                    log::info!(
+                        "live dump: guest paused {} us; {} bytes copied on write{}",
+                        l.pause_us,
+                        l.copied_bytes,
+                        if l.paused_for_rest { "; paused for the rest (copy limit)" } else { "" }
+                    );
+                }
                 events.emit(Event::VmcoreWritten {
                     path: self.shown.display().to_string(),
                     bytes: s.bytes,
                     source: VmcoreSource::Host.as_str().into(),
                     duration_ms: s.duration.as_millis() as u64,
+                    pause_us: w.live.map(|l| l.pause_us),
                 });
-                Ok(s)
+                Ok(w)
             }
             Err(source) => {
                 let _ = std::fs::remove_file(&self.path);

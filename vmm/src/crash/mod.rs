@@ -7,6 +7,7 @@
 mod diskdump;
 pub mod executor;
 pub mod flat;
+pub mod live;
 pub mod report;
 pub mod summary;
 pub mod vmcore;
@@ -327,8 +328,9 @@ impl Orchestrator {
     fn kdump_phase(&mut self, now: Instant) -> Vec<Action> {
         self.set_phase(Phase::AwaitKdump { deadline: now + self.policy.kdump_timeout });
         if self.policy.host_dump == HostDump::Always && self.crash.as_ref().is_some_and(|c| c.kexec_seen) {
+            // A live dump: paused for the snapshot only, the crash kernel starts at once.
             self.set_phase(Phase::Dumping { resume: true });
-            return vec![Action::Pause, Action::HostDump { reason: DumpReason::KexecSnapshot }];
+            return vec![Action::HostDump { reason: DumpReason::KexecSnapshot }];
         }
         vec![]
     }
@@ -548,6 +550,8 @@ impl Orchestrator {
             }
             Command::Pause => vec![Action::Pause],
             Command::Resume => vec![Action::Resume],
+            // A live dump pauses the guest for its snapshot itself.
+            Command::Dump(DumpOverride { live: true, .. }) => vec![Action::HostDump { reason: DumpReason::Operator }],
             Command::Dump(_) => {
                 let mut out = vec![Action::Pause, Action::HostDump { reason: DumpReason::Operator }];
                 out.extend((!paused).then_some(Action::Resume));
@@ -798,7 +802,8 @@ mod tests {
             (policy(P::Auto, A::Exit, H::Fallback), vec![begin("pvpanic")]),
             (policy(P::Kdump, A::Exit, H::Fallback), vec![begin("pvpanic")]),
             // --host-dump always: snapshot at guest_kexec, then the crash kernel goes on.
-            (policy(P::Auto, A::Exit, H::Always), [vec![begin("pvpanic")], dump()].concat()),
+            // A live dump, which pauses for its snapshot only.
+            (policy(P::Auto, A::Exit, H::Always), vec![begin("pvpanic"), Action::HostDump { reason: ANY_REASON }]),
             // host-dump policy: the guest's kdump does not run; dump once it is quiet (kexec).
             (policy(P::HostDump, A::Exit, H::Fallback), [vec![begin("pvpanic")], dump()].concat()),
             (
@@ -964,6 +969,11 @@ mod tests {
         );
         assert_eq!(o.on_command(Command::Dump(DumpOverride::default()), true, t0), vec![Action::Pause, op_dump]);
         assert!(o.on_dump_done(&DumpReason::Operator, None, t0).is_empty(), "not a crash");
+        let live = DumpOverride { live: true, ..Default::default() };
+        assert_eq!(
+            o.on_command(Command::Dump(live), false, t0),
+            vec![Action::HostDump { reason: DumpReason::Operator }]
+        );
         assert_eq!(o.crashes(), 0);
         assert_eq!(o.on_command(Command::Reset, false, t0), vec![Action::Reset]);
         assert_eq!(o.on_command(Command::Shutdown, false, t0), vec![Action::Stop(VmExit::HostShutdown)]);

@@ -184,6 +184,8 @@ pub enum FilterSummary {
     Kdump(Box<KdumpSummary>),
     /// An ELF file filtered beyond zero pages: the classification.
     Elf(Box<ClassifyReport>),
+    /// Either, as the live dump's writer process reported it.
+    Decoded(serde_json::Value),
 }
 
 /// How to write the vmcore.
@@ -256,6 +258,8 @@ pub enum VmcoreError {
     Hasher,
     #[error("cannot write the kdump-format vmcore {path}: {source}")]
     Kdump { path: PathBuf, source: kdump::KdumpError },
+    #[error("live dump: {0}")]
+    Live(String),
 }
 
 /// One guest RAM region, mapped in this process.

@@ -87,6 +87,12 @@ impl DumpReason {
     pub fn is_crash(&self) -> bool {
         *self != DumpReason::Operator
     }
+
+    /// Whether the guest goes on while this crash's dump is written (a live dump): the
+    /// snapshot at kexec, so that the crash kernel starts at once.
+    pub fn is_live(&self) -> bool {
+        *self == DumpReason::KexecSnapshot
+    }
 }
 
 /// `stalled_ms` as the report words it.
@@ -197,6 +203,8 @@ pub enum NmiTargets {
 pub struct DumpOverride {
     pub format: Option<super::vmcore::VmcoreFormat>,
     pub dump_level: Option<u8>,
+    /// Pause the guest only for a copy-on-write snapshot, not for the write.
+    pub live: bool,
 }
 
 /// What the operator asks of the VM (the control socket), as the orchestrator takes it.

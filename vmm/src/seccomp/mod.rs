@@ -13,6 +13,10 @@
 //!   futexes. No `open`, no sockets, no thread creation.
 //! - **vmcore-hasher**: the thread that hashes a host-side vmcore (`--vmcore-sha256 on`):
 //!   reads guest memory and `/proc/self/pagemap` through an open descriptor.
+//! - **live-dump-writer**: the child process a live dump forks (its view of guest memory is the
+//!   copy-on-write snapshot): it creates and writes the vmcore file, with threads for
+//!   compression, and reports through a pipe. No `ioctl` (no KVM), no sockets. The vmm thread
+//!   may fork for it: `clone` with exactly glibc's fork flags, `wait4`, `pipe2`, `kill`.
 //!
 //! Console output is written by the vCPU thread that emulates the UART; console input is the vmm
 //! thread's. Every `ioctl` is checked against the list of request numbers of its kind.
@@ -58,6 +62,7 @@ pub enum ThreadKind {
     Vmm,
     Vcpu,
     VmcoreHasher,
+    LiveDumpWriter,
 }
 
 impl ThreadKind {
@@ -66,6 +71,7 @@ impl ThreadKind {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::VmcoreHasher => "vmcore-hasher",
+            ThreadKind::LiveDumpWriter => "live-dump-writer",
         }
     }
 }
@@ -255,6 +261,29 @@ const VCPU: &[i64] = &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasyn
 /// The vmcore hasher reads guest memory (mapped) and the pagemap (an open descriptor).
 const VMCORE_HASHER: &[i64] = &[libc::SYS_pread64];
 
+/// The live dump's writer process: the vmcore file and its compression threads.
+const LIVE_DUMP_WRITER: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_statx,
+    libc::SYS_lseek,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_writev,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_ftruncate,
+    libc::SYS_fchmod,
+    libc::SYS_clone3,
+    // The vmcore hasher thread (an ELF with --vmcore-sha256) confines itself further.
+    libc::SYS_prctl,
+    libc::SYS_seccomp,
+];
+
+/// glibc's `fork()`: `clone(CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | SIGCHLD, ...)`.
+const FORK_FLAGS: u64 = (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD) as u64;
+
 fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
     // Argument indexes below 6 and these operators are always valid.
     SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value).expect("a valid seccomp condition")
@@ -270,6 +299,7 @@ fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
         ThreadKind::Vmm => (VMM, vmm_ioctls()),
         ThreadKind::Vcpu => (VCPU, vcpu_ioctls()),
         ThreadKind::VmcoreHasher => (VMCORE_HASHER, Vec::new()),
+        ThreadKind::LiveDumpWriter => (LIVE_DUMP_WRITER, Vec::new()),
     };
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = COMMON.iter().chain(own).map(|&nr| (nr, Vec::new())).collect();
     if !ioctls.is_empty() {
@@ -279,10 +309,21 @@ fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
     let no_exec = || vec![rule(vec![cond(2, SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64), 0)])];
     map.insert(libc::SYS_mmap, no_exec());
     map.insert(libc::SYS_mprotect, no_exec());
-    if kind == ThreadKind::Vmm {
-        // Threads only (glibc tries clone3 first); clone without CLONE_THREAD would be a fork.
-        let thread = libc::CLONE_THREAD as u64;
-        map.insert(libc::SYS_clone, vec![rule(vec![cond(0, SeccompCmpOp::MaskedEq(thread), thread)])]);
+    let thread = libc::CLONE_THREAD as u64;
+    let threads = || rule(vec![cond(0, SeccompCmpOp::MaskedEq(thread), thread)]);
+    match kind {
+        // Threads (glibc tries clone3 first; clone without CLONE_THREAD is a fork), and the one
+        // fork a live dump makes, with glibc's exact flags, then waits for.
+        ThreadKind::Vmm => {
+            map.insert(libc::SYS_clone, vec![threads(), rule(vec![cond(0, SeccompCmpOp::Eq, FORK_FLAGS)])]);
+            for nr in [libc::SYS_wait4, libc::SYS_pipe2, libc::SYS_kill] {
+                map.insert(nr, Vec::new());
+            }
+        }
+        ThreadKind::LiveDumpWriter => {
+            map.insert(libc::SYS_clone, vec![threads()]);
+        }
+        ThreadKind::Vcpu | ThreadKind::VmcoreHasher => {}
     }
     map
 }
@@ -500,7 +541,7 @@ mod tests {
 
     #[test]
     fn every_filter_compiles() {
-        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::VmcoreHasher] {
+        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::VmcoreHasher, ThreadKind::LiveDumpWriter] {
             for action in [SeccompAction::Trap, SeccompAction::Log, SeccompAction::Errno(1)] {
                 assert!(!program(kind, action).unwrap().is_empty());
             }
@@ -614,6 +655,30 @@ mod tests {
         assert_eq!(exec, libc::EPERM, "mmap PROT_EXEC");
         assert_eq!(fork, libc::EPERM, "clone without CLONE_THREAD");
         assert_eq!(thread, 7, "threads can be created");
+    }
+
+    #[test]
+    fn the_live_dump_writer_writes_files_with_threads_but_no_kvm_sockets_or_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmcore");
+        let (wrote, ioctl, sock, fork, thread) = confined(ThreadKind::LiveDumpWriter, move || {
+            let wrote = crate::files::create_private(&path).and_then(|f| f.sync_all()).is_ok();
+            // SAFETY: as in the vmm test: a fork that must fail before it creates anything.
+            let fork = unsafe {
+                let r = libc::syscall(libc::SYS_clone, FORK_FLAGS, 0, 0, 0, 0);
+                if r == 0 {
+                    libc::_exit(0);
+                }
+                errno_of(r)
+            };
+            let thread = std::thread::spawn(|| 7).join().unwrap_or(0);
+            (wrote, ioctl_kvm_create_vm_on_stdin(), socket(), fork, thread)
+        });
+        assert!(wrote, "openat, fsync");
+        assert_eq!(ioctl, libc::EPERM, "ioctl");
+        assert_eq!(sock, libc::EPERM, "socket");
+        assert_eq!(fork, libc::EPERM, "fork");
+        assert_eq!(thread, 7, "compression threads");
     }
 
     #[test]

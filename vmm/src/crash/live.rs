@@ -1,0 +1,196 @@
+//! Live dumps: a consistent vmcore of a running guest, which is paused only for the snapshot.
+//!
+//! The vCPUs are paused (each saves its registers), crashvmm `fork()`s, and the vCPUs run on at
+//! once: the child's view of guest memory (private anonymous, so copy-on-write) is the snapshot
+//! taken at the fork, and the child writes the vmcore from it, in the same format and at the same
+//! dump level as any host-side vmcore, under its own seccomp filter (`live-dump-writer`), then
+//! reports through a pipe. Guest RAM is `MADV_HUGEPAGE` (see `builder.rs`), so the fork copies
+//! page tables of 2 MiB pages: `docs/live-dump.md` has the measurements behind the choice of
+//! `fork()` over `userfaultfd` write protection.
+//!
+//! Cost is bounded: every page the guest writes during the dump is copied by the kernel for the
+//! running guest (the child keeps the old one). The parent watches its private dirty memory;
+//! past `max_copy` bytes it pauses the guest until the child is done, and says so.
+
+use std::io::Read;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::executor::VmControl;
+use super::vmcore::{self, FilterSummary, VcpuState, VmcoreError, VmcoreInfoNote, VmcoreOptions, VmcoreSummary};
+use crate::seccomp::{self, ThreadKind};
+
+/// How long the vCPUs may take to stop for the snapshot.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the parent looks at the copy-on-write cost.
+const POLL: Duration = Duration::from_millis(10);
+
+/// What a live dump cost the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct LiveStats {
+    /// From the pause request until the vCPUs ran again.
+    pub pause_us: u64,
+    /// Guest memory copied because the guest wrote it during the dump (as far as seen).
+    pub copied_bytes: u64,
+    /// The copy limit was reached: the guest was paused for the rest of the dump.
+    pub paused_for_rest: bool,
+}
+
+/// The child's report, through the pipe.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    error: Option<String>,
+    bytes: u64,
+    allocated_bytes: u64,
+    sha256: Option<String>,
+    duration_us: u64,
+    vmcoreinfo: Option<(u64, String)>,
+    filter: Option<serde_json::Value>,
+}
+
+/// Write a vmcore of the running VM to `path` with the guest paused only for the snapshot.
+/// Returns the summary, the registers of the snapshot and what it cost the guest.
+pub fn live_dump(
+    vm: &dyn VmControl,
+    path: &Path,
+    opts: &VmcoreOptions,
+    max_copy: u64,
+    on_snapshot: &dyn Fn(&LiveStats),
+) -> Result<(VmcoreSummary, Vec<VcpuState>, LiveStats), VmcoreError> {
+    let err = |what: &str, e: std::io::Error| VmcoreError::Live(format!("{what}: {e}"));
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(err("pipe", std::io::Error::last_os_error()));
+    }
+    // SAFETY: pipe2 just created these descriptors; each is owned once.
+    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let was_paused = vm.paused();
+    let started = Instant::now();
+    if !was_paused && !vm.pause(PAUSE_TIMEOUT) {
+        log::warn!("live dump: not every vCPU stopped; their registers may be missing");
+    }
+    let vcpus = vm.snapshots();
+    let paused_at = started.elapsed();
+    // SAFETY: the child only writes the vmcore (memory reads, file writes, its own threads) and
+    // leaves with _exit; it takes no lock another thread may hold: logging is off, and glibc's
+    // fork resets malloc's locks.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        drop(rx);
+        child(vm, &vcpus, path, opts, tx);
+    }
+    drop(tx);
+    if pid < 0 {
+        let e = std::io::Error::last_os_error();
+        if !was_paused {
+            vm.resume();
+        }
+        return Err(err("fork", e));
+    }
+    if !was_paused {
+        vm.resume();
+    }
+    let mut stats = LiveStats { pause_us: started.elapsed().as_micros() as u64, ..Default::default() };
+    log::debug!("live dump: vCPUs stopped in {paused_at:?}, forked and running again after {} us", stats.pause_us);
+    // After the fork the snapshot's pages are shared, no longer private: what grows from here
+    // is what the running guest rewrote.
+    let baseline = private_dirty();
+    on_snapshot(&stats);
+    let status = loop {
+        let mut status = 0;
+        // SAFETY: waits for our own child, without blocking.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            break Ok(status);
+        }
+        if r < 0 {
+            break Err(err("waitpid", std::io::Error::last_os_error()));
+        }
+        let copied = private_dirty().saturating_sub(baseline);
+        stats.copied_bytes = stats.copied_bytes.max(copied);
+        if copied > max_copy && !stats.paused_for_rest && !was_paused {
+            log::warn!(
+                "live dump: the guest rewrote {copied} bytes (more than --live-dump-max-copy {max_copy}); \
+                 pausing it for the rest of the dump"
+            );
+            stats.paused_for_rest = true;
+            vm.pause(PAUSE_TIMEOUT);
+        }
+        std::thread::sleep(POLL);
+    };
+    if stats.paused_for_rest {
+        vm.resume();
+    }
+    let status = status?;
+    let mut out = Vec::new();
+    std::fs::File::from(rx).read_to_end(&mut out).map_err(|e| err("reading the writer's report", e))?;
+    let wire: Wire = serde_json::from_slice(&out).map_err(|_| {
+        VmcoreError::Live(format!("the writer process ended without a report (wait status {status:#x})"))
+    })?;
+    if let Some(e) = wire.error {
+        return Err(VmcoreError::Live(e));
+    }
+    let summary = VmcoreSummary {
+        path: path.to_path_buf(),
+        bytes: wire.bytes,
+        allocated_bytes: wire.allocated_bytes,
+        sha256: wire.sha256,
+        duration: Duration::from_micros(wire.duration_us),
+        vmcoreinfo: wire.vmcoreinfo.map(|(gpa, text)| VmcoreInfoNote { gpa, text }),
+        spec: opts.spec,
+        filter: wire.filter.map(FilterSummary::Decoded),
+    };
+    Ok((summary, vcpus, stats))
+}
+
+/// The writer process: write, report, leave.
+fn child(vm: &dyn VmControl, vcpus: &[VcpuState], path: &Path, opts: &VmcoreOptions, tx: OwnedFd) -> ! {
+    log::set_max_level(log::LevelFilter::Off);
+    let result = seccomp::apply(ThreadKind::LiveDumpWriter).map_err(|e| e.to_string()).and_then(|()| {
+        let opts = VmcoreOptions { progress: false, on_progress: None, ..*opts };
+        vmcore::write_vmcore(vm.memory(), vcpus, path, &opts).map_err(|e| e.to_string())
+    });
+    let wire = match result {
+        Ok(s) => Wire {
+            error: None,
+            bytes: s.bytes,
+            allocated_bytes: s.allocated_bytes,
+            sha256: s.sha256,
+            duration_us: s.duration.as_micros() as u64,
+            vmcoreinfo: s.vmcoreinfo.map(|n| (n.gpa, n.text)),
+            filter: s.filter.and_then(|f| serde_json::to_value(f).ok()),
+        },
+        Err(e) => Wire {
+            error: Some(e),
+            bytes: 0,
+            allocated_bytes: 0,
+            sha256: None,
+            duration_us: 0,
+            vmcoreinfo: None,
+            filter: None,
+        },
+    };
+    let code = match serde_json::to_vec(&wire) {
+        Ok(bytes) => {
+            let mut f = std::fs::File::from(tx);
+            i32::from(std::io::Write::write_all(&mut f, &bytes).is_err())
+        }
+        Err(_) => 1,
+    };
+    // SAFETY: leaves the child at once, running no destructor or exit handler of the parent's.
+    unsafe { libc::_exit(code) }
+}
+
+/// This process's private dirty memory (`/proc/self/smaps_rollup`): what copy-on-write adds to
+/// while the child holds the snapshot.
+fn private_dirty() -> u64 {
+    let text = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Private_Dirty:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
