@@ -618,6 +618,8 @@ fn free_bytes(path: &Path) -> Option<u64> {
 mod tests {
     use std::sync::Mutex;
 
+    use vm_memory::Bytes;
+
     use super::*;
     use crate::crash::Policy;
     use crate::layout::ram_ranges;
@@ -762,6 +764,31 @@ mod tests {
         assert_eq!(h.orchestrator.crashes(), 0);
         assert_eq!(h.end(), None);
         assert!(h.last_crash_dir().is_none());
+    }
+
+    #[test]
+    fn a_live_dump_pauses_the_vm_for_its_snapshot_only() {
+        let base = tempfile::tempdir().unwrap();
+        let events = EventLog::disabled();
+        let mut h = handling(base.path(), &events);
+        let vm = FakeVm::new();
+        vm.mem.write_slice(b"live and well", vm_memory::GuestAddress(0x5000)).unwrap();
+        let live = crate::crash::DumpOverride { live: true, ..Default::default() };
+        let CommandReply::Dumped(d) = h.command(Command::Dump(live), &vm).unwrap() else { panic!("not a dump") };
+        // Paused for the fork, running again before the child wrote anything.
+        assert_eq!(vm.calls(), ["pause", "resume"]);
+        let stats = d.live.expect("a live dump");
+        assert!(stats.pause_us > 0 && !stats.paused_for_rest, "{stats:?}");
+        let mut f = std::fs::File::open(&d.path).unwrap();
+        let k = kdump::diskdump::KdumpFile::parse(&mut f).unwrap();
+        assert_eq!(&k.read_page(&mut f, 5).unwrap().unwrap()[..13], b"live and well");
+        assert_eq!(k.nr_cpus, 2, "the registers of the snapshot");
+        let written: Vec<serde_json::Value> =
+            events.since(0).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let started = written.iter().find(|e| e["event"] == "dump_started").unwrap();
+        assert_eq!(started["pause_us"].as_u64(), Some(stats.pause_us));
+        let done = written.iter().find(|e| e["event"] == "vmcore_written").unwrap();
+        assert_eq!(done["pause_us"].as_u64(), Some(stats.pause_us));
     }
 
     #[test]
