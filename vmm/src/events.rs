@@ -106,6 +106,12 @@ pub enum Event {
     /// A crash directory is complete.
     CrashReport {
         dir: String,
+        /// The crash's signature (`report.json` has its frames and kind): the same id for the
+        /// same bug across guests, boots and builds of one kernel release.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signature_id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
     },
     /// The control socket's `dump` started writing a vmcore of the running VM.
     DumpStarted {

@@ -492,10 +492,18 @@ impl CrashHandling {
         }
         let events = self.events.since(self.events_mark);
         let console = self.console.contents();
+        record.signature = record.find_signature(&console);
+        if let Some(s) = &record.signature {
+            log::warn!("crash signature {}: {}", s.id, s.title);
+        }
         match record.finish(outcome, self.orchestrator.policy(), &self.guest, &events, &console) {
             Ok(dir) => {
                 log::warn!("crash report: {}", dir.display());
-                self.events.emit(Event::CrashReport { dir: dir.display().to_string() });
+                self.events.emit(Event::CrashReport {
+                    dir: dir.display().to_string(),
+                    signature_id: record.signature.as_ref().map(|s| s.id.clone()),
+                    title: record.signature.as_ref().map(|s| s.title.clone()),
+                });
                 self.last_dir = Some(dir);
             }
             Err(e) => log::error!("crash directory incomplete: {e}"),

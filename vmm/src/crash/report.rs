@@ -90,6 +90,8 @@ pub struct CrashRecord {
     pub vmcore: Option<VmcoreEntry>,
     pub vmcore_error: Option<String>,
     pub kernel_release: Option<String>,
+    /// What crashed, as kernel developers name it, and its stable id.
+    pub signature: Option<signature::Signature>,
     /// The directory being written (temporary name until [`CrashRecord::finish`]).
     pub tmp_dir: PathBuf,
     /// Its name once finished (chosen up front, so events can name it).
@@ -120,6 +122,7 @@ impl CrashRecord {
             vmcore: None,
             vmcore_error: None,
             kernel_release: None,
+            signature: None,
             tmp_dir,
             base: base.to_owned(),
         })
@@ -179,6 +182,24 @@ impl CrashRecord {
         Ok(())
     }
 
+    /// The crash's signature, from the best source there is: the Hyper-V crash message (the
+    /// guest's own kernel log at the panic), else the console, else what the trigger says (a
+    /// hang, a triple fault).
+    pub fn find_signature(&self, console: &[u8]) -> Option<signature::Signature> {
+        let hv_message = self.signals.iter().rev().find_map(|t| match &t.signal {
+            CrashSignal::HvCrash { message: Some(m), .. } => Some(m.clone()),
+            _ => None,
+        });
+        hv_message
+            .and_then(|m| signature::Signature::from_hyperv_message(m.as_bytes()).ok())
+            .or_else(|| signature::from_text(&String::from_utf8_lossy(console)))
+            .or(match self.trigger {
+                Trigger::TripleFault => Some(signature::Signature::triple_fault()),
+                Trigger::GuestHang => Some(signature::Signature::hang()),
+                _ => None,
+            })
+    }
+
     /// The report as JSON.
     pub fn report(&self, outcome: &Outcome, policy: &Policy, guest: &GuestInfo) -> Value {
         let signals: Vec<Value> = self.signals.iter().map(signal_json).collect();
@@ -231,6 +252,7 @@ impl CrashRecord {
             "vcpu_registers": vcpus,
             "vmcore": self.vmcore,
             "vmcore_error": self.vmcore_error,
+            "signature": self.signature,
         })
     }
 
@@ -428,6 +450,28 @@ mod tests {
         assert_eq!(j["registers_reset"], true);
         assert_eq!(j["rip"], "0xfff0");
         assert!(j["note"].as_str().unwrap().contains("not where the guest was"));
+    }
+
+    #[test]
+    fn the_signature_comes_from_the_console_or_the_trigger() {
+        let base = tempfile::tempdir().unwrap();
+        let console = include_str!("../../../signature/tests/fixtures/debian61-sysrq-panic-boot1.txt");
+        let mut r = CrashRecord::begin(base.path(), 1, Trigger::Pvpanic).unwrap();
+        let s = r.find_signature(console.as_bytes()).expect("a signature");
+        assert_eq!(s.title, "kernel panic: sysrq triggered crash");
+        assert_eq!(s.frames.first().map(String::as_str), Some("sysrq_handle_crash"));
+        r.signature = Some(s.clone());
+        let dir = r.finish(&Outcome::HostVmcoreWritten, &Policy::default(), &guest(), &[], console.as_bytes()).unwrap();
+        let report: Value = serde_json::from_slice(&fs::read(dir.join("report.json")).unwrap()).unwrap();
+        assert_eq!(report["signature"]["id"], s.id.as_str());
+        // No crash text at all: the trigger names it, or nothing does.
+        let t = CrashRecord::begin(base.path(), 2, Trigger::TripleFault).unwrap();
+        assert_eq!(
+            t.find_signature(b"TG: nothing to see").map(|s| s.title),
+            Some(signature::Signature::triple_fault().title)
+        );
+        let p = CrashRecord::begin(base.path(), 3, Trigger::Pvpanic).unwrap();
+        assert!(p.find_signature(b"TG: nothing to see").is_none());
     }
 
     #[test]
