@@ -1150,6 +1150,125 @@ mod tests {
         assert_eq!(c.report.excluded.free, e.free.len() as u64);
     }
 
+    /// The VMCOREINFO of a real Debian 6.12 guest (linux-image-6.12.118+deb12-cloud-amd64,
+    /// bookworm-security; crashvmm's host-side ELF of the `panic` scenario).
+    const VMCOREINFO_6_12: &str = include_str!("../tests/fixtures/vmcoreinfo-6.12.118+deb12-cloud-amd64.txt");
+
+    #[test]
+    fn debian_6_12_vmcoreinfo_gives_the_expected_rule_inputs() {
+        let info = VmcoreInfo::parse(VMCOREINFO_6_12);
+        assert_eq!(info.osrelease(), Some("6.12.118+deb12-cloud-amd64"));
+        let v = info.kernel_version().unwrap();
+        assert_eq!(v, (6, 12, 118));
+        assert!((v.0, v.1) <= NEWEST_KNOWN, "6.12 is within the rules known here");
+        assert_eq!(info.page_size(), Some(4096));
+        assert!(info.pgtable_l5(), "the guest ran with 5-level paging");
+        assert_eq!(info.kernel_offset(), Some(0xe40_0000));
+        assert_eq!(info.phys_base(), Some(-159_383_552i64 as u64), "phys_base is negative here");
+
+        let r = Rules::from(&info).unwrap();
+        // struct page: unchanged from 6.1.
+        assert_eq!((r.size, r.flags, r.mapping), (64, 0, 24));
+        assert_eq!((r.mapcount, r.private, r.compound_head), (Some(48), Some(40), Some(8)));
+        // Page flags: renumbered against 6.1 (PG_lru 4 -> 5, PG_private 13 -> 14, PG_head 16 -> 6).
+        assert_eq!(r.pg_lru, Some(5));
+        assert_eq!(r.pg_private, Some(14));
+        assert_eq!(r.pg_swapcache, Some(10));
+        assert_eq!(r.pg_swapbacked, Some(17));
+        assert_eq!(r.pg_hwpoison, Some(20));
+        assert_eq!(r.pg_head_mask, Some(1 << 6));
+        // No PG_slab since 6.10, no PG_hugetlb (a page type since 6.9).
+        assert_eq!((r.pg_slab, r.pg_hugetlb), (None, None));
+        // Page types are whole top-byte values since 6.12 (4ffca5a96678c): PGTY_buddy 0xf0,
+        // PGTY_offline 0xf1, PGTY_hugetlb 0xf4, PGTY_slab 0xf5, nothing in the low 24 bits.
+        assert_eq!(r.buddy_value, Some(0xf000_0000u32 as i32));
+        assert_eq!(r.offline_value, Some(0xf100_0000u32 as i32));
+        assert_eq!(r.hugetlb_value, Some(0xf400_0000u32 as i32));
+        assert_eq!(r.slab_value, Some(0xf500_0000u32 as i32));
+        assert_eq!(r.unaccepted_value, None, "unaccepted pages came with 6.16");
+        // No compound_order/_folio_order/dtor entries: the order is `_flags_1 & 0xff`.
+        assert_eq!((r.order_offset, r.dtor_offset, r.hugetlb_dtor, r.free_huge_page), (None, None, None, None));
+        assert_eq!(r.max_order, Some(11));
+        for l in [DL_CACHE, DL_CACHE_PRIVATE, DL_USER, DL_FREE] {
+            assert!(r.missing(l).is_empty(), "level {l}: {:?}", r.missing(l));
+        }
+        // makedumpfile before 1.7.7 derived a flag from the slab value
+        // (`(_mapcount & (0xf0000000 | ~SLAB)) == 0xf0000000`): on 6.12 that calls a buddy page
+        // slab. Compared whole, it is not.
+        let buddy = r.buddy_value.unwrap() as u32;
+        let old_slab_rule = buddy & (0xf000_0000 | !(r.slab_value.unwrap() as u32)) == 0xf000_0000;
+        assert!(old_slab_rule, "the pre-1.7.7 rule misreads 6.12 buddy pages");
+        assert!(!r.is_slab(0, buddy as i32));
+        assert!(r.is_slab(0, r.slab_value.unwrap()));
+        // The free-page guard's inputs are all there.
+        for k in [
+            "OFFSET(pglist_data.node_zones)",
+            "OFFSET(pglist_data.nr_zones)",
+            "SIZE(zone)",
+            "OFFSET(zone.free_area)",
+            "SIZE(free_area)",
+            "OFFSET(free_area.free_list)",
+            "LENGTH(free_area.free_list)",
+            "OFFSET(page.lru)",
+            "SYMBOL(node_data)",
+            "SYMBOL(node_online_map)",
+        ] {
+            assert!(info.has(k), "{k}");
+        }
+    }
+
+    /// One struct page in the 6.12 layout (flags at 0, compound_head/lru at 8, mapping 24,
+    /// private 40, _mapcount 48).
+    fn page_6_12(flags: u64, compound_head: u64, mapping: u64, private: u64, mapcount: u32) -> Vec<u8> {
+        let mut b = vec![0u8; 64];
+        b[0..8].copy_from_slice(&flags.to_le_bytes());
+        b[8..16].copy_from_slice(&compound_head.to_le_bytes());
+        b[24..32].copy_from_slice(&mapping.to_le_bytes());
+        b[40..48].copy_from_slice(&private.to_le_bytes());
+        b[48..52].copy_from_slice(&mapcount.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn debian_6_12_struct_pages_classify_as_makedumpfile_1_7_9() {
+        let r = Rules::from(&VmcoreInfo::parse(VMCOREINFO_6_12)).unwrap();
+        let none = u32::MAX; // _mapcount -1: no type, not mapped
+        let (lru, private, swapcache, swapbacked, head) = (1 << 5, 1 << 14, 1 << 10, 1 << 17, 1 << 6);
+        let (buddy, slab, hugetlb, offline) = (0xf000_0000u32, 0xf500_0000u32, 0xf400_0000u32, 0xf100_0000u32);
+        let anon_map = 0xff30_56c1_0000_1001u64; // an anon_vma pointer | PAGE_MAPPING_ANON
+        let file_map = 0xff30_56c1_0000_2000u64;
+        let d = |level: u8, pfn: u64, page: &[u8], next: Option<&[u8]>| {
+            decide(&r, level, pfn, &PageView { bytes: page, next }, true)
+        };
+        // Buddy head of order 3.
+        assert_eq!(d(31, 1024, &page_6_12(0, 0, 0, 3, buddy), None), (Class::Free, 8));
+        assert_eq!(d(15, 1024, &page_6_12(0, 0, 0, 3, buddy), None), (Class::Keep, 1));
+        // A slab page whose mapping word has bit 0 set (slab fields overlay it): not anon.
+        assert_eq!(d(31, 7, &page_6_12(0, 0, anon_map, 0, slab), None), (Class::Keep, 1));
+        // Anon page; anon in the swap cache is user, not cache.
+        assert_eq!(d(31, 8, &page_6_12(lru | swapbacked, 0, anon_map, 0, none), None), (Class::User, 1));
+        assert_eq!(d(2, 8, &page_6_12(lru | swapcache | swapbacked, 0, anon_map, 0, none), None), (Class::Keep, 1));
+        // Page cache, with and without PG_private.
+        assert_eq!(d(2, 9, &page_6_12(lru, 0, file_map, 0, none), None), (Class::Cache, 1));
+        assert_eq!(d(2, 9, &page_6_12(lru | private, 0, file_map, 0, none), None), (Class::Keep, 1));
+        assert_eq!(d(4, 9, &page_6_12(lru | private, 0, file_map, 0, none), None), (Class::CachePrivate, 1));
+        // A hugetlb folio of order 9: the type on the head, the order in _flags_1's low byte.
+        let tail1 = page_6_12(9, 1024 * 64 + 1, 0, 0, none);
+        assert_eq!(d(8, 1024, &page_6_12(head, 0, 0, 0, hugetlb), Some(&tail1)), (Class::User, 512));
+        assert_eq!(d(2, 1024, &page_6_12(head, 0, 0, 0, hugetlb), Some(&tail1)), (Class::Keep, 1));
+        // A large anon folio (mTHP, order 4) and a large page-cache folio (order 2).
+        let tail4 = page_6_12(4, 1, 0, 0, none);
+        assert_eq!(
+            d(8, 2048, &page_6_12(head | lru | swapbacked, 0, anon_map, 0, none), Some(&tail4)),
+            (Class::User, 16)
+        );
+        let tail2 = page_6_12(2, 1, 0, 0, none);
+        assert_eq!(d(2, 4096, &page_6_12(head | lru, 0, file_map, 0, none), Some(&tail2)), (Class::Cache, 4));
+        // A compound tail is never excluded by itself; an offline (ballooned) page always is.
+        assert_eq!(d(31, 4097, &page_6_12(lru, 4096 * 64 + 1, file_map, 0, none), None), (Class::Keep, 1));
+        assert_eq!(d(2, 10, &page_6_12(0, 0, 0, 0, offline), None), (Class::Offline, 1));
+    }
+
     #[test]
     fn bitmap_bytes_round_trip() {
         let mut b = Bitmap::new(77);
