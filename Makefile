@@ -20,8 +20,10 @@ IMAGES := build/images
 CACHE := build/cache
 SCENARIO ?= boot
 OUT ?= build/scenario-$(SCENARIO)
-# Debian packages the build and the test host need (guest-images/build.sh installs its own too).
-APT_PACKAGES := qemu-system-x86 busybox-static cpio kexec-tools makedumpfile binutils gzip
+# Debian packages the build and the test host need (guest-images/build.sh installs its own too);
+# crash (reads the guest's vmcores in the pagecache scenario test) and e2fsprogs (mke2fs -d: that
+# scenario's data disk) are for the integration tests.
+APT_PACKAGES := qemu-system-x86 busybox-static cpio kexec-tools makedumpfile binutils gzip crash e2fsprogs
 
 .PHONY: all build images testguest deps lint fmt unit image-tests integration test run scenario fuzz bench boot-reliability clean
 

@@ -6,8 +6,9 @@
 # OUT_DIR   defaults to build/images, CACHE_DIR to build/cache (both relative to the repository
 # root when defaulted, relative to the current directory when given). See guest-images/README.md.
 #
-# --fetch-only  resolve the kernel set (guest and test-host kernels, the guest's headers), bring
-#               it into the cache and print it; installs nothing and builds no image.
+# --fetch-only  resolve the kernel set (guest and test-host kernels, the guest's headers and its
+#               -dbg package), bring it into the cache and print it; installs nothing and builds
+#               no image.
 #
 # Environment overrides (optional):
 #   GUEST_KERNEL_PKG  package for the guest kernel, an image or a metapackage
@@ -87,9 +88,10 @@ for t in apt-cache dpkg-deb; do
 done
 
 # ---------------------------------------------------------------------------------------------
-# The kernel set: the guest kernel, the test-host kernel and the guest kernel's headers (for the
-# lockup test module), resolved together from one set of apt lists so that the image, its
-# modules and its headers are always one ABI. Each .deb is cached by its exact version; the set
+# The kernel set: the guest kernel, the test-host kernel, the guest kernel's headers (for the
+# lockup test module) and its -dbg package (the vmlinux with debug info that `crash` reads),
+# resolved together from one set of apt lists so that the image, its modules, its headers and
+# its symbols are always one ABI. Each .deb is cached by its exact version; the set
 # last fetched is recorded in CACHE/kernel-set, which a build that cannot reach the archive uses.
 
 # The linux-image-6.1.0-NN-FLAVOUR package a metapackage currently depends on (empty for an
@@ -145,6 +147,12 @@ resolve_set() {
     RESOLVE_ERR="the apt lists have $GUEST_PKG $GUEST_VER but $HDR_PKG ${HDR_VER:-not at all}"
     return 1
   fi
+  DBG_PKG=linux-image-$GUEST_ABI-dbg
+  DBG_VER=$(candidate_version "$DBG_PKG")
+  if [[ $DBG_VER != "$GUEST_VER" ]]; then
+    RESOLVE_ERR="the apt lists have $GUEST_PKG $GUEST_VER but $DBG_PKG ${DBG_VER:-not at all}"
+    return 1
+  fi
 }
 
 set_text() { printf 'guest %s %s, host %s %s' "$GUEST_PKG" "$GUEST_VER" "$HOST_PKG" "$HOST_VER"; }
@@ -158,6 +166,7 @@ headers_needed() {
 
 set_cached() {
   [[ -s $(cached_deb "$GUEST_PKG" "$GUEST_VER") && -s $(cached_deb "$HOST_PKG" "$HOST_VER") ]] || return 1
+  [[ -s $(cached_deb "$DBG_PKG" "$DBG_VER") ]] || return 1
   if ((fetch_only)); then
     [[ -s $cache/apt/$(deb_name "$HDR_PKG" "$HDR_VER") ]]
   elif headers_needed; then
@@ -165,11 +174,15 @@ set_cached() {
   fi
 }
 
-# fetch_deb PKG VER: apt-get download into the cache, unless it is there.
+# fetch_deb PKG VER: apt-get download into the cache, unless it is there (or in CACHE/apt, where
+# `make deps` leaves what it installed: linked from there).
 fetch_deb() {
   local deb
   deb=$(cached_deb "$1" "$2")
   [[ -s $deb ]] && return 0
+  if [[ -s $cache/apt/$(deb_name "$1" "$2") ]] && ln -f "$cache/apt/$(deb_name "$1" "$2")" "$deb" 2>/dev/null; then
+    return 0
+  fi
   say "downloading $1 $2"
   if ! (cd "$cache" && apt-get download "$1=$2" >>"$(apt_log)" 2>&1) || [[ ! -s $deb ]]; then
     FETCH_ERR="$1 $2 cannot be downloaded"
@@ -196,7 +209,8 @@ fetch_headers() {
 }
 
 fetch_set() {
-  fetch_deb "$GUEST_PKG" "$GUEST_VER" && fetch_deb "$HOST_PKG" "$HOST_VER" && fetch_headers
+  fetch_deb "$GUEST_PKG" "$GUEST_VER" && fetch_deb "$HOST_PKG" "$HOST_VER" && fetch_headers \
+    && fetch_deb "$DBG_PKG" "$DBG_VER"
 }
 
 write_set_record() {
@@ -204,6 +218,7 @@ write_set_record() {
     printf 'guest.package=%s\nguest.version=%s\n' "$GUEST_PKG" "$GUEST_VER"
     printf 'host.package=%s\nhost.version=%s\n' "$HOST_PKG" "$HOST_VER"
     printf 'headers.package=%s\nheaders.version=%s\n' "$HDR_PKG" "$HDR_VER"
+    printf 'dbg.package=%s\ndbg.version=%s\n' "$DBG_PKG" "$DBG_VER"
   } >"$cache/kernel-set.new"
   mv "$cache/kernel-set.new" "$cache/kernel-set"
 }
@@ -218,6 +233,8 @@ use_set_record() {
   HOST_PKG=$(rec host.package) HOST_VER=$(rec host.version)
   HDR_PKG=$(rec headers.package) HDR_VER=$(rec headers.version)
   GUEST_ABI=$(abi_of "$GUEST_PKG") HOST_ABI=$(abi_of "$HOST_PKG")
+  DBG_PKG=$(rec dbg.package) DBG_VER=$(rec dbg.version)
+  [[ -n $DBG_PKG ]] || return 1
   [[ -z ${GUEST_KERNEL_PKG:-} || $GUEST_KERNEL_PKG == "$GUEST_PKG" ]] || return 1
   [[ -z ${HOST_KERNEL_PKG:-} || $HOST_KERNEL_PKG == "$HOST_PKG" ]] || return 1
   set_cached
@@ -291,7 +308,7 @@ for d in "$cache"/extract/*/; do
 done
 
 if ((fetch_only)); then
-  say "fetched: $(set_text), headers $HDR_PKG $HDR_VER"
+  say "fetched: $(set_text), headers $HDR_PKG $HDR_VER, debug symbols $DBG_PKG $DBG_VER"
   exit 0
 fi
 
@@ -320,6 +337,30 @@ build_lockup_module() {
     cp "$src/lockup.ko" "$ko"
   fi
   install -D -m 0644 "$ko" "$root/lib/modules/$rel/extra/crashtest-lockup.ko"
+}
+
+# The guest kernel's vmlinux with its debug info, for `crash` on the guest's vmcores: the one
+# member of the -dbg package (usr/lib/debug/boot/vmlinux-REL, about 590 MB) extracted to
+# OUT/guest/vmlinux-REL, once per package version (OUT/guest/vmlinux-REL.source names the .deb it
+# came from); the vmlinux of any other release is removed.
+extract_vmlinux() {
+  local rel=$1 deb=$2 dst="$out/guest/vmlinux-$1" f
+  local member=./usr/lib/debug/boot/vmlinux-$rel
+  mkdir -p "$out/guest"
+  if [[ ! -s $dst || $(cat "$dst.source" 2>/dev/null) != "$(basename "$deb")" ]]; then
+    say "extracting vmlinux-$rel from $(basename "$deb")"
+    rm -f "$dst" "$dst.source"
+    if ! dpkg-deb --fsys-tarfile "$deb" | tar -xO -f - "$member" >"$dst.tmp" 2>"$cache/vmlinux-extract.log" \
+      || [[ ! -s $dst.tmp ]]; then
+      rm -f "$dst.tmp"
+      die "cannot extract $member from $deb (see $cache/vmlinux-extract.log)"
+    fi
+    mv "$dst.tmp" "$dst"
+    basename "$deb" >"$dst.source"
+  fi
+  for f in "$out"/guest/vmlinux-*; do
+    [[ $f == "$dst" || $f == "$dst.source" || ! -e $f ]] || rm -f "$f"
+  done
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -547,6 +588,7 @@ stage_init_and_scenarios() {
 
 say "crash initramfs: kernel $GUEST_REL"
 copy_kernel_files "$GUEST_ROOT" "$GUEST_REL" "$out/guest"
+extract_vmlinux "$GUEST_REL" "$(cached_deb "$DBG_PKG" "$DBG_VER")"
 croot="$cache/stage/crash"
 stage_skeleton "$croot"
 stage_elf "$MAKEDUMPFILE" "$croot" /usr/bin/makedumpfile
@@ -594,6 +636,7 @@ pack_cpio "$hroot" "$out/host/initramfs.cpio.gz"
 
 {
   printf 'guest.kernel_release=%s\nguest.package=%s\n' "$GUEST_REL" "$(basename "$GUEST_DEB")"
+  printf 'guest.vmlinux=guest/vmlinux-%s\nguest.dbg_package=%s\n' "$GUEST_REL" "$(deb_name "$DBG_PKG" "$DBG_VER")"
   printf 'host.kernel_release=%s\nhost.package=%s\n' "$HOST_REL" "$(basename "$HOST_DEB")"
 } >"$out/build-info.new"
 install_if_changed "$out/build-info.new" "$out/build-info" || true

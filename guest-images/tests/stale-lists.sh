@@ -8,7 +8,8 @@
 # 6.1.0-91 (6.1.910-1) and drops -90, as Debian's security archive does. Every case runs
 # `build.sh --fetch-only` with APT_CONFIG pointing apt at that archive and at lists of the test's
 # own (the machine's lists and caches are not touched) and checks the kernel set it settles on:
-# the guest image, its headers and the host image must all come from the newer ABI.
+# the guest image, its headers, its -dbg package and the host image must all come from the newer
+# ABI; a -dbg package the archive lacks is one clear error.
 # KEEP=1 keeps the scratch directory.
 set -euo pipefail
 
@@ -30,9 +31,10 @@ passed=0 failed=0
 fail() { printf 'stale-lists: FAIL %s: %s\n' "$case" "$*"; failed=$((failed + 1)); }
 ok() { printf 'stale-lists: ok   %s\n' "$case"; passed=$((passed + 1)); }
 
-# mkpkg NAME VERSION [DEPENDS] [ABI]: a .deb in $T/debs; with ABI, the files of a kernel image.
+# mkpkg NAME VERSION [DEPENDS] [ABI] [DBG]: a .deb in $T/debs; with ABI, the files of a kernel
+# image, or with DBG=dbg those of its -dbg package (the vmlinux with debug info).
 mkpkg() {
-  local name=$1 ver=$2 deps=${3:-} abi=${4:-} d
+  local name=$1 ver=$2 deps=${3:-} abi=${4:-} dbg=${5:-} d
   d=$T/src/${name}_$ver
   mkdir -p "$d/DEBIAN" "$T/debs"
   {
@@ -40,29 +42,36 @@ mkpkg() {
     printf 'Maintainer: crashvmm tests <tests@invalid>\nDescription: stale-lists test package\n'
     [[ -z $deps ]] || printf 'Depends: %s\n' "$deps"
   } >"$d/DEBIAN/control"
-  if [[ -n $abi ]]; then
+  if [[ -n $abi && -n $dbg ]]; then
+    mkdir -p "$d/usr/lib/debug/boot"
+    printf 'not a vmlinux\n' >"$d/usr/lib/debug/boot/vmlinux-$abi"
+  elif [[ -n $abi ]]; then
     mkdir -p "$d/boot" "$d/lib/modules/$abi/kernel"
     printf 'not a kernel\n' >"$d/boot/vmlinuz-$abi"
   fi
   dpkg-deb --root-owner-group -b "$d" "$T/debs/${name}_${ver}_amd64.deb" >/dev/null
 }
 
-# A kernel release: both images, the guest's headers, the two metapackages pointing at them.
+# A kernel release: both images, the guest's headers and -dbg package, the two metapackages
+# pointing at them.
 mkrelease() {
   local abi=$1 ver=$2
   mkpkg "linux-image-$abi-cloud-amd64" "$ver" "" "$abi-cloud-amd64"
   mkpkg "linux-headers-$abi-cloud-amd64" "$ver"
+  mkpkg "linux-image-$abi-cloud-amd64-dbg" "$ver" "" "$abi-cloud-amd64" dbg
   mkpkg "linux-image-$abi-amd64" "$ver" "" "$abi-amd64"
   mkpkg linux-image-cloud-amd64 "$ver" "linux-image-$abi-cloud-amd64 (= $ver)"
   mkpkg linux-image-amd64 "$ver" "linux-image-$abi-amd64 (= $ver)"
 }
 
-# publish ABI VERSION: the archive holds that release and nothing else.
+# publish ABI VERSION [EXCEPT]: the archive holds that release (without package EXCEPT) and
+# nothing else.
 publish() {
-  local abi=$1 ver=$2 deb f
+  local abi=$1 ver=$2 except=${3:-} deb f
   rm -rf "$T/archive"
   mkdir -p "$T/archive/pool"
   for deb in "$T"/debs/*"_${ver}_amd64.deb"; do
+    [[ -z $except || ${deb##*/} != "${except}_${ver}_amd64.deb" ]] || continue
     cp "$deb" "$T/archive/pool/"
     dpkg-deb -f "$deb"
     printf 'Filename: pool/%s\nSize: %s\nSHA256: %s\n\n' "${deb##*/}" "$(stat -c %s "$deb")" \
@@ -102,7 +111,7 @@ run() {
   "$build" --fetch-only "$T/out" "$1" >"$T/log" 2>&1 || rc=$?
 }
 
-# The set a run settled on must be the newer release, all three packages of one ABI.
+# The set a run settled on must be the newer release, all four packages of one ABI.
 check_newer_set() {
   local c=$1 want
   want="guest.package=linux-image-6.1.0-91-cloud-amd64
@@ -110,12 +119,15 @@ guest.version=6.1.910-1
 host.package=linux-image-6.1.0-91-amd64
 host.version=6.1.910-1
 headers.package=linux-headers-6.1.0-91-cloud-amd64
-headers.version=6.1.910-1"
+headers.version=6.1.910-1
+dbg.package=linux-image-6.1.0-91-cloud-amd64-dbg
+dbg.version=6.1.910-1"
   ((rc == 0)) || { fail "exit status $rc"; sed 's/^/    /' "$T/log"; return 1; }
   [[ $(cat "$c/kernel-set" 2>/dev/null) == "$want" ]] || { fail "kernel-set is $(tr '\n' ' ' <"$c/kernel-set")"; return 1; }
   [[ -s $c/linux-image-6.1.0-91-cloud-amd64_6.1.910-1_amd64.deb && -s $c/linux-image-6.1.0-91-amd64_6.1.910-1_amd64.deb ]] \
     || { fail "the 6.1.0-91 images are not in the cache"; return 1; }
   [[ -s $c/apt/linux-headers-6.1.0-91-cloud-amd64_6.1.910-1_amd64.deb ]] || { fail "the 6.1.0-91 headers were not fetched"; return 1; }
+  [[ -s $c/linux-image-6.1.0-91-cloud-amd64-dbg_6.1.910-1_amd64.deb ]] || { fail "the 6.1.0-91 -dbg package is not in the cache"; return 1; }
   grep -q 'fetched: guest linux-image-6.1.0-91-cloud-amd64 6.1.910-1, host linux-image-6.1.0-91-amd64 6.1.910-1, headers linux-headers-6.1.0-91-cloud-amd64 6.1.910-1' "$T/log" \
     || { fail "no 'fetched:' line for 6.1.0-91"; return 1; }
 }
@@ -194,6 +206,21 @@ if ((rc != 1)); then
   fail "exit status $rc, expected 1"
 elif ! grep -q '^images: error: apt knows no kernel image package linux-image-6.1.0-90-cloud-amd64 (from the override for linux-image-cloud-amd64), even from freshly updated apt lists .*GUEST_KERNEL_PKG=' "$T/log"; then
   fail "expected the error to name the package and GUEST_KERNEL_PKG"; sed 's/^/    /' "$T/log"
+else
+  ok
+fi
+
+# 6. The guest kernel's -dbg package is not in the archive (its vmlinux is part of the set, for
+#    crash): one clear error that names it, even after a refresh.
+case="a missing -dbg package: one clear error"
+publish 6.1.0-91 6.1.910-1 linux-image-6.1.0-91-cloud-amd64-dbg
+take_lists
+run "$T/cache6"
+errs=$(grep -c '^images: error:' "$T/log" || true)
+if ((rc != 1)); then
+  fail "exit status $rc, expected 1"
+elif [[ $errs != 1 ]] || ! grep -q '^images: error: the apt lists have linux-image-6.1.0-91-cloud-amd64 6.1.910-1 but linux-image-6.1.0-91-cloud-amd64-dbg not at all, even from freshly updated apt lists' "$T/log"; then
+  fail "expected one clear error line naming the -dbg package"; sed 's/^/    /' "$T/log"
 else
   ok
 fi

@@ -56,6 +56,10 @@ pub struct Scenario {
     /// `crashvmm ctl --api-socket ...` (crashvmm then serves a control socket), `$OUT` the
     /// output directory.
     pub driver: Option<(&'static str, &'static str)>,
+    /// A data disk for the guest (`--disk path=data-disk.img,readonly`, its virtio serial
+    /// `crashvmm-disk0`): an ext4 image the runner makes, holding `pagecache.bin`, non-zero data
+    /// of this percentage of the guest's memory.
+    pub data_disk: Option<u32>,
 }
 
 /// Every scenario the runner knows.
@@ -74,6 +78,7 @@ pub const SCENARIOS: &[Scenario] = &[
         vmm_args: &[],
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
+        data_disk: None,
         driver: None,
     },
     Scenario {
@@ -90,6 +95,7 @@ pub const SCENARIOS: &[Scenario] = &[
         vmm_args: &[],
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
+        data_disk: None,
         driver: None,
     },
     Scenario {
@@ -106,6 +112,7 @@ pub const SCENARIOS: &[Scenario] = &[
         vmm_args: &["--hyperv", "off"],
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
+        data_disk: None,
         driver: None,
     },
     Scenario {
@@ -124,6 +131,7 @@ pub const SCENARIOS: &[Scenario] = &[
         vmm_args: &["--crash-disk", "path=crash-disk.img,size=1G"],
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
+        data_disk: None,
         driver: None,
     },
     Scenario {
@@ -140,6 +148,7 @@ pub const SCENARIOS: &[Scenario] = &[
         vmm_args: &["--crash-disk", "path=crash-disk.img,size=1G", "--kdump-timeout", "60s"],
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
+        data_disk: None,
         driver: None,
     },
     Scenario {
@@ -157,6 +166,7 @@ pub const SCENARIOS: &[Scenario] = &[
         vmm_args: &["--after-crash", "reset", "--max-crashes", "2"],
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
+        data_disk: None,
         driver: None,
     },
     Scenario {
@@ -173,6 +183,7 @@ pub const SCENARIOS: &[Scenario] = &[
         vmm_args: &[],
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: Some("4m"),
+        data_disk: None,
         driver: None,
     },
     Scenario {
@@ -189,6 +200,7 @@ pub const SCENARIOS: &[Scenario] = &[
         vmm_args: &["--crash-disk", "path=crash-disk.img,size=1G"],
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
+        data_disk: None,
         driver: Some(("CRASHTEST: kdump: waiting for an NMI", "ctl inject-nmi >$OUT/ctl-inject-nmi.json")),
     },
     Scenario {
@@ -206,6 +218,7 @@ pub const SCENARIOS: &[Scenario] = &[
         vmm_args: &["--crash-disk", "path=crash-disk.img,size=1G", "--watchdog", "10s", "--on-hang", "nmi"],
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
+        data_disk: None,
         driver: None,
     },
     Scenario {
@@ -223,6 +236,7 @@ pub const SCENARIOS: &[Scenario] = &[
         vmm_args: &[],
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
+        data_disk: None,
         driver: Some((
             "CRASHTEST: wait: ready",
             "ctl status >$OUT/ctl-status.json; \
@@ -235,7 +249,42 @@ pub const SCENARIOS: &[Scenario] = &[
              ctl status >$OUT/ctl-status-reset.json; ctl shutdown >$OUT/ctl-shutdown.json",
         )),
     },
+    Scenario {
+        name: "pagecache",
+        description: "a guest that looks like production: it reads a file of 60% of its RAM from a data disk into \
+                      the page cache, holds 25% in a process's user pages, panics with sysrq; crashvmm writes \
+                      its kdump-compressed vmcore (-d 31) and pauses, the runner takes an unfiltered ELF of \
+                      the same memory through the control socket, then shuts it down",
+        memory: "768M",
+        vcpus: 2,
+        cmdline: "console=ttyS0 panic=-1",
+        // The control socket's shutdown ends it (exit code 0, as documented), after the crash.
+        expected_exit: 0,
+        expected_trigger: Some("pvpanic"),
+        expected_events: &["vm_started", "pvpanic", "crash_detected", "vmcore_written", "crash_report", "dump_started", "vmcore_written", "vm_exited"],
+        absent_events: &["vmcore_failed"],
+        expected_console: &[
+            "CRASHTEST: pagecache: read ",
+            "CRASHTEST: pagecache: user pages ",
+            "CRASHTEST: pagecache: triggering",
+        ],
+        vmm_args: &["--after-crash", "pause"],
+        // About 110 s in the test host (the file read is most of it).
+        testhost_timeout: Duration::from_secs(420),
+        crash_dir_tmpfs: None,
+        data_disk: Some(60),
+        driver: Some((
+            "CRASHTEST: pagecache: triggering",
+            "i=0; until grep -q '\"event\":\"crash_report\"' $OUT/events.jsonl || [ $i -ge 600 ]; do \
+             i=$((i + 1)); sleep 1; done; \
+             ctl dump --format elf --dump-level 0 >$OUT/ctl-dump.json; ctl shutdown >$OUT/ctl-shutdown.json",
+        )),
+    },
 ];
+
+/// The data disk's file name beside `run.sh`, and the file it holds.
+pub const DATA_DISK: &str = "data-disk.img";
+pub const DATA_DISK_FILE: &str = "pagecache.bin";
 
 /// crashvmm's exit code when the guest panicked and its vmcore could not be collected.
 pub const CRASH_COLLECTION_FAILED: i32 = 7;
@@ -410,6 +459,25 @@ impl Setup {
         self.require("guest initramfs", self.images.join("guest/initramfs.cpio.gz"), "run `make images`")
     }
 
+    /// The guest kernel's release (`guest/kernel-release`, written by `make images`).
+    pub fn guest_kernel_release(&self) -> Result<String, RunnerError> {
+        let path =
+            self.require("guest kernel release", self.images.join("guest/kernel-release"), "run `make images`")?;
+        let rel = fs::read_to_string(&path).map_err(io_err(format!("reading {}", path.display())))?;
+        Ok(rel.trim().to_string())
+    }
+
+    /// The guest kernel's vmlinux with debug info (`guest/vmlinux-<release>`, extracted by
+    /// `make images` from the kernel's -dbg package), for `crash`.
+    pub fn guest_vmlinux(&self) -> Result<PathBuf, RunnerError> {
+        let rel = self.guest_kernel_release()?;
+        self.require(
+            "guest vmlinux with debug info",
+            self.images.join(format!("guest/vmlinux-{rel}")),
+            "run `make images`",
+        )
+    }
+
     fn crashvmm(&self) -> Result<PathBuf, RunnerError> {
         self.require("crashvmm binary", self.binary.clone(), "run `make build`")
     }
@@ -424,6 +492,9 @@ pub struct RunOptions {
     pub show_console: bool,
     /// Override the scenario's time limit.
     pub timeout: Option<Duration>,
+    /// Override the guest's memory (`768M`, `2G`); a data disk scales with it. For `make bench`,
+    /// which runs `pagecache` larger than `make test` does.
+    pub memory: Option<&'static str>,
 }
 
 /// What a scenario run left behind.
@@ -554,6 +625,9 @@ fn crashvmm_args(s: &Scenario, kernel: &str, initrd: &str, out: &str) -> Vec<Str
     .iter()
     .map(|a| a.to_string())
     .collect();
+    if s.data_disk.is_some() {
+        args.extend(["--disk".to_string(), format!("path={DATA_DISK},readonly")]);
+    }
     args.extend(s.vmm_args.iter().map(|a| a.to_string()));
     // Extra options for experiments: CRASHVMM_EXTRA_ARGS="--on-panic pause --after-crash exit".
     if let Ok(extra) = std::env::var("CRASHVMM_EXTRA_ARGS") {
@@ -606,6 +680,20 @@ pub fn run_scenario(setup: &Setup, name: &str, out: &Path, opts: &RunOptions) ->
     let s = scenario(name).ok_or_else(|| {
         RunnerError::UnknownScenario(name.into(), SCENARIOS.iter().map(|s| s.name).collect::<Vec<_>>().join(", "))
     })?;
+    let resized;
+    let s = match opts.memory {
+        Some(memory) => {
+            if parse_mib(memory).is_none() {
+                return Err(RunnerError::Io {
+                    what: "the memory override".into(),
+                    source: io::Error::other(format!("'{memory}' is not <N>M or <N>G")),
+                });
+            }
+            resized = Scenario { memory, ..s.clone() };
+            &resized
+        }
+        None => s,
+    };
     let (mode, mode_reason) = match opts.mode {
         Some(m) => (m, "chosen by the caller".to_string()),
         None => Mode::detect(),
@@ -629,6 +717,76 @@ pub fn run_scenario(setup: &Setup, name: &str, out: &Path, opts: &RunOptions) ->
     Ok(Outcome { scenario: s.name, mode, mode_reason, exit_code, timed_out, elapsed: start.elapsed(), out })
 }
 
+/// `file_bytes` of non-zero data for the data disk: each 8 bytes one xorshift64 step, so no page
+/// is zero and no two pages are alike, as with a real file.
+fn write_data_file(path: &Path, file_bytes: u64) -> io::Result<()> {
+    let mut w = io::BufWriter::with_capacity(1 << 20, File::create(path)?);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut left = file_bytes;
+    while left > 0 {
+        for word in chunk.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(chunk.len() as u64) as usize;
+        w.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    w.flush()
+}
+
+/// A program of `e2fsprogs` and the like, which live in `/usr/sbin` (not always on `PATH`).
+fn sbin_tool(name: &str) -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).any(|p| p.is_file()))
+        .unwrap_or(false);
+    if on_path {
+        return PathBuf::from(name);
+    }
+    ["/usr/sbin", "/sbin"].iter().map(|d| Path::new(d).join(name)).find(|p| p.is_file()).unwrap_or_else(|| name.into())
+}
+
+/// Makes a data disk at `path`: an ext4 image without a journal (`mke2fs -d`, which needs no
+/// root) holding [`DATA_DISK_FILE`], `file_bytes` of non-zero data.
+pub fn make_data_disk(path: &Path, file_bytes: u64) -> Result<(), RunnerError> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let src = tempfile::Builder::new()
+        .prefix("crashvmm-data-")
+        .tempdir_in(parent)
+        .map_err(io_err(format!("creating a directory in {}", parent.display())))?;
+    let file = src.path().join(DATA_DISK_FILE);
+    write_data_file(&file, file_bytes).map_err(io_err(format!("writing {}", file.display())))?;
+    // The file, plus room for ext4's metadata (bitmaps, inode tables, extent blocks).
+    let kib = file_bytes / 1024 + file_bytes / 1024 / 20 + 16 * 1024;
+    let _ = fs::remove_file(path);
+    let out = Command::new(sbin_tool("mke2fs"))
+        .args(["-q", "-F", "-t", "ext4", "-O", "^has_journal", "-m", "0", "-L", "crashvmm-data", "-d"])
+        .arg(src.path())
+        .arg(path)
+        .arg(kib.to_string())
+        .output()
+        .map_err(io_err("running mke2fs (install e2fsprogs, or run `make deps`)"))?;
+    if !out.status.success() {
+        return Err(RunnerError::Io {
+            what: format!("making the data disk {}", path.display()),
+            source: io::Error::other(format!("mke2fs: {}", String::from_utf8_lossy(&out.stderr).trim())),
+        });
+    }
+    Ok(())
+}
+
+/// The scenario's data disk in `dir` (where its `run.sh` runs), when it has one.
+fn prepare_data_disk(s: &Scenario, dir: &Path) -> Result<(), RunnerError> {
+    if let Some(percent) = s.data_disk {
+        let mib = parse_mib(s.memory).unwrap_or(1024);
+        make_data_disk(&dir.join(DATA_DISK), (mib << 20) * u64::from(percent) / 100)?;
+    }
+    Ok(())
+}
+
 fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
@@ -645,6 +803,7 @@ fn run_direct(
     let script = out.join("run.sh");
     fs::write(&script, s.script(&path_str(binary), &path_str(kernel), &path_str(initrd), ".", "./api.sock"))
         .map_err(io_err("writing run.sh"))?;
+    prepare_data_disk(s, out)?;
     // A scenario with its own tmpfs needs a private mount namespace.
     let mut cmd = match s.crash_dir_tmpfs {
         Some(_) => {
@@ -662,6 +821,8 @@ fn run_direct(
         .spawn()
         .map_err(io_err("starting the scenario script"))?;
     let status = wait_or_kill(&mut child, limit)?;
+    // The data disk is made again for each run: no need to keep hundreds of MB.
+    let _ = fs::remove_file(out.join(DATA_DISK));
     let code = fs::read_to_string(out.join("exit-code")).ok().and_then(|c| c.trim().parse().ok());
     Ok((code.or(status.map(exit_code_of)), status.is_none()))
 }
@@ -730,6 +891,7 @@ fn run_testhost(
     let api = "/tmp/crashvmm-api.sock";
     fs::write(sp.join("run.sh"), s.script("./crashvmm", "vmlinuz", "initramfs.cpio.gz", "out", api))
         .map_err(io_err("writing run.sh"))?;
+    prepare_data_disk(s, sp)?;
 
     // The guest's memory plus room for the test host kernel and its page cache.
     let guest_mib = parse_mib(s.memory).unwrap_or(1024);
@@ -891,6 +1053,27 @@ mod tests {
             assert_eq!(s.expected_trigger.is_some(), s.expected_events.contains(&"crash_detected"), "{}", s.name);
             assert!(!s.absent_events.iter().any(|a| s.expected_events.contains(a)), "{}", s.name);
         }
+    }
+
+    #[test]
+    fn the_data_disk_is_an_ext4_image_with_a_non_zero_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join(DATA_DISK);
+        make_data_disk(&disk, 3 << 20).unwrap();
+        let image = fs::read(&disk).unwrap();
+        assert_eq!(image.len() % 512, 0);
+        assert_eq!(&image[1080..1082], &[0x53, 0xef], "ext4 superblock magic");
+        // The file's data is in the image, and no page of it is zero.
+        let data = dir.path().join("data");
+        write_data_file(&data, 3 << 20).unwrap();
+        let data = fs::read(&data).unwrap();
+        assert!(data.chunks(4096).all(|p| p.iter().any(|&b| b != 0)));
+        let page = &data[4096 * 5..4096 * 6];
+        assert!(image.chunks(4096).any(|p| p == page), "page 5 of the file is in the image");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2, "no scratch left beside the image");
+        let args = crashvmm_args(scenario("pagecache").unwrap(), "k", "i", "out");
+        assert!(args.windows(2).any(|w| w[0] == "--disk" && w[1] == "path=data-disk.img,readonly"), "{args:?}");
+        assert!(!crashvmm_args(scenario("panic").unwrap(), "k", "i", "out").contains(&"--disk".to_string()));
     }
 
     #[test]

@@ -337,3 +337,205 @@ fn a_hang_with_interrupts_off_is_detected_within_the_watchdog_period_and_broken_
     assert_eq!(report["trigger"], "guest_hang", "{report}");
     std::fs::remove_dir_all(&out).ok();
 }
+
+/// `KdumpFile` of `path`, with the open file for page reads.
+fn open_kdump(path: &Path) -> (kdump::KdumpFile, std::fs::File) {
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let k = kdump::KdumpFile::parse(&mut f)
+        .unwrap_or_else(|e| panic!("{} is no kdump-compressed file: {e}", path.display()));
+    (k, f)
+}
+
+/// Run `program args...` (under `timeout`, so a wedged tool fails the test); a program that is
+/// not installed fails it too (`make deps` installs them all).
+fn tool(program: &str, args: &[&std::ffi::OsStr], limit_s: u32) -> std::process::Output {
+    let t = std::time::Instant::now();
+    let out = std::process::Command::new("timeout")
+        .arg(limit_s.to_string())
+        .arg(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert_ne!(out.status.code(), Some(127), "{program} is not installed (run `make deps`)");
+    assert_ne!(out.status.code(), Some(124), "{program} ran past {limit_s} s");
+    eprintln!("pagecache: {program} took {:.1} s", t.elapsed().as_secs_f64());
+    out
+}
+
+/// The number after `key` in a console line such as `MemTotal: 737452 kB`.
+fn kb_after(line: &str, key: &str) -> u64 {
+    let rest = &line[line.find(key).unwrap_or_else(|| panic!("no {key} in {line:?}")) + key.len()..];
+    rest.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {key}: {line:?}"))
+}
+
+/// The bar, on a guest whose memory is mostly page cache and user pages when it panics
+/// (real Linux 6.1, in the test host where there is no hardware KVM):
+/// - crashvmm's host-side vmcore is kdump-compressed at level 31 and excludes most pages;
+/// - its bitmaps (bitmap1 and bitmap2) equal those `makedumpfile -d 31` keeps from crashvmm's
+///   own unfiltered ELF of the same crash (taken through the control socket while the VM stays
+///   paused), its pages read the same, and it is no larger than `makedumpfile -c`'s file;
+/// - `makedumpfile --dump-dmesg` prints the panic from it;
+/// - `crash` with the guest kernel's -dbg vmlinux opens it and `bt` shows the panicking task.
+#[test]
+fn a_production_like_crash_gives_a_kdump_file_that_matches_makedumpfile_and_opens_in_crash() {
+    let setup = Setup::from_env();
+    let vmlinux = setup.guest_vmlinux().unwrap_or_else(|e| panic!("{e}"));
+    let release = setup.guest_kernel_release().unwrap();
+    let (o, events, console, out) = run("pagecache");
+    let fail = |what: &str| format!("{what}; outputs in {}", out.display());
+    check_frame(&o, &events, 0, &out);
+    assert_eq!(events.last().unwrap()["reason"], "shutdown (control socket)");
+
+    // The guest filled its memory as it said.
+    let line = |marker: &str| {
+        console.lines().find(|l| l.contains(marker)).unwrap_or_else(|| panic!("{}", fail(&format!("no {marker:?}"))))
+    };
+    let mem = line("CRASHTEST: pagecache: memory ");
+    let (total, cached, anon) = (kb_after(mem, "MemTotal:"), kb_after(mem, "Cached:"), kb_after(mem, "AnonPages:"));
+    assert!(
+        (cached + anon) * 10 >= total * 7,
+        "{}",
+        fail(&format!("page cache + user pages are not most of RAM: {mem}"))
+    );
+    let read = line("CRASHTEST: pagecache: read ");
+    let file_bytes: u64 =
+        read.split("read ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().parse().unwrap();
+    let user_kb = kb_after(line("CRASHTEST: pagecache: user pages "), "user pages");
+
+    // The crash's vmcore: kdump-compressed, level 31, most pages excluded, per class.
+    let dirs = o.crash_dirs();
+    let crash = dirs
+        .iter()
+        .find(|d| d.join("report.json").is_file())
+        .unwrap_or_else(|| panic!("{}", fail("no crash directory")));
+    let report: Value = serde_json::from_slice(&std::fs::read(crash.join("report.json")).unwrap()).unwrap();
+    let vmcore = &report["vmcore"];
+    assert_eq!(
+        (
+            vmcore["source"].as_str(),
+            vmcore["format"].as_str(),
+            vmcore["dump_level"].as_u64(),
+            vmcore["compression"].as_str()
+        ),
+        (Some("host"), Some("kdump-compressed"), Some(31), Some("zlib")),
+        "{report}"
+    );
+    let filter = &vmcore["filter"];
+    let n = |k: &str| filter[k].as_u64().unwrap_or_else(|| panic!("filter.{k} missing: {filter}"));
+    let total_pages = n("total_pages");
+    // Zero pages keep a descriptor (the shared zero page, as makedumpfile writes them): they
+    // count among the written pages, not the excluded ones.
+    let excluded: u64 =
+        ["excluded_cache", "excluded_cache_private", "excluded_user", "excluded_free", "excluded_other"]
+            .iter()
+            .map(|k| n(k))
+            .sum();
+    assert_eq!(excluded + n("written_pages"), total_pages, "{filter}");
+    assert_eq!(n("written_pages") - n("excluded_zero"), n("data_pages"), "{filter}");
+    assert!(excluded * 4 >= total_pages * 3, "fewer than 3/4 of the pages excluded: {filter}");
+    assert!(n("excluded_cache") * 4096 * 10 >= file_bytes * 8, "the file's page cache was not excluded: {filter}");
+    assert!(n("excluded_user") * 4 * 10 >= user_kb * 9, "the user pages were not excluded: {filter}");
+    assert!(n("bytes_after") < n("bytes_before"), "{filter}");
+    let ours = crash.join("vmcore");
+    let ours_len = std::fs::metadata(&ours).unwrap().len();
+    assert_eq!(ours_len, n("file_bytes"), "{filter}");
+    let (k_ours, mut f_ours) = open_kdump(&ours);
+    assert_eq!(k_ours.dump_level, 31);
+    assert_eq!(k_ours.utsname[2], release, "the dump's kernel release");
+    assert_eq!(k_ours.dumpable.count(), n("written_pages"), "bitmap2 against report.json");
+
+    // The operator's unfiltered ELF of the same (paused) crash, through the control socket.
+    let dump = &ctl_output(&out, "ctl-dump.json")[0];
+    assert_eq!(dump["ok"], true, "{dump}");
+    assert_eq!(ctl_output(&out, "ctl-shutdown.json")[0]["ok"], true);
+    let shown = Path::new(dump["path"].as_str().unwrap());
+    let dir = shown.parent().and_then(Path::file_name).unwrap();
+    let elf = o.out.join("crashes").join(dir).join("vmcore");
+    let mut magic = [0u8; 4];
+    std::io::Read::read_exact(&mut std::fs::File::open(&elf).unwrap(), &mut magic).unwrap();
+    assert_eq!(&magic, b"\x7fELF", "{} is an ELF", elf.display());
+    let report_at = position(&events, "crash_report").unwrap();
+    let started = events.iter().rposition(|e| e["event"] == "dump_started").unwrap();
+    assert!(report_at < started, "the operator's dump comes after the crash report: {:?}", names(&events));
+
+    // makedumpfile -d 31 on that ELF keeps exactly our pages.
+    let mdf_c = out.join("mdf-c.kdump");
+    let mdf_l = out.join("mdf-l.kdump");
+    for (flag, path) in [("-c", &mdf_c), ("-l", &mdf_l)] {
+        let _ = std::fs::remove_file(path);
+        let r = tool(
+            "makedumpfile",
+            &[flag.as_ref(), "-d".as_ref(), "31".as_ref(), elf.as_os_str(), path.as_os_str()],
+            600,
+        );
+        assert!(r.status.success(), "makedumpfile {flag} -d 31: {}", String::from_utf8_lossy(&r.stderr));
+    }
+    let (k_mdf, mut f_mdf) = open_kdump(&mdf_c);
+    let (k_lzo, _) = open_kdump(&mdf_l);
+    assert_eq!(k_ours.max_mapnr, k_mdf.max_mapnr);
+    assert!(k_ours.valid == k_mdf.valid, "bitmap1 differs from makedumpfile's");
+    let only_ours: Vec<u64> = k_ours.dumpable.iter_ones().filter(|&p| !k_mdf.dumpable.get(p)).collect();
+    let only_mdf: Vec<u64> = k_mdf.dumpable.iter_ones().filter(|&p| !k_ours.dumpable.get(p)).collect();
+    assert!(
+        only_ours.is_empty() && only_mdf.is_empty(),
+        "bitmap2 differs: {} PFNs only in ours (first {:x?}), {} only in makedumpfile -d 31's (first {:x?}); {}",
+        only_ours.len(),
+        &only_ours[..only_ours.len().min(16)],
+        only_mdf.len(),
+        &only_mdf[..only_mdf.len().min(16)],
+        fail("")
+    );
+    assert!(k_lzo.dumpable == k_mdf.dumpable, "makedumpfile -l and -c keep the same pages");
+    for pfn in k_ours.dumpable.iter_ones().step_by(61) {
+        assert_eq!(
+            k_ours.read_page(&mut f_ours, pfn).unwrap(),
+            k_mdf.read_page(&mut f_mdf, pfn).unwrap(),
+            "page {pfn:#x} differs from makedumpfile's"
+        );
+    }
+    let mdf_len = std::fs::metadata(&mdf_c).unwrap().len();
+    let lzo_len = std::fs::metadata(&mdf_l).unwrap().len();
+    eprintln!(
+        "pagecache: {} of {total_pages} pages written; ours {ours_len} bytes, makedumpfile -c {mdf_len}, -l {lzo_len}; ELF {}",
+        k_ours.dumpable.count(),
+        std::fs::metadata(&elf).unwrap().len()
+    );
+    assert!(ours_len <= mdf_len, "ours is {ours_len} bytes, makedumpfile -c -d 31's {mdf_len}");
+
+    // makedumpfile reads the crashed kernel's log out of ours.
+    let dmesg = out.join("dmesg.txt");
+    let _ = std::fs::remove_file(&dmesg);
+    let r = tool("makedumpfile", &["--dump-dmesg".as_ref(), ours.as_os_str(), dmesg.as_os_str()], 300);
+    assert!(r.status.success(), "makedumpfile --dump-dmesg: {}", String::from_utf8_lossy(&r.stderr));
+    let log = String::from_utf8_lossy(&std::fs::read(&dmesg).unwrap()).into_owned();
+    assert!(
+        log.contains("Kernel panic - not syncing: sysrq triggered crash"),
+        "no panic in the log from our file:\n{}",
+        &log[log.len().saturating_sub(2000)..]
+    );
+
+    // crash opens it with the -dbg vmlinux; bt is the panicking task's.
+    let cmds = out.join("crash-commands");
+    std::fs::write(&cmds, "bt\nsys\nq\n").unwrap();
+    let r =
+        tool("crash", &["-s".as_ref(), vmlinux.as_os_str(), ours.as_os_str(), "-i".as_ref(), cmds.as_os_str()], 600);
+    let text = String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr);
+    std::fs::write(out.join("crash.txt"), &text).unwrap();
+    assert!(r.status.success(), "crash failed ({}):\n{text}", r.status);
+    for want in [
+        "PID:",
+        "COMMAND: \"sh\"",
+        " panic at ",
+        " sysrq_handle_crash at ",
+        " write_sysrq_trigger at ",
+        "PANIC: \"Kernel panic - not syncing: sysrq triggered crash\"",
+        &format!("RELEASE: {release}"),
+    ] {
+        assert!(text.contains(want), "crash's bt/sys lack {want:?}:\n{text}");
+    }
+    std::fs::remove_dir_all(&out).ok();
+}

@@ -23,6 +23,9 @@ struct Args {
     /// Time limit in seconds (default: the scenario's).
     #[arg(long)]
     timeout: Option<u64>,
+    /// Guest memory instead of the scenario's (`768M`, `2G`); a data disk scales with it.
+    #[arg(long)]
+    memory: Option<String>,
     /// Show the console while it runs.
     #[arg(long)]
     show_console: bool,
@@ -49,7 +52,12 @@ fn main() -> ExitCode {
         }
     };
     let (name, out) = (args.name.unwrap_or_default(), args.out.unwrap_or_default());
-    let opts = RunOptions { mode, show_console: args.show_console, timeout: args.timeout.map(Duration::from_secs) };
+    let opts = RunOptions {
+        mode,
+        show_console: args.show_console,
+        timeout: args.timeout.map(Duration::from_secs),
+        memory: args.memory.map(|m| &*Box::leak(m.into_boxed_str())),
+    };
     let (detected, why) = Mode::detect();
     let shown = mode.unwrap_or(detected);
     eprintln!(
