@@ -8,30 +8,11 @@
 //! vCPU, VMCOREINFO) go into the sub-header.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::process::ExitCode;
 
-use goblin::container::{Container, Ctx, Endian};
-use goblin::elf::header::Header;
-use goblin::elf::program_header::{ProgramHeader, PT_LOAD, PT_NOTE};
-use kdump::{
-    classify, write_kdump, ClassifyOptions, Compression, KdumpOptions, NoteSet, OutOfRange, PhysMem, RamRange,
-};
-
-struct ElfMem {
-    file: File,
-    /// (paddr, len, file offset)
-    loads: Vec<(u64, u64, u64)>,
-}
-
-impl PhysMem for ElfMem {
-    fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
-        let err = OutOfRange { paddr, len: buf.len() };
-        let end = paddr.checked_add(buf.len() as u64).ok_or(err)?;
-        let &(start, _, off) = self.loads.iter().find(|(s, l, _)| *s <= paddr && end <= s + l).ok_or(err)?;
-        self.file.read_exact_at(buf, off + (paddr - start)).map_err(|_| err)
-    }
-}
+use kdump::elf::ElfVmcore;
+use kdump::{classify, write_kdump, ClassifyOptions, Compression, KdumpOptions, NoteSet};
 
 fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -60,28 +41,9 @@ fn run() -> Result<(), String> {
         "none" => Compression::None,
         other => return Err(format!("unknown compression {other}")),
     };
-    let file = File::open(input).map_err(|e| format!("{input}: {e}"))?;
-    let mut head = vec![0u8; 64];
-    file.read_exact_at(&mut head, 0).map_err(|e| e.to_string())?;
-    let hdr: Header = *plain_header(&head)?;
-    let ctx = Ctx::new(Container::Big, Endian::Little);
-    let mut ph_bytes = vec![0u8; usize::from(hdr.e_phnum) * usize::from(hdr.e_phentsize)];
-    file.read_exact_at(&mut ph_bytes, hdr.e_phoff).map_err(|e| e.to_string())?;
-    let phdrs = ProgramHeader::parse(&ph_bytes, 0, usize::from(hdr.e_phnum), ctx).map_err(|e| e.to_string())?;
-    let mut notes = Vec::new();
-    let mut loads = Vec::new();
-    for ph in &phdrs {
-        if ph.p_type == PT_NOTE && ph.p_filesz > 0 {
-            let mut n = vec![0u8; ph.p_filesz as usize];
-            file.read_exact_at(&mut n, ph.p_offset).map_err(|e| e.to_string())?;
-            notes.extend_from_slice(&n);
-        } else if ph.p_type == PT_LOAD {
-            loads.push((ph.p_paddr, ph.p_filesz, ph.p_offset));
-        }
-    }
-    let ram: Vec<RamRange> = loads.iter().map(|&(s, l, _)| RamRange { start: s, len: l }).collect();
-    let mem = ElfMem { file, loads };
-    let info = kdump::vmcoreinfo::find_vmcoreinfo_note(&notes).map(kdump::VmcoreInfo::parse_bytes);
+    let mem = ElfVmcore::open(Path::new(input)).map_err(|e| format!("{input}: {e}"))?;
+    let (ram, notes) = (mem.ram(), mem.notes.clone());
+    let info = mem.vmcoreinfo();
     let t0 = std::time::Instant::now();
     let cls = classify(&mem, &ram, info.as_ref(), level, &ClassifyOptions::default()).map_err(|e| e.to_string())?;
     let t_classify = t0.elapsed();
@@ -120,14 +82,6 @@ fn run() -> Result<(), String> {
         );
     }
     Ok(())
-}
-
-fn plain_header(b: &[u8]) -> Result<Box<Header>, String> {
-    let h = goblin::elf::Elf::parse_header(b).map_err(|e| e.to_string())?;
-    if h.e_machine != goblin::elf::header::EM_X86_64 || h.e_type != goblin::elf::header::ET_CORE {
-        return Err("not an x86_64 ELF core".into());
-    }
-    Ok(Box::new(h))
 }
 
 fn main() -> ExitCode {

@@ -18,6 +18,7 @@
 
 pub mod classify;
 pub mod diskdump;
+pub mod elf;
 pub mod memmap;
 pub mod paging;
 #[cfg(test)]

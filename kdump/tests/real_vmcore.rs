@@ -15,56 +15,18 @@
 //! (module_memory, the task list), ours or makedumpfile's or the ELF.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use goblin::elf::program_header::{PT_LOAD, PT_NOTE};
-use kdump::{
-    classify, write_kdump, ClassifyOptions, Compression, KdumpFile, KdumpOptions, NoteSet, OutOfRange, PhysMem,
-    RamRange,
-};
+use kdump::elf::ElfVmcore;
+use kdump::{classify, write_kdump, ClassifyOptions, Compression, KdumpFile, KdumpOptions, NoteSet, RamRange};
 
-struct ElfMem {
-    file: File,
-    loads: Vec<(u64, u64, u64)>,
-}
-
-impl PhysMem for ElfMem {
-    fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
-        let err = OutOfRange { paddr, len: buf.len() };
-        let end = paddr.checked_add(buf.len() as u64).ok_or(err)?;
-        let &(start, _, off) = self.loads.iter().find(|(s, l, _)| *s <= paddr && end <= s + l).ok_or(err)?;
-        self.file.read_exact_at(buf, off + (paddr - start)).map_err(|_| err)
-    }
-}
-
-/// The ELF's RAM ranges and notes (headers read from the first MiB: crashvmm and the kernel
-/// put them there).
-fn open_elf(path: &Path) -> (ElfMem, Vec<RamRange>, Vec<u8>) {
-    let file = File::open(path).unwrap();
-    let len = file.metadata().unwrap().len().min(1 << 20) as usize;
-    let mut head = vec![0u8; len];
-    file.read_exact_at(&mut head, 0).unwrap();
-    let hdr = goblin::elf::Elf::parse_header(&head).unwrap();
-    let ctx = goblin::container::Ctx::new(goblin::container::Container::Big, goblin::container::Endian::Little);
-    let phdrs =
-        goblin::elf::program_header::ProgramHeader::parse(&head, hdr.e_phoff as usize, hdr.e_phnum as usize, ctx)
-            .unwrap();
-    let mut notes = Vec::new();
-    let mut loads = Vec::new();
-    for ph in &phdrs {
-        if ph.p_type == PT_NOTE {
-            let mut n = vec![0u8; ph.p_filesz as usize];
-            file.read_exact_at(&mut n, ph.p_offset).unwrap();
-            notes.extend_from_slice(&n);
-        } else if ph.p_type == PT_LOAD {
-            loads.push((ph.p_paddr, ph.p_filesz, ph.p_offset));
-        }
-    }
-    let ram = loads.iter().map(|&(s, l, _)| RamRange { start: s, len: l }).collect();
-    (ElfMem { file, loads }, ram, notes)
+/// The ELF's memory, RAM ranges and notes.
+fn open_elf(path: &Path) -> (ElfVmcore, Vec<RamRange>, Vec<u8>) {
+    let elf = ElfVmcore::open(path).unwrap();
+    let (ram, notes) = (elf.ram(), elf.notes.clone());
+    (elf, ram, notes)
 }
 
 /// The tool named by the environment variable `var`, else `default` from PATH.
