@@ -363,6 +363,34 @@ fn bench_panic_writes_pvpanic_only() {
 }
 
 #[test]
+fn bench_kdump_builds_a_layout_the_filter_classifies() {
+    // The guest's Linux-like layout (make bench, part 5), small: every level of -d 31 applies,
+    // the free-page guard passes, and the classes add up to what the guest says it built.
+    let Some(r) = run("bench-kdump", &["--hyperv", "off", "--on-panic", "host-dump"]) else { return };
+    r.assert_pass("bench-kdump");
+    r.assert_exit(EXIT_GUEST_PANICKED, "guest_panicked (pvpanic)");
+    let console = r.console();
+    let line = console.lines().find(|l| l.starts_with("TG: bench-kdump: pages ")).expect("the guest's page counts");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let count = |name: &str| -> u64 {
+        let i = words.iter().position(|w| *w == name).unwrap_or_else(|| panic!("no {name} in {line}"));
+        words[i + 1].parse().unwrap()
+    };
+    let dirs = r.outcome.crash_dirs();
+    assert_eq!(dirs.len(), 1);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dirs[0].join("report.json")).unwrap()).unwrap();
+    let f = &report["vmcore"]["filter"];
+    assert_eq!(f["effective_level"], 31, "{f}");
+    assert_eq!(f["classification"]["kernel"], "6.1.0-57-cloud-amd64");
+    assert_eq!(f["classification"]["free_guard"]["passed"], true, "{f}");
+    assert_eq!(f["excluded_cache"].as_u64(), Some(count("cache")), "{f}");
+    assert_eq!(f["excluded_user"].as_u64(), Some(count("user")), "{f}");
+    assert_eq!(f["excluded_free"].as_u64(), Some(count("free")), "{f}");
+    assert!(count("cache") > 0 && count("user") > 0 && count("free") > 0, "{line}");
+}
+
+#[test]
 fn hostile_hypercalls_get_tlfs_status_codes() {
     let Some(r) = run("hostile-hypercall", &[]) else { return };
     r.assert_pass("hostile-hypercall");

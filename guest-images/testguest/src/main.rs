@@ -25,6 +25,7 @@ mod scenarios;
 mod serial;
 mod start_info;
 mod time;
+mod user;
 mod vmbus;
 
 use serial::line;

@@ -9,10 +9,14 @@
 //! 3. [`crashpath`]: the Linux crash path (pvpanic, VMBus UNLOAD, crash kernel) against QEMU with
 //!    `hv-crash` and pvpanic, plus the test guest's UNLOAD handling time per guest size.
 //! 4. Growth with guest size, computed by [`report`] from the above.
+//! 5. [`kdump`]: filtered dumps of a Linux-like layout (the test guest's `bench-kdump`):
+//!    crashvmm's kdump-compressed `-d 31` against QEMU's ELF and `kdump-zlib` dumps and
+//!    `makedumpfile -d 31 -c`.
 //!
 //! Every VMM runs alone (one at a time); files are deleted right after they are measured.
 
 pub mod crashpath;
+pub mod kdump;
 pub mod machine;
 pub mod overhead;
 pub mod plot;
