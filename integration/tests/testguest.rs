@@ -554,6 +554,47 @@ fn every_thread_is_confined_and_the_control_socket_works_under_the_filters() {
     assert!(written[0].get("pause_us").is_none(), "a pausing dump has no pause_us");
 }
 
+/// The bar of live dumps: the guest increments a counter in a tight loop (in r12 and at
+/// COUNTER_GPA); each live dump holds one consistent value (the page is r12 or r12 - 1 of the
+/// snapshot's NT_PRSTATUS), and the guest kept counting between and during the dumps.
+#[test]
+fn a_live_dump_of_a_counting_guest_is_consistent_and_the_guest_counts_on() {
+    const COUNTER_GPA: u64 = 0x300_0000;
+    const PR_REG: usize = 112;
+    const R12: usize = 3;
+    let Some(mut r) = start("counter", &["--api-socket", "OUT/api.sock", "--hyperv", "off"], None) else { return };
+    r.wait_for_console("TG: counter: ready at 0x3000000");
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let live = r.ctl(&["dump", "--live", "--format", "elf", "--dump-level", "0"]);
+        assert_eq!(live["live"], true, "{live}");
+        let data = std::fs::read(live["path"].as_str().unwrap()).unwrap();
+        let elf = goblin::elf::Elf::parse(&data).expect("an ELF vmcore");
+        let load = elf
+            .program_headers
+            .iter()
+            .find(|p| {
+                p.p_type == goblin::elf::program_header::PT_LOAD
+                    && (p.p_paddr..p.p_paddr + p.p_filesz).contains(&COUNTER_GPA)
+            })
+            .expect("the counter's page is in a PT_LOAD");
+        let at = (load.p_offset + COUNTER_GPA - load.p_paddr) as usize;
+        let memory = u64::from_le_bytes(data[at..at + 8].try_into().unwrap());
+        let prstatus = elf.iter_note_headers(&data).into_iter().flatten().flatten().find(|n| n.n_type == 1).unwrap();
+        let o = PR_REG + R12 * 8;
+        let r12 = u64::from_le_bytes(prstatus.desc[o..o + 8].try_into().unwrap());
+        assert!(memory == r12 || memory + 1 == r12, "page {memory}, r12 {r12}: not one consistent snapshot");
+        assert!(memory > 0, "the guest counted");
+        seen.push(memory);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(seen[1] > seen[0], "the guest counted on between the dumps: {seen:?}");
+    assert_eq!(r.ctl(&["status"])["state"], "running");
+    assert_eq!(r.ctl(&["shutdown"])["ok"], true);
+    let r = r.wait();
+    assert_eq!(r.code(), EXIT_POWER_OFF, "{}", r.context());
+}
+
 /// The same check sees unfiltered threads when the filters are off.
 #[test]
 fn without_filters_no_thread_is_confined() {

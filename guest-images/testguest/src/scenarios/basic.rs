@@ -1,4 +1,4 @@
-//! boot, connect, panic, bench-panic, triple-fault, idle.
+//! boot, connect, panic, bench-panic, triple-fault, idle, counter.
 
 use super::{crash_ctl_capabilities, hyperv_up, vmbus_up};
 use crate::check::{check, check_eq, finish, note, verdict};
@@ -112,4 +112,29 @@ pub fn triple_fault(_si: &StartInfo) -> ! {
     idt::load(0, 0);
     // SAFETY: the point of the scenario: UD2 with no IDT shuts the CPU down.
     unsafe { core::arch::asm!("ud2", options(noreturn)) }
+}
+
+/// Where `counter` keeps its counter: a page of RAM nothing else uses (the guest is 64 MiB in
+/// the tests; the image sits at 1 MiB).
+pub const COUNTER_GPA: u64 = 0x300_0000;
+
+/// For live dumps: the BSP increments a counter in a tight loop, forever, keeping it in r12 too
+/// (`inc r12; mov [COUNTER_GPA], r12`), so that wherever the vCPU stops, the page holds r12 or
+/// r12 - 1. Whoever runs it stops the VM.
+pub fn counter(si: &StartInfo) -> ! {
+    check("counter-page-is-ram", si.is_ram(COUNTER_GPA, 0x1000));
+    line().s("TG: counter: ready at ").hex(COUNTER_GPA).end();
+    // SAFETY: COUNTER_GPA is identity-mapped RAM no other code uses; the loop never returns
+    // and touches only r12 and that page.
+    unsafe {
+        core::arch::asm!(
+            "xor r12, r12",
+            "2:",
+            "inc r12",
+            "mov qword ptr [{p}], r12",
+            "jmp 2b",
+            p = in(reg) COUNTER_GPA,
+            options(noreturn, nostack),
+        )
+    }
 }

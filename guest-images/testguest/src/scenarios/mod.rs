@@ -38,12 +38,13 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "unload-without-connect", run: vmbus_stress::unload_without_connect },
     Scenario { name: "triple-fault", run: basic::triple_fault },
     Scenario { name: "idle", run: basic::idle },
+    Scenario { name: "counter", run: basic::counter },
 ];
 
 /// For the "unknown scenario" message.
 pub const NAMES: &str = "boot connect panic kdump bench-panic bench-kdump hostile-hypercall hostile-synic \
                          hostile-crash-message hostile-msr pvpanic-bytes vmbus-flood contact-during-unload \
-                         unload-without-connect triple-fault idle";
+                         unload-without-connect triple-fault idle counter";
 
 pub fn find(name: &[u8]) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name.as_bytes() == name)
