@@ -12,11 +12,14 @@
 //! 5. [`kdump`]: filtered dumps of a Linux-like layout (the test guest's `bench-kdump`):
 //!    crashvmm's kdump-compressed `-d 31` against QEMU's ELF and `kdump-zlib` dumps and
 //!    `makedumpfile -d 31 -c`.
+//! 6. [`live`]: the guest's pause for a live dump (`ctl dump --live`) against crashvmm's pausing
+//!    dump and QEMU's `dump-guest-memory` (1, 4, 16 GiB; 10% and 90% touched), and total times.
 //!
 //! Every VMM runs alone (one at a time); files are deleted right after they are measured.
 
 pub mod crashpath;
 pub mod kdump;
+pub mod live;
 pub mod machine;
 pub mod overhead;
 pub mod plot;

@@ -38,6 +38,9 @@ pub struct Results {
     /// Part 5: filtered dumps (absent from results.json files written before it).
     #[serde(default)]
     pub kdump: Vec<KdumpSize>,
+    /// Part 6: live dumps (absent from results.json files written before it).
+    #[serde(default)]
+    pub live: Vec<super::live::LiveCase>,
     pub wall_s: f64,
     pub quick: bool,
 }
@@ -611,6 +614,9 @@ fn markdown(r: &Results, png_name: &str) -> String {
 
     // ---- 5. filtered dumps ------------------------------------------------------------------
     kdump_section(&mut m, r);
+
+    // ---- 6. live dumps ----------------------------------------------------------------------
+    super::live::section(&mut m, &r.live);
 
     let _ = writeln!(m, "## Plot\n\n![crashvmm vs QEMU]({png_name})\n");
     raw_section(&mut m, r);
@@ -1333,6 +1339,7 @@ mod tests {
                     }
                 })
                 .collect(),
+            live: Vec::new(),
             wall_s: 600.0,
             quick: false,
         }

@@ -25,8 +25,10 @@ use crate::seccomp::{self, ThreadKind};
 
 /// How long the vCPUs may take to stop for the snapshot.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the parent looks at the copy-on-write cost.
+/// How often the parent looks whether the writer is done.
 const POLL: Duration = Duration::from_millis(10);
+/// How often it looks at the copy-on-write cost (`smaps_rollup` walks the page tables).
+const LOOK: Duration = Duration::from_millis(250);
 
 /// What a live dump cost the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -100,6 +102,7 @@ pub fn live_dump(
     // is what the running guest rewrote.
     let baseline = private_dirty();
     on_snapshot(&stats);
+    let mut last_look = Instant::now();
     let status = loop {
         let mut status = 0;
         // SAFETY: waits for our own child, without blocking.
@@ -110,7 +113,21 @@ pub fn live_dump(
         if r < 0 {
             break Err(err("waitpid", std::io::Error::last_os_error()));
         }
+        if last_look.elapsed() < LOOK {
+            std::thread::sleep(POLL);
+            continue;
+        }
+        last_look = Instant::now();
         let copied = private_dirty().saturating_sub(baseline);
+        // A child that ended while we read gave its pages back: they are ours alone again and
+        // read as private, copied or not. Only a reading with the child still there counts.
+        let mut status = 0;
+        // SAFETY: as above.
+        match unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } {
+            0 => {}
+            r if r == pid => break Ok(status),
+            _ => break Err(err("waitpid", std::io::Error::last_os_error())),
+        }
         stats.copied_bytes = stats.copied_bytes.max(copied);
         if copied > max_copy && !stats.paused_for_rest && !was_paused {
             log::warn!(

@@ -3,6 +3,7 @@
 
 pub mod basic;
 pub mod bench_kdump;
+pub mod bench_live;
 pub mod hostile;
 pub mod kdump;
 pub mod vmbus_stress;
@@ -28,6 +29,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "kdump", run: kdump::kdump },
     Scenario { name: "bench-panic", run: basic::bench_panic },
     Scenario { name: "bench-kdump", run: bench_kdump::bench_kdump },
+    Scenario { name: "bench-live", run: bench_live::bench_live },
     Scenario { name: "hostile-hypercall", run: hostile::hypercall },
     Scenario { name: "hostile-synic", run: hostile::synic },
     Scenario { name: "hostile-crash-message", run: hostile::crash_message },
@@ -42,7 +44,7 @@ pub const SCENARIOS: &[Scenario] = &[
 ];
 
 /// For the "unknown scenario" message.
-pub const NAMES: &str = "boot connect panic kdump bench-panic bench-kdump hostile-hypercall hostile-synic \
+pub const NAMES: &str = "boot connect panic kdump bench-panic bench-kdump bench-live hostile-hypercall hostile-synic \
                          hostile-crash-message hostile-msr pvpanic-bytes vmbus-flood contact-during-unload \
                          unload-without-connect triple-fault idle counter";
 
