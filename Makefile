@@ -23,7 +23,8 @@ OUT ?= build/scenario-$(SCENARIO)
 # Debian packages the build and the test host need (guest-images/build.sh installs its own too);
 # crash (reads the guest's vmcores in the pagecache scenario test) and e2fsprogs (mke2fs -d: that
 # scenario's data disk) are for the integration tests.
-APT_PACKAGES := qemu-system-x86 busybox-static cpio kexec-tools makedumpfile binutils gzip crash e2fsprogs
+# python3-venv: the S3 test server (PyPI's moto, in build/moto-venv) of the delivery tests.
+APT_PACKAGES := qemu-system-x86 busybox-static cpio kexec-tools makedumpfile binutils gzip crash e2fsprogs python3-venv
 
 .PHONY: all build images testguest deps lint fmt unit image-tests integration test run scenario fuzz bench boot-reliability clean
 
@@ -73,7 +74,10 @@ unit:
 image-tests:
 	bash guest-images/tests/stale-lists.sh
 
+# The delivery crate's tests against a real S3-protocol server process (moto) need no VM;
+# integration/tests/upload.rs drives crashvmm itself against one.
 integration: build images
+	$(CARGO) test --locked -p delivery --tests
 	$(CARGO) test --locked -p integration --tests
 
 test: deps lint unit image-tests integration

@@ -66,6 +66,12 @@ pub struct VmConfig {
     pub dump: crate::crash::vmcore::DumpSpec,
     /// Guest memory a live dump may have copied on write before it pauses the guest.
     pub live_dump_max_copy: u64,
+    /// Where finished crash directories are delivered (`--upload`), if anywhere.
+    pub upload: Option<delivery::Target>,
+    /// Keep a crash directory once the store confirmed it; the upload's bandwidth cap.
+    pub upload_options: crate::upload::UploadOptions,
+    /// How long crashvmm waits, once the VM has ended, for deliveries still queued.
+    pub upload_wait: std::time::Duration,
     /// virtio-blk disks.
     pub disks: Vec<DiskConfig>,
     /// The disk the guest's crash kernel writes its dump to.
@@ -233,6 +239,9 @@ mod tests {
             vmcore_sha256: false,
             dump: Default::default(),
             live_dump_max_copy: crate::crash::executor::DEFAULT_LIVE_MAX_COPY,
+            upload: None,
+            upload_options: crate::upload::UploadOptions { keep_local: true, max_rate: None },
+            upload_wait: std::time::Duration::from_secs(600),
             disks: vec![],
             crash_disk: None,
             api_socket: None,

@@ -113,6 +113,27 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         title: Option<String>,
     },
+    /// Delivery to the object store (`--upload`): a crash directory's upload began, made
+    /// progress, completed (every object confirmed), or failed and will be tried again.
+    UploadStarted {
+        dir: String,
+        url: String,
+    },
+    UploadProgress {
+        dir: String,
+        bytes: u64,
+        total: u64,
+    },
+    UploadCompleted {
+        dir: String,
+        url: String,
+        bytes: u64,
+    },
+    UploadFailed {
+        dir: String,
+        error: String,
+        retry_in_s: f64,
+    },
     /// The control socket's `dump` started writing a vmcore of the running VM.
     DumpStarted {
         path: String,

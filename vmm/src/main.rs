@@ -40,6 +40,94 @@ enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+    /// What an object store holds (`--upload`'s URL): crashes grouped by signature, with their
+    /// count, hosts, first and last seen and kernel releases.
+    Crashes {
+        #[arg(value_name = "URL", value_parser = parse_upload)]
+        url: delivery::Target,
+        /// Only this signature's group, with its crash directories.
+        #[arg(long, value_name = "ID")]
+        signature: Option<String>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download one crash directory (URL/SIGNATURE-ID/HOST/DIR) from an object store.
+    Fetch {
+        #[arg(value_name = "URL")]
+        url: String,
+        /// Where to put it (default: the current directory).
+        #[arg(value_name = "DEST", default_value = ".")]
+        dest: PathBuf,
+    },
+    /// Deliver what a crash directory's spool still holds (after a restart, an outage), then exit.
+    Deliver {
+        #[arg(long, value_name = "URL", value_parser = parse_upload)]
+        upload: delivery::Target,
+        #[arg(long, value_name = "DIR", default_value = "crashes")]
+        crash_dir: PathBuf,
+        #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+        upload_keep_local: bool,
+        #[arg(long, value_name = "SIZE")]
+        upload_max_rate: Option<String>,
+        /// Give up (leaving the rest in the spool) after this long.
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
+}
+
+/// `crashvmm crashes`: the store's crashes grouped by signature.
+fn crashes(url: &delivery::Target, signature: Option<&str>, json: bool) -> anyhow::Result<i32> {
+    let mut groups = delivery::list_crashes(url)?;
+    if let Some(id) = signature {
+        groups.retain(|g| g.signature_id == id);
+        if groups.is_empty() {
+            anyhow::bail!("no crashes with signature {id} in {}", url.url);
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&groups)?);
+        return Ok(0);
+    }
+    for g in &groups {
+        println!(
+            "{}  {:>4} crash{}  {} host{}  {} .. {}  {}  {}",
+            g.signature_id,
+            g.count,
+            if g.count == 1 { "" } else { "es" },
+            g.hosts.len(),
+            if g.hosts.len() == 1 { "" } else { "s" },
+            g.first_seen.as_deref().unwrap_or("?"),
+            g.last_seen.as_deref().unwrap_or("?"),
+            g.kernel_releases.join(","),
+            g.title.as_deref().unwrap_or("(no title)")
+        );
+        if signature.is_some() {
+            for d in &g.dirs {
+                println!("  {}  {}  {}", d.detected_at.as_deref().unwrap_or("?"), d.host, d.url);
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `crashvmm deliver`: send what the spool holds; exit code 1 when some is left.
+fn deliver(
+    target: delivery::Target,
+    crash_dir: &std::path::Path,
+    keep_local: bool,
+    max_rate: Option<&str>,
+    wait: std::time::Duration,
+) -> anyhow::Result<i32> {
+    let options = vmm::upload::UploadOptions { keep_local, max_rate: max_rate.map(parse_memory).transpose()? };
+    vmm::seccomp::init(SeccompMode::On, None, None)?;
+    let d = vmm::upload::Delivery::start(target, crash_dir, &options, vmm::events::EventLog::disabled())
+        .map_err(anyhow::Error::msg)?;
+    Ok(i32::from(d.finish(wait) > 0))
+}
+
+fn parse_upload(s: &str) -> Result<delivery::Target, String> {
+    delivery::Target::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -157,6 +245,22 @@ struct RunArgs {
     /// Where crash directories go (one per crash).
     #[arg(long, value_name = "DIR", default_value = "crashes")]
     crash_dir: PathBuf,
+    /// Deliver each finished crash directory to an object store: s3://BUCKET/PREFIX (also
+    /// gs://, az://, file:///PATH), under PREFIX/SIGNATURE-ID/HOST/DIR/. Credentials and the
+    /// endpoint (AWS_ENDPOINT_URL for S3-compatible servers) come from the environment.
+    #[arg(long, value_name = "URL", value_parser = parse_upload)]
+    upload: Option<delivery::Target>,
+    /// Keep a crash directory on disk once the store has confirmed every file of it.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    upload_keep_local: bool,
+    /// Upload at most this many bytes per second (e.g. 50M), leaving the host's network to its
+    /// other work.
+    #[arg(long, value_name = "SIZE")]
+    upload_max_rate: Option<String>,
+    /// Once the VM has ended, wait this long for deliveries still queued (what is left is sent
+    /// by the next run, or `crashvmm deliver`).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    upload_wait: std::time::Duration,
     /// A virtio-blk disk (virtio-mmio, ACPI LNRO0005): path=FILE[,readonly]. Repeatable.
     #[arg(long, value_name = "path=FILE[,readonly]", value_parser = parse_disk)]
     disk: Vec<DiskConfig>,
@@ -208,6 +312,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(*args),
         Command::Report { dir } => vmm::crash::summary::print(&dir).map(|()| 0),
+        Command::Crashes { url, signature, json } => crashes(&url, signature.as_deref(), json),
+        Command::Fetch { url, dest } => delivery::fetch(&url, &dest).map_err(anyhow::Error::from).map(|dir| {
+            println!("{}", dir.display());
+            0
+        }),
+        Command::Deliver { upload, crash_dir, upload_keep_local, upload_max_rate, wait } => {
+            deliver(upload, &crash_dir, upload_keep_local, upload_max_rate.as_deref(), wait)
+        }
         Command::Ctl { api_socket, command } => vmm::api::client(&api_socket, &command.request()),
     };
     match result {
@@ -264,6 +376,12 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         },
         watchdog: args.watchdog,
         crash_dir: args.crash_dir,
+        upload: args.upload,
+        upload_options: vmm::upload::UploadOptions {
+            keep_local: args.upload_keep_local,
+            max_rate: args.upload_max_rate.as_deref().map(parse_memory).transpose()?,
+        },
+        upload_wait: args.upload_wait,
         vmcore_sha256: args.vmcore_sha256,
         dump: DumpSpec { format: args.vmcore_format, dump_level: args.dump_level, compression: args.vmcore_compress },
         live_dump_max_copy: parse_memory(&args.live_dump_max_copy)?,

@@ -33,6 +33,7 @@ use crate::events::{Event, EventLog};
 use crate::exit::VmExit;
 use crate::seccomp::{self, ThreadKind};
 use crate::sync::lock;
+use crate::upload::Delivery;
 use crate::vcpu::{self, ExitContext};
 use crate::watchdog::Watchdog;
 
@@ -194,6 +195,18 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     // Confine this thread (the event loop, crash handling) before any guest code runs; the vCPU
     // and vmcore-hasher threads confine themselves further.
     seccomp::init(config.seccomp, events.raw_fd(), config.seccomp_selftest)?;
+    // The uploader first: filters stack, and the vmm thread's allows no socket.
+    let delivery = match &config.upload {
+        Some(target) => {
+            let d = Delivery::start(target.clone(), &config.crash_dir, &config.upload_options, events.clone())
+                .map_err(|e| VmError::Io { what: "upload", source: io::Error::other(e) })?;
+            let spool = delivery::Spool::open(&config.crash_dir)
+                .map_err(|e| VmError::Io { what: "upload spool", source: io::Error::other(e.to_string()) })?;
+            lock(&crash).upload_spool = Some(spool);
+            Some(d)
+        }
+        None => None,
+    };
     seccomp::apply(ThreadKind::Vmm)?;
     let started = Instant::now();
     let session = Session {
@@ -225,6 +238,9 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     };
     session.console.sync();
     drop(raw_terminal);
+    if let Some(d) = delivery {
+        d.finish(config.upload_wait);
+    }
     if let Some(path) = &config.api_socket {
         let _ = std::fs::remove_file(path);
     }

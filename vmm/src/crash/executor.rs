@@ -153,6 +153,8 @@ pub struct CrashHandling {
     /// `--live-dump-max-copy`: guest memory a live dump may have copied on write before it
     /// pauses the guest for the rest.
     pub live_max_copy: u64,
+    /// `--upload`: the spool each finished crash directory is queued in.
+    pub upload_spool: Option<delivery::Spool>,
     /// When the crashed kernel kexec'd into its crash kernel.
     kexec_at: Option<Instant>,
     /// The last crash directory written.
@@ -193,6 +195,7 @@ impl CrashHandling {
             operator_spec: DumpSpec::default(),
             operator_live: false,
             live_max_copy: DEFAULT_LIVE_MAX_COPY,
+            upload_spool: None,
             kexec_at: None,
             last_dir: None,
             end: None,
@@ -504,6 +507,13 @@ impl CrashHandling {
                     signature_id: record.signature.as_ref().map(|s| s.id.clone()),
                     title: record.signature.as_ref().map(|s| s.title.clone()),
                 });
+                if let Some(spool) = &self.upload_spool {
+                    // One small job file; the upload thread does the rest.
+                    match delivery::JobMeta::from_dir(&dir).and_then(|meta| spool.enqueue(&dir, &meta)) {
+                        Ok(_) => log::info!("upload: {} queued", dir.display()),
+                        Err(e) => log::error!("upload: {} not queued: {e}", dir.display()),
+                    }
+                }
                 self.last_dir = Some(dir);
             }
             Err(e) => log::error!("crash directory incomplete: {e}"),

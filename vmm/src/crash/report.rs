@@ -184,7 +184,7 @@ impl CrashRecord {
 
     /// The crash's signature, from the best source there is: the Hyper-V crash message (the
     /// guest's own kernel log at the panic), else the console, else what the trigger says (a
-    /// hang, a triple fault).
+    /// hang, a triple fault, a crash without a report).
     pub fn find_signature(&self, console: &[u8]) -> Option<signature::Signature> {
         let hv_message = self.signals.iter().rev().find_map(|t| match &t.signal {
             CrashSignal::HvCrash { message: Some(m), .. } => Some(m.clone()),
@@ -193,10 +193,17 @@ impl CrashRecord {
         hv_message
             .and_then(|m| signature::Signature::from_hyperv_message(m.as_bytes()).ok())
             .or_else(|| signature::from_text(&String::from_utf8_lossy(console)))
-            .or(match self.trigger {
-                Trigger::TripleFault => Some(signature::Signature::triple_fault()),
-                Trigger::GuestHang => Some(signature::Signature::hang()),
-                _ => None,
+            .or_else(|| {
+                Some(match self.trigger {
+                    Trigger::TripleFault => signature::Signature::triple_fault(),
+                    Trigger::GuestHang => signature::Signature::hang(),
+                    // Nothing says more than the trigger: one group per trigger.
+                    t => signature::Signature::new(
+                        signature::Kind::Panic,
+                        &format!("guest crash without a crash report ({t})"),
+                        Vec::new(),
+                    ),
+                })
             })
     }
 
@@ -471,7 +478,8 @@ mod tests {
             Some(signature::Signature::triple_fault().title)
         );
         let p = CrashRecord::begin(base.path(), 3, Trigger::Pvpanic).unwrap();
-        assert!(p.find_signature(b"TG: nothing to see").is_none());
+        let s = p.find_signature(b"TG: nothing to see").unwrap();
+        assert_eq!(s.title, "guest crash without a crash report (pvpanic)");
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub enum ThreadKind {
     Vcpu,
     VmcoreHasher,
     LiveDumpWriter,
+    Upload,
 }
 
 impl ThreadKind {
@@ -72,6 +73,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::VmcoreHasher => "vmcore-hasher",
             ThreadKind::LiveDumpWriter => "live-dump-writer",
+            ThreadKind::Upload => "upload",
         }
     }
 }
@@ -281,6 +283,58 @@ const LIVE_DUMP_WRITER: &[i64] = &[
     libc::SYS_seccomp,
 ];
 
+/// The uploader (`--upload`) and its runtime's threads: TCP (and UNIX, for name service)
+/// sockets to the object store, the crash directories and the spool. The only filter with
+/// sockets; no `ioctl` beyond non-blocking and close-on-exec, no KVM.
+const UPLOAD: &[i64] = &[
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_getsockopt,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_recvfrom,
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    libc::SYS_shutdown,
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_eventfd2,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_clone3,
+    libc::SYS_openat,
+    libc::SYS_pread64,
+    libc::SYS_lseek,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_statx,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_getdents64,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_rmdir,
+    libc::SYS_fchmod,
+    libc::SYS_chmod,
+    libc::SYS_fchmodat,
+    libc::SYS_fcntl,
+    libc::SYS_prctl,
+    libc::SYS_uname,
+    libc::SYS_writev,
+    libc::SYS_socketpair,
+    libc::SYS_readlink,
+    libc::SYS_statfs,
+    libc::SYS_fstatfs,
+    libc::SYS_prlimit64,
+];
+
 /// glibc's `fork()`: `clone(CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | SIGCHLD, ...)`.
 const FORK_FLAGS: u64 = (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD) as u64;
 
@@ -300,6 +354,7 @@ fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
         ThreadKind::Vcpu => (VCPU, vcpu_ioctls()),
         ThreadKind::VmcoreHasher => (VMCORE_HASHER, Vec::new()),
         ThreadKind::LiveDumpWriter => (LIVE_DUMP_WRITER, Vec::new()),
+        ThreadKind::Upload => (UPLOAD, vec![libc::FIONBIO, libc::FIOCLEX]),
     };
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = COMMON.iter().chain(own).map(|&nr| (nr, Vec::new())).collect();
     if !ioctls.is_empty() {
@@ -320,7 +375,7 @@ fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
                 map.insert(nr, Vec::new());
             }
         }
-        ThreadKind::LiveDumpWriter => {
+        ThreadKind::LiveDumpWriter | ThreadKind::Upload => {
             map.insert(libc::SYS_clone, vec![threads()]);
         }
         ThreadKind::Vcpu | ThreadKind::VmcoreHasher => {}
@@ -541,7 +596,13 @@ mod tests {
 
     #[test]
     fn every_filter_compiles() {
-        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::VmcoreHasher, ThreadKind::LiveDumpWriter] {
+        for kind in [
+            ThreadKind::Vmm,
+            ThreadKind::Vcpu,
+            ThreadKind::VmcoreHasher,
+            ThreadKind::LiveDumpWriter,
+            ThreadKind::Upload,
+        ] {
             for action in [SeccompAction::Trap, SeccompAction::Log, SeccompAction::Errno(1)] {
                 assert!(!program(kind, action).unwrap().is_empty());
             }

@@ -1,0 +1,272 @@
+//! The on-disk upload queue, `<crash-dir>/.upload/`:
+//!
+//! ```text
+//! .upload/jobs/<enqueued, µs since the epoch>-<dir>.json   waiting or in progress
+//! .upload/done/<same name>                                 delivered (the store confirmed)
+//! ```
+//!
+//! Every write is atomic (a temporary file, fsynced, renamed over, the directory fsynced), so a
+//! crash of crashvmm or of the host leaves each job file either as it was or as it became.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::io;
+use crate::{DeliveryError, REPORT};
+
+/// What the uploader must know about a crash directory besides its files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobMeta {
+    /// `signature.id` of report.json (`unknown` when it has none).
+    pub signature_id: String,
+    /// The host the crash happened on.
+    pub host: String,
+}
+
+impl JobMeta {
+    /// From the directory's report.json and this host's name.
+    pub fn from_dir(dir: &Path) -> Result<Self, DeliveryError> {
+        let path = dir.join(REPORT);
+        let text = fs::read(&path).map_err(io("read", &path))?;
+        let report: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|source| DeliveryError::Json { path: path.display().to_string(), source })?;
+        let signature_id = report
+            .pointer("/signature/id")
+            .and_then(|v| v.as_str())
+            .filter(|s| is_safe_component(s))
+            .unwrap_or("unknown")
+            .to_owned();
+        Ok(Self { signature_id, host: hostname() })
+    }
+}
+
+/// This host's name (the kernel's, as `uname -n` gives it), `unknown-host` if unreadable.
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| is_safe_component(h))
+        .unwrap_or_else(|| "unknown-host".to_owned())
+}
+
+/// A name that is one path component of an object key.
+pub(crate) fn is_safe_component(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
+/// One file of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileState {
+    pub name: String,
+    pub size: u64,
+    /// Hex SHA-256 of the whole file (stored with the object as metadata `sha256`).
+    pub sha256: String,
+    /// The store confirmed the object (size and checksum checked).
+    pub done: bool,
+    /// A multipart upload in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multipart: Option<MultipartState>,
+}
+
+/// A multipart upload in progress: its id and the parts the store acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MultipartState {
+    pub upload_id: String,
+    pub part_size: u64,
+    /// Per part: the id the store gave it (S3: its ETag), once uploaded.
+    pub parts: Vec<Option<String>>,
+    /// Per part: its hex MD5, once uploaded (S3's ETag of the whole is derived from them).
+    pub part_md5: Vec<Option<String>>,
+    /// Attempts in a row whose first part failed though the store answered: at two, the
+    /// upload is taken as gone (a store that lost it and answers 500 rather than 404, as moto
+    /// does after a restart), aborted and started over.
+    #[serde(default)]
+    pub strikes: u32,
+}
+
+/// One crash directory to deliver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// The job file's stem: `<µs since the epoch>-<dir name>`; sorting by it is oldest first.
+    pub id: String,
+    /// The local crash directory.
+    pub dir: PathBuf,
+    /// Its name, the last component of its key prefix.
+    pub name: String,
+    #[serde(flatten)]
+    pub meta: JobMeta,
+    pub enqueued_at: String,
+    /// Filled in on the first attempt, small files first, big ones next, report.json last.
+    #[serde(default)]
+    pub files: Vec<FileState>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Where it went (set once delivered).
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+impl Job {
+    /// The key of the directory under the target's prefix: `<signature id>/<host>/<dir>`.
+    pub fn key_prefix(&self) -> String {
+        format!("{}/{}/{}", self.meta.signature_id, self.meta.host, self.name)
+    }
+}
+
+/// The spool of one crash directory.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    root: PathBuf,
+}
+
+impl Spool {
+    /// Open (creating it, owner-only) `<crash_dir>/.upload/`.
+    pub fn open(crash_dir: &Path) -> Result<Self, DeliveryError> {
+        let root = crash_dir.join(".upload");
+        for d in [root.join("jobs"), root.join("done")] {
+            fs::create_dir_all(&d).map_err(io("create", &d))?;
+            set_private(&d, 0o700)?;
+        }
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Queue the finished crash directory `dir`. Queueing one already queued or delivered
+    /// returns that job.
+    pub fn enqueue(&self, dir: &Path, meta: &JobMeta) -> Result<Job, DeliveryError> {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| is_safe_component(n))
+            .ok_or_else(|| DeliveryError::Other(format!("{}: not a crash directory name", dir.display())))?;
+        for sub in ["jobs", "done"] {
+            if let Some(job) = self.read_dir(sub)?.into_iter().find(|j| j.name == name) {
+                return Ok(job);
+            }
+        }
+        let micros = chrono::Utc::now().timestamp_micros();
+        let dir = fs::canonicalize(dir).map_err(io("resolve", dir))?;
+        let job = Job {
+            id: format!("{micros:017}-{name}"),
+            dir,
+            name,
+            meta: meta.clone(),
+            enqueued_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            files: Vec::new(),
+            attempts: 0,
+            last_error: None,
+            url: None,
+        };
+        self.save(&job)?;
+        Ok(job)
+    }
+
+    /// Jobs waiting, oldest first.
+    pub fn pending(&self) -> Result<Vec<Job>, DeliveryError> {
+        self.read_dir("jobs")
+    }
+
+    /// Jobs delivered, oldest first.
+    pub fn delivered(&self) -> Result<Vec<Job>, DeliveryError> {
+        self.read_dir("done")
+    }
+
+    /// Persist `job`'s progress (atomically).
+    pub fn save(&self, job: &Job) -> Result<(), DeliveryError> {
+        self.write_atomic(&self.root.join("jobs").join(format!("{}.json", job.id)), job)
+    }
+
+    /// Move `job` to `done/` (written there first, then removed from `jobs/`).
+    pub fn complete(&self, job: &Job) -> Result<(), DeliveryError> {
+        self.write_atomic(&self.root.join("done").join(format!("{}.json", job.id)), job)?;
+        let p = self.root.join("jobs").join(format!("{}.json", job.id));
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove", &p)(e)),
+        }
+        sync_dir(&self.root.join("jobs"))
+    }
+
+    fn read_dir(&self, sub: &str) -> Result<Vec<Job>, DeliveryError> {
+        let d = self.root.join(sub);
+        let mut names: Vec<PathBuf> = fs::read_dir(&d)
+            .map_err(io("list", &d))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        names.sort();
+        let mut jobs = Vec::with_capacity(names.len());
+        for p in names {
+            let text = fs::read(&p).map_err(io("read", &p))?;
+            match serde_json::from_slice::<Job>(&text) {
+                Ok(j) => jobs.push(j),
+                // A job file that is not JSON cannot have come from here; leave it for a human.
+                Err(e) => log::warn!("delivery: ignoring {}: {e}", p.display()),
+            }
+        }
+        Ok(jobs)
+    }
+
+    fn write_atomic(&self, path: &Path, job: &Job) -> Result<(), DeliveryError> {
+        let data = serde_json::to_vec_pretty(job)
+            .map_err(|source| DeliveryError::Json { path: path.display().to_string(), source })?;
+        let tmp = self.root.join(format!(".tmp-{}-{}", std::process::id(), job.id));
+        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+        set_private(&tmp, 0o600)?;
+        f.write_all(&data).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("sync", &tmp))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(io("rename to", path))?;
+        sync_dir(path.parent().unwrap_or(&self.root))
+    }
+}
+
+fn set_private(p: &Path, mode: u32) -> Result<(), DeliveryError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).map_err(io("chmod", p))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), DeliveryError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("sync", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enqueue_is_atomic_idempotent_and_oldest_first() -> Result<(), DeliveryError> {
+        let base = tempfile::tempdir().map_err(|e| DeliveryError::Other(e.to_string()))?;
+        let spool = Spool::open(base.path())?;
+        let meta = JobMeta { signature_id: "0123456789abcdef".into(), host: "h1".into() };
+        let mut ids = Vec::new();
+        for n in ["20261125T130105Z-001", "20261125T130106Z-002"] {
+            let d = base.path().join(n);
+            fs::create_dir(&d).map_err(io("mkdir", &d))?;
+            ids.push(spool.enqueue(&d, &meta)?.id);
+        }
+        let again = spool.enqueue(&base.path().join("20261125T130105Z-001"), &meta)?;
+        assert_eq!(again.id, ids[0]);
+        let pending = spool.pending()?;
+        assert_eq!(pending.iter().map(|j| j.id.clone()).collect::<Vec<_>>(), ids);
+        spool.complete(&pending[0])?;
+        assert_eq!(spool.pending()?.len(), 1);
+        assert_eq!(spool.delivered()?.len(), 1);
+        // Delivered stays delivered: queueing it again does not start it over.
+        assert_eq!(spool.enqueue(&base.path().join("20261125T130105Z-001"), &meta)?.id, ids[0]);
+        assert_eq!(spool.pending()?.len(), 1);
+        Ok(())
+    }
+}
