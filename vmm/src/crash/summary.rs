@@ -23,6 +23,23 @@ fn resolve(dir: &Path) -> Result<PathBuf> {
     }
 }
 
+/// A host-side vmcore's dump level and what it left out.
+fn filtered(v: &serde_json::Map<String, Value>) -> String {
+    let Some(level) = v.get("dump_level").and_then(Value::as_u64) else { return String::new() };
+    let f = v.get("filter").unwrap_or(&Value::Null);
+    let (total, written) = (f["total_pages"].as_u64(), f["data_pages"].as_u64().or(f["kept_pages"].as_u64()));
+    match (total, written) {
+        (Some(t), Some(w)) if t > 0 => {
+            format!(
+                ", dump level {level}: {} of {t} pages written with their data ({:.0}% left out)",
+                w,
+                100.0 - w as f64 * 100.0 / t as f64
+            )
+        }
+        _ => format!(", dump level {level}"),
+    }
+}
+
 /// The summary text for the report at `dir`.
 pub fn render(dir: &Path) -> Result<String> {
     let dir = resolve(dir)?;
@@ -40,6 +57,9 @@ pub fn render(dir: &Path) -> Result<String> {
         s(&r["trigger"])
     );
     let _ = writeln!(out, "  outcome      {}", s(&r["outcome"]));
+    if let Some(sig) = r["signature"].as_object() {
+        let _ = writeln!(out, "  signature    {}  {}", s(&sig["id"]), s(&sig["title"]));
+    }
     let g = &r["guest"];
     let release = g["kernel_release"].as_str().unwrap_or("unknown");
     let _ = writeln!(
@@ -75,6 +95,9 @@ pub fn render(dir: &Path) -> Result<String> {
                 v["duration_ms"],
                 v["sha256"].as_str().map_or(String::new(), |h| format!(", sha256 {h}"))
             );
+            if let Some(format) = v.get("format").and_then(Value::as_str) {
+                let _ = writeln!(out, "               {format}{}", filtered(v));
+            }
         }
         None => {
             let why = r["vmcore_error"].as_str().unwrap_or("none taken");
@@ -112,7 +135,10 @@ mod tests {
                 "guest": {"kernel_release": "6.1.0-56-cloud-amd64", "vcpus": 2, "memory_bytes": 805306368u64},
                 "policy": {"on_panic": "auto", "after_crash": "exit", "host_dump": "fallback"},
                 "pvpanic": {"bits": 1, "vcpu": 1}, "vmbus": {"unload_latency_us": 812},
-                "vmcore": {"path": "vmcore", "bytes": 10, "allocated_bytes": 4, "duration_ms": 3, "sha256": "ab"},
+                "vmcore": {"path": "vmcore", "bytes": 10, "allocated_bytes": 4, "duration_ms": 3, "sha256": "ab",
+                           "format": "kdump-compressed", "dump_level": 31,
+                           "filter": {"total_pages": 200, "data_pages": 20}},
+                "signature": {"id": "0123456789abcdef", "title": "kernel panic: sysrq triggered crash"},
                 "hyperv_crash": {"message": "[1] a\\n[2] Kernel panic - not syncing: sysrq triggered crash\\n[3] b\\n"},
             });
             std::fs::write(d.join("report.json"), r.to_string()).unwrap();
@@ -122,6 +148,11 @@ mod tests {
         assert!(text.contains("Linux 6.1.0-56-cloud-amd64, 2 vCPUs, 768 MiB"), "{text}");
         assert!(text.contains("UNLOAD answered in 812 us"), "{text}");
         assert!(text.contains("sysrq triggered crash"), "{text}");
+        assert!(text.contains("signature    0123456789abcdef  kernel panic: sysrq triggered crash"), "{text}");
+        assert!(
+            text.contains("kdump-compressed, dump level 31: 20 of 200 pages written with their data (90% left out)"),
+            "{text}"
+        );
         assert!(render(&base.path().join("nope")).is_err());
         let empty = tempfile::tempdir().unwrap();
         assert!(render(empty.path()).unwrap_err().to_string().contains("no crash report"));
