@@ -282,6 +282,24 @@ pub const SCENARIOS: &[Scenario] = &[
              ctl dump --format elf --dump-level 0 >$OUT/ctl-dump.json; ctl shutdown >$OUT/ctl-shutdown.json",
         )),
     },
+    Scenario {
+        name: "live",
+        description: "the guest runs; the runner takes a live dump (kdump format) through the control socket; \
+                      the guest keeps running and powers off by itself",
+        memory: "768M",
+        vcpus: 2,
+        cmdline: "console=ttyS0 panic=-1",
+        expected_exit: 0,
+        expected_trigger: None,
+        expected_events: &["vm_started", "dump_started", "vmcore_written", "vm_exited"],
+        absent_events: &["crash_detected", "vmcore_failed"],
+        expected_console: &["CRASHTEST: live: ready", "CRASHTEST: live: still running"],
+        vmm_args: &[],
+        testhost_timeout: Duration::from_secs(300),
+        crash_dir_tmpfs: None,
+        data_disk: None,
+        driver: Some(("CRASHTEST: live: ready", "ctl dump --live >$OUT/ctl-dump-live.json")),
+    },
 ];
 
 /// The data disk's file name beside `run.sh`, and the file it holds.

@@ -542,3 +542,38 @@ fn a_production_like_crash_gives_a_kdump_file_that_matches_makedumpfile_and_open
     }
     std::fs::remove_dir_all(&out).ok();
 }
+
+/// A live dump of a running Linux guest: the guest paused for its snapshot only, `crash` opens
+/// the kdump-format vmcore (`sys` and `ps` of the running kernel), and the guest went on and
+/// powered off by itself.
+#[test]
+fn a_live_dump_of_a_running_guest_opens_in_crash_and_the_guest_powers_off_cleanly() {
+    let (o, events, console, out) = run("live");
+    check_frame(&o, &events, 0, &out);
+    assert_eq!(events.last().unwrap()["reason"], "poweroff", "the guest powered off by itself");
+    let dump = &ctl_output(&out, "ctl-dump-live.json")[0];
+    assert_eq!((dump["ok"].as_bool(), dump["live"].as_bool()), (Some(true), Some(true)), "{dump}");
+    let pause_us = dump["pause_us"].as_u64().unwrap();
+    let started = events.iter().find(|e| e["event"] == "dump_started").unwrap();
+    assert_eq!(started["pause_us"].as_u64(), Some(pause_us));
+    let ready = console.find("CRASHTEST: live: ready").unwrap();
+    assert!(console[ready..].contains("CRASHTEST: live: still running"), "the guest ran on after the dump");
+    // The vmcore, as seen from here (the path in the answer is the test host's).
+    let shown = Path::new(dump["path"].as_str().unwrap());
+    let vmcore = o.out.join("crashes").join(shown.parent().and_then(Path::file_name).unwrap()).join("vmcore");
+    let mut f = std::fs::File::open(&vmcore).unwrap_or_else(|e| panic!("{}: {e}", vmcore.display()));
+    let k = kdump::KdumpFile::parse(&mut f).expect("a kdump-compressed vmcore");
+    assert!(k.dumpable.count() < k.valid.count() / 2, "filtered: {} of {} pages", k.dumpable.count(), k.valid.count());
+    let setup = integration::Setup::from_env();
+    let vmlinux = setup.guest_vmlinux().expect("the guest's vmlinux (make images)");
+    let cmds = out.join("crash-commands");
+    std::fs::write(&cmds, "sys\nps\nq\n").unwrap();
+    let r =
+        tool("crash", &["-s".as_ref(), vmlinux.as_os_str(), vmcore.as_os_str(), "-i".as_ref(), cmds.as_os_str()], 600);
+    let text = String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "crash failed ({}):\n{text}", r.status);
+    for want in ["RELEASE: 6.", "swapper"] {
+        assert!(text.contains(want), "crash's sys/ps lack {want:?}:\n{text}");
+    }
+    std::fs::remove_dir_all(&out).ok();
+}
