@@ -53,8 +53,6 @@ const ANON_VMA: u64 = KD + 0x11_5000;
 const NOTE: u64 = KD + 0x12_0000;
 const PGDAT: u64 = KD + 0x14_0000;
 /// This guest's own identity map (user-accessible), after the kernel's data.
-const PT_AREA: u64 = 0x00a0_0000;
-const PT_AREA_END: u64 = 0x00c0_0000;
 /// The struct page array (the vmemmap's backing), 2 MiB-aligned.
 const MEMMAP_PA: u64 = 0x0100_0000;
 
@@ -109,9 +107,7 @@ const SECTION_FLAGS: u64 = 0xf;
 
 const PTE_P: u64 = 1;
 const PTE_RW: u64 = 2;
-const PTE_US: u64 = 4;
 const PTE_PS: u64 = 0x80;
-const PTE_UC: u64 = 0x18;
 const MAX_RANGES: usize = 8;
 
 fn kva(pa: u64) -> u64 {
@@ -179,54 +175,6 @@ fn stosq(dst: u64, value: u64, count: u64) {
     unsafe {
         core::arch::asm!("rep stosq", inout("rdi") dst => _, inout("rcx") count => _, in("rax") value,
             options(nostack, preserves_flags));
-    }
-}
-
-/// Identity map of [0, end) (rounded up to 1 GiB, at least 4 GiB) with 2 MiB user pages;
-/// 3-4 GiB uncached, as boot.rs maps it. Loaded into CR3.
-fn identity_map(end: u64) -> bool {
-    let gibs = end.div_ceil(GB).max(4);
-    if PT_AREA + (2 + gibs) * 0x1000 > PT_AREA_END {
-        return false;
-    }
-    let (pml4, pdpt, pd) = (PT_AREA, PT_AREA + 0x1000, PT_AREA + 0x2000);
-    for i in 0..512 {
-        w64(pml4 + i * 8, 0);
-        w64(pdpt + i * 8, 0);
-    }
-    w64(pml4, pdpt | PTE_P | PTE_RW | PTE_US);
-    for g in 0..gibs {
-        w64(pdpt + g * 8, (pd + g * 0x1000) | PTE_P | PTE_RW | PTE_US);
-        let uc = if g == 3 { PTE_UC } else { 0 };
-        for i in 0..512 {
-            w64(pd + g * 0x1000 + i * 8, (g << 30) | (i << 21) | PTE_P | PTE_RW | PTE_US | PTE_PS | uc);
-        }
-    }
-    // SAFETY: the new tables map everything the boot tables did, with the same attributes.
-    unsafe { core::arch::asm!("mov cr3, {}", in(reg) pml4, options(nostack, preserves_flags)) };
-    true
-}
-
-/// Touches one quadword per page of [start, end) (64 KiB-aligned) from ring 0: 19
-/// instructions per 16 pages.
-fn touch(start: u64, end: u64) {
-    if end <= start {
-        return;
-    }
-    // SAFETY: identity-mapped RAM of this layout; ring 3 overwrites it afterwards.
-    unsafe {
-        core::arch::asm!(
-            "2:",
-            "mov [rdi], rax", "mov [rdi + 0x1000], rax", "mov [rdi + 0x2000], rax", "mov [rdi + 0x3000], rax",
-            "mov [rdi + 0x4000], rax", "mov [rdi + 0x5000], rax", "mov [rdi + 0x6000], rax", "mov [rdi + 0x7000], rax",
-            "mov [rdi + 0x8000], rax", "mov [rdi + 0x9000], rax", "mov [rdi + 0xa000], rax", "mov [rdi + 0xb000], rax",
-            "mov [rdi + 0xc000], rax", "mov [rdi + 0xd000], rax", "mov [rdi + 0xe000], rax", "mov [rdi + 0xf000], rax",
-            "add rdi, 0x10000",
-            "cmp rdi, rsi",
-            "jb 2b",
-            inout("rdi") start => _, in("rsi") end, in("rax") 1u64,
-            options(nostack),
-        );
     }
 }
 
@@ -387,7 +335,7 @@ extern "C" fn build(arg: u64) -> ! {
 
 /// Kernel page tables (init_top_pgt), mem_section, node data, uts.
 fn kernel_tables(job: &Job) {
-    stosq(KD, 0, (PT_AREA - KD) / 8);
+    stosq(KD, 0, (user::PT_AREA - KD) / 8);
     let mut next = KPT + 0x1000;
     let mut alloc = || {
         let t = next;
@@ -623,14 +571,14 @@ pub fn bench_kdump(si: &StartInfo) -> ! {
     if !si.is_ram(KD, job.reserved_end << 12) {
         abort("the kernel's data and struct pages do not fit in the first RAM range");
     }
-    if !identity_map(ram_end) {
+    if !user::identity_map(ram_end) {
         abort("too much RAM for the identity map");
     }
     user::init(RING0_STACK.get() as u64 + 16384);
     // Ring 0 touches what ring 3 writes: the kernel's data, the struct pages, and the data
     // pages (kernel, cache, user chunks).
-    touch(KD, PT_AREA);
-    touch(MEMMAP_PA, MEMMAP_PA + job.memmap_bytes);
+    user::touch(KD, user::PT_AREA);
+    user::touch(MEMMAP_PA, MEMMAP_PA + job.memmap_bytes);
     note("bench-kdump: touched struct pages");
     let chunks = job.max_pfn.div_ceil(CHUNK_PAGES);
     let written = |c| matches!(chunk_class(job, c), Class::Kernel | Class::Cache | Class::User);
@@ -640,7 +588,7 @@ pub fn bench_kdump(si: &StartInfo) -> ! {
         while c < chunks && written(c) {
             c += 1;
         }
-        touch(run * CHUNK, c * CHUNK);
+        user::touch(run * CHUNK, c * CHUNK);
         c += 1;
     }
     note("bench-kdump: touched");

@@ -21,18 +21,10 @@ use crate::serial::line;
 use crate::start_info::{param, parse_u64, StartInfo, XEN_HVM_MEMMAP_TYPE_RAM};
 use crate::user;
 
-const GB: u64 = 1 << 30;
 const CHUNK: u64 = 4 << 20;
 /// Nothing below this is touched (the image at 1 MiB, the page tables below).
 const LOW: u64 = 16 << 20;
 /// This scenario's identity map (user-accessible).
-const PT_AREA: u64 = 0x00a0_0000;
-const PT_AREA_END: u64 = 0x00c0_0000;
-const PTE_P: u64 = 1;
-const PTE_RW: u64 = 2;
-const PTE_US: u64 = 4;
-const PTE_PS: u64 = 0x80;
-const PTE_UC: u64 = 0x18;
 const MAX_RANGES: usize = 8;
 
 #[repr(C, align(16))]
@@ -50,62 +42,9 @@ struct Job {
 
 static JOB: Global<Job> = Global::new(Job { ranges: [(0, 0); MAX_RANGES], nr_ranges: 0, pct: 0 });
 
-fn w64(pa: u64, v: u64) {
-    // SAFETY: identity-mapped RAM this scenario owns.
-    unsafe { core::ptr::write_volatile(pa as *mut u64, v) }
-}
-
 /// Whether chunk `c` (physical address `c * CHUNK`) is touched at `pct`%.
 fn touched(c: u64, pct: u64) -> bool {
     (c + 1) * pct / 100 != c * pct / 100
-}
-
-/// Identity map of [0, end) (rounded up to 1 GiB, at least 4 GiB) with 2 MiB user pages;
-/// 3-4 GiB uncached, as boot.rs maps it. Loaded into CR3. (As bench-kdump's.)
-fn identity_map(end: u64) -> bool {
-    let gibs = end.div_ceil(GB).max(4);
-    if PT_AREA + (2 + gibs) * 0x1000 > PT_AREA_END {
-        return false;
-    }
-    let (pml4, pdpt, pd) = (PT_AREA, PT_AREA + 0x1000, PT_AREA + 0x2000);
-    for i in 0..512 {
-        w64(pml4 + i * 8, 0);
-        w64(pdpt + i * 8, 0);
-    }
-    w64(pml4, pdpt | PTE_P | PTE_RW | PTE_US);
-    for g in 0..gibs {
-        w64(pdpt + g * 8, (pd + g * 0x1000) | PTE_P | PTE_RW | PTE_US);
-        let uc = if g == 3 { PTE_UC } else { 0 };
-        for i in 0..512 {
-            w64(pd + g * 0x1000 + i * 8, (g << 30) | (i << 21) | PTE_P | PTE_RW | PTE_US | PTE_PS | uc);
-        }
-    }
-    // SAFETY: the new tables map everything the boot tables did, with the same attributes.
-    unsafe { core::arch::asm!("mov cr3, {}", in(reg) pml4, options(nostack, preserves_flags)) };
-    true
-}
-
-/// One quadword per page of [start, end) (64 KiB-aligned) from ring 0: 19 instructions per 16
-/// pages.
-fn touch(start: u64, end: u64) {
-    if end <= start {
-        return;
-    }
-    // SAFETY: identity-mapped RAM of this scenario; ring 3 overwrites it afterwards.
-    unsafe {
-        core::arch::asm!(
-            "2:",
-            "mov [rdi], rax", "mov [rdi + 0x1000], rax", "mov [rdi + 0x2000], rax", "mov [rdi + 0x3000], rax",
-            "mov [rdi + 0x4000], rax", "mov [rdi + 0x5000], rax", "mov [rdi + 0x6000], rax", "mov [rdi + 0x7000], rax",
-            "mov [rdi + 0x8000], rax", "mov [rdi + 0x9000], rax", "mov [rdi + 0xa000], rax", "mov [rdi + 0xb000], rax",
-            "mov [rdi + 0xc000], rax", "mov [rdi + 0xd000], rax", "mov [rdi + 0xe000], rax", "mov [rdi + 0xf000], rax",
-            "add rdi, 0x10000",
-            "cmp rdi, rsi",
-            "jb 2b",
-            inout("rdi") start => _, in("rsi") end, in("rax") 1u64,
-            options(nostack),
-        );
-    }
 }
 
 /// Calls `f(start, end)` for each run of touched chunks of the job's ranges.
@@ -165,7 +104,7 @@ pub fn bench_live(si: &StartInfo) -> ! {
             job.nr_ranges += 1;
         }
     }
-    if !identity_map(si.ram_end()) {
+    if !user::identity_map(si.ram_end()) {
         abort("too much RAM for the identity map");
     }
     let mut bytes = 0;
@@ -179,7 +118,7 @@ pub fn bench_live(si: &StartInfo) -> ! {
         .dec(pct)
         .s("% of the chunks above 16 MiB)")
         .end();
-    for_each_run(job, touch);
+    for_each_run(job, user::touch);
     user::init(RING0_STACK.get() as u64 + 16384);
     user::call(fill, JOB.get() as u64);
     note("bench-live: touched");
