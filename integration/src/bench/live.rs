@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 
 use super::procs;
 use super::qmp::Qmp;
+use super::report::xs;
 use super::stats::{max, median, min, ratio};
 use super::{progress, Env, GIB, MIB};
 
@@ -404,14 +405,6 @@ fn ms(v: f64) -> String {
 fn secs(v: f64) -> String {
     if v.is_finite() {
         format!("{v:.2} s")
-    } else {
-        "n/a".into()
-    }
-}
-
-fn xs(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.2}x")
     } else {
         "n/a".into()
     }

@@ -94,7 +94,7 @@ fn times(v: f64) -> String {
 }
 
 /// A ratio as "2.51x", or "n/a".
-fn xs(v: f64) -> String {
+pub(super) fn xs(v: f64) -> String {
     if v.is_finite() {
         format!("{v:.2}x")
     } else {
@@ -689,45 +689,23 @@ fn kdump_section(m: &mut String, r: &Results) {
             mib_b(med_bytes(&k.qemu_elf) as u64),
         );
     }
+    // Every run of one VMM, per size: "1 GiB [0.79, 0.81], 4 GiB [...]".
+    let every = |runs: fn(&KdumpSize) -> &[Run]| {
+        r.kdump
+            .iter()
+            .map(|k| {
+                format!("{} GiB [{}]", k.gib, runs(k).iter().map(|d| f(d.seconds, 2)).collect::<Vec<_>>().join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let _ = writeln!(
         m,
         "\nEvery run (seconds): crashvmm {}; makedumpfile {}; QEMU ELF {}; QEMU -z {}.\n",
-        r.kdump
-            .iter()
-            .map(|k| format!(
-                "{} GiB [{}]",
-                k.gib,
-                k.crashvmm.iter().map(|d| f(d.seconds, 2)).collect::<Vec<_>>().join(", ")
-            ))
-            .collect::<Vec<_>>()
-            .join(", "),
-        r.kdump
-            .iter()
-            .map(|k| format!(
-                "{} GiB [{}]",
-                k.gib,
-                k.makedumpfile.iter().map(|d| f(d.seconds, 2)).collect::<Vec<_>>().join(", ")
-            ))
-            .collect::<Vec<_>>()
-            .join(", "),
-        r.kdump
-            .iter()
-            .map(|k| format!(
-                "{} GiB [{}]",
-                k.gib,
-                k.qemu_elf.iter().map(|d| f(d.seconds, 2)).collect::<Vec<_>>().join(", ")
-            ))
-            .collect::<Vec<_>>()
-            .join(", "),
-        r.kdump
-            .iter()
-            .map(|k| format!(
-                "{} GiB [{}]",
-                k.gib,
-                k.qemu_z.iter().map(|d| f(d.seconds, 2)).collect::<Vec<_>>().join(", ")
-            ))
-            .collect::<Vec<_>>()
-            .join(", ")
+        every(|k| &k.crashvmm),
+        every(|k| &k.makedumpfile),
+        every(|k| &k.qemu_elf),
+        every(|k| &k.qemu_z)
     );
     // Targets.
     let _ = writeln!(m, "| target | measured | result |\n|---|---|---|");
