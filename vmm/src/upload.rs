@@ -59,7 +59,7 @@ impl Delivery {
             max_bytes_per_sec: options.max_rate,
             ..Default::default()
         };
-        let uploader = Uploader::new(target, Spool::open(crash_dir).map_err(|e| e.to_string())?, config);
+        let uploader = Uploader::new(target, spool.clone(), config);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()

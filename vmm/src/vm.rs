@@ -200,9 +200,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         Some(target) => {
             let d = Delivery::start(target.clone(), &config.crash_dir, &config.upload_options, events.clone())
                 .map_err(|e| VmError::Io { what: "upload", source: io::Error::other(e) })?;
-            let spool = delivery::Spool::open(&config.crash_dir)
-                .map_err(|e| VmError::Io { what: "upload spool", source: io::Error::other(e.to_string()) })?;
-            lock(&crash).upload_spool = Some(spool);
+            lock(&crash).upload_spool = Some(d.spool().clone());
             Some(d)
         }
         None => None,

@@ -120,7 +120,7 @@ pub enum CommandReply {
 }
 
 /// How long to wait for the vCPUs to stop.
-const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `--live-dump-max-copy` unless given: 1 GiB.
 pub const DEFAULT_LIVE_MAX_COPY: u64 = 1 << 30;

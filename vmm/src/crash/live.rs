@@ -19,12 +19,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::executor::VmControl;
+use super::executor::{VmControl, PAUSE_TIMEOUT};
 use super::vmcore::{self, FilterSummary, VcpuState, VmcoreError, VmcoreInfoNote, VmcoreOptions, VmcoreSummary};
 use crate::seccomp::{self, ThreadKind};
 
-/// How long the vCPUs may take to stop for the snapshot.
-const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the parent looks whether the writer is done.
 const POLL: Duration = Duration::from_millis(10);
 /// How often it looks at the copy-on-write cost (`smaps_rollup` walks the page tables).
