@@ -19,6 +19,7 @@
 pub mod classify;
 pub mod diskdump;
 pub mod elf;
+pub mod lzo;
 pub mod memmap;
 pub mod paging;
 #[cfg(test)]

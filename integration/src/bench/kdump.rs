@@ -5,9 +5,9 @@
 //! PFN, node 0's zones and buddy free lists) with about 90% of the pages page cache and user
 //! pages (each filled with a per-page pattern), 5% kernel pages and 5% free; then pvpanic.
 //! For each size, one at a time:
-//! - crashvmm `--vmcore-format kdump --dump-level 31` (zlib): its `vmcore_written`
-//!   `duration_ms` (find VMCOREINFO, classify, compress and write, fsync), with report.json's
-//!   filter counts;
+//! - crashvmm `--vmcore-format kdump --dump-level 31`, with its default codec (zlib level 6)
+//!   and with `--vmcore-compress lzo`: its `vmcore_written` `duration_ms` (find VMCOREINFO,
+//!   classify, compress and write, fsync), with report.json's filter counts;
 //! - QEMU `dump-guest-memory` of the same guest, ELF and `kdump-zlib` (QEMU's `-z`), each
 //!   timed to its answer plus the fsync of the file;
 //! - `makedumpfile -d 31 -c` on an ELF of the same guest (crashvmm `--vmcore-format elf
@@ -65,7 +65,11 @@ pub struct Run {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct KdumpSize {
     pub gib: u64,
+    /// crashvmm's default codec, zlib (level 6).
     pub crashvmm: Vec<Run>,
+    /// crashvmm `--vmcore-compress lzo`.
+    #[serde(default)]
+    pub crashvmm_lzo: Vec<Run>,
     pub qemu_elf: Vec<Run>,
     pub qemu_z: Vec<Run>,
     /// makedumpfile -d 31 -c on crashvmm's ELF.
@@ -101,22 +105,24 @@ fn run_size(env: &Env, gib: u64) -> KdumpSize {
     }
     for rep in 0..reps(env, gib) {
         let tag = format!("kdump {gib} GiB #{rep}");
-        match crashvmm_dump(env, gib, rep, "kdump", 31) {
-            Ok((d, _)) => {
-                progress(format!(
-                    "{tag}: crashvmm kdump -d 31 {:.2} s, {:.1} MiB (guest layout {:.1} s)",
-                    d.seconds,
-                    d.file_bytes as f64 / (1 << 20) as f64,
-                    d.guest_setup_s.unwrap_or(f64::NAN)
-                ));
-                r.crashvmm.push(d);
-            }
-            Err(e) => {
-                progress(format!("{tag}: crashvmm FAILED: {e}"));
-                r.notes.push(format!("crashvmm run {rep}: {e}"));
+        for (codec, out) in [("zlib", &mut r.crashvmm), ("lzo", &mut r.crashvmm_lzo)] {
+            match crashvmm_dump(env, gib, rep, "kdump", 31, codec) {
+                Ok((d, _)) => {
+                    progress(format!(
+                        "{tag}: crashvmm kdump -d 31 {codec} {:.2} s, {:.1} MiB (guest layout {:.1} s)",
+                        d.seconds,
+                        d.file_bytes as f64 / (1 << 20) as f64,
+                        d.guest_setup_s.unwrap_or(f64::NAN)
+                    ));
+                    out.push(d);
+                }
+                Err(e) => {
+                    progress(format!("{tag}: crashvmm {codec} FAILED: {e}"));
+                    r.notes.push(format!("crashvmm {codec} run {rep}: {e}"));
+                }
             }
         }
-        match crashvmm_dump(env, gib, rep, "elf", 0) {
+        match crashvmm_dump(env, gib, rep, "elf", 0, "none") {
             Ok((d, path)) => {
                 progress(format!("{tag}: crashvmm ELF -d 0 {:.2} s (for makedumpfile)", d.seconds));
                 r.elf_for_makedumpfile.push(d);
@@ -189,14 +195,21 @@ fn crashvmm_counts(f: &Value) -> Option<Counts> {
 
 /// One crashvmm run of the scenario with a host-side vmcore of `format` at `level`. Returns
 /// the run and the vmcore's path (the caller deletes the crash directory).
-fn crashvmm_dump(env: &Env, gib: u64, rep: usize, format: &str, level: u8) -> Result<(Run, PathBuf), String> {
+fn crashvmm_dump(
+    env: &Env,
+    gib: u64,
+    rep: usize,
+    format: &str,
+    level: u8,
+    codec: &str,
+) -> Result<(Run, PathBuf), String> {
     let crash_dir = env.work.join(format!("kdump-crashes-{format}"));
     let _ = fs::remove_dir_all(&crash_dir);
     let ev_path = env.work.join("kdump-events.jsonl");
     let _ = fs::remove_file(&ev_path);
     let mut cmd = env.crashvmm(gib, SCENARIO);
     cmd.args(["--hyperv", "off", "--on-panic", "host-dump", "--after-crash", "exit", "--console", "stdio"]);
-    cmd.args(["--vmcore-format", format, "--dump-level", &level.to_string(), "--vmcore-compress", "zlib"]);
+    cmd.args(["--vmcore-format", format, "--dump-level", &level.to_string(), "--vmcore-compress", codec]);
     cmd.arg("--events").arg(&ev_path).arg("--crash-dir").arg(&crash_dir);
     let log = env.work.join(format!("kdump-crashvmm-{format}.log"));
     procs::sync_all();
