@@ -554,45 +554,81 @@ fn every_thread_is_confined_and_the_control_socket_works_under_the_filters() {
     assert!(written[0].get("pause_us").is_none(), "a pausing dump has no pause_us");
 }
 
-/// The bar of live dumps: the guest increments a counter in a tight loop (in r12 and at
-/// COUNTER_GPA); each live dump holds one consistent value (the page is r12 or r12 - 1 of the
-/// snapshot's NT_PRSTATUS), and the guest kept counting between and during the dumps.
+/// The bar of live dumps: every vCPU of the guest increments its own counter in a tight loop
+/// (in r12 and in its page, COUNTER_GPA + APIC id * 0x1000; the APIC id is crashvmm's vCPU
+/// index, NT_PRSTATUS pr_pid - 1); each live dump holds one consistent value per vCPU (its page
+/// is r12 or r12 - 1 of its NT_PRSTATUS), and every vCPU kept counting between the dumps.
 #[test]
 fn a_live_dump_of_a_counting_guest_is_consistent_and_the_guest_counts_on() {
+    for vcpus in [2, 4] {
+        if live_dumps_of_a_counting_guest(vcpus).is_none() {
+            return;
+        }
+    }
+}
+
+/// Two live dumps of the counter scenario on `vcpus` vCPUs, checked (`None`: no prerequisites).
+fn live_dumps_of_a_counting_guest(vcpus: u64) -> Option<()> {
     const COUNTER_GPA: u64 = 0x300_0000;
+    const COUNTER_PAGE: u64 = 0x1000;
+    const PRSTATUS_PID: usize = 32;
     const PR_REG: usize = 112;
     const R12: usize = 3;
-    let Some(mut r) = start("counter", &["--api-socket", "OUT/api.sock", "--hyperv", "off"], None) else { return };
-    r.wait_for_console("TG: counter: ready at 0x3000000");
-    let mut seen = Vec::new();
+    let n = vcpus.to_string();
+    let mut r = start("counter", &["--api-socket", "OUT/api.sock", "--hyperv", "off", "--vcpus", &n], None)?;
+    r.wait_for_console(&format!("TG: counter: ready at 0x3000000, {vcpus} vCPUs\n"));
+    let mut seen: Vec<Vec<u64>> = Vec::new();
     for _ in 0..2 {
         let live = r.ctl(&["dump", "--live", "--format", "elf", "--dump-level", "0"]);
         assert_eq!(live["live"], true, "{live}");
         let data = std::fs::read(live["path"].as_str().unwrap()).unwrap();
         let elf = goblin::elf::Elf::parse(&data).expect("an ELF vmcore");
-        let load = elf
-            .program_headers
+        let page = |gpa: u64| {
+            let load = elf
+                .program_headers
+                .iter()
+                .find(|p| {
+                    p.p_type == goblin::elf::program_header::PT_LOAD
+                        && (p.p_paddr..p.p_paddr + p.p_filesz).contains(&gpa)
+                })
+                .unwrap_or_else(|| panic!("the counter page {gpa:#x} is in a PT_LOAD"));
+            let at = (load.p_offset + gpa - load.p_paddr) as usize;
+            u64::from_le_bytes(data[at..at + 8].try_into().unwrap())
+        };
+        let mut counters = vec![None; vcpus as usize];
+        for note in elf.iter_note_headers(&data).into_iter().flatten().flatten() {
+            if note.name != "CORE" || note.n_type != 1 {
+                continue;
+            }
+            let pid = u32::from_le_bytes(note.desc[PRSTATUS_PID..PRSTATUS_PID + 4].try_into().unwrap()) as u64;
+            assert!((1..=vcpus).contains(&pid), "NT_PRSTATUS pr_pid {pid} with {vcpus} vCPUs");
+            let o = PR_REG + R12 * 8;
+            let r12 = u64::from_le_bytes(note.desc[o..o + 8].try_into().unwrap());
+            let memory = page(COUNTER_GPA + (pid - 1) * COUNTER_PAGE);
+            assert!(
+                memory == r12 || memory + 1 == r12,
+                "vCPU {}: page {memory}, r12 {r12}: not one consistent snapshot",
+                pid - 1
+            );
+            assert!(memory > 0, "vCPU {} counted", pid - 1);
+            assert!(counters[(pid - 1) as usize].replace(memory).is_none(), "two NT_PRSTATUS with pr_pid {pid}");
+        }
+        let counters: Vec<u64> = counters
             .iter()
-            .find(|p| {
-                p.p_type == goblin::elf::program_header::PT_LOAD
-                    && (p.p_paddr..p.p_paddr + p.p_filesz).contains(&COUNTER_GPA)
-            })
-            .expect("the counter's page is in a PT_LOAD");
-        let at = (load.p_offset + COUNTER_GPA - load.p_paddr) as usize;
-        let memory = u64::from_le_bytes(data[at..at + 8].try_into().unwrap());
-        let prstatus = elf.iter_note_headers(&data).into_iter().flatten().flatten().find(|n| n.n_type == 1).unwrap();
-        let o = PR_REG + R12 * 8;
-        let r12 = u64::from_le_bytes(prstatus.desc[o..o + 8].try_into().unwrap());
-        assert!(memory == r12 || memory + 1 == r12, "page {memory}, r12 {r12}: not one consistent snapshot");
-        assert!(memory > 0, "the guest counted");
-        seen.push(memory);
+            .enumerate()
+            .map(|(i, c)| c.unwrap_or_else(|| panic!("no NT_PRSTATUS for vCPU {i}")))
+            .collect();
+        seen.push(counters);
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    assert!(seen[1] > seen[0], "the guest counted on between the dumps: {seen:?}");
+    for (i, (a, b)) in seen[0].iter().zip(&seen[1]).enumerate() {
+        assert!(b > a, "vCPU {i} counted on between the dumps: {seen:?}");
+    }
     assert_eq!(r.ctl(&["status"])["state"], "running");
     assert_eq!(r.ctl(&["shutdown"])["ok"], true);
     let r = r.wait();
     assert_eq!(r.code(), EXIT_POWER_OFF, "{}", r.context());
+    Some(())
 }
 
 /// The same check sees unfiltered threads when the filters are off.

@@ -2,6 +2,7 @@
 //! SLEEP_CONTROL_REG (a Generic Address: an I/O port under crashvmm, MMIO under QEMU's
 //! microvm) gets `(SLP_TYP << 2) | SLP_EN`, with SLP_TYP 5 from the `\_S5` both platforms
 //! declare. Without a usable FADT, crashvmm's register at port 0x600 (devices/src/acpi_pm.rs).
+//! And the MADT's local APICs, for the counter scenario's AP start-up (smp.rs).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,6 +24,13 @@ const HW_REDUCED_ACPI: u32 = 1 << 20;
 /// Generic Address Structure address spaces.
 const GAS_SYSTEM_MEMORY: u8 = 0;
 const GAS_SYSTEM_IO: u8 = 1;
+/// MADT offsets (ACPI 6.x, table 5.43): Local Interrupt Controller Address, the first
+/// interrupt controller structure; the Processor Local APIC structure's type and its
+/// Enabled flag.
+const MADT_LAPIC_ADDR: u64 = 36;
+const MADT_ENTRIES: u64 = 44;
+const MADT_LOCAL_APIC: u8 = 0;
+const MADT_ENABLED: u32 = 1;
 /// Tables scanned at most (XSDT entries).
 const MAX_TABLES: u64 = 64;
 
@@ -38,8 +46,8 @@ fn read<T: Copy>(addr: u64) -> T {
     unsafe { core::ptr::read_unaligned(addr as *const T) }
 }
 
-/// The FADT's sleep control register: (address space, address), for a hardware-reduced FADT.
-pub fn sleep_control_reg() -> Option<(u8, u64)> {
+/// The first table with signature `sig` the XSDT (or RSDT) names, below 4 GiB.
+fn find_table(sig: &[u8; 4]) -> Option<u64> {
     let rsdp = RSDP.load(Ordering::Relaxed);
     if rsdp == 0 || read::<[u8; 8]>(rsdp) != *b"RSD PTR " {
         return None;
@@ -51,10 +59,37 @@ pub fn sleep_control_reg() -> Option<(u8, u64)> {
         return None;
     }
     let entries = (read::<u32>(table + 4) as u64).saturating_sub(36) / entry_size;
-    let fadt = (0..entries.min(MAX_TABLES))
+    (0..entries.min(MAX_TABLES))
         .map(|i| table + 36 + i * entry_size)
         .map(|e| if entry_size == 8 { read::<u64>(e) } else { read::<u32>(e) as u64 })
-        .find(|&t| t != 0 && t < 1 << 32 && read::<[u8; 4]>(t) == *b"FACP")?;
+        .find(|&t| t != 0 && t < 1 << 32 && read::<[u8; 4]>(t) == *sig)
+}
+
+/// The local APICs of the MADT: its local APIC address and the ids of the enabled Processor
+/// Local APIC entries (type 0), at most `ids.len()` of them, in table order; the number found
+/// is returned. `None` without a MADT.
+pub fn local_apics(ids: &mut [u8]) -> Option<(u64, usize)> {
+    let madt = find_table(b"APIC")?;
+    let len = read::<u32>(madt + 4) as u64;
+    let lapic_addr = read::<u32>(madt + MADT_LAPIC_ADDR) as u64;
+    let (mut off, mut n) = (MADT_ENTRIES, 0);
+    while off + 2 <= len && n < ids.len() {
+        let (kind, entry_len) = (read::<u8>(madt + off), read::<u8>(madt + off + 1) as u64);
+        if entry_len < 2 || off + entry_len > len {
+            break;
+        }
+        if kind == MADT_LOCAL_APIC && entry_len >= 8 && read::<u32>(madt + off + 4) & MADT_ENABLED != 0 {
+            ids[n] = read::<u8>(madt + off + 3);
+            n += 1;
+        }
+        off += entry_len;
+    }
+    Some((lapic_addr, n))
+}
+
+/// The FADT's sleep control register: (address space, address), for a hardware-reduced FADT.
+pub fn sleep_control_reg() -> Option<(u8, u64)> {
+    let fadt = find_table(b"FACP")?;
     if read::<u32>(fadt + 4) < FADT_MIN_LENGTH || read::<u32>(fadt + FADT_FLAGS) & HW_REDUCED_ACPI == 0 {
         return None;
     }

@@ -134,10 +134,10 @@ static PAGES: Global<Pages> = Global::new(Pages {
     monitor2: Page::zeroed(),
 });
 
-/// The pages the guest itself writes (post-message input, panic message). One CPU, no
+/// The pages the guest itself writes (post-message input, panic message). Only the BSP, no
 /// interrupts: callers take the reference, use it and drop it.
 pub fn pages() -> &'static mut Pages {
-    // SAFETY: the guest runs on one CPU with interrupts off and no caller keeps the reference
+    // SAFETY: only the BSP runs Hyper-V code, interrupts off, and no caller keeps the reference
     // across another call of `pages`. Pages the hypervisor writes (hypercall, SIMP) are only
     // reached through raw pointers (`page_gpa`, `vmbus_slot`).
     unsafe { &mut *PAGES.get() }

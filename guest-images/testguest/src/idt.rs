@@ -127,7 +127,8 @@ struct DescriptorPointer {
 /// Fill the IDT with this image's stubs and load it.
 pub fn init() {
     let stubs = tg_exception_stubs as *const () as u64;
-    // SAFETY: one CPU, interrupts off: nothing else touches IDT while it is written.
+    // SAFETY: the BSP, before any AP runs, interrupts off: nothing else touches IDT while it
+    // is written.
     let idt = unsafe { &mut *IDT.get() };
     for v in 0..EXCEPTION_VECTORS {
         let handler = stubs + v as u64 * STUB_SIZE;
@@ -138,6 +139,11 @@ pub fn init() {
         idt.0[2 * v + 1] = handler >> 32;
     }
     load(idt.0.as_ptr() as u64, (EXCEPTION_VECTORS * 16 - 1) as u16);
+}
+
+/// Load the IDT [`init`] filled, unchanged: for an AP, once the BSP ran `init`.
+pub fn load_filled() {
+    load(IDT.get() as u64, (EXCEPTION_VECTORS * 16 - 1) as u16);
 }
 
 /// Load an IDT (an empty one, limit 0, makes the next exception a triple fault).

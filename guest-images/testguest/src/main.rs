@@ -23,6 +23,7 @@ mod kexec;
 mod pvpanic;
 mod scenarios;
 mod serial;
+mod smp;
 mod start_info;
 mod time;
 mod user;

@@ -96,7 +96,8 @@ struct DescriptorPointer {
 /// TSS with ring 0's stack for exceptions in ring 3, and the IDT for [`call`]: idt.rs's gates
 /// with #UD pointed at the way back.
 pub fn init(ring0_stack_top: u64) {
-    // SAFETY: one CPU, interrupts off; the GDT, TSS and MSRs are this guest's own.
+    // SAFETY: only the BSP (no AP runs where ring 3 is used), interrupts off; the GDT, TSS and
+    // MSRs are this guest's own.
     unsafe {
         let tss = &mut *TSS.get();
         tss.0[1] = ring0_stack_top as u32;

@@ -1,12 +1,15 @@
 //! boot, connect, panic, bench-panic, triple-fault, idle, counter.
 
 use super::{crash_ctl_capabilities, hyperv_up, vmbus_up};
-use crate::check::{check, check_eq, finish, note, verdict};
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use crate::check::{abort, check, check_eq, finish, note, verdict};
 use crate::cpu::halt_forever;
 use crate::hyperv::report_crash_message;
 use crate::idt;
 use crate::pvpanic::{self, PVPANIC_PANICKED};
 use crate::serial::line;
+use crate::smp;
 use crate::start_info::{StartInfo, XEN_HVM_MEMMAP_TYPE_RAM};
 
 /// `RSD PTR ` (ACPI RSDP signature).
@@ -114,17 +117,79 @@ pub fn triple_fault(_si: &StartInfo) -> ! {
     unsafe { core::arch::asm!("ud2", options(noreturn)) }
 }
 
-/// Where `counter` keeps its counter: a page of RAM nothing else uses (the guest is 64 MiB in
-/// the tests; the image sits at 1 MiB).
+/// Where `counter` keeps its counters: one page per vCPU, `COUNTER_GPA + APIC id * 0x1000`,
+/// of RAM nothing else uses (the guest is 64 MiB in the tests; the image sits at 1 MiB).
 pub const COUNTER_GPA: u64 = 0x300_0000;
+/// The APs' stacks: one page per APIC id, above the counter pages.
+pub const AP_STACKS_GPA: u64 = COUNTER_GPA + 0x10_0000;
+/// Bytes per counter page and per AP stack.
+const COUNTER_PAGE: u64 = 0x1000;
+/// vCPUs the counter scenario starts at most (8-bit xAPIC ids; 0xff is the broadcast).
+const MAX_CPUS: usize = 255;
 
-/// For live dumps: the BSP increments a counter in a tight loop, forever, keeping it in r12 too
-/// (`inc r12; mov [COUNTER_GPA], r12`), so that wherever the vCPU stops, the page holds r12 or
-/// r12 - 1. Whoever runs it stops the VM.
+/// APs in their counting loop.
+static APS_COUNTING: AtomicU32 = AtomicU32::new(0);
+
+/// For live dumps: every vCPU increments its own counter in a tight loop, forever, keeping it
+/// in r12 too (`inc r12; mov [page], r12`), so that wherever a vCPU stops, its page holds r12 or
+/// r12 - 1. The BSP starts every other local APIC of the MADT (smp.rs) and waits until each
+/// AP is in its loop before `TG: counter: ready at 0x3000000, N vCPUs` (`1 vCPU` alone); then it
+/// counts too. Whoever runs it stops the VM.
 pub fn counter(si: &StartInfo) -> ! {
-    check("counter-page-is-ram", si.is_ram(COUNTER_GPA, 0x1000));
-    line().s("TG: counter: ready at ").hex(COUNTER_GPA).end();
-    // SAFETY: COUNTER_GPA is identity-mapped RAM no other code uses; the loop never returns
+    let mut ids = [0u8; MAX_CPUS];
+    let (lapic_base, n) = crate::acpi::local_apics(&mut ids).unwrap_or((smp::DEFAULT_LAPIC_BASE, 0));
+    let lapic = smp::Lapic::new(lapic_base);
+    let me = lapic.id();
+    let ids = &ids[..n];
+    let pages = |base: u64| ids.iter().chain([&me]).all(|&id| si.is_ram(base + id as u64 * COUNTER_PAGE, COUNTER_PAGE));
+    check("counter-page-is-ram", pages(COUNTER_GPA));
+    let aps = ids.iter().filter(|&&id| id != me).count() as u32;
+    if aps > 0 {
+        if !check("counter-ap-stacks-are-ram", pages(AP_STACKS_GPA)) {
+            abort("the APs' stacks are not RAM");
+        }
+        if let Err(e) = smp::install(si) {
+            abort(e);
+        }
+        for &id in ids.iter().filter(|&&id| id != me) {
+            let stack_top = AP_STACKS_GPA + (id as u64 + 1) * COUNTER_PAGE;
+            if !smp::start_ap(&lapic, id, counter_ap, id as u64, stack_top) {
+                line().s("counter: AP with APIC id ").dec(id as u64).s(" did not start").end();
+                abort("an AP did not start");
+            }
+        }
+        let d = crate::time::Deadline::after_ms(2000);
+        for _ in 0..crate::time::MAX_POLLS {
+            if APS_COUNTING.load(Ordering::SeqCst) == aps || d.passed() {
+                break;
+            }
+            crate::cpu::pause();
+        }
+        if APS_COUNTING.load(Ordering::SeqCst) != aps {
+            abort("the APs started but not all of them reached their loop");
+        }
+    }
+    let vcpus = aps as u64 + 1;
+    line()
+        .s("counter: ready at ")
+        .hex(COUNTER_GPA)
+        .s(", ")
+        .dec(vcpus)
+        .s(if vcpus == 1 { " vCPU" } else { " vCPUs" })
+        .end();
+    count(COUNTER_GPA + me as u64 * COUNTER_PAGE)
+}
+
+/// An AP of `counter`: the IDT, then its own loop on its page (`apic_id` is its APIC id).
+extern "C" fn counter_ap(apic_id: u64) -> ! {
+    idt::load_filled();
+    APS_COUNTING.fetch_add(1, Ordering::SeqCst);
+    count(COUNTER_GPA + apic_id * COUNTER_PAGE)
+}
+
+/// `r12 = 0; loop { r12 += 1; *page = r12 }`.
+fn count(page: u64) -> ! {
+    // SAFETY: `page` is identity-mapped RAM that only this vCPU writes; the loop never returns
     // and touches only r12 and that page.
     unsafe {
         core::arch::asm!(
@@ -133,7 +198,7 @@ pub fn counter(si: &StartInfo) -> ! {
             "inc r12",
             "mov qword ptr [{p}], r12",
             "jmp 2b",
-            p = in(reg) COUNTER_GPA,
+            p = in(reg) page,
             options(noreturn, nostack),
         )
     }
