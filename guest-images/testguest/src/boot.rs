@@ -30,11 +30,11 @@ pub const R_X86_64_RELATIVE: u32 = 8;
 /// What the PVH entry writes to COM1 first.
 pub const FIRST_BYTE: u8 = b'\n';
 
-const CR0_PE: u32 = 1 << 0;
-const CR0_PG: u32 = 1 << 31;
-const CR4_PAE: u32 = 1 << 5;
-const MSR_EFER: u32 = 0xc000_0080;
-const EFER_LME: u32 = 1 << 8;
+pub const CR0_PE: u32 = 1 << 0;
+pub const CR0_PG: u32 = 1 << 31;
+pub const CR4_PAE: u32 = 1 << 5;
+pub const MSR_EFER: u32 = 0xc000_0080;
+pub const EFER_LME: u32 = 1 << 8;
 /// Page directory entry: present, writable, 2 MiB page.
 const PDE_LARGE: u64 = 0x83;
 /// Page directory entry for the MMIO GiB (3-4 GiB): also PWT and PCD (uncached).

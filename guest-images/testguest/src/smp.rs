@@ -15,7 +15,7 @@
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use crate::boot::{KERNEL_CS, KERNEL_DS};
+use crate::boot::{CR0_PE, CR0_PG, CR4_PAE, EFER_LME, KERNEL_CS, KERNEL_DS, MSR_EFER};
 use crate::start_info::StartInfo;
 use crate::time::{Deadline, MAX_POLLS};
 
@@ -45,12 +45,6 @@ const ICR_STARTUP: u32 = 0x6 << 8;
 const INIT_WAIT_MS: u64 = 10;
 const SIPI_WAIT_MS: u64 = 1;
 const START_TIMEOUT_MS: u64 = 2000;
-
-const CR0_PE: u32 = 1 << 0;
-const CR0_PG: u32 = 1 << 31;
-const CR4_PAE: u32 = 1 << 5;
-const MSR_EFER: u32 = 0xc000_0080;
-const EFER_LME: u32 = 1 << 8;
 
 global_asm!(
     r#"
