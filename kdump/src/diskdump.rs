@@ -781,6 +781,85 @@ mod tests {
     }
 
     #[test]
+    fn many_chunks_come_out_in_order_whatever_the_thread_count() {
+        // Level 30 keeps the zero pages too: several chunks of CHUNK_PAGES.
+        let (g, text) = guest();
+        for c in [Compression::Lzo, Compression::Zlib { level: 1 }] {
+            let (one, s, _) = write(&g, &text, 30, c, 1);
+            assert!(s.written_pages > 3 * CHUNK_PAGES as u64, "{}", s.written_pages);
+            for threads in [2, 3, 7] {
+                assert!(write(&g, &text, 30, c, threads).0 == one, "{c:?}, {threads} threads");
+            }
+        }
+    }
+
+    /// A file that takes `room` bytes, then fails every write as a full disk does.
+    struct FullDisk {
+        inner: Cursor<Vec<u8>>,
+        room: u64,
+    }
+
+    impl Write for FullDisk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let end = self.inner.position() + buf.len() as u64;
+            if end > self.room {
+                return Err(std::io::Error::from_raw_os_error(ENOSPC));
+            }
+            self.inner.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Seek for FullDisk {
+        fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+            self.inner.seek(to)
+        }
+    }
+
+    /// Linux's ENOSPC.
+    const ENOSPC: i32 = 28;
+
+    /// Guest memory whose page `bad` cannot be read.
+    struct Holed<'a> {
+        mem: SliceMem<'a>,
+        bad: u64,
+    }
+
+    impl PhysMem for Holed<'_> {
+        fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), crate::OutOfRange> {
+            if paddr / PAGE_SIZE == self.bad {
+                return Err(crate::OutOfRange { paddr, len: buf.len() });
+            }
+            self.mem.read(paddr, buf)
+        }
+    }
+
+    #[test]
+    fn a_full_disk_or_an_unreadable_page_ends_the_dump_with_an_error() {
+        let (g, text) = guest();
+        let info = VmcoreInfo::parse(&text);
+        let mem = SliceMem::new(vec![(0, &g.pt.mem)]);
+        let cls = classify(&mem, &mem.ranges(), Some(&info), 30, &ClassifyOptions::default()).unwrap();
+        let notes = NoteSet::new(&[], Some(&text));
+        let opts = KdumpOptions { compression: Compression::Lzo, threads: 3, on_progress: None };
+        let (full, _, _) = write(&g, &text, 30, Compression::Lzo, 3);
+        // Failing in the header, the bitmaps, the first chunk, a later one, the descriptors.
+        for room in [100u64, 9000, full.len() as u64 / 3, full.len() as u64 * 2 / 3, full.len() as u64 - 10] {
+            let mut out = FullDisk { inner: Cursor::new(Vec::new()), room };
+            let e = write_kdump(&mut out, &mem, &cls, Some(&info), &notes, &opts).unwrap_err();
+            assert!(matches!(&e, KdumpError::Io(io) if io.raw_os_error() == Some(ENOSPC)), "room {room}: {e}");
+        }
+        for bad in [cls.dumpable.iter_ones().next().unwrap(), cls.dumpable.iter_ones().nth(3000).unwrap()] {
+            let holed = Holed { mem: SliceMem::new(vec![(0, &g.pt.mem)]), bad };
+            let mut out = Cursor::new(Vec::new());
+            let e = write_kdump(&mut out, &holed, &cls, Some(&info), &notes, &opts).unwrap_err();
+            assert!(matches!(e, KdumpError::OutOfRange(r) if r.paddr == bad * PAGE_SIZE), "pfn {bad}");
+        }
+    }
+
+    #[test]
     fn reader_rejects_garbage() {
         let mut r = Cursor::new(vec![0u8; 8192]);
         assert!(matches!(KdumpFile::parse(&mut r), Err(KdumpError::Format(_))));
