@@ -131,7 +131,9 @@ fn start(scenario: &str, extra: &[&str], umask: Option<libc::mode_t>) -> Option<
     cmd.arg("run")
         .arg("--kernel")
         .arg(&elf)
-        .args(["--cmdline", &format!("testguest.scenario={scenario}"), "--memory", MEMORY, "--console", &console])
+        .args(["--cmdline", &format!("testguest.scenario={scenario}"), "--console", &console])
+        // A test that needs more memory says so in `extra`.
+        .args(if extra.contains(&"--memory") { &[][..] } else { &["--memory", MEMORY][..] })
         .arg("--events")
         .arg(out.join("events.jsonl"))
         .arg("--crash-dir")
@@ -631,6 +633,40 @@ fn live_dumps_of_a_counting_guest(vcpus: u64) -> Option<()> {
     Some(())
 }
 
+/// On a terminal (as `make run` in a shell): the log is coloured and no confined thread asks
+/// whether stderr is a terminal per record (an ioctl their filters forbid). `script` (util-linux,
+/// in every Debian) gives crashvmm a pseudo-terminal; the guest panics, the vmcore is written
+/// with its progress bar, and crashvmm ends with the panic's exit code.
+#[test]
+fn on_a_terminal_the_crash_path_logs_in_colour_under_the_filters() {
+    let Some((bin, elf)) = prerequisites() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let typescript = dir.path().join("typescript");
+    let cmd = format!(
+        "{} run --kernel {} --cmdline testguest.scenario=panic --memory 256M --after-crash exit --crash-dir {}",
+        bin.display(),
+        elf.display(),
+        dir.path().join("crashes").display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qefc", &cmd])
+        .arg(&typescript)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script (util-linux) runs");
+    let status = child.wait_timeout(LIMIT).unwrap().unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("crashvmm on a terminal did not end");
+    });
+    let text = String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).into_owned();
+    assert_eq!(status.code(), Some(EXIT_GUEST_PANICKED), "{text}");
+    assert!(!text.contains("seccomp"), "{text}");
+    assert!(text.contains("\x1b[32mINFO"), "no coloured log on a terminal: {text}");
+    assert!(text.contains("crash report: "), "{text}");
+}
+
 /// The same check sees unfiltered threads when the filters are off.
 #[test]
 fn without_filters_no_thread_is_confined() {
@@ -649,6 +685,8 @@ fn a_forbidden_system_call_from_each_thread_kind_ends_crashvmm_with_a_report() {
     for (kind, scenario, extra, thread) in [
         ("vmm", "boot", &[][..], "vmm"),
         ("vcpu", "boot", &[][..], "vcpu0"),
+        // Every host-side vmcore is written by the vmcore writer thread.
+        ("vmcore-writer", "panic", &[][..], "vmcore-writer"),
         // The hasher thread hashes an ELF vmcore as it is written (a kdump file is hashed after).
         ("vmcore-hasher", "panic", &["--vmcore-sha256", "on", "--vmcore-format", "elf"][..], "vmcore-sha256"),
     ] {
@@ -702,4 +740,201 @@ fn crash_files_are_owner_only_whatever_the_umask() {
     for f in files.iter().chain([out.join("events.jsonl"), out.join("console.log")].iter()) {
         assert_eq!(mode_of(f), 0o600, "{}", f.display());
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dumps: one at a time, and the live dump of a hang
+
+impl Running {
+    /// `crashvmm ctl ARGS`: its exit code, its answer (`Null` when it printed none) and stderr.
+    fn ctl_full(&self, args: &[&str]) -> (i32, Value, String) {
+        let out = Command::new(&self.binary)
+            .arg("ctl")
+            .arg("--api-socket")
+            .arg(self.out.join("api.sock"))
+            .args(args)
+            .output()
+            .expect("running crashvmm ctl");
+        let answer = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code().unwrap_or(-1), answer, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// The events crashvmm logged so far called `name`.
+    fn events_now(&self, name: &str) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.out.join("events.jsonl")).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|e| e["event"] == name).collect()
+    }
+}
+
+/// One dump at a time: while a slow dump is written (a 512 MiB guest, 20% of it touched, as a
+/// kdump file at dump level 0: about a second here), a second dump request is answered at once
+/// with the dump in progress (and `ctl` exits 1 saying so), so is `pause`; `status` answers at
+/// once and names the dump; the first dump completes and reads back. Both ways round: a live
+/// dump first, then a pausing one.
+#[test]
+fn a_dump_request_during_a_dump_is_refused_at_once_and_the_first_completes() {
+    let args = ["--memory", "512M", "--hyperv", "off", "--api-socket", "OUT/api.sock"];
+    let Some(mut r) = start("bench-live testguest.touch=20", &args, None) else { return };
+    r.wait_for_console("TG: bench-live: ready");
+    let slow = ["--format", "kdump", "--dump-level", "0"];
+    for (live, second) in [(true, &["dump"][..]), (false, &["dump", "--live"][..])] {
+        let first_args: Vec<&str> = ["dump"].into_iter().chain(live.then_some("--live")).chain(slow).collect();
+        let before = r.events_now("dump_started").len();
+        let first = Command::new(&r.binary)
+            .arg("ctl")
+            .arg("--api-socket")
+            .arg(r.out.join("api.sock"))
+            .args(&first_args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running crashvmm ctl");
+        // Under way once it says so (a live dump: once its snapshot is taken).
+        let deadline = Instant::now() + LIMIT;
+        while r.events_now("dump_started").len() == before {
+            assert!(Instant::now() < deadline, "the first dump (live: {live}) never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let asked = Instant::now();
+        let (code, answer, stderr) = r.ctl_full(second);
+        let took = asked.elapsed();
+        let error = answer["error"].as_str().unwrap_or_default().to_string();
+        assert_eq!((code, answer["ok"].as_bool()), (1, Some(false)), "{answer} {stderr}");
+        assert!(error.starts_with("a dump is in progress ("), "{answer}");
+        assert!(error.contains("requested on the control socket, since "), "{answer}");
+        assert_eq!(error.contains("(live, "), live, "{answer}");
+        assert!(stderr.contains(&error), "ctl says it on stderr too: {stderr:?}");
+        let (code, status, _) = r.ctl_full(&["status"]);
+        assert_eq!((code, status["ok"].as_bool()), (0, Some(true)), "{status}");
+        assert_eq!(status["dump_in_progress"]["live"].as_bool(), Some(live), "{status}");
+        assert_eq!(status["state"], if live { "running" } else { "paused" }, "{status}");
+        let (code, paused, _) = r.ctl_full(&["pause"]);
+        assert_eq!(code, 1, "{paused}");
+        assert!(paused["error"].as_str().unwrap_or_default().starts_with("a dump is in progress"), "{paused}");
+        let mut first = first;
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the refusal ({took:?}) and status came while the first dump was still being written"
+        );
+        // The first dump completes, and its vmcore reads back.
+        let out = first.wait_with_output().unwrap();
+        let done: Value = serde_json::from_slice(&out.stdout).expect("the first dump's answer");
+        assert_eq!((out.status.code(), done["ok"].as_bool()), (Some(0), Some(true)), "{done}");
+        assert_eq!(done["live"].as_bool().unwrap_or(false), live, "{done}");
+        let mut f = std::fs::File::open(done["path"].as_str().unwrap()).unwrap();
+        let k = kdump::diskdump::KdumpFile::parse(&mut f).expect("a kdump-compressed vmcore");
+        assert_eq!(k.nr_cpus, 1);
+        let touched = (16 << 20) / 4096..(512 << 20) / 4096;
+        assert!(
+            touched
+                .step_by(1024)
+                .any(|pfn| k.read_page(&mut f, pfn).unwrap().is_some_and(|p| p.iter().any(|&b| b != 0))),
+            "no touched page in the vmcore"
+        );
+        assert_eq!(r.ctl(&["status"])["dump_in_progress"], Value::Null);
+    }
+    assert_eq!(r.ctl(&["shutdown"])["ok"], true);
+    let r = r.wait();
+    assert_eq!(r.code(), EXIT_POWER_OFF, "{}", r.context());
+    r.assert_in_order(&["dump_started", "vmcore_written", "dump_started", "vmcore_written", "vm_exited"]);
+    assert_eq!(r.all("dump_started").len(), 2, "the refused requests started nothing");
+    assert!(r.all("vmcore_failed").is_empty());
+}
+
+/// `--on-hang host-dump,nmi`: the counting guest spins with interrupts off, which the watchdog
+/// takes for a hang. crashvmm takes a live dump of it (paused for the snapshot only: `status`
+/// says running while the vmcore is written, and the pause is a small part of the dump), writes
+/// the hang's crash directory, then injects the NMI, which the test guest takes as an
+/// unexpected exception 2 before it powers off.
+#[test]
+fn a_hang_gets_a_live_dump_then_the_nmi() {
+    const COUNTER_GPA: u64 = 0x300_0000;
+    const PR_REG: usize = 112;
+    const R12: usize = 3;
+    let args = [
+        "--memory",
+        "1G",
+        "--hyperv",
+        "off",
+        "--watchdog",
+        "1s",
+        "--on-hang",
+        "host-dump,nmi",
+        // A dump that takes a while (1 GiB to read and hash), so that it is seen in progress.
+        "--vmcore-format",
+        "elf",
+        "--dump-level",
+        "0",
+        "--vmcore-sha256",
+        "on",
+        "--api-socket",
+        "OUT/api.sock",
+    ];
+    let Some(mut r) = start("counter", &args, None) else { return };
+    r.wait_for_console("TG: counter: ready at 0x3000000");
+    // What `status` says while the hang's vmcore is written (the guest is paused for the
+    // snapshot at its start, a millisecond or so).
+    let deadline = Instant::now() + LIMIT;
+    let mut during = Vec::new();
+    while r.events_now("nmi_injected").is_empty() {
+        assert!(Instant::now() < deadline, "no hang handled within {LIMIT:?}");
+        let (_, status, _) = r.ctl_full(&["status"]);
+        if !status["dump_in_progress"].is_null() {
+            assert_eq!(status["dump_in_progress"]["live"], true, "{status}");
+            assert_eq!(status["crash_in_progress"], true, "{status}");
+            during.push(status["state"].as_str().unwrap_or_default().to_string());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(during.iter().any(|s| s == "running"), "the hung guest runs while its vmcore is written: {during:?}");
+    let r = r.wait();
+    assert_eq!(r.code(), EXIT_POWER_OFF, "the guest powered off after the NMI{}", r.context());
+    r.assert_in_order(&[
+        "guest_hang",
+        "crash_detected",
+        "dump_started",
+        "vmcore_written",
+        "crash_report",
+        "nmi_injected",
+        "vm_exited",
+    ]);
+    assert_eq!(r.one("crash_detected")["trigger"], "guest_hang");
+    let written = r.one("vmcore_written");
+    let pause_us = written["pause_us"].as_u64().expect("a live dump's pause");
+    assert_eq!(r.one("dump_started")["pause_us"].as_u64(), Some(pause_us));
+    let duration_ms = written["duration_ms"].as_u64().unwrap();
+    assert!(pause_us < duration_ms * 1000 / 4, "paused {pause_us} us of a {duration_ms} ms dump");
+    assert!(r.console().contains("TG: exception 2 "), "the NMI reached the guest{}", r.context());
+    // The hang's crash directory: its report and the live vmcore, one consistent snapshot.
+    let dirs = r.outcome.crash_dirs();
+    assert_eq!(dirs.len(), 1);
+    let report: Value = serde_json::from_slice(&std::fs::read(dirs[0].join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["trigger"], "guest_hang");
+    assert_eq!(report["policy"]["on_hang"], "host-dump,nmi");
+    let outcome = report["outcome"].as_str().unwrap_or_default();
+    assert!(outcome.ends_with("; live host-side vmcore written; NMI injected"), "{outcome}");
+    assert!(report["vmcore"]["reason"].as_str().unwrap_or_default().starts_with("the guest made no progress"));
+    assert_eq!(report["vmcore"]["sha256"].as_str().map(str::len), Some(64), "{}", report["vmcore"]);
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(dirs[0].join("vmcore")).unwrap();
+    let mut head = vec![0u8; 1 << 20];
+    let n = f.read(&mut head).unwrap();
+    head.truncate(n);
+    let elf = goblin::elf::Elf::parse(&head).expect("an ELF vmcore");
+    let load = elf
+        .program_headers
+        .iter()
+        .find(|p| {
+            p.p_type == goblin::elf::program_header::PT_LOAD
+                && (p.p_paddr..p.p_paddr + p.p_filesz).contains(&COUNTER_GPA)
+        })
+        .expect("the counter's page is in a PT_LOAD");
+    let mut word = [0u8; 8];
+    f.seek(SeekFrom::Start(load.p_offset + COUNTER_GPA - load.p_paddr)).unwrap();
+    f.read_exact(&mut word).unwrap();
+    let memory = u64::from_le_bytes(word);
+    let prstatus = elf.iter_note_headers(&head).into_iter().flatten().flatten().find(|n| n.n_type == 1).unwrap();
+    let o = PR_REG + R12 * 8;
+    let r12 = u64::from_le_bytes(prstatus.desc[o..o + 8].try_into().unwrap());
+    assert!(memory > 0 && (memory == r12 || memory + 1 == r12), "page {memory}, r12 {r12}: not one snapshot");
 }

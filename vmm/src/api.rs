@@ -17,6 +17,11 @@
 //! {"command":"subscribe"}                      -> {"ok":true} then event lines
 //! anything else                                -> {"ok":false,"error":"..."}
 //! ```
+//!
+//! One dump at a time: while a vmcore is being written (the operator's, live or not, or a
+//! crash's or a hang's), `status` answers at once and says so (`dump_in_progress`), and every
+//! other command is answered at once with `{"ok":false,"error":"a dump is in progress (...)"}`;
+//! the dump's own answer comes when its vmcore is written.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -33,7 +38,7 @@ use serde_json::{json, Value};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::control::ExitState;
-use crate::crash::executor::{CommandReply, CrashHandling};
+use crate::crash::executor::{Answer, CommandError, CommandReply, CrashHandling, SharedVm};
 use crate::crash::vmcore::VmcoreFormat;
 use crate::crash::{Command, DumpOverride, NmiTargets};
 use crate::sync::lock;
@@ -130,25 +135,32 @@ impl ApiServer {
         Self { listener, ctx, state, crash, started, conns: HashMap::new(), next: 1 }
     }
 
-    fn handle(&mut self, req: Request) -> Value {
+    fn status(&self) -> Value {
         let c = &self.ctx;
+        let crash = lock(&self.crash);
+        let state = if self.state.stopping() || crash.end().is_some() {
+            "stopping"
+        } else if c.control.paused() {
+            "paused"
+        } else {
+            "running"
+        };
+        json!({
+            "ok": true, "state": state, "vcpus": c.control.vcpus(),
+            "uptime_s": self.started.elapsed().as_secs_f64(),
+            "crashes": crash.orchestrator.crashes(),
+            "crash_in_progress": crash.orchestrator.panicked(),
+            "last_crash_dir": crash.last_crash_dir().map(|d| d.display().to_string()),
+            "dump_in_progress": crash.dump_in_progress(),
+        })
+    }
+
+    /// Answer `req` from connection `id`: now, or (a dump) once the executor has its result.
+    fn handle(&mut self, id: u32, req: Request) {
         let command = match req {
             Request::Status => {
-                let crash = lock(&self.crash);
-                let state = if self.state.stopping() || crash.end().is_some() {
-                    "stopping"
-                } else if c.control.paused() {
-                    "paused"
-                } else {
-                    "running"
-                };
-                return json!({
-                    "ok": true, "state": state, "vcpus": c.control.vcpus(),
-                    "uptime_s": self.started.elapsed().as_secs_f64(),
-                    "crashes": crash.orchestrator.crashes(),
-                    "crash_in_progress": crash.orchestrator.panicked(),
-                    "last_crash_dir": crash.last_crash_dir().map(|d| d.display().to_string()),
-                });
+                let status = self.status();
+                return self.reply(id, &status);
             }
             Request::InjectNmi { vcpu } => Command::InjectNmi(vcpu.map_or(NmiTargets::All, NmiTargets::One)),
             Request::Pause => Command::Pause,
@@ -158,26 +170,11 @@ impl ApiServer {
             Request::Shutdown => Command::Shutdown,
             Request::Subscribe => unreachable!("handled by the caller"),
         };
+        let Some(mut stream) = self.conns.get(&id).and_then(|(s, _)| s.try_clone().ok()) else { return };
         // The executor decides and acts; the socket only words the answer.
-        match lock(&self.crash).command(command, &**c) {
-            Ok(CommandReply::NmiInjected { vcpus }) => json!({"ok": true, "vcpus": vcpus}),
-            Ok(CommandReply::Paused { all_stopped }) => json!({"ok": all_stopped}),
-            Ok(CommandReply::Resumed | CommandReply::Ending) => json!({"ok": true}),
-            Ok(CommandReply::Dumped(d)) => {
-                let mut v = json!({
-                    "ok": true, "path": d.path.display().to_string(), "bytes": d.bytes, "sha256": d.sha256,
-                    "duration_ms": d.duration_ms,
-                });
-                if let Some(l) = d.live {
-                    v["live"] = json!(true);
-                    v["pause_us"] = json!(l.pause_us);
-                    v["copied_bytes"] = json!(l.copied_bytes);
-                    v["paused_for_rest"] = json!(l.paused_for_rest);
-                }
-                v
-            }
-            Err(e) => error(e),
-        }
+        let answer: Answer = Box::new(move |result| write_line(&mut stream, &answer(result)));
+        let vm: SharedVm = self.ctx.clone();
+        lock(&self.crash).command(command, &vm, answer);
     }
 
     fn accept(&mut self, ops: &mut EventOps) {
@@ -241,10 +238,7 @@ impl ApiServer {
                     }
                     return;
                 }
-                Ok(req) => {
-                    let resp = self.handle(req);
-                    self.reply(id, &resp);
-                }
+                Ok(req) => self.handle(id, req),
                 Err(e) => self.reply(id, &error(e)),
             }
         }
@@ -252,11 +246,38 @@ impl ApiServer {
 
     fn reply(&mut self, id: u32, v: &Value) {
         if let Some((stream, _)) = self.conns.get_mut(&id) {
-            let mut line = v.to_string();
-            line.push('\n');
-            // Non-blocking: a client that does not read its answers loses them.
-            let _ = stream.write_all(line.as_bytes());
+            write_line(stream, v);
         }
+    }
+}
+
+/// One answer line. Non-blocking: a client that does not read its answers loses them.
+fn write_line(stream: &mut UnixStream, v: &Value) {
+    let mut line = v.to_string();
+    line.push('\n');
+    let _ = stream.write_all(line.as_bytes());
+}
+
+/// A command's reply as the socket words it.
+fn answer(result: Result<CommandReply, CommandError>) -> Value {
+    match result {
+        Ok(CommandReply::NmiInjected { vcpus }) => json!({"ok": true, "vcpus": vcpus}),
+        Ok(CommandReply::Paused { all_stopped }) => json!({"ok": all_stopped}),
+        Ok(CommandReply::Resumed | CommandReply::Ending) => json!({"ok": true}),
+        Ok(CommandReply::Dumped(d)) => {
+            let mut v = json!({
+                "ok": true, "path": d.path.display().to_string(), "bytes": d.bytes, "sha256": d.sha256,
+                "duration_ms": d.duration_ms,
+            });
+            if let Some(l) = d.live {
+                v["live"] = json!(true);
+                v["pause_us"] = json!(l.pause_us);
+                v["copied_bytes"] = json!(l.copied_bytes);
+                v["paused_for_rest"] = json!(l.paused_for_rest);
+            }
+            v
+        }
+        Err(e) => error(e),
     }
 }
 
@@ -292,10 +313,13 @@ pub fn client(path: &Path, request: &str) -> anyhow::Result<i32> {
             break;
         }
         let v: Value = serde_json::from_str(&line).unwrap_or(Value::String(line.trim().into()));
+        println!("{}", line.trim_end());
         if v.get("ok") == Some(&Value::Bool(false)) {
             ok = false;
+            if let Some(e) = v.get("error").and_then(Value::as_str) {
+                eprintln!("crashvmm ctl: {e}");
+            }
         }
-        println!("{}", line.trim_end());
         if !subscribe {
             break;
         }

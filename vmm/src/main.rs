@@ -1,9 +1,11 @@
 //! The `crashvmm` command line.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use env_logger::WriteStyle;
 use vmm::config::{parse_crash_disk, parse_disk, parse_memory, CrashDiskConfig, DiskConfig, VmConfig};
 use vmm::console::ConsoleMode;
 use vmm::crash::vmcore::{DumpSpec, VmcoreCompression, VmcoreFormat};
@@ -235,7 +237,7 @@ struct RunArgs {
     #[arg(long, value_enum, value_name = "CODEC", default_value = "zlib")]
     vmcore_compress: VmcoreCompression,
     /// Guest memory a live dump (`ctl dump --live`, the snapshot at kexec with --host-dump
-    /// always) may have copied on write while the guest runs; past it the guest is paused for
+    /// always, --on-hang host-dump) may have copied on write while the guest runs; past it the guest is paused for
     /// the rest of the dump.
     #[arg(long, value_name = "SIZE", default_value = "1G")]
     live_dump_max_copy: String,
@@ -273,8 +275,10 @@ struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     watchdog: Option<std::time::Duration>,
     /// What to do about a hang: nmi (inject an NMI; with kernel.unknown_nmi_panic=1 the guest
-    /// panics and its crash handling follows), host-dump, or reset.
-    #[arg(long, value_name = "ACTION", default_value = "nmi", value_enum)]
+    /// panics and its crash handling follows), reset, host-dump (a live vmcore of the hung
+    /// guest, which runs on), or host-dump,nmi / host-dump,reset (the live vmcore, then the NMI
+    /// or the reset).
+    #[arg(long, value_name = "ACTION", default_value = "nmi")]
     on_hang: OnHang,
     /// Serve the control socket here (owner-only; see `crashvmm ctl`).
     #[arg(long, value_name = "PATH")]
@@ -284,8 +288,8 @@ struct RunArgs {
     /// through) or off.
     #[arg(long, value_name = "on|log|off", default_value = "on", value_enum)]
     seccomp: SeccompMode,
-    /// Test knob: a thread of this kind (vmm, vcpu, vmcore-hasher) opens an IPv4 socket, which
-    /// its filter forbids, as soon as it is confined.
+    /// Test knob: a thread of this kind (vmm, vcpu, vmcore-writer, vmcore-hasher) opens an IPv4
+    /// socket, which its filter forbids, as soon as it is confined.
     #[arg(long, value_name = "KIND", value_enum, hide = true)]
     seccomp_selftest: Option<ThreadKind>,
 }
@@ -306,8 +310,14 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { code::USAGE as u8 } else { 0 });
         }
     };
+    // Whether stderr is a terminal is decided here, once: env_logger's own stderr target asks
+    // again (ioctl TCGETS) for every record it writes in colour, which the confined threads'
+    // seccomp filters forbid. A pipe target with a fixed style asks nothing.
+    let style = if std::io::stderr().is_terminal() { WriteStyle::Always } else { WriteStyle::Never };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_micros()
+        .target(env_logger::Target::Pipe(Box::new(std::io::stderr())))
+        .write_style(style)
         .init();
     let result = match cli.command {
         Command::Run(args) => run(*args),

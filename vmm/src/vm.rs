@@ -26,7 +26,7 @@ use crate::builder::{self, io_err, kvm_err, Machine, SerialDevice, Shared};
 use crate::config::VmConfig;
 use crate::console::{ConsoleMode, ConsoleOutput, EscapeFilter, RawTerminal, SharedConsole};
 use crate::control::{ExitState, Kicker, VcpuControl};
-use crate::crash::executor::{BootEnd, CrashHandling};
+use crate::crash::executor::{BootEnd, CrashHandling, SharedVm};
 use crate::crash::report::GuestInfo;
 use crate::crash::{CrashSignal, Orchestrator, Policy};
 use crate::events::{Event, EventLog};
@@ -266,6 +266,8 @@ fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
 /// the boot ends or a vCPU thread stops the VM; then stop and join the threads.
 fn run_machine(s: &Session, machine: Machine) -> Result<BootEnd, VmError> {
     let Machine { vm, vcpus, ctx, serial } = machine;
+    // The executor's view of this VM (shared with the thread that writes a vmcore).
+    let control: SharedVm = ctx.clone();
     let state = Arc::new(ExitState::new().map_err(io_err("exit eventfd"))?);
     let mut manager = event_loop(s, &ctx, &state, serial)?;
     let vm = Arc::new(vm);
@@ -286,28 +288,37 @@ fn run_machine(s: &Session, machine: Machine) -> Result<BootEnd, VmError> {
     // Run until the executor decides (stop, reset) or a vCPU thread stops the VM.
     while lock(&s.crash).end().is_none() && state.get().is_none() {
         let tick = watchdog.as_ref().map(|(w, last)| *last + w.tick());
-        let deadline =
-            [lock(&s.crash).orchestrator.deadline(), ctx.deferred.next_due(), tick].into_iter().flatten().min();
+        let deadline = [lock(&s.crash).deadline(), ctx.deferred.next_due(), tick].into_iter().flatten().min();
         let timeout_ms = deadline
             .map_or(-1, |d| d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32);
         if let Err(e) = manager.run_with_timeout(timeout_ms) {
             state.request(VmExit::Error(format!("event loop: {e:?}")));
         }
         ctx.post_due(Instant::now());
-        lock(&s.crash).timer(&*ctx);
+        lock(&s.crash).poll_dump(&control);
+        lock(&s.crash).timer(&control);
         if let Some((w, last)) = watchdog.as_mut().filter(|(w, last)| Instant::now() >= *last + w.tick()) {
             let now = Instant::now();
+            let elapsed = now.saturating_duration_since(*last);
             *last = now;
+            if ctx.control.paused() || lock(&s.crash).dump_in_progress().is_some() {
+                // Paused vCPUs make no progress, nor is a guest hung while its vmcore is being
+                // written (a live dump may pause it past its copy limit): this time is not counted.
+                w.hold(elapsed);
+                continue;
+            }
             let samples = ctx.control.request_samples();
             ctx.kicker.kick_all();
             if let Some(stalled) = w.observe(ctx.exits.load(std::sync::atomic::Ordering::Relaxed), &samples, now) {
                 log::warn!("watchdog: the guest made no progress for {:.1} s", stalled.as_secs_f64());
                 s.events.emit(Event::GuestHang { seconds: stalled.as_secs_f64() });
                 let signal = CrashSignal::GuestHang { stalled_ms: stalled.as_millis() as u64 };
-                lock(&s.crash).signal(signal, &*ctx);
+                lock(&s.crash).signal(signal, &control);
             }
         }
     }
+    // A vmcore still being written is finished (and what follows it done) before the VM goes.
+    lock(&s.crash).wait_dump(&control);
     state.stop();
     stop_vcpus(&threads, &ctx.kicker, &ctx.control);
     for t in threads {
@@ -316,16 +327,20 @@ fn run_machine(s: &Session, machine: Machine) -> Result<BootEnd, VmError> {
         }
     }
     let mut crash = lock(&s.crash);
-    if let Some(end) = crash.end() {
-        return Ok(end);
+    let stopped_from_outside = matches!(state.get(), Some(VmExit::Stopped { .. }));
+    match crash.end() {
+        // A reset decided while crashvmm was being stopped does not outlive the stop (`vm_exit`).
+        Some(BootEnd::Reset) if stopped_from_outside => {}
+        Some(end) => return Ok(end),
+        None => {}
     }
     // Signals sent while the VM was ending (a panic just before the guest's own reboot) still
     // count.
     for signal in ctx.signals.drain() {
-        crash.signal(signal, &*ctx);
+        crash.signal(signal, &control);
     }
     let exit = state.get().unwrap_or(VmExit::Error("no exit reason".into()));
-    Ok(crash.vm_exit(exit, &*ctx))
+    Ok(crash.vm_exit(exit, &control))
 }
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber>>;
@@ -378,8 +393,9 @@ struct CrashWatcher {
 impl MutEventSubscriber for CrashWatcher {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let mut crash = lock(&self.crash);
+        let vm: SharedVm = self.ctx.clone();
         for signal in self.ctx.signals.drain() {
-            crash.signal(signal, &*self.ctx);
+            crash.signal(signal, &vm);
         }
     }
     fn init(&mut self, ops: &mut EventOps) {

@@ -43,6 +43,13 @@ impl Watchdog {
         (self.period / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
     }
 
+    /// A tick during which the guest could not be judged (its vCPUs paused, or its vmcore being
+    /// written): the `elapsed` time does not count as a stall. A hang already reported stays
+    /// reported.
+    pub fn hold(&mut self, elapsed: Duration) {
+        self.last_progress += elapsed;
+    }
+
     /// One tick: the exit counter and the latest samples. Returns how long the guest has made no
     /// progress when that is a (new) hang.
     pub fn observe(&mut self, exits: u64, samples: &[Option<Sample>], now: Instant) -> Option<Duration> {
@@ -81,6 +88,20 @@ mod tests {
         // Progress re-arms it.
         assert_eq!(w.observe(1, &s, t0 + Duration::from_secs(21)), None);
         assert_eq!(w.observe(1, &s, t0 + Duration::from_secs(31)), Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn time_held_is_not_a_stall_and_a_reported_hang_stays_reported() {
+        let t0 = Instant::now();
+        let s = [Some(SPIN)];
+        let mut w = Watchdog::new(Duration::from_secs(10), t0);
+        assert_eq!(w.observe(0, &s, t0 + Duration::from_secs(5)), None);
+        // Paused (or dumping) from 5 s to 25 s.
+        w.hold(Duration::from_secs(20));
+        assert_eq!(w.observe(0, &s, t0 + Duration::from_secs(26)), None, "6 s of stall, not 26");
+        assert_eq!(w.observe(0, &s, t0 + Duration::from_secs(30)), Some(Duration::from_secs(10)));
+        w.hold(Duration::from_secs(60));
+        assert_eq!(w.observe(0, &s, t0 + Duration::from_secs(200)), None, "reported once");
     }
 
     #[test]

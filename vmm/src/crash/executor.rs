@@ -6,23 +6,36 @@
 //!
 //! It reaches the VM only through [`VmControl`] (pause, resume, NMI, registers, memory), so its
 //! tests use a fake VM and construct no device.
+//!
+//! Host-side vmcores are written by a `vmcore-writer` thread, one at a time, while the main
+//! thread goes on serving its event loop: the control socket answers at once (a second dump,
+//! or any other command, is refused with the dump in progress: [`Orchestrator::on_command`]),
+//! crash signals wait here and are decided in order once the dump is written, and the actions
+//! after the dump's run then ([`CrashHandling::poll_dump`]).
 
+use std::collections::VecDeque;
 use std::fmt::Display;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{SecondsFormat, Utc};
 use thiserror::Error;
 use vm_memory::GuestMemoryMmap;
 
 use super::live::{self, LiveStats};
 use super::report::{CrashRecord, GuestInfo, ReportError, TimedSignal};
 use super::vmcore::{self, DumpSpec, VcpuState, VmcoreError, VmcoreOptions, VmcoreSummary};
-use super::{flat, Action, Command, CrashSignal, DumpReason, NmiTargets, Orchestrator, Outcome, Trigger, VmcoreSource};
+use super::{
+    flat, Action, Command, CrashSignal, DumpInProgress, DumpReason, NmiTargets, Orchestrator, Outcome, Trigger,
+    VmcoreSource,
+};
 use crate::console::ConsoleTail;
 use crate::events::{dump_progress, Event, EventLog};
 use crate::exit::VmExit;
+use crate::seccomp::{self, SeccompError, ThreadKind};
 
 /// How a boot of the guest ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +57,16 @@ pub trait VmControl {
     /// The registers of the stopped vCPUs, in vCPU order.
     fn snapshots(&self) -> Vec<VcpuState>;
 }
+
+/// The VM as the executor holds it: shared with the thread that writes a vmcore.
+pub type SharedVm = Arc<dyn VmControl + Send + Sync>;
+
+/// Who asked for a command, and gets its reply: called once, at once, or for a dump once the
+/// vmcore is written (the control socket writes it to the connection that asked).
+pub type Answer = Box<dyn FnOnce(Result<CommandReply, CommandError>) + Send>;
+
+/// How often the main loop looks whether the vmcore being written is done.
+pub const DUMP_POLL: Duration = Duration::from_millis(2);
 
 /// Why a vmcore was not written or collected.
 #[derive(Debug, Error)]
@@ -76,6 +99,12 @@ pub enum DumpError {
     CrashDiskFormat(#[from] flat::FlatError),
     #[error(transparent)]
     Record(#[from] ReportError),
+    #[error("cannot start the vmcore writer thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("vmcore writer thread: {0}")]
+    Confine(#[source] SeccompError),
+    #[error("the vmcore writer thread panicked")]
+    WriterPanicked,
 }
 
 /// Why an operator's command was refused or failed.
@@ -89,6 +118,9 @@ pub enum CommandError {
     Ending,
     #[error("dump level {0} is out of range (0-31)")]
     BadDumpLevel(u8),
+    /// One dump at a time: `what` is being written since `since` (UTC).
+    #[error("a dump is in progress ({what}, since {since}); try again once it is written")]
+    DumpInProgress { what: String, since: String },
 }
 
 /// A host-side vmcore written for the operator.
@@ -101,6 +133,30 @@ pub struct OperatorDump {
     /// A live dump: the guest's pause, the memory copied on write, whether the copy limit
     /// paused it for the rest.
     pub live: Option<LiveStats>,
+}
+
+/// The dump being written, as `status` and the refusal of a command say it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DumpStatus {
+    /// Why (`requested on the control socket`, or the crash's reason).
+    pub reason: String,
+    /// A live dump: the guest runs meanwhile.
+    pub live: bool,
+    /// When it began (UTC, RFC 3339).
+    pub since: String,
+    /// The vmcore being written, as events name it.
+    pub path: String,
+}
+
+/// A host-side vmcore being written by the `vmcore-writer` thread.
+struct DumpJob {
+    reason: DumpReason,
+    status: DumpStatus,
+    /// The actions after its `HostDump`: carried out once it is written.
+    rest: VecDeque<Action>,
+    /// The operator's dump: where it goes (its answer names it).
+    operator_path: Option<PathBuf>,
+    thread: JoinHandle<Result<Written, DumpError>>,
 }
 
 /// What a command did.
@@ -163,8 +219,15 @@ pub struct CrashHandling {
     end: Option<BootEnd>,
     /// The last pause stopped every vCPU in time.
     pause_ok: bool,
-    /// What the operator's dump being carried out gave.
+    /// What the operator's dump gave, until it is answered.
     operator_dump: Option<Result<OperatorDump, DumpError>>,
+    /// Who asked for the operator's dump being carried out.
+    operator_answer: Option<Answer>,
+    /// The vmcore being written, if any.
+    job: Option<DumpJob>,
+    /// Crash signals that arrived while it was written (with their arrival): decided in order
+    /// once it is done, as they would have been had the dump blocked the main thread.
+    waiting: VecDeque<(TimedSignal, Instant)>,
 }
 
 impl CrashHandling {
@@ -201,12 +264,16 @@ impl CrashHandling {
             end: None,
             pause_ok: true,
             operator_dump: None,
+            operator_answer: None,
+            job: None,
+            waiting: VecDeque::new(),
         }
     }
 
     /// A new boot: forget the previous boot's signals and end.
     pub fn on_boot(&mut self) {
         self.signals.clear();
+        self.waiting.clear();
         self.stay_paused = false;
         self.kexec_at = None;
         self.end = None;
@@ -223,43 +290,89 @@ impl CrashHandling {
         self.last_dir.as_deref()
     }
 
-    fn record_signal(&mut self, signal: CrashSignal) {
-        let timed = TimedSignal { at: Utc::now(), signal };
+    fn record_signal(&mut self, timed: TimedSignal, now: Instant) {
         if let Some(r) = self.record.as_mut() {
             r.signals.push(timed.clone());
         }
         if let CrashSignal::GuestKexec { .. } = timed.signal {
-            self.kexec_at = Some(Instant::now());
+            self.kexec_at = Some(now);
         }
         self.signals.push(timed);
     }
 
     /// A crash signal from the VM.
-    pub fn signal(&mut self, signal: CrashSignal, vm: &dyn VmControl) {
+    pub fn signal(&mut self, signal: CrashSignal, vm: &SharedVm) {
         if self.end.is_some() {
             return;
         }
         log::debug!("crash signal: {signal:?}");
-        self.record_signal(signal.clone());
-        let actions = self.orchestrator.on_signal(&signal, Instant::now());
+        let timed = TimedSignal { at: Utc::now(), signal };
+        if self.job.is_some() {
+            // Decided once the vmcore being written is done.
+            self.waiting.push_back((timed, Instant::now()));
+            return;
+        }
+        self.decide_signal(timed, Instant::now(), vm);
+    }
+
+    fn decide_signal(&mut self, timed: TimedSignal, at: Instant, vm: &SharedVm) {
+        let signal = timed.signal.clone();
+        self.record_signal(timed, at);
+        let actions = self.orchestrator.on_signal(&signal, at);
         self.execute(actions, vm);
     }
 
     /// The orchestrator's deadline may have passed.
-    pub fn timer(&mut self, vm: &dyn VmControl) {
-        if self.end.is_some() {
+    pub fn timer(&mut self, vm: &SharedVm) {
+        if self.end.is_some() || self.job.is_some() {
             return;
         }
         let actions = self.orchestrator.on_timer(Instant::now());
         self.execute(actions, vm);
     }
 
+    /// When the main loop must call [`Self::timer`] or [`Self::poll_dump`] next.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.job {
+            Some(_) => Some(Instant::now() + DUMP_POLL),
+            None => self.orchestrator.deadline(),
+        }
+    }
+
+    /// The dump being written, if any.
+    pub fn dump_in_progress(&self) -> Option<&DumpStatus> {
+        self.job.as_ref().map(|j| &j.status)
+    }
+
+    /// If the vmcore being written is done: record it, answer the operator, carry out what
+    /// follows it and the signals that waited for it.
+    pub fn poll_dump(&mut self, vm: &SharedVm) {
+        if self.job.as_ref().is_some_and(|j| j.thread.is_finished()) {
+            self.complete_dump(vm);
+        }
+    }
+
+    /// Wait for the vmcore being written (and for any dump what follows it starts): the VM is
+    /// about to end.
+    pub fn wait_dump(&mut self, vm: &SharedVm) {
+        while self.job.is_some() {
+            self.complete_dump(vm);
+        }
+    }
+
     /// The VM stopped (its vCPU threads ended): decide and finish. Always decides the boot's
     /// end.
-    pub fn vm_exit(&mut self, exit: VmExit, vm: &dyn VmControl) -> BootEnd {
+    pub fn vm_exit(&mut self, exit: VmExit, vm: &SharedVm) -> BootEnd {
+        self.wait_dump(vm);
         if self.end.is_none() {
             let actions = self.orchestrator.on_vm_exit(exit.clone(), Instant::now());
             self.execute(actions, vm);
+            self.wait_dump(vm);
+        }
+        if self.end == Some(BootEnd::Reset) && matches!(exit, VmExit::Stopped { .. }) {
+            // Stopped from outside (SIGINT, SIGTERM, the console escape) while a reset was
+            // decided, say during the dump before it: the stop wins (the crash is recorded).
+            self.end = None;
         }
         self.ended_with(exit)
     }
@@ -270,32 +383,39 @@ impl CrashHandling {
         self.end.get_or_insert_with(|| BootEnd::Exit(self.orchestrator.final_exit(exit))).clone()
     }
 
-    /// The operator's command (control socket).
-    pub fn command(&mut self, command: Command, vm: &dyn VmControl) -> Result<CommandReply, CommandError> {
-        if self.end.is_some() {
-            return Err(CommandError::Ending);
+    /// The operator's command (control socket); `answer` gets the reply, at once, or for a
+    /// dump once its vmcore is written.
+    pub fn command(&mut self, command: Command, vm: &SharedVm, answer: Answer) {
+        if let Err(e) = self.check(command, vm.as_ref()) {
+            return answer(Err(e));
         }
-        if let Command::InjectNmi(NmiTargets::One(vcpu)) = command {
-            if vcpu >= vm.vcpus() {
-                return Err(CommandError::NoSuchVcpu { vcpu, vcpus: vm.vcpus() });
-            }
-        }
+        let actions = match self.orchestrator.on_command(command, vm.paused(), Instant::now()) {
+            Ok(actions) => actions,
+            Err(busy) => return answer(Err(self.busy(&busy))),
+        };
         if let Command::InjectNmi(_) = command {
-            self.record_signal(CrashSignal::NmiInjected);
+            self.record_signal(TimedSignal { at: Utc::now(), signal: CrashSignal::NmiInjected }, Instant::now());
         }
         if let Command::Dump(o) = command {
             let level = o.dump_level.unwrap_or(self.dump_spec.dump_level);
-            if level > DumpSpec::MAX_LEVEL {
-                return Err(CommandError::BadDumpLevel(level));
-            }
             let format = o.format.unwrap_or(self.dump_spec.format);
             self.operator_spec = DumpSpec { format, dump_level: level, ..self.dump_spec };
             self.operator_live = o.live;
+            self.operator_dump = None;
+            self.operator_answer = Some(answer);
+            self.execute(actions, vm);
+            if self.job.is_none() {
+                // Not started, or it failed at once: say so now.
+                self.answer_operator();
+                if let Some(answer) = self.operator_answer.take() {
+                    answer(Err(CommandError::Ending));
+                }
+            }
+            return;
         }
-        let actions = self.orchestrator.on_command(command, vm.paused(), Instant::now());
         self.execute(actions, vm);
-        Ok(match command {
-            Command::InjectNmi(targets) => CommandReply::NmiInjected { vcpus: targets_of(targets, vm) },
+        answer(Ok(match command {
+            Command::InjectNmi(targets) => CommandReply::NmiInjected { vcpus: targets_of(targets, vm.as_ref()) },
             Command::Pause => {
                 self.events.emit(Event::VmPaused);
                 CommandReply::Paused { all_stopped: self.pause_ok }
@@ -304,21 +424,57 @@ impl CrashHandling {
                 self.events.emit(Event::VmResumed);
                 CommandReply::Resumed
             }
-            Command::Dump(_) => match self.operator_dump.take() {
-                Some(result) => CommandReply::Dumped(result?),
-                None => return Err(CommandError::Ending),
-            },
             Command::Reset => CommandReply::Ending,
             Command::Shutdown => {
                 self.ended_with(VmExit::HostShutdown);
                 CommandReply::Ending
             }
-        })
+            Command::Dump(_) => unreachable!("answered above"),
+        }))
     }
 
-    /// Carry out `actions` in order; stops at the first that ends the boot.
-    fn execute(&mut self, actions: Vec<Action>, vm: &dyn VmControl) {
-        let mut queue: std::collections::VecDeque<Action> = actions.into();
+    /// What makes a command wrong whatever the VM does: a boot that ends, a vCPU or a dump level
+    /// that does not exist.
+    fn check(&self, command: Command, vm: &dyn VmControl) -> Result<(), CommandError> {
+        if self.end.is_some() {
+            return Err(CommandError::Ending);
+        }
+        match command {
+            Command::InjectNmi(NmiTargets::One(vcpu)) if vcpu >= vm.vcpus() => {
+                Err(CommandError::NoSuchVcpu { vcpu, vcpus: vm.vcpus() })
+            }
+            Command::Dump(o) if o.dump_level.is_some_and(|l| l > DumpSpec::MAX_LEVEL) => {
+                Err(CommandError::BadDumpLevel(o.dump_level.unwrap_or_default()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The refusal of a command while `busy` is being written.
+    fn busy(&self, busy: &DumpInProgress) -> CommandError {
+        let status = self.dump_in_progress();
+        let reason = status.map_or_else(|| busy.reason.to_string(), |s| s.reason.clone());
+        CommandError::DumpInProgress {
+            what: if busy.live { format!("live, {reason}") } else { reason },
+            since: status.map_or_else(|| "a moment ago".into(), |s| s.since.clone()),
+        }
+    }
+
+    /// Answer the operator's dump, once it is done.
+    fn answer_operator(&mut self) {
+        if let Some(result) = self.operator_dump.take() {
+            let result = result.map(CommandReply::Dumped).map_err(CommandError::from);
+            match self.operator_answer.take() {
+                Some(answer) => answer(result),
+                None => log::debug!("operator dump done, nobody to answer: {result:?}"),
+            }
+        }
+    }
+
+    /// Carry out `actions` in order; stops at the first that ends the boot, and at a dump
+    /// (the rest follows once it is written).
+    fn execute(&mut self, actions: impl Into<VecDeque<Action>>, vm: &SharedVm) {
+        let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             log::debug!("crash action: {action:?}");
             match action {
@@ -330,23 +486,26 @@ impl CrashHandling {
                     }
                 }
                 Action::Resume => vm.resume(),
-                Action::HostDump { reason } => {
-                    // An operator's dump answers the operator; a crash's feeds the orchestrator.
-                    let error = if reason.is_crash() {
-                        self.crash_dump(&reason, vm).err()
-                    } else {
-                        self.operator_dump = Some(self.operator_dump(&reason, vm));
-                        None
-                    };
-                    let error = error.as_ref().map(|e| e as &dyn Display);
-                    queue.extend(self.orchestrator.on_dump_done(&reason, error, Instant::now()));
-                }
+                Action::HostDump { reason } => match self.start_dump(&reason, vm) {
+                    Ok(mut job) => {
+                        // The rest follows once the vmcore is written (`complete_dump`).
+                        self.orchestrator.on_dump_started(&reason, job.status.live, Instant::now());
+                        job.rest = queue;
+                        self.job = Some(job);
+                        return;
+                    }
+                    Err(e) => {
+                        let error = self.dump_result(&reason, None, Err(e));
+                        let error = error.as_ref().map(|e| e as &dyn Display);
+                        queue.extend(self.orchestrator.on_dump_done(&reason, error, Instant::now()));
+                    }
+                },
                 Action::CollectKdump => {
                     let result = self.collect_kdump();
                     let result = result.as_ref().map(|c| *c).map_err(|e| e as &dyn Display);
                     queue.extend(self.orchestrator.on_kdump_collected(result, Instant::now()));
                 }
-                Action::FinishCrash { outcome } => self.finish(&outcome, vm),
+                Action::FinishCrash { outcome } => self.finish(&outcome, vm.as_ref()),
                 Action::Stop(exit) => {
                     self.end = Some(BootEnd::Exit(exit));
                     return;
@@ -356,7 +515,7 @@ impl CrashHandling {
                     return;
                 }
                 Action::InjectNmi(targets) => {
-                    for vcpu in targets_of(targets, vm) {
+                    for vcpu in targets_of(targets, vm.as_ref()) {
                         vm.inject_nmi(vcpu);
                         self.events.emit(Event::NmiInjected { vcpu });
                     }
@@ -391,52 +550,100 @@ impl CrashHandling {
         DumpError::NoCrashDirectory(self.record_error.clone().unwrap_or_else(|| "no crash directory".into()))
     }
 
-    /// A crash's host-side vmcore, into its crash directory. Every host-side vmcore, the
-    /// operator's too, is written by [`DumpTarget::write`].
-    fn crash_dump(&mut self, reason: &DumpReason, vm: &dyn VmControl) -> Result<(), DumpError> {
-        let no_dir = self.no_crash_directory();
-        let opts = self.vmcore_options(self.dump_spec, std::io::stderr().is_terminal());
-        let live = reason.is_live().then_some(self.live_max_copy);
-        let Some(record) = self.record.as_mut() else { return Err(no_dir) };
-        let target = DumpTarget { path: record.vmcore_path(), shown: record.final_dir.join("vmcore") };
-        match target.write(&self.events, vm, reason, opts, live, &|_| {}) {
-            Ok(w) => {
-                record.vcpus = w.vcpus;
-                record.set_vmcore(&w.summary, reason);
-                Ok(())
-            }
-            Err(e) => {
-                record.vmcore_error = Some(e.to_string());
-                Err(e)
-            }
+    /// Start writing the vmcore of a `HostDump`: a crash's into its crash directory, the
+    /// operator's into a directory of its own next to the crash directories. The
+    /// `vmcore-writer` thread writes it with [`DumpTarget::write`], which writes every
+    /// host-side vmcore (a live one through a forked process).
+    fn start_dump(&mut self, reason: &DumpReason, vm: &SharedVm) -> Result<DumpJob, DumpError> {
+        let (target, spec, progress, live, operator_path) = if reason.is_crash() {
+            let no_dir = self.no_crash_directory();
+            let Some(record) = self.record.as_ref() else { return Err(no_dir) };
+            let target = DumpTarget { path: record.vmcore_path(), shown: record.final_dir.join("vmcore") };
+            (target, self.dump_spec, std::io::stderr().is_terminal(), reason.is_live(), None)
+        } else {
+            let dir = self.crash_dir.join(format!("{}-dump", Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
+            crate::files::create_private_dir_all(&dir)
+                .map_err(|source| DumpError::CreateDir { path: dir.clone(), source })?;
+            let path = dir.join("vmcore");
+            let target = DumpTarget { path: path.clone(), shown: path.clone() };
+            (target, self.operator_spec, false, self.operator_live, Some(path))
+        };
+        let shown = target.shown.display().to_string();
+        let status = DumpStatus {
+            reason: reason.to_string(),
+            live,
+            since: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+            path: shown.clone(),
+        };
+        if operator_path.is_some() && !live {
+            self.events.emit(Event::DumpStarted { path: shown.clone(), pause_us: None });
+        }
+        let opts = self.vmcore_options(spec, progress);
+        let live = live.then_some(self.live_max_copy);
+        let (events, vm, why) = (self.events.clone(), vm.clone(), reason.clone());
+        let thread = std::thread::Builder::new()
+            .name("vmcore-writer".into())
+            .spawn(move || {
+                seccomp::apply(ThreadKind::VmcoreWriter).map_err(DumpError::Confine)?;
+                // A live dump says it started once its snapshot is taken, with the guest's pause.
+                let started =
+                    |l: &LiveStats| events.emit(Event::DumpStarted { path: shown.clone(), pause_us: Some(l.pause_us) });
+                target.write(&events, vm.as_ref(), &why, opts, live, &started)
+            })
+            .map_err(DumpError::Thread)?;
+        Ok(DumpJob { reason: reason.clone(), status, rest: VecDeque::new(), operator_path, thread })
+    }
+
+    /// The vmcore being written is done (or the writer is waited for): record it, answer the
+    /// operator, carry out what follows, then the signals that waited.
+    fn complete_dump(&mut self, vm: &SharedVm) {
+        let Some(job) = self.job.take() else { return };
+        let written = job.thread.join().unwrap_or(Err(DumpError::WriterPanicked));
+        let error = self.dump_result(&job.reason, job.operator_path, written);
+        let error = error.as_ref().map(|e| e as &dyn Display);
+        let mut queue = job.rest;
+        queue.extend(self.orchestrator.on_dump_done(&job.reason, error, Instant::now()));
+        self.execute(queue, vm);
+        self.answer_operator();
+        while self.job.is_none() && self.end.is_none() {
+            let Some((timed, at)) = self.waiting.pop_front() else { break };
+            self.decide_signal(timed, at, vm);
         }
     }
 
-    /// The operator's host-side vmcore, in a directory of its own next to the crash directories.
-    fn operator_dump(&self, reason: &DumpReason, vm: &dyn VmControl) -> Result<OperatorDump, DumpError> {
-        let dir = self.crash_dir.join(format!("{}-dump", Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
-        crate::files::create_private_dir_all(&dir)
-            .map_err(|source| DumpError::CreateDir { path: dir.clone(), source })?;
-        let path = dir.join("vmcore");
-        let shown = path.display().to_string();
-        let live = self.operator_live.then_some(self.live_max_copy);
-        if live.is_none() {
-            self.events.emit(Event::DumpStarted { path: shown.clone(), pause_us: None });
+    /// Where a written (or failed) vmcore goes: a crash's into its record (its error, for the
+    /// orchestrator, is returned), the operator's into the answer.
+    fn dump_result(
+        &mut self,
+        reason: &DumpReason,
+        operator_path: Option<PathBuf>,
+        written: Result<Written, DumpError>,
+    ) -> Option<DumpError> {
+        if !reason.is_crash() {
+            self.operator_dump = Some(written.map(|w| OperatorDump {
+                path: operator_path.unwrap_or_else(|| w.summary.path.clone()),
+                bytes: w.summary.bytes,
+                sha256: w.summary.sha256,
+                duration_ms: w.summary.duration.as_millis() as u64,
+                live: w.live,
+            }));
+            return None;
         }
-        // A live dump says it started once its snapshot is taken, with the guest's pause.
-        let started =
-            |l: &LiveStats| self.events.emit(Event::DumpStarted { path: shown.clone(), pause_us: Some(l.pause_us) });
-        let target = DumpTarget { path: path.clone(), shown: path };
-        let opts = self.vmcore_options(self.operator_spec, false);
-        let w = target.write(&self.events, vm, reason, opts, live, &started)?;
-        let duration_ms = w.summary.duration.as_millis() as u64;
-        Ok(OperatorDump {
-            path: target.path,
-            bytes: w.summary.bytes,
-            sha256: w.summary.sha256,
-            duration_ms,
-            live: w.live,
-        })
+        let record = self.record.as_mut();
+        match (written, record) {
+            (Ok(w), Some(record)) => {
+                record.vcpus = w.vcpus;
+                record.set_vmcore(&w.summary, reason);
+                None
+            }
+            (Ok(_), None) => Some(self.no_crash_directory()),
+            (Err(e), record) => {
+                if let Some(record) = record {
+                    record.vmcore_error = Some(e.to_string());
+                }
+                Some(e)
+            }
+        }
     }
 
     fn vmcore_options(&self, spec: DumpSpec, progress: bool) -> VmcoreOptions<'static> {
@@ -648,18 +855,28 @@ mod tests {
         mem: GuestMemoryMmap,
         paused: Mutex<bool>,
         calls: Mutex<Vec<String>>,
+        /// While set, reading the registers (which every dump does first) waits: a dump that
+        /// takes as long as the test wants.
+        hold: Mutex<bool>,
+        released: std::sync::Condvar,
     }
 
     impl FakeVm {
-        fn new() -> Self {
-            Self {
+        fn new() -> Arc<Self> {
+            Arc::new(Self {
                 mem: GuestMemoryMmap::from_ranges(&ram_ranges(64 << 20)).unwrap(),
                 paused: Mutex::new(false),
                 calls: Mutex::new(Vec::new()),
-            }
+                hold: Mutex::new(false),
+                released: std::sync::Condvar::new(),
+            })
         }
         fn calls(&self) -> Vec<String> {
             std::mem::take(&mut *lock(&self.calls))
+        }
+        fn hold(&self, on: bool) {
+            *lock(&self.hold) = on;
+            self.released.notify_all();
         }
     }
 
@@ -686,11 +903,41 @@ mod tests {
             lock(&self.calls).push(format!("nmi {vcpu}"));
         }
         fn snapshots(&self) -> Vec<VcpuState> {
+            let mut held = lock(&self.hold);
+            while *held {
+                held = self.released.wait(held).unwrap_or_else(|e| e.into_inner());
+            }
+            drop(held);
             let paused = self.paused();
             (0..2)
                 .filter(|_| paused)
                 .map(|id| VcpuState { id, regs: Default::default(), sregs: Default::default() })
                 .collect()
+        }
+    }
+
+    fn sh(vm: &Arc<FakeVm>) -> SharedVm {
+        vm.clone()
+    }
+
+    /// The tests drive the executor an input at a time, each with the vmcore it started written.
+    trait Drive {
+        fn signal_done(&mut self, signal: CrashSignal, vm: &SharedVm);
+        fn command_done(&mut self, command: Command, vm: &SharedVm) -> Result<CommandReply, CommandError>;
+    }
+
+    impl Drive for CrashHandling {
+        fn signal_done(&mut self, signal: CrashSignal, vm: &SharedVm) {
+            self.signal(signal, vm);
+            self.wait_dump(vm);
+        }
+        fn command_done(&mut self, command: Command, vm: &SharedVm) -> Result<CommandReply, CommandError> {
+            let got = Arc::new(Mutex::new(None));
+            let g = got.clone();
+            self.command(command, vm, Box::new(move |r| *lock(&g) = Some(r)));
+            self.wait_dump(vm);
+            let answer = lock(&got).take();
+            answer.expect("every command is answered")
         }
     }
 
@@ -732,11 +979,11 @@ mod tests {
             CrashSignal::UnloadCompleted { vcpu: 0, latency_us: 5 },
         ];
         for s in signals {
-            h.signal(s, &vm);
+            h.signal_done(s, &sh(&vm));
             assert_eq!(h.end(), None);
         }
         assert!(vm.calls().is_empty(), "nothing paused while the Hyper-V report is awaited");
-        h.signal(CrashSignal::HvCrash { vcpu: 1, params: [0; 5], message: None }, &vm);
+        h.signal_done(CrashSignal::HvCrash { vcpu: 1, params: [0; 5], message: None }, &sh(&vm));
         assert_eq!(h.end(), Some(BootEnd::Exit(VmExit::GuestPanicked { trigger: "pvpanic".into() })));
         assert_eq!(vm.calls(), ["pause"]);
         let d = dirs(base.path());
@@ -752,10 +999,10 @@ mod tests {
         assert_eq!(report["signals"].as_array().unwrap().len(), 4);
         assert_eq!(events_of(&events), ["crash_detected", "vmcore_written", "crash_report"]);
         // The boot's end is decided: later inputs of this boot change nothing.
-        h.signal(CrashSignal::TripleFault { vcpu: 0 }, &vm);
-        assert!(matches!(h.command(Command::Pause, &vm), Err(CommandError::Ending)));
+        h.signal_done(CrashSignal::TripleFault { vcpu: 0 }, &sh(&vm));
+        assert!(matches!(h.command_done(Command::Pause, &sh(&vm)), Err(CommandError::Ending)));
         assert_eq!(
-            h.vm_exit(VmExit::PowerOff, &vm),
+            h.vm_exit(VmExit::PowerOff, &sh(&vm)),
             BootEnd::Exit(VmExit::GuestPanicked { trigger: "pvpanic".into() })
         );
         assert_eq!(dirs(base.path()).len(), 1);
@@ -767,7 +1014,7 @@ mod tests {
         let events = EventLog::disabled();
         let mut h = handling(base.path(), &events);
         let vm = FakeVm::new();
-        let CommandReply::Dumped(d) = h.command(Command::Dump(Default::default()), &vm).unwrap() else {
+        let CommandReply::Dumped(d) = h.command_done(Command::Dump(Default::default()), &sh(&vm)).unwrap() else {
             panic!("not a dump")
         };
         assert_eq!(vm.calls(), ["pause", "resume"]);
@@ -775,9 +1022,9 @@ mod tests {
         assert!(d.path.parent().unwrap().file_name().unwrap().to_str().unwrap().ends_with("-dump"));
         assert_eq!(events_of(&events), ["dump_started", "vmcore_written"]);
         // Paused before: paused after.
-        assert_eq!(h.command(Command::Pause, &vm).unwrap(), CommandReply::Paused { all_stopped: true });
+        assert_eq!(h.command_done(Command::Pause, &sh(&vm)).unwrap(), CommandReply::Paused { all_stopped: true });
         vm.calls();
-        assert!(matches!(h.command(Command::Dump(Default::default()), &vm), Ok(CommandReply::Dumped(_))));
+        assert!(matches!(h.command_done(Command::Dump(Default::default()), &sh(&vm)), Ok(CommandReply::Dumped(_))));
         assert_eq!(vm.calls(), ["pause"]);
         assert_eq!(h.orchestrator.crashes(), 0);
         assert_eq!(h.end(), None);
@@ -792,7 +1039,9 @@ mod tests {
         let vm = FakeVm::new();
         vm.mem.write_slice(b"live and well", vm_memory::GuestAddress(0x5000)).unwrap();
         let live = crate::crash::DumpOverride { live: true, ..Default::default() };
-        let CommandReply::Dumped(d) = h.command(Command::Dump(live), &vm).unwrap() else { panic!("not a dump") };
+        let CommandReply::Dumped(d) = h.command_done(Command::Dump(live), &sh(&vm)).unwrap() else {
+            panic!("not a dump")
+        };
         // Paused for the fork, running again before the child wrote anything.
         assert_eq!(vm.calls(), ["pause", "resume"]);
         let stats = d.live.expect("a live dump");
@@ -814,7 +1063,7 @@ mod tests {
         let events = EventLog::disabled();
         let mut h = handling(Path::new("/proc/crashvmm-no-such-dir"), &events);
         let vm = FakeVm::new();
-        let e = h.command(Command::Dump(Default::default()), &vm).unwrap_err();
+        let e = h.command_done(Command::Dump(Default::default()), &sh(&vm)).unwrap_err();
         assert!(e.to_string().starts_with("dump failed: cannot create /proc/crashvmm-no-such-dir/"), "{e}");
         assert_eq!(vm.calls(), ["pause", "resume"]);
         assert_eq!(h.end(), None);
@@ -827,21 +1076,138 @@ mod tests {
         let mut h = handling(base.path(), &events);
         let vm = FakeVm::new();
         assert!(matches!(
-            h.command(Command::InjectNmi(NmiTargets::One(2)), &vm),
+            h.command_done(Command::InjectNmi(NmiTargets::One(2)), &sh(&vm)),
             Err(CommandError::NoSuchVcpu { vcpu: 2, vcpus: 2 })
         ));
         assert_eq!(
-            h.command(Command::InjectNmi(NmiTargets::All), &vm).unwrap(),
+            h.command_done(Command::InjectNmi(NmiTargets::All), &sh(&vm)).unwrap(),
             CommandReply::NmiInjected { vcpus: vec![0, 1] }
         );
         assert_eq!(vm.calls(), ["nmi 0", "nmi 1"]);
         assert_eq!(events_of(&events), ["nmi_injected", "nmi_injected"]);
-        assert_eq!(h.command(Command::Reset, &vm).unwrap(), CommandReply::Ending);
+        assert_eq!(h.command_done(Command::Reset, &sh(&vm)).unwrap(), CommandReply::Ending);
         assert_eq!(h.end(), Some(BootEnd::Reset));
         h.on_boot();
         assert_eq!(h.end(), None);
-        assert_eq!(h.command(Command::Shutdown, &vm).unwrap(), CommandReply::Ending);
+        assert_eq!(h.command_done(Command::Shutdown, &sh(&vm)).unwrap(), CommandReply::Ending);
         assert_eq!(h.end(), Some(BootEnd::Exit(VmExit::HostShutdown)));
+    }
+
+    /// Where a test finds what `command` answered, if it did yet.
+    type Slot = Arc<Mutex<Option<Result<CommandReply, CommandError>>>>;
+
+    /// What `command` answered so far, for a test that looks before the dump is done.
+    fn answer_slot() -> (Slot, Answer) {
+        let slot = Arc::new(Mutex::new(None));
+        let s = slot.clone();
+        (slot, Box::new(move |r| *lock(&s) = Some(r)))
+    }
+
+    #[test]
+    fn one_dump_at_a_time_others_are_refused_at_once_and_signals_wait_for_it() {
+        let base = tempfile::tempdir().unwrap();
+        let events = EventLog::disabled();
+        let mut h = handling(base.path(), &events);
+        let vm = FakeVm::new();
+        for live in [true, false] {
+            vm.hold(true);
+            let (first, answer) = answer_slot();
+            h.command(Command::Dump(crate::crash::DumpOverride { live, ..Default::default() }), &sh(&vm), answer);
+            assert!(lock(&first).is_none(), "answered when the vmcore is written");
+            let status = h.dump_in_progress().cloned().expect("a dump in progress");
+            assert_eq!((status.reason.as_str(), status.live), ("requested on the control socket", live));
+            assert!(status.path.ends_with("-dump/vmcore"), "{status:?}");
+            // A second dump, and every other command, are answered at once.
+            for c in [Command::Dump(Default::default()), Command::Pause, Command::Resume, Command::Shutdown] {
+                let (second, answer) = answer_slot();
+                h.command(c, &sh(&vm), answer);
+                let e = lock(&second).take().expect("answered at once").unwrap_err();
+                let want = format!(
+                    "a dump is in progress ({}requested on the control socket, since {}); try again once it is written",
+                    if live { "live, " } else { "" },
+                    status.since
+                );
+                assert_eq!(e.to_string(), want, "{c:?}");
+            }
+            // The guest panics meanwhile: decided once the dump is written.
+            h.signal(CrashSignal::PvPanic { vcpu: 0, bits: 1 }, &sh(&vm));
+            assert!(!h.orchestrator.panicked());
+            h.poll_dump(&sh(&vm));
+            assert!(h.dump_in_progress().is_some(), "still held");
+            vm.hold(false);
+            h.wait_dump(&sh(&vm));
+            assert!(h.dump_in_progress().is_none());
+            let answered = lock(&first).take().expect("answered");
+            assert!(matches!(&answered, Ok(CommandReply::Dumped(d)) if d.path.is_file()), "{answered:?}");
+            assert!(h.orchestrator.panicked(), "the signal that waited was decided");
+            assert_eq!(h.end(), None);
+            h.on_boot();
+        }
+        assert_eq!(
+            events_of(&events),
+            ["dump_started", "vmcore_written", "crash_detected", "dump_started", "vmcore_written", "crash_detected"]
+        );
+    }
+
+    #[test]
+    fn a_hang_gets_a_live_dump_then_the_nmi() {
+        let base = tempfile::tempdir().unwrap();
+        let events = EventLog::disabled();
+        let guest = GuestInfo { kernel: "k".into(), cmdline: "c".into(), memory_bytes: 64 << 20, vcpus: 2 };
+        let policy = Policy { on_hang: crate::crash::OnHang::HOST_DUMP_NMI, ..Policy::default() };
+        let mut h = CrashHandling::new(
+            Orchestrator::new(policy),
+            base.path().into(),
+            guest,
+            events.clone(),
+            ConsoleTail::default(),
+        );
+        let vm = FakeVm::new();
+        h.signal(CrashSignal::GuestHang { stalled_ms: 2_500 }, &sh(&vm));
+        // The hung guest runs on while its vmcore is written.
+        assert_eq!(h.dump_in_progress().map(|d| d.live), Some(true));
+        h.wait_dump(&sh(&vm));
+        assert_eq!(vm.calls(), ["pause", "resume", "nmi 0", "nmi 1"], "paused for the snapshot, then the NMI");
+        assert_eq!(h.end(), None, "the guest runs on");
+        assert!(!h.orchestrator.panicked());
+        assert_eq!(
+            events_of(&events),
+            ["crash_detected", "dump_started", "vmcore_written", "crash_report", "nmi_injected", "nmi_injected"]
+        );
+        let written: Vec<serde_json::Value> =
+            events.since(0).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let pause = written.iter().find(|e| e["event"] == "vmcore_written").unwrap()["pause_us"].as_u64();
+        assert!(pause.is_some_and(|p| p > 0), "{written:?}");
+        let d = dirs(base.path());
+        assert_eq!(d.len(), 1);
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d[0].join("report.json")).unwrap()).unwrap();
+        assert_eq!(report["trigger"], "guest_hang");
+        assert_eq!(report["policy"]["on_hang"], "host-dump,nmi");
+        assert_eq!(
+            report["outcome"],
+            "the guest made no progress for 2.5 s; live host-side vmcore written; NMI injected"
+        );
+        assert_eq!(report["vmcore"]["reason"], "the guest made no progress for 2.5 s");
+        assert!(d[0].join("vmcore").is_file());
+        // The NMI's panic is a crash of its own, blamed on the hang.
+        h.signal_done(CrashSignal::PvPanic { vcpu: 0, bits: 2 }, &sh(&vm));
+        assert_eq!(h.orchestrator.crashes(), 2);
+        let last = events.since(0).last().cloned().unwrap_or_default();
+        assert!(last.contains("crash_detected") && last.contains("guest_hang"), "{last}");
+    }
+
+    #[test]
+    fn a_stop_from_outside_wins_over_a_reset_decided_meanwhile() {
+        let base = tempfile::tempdir().unwrap();
+        let events = EventLog::disabled();
+        let mut h = handling(base.path(), &events);
+        let vm = FakeVm::new();
+        assert_eq!(h.command_done(Command::Reset, &sh(&vm)).unwrap(), CommandReply::Ending);
+        assert_eq!(h.vm_exit(VmExit::Stopped { signal: 15 }, &sh(&vm)), BootEnd::Exit(VmExit::Stopped { signal: 15 }));
+        h.on_boot();
+        h.command_done(Command::Reset, &sh(&vm)).unwrap();
+        assert_eq!(h.vm_exit(VmExit::PowerOff, &sh(&vm)), BootEnd::Reset, "only a stop from outside");
     }
 
     #[test]
@@ -849,7 +1215,7 @@ mod tests {
         let events = EventLog::disabled();
         let mut h = handling(Path::new("/proc/crashvmm-no-such-dir"), &events);
         let vm = FakeVm::new();
-        h.signal(CrashSignal::TripleFault { vcpu: 0 }, &vm);
+        h.signal_done(CrashSignal::TripleFault { vcpu: 0 }, &sh(&vm));
         let Some(BootEnd::Exit(VmExit::CrashCollectionFailed { trigger, reason })) = h.end() else {
             panic!("{:?}", h.end())
         };

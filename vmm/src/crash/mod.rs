@@ -46,17 +46,83 @@ pub enum CrashSignal {
     GuestHang { stalled_ms: u64 },
 }
 
-/// `--on-hang`: what to do when the watchdog finds the guest hung.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnHang {
+/// What `--on-hang` does to the hung guest itself (after its live dump, with `host-dump,...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HangAction {
     /// Inject an NMI into every vCPU: a guest with `kernel.unknown_nmi_panic=1` (or
     /// `panic_on_unrecovered_nmi`) panics, and its crash handling follows.
     Nmi,
-    /// Take a host-side vmcore.
-    HostDump,
     /// Record the hang and boot the guest again.
     Reset,
+}
+
+impl HangAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HangAction::Nmi => "nmi",
+            HangAction::Reset => "reset",
+        }
+    }
+}
+
+/// `--on-hang`: what to do when the watchdog finds the guest hung: `nmi`, `reset`,
+/// `host-dump` (a live host-side vmcore; the guest runs on), or `host-dump,nmi` and
+/// `host-dump,reset` (the live vmcore first, then the NMI or the reset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnHang {
+    /// First take a live host-side vmcore of the hung guest (into the hang's crash directory).
+    pub host_dump: bool,
+    /// Then this; `None` only with `host_dump`: the guest runs on.
+    pub then: Option<HangAction>,
+}
+
+/// A `--on-hang` value that is none of the accepted ones.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OnHangError {
+    #[error("'{0}' is not an --on-hang action: nmi, reset, host-dump, host-dump,nmi or host-dump,reset")]
+    Unknown(String),
+}
+
+impl OnHang {
+    pub const NMI: OnHang = OnHang { host_dump: false, then: Some(HangAction::Nmi) };
+    pub const RESET: OnHang = OnHang { host_dump: false, then: Some(HangAction::Reset) };
+    pub const HOST_DUMP: OnHang = OnHang { host_dump: true, then: None };
+    pub const HOST_DUMP_NMI: OnHang = OnHang { host_dump: true, then: Some(HangAction::Nmi) };
+    pub const HOST_DUMP_RESET: OnHang = OnHang { host_dump: true, then: Some(HangAction::Reset) };
+}
+
+impl std::str::FromStr for OnHang {
+    type Err = OnHangError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let words: Vec<&str> = s.split(',').map(str::trim).collect();
+        match words.as_slice() {
+            ["nmi"] => Ok(OnHang::NMI),
+            ["reset"] => Ok(OnHang::RESET),
+            ["host-dump"] => Ok(OnHang::HOST_DUMP),
+            ["host-dump", "nmi"] => Ok(OnHang::HOST_DUMP_NMI),
+            ["host-dump", "reset"] => Ok(OnHang::HOST_DUMP_RESET),
+            _ => Err(OnHangError::Unknown(s.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for OnHang {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.host_dump, self.then) {
+            (true, Some(a)) => write!(f, "host-dump,{}", a.as_str()),
+            (true, None) => f.write_str("host-dump"),
+            (false, Some(a)) => f.write_str(a.as_str()),
+            (false, None) => f.write_str("none"),
+        }
+    }
+}
+
+/// As `report.json`'s policy says it: the command-line text.
+impl serde::Serialize for OnHang {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// `--on-panic`: what to do when the guest panics.
@@ -125,7 +191,7 @@ impl Default for Policy {
             host_dump: HostDump::Fallback,
             max_crashes: 0,
             hyperv: true,
-            on_hang: OnHang::Nmi,
+            on_hang: OnHang::NMI,
         }
     }
 }
@@ -139,7 +205,9 @@ pub enum Action {
     Pause,
     /// Let the vCPUs run again.
     Resume,
-    /// Write a host-side vmcore now (vCPUs paused), then call [`Orchestrator::on_dump_done`].
+    /// Write a host-side vmcore (vCPUs paused, or a live dump: [`DumpReason::is_live`], the
+    /// operator's `live`): tell [`Orchestrator::on_dump_started`], and once it is written
+    /// [`Orchestrator::on_dump_done`]; the actions after it wait until then.
     HostDump { reason: DumpReason },
     /// The guest's kdump finished: take its dump from the crash disk, then call
     /// [`Orchestrator::on_kdump_collected`].
@@ -191,6 +259,16 @@ enum Phase {
     Finished,
 }
 
+/// A host-side vmcore being written (off the main thread): what for, whether the guest runs
+/// meanwhile (a live dump), since when. One at a time: while it is written, the operator's
+/// commands are refused with it and deadlines wait (crash signals wait in the executor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpInProgress {
+    pub reason: DumpReason,
+    pub live: bool,
+    pub since: Instant,
+}
+
 #[derive(Debug)]
 struct Crash {
     trigger: Trigger,
@@ -211,11 +289,25 @@ pub struct Orchestrator {
     held: Vec<Action>,
     /// What a crash that follows soon is blamed on: crashvmm's NMI, or the hang it broke.
     blame: Option<(Instant, Trigger)>,
+    /// The host-side vmcore being written, if any.
+    dumping: Option<DumpInProgress>,
 }
 
 impl Orchestrator {
     pub fn new(policy: Policy) -> Self {
-        Self { policy, crash: None, crashes: 0, unload_in_flight: false, held: Vec::new(), blame: None }
+        Self { policy, crash: None, crashes: 0, unload_in_flight: false, held: Vec::new(), blame: None, dumping: None }
+    }
+
+    /// The host-side vmcore being written, if any.
+    pub fn dump_in_progress(&self) -> Option<&DumpInProgress> {
+        self.dumping.as_ref()
+    }
+
+    /// The executor began writing the vmcore of an [`Action::HostDump`] (`live`: the guest
+    /// runs meanwhile). Until [`Self::on_dump_done`], commands are refused and deadlines wait;
+    /// the executor holds crash signals back until then (and feeds them in order after).
+    pub fn on_dump_started(&mut self, reason: &DumpReason, live: bool, now: Instant) {
+        self.dumping = Some(DumpInProgress { reason: reason.clone(), live, since: now });
     }
 
     pub fn policy(&self) -> &Policy {
@@ -227,8 +319,12 @@ impl Orchestrator {
         self.crashes
     }
 
-    /// When [`on_timer`](Self::on_timer) wants to run next.
+    /// When [`on_timer`](Self::on_timer) wants to run next (not while a dump is written: its
+    /// deadlines wait for it).
     pub fn deadline(&self) -> Option<Instant> {
+        if self.dumping.is_some() {
+            return None;
+        }
         match self.crash.as_ref()?.phase {
             Phase::AwaitReport { deadline } | Phase::AwaitKexec { deadline } | Phase::AwaitKdump { deadline } => {
                 Some(deadline)
@@ -363,23 +459,32 @@ impl Orchestrator {
                     return vec![];
                 }
                 let stalled_ms = *stalled_ms;
-                match self.policy.on_hang {
-                    OnHang::Nmi => {
+                let on_hang = self.policy.on_hang;
+                if on_hang.host_dump {
+                    let mut out = self.begin(Trigger::GuestHang, Phase::Finished);
+                    if self.policy.host_dump == HostDump::Never {
+                        let outcome = Outcome::NoVmcoreHostDumpNever(DumpReason::Hang { stalled_ms });
+                        out.extend(self.after_hang(outcome, now));
+                        return out;
+                    }
+                    // A live dump: the hung guest runs on while it is written, and what
+                    // `--on-hang` says next follows once it is (`on_dump_done`).
+                    self.set_phase(Phase::Dumping { resume: false });
+                    out.push(Action::HostDump { reason: DumpReason::Hang { stalled_ms } });
+                    return out;
+                }
+                match on_hang.then {
+                    Some(HangAction::Nmi) => {
                         self.blame = Some((now, Trigger::GuestHang));
                         vec![Action::InjectNmi(NmiTargets::All)]
                     }
-                    OnHang::HostDump => {
+                    Some(HangAction::Reset) => {
                         let mut out = self.begin(Trigger::GuestHang, Phase::Finished);
-                        out.extend(self.fallback(DumpReason::Hang { stalled_ms }));
-                        out
-                    }
-                    OnHang::Reset => {
-                        let mut out = self.begin(Trigger::GuestHang, Phase::Finished);
-                        self.set_phase(Phase::Finished);
                         out.push(Action::FinishCrash { outcome: Outcome::HangReset { stalled_ms } });
                         out.push(Action::Reset);
                         out
                     }
+                    None => vec![],
                 }
             }
             CrashSignal::PvPanic { bits, .. } if !PvPanicEvents::from_bits(*bits).is_crash() => vec![],
@@ -470,6 +575,25 @@ impl Orchestrator {
         }
     }
 
+    /// The hang's crash directory is written (`outcome`); then what `--on-hang` says after the
+    /// dump: the guest runs on (the hang is no crash in progress any more: a later crash is
+    /// one of its own), gets an NMI (and the crash that follows is blamed on the hang), or is
+    /// reset.
+    fn after_hang(&mut self, outcome: Outcome, now: Instant) -> Vec<Action> {
+        self.set_phase(Phase::Finished);
+        let mut out = vec![Action::FinishCrash { outcome }];
+        match self.policy.on_hang.then {
+            Some(HangAction::Reset) => out.push(Action::Reset),
+            Some(HangAction::Nmi) => {
+                self.crash = None;
+                self.blame = Some((now, Trigger::GuestHang));
+                out.push(Action::InjectNmi(NmiTargets::All));
+            }
+            None => self.crash = None,
+        }
+        out
+    }
+
     /// Never pause the vCPUs while the guest busy-waits for an UNLOAD_RESPONSE we will send:
     /// hold a pause (and everything after it) until the UNLOAD completed.
     fn hold_while_unloading(&mut self, actions: Vec<Action>) -> Vec<Action> {
@@ -490,6 +614,7 @@ impl Orchestrator {
 
     pub fn on_timer(&mut self, now: Instant) -> Vec<Action> {
         if self.deadline().is_none_or(|d| now < d) {
+            // (Also while a dump is written: `deadline` is none then.)
             return vec![];
         }
         let actions = match self.crash.as_ref().map(|c| c.phase) {
@@ -509,8 +634,17 @@ impl Orchestrator {
         error: Option<&dyn std::fmt::Display>,
         now: Instant,
     ) -> Vec<Action> {
+        self.dumping = None;
         if !reason.is_crash() {
             return vec![];
+        }
+        if let DumpReason::Hang { stalled_ms } = *reason {
+            let outcome = Outcome::HangDumped {
+                stalled_ms,
+                error: error.map(ToString::to_string),
+                then: self.policy.on_hang.then,
+            };
+            return self.after_hang(outcome, now);
         }
         let resume = matches!(self.crash.as_ref().map(|c| c.phase), Some(Phase::Dumping { resume: true }));
         let error = error.map(ToString::to_string);
@@ -540,9 +674,14 @@ impl Orchestrator {
     }
 
     /// The operator's request (control socket); `paused` says whether the vCPUs are paused
-    /// now. Not held while an UNLOAD is in flight: the operator asked for it now.
-    pub fn on_command(&mut self, command: Command, paused: bool, now: Instant) -> Vec<Action> {
-        match command {
+    /// now. Not held while an UNLOAD is in flight: the operator asked for it now. Refused while
+    /// a dump is being written (one dump at a time; pause, resume, NMI, reset and shutdown
+    /// would change the VM under it): the error says which dump.
+    pub fn on_command(&mut self, command: Command, paused: bool, now: Instant) -> Result<Vec<Action>, DumpInProgress> {
+        if let Some(d) = &self.dumping {
+            return Err(d.clone());
+        }
+        Ok(match command {
             Command::InjectNmi(targets) => {
                 let mut out = self.decide(&CrashSignal::NmiInjected, now);
                 out.push(Action::InjectNmi(targets));
@@ -560,7 +699,7 @@ impl Orchestrator {
             Command::Reset => vec![Action::Reset],
             // As if the VM had ended by itself: a crash in progress is collected first.
             Command::Shutdown => self.on_vm_exit(VmExit::HostShutdown, now),
-        }
+        })
     }
 
     /// The VM stopped by itself (power-off, reset, triple fault, ...) or was stopped from
@@ -604,6 +743,7 @@ impl Orchestrator {
         self.crash = None;
         self.unload_in_flight = false;
         self.held.clear();
+        self.dumping = None;
     }
 
     /// A guest that panicked stays a panicked guest whatever it did next: reset itself
@@ -680,7 +820,7 @@ mod tests {
             kdump_timeout: Duration::from_secs(60),
             max_crashes: 0,
             hyperv: true,
-            on_hang: OnHang::Nmi,
+            on_hang: OnHang::NMI,
         }
     }
 
@@ -899,19 +1039,124 @@ mod tests {
     fn hangs_follow_on_hang() {
         let t0 = Instant::now();
         let hang = CrashSignal::GuestHang { stalled_ms: 30_000 };
+        let hang_dump = Action::HostDump { reason: DumpReason::Hang { stalled_ms: 30_000 } };
         let base = policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Fallback);
+        let with = |on_hang| Orchestrator::new(Policy { on_hang, ..base.clone() });
         // nmi: inject, and the crash that follows is the hang's.
-        let mut o = Orchestrator::new(Policy { on_hang: OnHang::Nmi, ..base.clone() });
+        let mut o = with(OnHang::NMI);
         assert_eq!(o.on_signal(&hang, t0), vec![Action::InjectNmi(NmiTargets::All)]);
         assert_eq!(o.on_signal(&pv(CRASH_LOADED), t0)[0], begin("guest_hang"));
-        // host-dump and reset.
-        let (_, out) = run(Policy { on_hang: OnHang::HostDump, ..base.clone() }, std::slice::from_ref(&hang));
-        assert_eq!(out, [vec![begin("guest_hang")], dump()].concat());
-        let (_, out) = run(Policy { on_hang: OnHang::Reset, ..base.clone() }, std::slice::from_ref(&hang));
+        // reset: the hang's crash directory, then the guest boots again.
+        let (_, out) = run(Policy { on_hang: OnHang::RESET, ..base.clone() }, std::slice::from_ref(&hang));
         assert_eq!(out, vec![begin("guest_hang"), finish(), Action::Reset]);
+        // host-dump: a live dump (no pause around it), into the hang's crash directory; the
+        // guest runs on, and a later crash is one of its own.
+        let mut o = with(OnHang::HOST_DUMP);
+        assert_eq!(o.on_signal(&hang, t0), vec![begin("guest_hang"), hang_dump.clone()]);
+        assert!(o.panicked());
+        let out = o.on_dump_done(&DumpReason::Hang { stalled_ms: 30_000 }, None, t0);
+        let outcome = Outcome::HangDumped { stalled_ms: 30_000, error: None, then: None };
+        assert_eq!(out, vec![Action::FinishCrash { outcome }]);
+        assert!(!o.panicked(), "the guest runs on");
+        assert_eq!(o.on_signal(&pv(CRASH_LOADED), t0)[0], begin("pvpanic"));
+        assert_eq!(o.crashes(), 2);
+        // host-dump,nmi: the live dump first, then the NMI; the crash it brings is the hang's.
+        let mut o = with(OnHang::HOST_DUMP_NMI);
+        assert_eq!(o.on_signal(&hang, t0), vec![begin("guest_hang"), hang_dump.clone()]);
+        let out = o.on_dump_done(&DumpReason::Hang { stalled_ms: 30_000 }, None, t0);
+        assert_eq!(shape(&out), vec![finish(), Action::InjectNmi(NmiTargets::All)]);
+        assert!(
+            matches!(&out[0], Action::FinishCrash { outcome } if outcome.to_string().ends_with("written; NMI injected"))
+        );
+        assert_eq!(o.on_signal(&pv(CRASH_LOADED), t0)[0], begin("guest_hang"));
+        // A dump that failed still lets the follow-up happen, and says why.
+        let mut o = with(OnHang::HOST_DUMP_RESET);
+        o.on_signal(&hang, t0);
+        let out = o.on_dump_done(&DumpReason::Hang { stalled_ms: 30_000 }, Some(&"no space left"), t0);
+        assert_eq!(shape(&out), vec![finish(), Action::Reset]);
+        assert!(
+            matches!(&out[0], Action::FinishCrash { outcome } if outcome.to_string().contains("failed: no space left; reset")),
+            "{out:?}"
+        );
+        // --host-dump never: no dump; the follow-up at once.
+        let p = Policy { on_hang: OnHang::HOST_DUMP_NMI, ..policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Never) };
+        let (_, out) = run(p, std::slice::from_ref(&hang));
+        assert_eq!(out, vec![begin("guest_hang"), finish(), Action::InjectNmi(NmiTargets::All)]);
         // While a crash is being handled, a stall is not a new hang.
         let (_, out) = run(base, &[pv(CRASH_LOADED), hang]);
         assert_eq!(out, vec![begin("pvpanic")]);
+    }
+
+    #[test]
+    fn on_hang_parses_its_combinations() {
+        for (text, want) in [
+            ("nmi", OnHang::NMI),
+            ("reset", OnHang::RESET),
+            ("host-dump", OnHang::HOST_DUMP),
+            ("host-dump,nmi", OnHang::HOST_DUMP_NMI),
+            ("host-dump,reset", OnHang::HOST_DUMP_RESET),
+        ] {
+            assert_eq!(text.parse::<OnHang>(), Ok(want));
+            assert_eq!(want.to_string(), text);
+            assert_eq!(serde_json::to_value(want).unwrap(), text);
+        }
+        for bad in ["", "nmi,host-dump", "host-dump,nmi,reset", "nmi,reset", "host-dump,host-dump", "panic"] {
+            let e = bad.parse::<OnHang>().unwrap_err();
+            assert!(e.to_string().contains("host-dump,reset"), "{bad}: {e}");
+        }
+    }
+
+    /// One dump at a time: while a dump is written (the operator's, live or not, or a crash's),
+    /// every command is refused with it, and deadlines wait; afterwards all works again.
+    #[test]
+    fn while_a_dump_is_written_commands_are_refused_and_deadlines_wait() {
+        let t0 = Instant::now();
+        let op = |live| Command::Dump(DumpOverride { live, ..Default::default() });
+        let all = [
+            op(false),
+            op(true),
+            Command::Pause,
+            Command::Resume,
+            Command::InjectNmi(NmiTargets::All),
+            Command::Reset,
+            Command::Shutdown,
+        ];
+        for live in [false, true] {
+            let mut o = Orchestrator::new(Policy::default());
+            assert!(o.on_command(op(live), false, t0).is_ok());
+            o.on_dump_started(&DumpReason::Operator, live, t0);
+            for c in all {
+                let busy = o.on_command(c, false, t0).unwrap_err();
+                assert_eq!(busy, DumpInProgress { reason: DumpReason::Operator, live, since: t0 }, "{c:?}");
+            }
+            assert!(o.on_dump_done(&DumpReason::Operator, None, t0).is_empty());
+            assert_eq!(o.dump_in_progress(), None);
+            assert_eq!(o.on_command(Command::Pause, false, t0).unwrap(), vec![Action::Pause]);
+        }
+        // During a crash: its grace deadline waits for the operator's dump.
+        let mut o = Orchestrator::new(Policy::default());
+        o.on_signal(&pv(PANICKED), t0);
+        assert_eq!(o.deadline(), Some(t0 + HV_CRASH_GRACE));
+        let op_dump = Action::HostDump { reason: DumpReason::Operator };
+        assert_eq!(o.on_command(op(false), false, t0).unwrap(), [Action::Pause, op_dump, Action::Resume]);
+        o.on_dump_started(&DumpReason::Operator, false, t0);
+        assert_eq!(o.deadline(), None);
+        assert!(o.on_timer(t0 + HV_CRASH_GRACE).is_empty(), "no second dump while one is written");
+        o.on_dump_done(&DumpReason::Operator, None, t0);
+        assert_eq!(shape(&o.on_timer(t0 + HV_CRASH_GRACE)), dump());
+        // The crash's own dump refuses the operator's.
+        o.on_dump_started(&DumpReason::NoHvReport, false, t0);
+        let busy = o.on_command(op(true), false, t0).unwrap_err();
+        assert_eq!((busy.reason, busy.live), (DumpReason::NoHvReport, false));
+        // So does a hang's live dump.
+        let mut o = Orchestrator::new(Policy { on_hang: OnHang::HOST_DUMP_NMI, ..Policy::default() });
+        let out = o.on_signal(&CrashSignal::GuestHang { stalled_ms: 1 }, t0);
+        assert!(matches!(&out[1], Action::HostDump { reason } if reason.is_live()), "{out:?}");
+        o.on_dump_started(&DumpReason::Hang { stalled_ms: 1 }, true, t0);
+        assert!(o.on_command(Command::InjectNmi(NmiTargets::All), false, t0).is_err());
+        // A new boot forgets it.
+        o.on_reset();
+        assert_eq!(o.dump_in_progress(), None);
     }
 
     #[test]
@@ -964,26 +1209,29 @@ mod tests {
         let mut o = Orchestrator::new(Policy::default());
         let op_dump = Action::HostDump { reason: DumpReason::Operator };
         assert_eq!(
-            o.on_command(Command::Dump(DumpOverride::default()), false, t0),
+            o.on_command(Command::Dump(DumpOverride::default()), false, t0).unwrap(),
             vec![Action::Pause, op_dump.clone(), Action::Resume]
         );
-        assert_eq!(o.on_command(Command::Dump(DumpOverride::default()), true, t0), vec![Action::Pause, op_dump]);
+        assert_eq!(
+            o.on_command(Command::Dump(DumpOverride::default()), true, t0).unwrap(),
+            vec![Action::Pause, op_dump]
+        );
         assert!(o.on_dump_done(&DumpReason::Operator, None, t0).is_empty(), "not a crash");
         let live = DumpOverride { live: true, ..Default::default() };
         assert_eq!(
-            o.on_command(Command::Dump(live), false, t0),
+            o.on_command(Command::Dump(live), false, t0).unwrap(),
             vec![Action::HostDump { reason: DumpReason::Operator }]
         );
         assert_eq!(o.crashes(), 0);
-        assert_eq!(o.on_command(Command::Reset, false, t0), vec![Action::Reset]);
-        assert_eq!(o.on_command(Command::Shutdown, false, t0), vec![Action::Stop(VmExit::HostShutdown)]);
+        assert_eq!(o.on_command(Command::Reset, false, t0).unwrap(), vec![Action::Reset]);
+        assert_eq!(o.on_command(Command::Shutdown, false, t0).unwrap(), vec![Action::Stop(VmExit::HostShutdown)]);
         // An injected NMI gets the blame for the crash that follows.
         assert_eq!(
-            o.on_command(Command::InjectNmi(NmiTargets::One(1)), false, t0),
+            o.on_command(Command::InjectNmi(NmiTargets::One(1)), false, t0).unwrap(),
             vec![Action::InjectNmi(NmiTargets::One(1))]
         );
         assert_eq!(o.on_signal(&pv(CRASH_LOADED), t0)[0], begin("nmi_injection"));
         // A shutdown while the guest's kdump runs takes a host-side vmcore first.
-        assert_eq!(shape(&o.on_command(Command::Shutdown, false, t0)), dump());
+        assert_eq!(shape(&o.on_command(Command::Shutdown, false, t0).unwrap()), dump());
     }
 }

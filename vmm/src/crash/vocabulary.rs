@@ -64,7 +64,7 @@ pub enum DumpReason {
     NoKexec,
     /// The guest panicked, then the VM ended (`VmExit::reason`).
     ExitAfterPanic(String),
-    /// `--on-hang host-dump`.
+    /// `--on-hang host-dump[,nmi|,reset]`: a live dump of the hung guest.
     Hang { stalled_ms: u64 },
     /// The crash kernel panicked too.
     CrashKernelPanicked,
@@ -89,9 +89,10 @@ impl DumpReason {
     }
 
     /// Whether the guest goes on while this crash's dump is written (a live dump): the
-    /// snapshot at kexec, so that the crash kernel starts at once.
+    /// snapshot at kexec, so that the crash kernel starts at once, and a hang's, so that the
+    /// NMI or reset `--on-hang` names can follow (and a guest left running is not stopped).
     pub fn is_live(&self) -> bool {
-        *self == DumpReason::KexecSnapshot
+        matches!(self, DumpReason::KexecSnapshot | DumpReason::Hang { .. })
     }
 }
 
@@ -140,6 +141,13 @@ pub enum Outcome {
     HangReset {
         stalled_ms: u64,
     },
+    /// `--on-hang host-dump[,nmi|,reset]`: the hung guest's live vmcore was written (or not:
+    /// `error`), then `then` followed (`None`: the guest runs on).
+    HangDumped {
+        stalled_ms: u64,
+        error: Option<String>,
+        then: Option<super::HangAction>,
+    },
     HostVmcoreWritten,
     HostVmcoreFailed(String),
     /// The guest's kdump ran; its dump was taken from the crash disk.
@@ -158,6 +166,18 @@ impl fmt::Display for Outcome {
             Outcome::Paused(r) => write!(f, "{r}; VM paused"),
             Outcome::Ignored(r) => write!(f, "{r}; ignored"),
             Outcome::HangReset { stalled_ms } => write!(f, "{}; reset", stalled(*stalled_ms)),
+            Outcome::HangDumped { stalled_ms, error, then } => {
+                write!(f, "{}; ", stalled(*stalled_ms))?;
+                match error {
+                    None => f.write_str("live host-side vmcore written")?,
+                    Some(e) => write!(f, "live host-side vmcore failed: {e}")?,
+                }
+                f.write_str(match then {
+                    None => "; the guest runs on",
+                    Some(super::HangAction::Nmi) => "; NMI injected",
+                    Some(super::HangAction::Reset) => "; reset",
+                })
+            }
             Outcome::HostVmcoreWritten => f.write_str("host-side vmcore written"),
             Outcome::HostVmcoreFailed(e) => write!(f, "host-side vmcore failed: {e}"),
             Outcome::KdumpCollected => {
@@ -244,5 +264,16 @@ mod tests {
             "the guest made no progress for 30.0 s; reset"
         );
         assert_eq!(Outcome::NoVmcore(DumpReason::HvCrashReport).to_string(), "Hyper-V crash report; no vmcore taken");
+        assert_eq!(
+            Outcome::HangDumped { stalled_ms: 2_000, error: None, then: Some(super::super::HangAction::Nmi) }
+                .to_string(),
+            "the guest made no progress for 2.0 s; live host-side vmcore written; NMI injected"
+        );
+        assert_eq!(
+            Outcome::HangDumped { stalled_ms: 2_000, error: Some("disk full".into()), then: None }.to_string(),
+            "the guest made no progress for 2.0 s; live host-side vmcore failed: disk full; the guest runs on"
+        );
+        assert!(DumpReason::Hang { stalled_ms: 1 }.is_live() && DumpReason::KexecSnapshot.is_live());
+        assert!(!DumpReason::Operator.is_live() && !DumpReason::HvCrashReport.is_live());
     }
 }

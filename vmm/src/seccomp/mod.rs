@@ -11,12 +11,18 @@
 //!   (`write`), virtio-blk requests on the disks' open descriptors (`pread64`, `pwrite64`,
 //!   `fdatasync`: the device runs in the thread whose MMIO write notified it), memory and
 //!   futexes. No `open`, no sockets, no thread creation.
+//! - **vmcore-writer**: the thread that writes every host-side vmcore (a crash's, the
+//!   operator's, live or not) while the vmm thread goes on serving the control socket: the
+//!   file (create, write, sync, remove a failed one), its compression and hashing threads, a
+//!   live dump's fork and the wait for it. No KVM ioctls (the vCPU threads saved the
+//!   registers), no sockets, no event loop.
 //! - **vmcore-hasher**: the thread that hashes a host-side vmcore (`--vmcore-sha256 on`):
 //!   reads guest memory and `/proc/self/pagemap` through an open descriptor.
 //! - **live-dump-writer**: the child process a live dump forks (its view of guest memory is the
 //!   copy-on-write snapshot): it creates and writes the vmcore file, with threads for
-//!   compression, and reports through a pipe. No `ioctl` (no KVM), no sockets. The vmm thread
-//!   may fork for it: `clone` with exactly glibc's fork flags, `wait4`, `pipe2`, `kill`.
+//!   compression, and reports through a pipe. No `ioctl` (no KVM), no sockets. The vmcore
+//!   writer forks it (`clone` with exactly glibc's fork flags, `wait4`, `pipe2`, `kill`), so the
+//!   vmm thread's filter, which the writer's stacks on, allows that too.
 //!
 //! Console output is written by the vCPU thread that emulates the UART; console input is the vmm
 //! thread's. Every `ioctl` is checked against the list of request numbers of its kind.
@@ -61,6 +67,7 @@ pub enum SeccompMode {
 pub enum ThreadKind {
     Vmm,
     Vcpu,
+    VmcoreWriter,
     VmcoreHasher,
     LiveDumpWriter,
     Upload,
@@ -71,6 +78,7 @@ impl ThreadKind {
         match self {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Vcpu => "vcpu",
+            ThreadKind::VmcoreWriter => "vmcore-writer",
             ThreadKind::VmcoreHasher => "vmcore-hasher",
             ThreadKind::LiveDumpWriter => "live-dump-writer",
             ThreadKind::Upload => "upload",
@@ -260,11 +268,32 @@ const VMM: &[i64] = &[
 /// disk) on descriptors the vmm thread opened.
 const VCPU: &[i64] = &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync];
 
+/// The vmcore writer: what a vmcore's writing needs ([`VMCORE_FILE`]), the removal of a
+/// failed one, the free space check, and for a live dump the fork and the wait (see `rules`)
+/// and `/proc/self/smaps_rollup`.
+const VMCORE_WRITER: &[i64] = &[
+    libc::SYS_statfs,
+    libc::SYS_fstatfs,
+    libc::SYS_readv,
+    libc::SYS_fallocate,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_fcntl,
+    libc::SYS_sysinfo,
+];
+
+/// The vmcore writer's `ioctl`s: a progress bar's terminal checks.
+fn vmcore_writer_ioctls() -> Vec<u64> {
+    vec![libc::TCGETS, libc::TIOCGWINSZ]
+}
+
 /// The vmcore hasher reads guest memory (mapped) and the pagemap (an open descriptor).
 const VMCORE_HASHER: &[i64] = &[libc::SYS_pread64];
 
-/// The live dump's writer process: the vmcore file and its compression threads.
-const LIVE_DUMP_WRITER: &[i64] = &[
+/// Writing a vmcore file, with compression threads and the vmcore hasher thread (an ELF with
+/// `--vmcore-sha256`), which confine themselves further: the live dump's writer process has
+/// this alone.
+const VMCORE_FILE: &[i64] = &[
     libc::SYS_openat,
     libc::SYS_newfstatat,
     libc::SYS_fstat,
@@ -278,7 +307,6 @@ const LIVE_DUMP_WRITER: &[i64] = &[
     libc::SYS_ftruncate,
     libc::SYS_fchmod,
     libc::SYS_clone3,
-    // The vmcore hasher thread (an ELF with --vmcore-sha256) confines itself further.
     libc::SYS_prctl,
     libc::SYS_seccomp,
 ];
@@ -349,14 +377,16 @@ fn rule(conditions: Vec<SeccompCondition>) -> SeccompRule {
 
 /// The rules of `kind`: syscall number -> conditions (none: any arguments).
 fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
-    let (own, ioctls): (&[i64], Vec<u64>) = match kind {
-        ThreadKind::Vmm => (VMM, vmm_ioctls()),
-        ThreadKind::Vcpu => (VCPU, vcpu_ioctls()),
-        ThreadKind::VmcoreHasher => (VMCORE_HASHER, Vec::new()),
-        ThreadKind::LiveDumpWriter => (LIVE_DUMP_WRITER, Vec::new()),
-        ThreadKind::Upload => (UPLOAD, vec![libc::FIONBIO, libc::FIOCLEX]),
+    let (own, ioctls): (&[&[i64]], Vec<u64>) = match kind {
+        ThreadKind::Vmm => (&[VMM], vmm_ioctls()),
+        ThreadKind::Vcpu => (&[VCPU], vcpu_ioctls()),
+        ThreadKind::VmcoreWriter => (&[VMCORE_FILE, VMCORE_WRITER], vmcore_writer_ioctls()),
+        ThreadKind::VmcoreHasher => (&[VMCORE_HASHER], Vec::new()),
+        ThreadKind::LiveDumpWriter => (&[VMCORE_FILE], Vec::new()),
+        ThreadKind::Upload => (&[UPLOAD], vec![libc::FIONBIO, libc::FIOCLEX]),
     };
-    let mut map: BTreeMap<i64, Vec<SeccompRule>> = COMMON.iter().chain(own).map(|&nr| (nr, Vec::new())).collect();
+    let mut map: BTreeMap<i64, Vec<SeccompRule>> =
+        COMMON.iter().chain(own.iter().copied().flatten()).map(|&nr| (nr, Vec::new())).collect();
     if !ioctls.is_empty() {
         map.insert(libc::SYS_ioctl, ioctls.into_iter().map(|nr| rule(vec![cond(1, SeccompCmpOp::Eq, nr)])).collect());
     }
@@ -368,8 +398,9 @@ fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
     let threads = || rule(vec![cond(0, SeccompCmpOp::MaskedEq(thread), thread)]);
     match kind {
         // Threads (glibc tries clone3 first; clone without CLONE_THREAD is a fork), and the one
-        // fork a live dump makes, with glibc's exact flags, then waits for.
-        ThreadKind::Vmm => {
+        // fork a live dump makes (in the vmcore writer, whose filter stacks on the vmm
+        // thread's), with glibc's exact flags, then waits for.
+        ThreadKind::Vmm | ThreadKind::VmcoreWriter => {
             map.insert(libc::SYS_clone, vec![threads(), rule(vec![cond(0, SeccompCmpOp::Eq, FORK_FLAGS)])]);
             for nr in [libc::SYS_wait4, libc::SYS_pipe2, libc::SYS_kill] {
                 map.insert(nr, Vec::new());
@@ -599,6 +630,7 @@ mod tests {
         for kind in [
             ThreadKind::Vmm,
             ThreadKind::Vcpu,
+            ThreadKind::VmcoreWriter,
             ThreadKind::VmcoreHasher,
             ThreadKind::LiveDumpWriter,
             ThreadKind::Upload,
@@ -739,6 +771,36 @@ mod tests {
         assert_eq!(ioctl, libc::EPERM, "ioctl");
         assert_eq!(sock, libc::EPERM, "socket");
         assert_eq!(fork, libc::EPERM, "fork");
+        assert_eq!(thread, 7, "compression threads");
+    }
+
+    #[test]
+    fn the_vmcore_writer_writes_files_and_forks_but_has_no_kvm_sockets_or_exec_mappings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmcore");
+        let (wrote, removed, ioctl, sock, exec, fork, thread) = confined(ThreadKind::VmcoreWriter, move || {
+            let wrote = crate::files::create_private(&path).and_then(|f| f.sync_all()).is_ok();
+            let removed = std::fs::remove_file(&path).is_ok();
+            // SAFETY: a fork with glibc's flags; the child leaves at once.
+            let fork = unsafe {
+                let r = libc::syscall(libc::SYS_clone, FORK_FLAGS, 0, 0, 0, 0);
+                if r == 0 {
+                    libc::_exit(0);
+                }
+                let e = errno_of(r);
+                if r > 0 {
+                    libc::waitpid(r as libc::pid_t, std::ptr::null_mut(), 0);
+                }
+                e
+            };
+            let thread = std::thread::spawn(|| 7).join().unwrap_or(0);
+            (wrote, removed, ioctl_kvm_create_vm_on_stdin(), socket(), exec_mapping(), fork, thread)
+        });
+        assert!(wrote && removed, "openat, fsync, unlink");
+        assert_eq!(ioctl, libc::EPERM, "ioctl KVM_CREATE_VM");
+        assert_eq!(sock, libc::EPERM, "socket");
+        assert_eq!(exec, libc::EPERM, "mmap PROT_EXEC");
+        assert_eq!(fork, 0, "a live dump's fork");
         assert_eq!(thread, 7, "compression threads");
     }
 
