@@ -88,6 +88,10 @@ impl Compression {
         match self {
             Compression::None => None,
             Compression::Zlib { level } => {
+                if incompressible(page, st, out) {
+                    return None;
+                }
+                out.clear();
                 let c =
                     st.zlib.get_or_insert_with(|| flate2::Compress::new(flate2::Compression::new(level.min(9)), true));
                 c.reset();
@@ -101,6 +105,29 @@ impl Compression {
             }
         }
     }
+}
+
+/// Bits per byte above which a page's byte histogram leaves deflate's Huffman stage nothing
+/// worth having (at 7.8 at most 2.5% of the page).
+const FLAT_ENTROPY: f64 = 7.8;
+
+/// Whether deflate cannot shrink `page`: its bytes are nearly uniform (random, encrypted or
+/// already compressed data) and LZO finds no repeats in it either. Such a page costs zlib
+/// level 6 tens of microseconds to store as it is; these checks take a few, so a guest full of
+/// random data is dumped at memory speed. `scratch` is clobbered.
+fn incompressible(page: &[u8], st: &mut CodecState, scratch: &mut Vec<u8>) -> bool {
+    let mut hist = [0u32; 256];
+    for &b in page {
+        hist[usize::from(b)] += 1;
+    }
+    let n = page.len() as f64;
+    let entropy: f64 = hist.iter().filter(|&&c| c > 0).map(|&c| f64::from(c) / n).map(|p| -p * p.log2()).sum();
+    if entropy < FLAT_ENTROPY {
+        return false;
+    }
+    scratch.clear();
+    st.lzo.compress(page, scratch);
+    scratch.len() >= page.len()
 }
 
 /// A compression thread's codec state, reused from page to page.
@@ -778,6 +805,30 @@ mod tests {
         let d = k.page_desc(&mut r, 10).unwrap().unwrap();
         assert_eq!(d.flags, DUMP_DH_COMPRESSED_LZO);
         assert_eq!(k.read_page(&mut r, 10).unwrap().unwrap(), vec![0u8; 4096]);
+    }
+
+    #[test]
+    fn only_pages_deflate_cannot_shrink_skip_it() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut random = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let noise: Vec<u8> = (0..4096).map(|_| random() as u8).collect();
+        let twice = [&noise[..2048], &noise[..2048]].concat();
+        let hex: Vec<u8> = (0..4096).map(|_| b"0123456789abcdef"[(random() % 16) as usize]).collect();
+        let (mut st, mut out) = (CodecState::default(), Vec::new());
+        let z = Compression::Zlib { level: 6 };
+        assert!(incompressible(&noise, &mut st, &mut out), "random bytes");
+        assert_eq!(z.compress(&noise, &mut st, &mut out), None);
+        // High entropy but repeated: LZO sees the repeat, deflate halves it.
+        assert!(!incompressible(&twice, &mut st, &mut out));
+        assert!(z.compress(&twice, &mut st, &mut out).is_some_and(|n| n < 2200));
+        // No repeats worth having but 4 bits a byte: deflate's Huffman stage halves it.
+        assert!(!incompressible(&hex, &mut st, &mut out));
+        assert!(z.compress(&hex, &mut st, &mut out).is_some_and(|n| n < 2400));
     }
 
     #[test]

@@ -420,7 +420,8 @@ fn markdown(r: &Results, png_name: &str) -> String {
     unmeasured += usize::from(!rs.is_finite());
     let _ = writeln!(
         m,
-        "\ncrashvmm's vmcore figures are its default mode, without the opt-in whole-file SHA-256; part 1 shows \
+        "\ncrashvmm's vmcore figures in parts 1 and 4 are its ELF file (`--vmcore-format elf`, QEMU's format; \
+         part 5 measures the default kdump-compressed one), without the opt-in whole-file SHA-256; part 1 shows \
          `--vmcore-sha256 on` beside them.\n"
     );
     notes_on_missed(&mut m, r, &sums, &missed, unmeasured);
@@ -457,8 +458,8 @@ fn markdown(r: &Results, png_name: &str) -> String {
         "1. **vmcore.** A file of incompressible pseudo-random bytes of 10% of the guest's memory is the \
          initrd of both VMMs, so both guests have the same pages touched; the guest's `bench-panic` scenario \
          writes pvpanic PANICKED and halts. crashvmm: `--hyperv off --on-panic host-dump --after-crash exit` \
-         (without Hyper-V crashvmm does not first wait for a Hyper-V crash report), in its default mode: no \
-         hash (`report.json`'s `vmcore.sha256` is `null`, which the harness checks). Its time is the \
+         `--vmcore-format elf` (without Hyper-V crashvmm does not first wait for a Hyper-V crash report), without \
+         the hash (`report.json`'s `vmcore.sha256` is `null`, which the harness checks). Its time is the \
          `duration_ms` of its `vmcore_written` event (VMCOREINFO scan, writing the non-zero pages, fsync), \
          split into those three by its debug log line (`RUST_LOG={rust_log}`). Once per size it runs again \
          with `--vmcore-sha256 on` (a second thread computes the SHA-256 of the whole file, holes included, \
@@ -510,7 +511,7 @@ fn markdown(r: &Results, png_name: &str) -> String {
     let _ = writeln!(m, "## 1. Host-side vmcore throughput\n");
     let _ = writeln!(
         m,
-        "Medians of the runs (min-max in brackets). crashvmm is its default mode (no hash; `report.json`'s \
+        "Medians of the runs (min-max in brackets). crashvmm writes its ELF file without the hash (`report.json`'s \
          `vmcore.sha256` is `null`). QEMU/crashvmm is the speed-up of crashvmm, both to data on disk. The last \
          two columns are crashvmm with `--vmcore-sha256 on` (one run per size) and what it adds to the \
          default's median: that hash reads the whole file, holes included, at about {} GB/s on one core \

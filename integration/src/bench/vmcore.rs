@@ -3,8 +3,9 @@
 //! For each guest size, a file of incompressible random bytes of 10% of the guest's memory is
 //! the initrd of both VMMs, so both guests have the same pages touched. The test guest's
 //! `bench-panic` scenario then writes pvpanic PANICKED and halts.
-//! - crashvmm (`--on-panic host-dump`) writes its vmcore in its default mode (no SHA-256:
-//!   `report.json`'s `vmcore.sha256` must be `null`); the time is its own `vmcore_written`
+//! - crashvmm (`--on-panic host-dump --vmcore-format elf`: the same ELF file as QEMU's; part 5
+//!   measures the default kdump-compressed format) writes its vmcore without the SHA-256
+//!   (`report.json`'s `vmcore.sha256` must be `null`); the time is its own `vmcore_written`
 //!   `duration_ms` (find VMCOREINFO, write the non-zero pages, fsync), and the wall time from
 //!   the `pvpanic` event to `vmcore_written`. Its debug log line splits that time into scan,
 //!   write and fsync ([`Phases`]).
@@ -277,6 +278,8 @@ fn crashvmm_dump(env: &Env, gib: u64, initrd: &Path, rep: usize, sha256: bool) -
     // The bench-panic guest makes no Hyper-V crash report: without Hyper-V crashvmm does not
     // wait for one before dumping.
     cmd.args(["--hyperv", "off", "--on-panic", "host-dump", "--after-crash", "exit", "--console", "null"]);
+    // The ELF file, as QEMU's: part 5 measures the default kdump-compressed format.
+    cmd.args(["--vmcore-format", "elf"]);
     if sha256 {
         cmd.args(["--vmcore-sha256", "on"]);
     }
