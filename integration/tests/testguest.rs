@@ -167,15 +167,20 @@ impl Running {
         }
     }
 
-    /// `crashvmm ctl ARGS` against this run's `--api-socket` (which must be `OUT/api.sock`).
-    fn ctl(&self, args: &[&str]) -> Value {
-        let out = Command::new(&self.binary)
+    /// `crashvmm ctl ARGS` against this run's `--api-socket` (which must be `OUT/api.sock`), run.
+    fn ctl_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.binary)
             .arg("ctl")
             .arg("--api-socket")
             .arg(self.out.join("api.sock"))
             .args(args)
             .output()
-            .expect("running crashvmm ctl");
+            .expect("running crashvmm ctl")
+    }
+
+    /// `crashvmm ctl ARGS`: its answer.
+    fn ctl(&self, args: &[&str]) -> Value {
+        let out = self.ctl_output(args);
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
                 "ctl {args:?}: not JSON ({e}): {}{}",
@@ -748,13 +753,7 @@ fn crash_files_are_owner_only_whatever_the_umask() {
 impl Running {
     /// `crashvmm ctl ARGS`: its exit code, its answer (`Null` when it printed none) and stderr.
     fn ctl_full(&self, args: &[&str]) -> (i32, Value, String) {
-        let out = Command::new(&self.binary)
-            .arg("ctl")
-            .arg("--api-socket")
-            .arg(self.out.join("api.sock"))
-            .args(args)
-            .output()
-            .expect("running crashvmm ctl");
+        let out = self.ctl_output(args);
         let answer = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         (out.status.code().unwrap_or(-1), answer, String::from_utf8_lossy(&out.stderr).into_owned())
     }
