@@ -92,10 +92,17 @@ struct DescriptorPointer {
     base: u64,
 }
 
+/// Ring 0's stack while ring 3 runs (the TSS's RSP0: exceptions, the way back).
+#[repr(C, align(16))]
+struct Ring0Stack([u8; RING0_STACK_SIZE]);
+const RING0_STACK_SIZE: usize = 16384;
+static RING0_STACK: Global<Ring0Stack> = Global::new(Ring0Stack([0; RING0_STACK_SIZE]));
+
 /// The new GDT (kernel code and data as boot.rs has them, user data and code, the TSS), the
 /// TSS with ring 0's stack for exceptions in ring 3, and the IDT for [`call`]: idt.rs's gates
 /// with #UD pointed at the way back.
-pub fn init(ring0_stack_top: u64) {
+pub fn init() {
+    let ring0_stack_top = RING0_STACK.get() as u64 + RING0_STACK_SIZE as u64;
     // SAFETY: only the BSP (no AP runs where ring 3 is used), interrupts off; the GDT, TSS and
     // MSRs are this guest's own.
     unsafe {

@@ -117,10 +117,6 @@ fn dva(pa: u64) -> u64 {
     PAGE_OFFSET + pa
 }
 
-#[repr(C, align(16))]
-struct Stack([u8; 16384]);
-static RING0_STACK: Global<Stack> = Global::new(Stack([0; 16384]));
-
 /// What ring 3 is told and what it reports back.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -574,7 +570,7 @@ pub fn bench_kdump(si: &StartInfo) -> ! {
     if !user::identity_map(ram_end) {
         abort("too much RAM for the identity map");
     }
-    user::init(RING0_STACK.get() as u64 + 16384);
+    user::init();
     // Ring 0 touches what ring 3 writes: the kernel's data, the struct pages, and the data
     // pages (kernel, cache, user chunks).
     user::touch(KD, user::PT_AREA);

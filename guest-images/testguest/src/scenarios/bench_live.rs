@@ -27,10 +27,6 @@ const LOW: u64 = 16 << 20;
 /// This scenario's identity map (user-accessible).
 const MAX_RANGES: usize = 8;
 
-#[repr(C, align(16))]
-struct Stack([u8; 16384]);
-static RING0_STACK: Global<Stack> = Global::new(Stack([0; 16384]));
-
 /// What ring 3 fills: whole chunks `[start, end)` of each range that are touched.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -119,7 +115,7 @@ pub fn bench_live(si: &StartInfo) -> ! {
         .s("% of the chunks above 16 MiB)")
         .end();
     for_each_run(job, user::touch);
-    user::init(RING0_STACK.get() as u64 + 16384);
+    user::init();
     user::call(fill, JOB.get() as u64);
     note("bench-live: touched");
     let spin_it = param(si.cmdline(), "testguest.idle") == Some(b"spin");
