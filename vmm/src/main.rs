@@ -237,8 +237,8 @@ struct RunArgs {
     #[arg(long, value_enum, value_name = "CODEC", default_value = "zlib")]
     vmcore_compress: VmcoreCompression,
     /// Guest memory a live dump (`ctl dump --live`, the snapshot at kexec with --host-dump
-    /// always, --on-hang host-dump) may have copied on write while the guest runs; past it the guest is paused for
-    /// the rest of the dump.
+    /// always, --on-hang host-dump) may have copied on write while the guest runs; past it the
+    /// guest is paused for the rest of the dump.
     #[arg(long, value_name = "SIZE", default_value = "1G")]
     live_dump_max_copy: String,
     /// With --after-crash reset, exit after this many crashes (0: no limit).
