@@ -532,8 +532,8 @@ fn every_thread_is_confined_and_the_control_socket_works_under_the_filters() {
     let vmcore = PathBuf::from(dump["path"].as_str().unwrap());
     assert_eq!(mode_of(&vmcore), 0o600);
     assert_eq!(mode_of(vmcore.parent().unwrap()), 0o700);
-    // A live dump: the guest paused for the snapshot only, the vmcore written by a forked
-    // process under its own filter while the guest runs on.
+    // A live dump: the guest paused for the snapshot only (userfaultfd write protection, a
+    // copier thread under its own filter), the vmcore written while the guest runs on.
     let live = r.ctl(&["dump", "--live", "--format", "elf", "--dump-level", "0"]);
     assert_eq!((live["ok"].as_bool(), live["live"].as_bool()), (Some(true), Some(true)), "{live}");
     let pause_us = live["pause_us"].as_u64().unwrap();
@@ -564,30 +564,40 @@ fn every_thread_is_confined_and_the_control_socket_works_under_the_filters() {
 /// The bar of live dumps: every vCPU of the guest increments its own counter in a tight loop
 /// (in r12 and in its page, COUNTER_GPA + APIC id * 0x1000; the APIC id is crashvmm's vCPU
 /// index, NT_PRSTATUS pr_pid - 1); each live dump holds one consistent value per vCPU (its page
-/// is r12 or r12 - 1 of its NT_PRSTATUS), and every vCPU kept counting between the dumps.
+/// is r12 or r12 - 1 of its NT_PRSTATUS), and every vCPU kept counting between the dumps. Both
+/// snapshot methods: userfaultfd write protection (the test host's kernel has it, so `uffd`
+/// must work here) and fork().
 #[test]
 fn a_live_dump_of_a_counting_guest_is_consistent_and_the_guest_counts_on() {
-    for vcpus in [2, 4] {
-        if live_dumps_of_a_counting_guest(vcpus).is_none() {
+    for (vcpus, method) in [(2, "uffd"), (4, "uffd"), (2, "fork")] {
+        if live_dumps_of_a_counting_guest(vcpus, method).is_none() {
             return;
         }
     }
 }
 
-/// Two live dumps of the counter scenario on `vcpus` vCPUs, checked (`None`: no prerequisites).
-fn live_dumps_of_a_counting_guest(vcpus: u64) -> Option<()> {
+/// Two live dumps of the counter scenario on `vcpus` vCPUs with the snapshot by `method`,
+/// checked (`None`: no prerequisites).
+fn live_dumps_of_a_counting_guest(vcpus: u64, method: &str) -> Option<()> {
     const COUNTER_GPA: u64 = 0x300_0000;
     const COUNTER_PAGE: u64 = 0x1000;
     const PRSTATUS_PID: usize = 32;
     const PR_REG: usize = 112;
     const R12: usize = 3;
     let n = vcpus.to_string();
-    let mut r = start("counter", &["--api-socket", "OUT/api.sock", "--hyperv", "off", "--vcpus", &n], None)?;
+    let args = ["--api-socket", "OUT/api.sock", "--hyperv", "off", "--vcpus", &n, "--live-dump-snapshot", method];
+    let mut r = start("counter", &args, None)?;
     r.wait_for_console(&format!("TG: counter: ready at 0x3000000, {vcpus} vCPUs\n"));
     let mut seen: Vec<Vec<u64>> = Vec::new();
     for _ in 0..2 {
         let live = r.ctl(&["dump", "--live", "--format", "elf", "--dump-level", "0"]);
         assert_eq!(live["live"], true, "{live}");
+        assert_eq!(live["snapshot"], method, "{live}");
+        if method == "uffd" {
+            // Every vCPU wrote its counter page during the dump: each was copied first.
+            let copied = live["copied_bytes"].as_u64().unwrap();
+            assert!(copied >= vcpus * COUNTER_PAGE, "{live}");
+        }
         let data = std::fs::read(live["path"].as_str().unwrap()).unwrap();
         let elf = goblin::elf::Elf::parse(&data).expect("an ELF vmcore");
         let page = |gpa: u64| {
@@ -636,6 +646,32 @@ fn live_dumps_of_a_counting_guest(vcpus: u64) -> Option<()> {
     let r = r.wait();
     assert_eq!(r.code(), EXIT_POWER_OFF, "{}", r.context());
     Some(())
+}
+
+/// `--live-dump-max-copy`: a guest that writes more than the limit during a live dump is paused
+/// for the rest of it, which the answer and the log say; the vmcore is still consistent and the
+/// guest runs on afterwards. (Two vCPUs writing their counter pages pass a 4 KiB limit at once.)
+/// Its vmcore's consistency is the counter test's; here, what the limit does.
+#[test]
+fn a_live_dump_past_its_copy_limit_pauses_the_guest_for_the_rest() {
+    let args = ["--api-socket", "OUT/api.sock", "--hyperv", "off", "--vcpus", "2", "--memory", "1G"];
+    // A dump that takes a while: 1 GiB to read and hash.
+    let dump = ["--vmcore-sha256", "on", "--live-dump-snapshot", "uffd", "--live-dump-max-copy", "4K"];
+    let args = [&args[..], &dump[..]].concat();
+    let Some(mut r) = start("counter", &args, None) else { return };
+    r.wait_for_console("TG: counter: ready at 0x3000000, 2 vCPUs\n");
+    let live = r.ctl(&["dump", "--live", "--format", "elf", "--dump-level", "0"]);
+    assert_eq!((live["ok"].as_bool(), live["paused_for_rest"].as_bool()), (Some(true), Some(true)), "{live}");
+    assert!(live["copied_bytes"].as_u64().unwrap() > 4096, "{live}");
+    assert_eq!(r.ctl(&["status"])["state"], "running", "resumed once the vmcore was written");
+    assert_eq!(r.ctl(&["shutdown"])["ok"], true);
+    let r = r.wait();
+    assert_eq!(r.code(), EXIT_POWER_OFF, "{}", r.context());
+    assert!(
+        r.stderr().contains("more than --live-dump-max-copy 4096); pausing it for the rest of the dump"),
+        "{}",
+        r.stderr()
+    );
 }
 
 /// On a terminal (as `make run` in a shell): the log is coloured and no confined thread asks
@@ -694,6 +730,13 @@ fn a_forbidden_system_call_from_each_thread_kind_ends_crashvmm_with_a_report() {
         ("vmcore-writer", "panic", &[][..], "vmcore-writer"),
         // The hasher thread hashes an ELF vmcore as it is written (a kdump file is hashed after).
         ("vmcore-hasher", "panic", &["--vmcore-sha256", "on", "--vmcore-format", "elf"][..], "vmcore-sha256"),
+        // A hang's live dump: its snapshot's copier thread.
+        (
+            "snapshot-copier",
+            "counter",
+            &["--hyperv", "off", "--watchdog", "1s", "--on-hang", "host-dump"][..],
+            "snapshot-copier",
+        ),
     ] {
         let args: Vec<&str> = ["--seccomp-selftest", kind].into_iter().chain(extra.iter().copied()).collect();
         let Some(r) = run(scenario, &args) else { return };

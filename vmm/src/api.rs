@@ -271,6 +271,7 @@ fn answer(result: Result<CommandReply, CommandError>) -> Value {
             });
             if let Some(l) = d.live {
                 v["live"] = json!(true);
+                v["snapshot"] = json!(l.snapshot);
                 v["pause_us"] = json!(l.pause_us);
                 v["copied_bytes"] = json!(l.copied_bytes);
                 v["paused_for_rest"] = json!(l.paused_for_rest);

@@ -66,6 +66,8 @@ pub struct VmConfig {
     pub dump: crate::crash::vmcore::DumpSpec,
     /// Guest memory a live dump may have copied on write before it pauses the guest.
     pub live_dump_max_copy: u64,
+    /// How a live dump takes its copy-on-write snapshot.
+    pub live_dump_snapshot: crate::crash::live::SnapshotMethod,
     /// Where finished crash directories are delivered (`--upload`), if anywhere.
     pub upload: Option<delivery::Target>,
     /// Keep a crash directory once the store confirmed it; the upload's bandwidth cap.
@@ -239,6 +241,7 @@ mod tests {
             vmcore_sha256: false,
             dump: Default::default(),
             live_dump_max_copy: crate::crash::executor::DEFAULT_LIVE_MAX_COPY,
+            live_dump_snapshot: Default::default(),
             upload: None,
             upload_options: crate::upload::UploadOptions { keep_local: true, max_rate: None },
             upload_wait: std::time::Duration::from_secs(600),

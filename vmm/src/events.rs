@@ -93,6 +93,9 @@ pub enum Event {
         /// A live dump: how long the guest was paused for its snapshot.
         #[serde(skip_serializing_if = "Option::is_none")]
         pause_us: Option<u64>,
+        /// A live dump: how the snapshot was taken (`uffd` or `fork`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        snapshot: Option<String>,
     },
     /// Writing a vmcore failed; the report says so too.
     VmcoreFailed {
@@ -140,6 +143,9 @@ pub enum Event {
         /// A live dump: emitted once the snapshot is taken, with the guest's pause.
         #[serde(skip_serializing_if = "Option::is_none")]
         pause_us: Option<u64>,
+        /// A live dump: how the snapshot was taken (`uffd` or `fork`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        snapshot: Option<String>,
     },
     /// The watchdog found the guest making no progress for `seconds`.
     GuestHang {

@@ -20,6 +20,7 @@ pub mod hyperv;
 pub mod layout;
 pub mod seccomp;
 pub mod sync;
+pub mod uffd;
 pub mod upload;
 pub mod vcpu;
 pub mod vm;

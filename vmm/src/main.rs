@@ -241,6 +241,11 @@ struct RunArgs {
     /// guest is paused for the rest of the dump.
     #[arg(long, value_name = "SIZE", default_value = "1G")]
     live_dump_max_copy: String,
+    /// How a live dump snapshots guest memory: userfaultfd write protection (a pause of
+    /// well under a millisecond per GiB), fork() (a pause that grows with resident memory), or
+    /// auto: uffd where the kernel (6.4+) and permissions allow it, else fork.
+    #[arg(long, value_enum, value_name = "METHOD", default_value = "auto")]
+    live_dump_snapshot: vmm::crash::live::SnapshotMethod,
     /// With --after-crash reset, exit after this many crashes (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 0)]
     max_crashes: u32,
@@ -395,6 +400,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         vmcore_sha256: args.vmcore_sha256,
         dump: DumpSpec { format: args.vmcore_format, dump_level: args.dump_level, compression: args.vmcore_compress },
         live_dump_max_copy: parse_memory(&args.live_dump_max_copy)?,
+        live_dump_snapshot: args.live_dump_snapshot,
         disks: args.disk,
         crash_disk: args.crash_disk,
         api_socket: args.api_socket,

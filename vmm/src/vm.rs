@@ -180,6 +180,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     handling.vmcore_sha256 = config.vmcore_sha256;
     handling.dump_spec = config.dump;
     handling.live_max_copy = config.live_dump_max_copy;
+    handling.live_snapshot = config.live_dump_snapshot;
     let crash = Arc::new(Mutex::new(handling));
     let raw_terminal = match config.console {
         ConsoleMode::Stdio => RawTerminal::enable(),

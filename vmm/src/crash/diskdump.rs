@@ -30,8 +30,10 @@ impl PhysMem for RegionMem<'_> {
         let i = self.0.partition_point(|r| r.gpa <= paddr).checked_sub(1).ok_or(err)?;
         let r = &self.0[i];
         let off = usize::try_from(paddr - r.gpa).map_err(|_| err)?;
-        let src = r.bytes.get(off..off.checked_add(buf.len()).ok_or(err)?).ok_or(err)?;
-        buf.copy_from_slice(src);
+        if off.checked_add(buf.len()).is_none_or(|end| end > r.bytes.len()) {
+            return Err(err);
+        }
+        r.read_into(off, buf);
         Ok(())
     }
 }

@@ -25,7 +25,7 @@ use chrono::{SecondsFormat, Utc};
 use thiserror::Error;
 use vm_memory::GuestMemoryMmap;
 
-use super::live::{self, LiveStats};
+use super::live::{self, LiveOptions, LiveStats, SnapshotMethod};
 use super::report::{CrashRecord, GuestInfo, ReportError, TimedSignal};
 use super::vmcore::{self, DumpSpec, VcpuState, VmcoreError, VmcoreOptions, VmcoreSummary};
 use super::{
@@ -209,6 +209,8 @@ pub struct CrashHandling {
     /// `--live-dump-max-copy`: guest memory a live dump may have copied on write before it
     /// pauses the guest for the rest.
     pub live_max_copy: u64,
+    /// `--live-dump-snapshot`: how a live dump takes its snapshot.
+    pub live_snapshot: SnapshotMethod,
     /// `--upload`: the spool each finished crash directory is queued in.
     pub upload_spool: Option<delivery::Spool>,
     /// When the crashed kernel kexec'd into its crash kernel.
@@ -258,6 +260,7 @@ impl CrashHandling {
             operator_spec: DumpSpec::default(),
             operator_live: false,
             live_max_copy: DEFAULT_LIVE_MAX_COPY,
+            live_snapshot: SnapshotMethod::default(),
             upload_spool: None,
             kexec_at: None,
             last_dir: None,
@@ -576,18 +579,23 @@ impl CrashHandling {
             path: shown.clone(),
         };
         if operator_path.is_some() && !live {
-            self.events.emit(Event::DumpStarted { path: shown.clone(), pause_us: None });
+            self.events.emit(Event::DumpStarted { path: shown.clone(), pause_us: None, snapshot: None });
         }
         let opts = self.vmcore_options(spec, progress);
-        let live = live.then_some(self.live_max_copy);
+        let live = live.then_some(LiveOptions { max_copy: self.live_max_copy, method: self.live_snapshot });
         let (events, vm, why) = (self.events.clone(), vm.clone(), reason.clone());
         let thread = std::thread::Builder::new()
             .name("vmcore-writer".into())
             .spawn(move || {
                 seccomp::apply(ThreadKind::VmcoreWriter).map_err(DumpError::Confine)?;
                 // A live dump says it started once its snapshot is taken, with the guest's pause.
-                let started =
-                    |l: &LiveStats| events.emit(Event::DumpStarted { path: shown.clone(), pause_us: Some(l.pause_us) });
+                let started = |l: &LiveStats| {
+                    events.emit(Event::DumpStarted {
+                        path: shown.clone(),
+                        pause_us: Some(l.pause_us),
+                        snapshot: Some(l.snapshot.as_str().into()),
+                    })
+                };
                 target.write(&events, vm.as_ref(), &why, opts, live, &started)
             })
             .map_err(DumpError::Thread)?;
@@ -681,6 +689,7 @@ impl CrashHandling {
                     source: VmcoreSource::Guest.as_str().into(),
                     duration_ms,
                     pause_us: None,
+                    snapshot: None,
                 });
                 Ok(true)
             }
@@ -760,7 +769,7 @@ impl DumpTarget {
         vm: &dyn VmControl,
         reason: &DumpReason,
         opts: VmcoreOptions<'_>,
-        live: Option<u64>,
+        live: Option<LiveOptions>,
         on_snapshot: &dyn Fn(&LiveStats),
     ) -> Result<Written, DumpError> {
         let mem = vm.memory();
@@ -783,7 +792,7 @@ impl DumpTarget {
         let report = dump_progress(events);
         let opts = VmcoreOptions { on_progress: Some(&report), ..opts };
         let written = match live {
-            Some(max_copy) => live::live_dump(vm, &self.path, &opts, max_copy, on_snapshot)
+            Some(live) => live::live_dump(vm, &self.path, &opts, live, on_snapshot)
                 .map(|(summary, vcpus, stats)| Written { summary, vcpus, live: Some(stats) }),
             None => {
                 let vcpus = vm.snapshots();
@@ -800,7 +809,8 @@ impl DumpTarget {
                 log::info!("vmcore: {} bytes ({} allocated) in {:?}", s.bytes, s.allocated_bytes, s.duration);
                 if let Some(l) = &w.live {
                     log::info!(
-                        "live dump: guest paused {} us; {} bytes copied on write{}",
+                        "live dump ({} snapshot): guest paused {} us; {} bytes copied on write{}",
+                        l.snapshot.as_str(),
                         l.pause_us,
                         l.copied_bytes,
                         if l.paused_for_rest { "; paused for the rest (copy limit)" } else { "" }
@@ -812,6 +822,7 @@ impl DumpTarget {
                     source: VmcoreSource::Host.as_str().into(),
                     duration_ms: s.duration.as_millis() as u64,
                     pause_us: w.live.map(|l| l.pause_us),
+                    snapshot: w.live.map(|l| l.snapshot.as_str().into()),
                 });
                 Ok(w)
             }

@@ -1,16 +1,21 @@
 //! Live dumps: a consistent vmcore of a running guest, which is paused only for the snapshot.
 //!
-//! The vCPUs are paused (each saves its registers), crashvmm `fork()`s, and the vCPUs run on at
-//! once: the child's view of guest memory (private anonymous, so copy-on-write) is the snapshot
-//! taken at the fork, and the child writes the vmcore from it, in the same format and at the same
-//! dump level as any host-side vmcore, under its own seccomp filter (`live-dump-writer`), then
-//! reports through a pipe. Guest RAM is `MADV_HUGEPAGE` (see `builder.rs`), so the fork copies
-//! page tables of 2 MiB pages: `docs/live-dump.md` has the measurements behind the choice of
-//! `fork()` over `userfaultfd` write protection.
+//! The vCPUs are paused (each saves its registers), guest memory is snapshotted copy-on-write,
+//! the vCPUs run on, and the vmcore is written from the snapshot, in the same format and at the
+//! same dump level as any host-side vmcore. Two ways to take the snapshot (`--live-dump-snapshot`,
+//! `docs/live-dump.md` has the measurements behind the default):
 //!
-//! Cost is bounded: every page the guest writes during the dump is copied by the kernel for the
-//! running guest (the child keeps the old one). The parent watches its private dirty memory;
-//! past `max_copy` bytes it pauses the guest until the child is done, and says so.
+//! - **uffd** (the default where the kernel allows it): guest RAM is write-protected with a
+//!   userfaultfd (`snapshot.rs`); a page the guest writes is copied by our copier thread first.
+//!   The pause is the protection's page table walk, a fraction of a millisecond; the vmcore is
+//!   written by a thread of this process, as a pausing dump's is.
+//! - **fork**: crashvmm `fork()`s and the child's view of guest memory (private anonymous, so
+//!   copy-on-write) is the snapshot; the child writes the vmcore under its own seccomp filter
+//!   (`live-dump-writer`) and reports through a pipe. The pause grows with resident memory (the
+//!   kernel copies the page tables), which is why it is the fallback.
+//!
+//! Cost is bounded: every page the guest writes during the dump is copied once. Past
+//! `max_copy` bytes the guest is paused until the vmcore is written, and the log says so.
 
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -20,17 +25,52 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::executor::{VmControl, PAUSE_TIMEOUT};
+use super::snapshot::Snapshot;
 use super::vmcore::{self, FilterSummary, VcpuState, VmcoreError, VmcoreInfoNote, VmcoreOptions, VmcoreSummary};
 use crate::seccomp::{self, ThreadKind};
 
-/// How often the parent looks whether the writer is done.
+/// How often the dump looks whether the writer is done (and, with userfaultfd, at the copies).
 const POLL: Duration = Duration::from_millis(10);
 /// How often it looks at the copy-on-write cost (`smaps_rollup` walks the page tables).
 const LOOK: Duration = Duration::from_millis(250);
 
+/// `--live-dump-snapshot`: how a live dump takes its copy-on-write snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMethod {
+    /// userfaultfd write protection where the kernel and permissions allow it, else fork.
+    #[default]
+    Auto,
+    /// userfaultfd write protection (Linux 6.4+; CAP_SYS_PTRACE, vm.unprivileged_userfaultfd=1
+    /// or access to /dev/userfaultfd); a live dump fails without it.
+    Uffd,
+    /// fork(): the child process's memory is the snapshot.
+    Fork,
+}
+
+impl SnapshotMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotMethod::Auto => "auto",
+            SnapshotMethod::Uffd => "uffd",
+            SnapshotMethod::Fork => "fork",
+        }
+    }
+}
+
+/// How live dumps are taken: the copy limit and the snapshot's method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveOptions {
+    /// `--live-dump-max-copy`.
+    pub max_copy: u64,
+    pub method: SnapshotMethod,
+}
+
 /// What a live dump cost the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct LiveStats {
+    /// How the snapshot was taken (`uffd` or `fork`).
+    pub snapshot: SnapshotMethod,
     /// From the pause request until the vCPUs ran again.
     pub pause_us: u64,
     /// Guest memory copied because the guest wrote it during the dump (as far as seen).
@@ -51,15 +91,102 @@ struct Wire {
     filter: Option<serde_json::Value>,
 }
 
+type Dumped = (VmcoreSummary, Vec<VcpuState>, LiveStats);
+
 /// Write a vmcore of the running VM to `path` with the guest paused only for the snapshot.
 /// Returns the summary, the registers of the snapshot and what it cost the guest.
 pub fn live_dump(
     vm: &dyn VmControl,
     path: &Path,
     opts: &VmcoreOptions,
+    live: LiveOptions,
+    on_snapshot: &dyn Fn(&LiveStats),
+) -> Result<Dumped, VmcoreError> {
+    let snapshot = match live.method {
+        SnapshotMethod::Fork => return fork_dump(vm, path, opts, live.max_copy, on_snapshot),
+        SnapshotMethod::Uffd => Snapshot::new(vm.memory()).map_err(|e| VmcoreError::Live(e.to_string()))?,
+        SnapshotMethod::Auto => match Snapshot::new(vm.memory()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::info!("live dump: {e}; the snapshot is taken by fork() instead");
+                return fork_dump(vm, path, opts, live.max_copy, on_snapshot);
+            }
+        },
+    };
+    uffd_dump(vm, snapshot, path, opts, live.max_copy, on_snapshot)
+}
+
+/// The snapshot by userfaultfd write protection; the vmcore is written by a thread of ours.
+fn uffd_dump(
+    vm: &dyn VmControl,
+    mut snapshot: Snapshot<'_>,
+    path: &Path,
+    opts: &VmcoreOptions,
     max_copy: u64,
     on_snapshot: &dyn Fn(&LiveStats),
-) -> Result<(VmcoreSummary, Vec<VcpuState>, LiveStats), VmcoreError> {
+) -> Result<Dumped, VmcoreError> {
+    let was_paused = vm.paused();
+    let started = Instant::now();
+    if !was_paused && !vm.pause(PAUSE_TIMEOUT) {
+        log::warn!("live dump: not every vCPU stopped; their registers may be missing");
+    }
+    let vcpus = vm.snapshots();
+    let paused_at = started.elapsed();
+    let protected = snapshot.protect();
+    if !was_paused {
+        vm.resume();
+    }
+    let mut stats = LiveStats {
+        snapshot: SnapshotMethod::Uffd,
+        pause_us: started.elapsed().as_micros() as u64,
+        ..Default::default()
+    };
+    protected.map_err(|e| VmcoreError::Live(e.to_string()))?;
+    log::debug!(
+        "live dump: vCPUs stopped in {paused_at:?}, guest RAM write-protected and running again after {} us",
+        stats.pause_us
+    );
+    on_snapshot(&stats);
+    let mem = vm.memory();
+    let written = std::thread::scope(|scope| {
+        let writer = std::thread::Builder::new()
+            .name("live-dump-writer".into())
+            .spawn_scoped(scope, || vmcore::write_vmcore_of_snapshot(&snapshot, mem, &vcpus, path, opts))
+            .map_err(|e| VmcoreError::Live(format!("cannot start the writer thread: {e}")))?;
+        loop {
+            std::thread::sleep(POLL);
+            if writer.is_finished() {
+                break;
+            }
+            let copied = snapshot.copied_bytes();
+            if copied > max_copy && !stats.paused_for_rest && !was_paused {
+                log::warn!(
+                    "live dump: the guest rewrote {copied} bytes (more than --live-dump-max-copy {max_copy}); \
+                     pausing it for the rest of the dump"
+                );
+                stats.paused_for_rest = true;
+                vm.pause(PAUSE_TIMEOUT);
+            }
+        }
+        writer.join().map_err(|_| VmcoreError::Live("the writer thread panicked".into()))?
+    });
+    stats.copied_bytes = snapshot.copied_bytes();
+    // Lifts the write protection.
+    drop(snapshot);
+    if stats.paused_for_rest {
+        vm.resume();
+    }
+    Ok((written?, vcpus, stats))
+}
+
+/// The snapshot by `fork()`; the child writes the vmcore.
+fn fork_dump(
+    vm: &dyn VmControl,
+    path: &Path,
+    opts: &VmcoreOptions,
+    max_copy: u64,
+    on_snapshot: &dyn Fn(&LiveStats),
+) -> Result<Dumped, VmcoreError> {
     let err = |what: &str, e: std::io::Error| VmcoreError::Live(format!("{what}: {e}"));
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 returns.
@@ -94,7 +221,11 @@ pub fn live_dump(
     if !was_paused {
         vm.resume();
     }
-    let mut stats = LiveStats { pause_us: started.elapsed().as_micros() as u64, ..Default::default() };
+    let mut stats = LiveStats {
+        snapshot: SnapshotMethod::Fork,
+        pause_us: started.elapsed().as_micros() as u64,
+        ..Default::default()
+    };
     log::debug!("live dump: vCPUs stopped in {paused_at:?}, forked and running again after {} us", stats.pause_us);
     // After the fork the snapshot's pages are shared, no longer private: what grows from here
     // is what the running guest rewrote.

@@ -9,6 +9,7 @@ pub mod executor;
 pub mod flat;
 pub mod live;
 pub mod report;
+pub mod snapshot;
 pub mod summary;
 pub mod vmcore;
 mod vocabulary;

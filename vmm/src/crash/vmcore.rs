@@ -48,6 +48,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
+use super::snapshot::Snapshot;
+
 /// Guest page size (x86_64), the granularity of holes and of the VMCOREINFO scan.
 const PAGE: usize = 4096;
 /// Pages handled per step (pagemap read, zero checks, progress update): 8 MiB.
@@ -270,10 +272,38 @@ pub(super) struct Region<'a> {
     pub(super) bytes: &'a [u8],
     /// Whether `/proc/self/pagemap` may be used to skip never-touched pages.
     pagemap_ok: bool,
+    /// A live dump's write-protect snapshot: `bytes` is the running guest's memory, and a page
+    /// it wrote since the snapshot is read from the snapshot's copy instead.
+    pub(super) snapshot: Option<&'a Snapshot<'a>>,
 }
 
-/// Every region of `mem`, in ascending GPA order.
-pub(super) fn host_regions(mem: &GuestMemoryMmap) -> Result<Vec<Region<'_>>, VmcoreError> {
+impl Region<'_> {
+    /// Puts the snapshot's bytes back into `buf`, just read from `bytes[off..]`.
+    pub(super) fn patch(&self, off: usize, buf: &mut [u8]) {
+        if let Some(s) = self.snapshot {
+            s.patch(self.bytes.as_ptr().addr() + off, buf);
+        }
+    }
+
+    /// `bytes[off..off + buf.len()]` (which must be in range) into `buf`, as of the snapshot if
+    /// there is one; pages that held no data then are not read (reading maps zero pages).
+    pub(super) fn read_into(&self, off: usize, buf: &mut [u8]) {
+        let host = self.bytes.as_ptr().addr() + off;
+        let first = host & !(PAGE - 1);
+        if self.snapshot.is_some_and(|s| (first..host + buf.len()).step_by(PAGE).all(|p| !s.had_data(p))) {
+            buf.fill(0);
+            return;
+        }
+        buf.copy_from_slice(&self.bytes[off..off + buf.len()]);
+        self.patch(off, buf);
+    }
+}
+
+/// Every region of `mem`, in ascending GPA order, read through `snapshot` if there is one.
+pub(super) fn host_regions<'a>(
+    mem: &'a GuestMemoryMmap,
+    snapshot: Option<&'a Snapshot<'a>>,
+) -> Result<Vec<Region<'a>>, VmcoreError> {
     let mut regions = Vec::new();
     for r in mem.iter() {
         let gpa = r.start_addr().0;
@@ -285,14 +315,16 @@ pub(super) fn host_regions(mem: &GuestMemoryMmap) -> Result<Vec<Region<'_>>, Vmc
         // SAFETY: `ptr` is the start of this region's mapping, which is `len` bytes long,
         // readable, and stays mapped while `mem` is borrowed (the slice borrows `mem`). The
         // bytes are plain data with no invalid values. The guest (the only other writer) is
-        // stopped while a dump is taken, as this module's contract requires; vm-memory hands
+        // stopped while a dump is taken, as this module's contract requires, or, with a
+        // snapshot, write-protected until a page's copy is saved: what is read of a page that
+        // changes meanwhile is discarded for the copy (`crash/snapshot.rs`). vm-memory hands
         // out these same host addresses for KVM memslots and I/O.
         let bytes = unsafe { std::slice::from_raw_parts(ptr.cast_const(), len) };
         // Only a private anonymous mapping we own has "never touched" == "reads as zero".
         let private_anon = r.flags() & libc::MAP_ANONYMOUS != 0
             && r.flags() & (libc::MAP_SHARED | libc::MAP_PRIVATE) == libc::MAP_PRIVATE;
         let pagemap_ok = private_anon && r.file_offset().is_none() && r.owned() && bytes.as_ptr().addr() % PAGE == 0;
-        regions.push(Region { gpa, bytes, pagemap_ok });
+        regions.push(Region { gpa, bytes, pagemap_ok, snapshot });
     }
     regions.sort_by_key(|r| r.gpa);
     Ok(regions)
@@ -350,6 +382,14 @@ impl<'p> Presence<'p> {
             }
             None => self.maybe_data[..n].fill(true),
         }
+        // A snapshot says which pages held data when it was taken.
+        if let Some(s) = region.snapshot {
+            let host = region.bytes.as_ptr().addr() + first_page * PAGE;
+            for (i, m) in self.maybe_data[..n].iter_mut().enumerate() {
+                *m &= s.had_data(host + i * PAGE);
+            }
+            return &self.maybe_data[..n];
+        }
         let Some(pagemap) = self.pagemap.filter(|_| region.pagemap_ok) else {
             return &self.maybe_data[..n];
         };
@@ -364,6 +404,13 @@ impl<'p> Presence<'p> {
             *flag &= u64::from_ne_bytes(e) & (Pagemap::PRESENT | Pagemap::SWAPPED) != 0;
         }
         &self.maybe_data[..n]
+    }
+}
+
+impl Presence<'_> {
+    /// Whether the dump level keeps page `page` of `region`.
+    fn kept(&self, region: &Region<'_>, page: usize) -> bool {
+        self.keep.is_none_or(|keep| keep.get(region.gpa / PAGE as u64 + page as u64))
     }
 }
 
@@ -430,7 +477,17 @@ fn scan_region(region: &Region<'_>, presence: &mut Presence<'_>) -> Option<Vmcor
             if u64::from_le_bytes(w0) & 0xffff_ffff != NOTE_WORD0_LOW || u64::from_le_bytes(w1) != NOTE_WORD1 {
                 continue;
             }
-            if let Some(text) = parse_vmcoreinfo_at(bytes, off) {
+            let found = match region.snapshot {
+                None => parse_vmcoreinfo_at(bytes, off),
+                // Parsed again from the snapshot's bytes.
+                Some(_) => {
+                    let end = (off + VMCOREINFO_HEADER + VMCOREINFO_MAX_DESC).min(bytes.len());
+                    let mut copy = bytes[off..end].to_vec();
+                    region.patch(off, &mut copy);
+                    parse_vmcoreinfo_at(&copy, 0)
+                }
+            };
+            if let Some(text) = found {
                 return Some(VmcoreInfoNote { gpa: region.gpa + off as u64, text });
             }
         }
@@ -447,7 +504,7 @@ pub(super) fn find_in(regions: &[Region<'_>], pagemap: Option<&Pagemap>) -> Opti
 /// Finds the guest kernel's VMCOREINFO note: the first page (lowest GPA) that starts with a
 /// note named "VMCOREINFO" of type 0, at most 4096 bytes of text, starting with `OSRELEASE=`.
 pub fn find_vmcoreinfo(mem: &GuestMemoryMmap) -> Option<VmcoreInfoNote> {
-    let regions = host_regions(mem).ok()?;
+    let regions = host_regions(mem, None).ok()?;
     let pagemap = Pagemap::open();
     find_in(&regions, pagemap.as_ref())
 }
@@ -704,6 +761,7 @@ fn hash_file(
     pos += layout.header.len() as u64;
     done.store(pos, Ordering::Relaxed);
     let mut presence = Presence::new(pagemap, keep);
+    let mut patched = Vec::new();
     for (region, &off) in regions.iter().zip(&layout.offsets) {
         zeros(&mut hasher, off.saturating_sub(pos));
         let bytes = region.bytes;
@@ -725,7 +783,12 @@ fn hash_file(
                 }
                 let start = (first + i) * PAGE;
                 let end = ((first + j) * PAGE).min(bytes.len());
-                if class {
+                if class && region.snapshot.is_some() {
+                    patched.clear();
+                    patched.extend_from_slice(&bytes[start..end]);
+                    region.patch(start, &mut patched);
+                    hasher.update(&patched);
+                } else if class {
                     hasher.update(&bytes[start..end]);
                 } else {
                     zeros(&mut hasher, (end - start) as u64);
@@ -778,6 +841,19 @@ fn write_region(
     if let Some(start) = run {
         flush(start, bytes.len())?;
     }
+    // With a snapshot: the pages the guest wrote since, as they were (those it wrote before
+    // they were read above are what this puts right).
+    let mut copies = Vec::new();
+    if let Some(s) = region.snapshot {
+        s.copies_in(bytes.as_ptr().addr(), bytes.len(), |off, _, page| {
+            if presence.kept(region, off / PAGE) {
+                copies.push((off, page[..PAGE.min(bytes.len() - off)].to_vec()));
+            }
+        });
+    }
+    for (off, page) in copies {
+        file.write_all_at(&page, base + off as u64)?;
+    }
     Ok(())
 }
 
@@ -820,8 +896,29 @@ pub fn write_vmcore(
     path: &Path,
     opts: &VmcoreOptions,
 ) -> Result<VmcoreSummary, VmcoreError> {
+    write_vmcore_of(mem, None, vcpus, path, opts)
+}
+
+/// [`write_vmcore`] of the running guest's `snapshot` of `mem` (a live dump).
+pub fn write_vmcore_of_snapshot(
+    snapshot: &Snapshot<'_>,
+    mem: &GuestMemoryMmap,
+    vcpus: &[VcpuState],
+    path: &Path,
+    opts: &VmcoreOptions,
+) -> Result<VmcoreSummary, VmcoreError> {
+    write_vmcore_of(mem, Some(snapshot), vcpus, path, opts)
+}
+
+fn write_vmcore_of<'a>(
+    mem: &'a GuestMemoryMmap,
+    snapshot: Option<&'a Snapshot<'a>>,
+    vcpus: &[VcpuState],
+    path: &Path,
+    opts: &VmcoreOptions,
+) -> Result<VmcoreSummary, VmcoreError> {
     let started = Instant::now();
-    let regions = host_regions(mem)?;
+    let regions = host_regions(mem, snapshot)?;
     let pagemap = Pagemap::open();
     let pagemap = pagemap.as_ref();
     let vmcoreinfo = find_in(&regions, pagemap);
@@ -1106,8 +1203,8 @@ mod tests {
                 .unwrap();
         let region = GuestRegionMmap::new(region, GuestAddress(0x10_0000)).unwrap();
         let mem = GuestMemoryMmap::from_regions(vec![region]).unwrap();
-        assert!(!host_regions(&mem).unwrap()[0].pagemap_ok);
-        assert!(host_regions(&two_regions()).unwrap()[0].pagemap_ok);
+        assert!(!host_regions(&mem, None).unwrap()[0].pagemap_ok);
+        assert!(host_regions(&two_regions(), None).unwrap()[0].pagemap_ok);
         mem.write_slice(b"shared", GuestAddress(0x18_0000)).unwrap();
         plant_vmcoreinfo(&mem, 0x1f_f000, VMCOREINFO_TEXT);
         let dir = tempfile::tempdir().unwrap();
@@ -1221,6 +1318,69 @@ mod tests {
         assert!(err.unwrap_err().to_string().contains("cannot create vmcore"));
     }
 
+    /// A live dump's snapshot: the guest's writes after it (data rewritten, a data page zeroed,
+    /// a never-touched page and the VMCOREINFO note written) are not in either format's file.
+    #[test]
+    fn a_snapshot_is_written_as_it_was_when_taken() {
+        let mem = populated();
+        // Read from a copy: reading `mem` would map the zero page on its untouched pages.
+        let reference = populated();
+        let before: Vec<(u64, Vec<u8>)> = reference
+            .iter()
+            .map(|r| {
+                let mut b = vec![0u8; r.len() as usize];
+                reference.read_slice(&mut b, r.start_addr()).unwrap();
+                (r.start_addr().0, b)
+            })
+            .collect();
+        let mut snapshot = match Snapshot::new(&mem) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                return;
+            }
+        };
+        snapshot.protect().unwrap();
+        // The copier thread saves each page before this thread's write goes on.
+        mem.write_slice(&[0xee; PAGE], GuestAddress(0x2000)).unwrap();
+        mem.write_slice(&[0u8; PAGE], GuestAddress(0x7f_f000)).unwrap();
+        mem.write_slice(b"WRITTEN-AFTER", GuestAddress(0x50_0000)).unwrap();
+        mem.write_slice(b"OSRELEASE=9.9", GuestAddress(0x30_0000 + 24)).unwrap();
+        mem.write_obj(0u8, GuestAddress(HIGH_BASE + HIGH - 1)).unwrap();
+        // 0x50_0000 held no data at the snapshot: not protected, not copied, zero in the files.
+        assert_eq!(snapshot.copied_bytes(), 4 * PAGE as u64);
+        let dir = tempfile::tempdir().unwrap();
+        let vcpus = [vcpu(0)];
+
+        let path = dir.path().join("elf");
+        let opts = VmcoreOptions { spec: DumpSpec::ELF_ALL, sha256: true, ..Default::default() };
+        let summary = write_vmcore_of_snapshot(&snapshot, &mem, &vcpus, &path, &opts).unwrap();
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(summary.sha256, Some(sha256_hex(&data)));
+        assert_eq!(summary.vmcoreinfo.unwrap().text, VMCOREINFO_TEXT);
+        let elf = Elf::parse(&data).unwrap();
+        let loads: Vec<_> = elf.program_headers.iter().filter(|p| p.p_type == program_header::PT_LOAD).collect();
+        assert_eq!(loads.len(), before.len());
+        for (p, (gpa, bytes)) in loads.iter().zip(&before) {
+            assert_eq!(p.p_paddr, *gpa);
+            let file = &data[p.p_offset as usize..(p.p_offset + p.p_filesz) as usize];
+            assert!(file == &bytes[..], "the region at {gpa:#x} as it was at the snapshot");
+        }
+
+        let path = dir.path().join("kdump");
+        let opts = VmcoreOptions { spec: DumpSpec { dump_level: 0, ..DumpSpec::default() }, ..Default::default() };
+        write_vmcore_of_snapshot(&snapshot, &mem, &vcpus, &path, &opts).unwrap();
+        let mut f = File::open(&path).unwrap();
+        let k = kdump::diskdump::KdumpFile::parse(&mut f).unwrap();
+        assert_eq!(k.vmcoreinfo.as_deref(), Some(VMCOREINFO_TEXT));
+        for gpa in [0x2000u64, 0x7f_f000, 0x50_0000, 0x30_0000, HIGH_BASE + HIGH - PAGE as u64] {
+            let (base, bytes) = before.iter().rev().find(|(b, _)| *b <= gpa).unwrap();
+            let off = (gpa - base) as usize;
+            let page = k.read_page(&mut f, gpa / PAGE as u64).unwrap().unwrap();
+            assert!(page == bytes[off..off + PAGE], "page {gpa:#x} as it was at the snapshot");
+        }
+    }
+
     #[test]
     fn the_default_vmcore_is_a_kdump_file_with_the_guests_pages_and_notes() {
         let mem = populated();
@@ -1286,7 +1446,7 @@ mod tests {
         };
         let mem = two_regions();
         mem.write_obj(1u8, GuestAddress(5 * PAGE as u64 + 7)).unwrap();
-        let regions = host_regions(&mem).unwrap();
+        let regions = host_regions(&mem, None).unwrap();
         let mut presence = Presence::new(Some(&pagemap), None);
         let maybe = presence.fill(&regions[0], 0, 16).to_vec();
         assert!(maybe[5]);

@@ -1,7 +1,7 @@
 //! Per-thread seccomp filters (rust-vmm's `seccompiler`), as Firecracker and Cloud Hypervisor
 //! confine their threads.
 //!
-//! crashvmm has three kinds of thread, each with the smallest system call set it needs:
+//! Each kind of crashvmm thread has the smallest system call set it needs:
 //!
 //! - **vmm**: the main thread once the session is set up. It runs the event loop (control
 //!   socket, console input, signals), crash handling and its executor (crash directories, the
@@ -14,11 +14,16 @@
 //! - **vmcore-writer**: the thread that writes every host-side vmcore (a crash's, the
 //!   operator's, live or not) while the vmm thread goes on serving the control socket: the
 //!   file (create, write, sync, remove a failed one), its compression and hashing threads, a
-//!   live dump's fork and the wait for it. No KVM ioctls (the vCPU threads saved the
-//!   registers), no sockets, no event loop.
+//!   live dump's snapshot (a userfaultfd: the system call or `/dev/userfaultfd`, and its
+//!   `UFFDIO_*` requests; or the fork and the wait for it). No KVM ioctls (the vCPU threads
+//!   saved the registers), no sockets, no event loop. A live dump's `live-dump-writer` thread
+//!   (userfaultfd snapshot) runs under this filter too.
 //! - **vmcore-hasher**: the thread that hashes a host-side vmcore (`--vmcore-sha256 on`):
 //!   reads guest memory and `/proc/self/pagemap` through an open descriptor.
-//! - **live-dump-writer**: the child process a live dump forks (its view of guest memory is the
+//! - **snapshot-copier**: the thread that serves a live dump's write faults: `poll` and `read`
+//!   on the userfaultfd, copies of guest pages (memory), and `UFFDIO_WRITEPROTECT` as its one
+//!   `ioctl`. No files, no sockets, no threads.
+//! - **live-dump-writer**: the child process a live dump forks (`--live-dump-snapshot fork`) (its view of guest memory is the
 //!   copy-on-write snapshot): it creates and writes the vmcore file, with threads for
 //!   compression, and reports through a pipe. No `ioctl` (no KVM), no sockets. The vmcore
 //!   writer forks it (`clone` with exactly glibc's fork flags, `wait4`, `pipe2`, `kill`), so the
@@ -70,6 +75,7 @@ pub enum ThreadKind {
     VmcoreWriter,
     VmcoreHasher,
     LiveDumpWriter,
+    SnapshotCopier,
     Upload,
 }
 
@@ -81,6 +87,7 @@ impl ThreadKind {
             ThreadKind::VmcoreWriter => "vmcore-writer",
             ThreadKind::VmcoreHasher => "vmcore-hasher",
             ThreadKind::LiveDumpWriter => "live-dump-writer",
+            ThreadKind::SnapshotCopier => "snapshot-copier",
             ThreadKind::Upload => "upload",
         }
     }
@@ -178,6 +185,8 @@ fn vmm_ioctls() -> Vec<u64> {
         libc::FIONBIO,
         libc::FIOCLEX,
     ]);
+    // The vmcore writer's, for a live dump's snapshot (its filter stacks on this one).
+    v.extend(crate::uffd::ioctls());
     v
 }
 
@@ -262,6 +271,8 @@ const VMM: &[i64] = &[
     libc::SYS_seccomp,
     libc::SYS_sysinfo,
     libc::SYS_rt_sigaction,
+    // The vmcore writer's, for a live dump's snapshot.
+    libc::SYS_userfaultfd,
 ];
 
 /// A vCPU thread serves virtio-blk requests (the crash kernel writing its dump to the crash
@@ -280,12 +291,21 @@ const VMCORE_WRITER: &[i64] = &[
     libc::SYS_unlinkat,
     libc::SYS_fcntl,
     libc::SYS_sysinfo,
+    libc::SYS_userfaultfd,
+    libc::SYS_poll,
 ];
 
-/// The vmcore writer's `ioctl`s: a progress bar's terminal checks.
+/// The vmcore writer's `ioctl`s: a progress bar's terminal checks, a live dump's
+/// userfaultfd (`crash/snapshot.rs`).
 fn vmcore_writer_ioctls() -> Vec<u64> {
-    vec![libc::TCGETS, libc::TIOCGWINSZ]
+    let mut v = vec![libc::TCGETS, libc::TIOCGWINSZ];
+    v.extend(crate::uffd::ioctls());
+    v
 }
+
+/// A live dump's copier thread: waits for write faults on the userfaultfd (`read`, `poll`),
+/// copies pages (memory) and lifts their protection (its one `ioctl`). No files.
+const SNAPSHOT_COPIER: &[i64] = &[libc::SYS_poll];
 
 /// The vmcore hasher reads guest memory (mapped) and the pagemap (an open descriptor).
 const VMCORE_HASHER: &[i64] = &[libc::SYS_pread64];
@@ -383,6 +403,7 @@ fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
         ThreadKind::VmcoreWriter => (&[VMCORE_FILE, VMCORE_WRITER], vmcore_writer_ioctls()),
         ThreadKind::VmcoreHasher => (&[VMCORE_HASHER], Vec::new()),
         ThreadKind::LiveDumpWriter => (&[VMCORE_FILE], Vec::new()),
+        ThreadKind::SnapshotCopier => (&[SNAPSHOT_COPIER], crate::uffd::copier_ioctls()),
         ThreadKind::Upload => (&[UPLOAD], vec![libc::FIONBIO, libc::FIOCLEX]),
     };
     let mut map: BTreeMap<i64, Vec<SeccompRule>> =
@@ -409,7 +430,7 @@ fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
         ThreadKind::LiveDumpWriter | ThreadKind::Upload => {
             map.insert(libc::SYS_clone, vec![threads()]);
         }
-        ThreadKind::Vcpu | ThreadKind::VmcoreHasher => {}
+        ThreadKind::Vcpu | ThreadKind::VmcoreHasher | ThreadKind::SnapshotCopier => {}
     }
     map
 }
@@ -633,6 +654,7 @@ mod tests {
             ThreadKind::VmcoreWriter,
             ThreadKind::VmcoreHasher,
             ThreadKind::LiveDumpWriter,
+            ThreadKind::SnapshotCopier,
             ThreadKind::Upload,
         ] {
             for action in [SeccompAction::Trap, SeccompAction::Log, SeccompAction::Errno(1)] {
@@ -772,6 +794,26 @@ mod tests {
         assert_eq!(sock, libc::EPERM, "socket");
         assert_eq!(fork, libc::EPERM, "fork");
         assert_eq!(thread, 7, "compression threads");
+    }
+
+    #[test]
+    fn the_live_dump_copier_waits_and_lifts_write_protection_but_opens_nothing() {
+        let (polled, protect, ioctl, open, sock, thread) = confined(ThreadKind::SnapshotCopier, || {
+            let mut pfd = libc::pollfd { fd: 0, events: 0, revents: 0 };
+            // SAFETY: one pollfd, no wait.
+            let polled = errno_of(unsafe { libc::poll(&mut pfd, 1, 0) } as i64);
+            let mut wp = crate::uffd::UffdioWriteprotect::default();
+            // SAFETY: an ioctl on a descriptor that is not open: EBADF if the filter lets it by.
+            let protect = errno_of(unsafe { libc::ioctl(-1, crate::uffd::UFFDIO_WRITEPROTECT() as _, &mut wp) } as i64);
+            let thread = std::thread::Builder::new().spawn(|| ()).is_ok();
+            (polled, protect, ioctl_kvm_create_vm_on_stdin(), open_passwd(), socket(), thread)
+        });
+        assert_eq!(polled, 0, "poll");
+        assert_eq!(protect, libc::EBADF, "UFFDIO_WRITEPROTECT reaches the kernel");
+        assert_eq!(ioctl, libc::EPERM, "other ioctls");
+        assert_eq!(open, libc::EPERM, "openat");
+        assert_eq!(sock, libc::EPERM, "socket");
+        assert!(!thread, "no threads");
     }
 
     #[test]
