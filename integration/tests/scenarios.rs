@@ -600,6 +600,12 @@ fn a_live_dump_of_a_running_guest_opens_in_crash_and_the_guest_powers_off_cleanl
     let pause_us = dump["pause_us"].as_u64().unwrap();
     let started = events.iter().find(|e| e["event"] == "dump_started").unwrap();
     assert_eq!(started["pause_us"].as_u64(), Some(pause_us));
+    // The test host's kernel decides (`--live-dump-snapshot auto`): Debian 12's 6.1 has no
+    // PAGEMAP_SCAN, so fork() there; uffd from 6.7.
+    let method = dump["snapshot"].as_str().unwrap_or_default();
+    assert!(["uffd", "fork"].contains(&method), "{dump}");
+    assert_eq!(started["snapshot"], method);
+    eprintln!("live: snapshot by {method}, guest paused {pause_us} us");
     let ready = console.find("CRASHTEST: live: ready").unwrap();
     assert!(console[ready..].contains("CRASHTEST: live: still running"), "the guest ran on after the dump");
     // The vmcore, as seen from here (the path in the answer is the test host's).
