@@ -241,9 +241,9 @@ struct RunArgs {
     /// guest is paused for the rest of the dump.
     #[arg(long, value_name = "SIZE", default_value = "1G")]
     live_dump_max_copy: String,
-    /// How a live dump snapshots guest memory: userfaultfd write protection (a pause of
-    /// well under a millisecond per GiB), fork() (a pause that grows with resident memory), or
-    /// auto: uffd where the kernel (6.4+) and permissions allow it, else fork.
+    /// How a live dump snapshots guest memory: userfaultfd write protection (a pause of about
+    /// a millisecond per 4 GiB of guest RAM), fork() (a pause that grows with resident memory),
+    /// or auto: uffd where the kernel (6.7+) and permissions allow it, else fork.
     #[arg(long, value_enum, value_name = "METHOD", default_value = "auto")]
     live_dump_snapshot: vmm::crash::live::SnapshotMethod,
     /// With --after-crash reset, exit after this many crashes (0: no limit).

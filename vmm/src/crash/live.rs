@@ -79,6 +79,41 @@ pub struct LiveStats {
     pub paused_for_rest: bool,
 }
 
+impl LiveStats {
+    /// Past the copy limit, pause the guest (once) for the rest of the dump, and say so.
+    fn check_limit(&mut self, vm: &dyn VmControl, copied: u64, max_copy: u64, was_paused: bool) {
+        if copied > max_copy && !self.paused_for_rest && !was_paused {
+            log::warn!(
+                "live dump: the guest rewrote {copied} bytes (more than --live-dump-max-copy {max_copy}); \
+                 pausing it for the rest of the dump"
+            );
+            self.paused_for_rest = true;
+            vm.pause(PAUSE_TIMEOUT);
+        }
+    }
+}
+
+/// The vCPUs stopped for a snapshot, with their registers.
+struct Paused {
+    /// They were paused already (by the operator): they stay paused.
+    was_paused: bool,
+    started: Instant,
+    vcpus: Vec<VcpuState>,
+    stopped_in: Duration,
+}
+
+impl Paused {
+    fn now(vm: &dyn VmControl) -> Self {
+        let was_paused = vm.paused();
+        let started = Instant::now();
+        if !was_paused && !vm.pause(PAUSE_TIMEOUT) {
+            log::warn!("live dump: not every vCPU stopped; their registers may be missing");
+        }
+        let vcpus = vm.snapshots();
+        Self { was_paused, started, vcpus, stopped_in: started.elapsed() }
+    }
+}
+
 /// The child's report, through the pipe.
 #[derive(Serialize, Deserialize)]
 struct Wire {
@@ -125,13 +160,7 @@ fn uffd_dump(
     max_copy: u64,
     on_snapshot: &dyn Fn(&LiveStats),
 ) -> Result<Dumped, VmcoreError> {
-    let was_paused = vm.paused();
-    let started = Instant::now();
-    if !was_paused && !vm.pause(PAUSE_TIMEOUT) {
-        log::warn!("live dump: not every vCPU stopped; their registers may be missing");
-    }
-    let vcpus = vm.snapshots();
-    let paused_at = started.elapsed();
+    let Paused { was_paused, started, vcpus, stopped_in: paused_at } = Paused::now(vm);
     let protected = snapshot.protect();
     if !was_paused {
         vm.resume();
@@ -151,22 +180,19 @@ fn uffd_dump(
     let written = std::thread::scope(|scope| {
         let writer = std::thread::Builder::new()
             .name("live-dump-writer".into())
-            .spawn_scoped(scope, || vmcore::write_vmcore_of_snapshot(&snapshot, mem, &vcpus, path, opts))
+            .spawn_scoped(scope, || {
+                // The vmcore writer's filter again (it has it already): a forbidden call is then
+                // reported with this thread's name.
+                seccomp::apply(ThreadKind::VmcoreWriter).map_err(|e| VmcoreError::Live(e.to_string()))?;
+                vmcore::write_vmcore_of_snapshot(&snapshot, mem, &vcpus, path, opts)
+            })
             .map_err(|e| VmcoreError::Live(format!("cannot start the writer thread: {e}")))?;
         loop {
             std::thread::sleep(POLL);
             if writer.is_finished() {
                 break;
             }
-            let copied = snapshot.copied_bytes();
-            if copied > max_copy && !stats.paused_for_rest && !was_paused {
-                log::warn!(
-                    "live dump: the guest rewrote {copied} bytes (more than --live-dump-max-copy {max_copy}); \
-                     pausing it for the rest of the dump"
-                );
-                stats.paused_for_rest = true;
-                vm.pause(PAUSE_TIMEOUT);
-            }
+            stats.check_limit(vm, snapshot.copied_bytes(), max_copy, was_paused);
         }
         writer.join().map_err(|_| VmcoreError::Live("the writer thread panicked".into()))?
     });
@@ -195,13 +221,7 @@ fn fork_dump(
     }
     // SAFETY: pipe2 just created these descriptors; each is owned once.
     let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let was_paused = vm.paused();
-    let started = Instant::now();
-    if !was_paused && !vm.pause(PAUSE_TIMEOUT) {
-        log::warn!("live dump: not every vCPU stopped; their registers may be missing");
-    }
-    let vcpus = vm.snapshots();
-    let paused_at = started.elapsed();
+    let Paused { was_paused, started, vcpus, stopped_in: paused_at } = Paused::now(vm);
     // SAFETY: the child only writes the vmcore (memory reads, file writes, its own threads) and
     // leaves with _exit; it takes no lock another thread may hold: logging is off, and glibc's
     // fork resets malloc's locks.
@@ -258,14 +278,7 @@ fn fork_dump(
             _ => break Err(err("waitpid", std::io::Error::last_os_error())),
         }
         stats.copied_bytes = stats.copied_bytes.max(copied);
-        if copied > max_copy && !stats.paused_for_rest && !was_paused {
-            log::warn!(
-                "live dump: the guest rewrote {copied} bytes (more than --live-dump-max-copy {max_copy}); \
-                 pausing it for the rest of the dump"
-            );
-            stats.paused_for_rest = true;
-            vm.pause(PAUSE_TIMEOUT);
-        }
+        stats.check_limit(vm, copied, max_copy, was_paused);
         std::thread::sleep(POLL);
     };
     if stats.paused_for_rest {

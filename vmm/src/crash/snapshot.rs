@@ -1,9 +1,9 @@
 //! A copy-on-write snapshot of guest RAM by `userfaultfd` write protection, for live dumps.
 //!
 //! Guest RAM is registered with a userfaultfd in write-protect mode and protected in one
-//! `UFFDIO_WRITEPROTECT` per region while the vCPUs are paused; a page table walk that, with
-//! the 2 MiB pages guest RAM has, costs about a tenth of a millisecond per 4 GiB here
-//! (`docs/live-dump.md`). From then on, every write to guest memory (the guest's, through KVM's
+//! `UFFDIO_WRITEPROTECT` per region while the vCPUs are paused: a page table walk over the
+//! 2 MiB pages guest RAM has, and KVM dropping its own mappings of the range, about a
+//! millisecond per 4 GiB here whatever share is touched (`docs/live-dump.md`). From then on, every write to guest memory (the guest's, through KVM's
 //! faults on the vCPU threads; crashvmm's own device threads') stops the writing thread on a
 //! fault, which the copier thread serves: it copies the page as it was into this snapshot,
 //! marks the page copied and lifts the protection of that page alone, which wakes the writer.
@@ -102,7 +102,7 @@ impl Shared {
         // writers are stopped on their fault until this thread lifts the protection below.
         unsafe { std::ptr::copy_nonoverlapping(page as *const u8, copy.as_mut_ptr(), PAGE) };
         self.copies.lock().unwrap_or_else(PoisonError::into_inner).insert(page, copy);
-        self.copied.fetch_add(PAGE as u64, Ordering::Relaxed);
+        self.copied.fetch_add(PAGE as u64, Ordering::Release);
         self.bits[bit / 64].fetch_or(1 << (bit % 64), Ordering::Release);
     }
 }
@@ -226,7 +226,7 @@ impl<'m> Snapshot<'m> {
 
     /// Guest memory copied so far because it was written after the snapshot.
     pub fn copied_bytes(&self) -> u64 {
-        self.shared.copied.load(Ordering::Relaxed)
+        self.shared.copied.load(Ordering::Acquire)
     }
 
     /// `buf` was just read from guest memory at host address `host`: puts the snapshot's bytes
