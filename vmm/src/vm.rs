@@ -27,6 +27,7 @@ use crate::config::VmConfig;
 use crate::console::{ConsoleMode, ConsoleOutput, EscapeFilter, RawTerminal, SharedConsole};
 use crate::control::{ExitState, Kicker, VcpuControl};
 use crate::crash::executor::{BootEnd, CrashHandling, SharedVm};
+use crate::crash::live::LiveOptions;
 use crate::crash::report::GuestInfo;
 use crate::crash::{CrashSignal, Orchestrator, Policy};
 use crate::events::{Event, EventLog};
@@ -179,8 +180,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     handling.crash_disk = config.crash_disk.as_ref().map(|c| c.path.clone());
     handling.vmcore_sha256 = config.vmcore_sha256;
     handling.dump_spec = config.dump;
-    handling.live_max_copy = config.live_dump_max_copy;
-    handling.live_snapshot = config.live_dump_snapshot;
+    handling.live = LiveOptions { max_copy: config.live_dump_max_copy, method: config.live_dump_snapshot };
     let crash = Arc::new(Mutex::new(handling));
     let raw_terminal = match config.console {
         ConsoleMode::Stdio => RawTerminal::enable(),

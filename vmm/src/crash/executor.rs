@@ -206,11 +206,9 @@ pub struct CrashHandling {
     /// The operator's dump being carried out: its format and level, and whether it is live.
     operator_spec: DumpSpec,
     operator_live: bool,
-    /// `--live-dump-max-copy`: guest memory a live dump may have copied on write before it
-    /// pauses the guest for the rest.
-    pub live_max_copy: u64,
-    /// `--live-dump-snapshot`: how a live dump takes its snapshot.
-    pub live_snapshot: SnapshotMethod,
+    /// `--live-dump-max-copy` (guest memory a live dump may have copied on write before it
+    /// pauses the guest for the rest) and `--live-dump-snapshot`.
+    pub live: LiveOptions,
     /// `--upload`: the spool each finished crash directory is queued in.
     pub upload_spool: Option<delivery::Spool>,
     /// When the crashed kernel kexec'd into its crash kernel.
@@ -259,8 +257,7 @@ impl CrashHandling {
             dump_spec: DumpSpec::default(),
             operator_spec: DumpSpec::default(),
             operator_live: false,
-            live_max_copy: DEFAULT_LIVE_MAX_COPY,
-            live_snapshot: SnapshotMethod::default(),
+            live: LiveOptions { max_copy: DEFAULT_LIVE_MAX_COPY, method: SnapshotMethod::default() },
             upload_spool: None,
             kexec_at: None,
             last_dir: None,
@@ -582,7 +579,7 @@ impl CrashHandling {
             self.events.emit(Event::DumpStarted { path: shown.clone(), pause_us: None, snapshot: None });
         }
         let opts = self.vmcore_options(spec, progress);
-        let live = live.then_some(LiveOptions { max_copy: self.live_max_copy, method: self.live_snapshot });
+        let live = live.then_some(self.live);
         let (events, vm, why) = (self.events.clone(), vm.clone(), reason.clone());
         let thread = std::thread::Builder::new()
             .name("vmcore-writer".into())

@@ -405,9 +405,7 @@ impl<'p> Presence<'p> {
         }
         &self.maybe_data[..n]
     }
-}
 
-impl Presence<'_> {
     /// Whether the dump level keeps page `page` of `region`.
     fn kept(&self, region: &Region<'_>, page: usize) -> bool {
         self.keep.is_none_or(|keep| keep.get(region.gpa / PAGE as u64 + page as u64))
