@@ -112,6 +112,15 @@ impl Paused {
         let vcpus = vm.snapshots();
         Self { was_paused, started, vcpus, stopped_in: started.elapsed() }
     }
+
+    /// The snapshot is taken: let the vCPUs run again (unless they were paused before) and
+    /// say how long they were stopped.
+    fn resume(&self, vm: &dyn VmControl, snapshot: SnapshotMethod) -> LiveStats {
+        if !self.was_paused {
+            vm.resume();
+        }
+        LiveStats { snapshot, pause_us: self.started.elapsed().as_micros() as u64, ..Default::default() }
+    }
 }
 
 /// The child's report, through the pipe.
@@ -160,16 +169,10 @@ fn uffd_dump(
     max_copy: u64,
     on_snapshot: &dyn Fn(&LiveStats),
 ) -> Result<Dumped, VmcoreError> {
-    let Paused { was_paused, started, vcpus, stopped_in: paused_at } = Paused::now(vm);
+    let paused = Paused::now(vm);
     let protected = snapshot.protect();
-    if !was_paused {
-        vm.resume();
-    }
-    let mut stats = LiveStats {
-        snapshot: SnapshotMethod::Uffd,
-        pause_us: started.elapsed().as_micros() as u64,
-        ..Default::default()
-    };
+    let mut stats = paused.resume(vm, SnapshotMethod::Uffd);
+    let Paused { was_paused, vcpus, stopped_in: paused_at, .. } = paused;
     protected.map_err(|e| VmcoreError::Live(e.to_string()))?;
     log::debug!(
         "live dump: vCPUs stopped in {paused_at:?}, guest RAM write-protected and running again after {} us",
@@ -221,31 +224,22 @@ fn fork_dump(
     }
     // SAFETY: pipe2 just created these descriptors; each is owned once.
     let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let Paused { was_paused, started, vcpus, stopped_in: paused_at } = Paused::now(vm);
+    let paused = Paused::now(vm);
     // SAFETY: the child only writes the vmcore (memory reads, file writes, its own threads) and
     // leaves with _exit; it takes no lock another thread may hold: logging is off, and glibc's
     // fork resets malloc's locks.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         drop(rx);
-        child(vm, &vcpus, path, opts, tx);
+        child(vm, &paused.vcpus, path, opts, tx);
     }
     drop(tx);
-    if pid < 0 {
-        let e = std::io::Error::last_os_error();
-        if !was_paused {
-            vm.resume();
-        }
+    let fork_error = (pid < 0).then(std::io::Error::last_os_error);
+    let mut stats = paused.resume(vm, SnapshotMethod::Fork);
+    if let Some(e) = fork_error {
         return Err(err("fork", e));
     }
-    if !was_paused {
-        vm.resume();
-    }
-    let mut stats = LiveStats {
-        snapshot: SnapshotMethod::Fork,
-        pause_us: started.elapsed().as_micros() as u64,
-        ..Default::default()
-    };
+    let Paused { was_paused, vcpus, stopped_in: paused_at, .. } = paused;
     log::debug!("live dump: vCPUs stopped in {paused_at:?}, forked and running again after {} us", stats.pause_us);
     // After the fork the snapshot's pages are shared, no longer private: what grows from here
     // is what the running guest rewrote.
