@@ -163,6 +163,16 @@ pub fn ioctl<T>(fd: RawFd, request: u64, arg: &mut T) -> io::Result<()> {
     Ok(())
 }
 
+/// Write-protects `[start, start + len)` (`on`) or lifts its protection, which wakes the
+/// threads waiting on a fault there.
+pub fn write_protect(fd: RawFd, start: usize, len: usize, on: bool) -> io::Result<()> {
+    let mut wp = UffdioWriteprotect {
+        range: UffdioRange { start: start as u64, len: len as u64 },
+        mode: if on { UFFDIO_WRITEPROTECT_MODE_WP } else { 0 },
+    };
+    ioctl(fd, UFFDIO_WRITEPROTECT(), &mut wp)
+}
+
 /// A new userfaultfd (non-blocking, close-on-exec) that handles kernel-mode faults too (KVM's):
 /// by the system call, else through `/dev/userfaultfd` (Linux 6.1+), where access to the device
 /// node decides instead of CAP_SYS_PTRACE.

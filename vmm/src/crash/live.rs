@@ -7,8 +7,9 @@
 //!
 //! - **uffd** (the default where the kernel allows it): guest RAM is write-protected with a
 //!   userfaultfd (`snapshot.rs`); a page the guest writes is copied by our copier thread first.
-//!   The pause is the protection's page table walk, a fraction of a millisecond; the vmcore is
-//!   written by a thread of this process, as a pausing dump's is.
+//!   The pause is the protection (about a millisecond per 4 GiB of guest RAM, mostly KVM
+//!   dropping its mappings); the vmcore is written by a thread of this process, as a pausing
+//!   dump's is.
 //! - **fork**: crashvmm `fork()`s and the child's view of guest memory (private anonymous, so
 //!   copy-on-write) is the snapshot; the child writes the vmcore under its own seccomp filter
 //!   (`live-dump-writer`) and reports through a pipe. The pause grows with resident memory (the
@@ -41,7 +42,7 @@ pub enum SnapshotMethod {
     /// userfaultfd write protection where the kernel and permissions allow it, else fork.
     #[default]
     Auto,
-    /// userfaultfd write protection (Linux 6.4+; CAP_SYS_PTRACE, vm.unprivileged_userfaultfd=1
+    /// userfaultfd write protection (Linux 6.7+; CAP_SYS_PTRACE, vm.unprivileged_userfaultfd=1
     /// or access to /dev/userfaultfd); a live dump fails without it.
     Uffd,
     /// fork(): the child process's memory is the snapshot.

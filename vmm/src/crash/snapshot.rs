@@ -3,9 +3,10 @@
 //! Guest RAM is registered with a userfaultfd in write-protect mode and protected in one
 //! `UFFDIO_WRITEPROTECT` per region while the vCPUs are paused: a page table walk over the
 //! 2 MiB pages guest RAM has, and KVM dropping its own mappings of the range, about a
-//! millisecond per 4 GiB here whatever share is touched (`docs/live-dump.md`). From then on, every write to guest memory (the guest's, through KVM's
-//! faults on the vCPU threads; crashvmm's own device threads') stops the writing thread on a
-//! fault, which the copier thread serves: it copies the page as it was into this snapshot,
+//! millisecond per 4 GiB here whatever share is touched (`docs/live-dump.md`). From then on,
+//! every write to guest memory (the guest's, through KVM's faults on the vCPU threads;
+//! crashvmm's own device threads') stops the writing thread on a fault, which the copier thread
+//! serves: it copies the page as it was into this snapshot,
 //! marks the page copied and lifts the protection of that page alone, which wakes the writer.
 //!
 //! Pages that hold no data (never touched, so no page table entry to protect) are listed in the
@@ -19,15 +20,15 @@
 //! of it has finished was not written during the read (the bit is set before the protection is
 //! lifted), so what was read is the snapshot's; for a page whose bit is set, the saved copy is,
 //! and for a page without data at the snapshot, zeros. [`Snapshot::patch`] applies that to a
-//! buffer just read, [`Snapshot::copies_in`] lists the copies of a range whose bytes went from
-//! guest memory to a file directly, [`Snapshot::had_data`] says which pages to leave out as
-//! zero.
+//! buffer just read, [`Snapshot::copied_pages`] lists the copies of a range whose bytes went
+//! from guest memory to a file directly, [`Snapshot::had_data`] says which pages to leave out
+//! as zero.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -35,10 +36,11 @@ use thiserror::Error;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
 use crate::seccomp::{self, ThreadKind};
+use crate::sync::lock;
 use crate::uffd::{
-    self, ioctl, UffdMsg, UffdioApi, UffdioRange, UffdioRegister, UffdioWriteprotect, _UFFDIO_WRITEPROTECT, UFFDIO_API,
-    UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_WP, UFFDIO_UNREGISTER, UFFDIO_WRITEPROTECT, UFFDIO_WRITEPROTECT_MODE_WP,
-    UFFD_API, UFFD_EVENT_PAGEFAULT, UFFD_FEATURE_PAGEFAULT_FLAG_WP, UFFD_PAGEFAULT_FLAG_WP,
+    self, ioctl, UffdMsg, UffdioApi, UffdioRange, UffdioRegister, _UFFDIO_WRITEPROTECT, UFFDIO_API, UFFDIO_REGISTER,
+    UFFDIO_REGISTER_MODE_WP, UFFDIO_UNREGISTER, UFFD_API, UFFD_EVENT_PAGEFAULT, UFFD_FEATURE_PAGEFAULT_FLAG_WP,
+    UFFD_PAGEFAULT_FLAG_WP,
 };
 
 const PAGE: usize = 4096;
@@ -70,19 +72,21 @@ struct Area {
 /// What the copier thread and the readers share.
 struct Shared {
     areas: Vec<Area>,
-    /// A bit per page: copied (set before the page's protection is lifted).
+    /// A bit per page: copied (set before the page's protection is lifted), so that readers
+    /// look at `copies` (under its lock) only for the pages that have one.
     bits: Vec<AtomicU64>,
-    copies: Mutex<HashMap<usize, Box<[u8]>>>,
+    /// Host page address -> the page as of the snapshot; never changed once inserted.
+    copies: Mutex<HashMap<usize, Arc<[u8]>>>,
     copied: AtomicU64,
     stop: AtomicBool,
 }
 
 impl Shared {
-    /// The area and bit of the page holding host address `addr`.
-    fn locate(&self, addr: usize) -> Option<(&Area, usize)> {
+    /// The bit of the page holding host address `addr`.
+    fn bit_of(&self, addr: usize) -> Option<usize> {
         let i = self.areas.partition_point(|a| a.host <= addr).checked_sub(1)?;
         let a = &self.areas[i];
-        (addr < a.host + a.len).then(|| (a, a.first_bit + (addr - a.host) / PAGE))
+        (addr < a.host + a.len).then(|| a.first_bit + (addr - a.host) / PAGE)
     }
 
     fn is_copied(&self, bit: usize) -> bool {
@@ -92,16 +96,15 @@ impl Shared {
     /// Saves the page at `page` (page-aligned, write-protected, so nobody changes it now) unless
     /// it was saved already.
     fn save(&self, page: usize) {
-        let Some((_, bit)) = self.locate(page) else { return };
+        let Some(bit) = self.bit_of(page) else { return };
         if self.is_copied(bit) {
             return;
         }
-        let mut copy = vec![0u8; PAGE].into_boxed_slice();
         // SAFETY: `page` is inside a registered area of guest RAM, which stays mapped while the
         // snapshot lives (the snapshot borrows the memory), and is write-protected: the only
         // writers are stopped on their fault until this thread lifts the protection below.
-        unsafe { std::ptr::copy_nonoverlapping(page as *const u8, copy.as_mut_ptr(), PAGE) };
-        self.copies.lock().unwrap_or_else(PoisonError::into_inner).insert(page, copy);
+        let copy: Arc<[u8]> = Arc::from(unsafe { std::slice::from_raw_parts(page as *const u8, PAGE) });
+        lock(&self.copies).insert(page, copy);
         self.copied.fetch_add(PAGE as u64, Ordering::Release);
         self.bits[bit / 64].fetch_or(1 << (bit % 64), Ordering::Release);
     }
@@ -215,11 +218,7 @@ impl<'m> Snapshot<'m> {
 
     fn set_protection(&self, on: bool) -> io::Result<()> {
         for a in &self.shared.areas {
-            let mut wp = UffdioWriteprotect {
-                range: UffdioRange { start: a.host as u64, len: a.len as u64 },
-                mode: if on { UFFDIO_WRITEPROTECT_MODE_WP } else { 0 },
-            };
-            ioctl(self.uffd.as_raw_fd(), UFFDIO_WRITEPROTECT(), &mut wp)?;
+            uffd::write_protect(self.uffd.as_raw_fd(), a.host, a.len, on)?;
         }
         Ok(())
     }
@@ -232,46 +231,64 @@ impl<'m> Snapshot<'m> {
     /// `buf` was just read from guest memory at host address `host`: puts the snapshot's bytes
     /// back for every page written since the snapshot, zeros for the pages without data then.
     pub fn patch(&self, host: usize, buf: &mut [u8]) {
-        self.copies_in(host, buf.len(), |off, page_off, page| {
-            let n = (PAGE - page_off).min(buf.len() - off);
-            buf[off..off + n].copy_from_slice(&page[page_off..page_off + n]);
-        });
-        let mut page = host & !(PAGE - 1);
-        while page < host + buf.len() {
-            if !self.had_data(page) {
-                let start = page.max(host) - host;
-                let end = (page + PAGE - host).min(buf.len());
-                buf[start..end].fill(0);
-            }
-            page += PAGE;
-        }
-    }
-
-    /// For every page overlapping `[host, host + len)` that held data at the snapshot and was
-    /// copied by now: `f(offset of the overlap from host, offset of the overlap in the page, the
-    /// page as of the snapshot)`. Call it after the range's bytes were read.
-    pub fn copies_in(&self, host: usize, len: usize, mut f: impl FnMut(usize, usize, &[u8])) {
-        // Orders the reads of guest memory before the bits' loads (see the module's docs).
-        fence(Ordering::SeqCst);
-        if self.copied_bytes() == 0 || len == 0 {
-            return;
-        }
-        let mut copies = None;
-        let mut page = host & !(PAGE - 1);
-        while page < host + len {
-            if let Some((_, bit)) = self.shared.locate(page) {
-                if self.shared.is_copied(bit) && self.had_data(page) {
-                    let map =
-                        copies.get_or_insert_with(|| self.shared.copies.lock().unwrap_or_else(PoisonError::into_inner));
-                    if let Some(saved) = map.get(&page) {
-                        let start = page.max(host);
-                        f(start - host, start - page, saved);
-                    }
+        self.each_page(host, buf.len(), |page, as_of| {
+            let (start, end) = (page.max(host) - host, (page + PAGE - host).min(buf.len()));
+            match as_of {
+                AsOf::Read => {}
+                AsOf::Zero => buf[start..end].fill(0),
+                AsOf::Copy(saved) => {
+                    let from = page.max(host) - page;
+                    buf[start..end].copy_from_slice(&saved[from..from + end - start]);
                 }
             }
+        });
+    }
+
+    /// The copies of the pages of `[host, host + len)` (`host` page-aligned) that held data at
+    /// the snapshot and were copied by now, with their offsets from `host`. Call it after the
+    /// range's bytes were read.
+    pub fn copied_pages(&self, host: usize, len: usize) -> Vec<(usize, Arc<[u8]>)> {
+        let mut pages = Vec::new();
+        if self.copied_bytes() != 0 {
+            self.each_page(host, len, |page, as_of| {
+                if let AsOf::Copy(saved) = as_of {
+                    pages.push((page - host, saved));
+                }
+            });
+        }
+        pages
+    }
+
+    /// `f(page, how it reads in the snapshot)` for every page overlapping `[host, host + len)`,
+    /// whose bytes have just been read from guest memory.
+    fn each_page(&self, host: usize, len: usize, mut f: impl FnMut(usize, AsOf)) {
+        // Orders the reads of guest memory before the bits' loads (see the module's docs).
+        fence(Ordering::SeqCst);
+        let any_copies = self.copied_bytes() != 0;
+        let mut page = host & !(PAGE - 1);
+        while page < host + len {
+            let as_of = if !self.had_data(page) {
+                AsOf::Zero
+            } else if any_copies && self.shared.bit_of(page).is_some_and(|bit| self.shared.is_copied(bit)) {
+                // The copy went in before the bit was set.
+                lock(&self.shared.copies).get(&page).cloned().map_or(AsOf::Read, AsOf::Copy)
+            } else {
+                AsOf::Read
+            };
+            f(page, as_of);
             page += PAGE;
         }
     }
+}
+
+/// How a page just read from guest memory reads in the snapshot.
+enum AsOf {
+    /// As read: not written since the snapshot.
+    Read,
+    /// Zero: it held no data at the snapshot.
+    Zero,
+    /// As its copy: written since.
+    Copy(Arc<[u8]>),
 }
 
 impl Drop for Snapshot<'_> {
@@ -324,9 +341,8 @@ fn copier(uffd: &OwnedFd, shared: &Shared) {
             }
             let page = addr & !(PAGE - 1);
             shared.save(page);
-            let mut wp = UffdioWriteprotect { range: UffdioRange { start: page as u64, len: PAGE as u64 }, mode: 0 };
             // EAGAIN: the mappings are changing; the fault is raised again and served then.
-            if let Err(e) = ioctl(fd, UFFDIO_WRITEPROTECT(), &mut wp) {
+            if let Err(e) = uffd::write_protect(fd, page, PAGE, false) {
                 if e.raw_os_error() != Some(libc::EAGAIN) {
                     log::warn!("live dump: lifting the write protection of {page:#x}: {e}");
                 }
@@ -392,8 +408,7 @@ mod tests {
         assert_eq!(high[PAGE], 5);
         snap.patch(host(1 << 32), &mut high);
         assert!(high.iter().all(|&b| b == 0));
-        let mut seen = Vec::new();
-        snap.copies_in(host(0), 64 * PAGE, |off, _, page| seen.push((off, page[0])));
+        let seen: Vec<(usize, u8)> = snap.copied_pages(host(0), 64 * PAGE).iter().map(|(o, p)| (*o, p[0])).collect();
         assert_eq!(seen, vec![(3 * PAGE, 4), (10 * PAGE, 11)]);
         drop(snap);
         // Unprotected: writes go straight through.

@@ -278,13 +278,6 @@ pub(super) struct Region<'a> {
 }
 
 impl Region<'_> {
-    /// Puts the snapshot's bytes back into `buf`, just read from `bytes[off..]`.
-    pub(super) fn patch(&self, off: usize, buf: &mut [u8]) {
-        if let Some(s) = self.snapshot {
-            s.patch(self.bytes.as_ptr().addr() + off, buf);
-        }
-    }
-
     /// `bytes[off..off + buf.len()]` (which must be in range) into `buf`, as of the snapshot if
     /// there is one; pages that held no data then are not read (reading maps zero pages).
     pub(super) fn read_into(&self, off: usize, buf: &mut [u8]) {
@@ -295,7 +288,9 @@ impl Region<'_> {
             return;
         }
         buf.copy_from_slice(&self.bytes[off..off + buf.len()]);
-        self.patch(off, buf);
+        if let Some(s) = self.snapshot {
+            s.patch(host, buf);
+        }
     }
 }
 
@@ -480,8 +475,8 @@ fn scan_region(region: &Region<'_>, presence: &mut Presence<'_>) -> Option<Vmcor
                 // Parsed again from the snapshot's bytes.
                 Some(_) => {
                     let end = (off + VMCOREINFO_HEADER + VMCOREINFO_MAX_DESC).min(bytes.len());
-                    let mut copy = bytes[off..end].to_vec();
-                    region.patch(off, &mut copy);
+                    let mut copy = vec![0; end - off];
+                    region.read_into(off, &mut copy);
                     parse_vmcoreinfo_at(&copy, 0)
                 }
             };
@@ -782,9 +777,8 @@ fn hash_file(
                 let start = (first + i) * PAGE;
                 let end = ((first + j) * PAGE).min(bytes.len());
                 if class && region.snapshot.is_some() {
-                    patched.clear();
-                    patched.extend_from_slice(&bytes[start..end]);
-                    region.patch(start, &mut patched);
+                    patched.resize(end - start, 0);
+                    region.read_into(start, &mut patched);
                     hasher.update(&patched);
                 } else if class {
                     hasher.update(&bytes[start..end]);
@@ -841,16 +835,12 @@ fn write_region(
     }
     // With a snapshot: the pages the guest wrote since, as they were (those it wrote before
     // they were read above are what this puts right).
-    let mut copies = Vec::new();
     if let Some(s) = region.snapshot {
-        s.copies_in(bytes.as_ptr().addr(), bytes.len(), |off, _, page| {
+        for (off, page) in s.copied_pages(bytes.as_ptr().addr(), bytes.len()) {
             if presence.kept(region, off / PAGE) {
-                copies.push((off, page[..PAGE.min(bytes.len() - off)].to_vec()));
+                file.write_all_at(&page[..PAGE.min(bytes.len() - off)], base + off as u64)?;
             }
-        });
-    }
-    for (off, page) in copies {
-        file.write_all_at(&page, base + off as u64)?;
+        }
     }
     Ok(())
 }

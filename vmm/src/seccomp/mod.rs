@@ -280,8 +280,9 @@ const VMM: &[i64] = &[
 const VCPU: &[i64] = &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync];
 
 /// The vmcore writer: what a vmcore's writing needs ([`VMCORE_FILE`]), the removal of a
-/// failed one, the free space check, and for a live dump the fork and the wait (see `rules`)
-/// and `/proc/self/smaps_rollup`.
+/// failed one, the free space check, and for a live dump its userfaultfd (and `poll`, for the
+/// copier thread's filter stacks on this one) or the fork and the wait (see `rules`) and
+/// `/proc/self/smaps_rollup`.
 const VMCORE_WRITER: &[i64] = &[
     libc::SYS_statfs,
     libc::SYS_fstatfs,
