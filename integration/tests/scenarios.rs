@@ -312,6 +312,9 @@ fn an_nmi_injected_through_the_control_socket_is_the_crash_trigger() {
     let nmi = position(&events, "nmi_injected").expect("nmi_injected");
     let pvpanic = position(&events, "pvpanic").expect("pvpanic");
     assert!(nmi < pvpanic, "{:?}", names(&events));
+    // The detection carries its cause's time: the pvpanic write the NMI's panic made.
+    let detected = position(&events, "crash_detected").expect("crash_detected");
+    assert_eq!(events[detected]["signal_ts"], events[pvpanic]["ts"], "{:?}", events[detected]);
     assert!(position(&events, "kdump_completed").is_some(), "{:?}", names(&events));
     let dirs = o.crash_dirs();
     assert_eq!(dirs.len(), 1);

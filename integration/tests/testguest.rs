@@ -213,11 +213,46 @@ impl Running {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        let code = status.and_then(|s| s.code());
+        self.finish(code, timed_out)
+    }
+
+    /// Wait as [`Self::wait`] does, with crashvmm's peak resident memory (bytes) from the
+    /// kernel's accounting of the child (`wait4`).
+    fn wait_with_peak_rss(mut self) -> (Run, u64) {
+        let pid = self.child.id() as libc::pid_t;
+        let deadline = Instant::now() + LIMIT;
+        let (mut status, mut timed_out) = (0, false);
+        // SAFETY: rusage is plain data; zeroes are a valid value.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: status and usage are valid for writes; pid is our own child, not yet
+            // reaped (this is the only wait for it).
+            let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+            assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
+            if r == pid {
+                break;
+            }
+            if Instant::now() > deadline {
+                timed_out = true;
+                let _ = self.child.kill();
+                // SAFETY: as above.
+                unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let code = (!timed_out && libc::WIFEXITED(status)).then(|| libc::WEXITSTATUS(status));
+        // ru_maxrss is in KiB.
+        (self.finish(code, timed_out), usage.ru_maxrss as u64 * 1024)
+    }
+
+    fn finish(self, exit_code: Option<i32>, timed_out: bool) -> Run {
         let outcome = Outcome {
             scenario: "testguest",
             mode: Mode::Direct,
             mode_reason: "the test guest runs on /dev/kvm directly".into(),
-            exit_code: status.and_then(|s| s.code()),
+            exit_code,
             timed_out,
             elapsed: self.start.elapsed(),
             out: self.out,
@@ -440,15 +475,32 @@ fn hostile_msrs_fault() {
     assert!(r.stderr().contains("injecting #GP"), "{}", r.stderr());
 }
 
+/// The events of `source` the guest caused: those recorded in full, and those counted in
+/// `events_suppressed` summaries.
+fn recorded_and_counted(r: &Run, name: &str) -> (u64, u64) {
+    let full = r.all(name).len() as u64;
+    let counted = r
+        .all("events_suppressed")
+        .iter()
+        .filter(|e| e["source"] == name)
+        .map(|e| e["count"].as_u64().unwrap_or(0))
+        .sum();
+    (full, counted)
+}
+
 #[test]
-fn every_pvpanic_byte_is_recorded() {
+fn every_pvpanic_byte_is_recorded_or_counted() {
     let Some(r) = run("pvpanic-bytes", &["--on-panic", "ignore"]) else { return };
     r.assert_pass("pvpanic-bytes");
     // The guest powered off after a crash crashvmm recorded and ignored.
     r.assert_exit(EXIT_GUEST_PANICKED, "guest_panicked (pvpanic)");
+    // The first ones in full (in the guest's order), the rest counted.
     let bits: Vec<u64> = r.all("pvpanic").iter().map(|e| e["bits"].as_u64().unwrap_or(999)).collect();
-    assert_eq!(bits, (0..=255).collect::<Vec<u64>>());
+    assert_eq!(bits, (0..bits.len() as u64).collect::<Vec<u64>>());
+    assert_eq!(recorded_and_counted(&r, "pvpanic"), (32, 256 - 32));
     assert_eq!(r.one("crash_detected")["trigger"], "pvpanic");
+    // Detected on the first PANICKED write (byte 1), whose event has the detection's cause time.
+    assert_eq!(r.one("crash_detected")["signal_ts"], r.all("pvpanic")[1]["ts"]);
 }
 
 #[test]
@@ -456,8 +508,48 @@ fn vmbus_flood_is_bounded_and_a_clean_connect_follows() {
     let Some(r) = run("vmbus-flood", &[]) else { return };
     r.assert_pass("vmbus-flood");
     r.assert_exit(EXIT_POWER_OFF, "poweroff");
-    assert_eq!(r.all("vmbus_message_rejected").len(), 240);
+    assert_eq!(recorded_and_counted(&r, "vmbus_message_rejected"), (32, 240 - 32));
     assert_eq!(r.all("vmbus_connected").len(), 2);
+}
+
+/// Issue 24's bar: a guest that floods pvpanic (every byte value) and rejected VMBus messages
+/// for 10 s leaves an event log, a stderr and a report under 1 MB each, with every write
+/// recorded or counted, crashvmm's peak RSS stays under 64 MiB, and its crash (a triple fault
+/// while crashvmm awaited its kdump) is still collected.
+#[test]
+fn a_guest_flooding_for_10_s_is_recorded_within_bounds_and_its_crash_collected() {
+    let Some(running) = start("guest-flood", &[], None) else { return };
+    let (r, peak_rss) = running.wait_with_peak_rss();
+    r.assert_pass("guest-flood");
+    r.assert_exit(EXIT_GUEST_PANICKED, "guest_panicked (pvpanic)");
+    let console = r.console();
+    let writes: u64 = console
+        .lines()
+        .find_map(|l| l.split("guest-flood: ").nth(1)?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no write count on the console{}", r.context()));
+    assert!(writes > 10_000, "the flood was no flood: {writes} writes");
+    let size = |p: PathBuf| std::fs::metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).len();
+    let events_bytes = size(r.outcome.out.join("events.jsonl"));
+    let stderr_bytes = size(r.outcome.out.join("crashvmm.log"));
+    eprintln!("guest-flood: {writes} writes of each kind; peak RSS {} KiB; events.jsonl {events_bytes} B, stderr {stderr_bytes} B", peak_rss / 1024);
+    assert!(events_bytes < 1 << 20, "events.jsonl: {events_bytes} bytes");
+    assert!(stderr_bytes < 1 << 20, "stderr: {stderr_bytes} bytes");
+    assert!(peak_rss < 64 << 20, "peak RSS {peak_rss} bytes");
+    // Every write is in the log, in full or counted (the first one announced the kdump).
+    assert_eq!(recorded_and_counted(&r, "pvpanic").0 + recorded_and_counted(&r, "pvpanic").1, writes + 1);
+    let (full, counted) = recorded_and_counted(&r, "vmbus_message_rejected");
+    assert_eq!(full + counted, writes);
+    // The crash: detected on the announcement, collected after the triple fault.
+    assert_eq!(r.one("crash_detected")["trigger"], "pvpanic");
+    assert_eq!(r.one("crash_detected")["signal_ts"], r.all("pvpanic")[0]["ts"]);
+    r.assert_in_order(&["pvpanic", "crash_detected", "vmcore_written", "crash_report", "vm_exited"]);
+    let dirs = r.outcome.crash_dirs();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let report_bytes = size(dirs[0].join("report.json"));
+    assert!(report_bytes < 1 << 20, "report.json: {report_bytes} bytes");
+    let report: Value = serde_json::from_slice(&std::fs::read(dirs[0].join("report.json")).unwrap()).unwrap();
+    assert!(report["signals_dropped"].as_u64().unwrap_or(0) > 0, "{}", report["signals_dropped"]);
+    assert_eq!(report["vmcore"]["reason"], "triple_fault during kdump", "{}", report["vmcore"]);
 }
 
 #[test]

@@ -12,33 +12,69 @@
 //!   lock and one condition variable. The vCPU side passes values in (registers it read), so
 //!   this module never touches a vCPU.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::SIGRTMIN;
 
+use crate::crash::report::TimedSignal;
 use crate::crash::vmcore::VcpuState;
 use crate::crash::CrashSignal;
 use crate::exit::VmExit;
 use crate::sync::lock;
 use crate::watchdog::Sample;
 
-/// Crash signals from the vCPU threads to the main thread's executor.
+/// Crash signals from the vCPU threads to the main thread's executor, each with when it was
+/// observed. A guest can send the same signal as fast as it can write a port: each kind of
+/// signal (pvpanic per byte value) passes [`SignalQueue::SAME_SIGNAL_MAX`] times a boot, the
+/// rest is counted and dropped here, so neither this queue nor the crash's record grows with
+/// the guest's persistence. (The queue lives as long as one boot.)
 pub struct SignalQueue {
-    queue: Mutex<VecDeque<CrashSignal>>,
+    queue: Mutex<Queue>,
     notify: EventFd,
 }
 
+#[derive(Default)]
+struct Queue {
+    signals: VecDeque<(TimedSignal, Instant)>,
+    /// Signals sent per [`CrashSignal::repeat_key`] this boot.
+    sent: HashMap<(u8, u64), u32>,
+    dropped: u64,
+}
+
 impl SignalQueue {
+    /// Signals of one kind (and value) that reach the executor per boot: more than any crash
+    /// path sends (a crash kernel that panics again sends a second report).
+    pub const SAME_SIGNAL_MAX: u32 = 8;
+
     pub fn new() -> std::io::Result<Self> {
-        Ok(Self { queue: Mutex::new(VecDeque::new()), notify: EventFd::new(libc::EFD_NONBLOCK)? })
+        Ok(Self { queue: Mutex::new(Queue::default()), notify: EventFd::new(libc::EFD_NONBLOCK)? })
     }
 
+    /// Send `signal`, observed now.
     pub fn send(&self, signal: CrashSignal) {
-        lock(&self.queue).push_back(signal);
+        self.send_at(signal, Utc::now());
+    }
+
+    /// Send `signal`, observed at `at` (the `ts` of the event that recorded it).
+    pub fn send_at(&self, signal: CrashSignal, at: DateTime<Utc>) {
+        {
+            let mut q = lock(&self.queue);
+            let sent = q.sent.entry(signal.repeat_key()).or_default();
+            if *sent >= Self::SAME_SIGNAL_MAX {
+                q.dropped += 1;
+                if q.dropped == 1 {
+                    log::warn!("the guest repeats crash signals: further repeats this boot are dropped ({signal:?})");
+                }
+                return;
+            }
+            *sent += 1;
+            q.signals.push_back((TimedSignal { at, signal }, Instant::now()));
+        }
         if let Err(e) = self.notify.write(1) {
             log::error!("cannot wake the main loop for a crash signal: {e}");
         }
@@ -49,9 +85,16 @@ impl SignalQueue {
         let _ = self.notify.write(1);
     }
 
-    pub fn drain(&self) -> Vec<CrashSignal> {
+    /// The signals sent since the last drain, with when each was observed (wall clock) and
+    /// queued (monotonic).
+    pub fn drain(&self) -> Vec<(TimedSignal, Instant)> {
         let _ = self.notify.read();
-        lock(&self.queue).drain(..).collect()
+        lock(&self.queue).signals.drain(..).collect()
+    }
+
+    /// Repeats dropped this boot.
+    pub fn dropped(&self) -> u64 {
+        lock(&self.queue).dropped
     }
 
     pub fn notify_fd(&self) -> &EventFd {

@@ -1,13 +1,15 @@
 //! The machine-readable event log: JSON Lines, one object per line, each with `ts` (UTC,
 //! RFC 3339 with microseconds) and `event`, then the event's own fields.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::sync::lock;
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -80,9 +82,14 @@ pub enum Event {
         vcpu: u32,
         reason: String,
     },
-    /// A crash began (`trigger`: the first signal of it).
+    /// A crash began (`trigger`: the first signal of it). `signal_ts` is when the signal
+    /// that began it was observed (by the vCPU thread that saw the guest's write; for a
+    /// `pvpanic` trigger the `ts` of its `pvpanic` event): order a crash's detection by it, not
+    /// by this line's `ts`, which is when the main thread got to it.
     CrashDetected {
         trigger: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signal_ts: Option<String>,
     },
     /// A vmcore was written (`source`: "host" for one crashvmm took from guest memory).
     VmcoreWritten {
@@ -167,6 +174,14 @@ pub enum Event {
     VmReset {
         crashes: u32,
     },
+    /// Records of `source` (an event the guest causes at will: `pvpanic`,
+    /// `vmbus_message_rejected`, ...) that were left out of the event log and stderr since the
+    /// last one recorded in full or the last summary: a guest that repeats itself is recorded
+    /// [`GUEST_BURST`] times in full, then about once a second, with this count.
+    EventsSuppressed {
+        source: String,
+        count: u64,
+    },
     /// A crashvmm thread made a system call its seccomp filter forbids; crashvmm ends (exit code
     /// 159). Written by the SIGSYS handler itself (see `seccomp`), so it is the log's last line.
     SeccompViolation {
@@ -174,6 +189,104 @@ pub enum Event {
         syscall: i64,
         name: String,
     },
+}
+
+impl Event {
+    /// The throttling source of an event the guest can cause as often as it likes (one per
+    /// write to a port or MSR, one per hypercall), `None` for crashvmm's own events.
+    pub fn guest_source(&self) -> Option<&'static str> {
+        Some(match self {
+            Event::Pvpanic { .. } => "pvpanic",
+            Event::HypervEnabled { .. } => "hyperv_enabled",
+            Event::HvCrash { .. } => "hv_crash",
+            Event::GuestKexec { .. } => "guest_kexec",
+            Event::CrashKernelStarted { .. } => "crash_kernel_started",
+            Event::VmbusConnected { .. } => "vmbus_connected",
+            Event::VmbusUnloadRequested { .. } => "vmbus_unload_requested",
+            Event::VmbusUnloadCompleted { .. } => "vmbus_unload_completed",
+            Event::VmbusMessageRejected { .. } => "vmbus_message_rejected",
+            _ => return None,
+        })
+    }
+}
+
+/// Records of one source a guest may make in a row before they are throttled.
+pub const GUEST_BURST: u32 = 32;
+/// Then one record of that source in full per this much time (the budget refills at this
+/// rate, up to [`GUEST_BURST`]) ...
+const GUEST_REFILL: Duration = Duration::from_secs(1);
+/// ... and at most one `events_suppressed` summary per source per this much time.
+const SUMMARY_EVERY: Duration = Duration::from_secs(1);
+
+/// Per-source budgets for guest-caused records (events and their log lines): a token bucket
+/// of [`GUEST_BURST`] refilled once per [`GUEST_REFILL`], and a count of what was left out,
+/// reported at most once per [`SUMMARY_EVERY`]. Pure: the caller passes the time.
+#[derive(Default)]
+pub struct Throttle {
+    sources: HashMap<&'static str, Budget>,
+}
+
+struct Budget {
+    tokens: u32,
+    refilled: Instant,
+    /// Left out since the last record or summary.
+    suppressed: u64,
+    last_summary: Instant,
+}
+
+/// What to do with one record of a throttled source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admit {
+    /// Record it in full.
+    pub record: bool,
+    /// First record a summary: this many of the source were left out before it.
+    pub summary: Option<u64>,
+}
+
+impl Throttle {
+    pub fn admit(&mut self, source: &'static str, now: Instant) -> Admit {
+        let b = self.sources.entry(source).or_insert(Budget {
+            tokens: GUEST_BURST,
+            refilled: now,
+            suppressed: 0,
+            last_summary: now,
+        });
+        // Whole refill periods since the last refill (capped: a full bucket is full).
+        let elapsed = now.saturating_duration_since(b.refilled).as_nanos() / GUEST_REFILL.as_nanos();
+        let periods = u32::try_from(elapsed.min(u128::from(GUEST_BURST))).unwrap_or(GUEST_BURST);
+        if periods > 0 {
+            b.tokens = (b.tokens + periods).min(GUEST_BURST);
+            b.refilled = if b.tokens == GUEST_BURST { now } else { b.refilled + GUEST_REFILL * periods };
+        }
+        if b.tokens > 0 {
+            b.tokens -= 1;
+            let summary = (b.suppressed > 0).then_some(b.suppressed);
+            b.suppressed = 0;
+            if summary.is_some() {
+                b.last_summary = now;
+            }
+            return Admit { record: true, summary };
+        }
+        b.suppressed += 1;
+        if now.saturating_duration_since(b.last_summary) >= SUMMARY_EVERY {
+            b.last_summary = now;
+            let count = std::mem::take(&mut b.suppressed);
+            return Admit { record: false, summary: Some(count) };
+        }
+        Admit { record: false, summary: None }
+    }
+
+    /// Every source's count still unreported (taken: the counts start again from zero).
+    pub fn take_pending(&mut self) -> Vec<(&'static str, u64)> {
+        let mut out: Vec<_> = self
+            .sources
+            .iter_mut()
+            .filter(|(_, b)| b.suppressed > 0)
+            .map(|(s, b)| (*s, std::mem::take(&mut b.suppressed)))
+            .collect();
+        out.sort();
+        out
+    }
 }
 
 /// A progress callback for the vmcore writer that records `dump_progress` events at every
@@ -188,6 +301,11 @@ pub fn dump_progress(events: &EventLog) -> impl Fn(u64, u64) + Sync + '_ {
             events.emit(Event::DumpProgress { bytes, total });
         }
     }
+}
+
+/// A time as the event log writes it: RFC 3339, UTC, microseconds.
+pub fn ts(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// A 64-bit value as the event log writes it.
@@ -224,6 +342,8 @@ pub struct EventLog {
     memory: Arc<Mutex<Memory>>,
     /// Control-socket subscribers (non-blocking; dropped when they cannot keep up).
     subscribers: Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>,
+    /// Budgets of the records a guest causes at will.
+    throttle: Arc<Mutex<Throttle>>,
 }
 
 #[derive(Default)]
@@ -253,17 +373,68 @@ impl EventLog {
 
     /// Serialize one record (with the current time) as a line ending in `\n`.
     pub fn format(event: &Event) -> String {
-        let record = Record { ts: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true), event };
+        Self::format_at(event, Utc::now())
+    }
+
+    fn format_at(event: &Event, at: DateTime<Utc>) -> String {
+        let record = Record { ts: ts(at), event };
         // Serializing plain strings and numbers cannot fail.
         let mut line = serde_json::to_string(&record).unwrap_or_default();
         line.push('\n');
         line
     }
 
-    /// Record an event. A write error is logged, never fatal: the VM matters more.
+    /// Record an event now. A write error is logged, never fatal: the VM matters more.
     pub fn emit(&self, event: Event) {
+        self.emit_at(event, Utc::now());
+    }
+
+    /// Record an event the guest caused now; whether it was recorded in full. An event the
+    /// guest causes at will ([`Event::guest_source`]) is throttled, and its caller logs it
+    /// only when it was recorded.
+    pub fn emit_guest(&self, event: Event) -> bool {
+        self.emit_at(event, Utc::now())
+    }
+
+    /// Record an event observed at `at` (the time its `ts` says); whether it was recorded in
+    /// full (see [`Self::emit_guest`]).
+    pub fn emit_at(&self, event: Event, at: DateTime<Utc>) -> bool {
+        if let Some(source) = event.guest_source() {
+            if !self.admit(source, at) {
+                return false;
+            }
+        }
+        self.write(&event, at);
+        true
+    }
+
+    /// Whether a guest-caused record of `source` without an event of its own (a log line)
+    /// is within its budget; a summary of what was left out is recorded first when due.
+    pub fn admit(&self, source: &'static str, at: DateTime<Utc>) -> bool {
+        let admit = lock(&self.throttle).admit(source, Instant::now());
+        if let Some(count) = admit.summary {
+            self.suppressed(source, count, at);
+        }
+        admit.record
+    }
+
+    /// Record the counts of throttled records not yet reported (before a crash directory is
+    /// written and when the VM ends, so that no count is lost).
+    pub fn flush_suppressed(&self) {
+        let pending = lock(&self.throttle).take_pending();
+        for (source, count) in pending {
+            self.suppressed(source, count, Utc::now());
+        }
+    }
+
+    fn suppressed(&self, source: &str, count: u64, at: DateTime<Utc>) {
+        log::warn!("the guest repeats itself: {count} more {source} records left out of the log (rate-limited)");
+        self.write(&Event::EventsSuppressed { source: source.to_string(), count }, at);
+    }
+
+    fn write(&self, event: &Event, at: DateTime<Utc>) {
         log::debug!("event: {event:?}");
-        let line = Self::format(&event);
+        let line = Self::format_at(event, at);
         {
             let mut m = lock(&self.memory);
             m.lines.push_back(line.clone());
@@ -335,7 +506,7 @@ mod tests {
         assert_eq!(lines[1]["event"], "vm_exited");
         assert_eq!(lines[1]["exit_code"], 0);
         let mark = log.mark();
-        log.emit(Event::CrashDetected { trigger: "pvpanic".into() });
+        log.emit(Event::CrashDetected { trigger: "pvpanic".into(), signal_ts: None });
         assert_eq!(log.since(mark).len(), 1);
         assert!(log.since(mark)[0].contains("crash_detected"));
         assert_eq!(log.since(0).len(), 3);
@@ -357,6 +528,76 @@ mod tests {
         let lines = log.since(0);
         assert_eq!(lines.len(), 10, "{lines:?}");
         assert!(lines.iter().all(|l| l.contains("dump_progress") && l.contains("\"total\":1000")));
+    }
+
+    /// A source within its burst is recorded in full; past it, one record per refill period,
+    /// and the count of what was left out at most once per summary period.
+    #[test]
+    fn a_guest_flood_is_recorded_in_full_then_counted() {
+        let mut t = Throttle::default();
+        let t0 = Instant::now();
+        for _ in 0..GUEST_BURST {
+            assert_eq!(t.admit("pvpanic", t0), Admit { record: true, summary: None });
+        }
+        // The burst is spent: 1000 more in the same instant are counted, not recorded.
+        for _ in 0..1000 {
+            assert_eq!(t.admit("pvpanic", t0), Admit { record: false, summary: None });
+        }
+        // Another source has a budget of its own.
+        assert_eq!(t.admit("vmbus_message_rejected", t0), Admit { record: true, summary: None });
+        // A second later: one token back, and the count comes with the record it lets through.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(t.admit("pvpanic", t1), Admit { record: true, summary: Some(1000) });
+        assert_eq!(t.admit("pvpanic", t1), Admit { record: false, summary: None });
+        // Nothing pending but that one; taking it resets it.
+        assert_eq!(t.take_pending(), vec![("pvpanic", 1)]);
+        assert_eq!(t.take_pending(), vec![]);
+        // A flood of a million writes over 100 s gives ~100 full records and ~100 summaries.
+        let (mut full, mut summaries, mut counted) = (0u64, 0u64, 0u64);
+        for i in 0..1_000_000u64 {
+            let a = t.admit("pvpanic", t1 + Duration::from_micros(i * 100));
+            full += u64::from(a.record);
+            summaries += u64::from(a.summary.is_some());
+            counted += a.summary.unwrap_or(0);
+        }
+        counted += t.take_pending().iter().map(|(_, n)| n).sum::<u64>();
+        assert!((99..=101).contains(&full), "{full}");
+        assert!((99..=101).contains(&summaries), "{summaries}");
+        assert_eq!(full + counted, 1_000_000);
+        // Quiet for long enough, the whole burst is back.
+        let later = t1 + Duration::from_secs(1000);
+        for _ in 0..GUEST_BURST {
+            assert!(t.admit("pvpanic", later).record);
+        }
+        assert!(!t.admit("pvpanic", later).record);
+    }
+
+    #[test]
+    fn guest_events_past_their_budget_become_one_summary() {
+        let log = EventLog::disabled();
+        let pvpanic = || Event::Pvpanic { vcpu: 0, bits: 1, panicked: true, crash_loaded: false, shutdown: false };
+        let recorded = (0..500).filter(|_| log.emit_guest(pvpanic())).count();
+        assert_eq!(recorded, GUEST_BURST as usize);
+        // crashvmm's own events are never throttled.
+        for _ in 0..500 {
+            assert!(log.emit_guest(Event::VmPaused));
+        }
+        log.flush_suppressed();
+        let lines = log.since(0);
+        assert_eq!(lines.iter().filter(|l| l.contains("\"event\":\"pvpanic\"")).count(), GUEST_BURST as usize);
+        let summary: Vec<&String> = lines.iter().filter(|l| l.contains("events_suppressed")).collect();
+        assert_eq!(summary.len(), 1, "{summary:?}");
+        let v: serde_json::Value = serde_json::from_str(summary[0]).unwrap();
+        assert_eq!(v["source"], "pvpanic");
+        assert_eq!(v["count"], 500 - GUEST_BURST as u64);
+    }
+
+    #[test]
+    fn emit_at_stamps_the_given_time() {
+        let log = EventLog::disabled();
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-05T01:02:03.456789Z").unwrap().with_timezone(&Utc);
+        log.emit_at(Event::VmPaused, at);
+        assert!(log.since(0)[0].starts_with("{\"ts\":\"2026-12-05T01:02:03.456789Z\""), "{:?}", log.since(0));
     }
 
     #[test]

@@ -152,17 +152,17 @@ impl ExitContext {
         kick.into_iter().for_each(|vp| self.kicker.kick(vp));
     }
 
+    /// One time for the event and the signal: the crash's detection says when its cause was
+    /// seen, which is this event's `ts`.
     fn pvpanic(&self, vcpu: u32, bits: u8) {
-        log::warn!("vCPU {vcpu}: pvpanic event {bits:#x}");
+        let at = chrono::Utc::now();
         let e = devices::pvpanic::PvPanicEvents::from_bits(bits);
-        self.events.emit(Event::Pvpanic {
-            vcpu,
-            bits,
-            panicked: e.panicked,
-            crash_loaded: e.crash_loaded,
-            shutdown: e.shutdown,
-        });
-        self.signals.send(CrashSignal::PvPanic { vcpu, bits });
+        let event =
+            Event::Pvpanic { vcpu, bits, panicked: e.panicked, crash_loaded: e.crash_loaded, shutdown: e.shutdown };
+        if self.events.emit_at(event, at) {
+            log::warn!("vCPU {vcpu}: pvpanic event {bits:#x}");
+        }
+        self.signals.send_at(CrashSignal::PvPanic { vcpu, bits }, at);
     }
 
     fn rdmsr(&self, vcpu: u32, index: u32, unhandled: &mut UnhandledLog) -> Option<u64> {
@@ -199,38 +199,49 @@ impl ExitContext {
     fn hv_event(&self, vcpu: u32, event: HvEvent) -> ExitAction {
         match event {
             HvEvent::HypercallEnabled { guest_os_id, gpa } => {
-                log::info!("vCPU {vcpu}: Hyper-V enabled (guest OS id {guest_os_id:#x}, hypercall page {gpa:#x})");
-                self.events.emit(Event::HypervEnabled { vcpu, guest_os_id: hex(guest_os_id), hypercall_gpa: hex(gpa) });
+                let event = Event::HypervEnabled { vcpu, guest_os_id: hex(guest_os_id), hypercall_gpa: hex(gpa) };
+                if self.events.emit_guest(event) {
+                    log::info!("vCPU {vcpu}: Hyper-V enabled (guest OS id {guest_os_id:#x}, hypercall page {gpa:#x})");
+                }
                 ExitAction::Continue
             }
             HvEvent::Crash(report) => {
-                log::warn!("vCPU {vcpu}: Hyper-V crash report, P0-P4 {:x?}", report.params);
-                if let Some(e) = &report.message_error {
-                    log::warn!("vCPU {vcpu}: crash message: {e}");
-                }
-                self.events.emit(Event::HvCrash {
+                let at = chrono::Utc::now();
+                let event = Event::HvCrash {
                     vcpu,
                     params: report.params.map(hex),
                     message: report.message.clone(),
-                    message_error: report.message_error,
-                });
-                self.signals.send(CrashSignal::HvCrash { vcpu, params: report.params, message: report.message });
+                    message_error: report.message_error.clone(),
+                };
+                if self.events.emit_at(event, at) {
+                    log::warn!("vCPU {vcpu}: Hyper-V crash report, P0-P4 {:x?}", report.params);
+                    if let Some(e) = &report.message_error {
+                        log::warn!("vCPU {vcpu}: crash message: {e}");
+                    }
+                }
+                self.signals.send_at(CrashSignal::HvCrash { vcpu, params: report.params, message: report.message }, at);
                 ExitAction::Continue
             }
             HvEvent::Teardown => {
-                log::info!("vCPU {vcpu}: guest tore Hyper-V down (kexec imminent)");
                 // Whatever is still queued was meant for the kernel that is going away.
                 if let Some(mut hv) = self.hyperv() {
                     hv.partition.clear_queues();
                 }
-                self.events.emit(Event::GuestKexec { vcpu });
-                self.signals.send(CrashSignal::GuestKexec { vcpu });
+                let at = chrono::Utc::now();
+                if self.events.emit_at(Event::GuestKexec { vcpu }, at) {
+                    log::info!("vCPU {vcpu}: guest tore Hyper-V down (kexec imminent)");
+                }
+                self.signals.send_at(CrashSignal::GuestKexec { vcpu }, at);
                 ExitAction::Continue
             }
             HvEvent::Reinitialized { guest_os_id } => {
-                log::info!("vCPU {vcpu}: Hyper-V set up again (guest OS id {guest_os_id:#x}): crash kernel running");
-                self.events.emit(Event::CrashKernelStarted { vcpu });
-                self.signals.send(CrashSignal::CrashKernelStarted { vcpu });
+                let at = chrono::Utc::now();
+                if self.events.emit_at(Event::CrashKernelStarted { vcpu }, at) {
+                    log::info!(
+                        "vCPU {vcpu}: Hyper-V set up again (guest OS id {guest_os_id:#x}): crash kernel running"
+                    );
+                }
+                self.signals.send_at(CrashSignal::CrashKernelStarted { vcpu }, at);
                 ExitAction::Continue
             }
             HvEvent::SynicChanged => ExitAction::Deliver,
@@ -622,7 +633,12 @@ mod tests {
     fn triple_fault_parks_the_vcpu_and_signals() {
         let c = ctx(false);
         assert_eq!(handle_exit(2, VcpuExit::Shutdown, &c, &mut UnhandledLog::default()), ExitAction::Park);
-        assert_eq!(c.signals.drain(), vec![CrashSignal::TripleFault { vcpu: 2 }]);
+        assert_eq!(drained(&c), vec![CrashSignal::TripleFault { vcpu: 2 }]);
+    }
+
+    /// The queued signals without their times.
+    fn drained(c: &ExitContext) -> Vec<CrashSignal> {
+        c.signals.drain().into_iter().map(|(t, _)| t.signal).collect()
     }
 
     #[test]
@@ -632,10 +648,44 @@ mod tests {
             handle_exit(1, VcpuExit::IoOut(0x505, &[2]), &c, &mut UnhandledLog::default()),
             ExitAction::Continue
         );
-        assert_eq!(c.signals.drain(), vec![CrashSignal::PvPanic { vcpu: 1, bits: 2 }]);
+        let signals = c.signals.drain();
+        assert_eq!(
+            signals.iter().map(|(t, _)| t.signal.clone()).collect::<Vec<_>>(),
+            vec![CrashSignal::PvPanic { vcpu: 1, bits: 2 }]
+        );
+        // The signal carries the time of the event that recorded the write.
+        let event: serde_json::Value = serde_json::from_str(&c.events.since(0)[0]).unwrap();
+        assert_eq!(event["event"], "pvpanic");
+        assert_eq!(event["ts"], crate::events::ts(signals[0].0.at));
         let mut b = [0u8];
         handle_exit(0, VcpuExit::IoIn(0x505, &mut b), &c, &mut UnhandledLog::default());
         assert_eq!(b, [7]);
+    }
+
+    /// A guest writing every pvpanic byte over and over: a bounded number of events (the
+    /// burst, then one summary when the VM's events are flushed) and of signals (each value
+    /// `SAME_SIGNAL_MAX` times).
+    #[test]
+    fn a_pvpanic_flood_is_bounded() {
+        let c = ctx(false);
+        for i in 0..100_000u32 {
+            handle_exit(0, VcpuExit::IoOut(0x505, &[i as u8]), &c, &mut UnhandledLog::default());
+        }
+        c.events.flush_suppressed();
+        let lines = c.events.since(0);
+        let pvpanic = lines.iter().filter(|l| l.contains("\"event\":\"pvpanic\"")).count();
+        assert_eq!(pvpanic, crate::events::GUEST_BURST as usize, "the burst (this runs in well under a second)");
+        let counted: u64 = lines
+            .iter()
+            .filter(|l| l.contains("events_suppressed"))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(pvpanic as u64 + counted, 100_000, "every write recorded or counted");
+        let signals = drained(&c);
+        assert_eq!(signals.len(), 256 * SignalQueue::SAME_SIGNAL_MAX as usize);
+        assert_eq!(c.signals.dropped(), 100_000 - signals.len() as u64);
+        // The first of each value got through, in the guest's order.
+        assert_eq!(signals[..256], (0..=255u8).map(|bits| CrashSignal::PvPanic { vcpu: 0, bits }).collect::<Vec<_>>());
     }
 
     #[test]
@@ -682,7 +732,7 @@ mod tests {
         assert_eq!(wrmsr(&c, 0, HV_X64_MSR_CRASH_CTL, 0xc000_0000_0000_0000).1, 0);
         wrmsr(&c, 1, HV_X64_MSR_GUEST_OS_ID, 0);
         wrmsr(&c, 1, HV_X64_MSR_HYPERCALL, 0);
-        let signals = c.signals.drain();
+        let signals = drained(&c);
         assert!(
             matches!(&signals[0], CrashSignal::HvCrash { vcpu: 0, message: Some(m), .. } if m.ends_with("sysrq triggered crash"))
         );

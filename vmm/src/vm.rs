@@ -244,6 +244,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         let _ = std::fs::remove_file(path);
     }
     log::info!("VM ended after {:.3} s: {}", started.elapsed().as_secs_f64(), exit.reason());
+    events.flush_suppressed();
     events.emit(Event::VmExited { exit_code: exit.exit_code(), reason: exit.reason() });
     events.sync();
     Ok(exit)
@@ -337,8 +338,8 @@ fn run_machine(s: &Session, machine: Machine) -> Result<BootEnd, VmError> {
     }
     // Signals sent while the VM was ending (a panic just before the guest's own reboot) still
     // count.
-    for signal in ctx.signals.drain() {
-        crash.signal(signal, &control);
+    for (signal, seen) in ctx.signals.drain() {
+        crash.observed(signal, seen, &control);
     }
     let exit = state.get().unwrap_or(VmExit::Error("no exit reason".into()));
     Ok(crash.vm_exit(exit, &control))
@@ -395,8 +396,8 @@ impl MutEventSubscriber for CrashWatcher {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let mut crash = lock(&self.crash);
         let vm: SharedVm = self.ctx.clone();
-        for signal in self.ctx.signals.drain() {
-            crash.signal(signal, &vm);
+        for (signal, seen) in self.ctx.signals.drain() {
+            crash.observed(signal, seen, &vm);
         }
     }
     fn init(&mut self, ops: &mut EventOps) {

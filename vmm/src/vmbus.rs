@@ -86,24 +86,31 @@ pub fn apply(ctx: &VmbusLink<'_>, hv: &mut HyperV, outputs: Vec<Output>, now: In
     kick
 }
 
+/// Every record here is the guest's doing, so each is throttled per source (`EventLog`).
 fn record(ctx: &VmbusLink<'_>, hv: &mut HyperV, event: ServerEvent, now: Instant) {
     match event {
         ServerEvent::Connected { vcpu, version, target_vcpu } => {
-            log::info!("VMBus: connected, protocol {} (target VP {target_vcpu})", version_string(version));
-            ctx.events.emit(Event::VmbusConnected { vcpu, version: version_string(version), target_vcpu });
+            if ctx.events.emit_guest(Event::VmbusConnected { vcpu, version: version_string(version), target_vcpu }) {
+                log::info!("VMBus: connected, protocol {} (target VP {target_vcpu})", version_string(version));
+            }
         }
         ServerEvent::VersionRejected { vcpu, version } => {
-            log::info!("VMBus: vCPU {vcpu} asked for protocol {}, declined", version_string(version));
+            if ctx.events.admit("vmbus_version_rejected", chrono::Utc::now()) {
+                log::info!("VMBus: vCPU {vcpu} asked for protocol {}, declined", version_string(version));
+            }
         }
         ServerEvent::UnloadRequested { vcpu } => {
-            log::info!("VMBus: vCPU {vcpu} requests UNLOAD");
             hv.unload_started = Some((vcpu, now));
-            ctx.events.emit(Event::VmbusUnloadRequested { vcpu });
-            ctx.signals.send(CrashSignal::UnloadRequested { vcpu, answered: hv.vmbus.answers_unload() });
+            let at = chrono::Utc::now();
+            if ctx.events.emit_at(Event::VmbusUnloadRequested { vcpu }, at) {
+                log::info!("VMBus: vCPU {vcpu} requests UNLOAD");
+            }
+            ctx.signals.send_at(CrashSignal::UnloadRequested { vcpu, answered: hv.vmbus.answers_unload() }, at);
         }
         ServerEvent::Rejected { vcpu, reason } => {
-            log::warn!("VMBus: message from vCPU {vcpu} rejected: {reason}");
-            ctx.events.emit(Event::VmbusMessageRejected { vcpu, reason });
+            if ctx.events.emit_guest(Event::VmbusMessageRejected { vcpu, reason: reason.clone() }) {
+                log::warn!("VMBus: message from vCPU {vcpu} rejected: {reason}");
+            }
         }
     }
 }
@@ -126,8 +133,10 @@ pub fn post_due(ctx: &VmbusLink<'_>, hv: &mut HyperV, now: Instant) -> Vec<u32> 
 pub fn delivered(ctx: &VmbusLink<'_>, hv: &mut HyperV, vcpu: u32, tags: &[u64]) {
     if tags.contains(&TAG_UNLOAD_RESPONSE) {
         let latency_us = hv.unload_started.take().map_or(0, |(_, t)| t.elapsed().as_micros() as u64);
-        log::info!("VMBus: UNLOAD answered on VP {vcpu} after {latency_us} us");
-        ctx.events.emit(Event::VmbusUnloadCompleted { vcpu, latency_us });
-        ctx.signals.send(CrashSignal::UnloadCompleted { vcpu, latency_us });
+        let at = chrono::Utc::now();
+        if ctx.events.emit_at(Event::VmbusUnloadCompleted { vcpu, latency_us }, at) {
+            log::info!("VMBus: UNLOAD answered on VP {vcpu} after {latency_us} us");
+        }
+        ctx.signals.send_at(CrashSignal::UnloadCompleted { vcpu, latency_us }, at);
     }
 }

@@ -190,8 +190,8 @@ pub struct CrashHandling {
     console: ConsoleTail,
     /// Event-log position where the current crash's events begin.
     events_mark: usize,
-    /// Signals of the current boot, with their times.
-    signals: Vec<TimedSignal>,
+    /// The current boot's last signal (the one that begins a crash, when one does).
+    last_signal: Option<TimedSignal>,
     record: Option<CrashRecord>,
     /// Why the current crash has no directory (it could not be created).
     record_error: Option<String>,
@@ -248,7 +248,7 @@ impl CrashHandling {
             events,
             console,
             events_mark,
-            signals: Vec::new(),
+            last_signal: None,
             record: None,
             record_error: None,
             stay_paused: false,
@@ -272,7 +272,7 @@ impl CrashHandling {
 
     /// A new boot: forget the previous boot's signals and end.
     pub fn on_boot(&mut self) {
-        self.signals.clear();
+        self.last_signal = None;
         self.waiting.clear();
         self.stay_paused = false;
         self.kexec_at = None;
@@ -292,27 +292,31 @@ impl CrashHandling {
 
     fn record_signal(&mut self, timed: TimedSignal, now: Instant) {
         if let Some(r) = self.record.as_mut() {
-            r.signals.push(timed.clone());
+            r.add_signal(timed.clone());
         }
         if let CrashSignal::GuestKexec { .. } = timed.signal {
             self.kexec_at = Some(now);
         }
-        self.signals.push(timed);
+        self.last_signal = Some(timed);
     }
 
-    /// A crash signal from the VM.
+    /// A crash signal crashvmm itself observed now (the watchdog's hang).
     pub fn signal(&mut self, signal: CrashSignal, vm: &SharedVm) {
+        self.observed(TimedSignal { at: Utc::now(), signal }, Instant::now(), vm);
+    }
+
+    /// A crash signal from the VM, observed at `timed.at` and queued at `seen`.
+    pub fn observed(&mut self, timed: TimedSignal, seen: Instant, vm: &SharedVm) {
         if self.end.is_some() {
             return;
         }
-        log::debug!("crash signal: {signal:?}");
-        let timed = TimedSignal { at: Utc::now(), signal };
+        log::debug!("crash signal: {timed:?}");
         if self.job.is_some() {
             // Decided once the vmcore being written is done.
-            self.waiting.push_back((timed, Instant::now()));
+            self.waiting.push_back((timed, seen));
             return;
         }
-        self.decide_signal(timed, Instant::now(), vm);
+        self.decide_signal(timed, seen, vm);
     }
 
     fn decide_signal(&mut self, timed: TimedSignal, at: Instant, vm: &SharedVm) {
@@ -516,8 +520,9 @@ impl CrashHandling {
                 }
                 Action::InjectNmi(targets) => {
                     for vcpu in targets_of(targets, vm.as_ref()) {
-                        vm.inject_nmi(vcpu);
+                        // Logged before the vCPU can take it: the panic it causes comes after.
                         self.events.emit(Event::NmiInjected { vcpu });
+                        vm.inject_nmi(vcpu);
                     }
                 }
                 Action::StayPaused => {
@@ -531,12 +536,17 @@ impl CrashHandling {
     fn begin(&mut self, trigger: Trigger) {
         let n = self.orchestrator.crashes();
         log::warn!("crash {n} detected (trigger {trigger})");
-        self.events.emit(Event::CrashDetected { trigger: trigger.to_string() });
+        // Its cause's time, observed where the guest did it: the main thread may get to this
+        // line long after the guest went on (to its kexec, say).
+        let signal_ts = self.last_signal.as_ref().map(|t| crate::events::ts(t.at));
+        self.events.emit(Event::CrashDetected { trigger: trigger.to_string(), signal_ts });
         self.record_error = None;
         match CrashRecord::begin(&self.crash_dir, n, trigger) {
             Ok(mut r) => {
                 // The signals of this crash so far: from the trigger on.
-                r.signals.extend(self.signals.last().cloned());
+                if let Some(t) = self.last_signal.clone() {
+                    r.add_signal(t);
+                }
                 self.record = Some(r);
             }
             Err(e) => {
@@ -706,6 +716,8 @@ impl CrashHandling {
         if record.vcpus.is_empty() {
             record.vcpus = vm.snapshots();
         }
+        // What the guest's flood left out so far is counted in this crash's own events.
+        self.events.flush_suppressed();
         let events = self.events.since(self.events_mark);
         let console = self.console.contents();
         record.signature = record.find_signature(&console);
@@ -973,6 +985,39 @@ mod tests {
         let mut d: Vec<_> = std::fs::read_dir(base).unwrap().map(|e| e.unwrap().path()).collect();
         d.sort();
         d
+    }
+
+    /// The crash's detection names when its cause was observed, not when the executor got to
+    /// it; a guest repeating a signal leaves a report with a bounded list and a count.
+    #[test]
+    fn detection_carries_its_cause_time_and_repeats_are_counted() {
+        let base = tempfile::tempdir().unwrap();
+        let events = EventLog::disabled();
+        let mut h = handling(base.path(), &events);
+        let vm = FakeVm::new();
+        let cause = chrono::DateTime::parse_from_rfc3339("2026-12-05T10:00:00.123456Z").unwrap().with_timezone(&Utc);
+        // crash_loaded and panicked: the guest's kdump is awaited, the guest goes on writing.
+        let pvpanic = |bits, at| TimedSignal { at, signal: CrashSignal::PvPanic { vcpu: 0, bits } };
+        h.observed(pvpanic(3, cause), Instant::now(), &sh(&vm));
+        for i in 0..1000u32 {
+            h.observed(pvpanic(i as u8, Utc::now()), Instant::now(), &sh(&vm));
+        }
+        h.signal_done(CrashSignal::TripleFault { vcpu: 0 }, &sh(&vm));
+        let all: Vec<serde_json::Value> = events.since(0).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let detected: Vec<&serde_json::Value> = all.iter().filter(|e| e["event"] == "crash_detected").collect();
+        assert_eq!(detected.len(), 1);
+        assert_eq!(detected[0]["signal_ts"], "2026-12-05T10:00:00.123456Z");
+        let d = dirs(base.path());
+        assert_eq!(d.len(), 1);
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d[0].join("report.json")).unwrap()).unwrap();
+        let listed = report["signals"].as_array().unwrap();
+        let pvpanics = listed.iter().filter(|s| s["signal"] == "pvpanic").count();
+        assert_eq!(pvpanics, CrashRecord::SAME_KIND_MAX);
+        assert_eq!(report["signals_dropped"], 1001 - CrashRecord::SAME_KIND_MAX as u64);
+        // The triple fault is listed: a flood of one kind does not crowd out another.
+        assert!(listed.iter().any(|s| s["signal"] == "triple_fault"), "{listed:?}");
+        assert_eq!(listed[0]["at"], "2026-12-05T10:00:00.123456Z");
     }
 
     #[test]

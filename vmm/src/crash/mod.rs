@@ -47,6 +47,25 @@ pub enum CrashSignal {
     GuestHang { stalled_ms: u64 },
 }
 
+impl CrashSignal {
+    /// What makes two signals the same for the signal queue's bound on repeats (`control.rs`):
+    /// the kind, and pvpanic's byte or the vCPU that triple-faulted.
+    pub fn repeat_key(&self) -> (u8, u64) {
+        match self {
+            CrashSignal::PvPanic { bits, .. } => (0, u64::from(*bits)),
+            CrashSignal::HvCrash { .. } => (1, 0),
+            CrashSignal::GuestKexec { .. } => (2, 0),
+            CrashSignal::CrashKernelStarted { .. } => (3, 0),
+            CrashSignal::TripleFault { vcpu } => (4, u64::from(*vcpu)),
+            CrashSignal::KvmFailure { vcpu, .. } => (5, u64::from(*vcpu)),
+            CrashSignal::UnloadRequested { .. } => (6, 0),
+            CrashSignal::UnloadCompleted { .. } => (7, 0),
+            CrashSignal::NmiInjected => (8, 0),
+            CrashSignal::GuestHang { .. } => (9, 0),
+        }
+    }
+}
+
 /// What `--on-hang` does to the hung guest itself (after its live dump, with `host-dump,...`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HangAction {

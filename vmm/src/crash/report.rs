@@ -38,7 +38,7 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     move |source| ReportError::Io { what, path: path.to_owned(), source }
 }
 
-/// A signal with its arrival time.
+/// A signal with when it was observed (the vCPU thread's clock for the guest's signals).
 #[derive(Debug, Clone)]
 pub struct TimedSignal {
     pub at: DateTime<Utc>,
@@ -85,7 +85,12 @@ pub struct CrashRecord {
     pub number: u32,
     pub trigger: Trigger,
     pub detected_at: DateTime<Utc>,
+    /// The crash's signals, at most [`Self::SAME_KIND_MAX`] of each kind ([`add_signal`]).
+    ///
+    /// [`add_signal`]: Self::add_signal
     pub signals: Vec<TimedSignal>,
+    /// Signals left out of `signals` (a guest that repeats itself).
+    pub signals_dropped: u64,
     pub vcpus: Vec<VcpuState>,
     pub vmcore: Option<VmcoreEntry>,
     pub vmcore_error: Option<String>,
@@ -118,6 +123,7 @@ impl CrashRecord {
             trigger,
             detected_at,
             signals: Vec::new(),
+            signals_dropped: 0,
             vcpus: Vec::new(),
             vmcore: None,
             vmcore_error: None,
@@ -128,8 +134,23 @@ impl CrashRecord {
         })
     }
 
+    /// Signals of one kind (pvpanic writes of any value, crash reports, ...) a report lists:
+    /// the first ones, which are what began the crash; whatever a guest sends after them is
+    /// counted in `signals_dropped`, so the report stays small however long the guest goes on.
+    pub const SAME_KIND_MAX: usize = 32;
+
     pub fn record(&mut self, signal: &CrashSignal) {
-        self.signals.push(TimedSignal { at: Utc::now(), signal: signal.clone() });
+        self.add_signal(TimedSignal { at: Utc::now(), signal: signal.clone() });
+    }
+
+    /// Record a signal of this crash, within [`Self::SAME_KIND_MAX`] of its kind.
+    pub fn add_signal(&mut self, timed: TimedSignal) {
+        let kind = timed.signal.repeat_key().0;
+        if self.signals.iter().filter(|t| t.signal.repeat_key().0 == kind).count() >= Self::SAME_KIND_MAX {
+            self.signals_dropped += 1;
+        } else {
+            self.signals.push(timed);
+        }
     }
 
     /// Where the vmcore goes while the directory is being written.
@@ -253,6 +274,7 @@ impl CrashRecord {
                 "vcpus": guest.vcpus, "kernel_release": self.kernel_release,
             },
             "signals": signals,
+            "signals_dropped": self.signals_dropped,
             "pvpanic": pvpanic,
             "hyperv_crash": hyperv,
             "vmbus": vmbus,

@@ -36,6 +36,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "hostile-msr", run: hostile::msr },
     Scenario { name: "pvpanic-bytes", run: hostile::pvpanic_bytes },
     Scenario { name: "vmbus-flood", run: vmbus_stress::flood },
+    Scenario { name: "guest-flood", run: vmbus_stress::guest_flood },
     Scenario { name: "contact-during-unload", run: vmbus_stress::contact_during_unload },
     Scenario { name: "unload-without-connect", run: vmbus_stress::unload_without_connect },
     Scenario { name: "triple-fault", run: basic::triple_fault },
@@ -45,7 +46,7 @@ pub const SCENARIOS: &[Scenario] = &[
 
 /// For the "unknown scenario" message.
 pub const NAMES: &str = "boot connect panic kdump bench-panic bench-kdump bench-live hostile-hypercall hostile-synic \
-                         hostile-crash-message hostile-msr pvpanic-bytes vmbus-flood contact-during-unload \
+                         hostile-crash-message hostile-msr pvpanic-bytes vmbus-flood guest-flood contact-during-unload \
                          unload-without-connect triple-fault idle counter";
 
 pub fn find(name: &[u8]) -> Option<&'static Scenario> {

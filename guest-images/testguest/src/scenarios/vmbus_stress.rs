@@ -13,6 +13,9 @@ use crate::start_info::StartInfo;
 use crate::time::ms_since;
 use crate::vmbus::{self, *};
 
+/// How long `guest-flood` floods crashvmm (guest TSC time).
+pub const GUEST_FLOOD_MS: u64 = 10_000;
+
 /// Messages of the flood's second and first waves.
 pub const FLOOD_VALID: u32 = 200;
 pub const FLOOD_MALFORMED: u32 = 240;
@@ -141,4 +144,29 @@ pub fn unload_without_connect(_si: &StartInfo) -> ! {
     );
     vmbus_up(&hv);
     finish()
+}
+
+/// A guest that floods crashvmm with what it must record: it announces its kdump
+/// (`crash_loaded | panicked`: crashvmm waits for the crash kernel), then for
+/// [`GUEST_FLOOD_MS`] writes every pvpanic byte over and over, each followed by a malformed
+/// VMBus message, then triple-faults: crashvmm must still collect the crash (a crash during
+/// kdump), with its records bounded.
+pub fn guest_flood(si: &StartInfo) -> ! {
+    let hv = hyperv_up();
+    let conn = vmbus_up(&hv);
+    crate::pvpanic::write_raw(crate::pvpanic::PVPANIC_PANICKED | crate::pvpanic::PVPANIC_CRASH_LOADED);
+    let deadline = crate::time::Deadline::after_ms(GUEST_FLOOD_MS);
+    let mut buf = [0u8; 240];
+    let (mut writes, mut refused) = (0u64, 0u64);
+    while !deadline.passed() {
+        crate::pvpanic::write_raw(writes as u8);
+        let n = malformed(writes as u32, &mut buf);
+        if hyperv::post_message(conn.msg_conn_id, &buf[..n]) == HV_STATUS_INVALID_PARAMETER {
+            refused += 1;
+        }
+        writes += 1;
+    }
+    line().s("guest-flood: ").dec(writes).s(" pvpanic writes, ").dec(refused).s(" VMBus messages refused").end();
+    check_eq("guest-flood-every-message-refused", refused, writes);
+    super::basic::triple_fault(si)
 }
