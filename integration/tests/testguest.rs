@@ -122,6 +122,17 @@ struct Running {
 /// Start `scenario` with extra `crashvmm run` options (`OUT/` in them is the run's output
 /// directory) and `umask` for crashvmm, if given.
 fn start(scenario: &str, extra: &[&str], umask: Option<libc::mode_t>) -> Option<Running> {
+    start_limited(scenario, extra, umask, None)
+}
+
+/// [`start`], with RLIMIT_NOFILE (soft and hard) `nofile` for crashvmm if given, as
+/// `prlimit --nofile=N:N` would.
+fn start_limited(
+    scenario: &str,
+    extra: &[&str],
+    umask: Option<libc::mode_t>,
+    nofile: Option<libc::rlim_t>,
+) -> Option<Running> {
     let (binary, elf) = prerequisites()?;
     let dir = tempfile::Builder::new().prefix("crashvmm-testguest-").tempdir().expect("temporary directory");
     let out = dir.path().to_owned();
@@ -148,6 +159,20 @@ fn start(scenario: &str, extra: &[&str], umask: Option<libc::mode_t>) -> Option<
         unsafe {
             cmd.pre_exec(move || {
                 libc::umask(mask);
+                Ok(())
+            })
+        };
+    }
+    if let Some(n) = nofile {
+        use std::os::unix::process::CommandExt;
+        let limit = libc::rlimit { rlim_cur: n, rlim_max: n };
+        // SAFETY: setrlimit(2) is async-signal-safe, as a pre_exec hook must be; `limit` is
+        // moved into the hook and outlives the call.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             })
         };
@@ -1071,4 +1096,176 @@ fn a_hang_gets_a_live_dump_then_the_nmi() {
     let o = PR_REG + R12 * 8;
     let r12 = u64::from_le_bytes(prstatus.desc[o..o + 8].try_into().unwrap());
     assert!(memory > 0 && (memory == r12 || memory + 1 == r12), "page {memory}, r12 {r12}: not one snapshot");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The control socket under pressure: a flood of connections, no descriptors left, a second
+// crashvmm on the same socket
+
+impl Running {
+    /// CPU time (user + system) crashvmm's main thread has used so far, or `None` once it
+    /// has exited (`/proc/PID/task/PID/stat`, fields 14 and 15, in clock ticks).
+    fn main_thread_cpu(&self) -> Option<Duration> {
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat")).ok()?;
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // SAFETY: sysconf(3) only reads a constant of the system.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Some(Duration::from_millis(ticks * 1000 / hz))
+    }
+
+    fn connect(&self) -> std::os::unix::net::UnixStream {
+        std::os::unix::net::UnixStream::connect(self.out.join("api.sock")).expect("connecting to the control socket")
+    }
+}
+
+/// All a connection got until crashvmm closed it (or `LIMIT` passed).
+fn read_all(mut stream: std::os::unix::net::UnixStream) -> String {
+    use std::io::Read;
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+/// The bar of a connection flood: under RLIMIT_NOFILE 64, 100 idle control-socket
+/// connections while the guest hangs. crashvmm takes the connections it has descriptors to
+/// spare for and refuses the rest at once, each with one JSON error line (said once in its log,
+/// not per connection); the hang is collected completely (the live vmcore and the crash
+/// directory, then the NMI), with either snapshot method, and the main thread never spins.
+#[test]
+fn a_connection_flood_under_a_low_descriptor_limit_costs_no_hang_dump() {
+    const NOFILE: libc::rlim_t = 64;
+    const CONNECTIONS: usize = 100;
+    for method in ["uffd", "fork"] {
+        let args = [
+            "--hyperv",
+            "off",
+            "--watchdog",
+            "2s",
+            "--on-hang",
+            "host-dump,nmi",
+            "--live-dump-snapshot",
+            method,
+            "--api-socket",
+            "OUT/api.sock",
+        ];
+        let Some(mut r) = start_limited("counter", &args, None, Some(NOFILE)) else { return };
+        r.wait_for_console("TG: counter: ready at 0x3000000");
+        let streams: Vec<_> = (0..CONNECTIONS).map(|_| r.connect()).collect();
+        // Until the hang is handled (the guest powers off after the NMI): the main thread's CPU
+        // time, last read while crashvmm ran.
+        let deadline = Instant::now() + LIMIT;
+        let mut cpu = Duration::ZERO;
+        while r.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "{method}: crashvmm did not end within {LIMIT:?}");
+            cpu = r.main_thread_cpu().unwrap_or(cpu);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let answers: Vec<String> = streams.into_iter().map(read_all).collect();
+        let r = r.wait();
+        assert_eq!(r.code(), EXIT_POWER_OFF, "{method}: the guest powered off after the NMI{}", r.context());
+        r.assert_in_order(&[
+            "guest_hang",
+            "crash_detected",
+            "dump_started",
+            "vmcore_written",
+            "crash_report",
+            "nmi_injected",
+            "vm_exited",
+        ]);
+        assert!(r.all("vmcore_failed").is_empty(), "{method}{}", r.context());
+        assert_eq!(r.one("vmcore_written")["snapshot"], method);
+        let dirs = r.outcome.crash_dirs();
+        assert_eq!(dirs.len(), 1, "{method}: {dirs:?}");
+        let report: Value = serde_json::from_slice(&std::fs::read(dirs[0].join("report.json")).unwrap()).unwrap();
+        let outcome = report["outcome"].as_str().unwrap_or_default();
+        assert!(outcome.ends_with("; live host-side vmcore written; NMI injected"), "{method}: {outcome}");
+        let mut f = std::fs::File::open(dirs[0].join("vmcore")).unwrap();
+        kdump::diskdump::KdumpFile::parse(&mut f).expect("a kdump-compressed vmcore");
+        // Some connections were taken, the rest refused with one error line each.
+        let refused: Vec<&String> = answers.iter().filter(|a| !a.is_empty()).collect();
+        assert!(!refused.is_empty() && refused.len() < CONNECTIONS, "{method}: {} refused", refused.len());
+        for a in &refused {
+            let v: Value = serde_json::from_str(a.trim_end()).unwrap_or_else(|e| panic!("{a:?}: {e}"));
+            assert_eq!(a.lines().count(), 1, "{a:?}");
+            assert_eq!(v["ok"], false, "{a}");
+            let error = v["error"].as_str().unwrap_or_default();
+            assert!(error.starts_with("too many control-socket connections ("), "{a}");
+            assert!(error.contains("RLIMIT_NOFILE 64"), "{a}");
+        }
+        eprintln!("{method}: {} of {CONNECTIONS} connections refused; main thread CPU {cpu:?}", refused.len());
+        let log = r.stderr();
+        assert_eq!(log.matches("refusing new ones").count(), 1, "said once{}", r.context());
+        assert!(!log.contains("Too many open files"), "{method}{}", r.context());
+        assert!(log.len() < 64 << 10, "{method}: {} bytes of log", log.len());
+        // Serving 100 connections and a 64 MiB dump's bookkeeping is a few tens of
+        // milliseconds; a spinning accept loop takes a core for the whole run.
+        assert!(cpu < Duration::from_millis(1500), "{method}: the main thread used {cpu:?} of CPU");
+    }
+}
+
+/// Descriptors run out under the control socket (its RLIMIT_NOFILE lowered from outside to
+/// what it has open): each new connection is taken off the queue with the spare descriptor and
+/// refused with one error line, the log says so once, not per connection; once descriptors are
+/// free again (the limit raised back) the socket serves again.
+#[test]
+fn out_of_descriptors_connections_are_refused_without_spinning_and_served_again_after() {
+    let Some(mut r) = start("idle", &["--api-socket", "OUT/api.sock"], None) else { return };
+    r.wait_for_console("TG: idle: ready");
+    let pid = r.child.id() as libc::pid_t;
+    // The lowest descriptor number free: as the soft limit, it leaves crashvmm none (it may
+    // hold descriptors numbered above, inherited).
+    let open: Vec<libc::rlim_t> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let lowest_free = (0..).find(|n| !open.contains(n)).unwrap();
+    let mut was = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: prlimit(2) reads `new` (when not null) and writes the limit it replaces into
+    // `was`; both outlive the call.
+    let limit = |new: Option<&libc::rlimit>, was: &mut libc::rlimit| unsafe {
+        libc::prlimit(pid, libc::RLIMIT_NOFILE, new.map_or(std::ptr::null(), |n| n as *const _), was)
+    };
+    assert_eq!(limit(None, &mut was), 0);
+    let low = libc::rlimit { rlim_cur: lowest_free, rlim_max: was.rlim_max };
+    assert_eq!(limit(Some(&low), &mut was), 0, "{}", std::io::Error::last_os_error());
+    for _ in 0..20 {
+        let answer = read_all(r.connect());
+        let v: Value = serde_json::from_str(answer.trim_end()).unwrap_or_else(|e| panic!("{answer:?}: {e}"));
+        assert_eq!(v["error"], "crashvmm is out of file descriptors; try again later", "{answer}");
+    }
+    let cpu = r.main_thread_cpu().unwrap();
+    assert_eq!(limit(Some(&was), &mut libc::rlimit { rlim_cur: 0, rlim_max: 0 }), 0);
+    assert_eq!(r.ctl(&["status"])["state"], "running");
+    assert_eq!(r.ctl(&["shutdown"])["ok"], true);
+    let r = r.wait();
+    assert_eq!(r.code(), EXIT_POWER_OFF, "{}", r.context());
+    let log = r.stderr();
+    assert_eq!(log.matches("Too many open files").count(), 1, "said once{}", r.context());
+    assert!(log.contains("descriptors free again (20 connections refused meanwhile)"), "{}", r.context());
+    assert!(cpu < Duration::from_secs(2), "the main thread used {cpu:?} of CPU");
+}
+
+/// A second crashvmm on a control socket a first one serves refuses to start (exit code 1,
+/// one line saying so, nothing created); the first keeps its socket, and `shutdown` reaches it.
+#[test]
+fn a_second_crashvmm_on_a_served_socket_refuses_to_start() {
+    let Some(mut first) = start("idle", &["--api-socket", "OUT/api.sock"], None) else { return };
+    first.wait_for_console("TG: idle: ready");
+    let socket = first.out.join("api.sock");
+    let Some(second) = run("boot", &["--api-socket", socket.to_str().unwrap()]) else { return };
+    assert_eq!(second.code(), 1, "{}", second.context());
+    let said = format!("crashvmm: error: another crashvmm is serving {}\n", socket.display());
+    assert_eq!(second.stderr(), said);
+    assert!(!second.outcome.out.join("events.jsonl").exists(), "nothing created before the refusal");
+    assert!(!second.outcome.out.join("console.log").exists(), "nothing created before the refusal");
+    assert_eq!(first.ctl(&["status"])["state"], "running");
+    assert_eq!(first.ctl(&["shutdown"])["ok"], true);
+    let first = first.wait();
+    assert_eq!(first.code(), EXIT_POWER_OFF, "{}", first.context());
+    assert!(!socket.exists(), "the socket goes with its crashvmm");
 }

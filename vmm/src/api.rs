@@ -25,10 +25,10 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -94,20 +94,102 @@ fn error(msg: impl std::fmt::Display) -> Value {
     json!({"ok": false, "error": msg.to_string()})
 }
 
-/// Bind the socket at `path` (replacing a stale socket, never another kind of file), owner-only.
-pub fn bind(path: &Path) -> io::Result<UnixListener> {
+/// Why the control socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// A process answers on the socket: another crashvmm (or something else) serves it.
+    #[error("another crashvmm is serving {}", .0.display())]
+    InUse(PathBuf),
+    #[error("{} exists and is not a socket", .0.display())]
+    NotASocket(PathBuf),
+    #[error("control socket {}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Bind the socket at `path`, owner-only. An existing socket that nobody serves (a crashed
+/// crashvmm's) is replaced; one that accepts a connection is another crashvmm's, and any other
+/// kind of file is left alone: both are refused.
+pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+    let io_err = |source| BindError::Io { path: path.to_owned(), source };
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
         if !meta.file_type().is_socket() {
-            return Err(io::Error::other(format!("{} exists and is not a socket", path.display())));
+            return Err(BindError::NotASocket(path.to_owned()));
         }
-        std::fs::remove_file(path)?;
+        match probe(path) {
+            Ok(()) => return Err(BindError::InUse(path.to_owned())),
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(e)),
+                _ => {}
+            },
+            // Gone meanwhile: bind it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
+        }
     }
     // Owner-only from the start: bind(2) takes the socket's mode from the umask.
-    let listener = crate::files::with_umask(0o177, || UnixListener::bind(path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    listener.set_nonblocking(true)?;
+    let listener = crate::files::with_umask(0o177, || UnixListener::bind(path)).map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    listener.set_nonblocking(true).map_err(io_err)?;
     Ok(listener)
+}
+
+/// Whether something listens on the socket at `path`: `Ok` when a connection is accepted or
+/// its queue is full (`EAGAIN`: a listener that does not keep up is still one), otherwise
+/// connect(2)'s error (`ECONNREFUSED`: a socket file nobody serves). Non-blocking, so that a
+/// stopped crashvmm with a full queue cannot hold this one up.
+fn probe(path: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: socket(2) takes no pointers; the descriptor it returns is owned below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes that outlives the call.
+    let r = unsafe { libc::connect(socket.as_raw_fd(), std::ptr::addr_of!(addr).cast(), len) };
+    if r == 0 {
+        return Ok(());
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::EAGAIN) => Ok(()),
+        e => Err(e),
+    }
+}
+
+/// Descriptors that control-socket connections never take: what the VM's own work needs
+/// beyond what is open when a boot starts (a crash's vmcore, its snapshot's userfaultfd and
+/// pagemap or pipe, the crash directory's files, the upload's connections, the refusal of one
+/// connection past the cap).
+pub const FD_RESERVE: u64 = 32;
+/// Most control-socket connections (subscribers included) at once, whatever the limit.
+pub const MAX_CONNECTIONS: u64 = 1024;
+
+/// How many control-socket connections may be open at once, with `limit` descriptors
+/// (RLIMIT_NOFILE) of which `open` are in use: all but [`FD_RESERVE`] of the rest.
+pub fn connection_cap(limit: u64, open: u64) -> usize {
+    limit.saturating_sub(open).saturating_sub(FD_RESERVE).min(MAX_CONNECTIONS) as usize
+}
+
+/// Descriptors this process has open now (`/proc/self/fd`; the listing's own counted).
+fn open_descriptors() -> io::Result<u64> {
+    Ok(std::fs::read_dir("/proc/self/fd")?.count() as u64)
 }
 
 /// What the API acts on during one boot of the guest.
@@ -119,6 +201,21 @@ pub struct ApiServer {
     pub started: Instant,
     conns: HashMap<u32, (UnixStream, Vec<u8>)>,
     next: u32,
+    /// Most connections at once (subscribers included): see [`connection_cap`].
+    cap: usize,
+    /// RLIMIT_NOFILE, for the refusal's wording.
+    fd_limit: u64,
+    /// Whether the cap was reached and said so (once, until connections are below it again).
+    at_cap: bool,
+    /// A descriptor held spare: at EMFILE or ENFILE it is closed to take one connection off
+    /// the queue and refuse it (a level-triggered listener that cannot be drained would wake
+    /// the loop again at once), then opened again.
+    spare: Option<std::fs::File>,
+    /// Whether the listener is watched: not while descriptors ran out and no spare was left,
+    /// until a connection closes.
+    listening: bool,
+    /// Connections refused since descriptors ran out (`None`: they have not).
+    exhausted: Option<u64>,
 }
 
 /// `data` of the listener in the event loop; connections count up from 1.
@@ -131,8 +228,43 @@ impl ApiServer {
         state: Arc<ExitState>,
         crash: Arc<Mutex<CrashHandling>>,
         started: Instant,
+        fd_limit: u64,
     ) -> Self {
-        Self { listener, ctx, state, crash, started, conns: HashMap::new(), next: 1 }
+        let spare = std::fs::File::open("/dev/null").ok();
+        let cap = match open_descriptors() {
+            Ok(open) => connection_cap(fd_limit, open),
+            Err(e) => {
+                log::warn!("control socket: cannot count open descriptors ({e}); assuming half the limit");
+                connection_cap(fd_limit, fd_limit / 2)
+            }
+        };
+        if cap == 0 {
+            log::warn!(
+                "control socket: no descriptors to spare under RLIMIT_NOFILE {fd_limit}; it refuses every connection"
+            );
+        } else {
+            log::debug!("control socket: at most {cap} connections (RLIMIT_NOFILE {fd_limit})");
+        }
+        Self {
+            listener,
+            ctx,
+            state,
+            crash,
+            started,
+            conns: HashMap::new(),
+            next: 1,
+            cap,
+            fd_limit,
+            at_cap: false,
+            spare,
+            listening: true,
+            exhausted: None,
+        }
+    }
+
+    /// Connections holding a descriptor: served ones and subscribers.
+    fn connections(&self) -> usize {
+        self.conns.len() + self.ctx.events.subscribers()
     }
 
     fn status(&self) -> Value {
@@ -180,7 +312,27 @@ impl ApiServer {
     fn accept(&mut self, ops: &mut EventOps) {
         loop {
             match self.listener.accept() {
-                Ok((stream, _)) => {
+                Ok((mut stream, _)) => {
+                    if let Some(refused) = self.exhausted.take() {
+                        log::info!("control socket: descriptors free again ({refused} connections refused meanwhile)");
+                    }
+                    if self.connections() >= self.cap {
+                        if !self.at_cap {
+                            log::warn!(
+                                "control socket: {} connections open, the most under RLIMIT_NOFILE {}; refusing new ones",
+                                self.cap,
+                                self.fd_limit
+                            );
+                            self.at_cap = true;
+                        }
+                        let _ = stream.set_nonblocking(true);
+                        let msg = format!(
+                            "too many control-socket connections ({} open, the most under RLIMIT_NOFILE {}); try again later",
+                            self.cap, self.fd_limit
+                        );
+                        write_line(&mut stream, &error(msg));
+                        continue;
+                    }
                     if stream.set_nonblocking(true).is_err() {
                         continue;
                     }
@@ -191,6 +343,41 @@ impl ApiServer {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    // accept(2) wants a descriptor before it looks at the queue, so a connection
+                    // may be waiting or not: the spare makes room to take it off and refuse it.
+                    let Some(spare) = self.spare.take() else {
+                        // No spare (another thread took its descriptor): the queue cannot be
+                        // drained, so stop watching it until a connection of ours closes.
+                        log::warn!("control socket: accept: {e}; not accepting until a connection closes");
+                        return self.stop_listening(ops);
+                    };
+                    drop(spare);
+                    let refused_one = match self.listener.accept() {
+                        Ok((mut stream, _)) => {
+                            let refused = self.exhausted.get_or_insert_with(|| {
+                                log::error!(
+                                    "control socket: accept: {e}; refusing connections until descriptors are free"
+                                );
+                                0
+                            });
+                            *refused += 1;
+                            let _ = stream.set_nonblocking(true);
+                            write_line(&mut stream, &error("crashvmm is out of file descriptors; try again later"));
+                            true
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                        Err(e) => {
+                            log::warn!("control socket: accept: {e}");
+                            false
+                        }
+                    };
+                    // The refused connection's descriptor is closed: the spare takes it again.
+                    self.spare = std::fs::File::open("/dev/null").ok();
+                    if !refused_one {
+                        return;
+                    }
+                }
                 Err(e) => {
                     log::warn!("control socket: accept: {e}");
                     return;
@@ -199,9 +386,34 @@ impl ApiServer {
         }
     }
 
+    fn stop_listening(&mut self, ops: &mut EventOps) {
+        if self.listening {
+            let _ = ops.remove(Events::new_raw(self.listener.as_raw_fd(), EventSet::IN));
+            self.listening = false;
+        }
+    }
+
+    /// A connection closed: below the cap again, and a descriptor is free.
+    fn closed(&mut self, ops: &mut EventOps) {
+        if self.connections() < self.cap {
+            self.at_cap = false;
+        }
+        if self.spare.is_none() {
+            self.spare = std::fs::File::open("/dev/null").ok();
+        }
+        if !self.listening && self.spare.is_some() {
+            match ops.add(Events::with_data(&self.listener, LISTENER, EventSet::IN)) {
+                Ok(()) => self.listening = true,
+                Err(e) => log::error!("cannot watch the control socket: {e:?}"),
+            }
+        }
+    }
+
     fn close(&mut self, id: u32, ops: &mut EventOps) {
         if let Some((stream, _)) = self.conns.remove(&id) {
             let _ = ops.remove(Events::new_raw(stream.as_raw_fd(), EventSet::IN));
+            drop(stream);
+            self.closed(ops);
         }
     }
 
@@ -356,11 +568,35 @@ mod tests {
         let path = dir.path().join("api.sock");
         drop(bind(&path).unwrap());
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        // A stale socket is replaced; a regular file is not touched.
+        // A stale socket (nobody serves it) is replaced; a regular file is not touched.
         drop(bind(&path).unwrap());
         let file = dir.path().join("file");
         std::fs::write(&file, b"keep").unwrap();
-        assert!(bind(&file).is_err());
+        let e = bind(&file).unwrap_err();
+        assert!(matches!(e, BindError::NotASocket(_)), "{e:?}");
         assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    }
+
+    /// A socket someone serves is another crashvmm's: refused, and left as it is (its
+    /// listener still gets connections).
+    #[test]
+    fn bind_refuses_a_socket_that_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let first = bind(&path).unwrap();
+        let e = bind(&path).unwrap_err();
+        assert_eq!(e.to_string(), format!("another crashvmm is serving {}", path.display()));
+        drop(UnixStream::connect(&path).expect("the first socket still serves"));
+        first.set_nonblocking(false).unwrap();
+        first.accept().expect("the first listener got the connection");
+    }
+
+    #[test]
+    fn connections_leave_the_reserve_to_the_vm() {
+        assert_eq!(connection_cap(64, 22), 10);
+        assert_eq!(connection_cap(64, 40), 0);
+        assert_eq!(connection_cap(16, 30), 0);
+        assert_eq!(connection_cap(1 << 20, 30), MAX_CONNECTIONS as usize);
+        assert_eq!(connection_cap(u64::MAX, 30), MAX_CONNECTIONS as usize);
     }
 }

@@ -84,6 +84,8 @@ pub enum VmError {
     Seccomp(#[from] crate::seccomp::SeccompError),
     #[error(transparent)]
     Hyperv(#[from] HypervError),
+    #[error(transparent)]
+    ApiSocket(#[from] crate::api::BindError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,

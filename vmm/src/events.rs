@@ -461,6 +461,12 @@ impl EventLog {
         }
     }
 
+    /// Subscribers now (each holds a descriptor; one that went away is dropped at the next
+    /// record).
+    pub fn subscribers(&self) -> usize {
+        lock(&self.subscribers).len()
+    }
+
     /// A mark for [`since`](Self::since): the sequence number of the next line.
     pub fn mark(&self) -> usize {
         let m = lock(&self.memory);

@@ -140,6 +140,8 @@ struct Session<'a> {
     escape_enabled: bool,
     /// The control socket, when `--api-socket` was given.
     api: Option<UnixListener>,
+    /// RLIMIT_NOFILE (raised to its hard limit), which caps the control socket's connections.
+    fd_limit: u64,
     started: Instant,
     /// The CMOS RTC keeps a time the guest set across resets, as a battery-backed one does.
     rtc: Arc<Mutex<Rtc>>,
@@ -148,6 +150,14 @@ struct Session<'a> {
 /// Run the VM described by `config` to its end.
 pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     config.validate()?;
+    let fd_limit = raise_fd_limit();
+    // The control socket first: refused (another crashvmm serves it) before anything is
+    // created or truncated. Its file goes when this returns, however.
+    let api = match &config.api_socket {
+        Some(path) => Some(api::bind(path)?),
+        None => None,
+    };
+    let _socket_file = config.api_socket.as_deref().filter(|_| api.is_some()).map(RemoveOnDrop);
     let events = match &config.events {
         Some(p) => EventLog::create(p)?,
         None => EventLog::disabled(),
@@ -189,10 +199,6 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     if raw_terminal.is_some() {
         eprintln!("crashvmm: console on this terminal; press Ctrl-A x to stop the VM\r");
     }
-    let api = match &config.api_socket {
-        Some(path) => Some(api::bind(path).map_err(|source| VmError::Io { what: "control socket", source })?),
-        None => None,
-    };
     // Confine this thread (the event loop, crash handling) before any guest code runs; the vCPU
     // and vmcore-hasher threads confine themselves further.
     seccomp::init(config.seccomp, events.raw_fd(), config.seccomp_selftest)?;
@@ -217,6 +223,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         crash: crash.clone(),
         escape_enabled: raw_terminal.is_some(),
         api,
+        fd_limit,
         started,
         rtc: Arc::new(Mutex::new(Rtc::new(host_clock))),
     };
@@ -240,14 +247,45 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     if let Some(d) = delivery {
         d.finish(config.upload_wait);
     }
-    if let Some(path) = &config.api_socket {
-        let _ = std::fs::remove_file(path);
-    }
     log::info!("VM ended after {:.3} s: {}", started.elapsed().as_secs_f64(), exit.reason());
     events.flush_suppressed();
     events.emit(Event::VmExited { exit_code: exit.exit_code(), reason: exit.reason() });
     events.sync();
     Ok(exit)
+}
+
+/// A file removed when this goes (the control socket's).
+struct RemoveOnDrop<'a>(&'a std::path::Path);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
+    }
+}
+
+/// Raise the soft RLIMIT_NOFILE to the hard limit, so that a flood of control-socket clients
+/// (capped below the limit, `api::connection_cap`) leaves the crash path its descriptors; the
+/// soft limit in force is returned.
+fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) writes one rlimit into `limit`, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let e = io::Error::last_os_error();
+        log::warn!("cannot read RLIMIT_NOFILE ({e}); assuming 1024");
+        return 1024;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit(2) reads one rlimit from `raised`, which outlives the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            log::debug!("RLIMIT_NOFILE raised from {} to {}", limit.rlim_cur, raised.rlim_cur);
+            limit = raised;
+        } else {
+            let e = io::Error::last_os_error();
+            log::warn!("cannot raise RLIMIT_NOFILE from {} to {}: {e}", limit.rlim_cur, limit.rlim_max);
+        }
+    }
+    limit.rlim_cur
 }
 
 /// Build a fresh VM, run it until this boot ends, and say how.
@@ -373,6 +411,7 @@ fn event_loop(
             state.clone(),
             s.crash.clone(),
             s.started,
+            s.fd_limit,
         ))));
     }
     if s.config.console == ConsoleMode::Stdio {

@@ -311,11 +311,23 @@ pub struct Orchestrator {
     blame: Option<(Instant, Trigger)>,
     /// The host-side vmcore being written, if any.
     dumping: Option<DumpInProgress>,
+    /// A hang whose vmcore could not be written (why), for the session's exit code: the guest
+    /// may run on and power off, but crashvmm does not end as if nothing was lost.
+    lost_hang: Option<String>,
 }
 
 impl Orchestrator {
     pub fn new(policy: Policy) -> Self {
-        Self { policy, crash: None, crashes: 0, unload_in_flight: false, held: Vec::new(), blame: None, dumping: None }
+        Self {
+            policy,
+            crash: None,
+            crashes: 0,
+            unload_in_flight: false,
+            held: Vec::new(),
+            blame: None,
+            dumping: None,
+            lost_hang: None,
+        }
     }
 
     /// The host-side vmcore being written, if any.
@@ -659,6 +671,9 @@ impl Orchestrator {
             return vec![];
         }
         if let DumpReason::Hang { stalled_ms } = *reason {
+            if let Some(e) = error {
+                self.lost_hang = Some(e.to_string());
+            }
             let outcome = Outcome::HangDumped {
                 stalled_ms,
                 error: error.map(ToString::to_string),
@@ -728,7 +743,7 @@ impl Orchestrator {
         let _ = now;
         let phase = self.crash.as_ref().map(|c| c.phase);
         let actions = match (phase, &exit) {
-            (None, _) => vec![Action::Stop(exit)],
+            (None, _) => vec![Action::Stop(self.final_exit(exit))],
             (_, VmExit::Stopped { .. } | VmExit::Error(_)) => {
                 let mut out = Vec::new();
                 if phase != Some(Phase::Finished) {
@@ -767,11 +782,19 @@ impl Orchestrator {
     }
 
     /// A guest that panicked stays a panicked guest whatever it did next: reset itself
-    /// (`panic=N`), triple-faulted, or powered off after its kdump.
+    /// (`panic=N`), triple-faulted, or powered off after its kdump. A hang whose vmcore could
+    /// not be written is not forgotten: an end that would say all went well (power-off, reset,
+    /// `shutdown`) says the crash could not be collected instead.
     pub fn final_exit(&self, exit: VmExit) -> VmExit {
-        match (&exit, &self.crash) {
+        let exit = match (&exit, &self.crash) {
             (VmExit::Reset(_) | VmExit::TripleFault { .. } | VmExit::PowerOff, Some(_)) => self.panic_exit(),
             _ => exit,
+        };
+        match (exit, &self.lost_hang) {
+            (VmExit::PowerOff | VmExit::Reset(_) | VmExit::HostShutdown, Some(reason)) => {
+                VmExit::CrashCollectionFailed { trigger: Trigger::GuestHang.to_string(), reason: reason.clone() }
+            }
+            (exit, _) => exit,
         }
     }
 }
@@ -1209,6 +1232,31 @@ mod tests {
         assert!(
             matches!(&out[1], Action::Stop(VmExit::CrashCollectionFailed { reason, .. }) if reason.contains("no space"))
         );
+    }
+
+    /// A hang whose vmcore failed: the guest goes on (here, the NMI), but crashvmm's end says
+    /// a crash was lost however the guest ends later; a hang dumped is no such thing.
+    #[test]
+    fn a_hang_whose_vmcore_failed_is_not_forgotten_at_the_end() {
+        let t0 = Instant::now();
+        let hang = CrashSignal::GuestHang { stalled_ms: 2_000 };
+        let base =
+            Policy { on_hang: OnHang::HOST_DUMP_NMI, ..policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Fallback) };
+        for error in [None, Some("pipe: Too many open files")] {
+            let mut o = Orchestrator::new(base.clone());
+            o.on_signal(&hang, t0);
+            let out = o.on_dump_done(&DumpReason::Hang { stalled_ms: 2_000 }, error.as_ref().map(|e| e as _), t0);
+            assert_eq!(shape(&out), vec![finish(), Action::InjectNmi(NmiTargets::All)]);
+            for end in [VmExit::PowerOff, VmExit::HostShutdown, VmExit::Reset(ResetSource::AcpiResetRegister)] {
+                let want = match error {
+                    None => end.clone(),
+                    Some(e) => VmExit::CrashCollectionFailed { trigger: "guest_hang".into(), reason: e.into() },
+                };
+                assert_eq!(o.on_vm_exit(end, t0), vec![Action::Stop(want)]);
+            }
+            // A stop from outside keeps its own code.
+            assert_eq!(o.final_exit(VmExit::Stopped { signal: 15 }), VmExit::Stopped { signal: 15 });
+        }
     }
 
     #[test]
