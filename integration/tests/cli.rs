@@ -87,10 +87,24 @@ fn unreadable_initrd() {
 
 #[test]
 fn no_kvm_device() {
+    // The crash directory is made before KVM is opened: not in the working directory.
+    let dir = tempfile::tempdir().unwrap();
+    let crash_dir = dir.path().join("crashes");
+    let k = guest_kernel();
     assert_one_line_error(
-        &["--kernel", guest_kernel().to_str().unwrap(), "--kvm-device", "/nonexistent/kvm", "--console", "null"],
+        &[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--kvm-device",
+            "/nonexistent/kvm",
+            "--console",
+            "null",
+            "--crash-dir",
+            crash_dir.to_str().unwrap(),
+        ],
         "cannot open /nonexistent/kvm",
     );
+    assert!(crash_dir.is_dir());
 }
 
 #[test]
@@ -104,8 +118,17 @@ fn bad_console_and_unknown_options_are_usage_errors() {
 
 #[test]
 fn unwritable_event_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let crash_dir = dir.path().join("crashes");
     assert_one_line_error(
-        &["--kernel", guest_kernel().to_str().unwrap(), "--events", "/nonexistent/dir/events.jsonl"],
+        &[
+            "--kernel",
+            guest_kernel().to_str().unwrap(),
+            "--events",
+            "/nonexistent/dir/events.jsonl",
+            "--crash-dir",
+            crash_dir.to_str().unwrap(),
+        ],
         "cannot create event log /nonexistent/dir/events.jsonl",
     );
 }
