@@ -30,7 +30,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use serde::{Deserialize, Serialize};
@@ -510,32 +510,56 @@ impl MutEventSubscriber for ApiServer {
 }
 
 /// `crashvmm ctl`: send one request, print the answer (and, for `subscribe`, the stream).
-pub fn client(path: &Path, request: &str) -> anyhow::Result<i32> {
+/// How long `crashvmm ctl` waits for the answer to `request` unless told: a `dump` is answered
+/// once its vmcore is written (minutes for a large guest), the rest at once.
+pub fn default_timeout(request: &str) -> Option<Duration> {
+    match parse(request) {
+        Ok(Request::Dump { .. }) => Some(Duration::from_secs(3600)),
+        _ => Some(Duration::from_secs(10)),
+    }
+}
+
+/// `crashvmm ctl`: send one request and print the answer (for `subscribe`, every line that
+/// follows). `timeout` bounds the wait for the (first) answer. A closed stdout ends it with a
+/// `BrokenPipe` error, which `main` takes for a quiet end.
+pub fn client(path: &Path, request: &str, timeout: Option<Duration>) -> anyhow::Result<i32> {
     use anyhow::Context;
     let mut stream = UnixStream::connect(path)
         .with_context(|| format!("cannot connect to the control socket {}", path.display()))?;
+    stream.set_read_timeout(timeout)?;
+    stream.set_write_timeout(timeout)?;
     stream.write_all(request.as_bytes())?;
     stream.write_all(b"\n")?;
     let subscribe = parse(request).is_ok_and(|r| r == Request::Subscribe);
     let mut reader = io::BufReader::new(stream);
     let mut line = String::new();
     let mut ok = true;
+    let mut out = io::stdout().lock();
     loop {
         line.clear();
-        if io::BufRead::read_line(&mut reader, &mut line)? == 0 {
-            break;
+        match io::BufRead::read_line(&mut reader, &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                let waited = timeout.map(|t| humantime::format_duration(t).to_string()).unwrap_or_default();
+                anyhow::bail!("no answer from the control socket {} within {waited}", path.display());
+            }
+            Err(e) => return Err(e.into()),
         }
         let v: Value = serde_json::from_str(&line).unwrap_or(Value::String(line.trim().into()));
-        println!("{}", line.trim_end());
+        writeln!(out, "{}", line.trim_end())?;
+        out.flush()?;
         if v.get("ok") == Some(&Value::Bool(false)) {
             ok = false;
             if let Some(e) = v.get("error").and_then(Value::as_str) {
-                eprintln!("crashvmm ctl: {e}");
+                eprintln!("crashvmm ctl: {}", crate::printable::escape(e));
             }
         }
         if !subscribe {
             break;
         }
+        // The stream of events that follows the first answer has no end.
+        reader.get_ref().set_read_timeout(None)?;
     }
     Ok(if ok { 0 } else { 1 })
 }

@@ -1,6 +1,10 @@
 //! A validated VM configuration. Everything a user can get wrong is checked here, before KVM
 //! is touched, and reported as one line.
 
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, BufRead, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -28,8 +32,39 @@ pub enum ConfigError {
     MemoryTooSmall { requested: u64 },
     #[error("memory size {requested} bytes is more than this host has ({host} bytes)")]
     MemoryTooLarge { requested: u64, host: u64 },
+    #[error("memory size {0} bytes is not a multiple of 4 KiB (the page size)")]
+    MemoryAlignment(u64),
     #[error("--vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
     Vcpus(u32),
+    #[error("crash directory {path} cannot be created")]
+    CrashDirCreate {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("crash directory {0} is not a directory")]
+    CrashDirNotDir(PathBuf),
+    #[error("crash directory {path} is not writable")]
+    CrashDirNotWritable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot check {what} {path}")]
+    OutputCheck {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what} {path} is the same file as {input} {input_path}: an output must not overwrite an input")]
+    OutputIsInput { what: &'static str, path: PathBuf, input: &'static str, input_path: PathBuf },
+    #[error("{what} {path} and {other} {other_path} are the same file")]
+    SameOutput { what: &'static str, path: PathBuf, other: &'static str, other_path: PathBuf },
+    #[error(
+        "{what} {path} exists, is not empty and is not crashvmm's: choose another path, remove it, or give --overwrite"
+    )]
+    NotOurs { what: &'static str, path: PathBuf },
 }
 
 /// Everything needed to start a VM.
@@ -86,7 +121,15 @@ pub struct VmConfig {
     pub seccomp: crate::seccomp::SeccompMode,
     /// Test knob: a thread of this kind makes a forbidden system call once confined.
     pub seccomp_selftest: Option<crate::seccomp::ThreadKind>,
+    /// Overwrite existing output files that are not crashvmm's (`--overwrite`).
+    pub overwrite: bool,
 }
+
+/// Largest crash disk: a file's length is an `off_t`.
+pub const MAX_CRASH_DISK: u64 = i64::MAX as u64 & !511;
+
+/// Guest memory comes in pages.
+pub const PAGE_SIZE: u64 = 4096;
 
 /// `--disk path=FILE[,readonly]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +177,11 @@ pub fn parse_crash_disk(s: &str) -> Result<CrashDiskConfig, String> {
     if size < 1 << 20 || size % 512 != 0 {
         return Err(format!("crash disk size {size} must be at least 1 MiB and a multiple of 512"));
     }
+    if size > MAX_CRASH_DISK {
+        return Err(format!(
+            "crash disk size {size} is more than a file can hold (at most {MAX_CRASH_DISK} bytes, 8 EiB)"
+        ));
+    }
     Ok(CrashDiskConfig { path: path.ok_or("a crash disk needs path=FILE")?, size })
 }
 
@@ -153,6 +201,9 @@ pub fn host_memory_bytes() -> Option<u64> {
 pub fn check_memory(requested: u64, host: Option<u64>) -> Result<(), ConfigError> {
     if requested < MIN_MEMORY {
         return Err(ConfigError::MemoryTooSmall { requested });
+    }
+    if requested % PAGE_SIZE != 0 {
+        return Err(ConfigError::MemoryAlignment(requested));
     }
     match host {
         Some(host) if requested > host => Err(ConfigError::MemoryTooLarge { requested, host }),
@@ -180,8 +231,190 @@ impl VmConfig {
         if let Some(initrd) = &self.initrd {
             check_initrd(initrd)?;
         }
+        self.check_outputs()?;
+        check_crash_dir(&self.crash_dir)
+    }
+
+    /// The files crashvmm reads: the kernel, the initrd, every `--disk`.
+    fn inputs(&self) -> Vec<(&'static str, &Path)> {
+        let mut inputs = vec![("--kernel", self.kernel.as_path())];
+        inputs.extend(self.initrd.as_deref().map(|p| ("--initrd", p)));
+        inputs.extend(self.disks.iter().map(|d| ("--disk", d.path.as_path())));
+        inputs
+    }
+
+    /// The files and directory crashvmm writes, with what each is.
+    fn outputs(&self) -> Vec<(Output, &Path)> {
+        let mut outputs = Vec::new();
+        outputs.extend(self.crash_disk.as_ref().map(|c| (Output::CrashDisk { size: c.size }, c.path.as_path())));
+        outputs.extend(self.events.as_deref().map(|p| (Output::Events, p)));
+        if let ConsoleMode::File(p) = &self.console {
+            outputs.push((Output::Console, p.as_path()));
+        }
+        outputs.extend(self.console_log.as_deref().map(|p| (Output::ConsoleLog, p)));
+        outputs.push((Output::CrashDir, self.crash_dir.as_path()));
+        outputs
+    }
+
+    /// No output is an input or another output (by the file's identity, symlinks followed),
+    /// and none would truncate a file with data that crashvmm did not write, unless
+    /// `--overwrite`. Nothing is opened for writing.
+    fn check_outputs(&self) -> Result<(), ConfigError> {
+        let mut inputs = Vec::new();
+        for (name, path) in self.inputs() {
+            // A missing disk is reported when it is opened; it cannot be an output's file.
+            if let Ok(m) = std::fs::metadata(path) {
+                inputs.push((name, path, FileId::Existing(m.dev(), m.ino())));
+            }
+        }
+        let mut seen: Vec<(&'static str, &Path, FileId)> = Vec::new();
+        for (output, path) in self.outputs() {
+            let what = output.option();
+            let check_err = |source| ConfigError::OutputCheck { what, path: path.to_owned(), source };
+            let id = match file_id(path) {
+                Ok(Some(id)) => id,
+                Ok(None) => continue,
+                // check_crash_dir says what is wrong with a crash directory.
+                Err(_) if output == Output::CrashDir => continue,
+                Err(e) => return Err(check_err(e)),
+            };
+            if let Some((input, input_path, _)) = inputs.iter().find(|(_, _, i)| *i == id) {
+                return Err(ConfigError::OutputIsInput {
+                    what,
+                    path: path.to_owned(),
+                    input,
+                    input_path: input_path.to_path_buf(),
+                });
+            }
+            if let Some((other, other_path, _)) = seen.iter().find(|(_, _, i)| *i == id) {
+                return Err(ConfigError::SameOutput {
+                    what,
+                    path: path.to_owned(),
+                    other,
+                    other_path: other_path.to_path_buf(),
+                });
+            }
+            seen.push((what, path, id));
+            if !self.overwrite && output != Output::CrashDir && !may_overwrite(path, output).map_err(check_err)? {
+                return Err(ConfigError::NotOurs { what, path: path.to_owned() });
+            }
+        }
         Ok(())
     }
+}
+
+/// What crashvmm writes, for [`VmConfig::check_outputs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    CrashDisk { size: u64 },
+    Events,
+    Console,
+    ConsoleLog,
+    CrashDir,
+}
+
+impl Output {
+    fn option(self) -> &'static str {
+        match self {
+            Output::CrashDisk { .. } => "--crash-disk",
+            Output::Events => "--events",
+            Output::Console => "--console",
+            Output::ConsoleLog => "--console-log",
+            Output::CrashDir => "--crash-dir",
+        }
+    }
+}
+
+/// A file's identity: an existing one's device and inode, or for one still to be created its
+/// directory's and its name.
+#[derive(Debug, PartialEq, Eq)]
+enum FileId {
+    Existing(u64, u64),
+    New(u64, u64, OsString),
+}
+
+/// The identity of the file a write to `path` would reach (symlinks followed, dangling ones
+/// too); `None` when its directory does not exist either (creating it will fail, and say so).
+fn file_id(path: &Path) -> io::Result<Option<FileId>> {
+    let mut path = path.to_owned();
+    for _ in 0..40 {
+        match std::fs::metadata(&path) {
+            Ok(m) => return Ok(Some(FileId::Existing(m.dev(), m.ino()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        // A dangling symlink: creating the file creates its target.
+        if let Ok(target) = std::fs::read_link(&path) {
+            path = path.parent().unwrap_or(Path::new("")).join(target);
+            continue;
+        }
+        let Some(name) = path.file_name() else { return Ok(None) };
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        return Ok(std::fs::metadata(dir).ok().map(|d| FileId::New(d.dev(), d.ino(), name.to_owned())));
+    }
+    Err(io::Error::other("too many levels of symbolic links"))
+}
+
+/// Whether writing `output` at `path` loses nothing crashvmm did not write: the file is missing,
+/// empty, not a regular file (a device, a pipe), holds only holes, or is crashvmm's own (the
+/// [`crate::files::OUTPUT_XATTR`] mark, or where the file system keeps no user xattrs: an event
+/// log whose first line is a crashvmm event, a crash disk of the size asked for that holds a
+/// makedumpfile flattened dump).
+fn may_overwrite(path: &Path, output: Output) -> io::Result<bool> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_file() || meta.len() == 0 {
+        return Ok(true);
+    }
+    let file = File::open(path)?;
+    if crate::files::is_marked_output(&file) || crate::files::holds_no_data(&file) {
+        return Ok(true);
+    }
+    Ok(match output {
+        Output::Events => is_event_log(&file),
+        Output::CrashDisk { size } => meta.len() == size && holds_flattened_dump(&file),
+        Output::Console | Output::ConsoleLog | Output::CrashDir => false,
+    })
+}
+
+/// Whether the first line of `file` is a crashvmm event record (`ts` and `event`).
+fn is_event_log(file: &File) -> bool {
+    let mut line = Vec::new();
+    let mut reader = io::BufReader::new(file).take(64 * 1024);
+    if reader.read_until(b'\n', &mut line).is_err() {
+        return false;
+    }
+    let Ok(serde_json::Value::Object(record)) = serde_json::from_slice(&line) else { return false };
+    record.get("ts").is_some_and(serde_json::Value::is_string)
+        && record.get("event").is_some_and(serde_json::Value::is_string)
+}
+
+/// Whether `file` starts with makedumpfile's flattened-format signature (what the guest's
+/// crash kernel writes to the crash disk).
+fn holds_flattened_dump(file: &File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let sig = crate::crash::flat::MAKEDUMPFILE_SIGNATURE;
+    let mut head = vec![0; sig.len()];
+    file.read_exact_at(&mut head, 0).is_ok() && head == sig
+}
+
+/// The crash directory exists or can be made, is a directory, and a file can be created in it
+/// (and removed): else a crash would be lost.
+fn check_crash_dir(dir: &Path) -> Result<(), ConfigError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => return Err(ConfigError::CrashDirNotDir(dir.to_owned())),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => crate::files::create_private_dir_all(dir)
+            .map_err(|source| ConfigError::CrashDirCreate { path: dir.to_owned(), source })?,
+        Err(source) => return Err(ConfigError::CrashDirCreate { path: dir.to_owned(), source }),
+    }
+    let probe = dir.join(format!(".crashvmm-write-test-{}", std::process::id()));
+    let not_writable = |source| ConfigError::CrashDirNotWritable { path: dir.to_owned(), source };
+    File::options().write(true).create_new(true).open(&probe).map_err(not_writable)?;
+    std::fs::remove_file(&probe).map_err(not_writable)
 }
 
 #[cfg(test)]
@@ -251,11 +484,168 @@ mod tests {
             watchdog: None,
             seccomp: Default::default(),
             seccomp_selftest: None,
+            overwrite: false,
         };
         assert!(matches!(base.validate(), Err(ConfigError::Vcpus(0))));
         let err = VmConfig { vcpus: 1, ..base.clone() }.validate().unwrap_err();
         assert!(err.to_string().contains("/nonexistent"), "{err}");
         assert!(check_initrd(Path::new("/nonexistent/initrd")).is_err());
         assert!(check_initrd(Path::new("/")).is_err());
+    }
+
+    fn config_for(dir: &Path) -> VmConfig {
+        let kernel = dir.join("kernel");
+        std::fs::write(&kernel, b"kernel").unwrap();
+        VmConfig {
+            kernel,
+            initrd: None,
+            cmdline: String::new(),
+            memory_bytes: 64 << 20,
+            vcpus: 1,
+            console: ConsoleMode::Null,
+            console_log: None,
+            events: None,
+            kvm_device: "/dev/kvm".into(),
+            hyperv: true,
+            pvpanic: true,
+            pvpanic_events: devices::pvpanic::PVPANIC_ALL,
+            hyperv_crash_message: true,
+            vmbus_unload_delay: std::time::Duration::ZERO,
+            vmbus_unload_response: true,
+            policy: Default::default(),
+            crash_dir: dir.join("crashes"),
+            vmcore_sha256: false,
+            dump: Default::default(),
+            live_dump_max_copy: crate::crash::executor::DEFAULT_LIVE_MAX_COPY,
+            live_dump_snapshot: Default::default(),
+            upload: None,
+            upload_options: crate::upload::UploadOptions { keep_local: true, max_rate: None },
+            upload_wait: std::time::Duration::from_secs(600),
+            disks: vec![],
+            crash_disk: None,
+            api_socket: None,
+            watchdog: None,
+            seccomp: Default::default(),
+            seccomp_selftest: None,
+            overwrite: false,
+        }
+    }
+
+    #[test]
+    fn memory_must_be_whole_pages() {
+        assert!(matches!(check_memory((64 << 20) + 1, None), Err(ConfigError::MemoryAlignment(_))));
+        assert!(matches!(check_memory((64 << 20) + 512, None), Err(ConfigError::MemoryAlignment(_))));
+        assert!(check_memory((64 << 20) + 4096, None).is_ok());
+    }
+
+    #[test]
+    fn crash_disk_size_is_checked_before_anything_is_created() {
+        let err = parse_crash_disk("path=/c,size=8E").unwrap_err();
+        assert!(err.contains("more than a file can hold"), "{err}");
+        assert!(parse_crash_disk("path=/c,size=7E").is_ok());
+    }
+
+    /// Outputs are compared with inputs and with each other by identity, not by name.
+    #[test]
+    fn an_output_is_never_an_input_or_another_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let base = config_for(d);
+        let disk = d.join("data.img");
+        std::fs::write(&disk, vec![1u8; 4096]).unwrap();
+        let link = d.join("link");
+        std::os::unix::fs::symlink(&base.kernel, &link).unwrap();
+        let crash_disk = |p: &Path| Some(CrashDiskConfig { path: p.to_owned(), size: 1 << 20 });
+        let cases = [
+            VmConfig { crash_disk: crash_disk(&base.kernel), ..base.clone() },
+            VmConfig { crash_disk: crash_disk(&link), ..base.clone() },
+            VmConfig { events: Some(d.join(".").join("kernel")), ..base.clone() },
+            VmConfig { console_log: Some(link.clone()), overwrite: true, ..base.clone() },
+            VmConfig {
+                disks: vec![DiskConfig { path: disk.clone(), readonly: false }],
+                crash_disk: crash_disk(&disk),
+                overwrite: true,
+                ..base.clone()
+            },
+        ];
+        for c in cases {
+            let err = c.check_outputs().unwrap_err();
+            assert!(matches!(err, ConfigError::OutputIsInput { .. }), "{err}");
+        }
+        assert_eq!(std::fs::read(&base.kernel).unwrap(), b"kernel", "the kernel was not touched");
+        // Two outputs, one of them not there yet, named two ways.
+        let c = VmConfig {
+            events: Some(d.join("out.log")),
+            console_log: Some(d.join("crashes/../out.log")),
+            ..base.clone()
+        };
+        std::fs::create_dir(d.join("crashes")).unwrap();
+        assert!(matches!(c.check_outputs(), Err(ConfigError::SameOutput { .. })), "{:?}", c.check_outputs());
+        let dangling = d.join("dangling");
+        std::os::unix::fs::symlink(d.join("target.log"), &dangling).unwrap();
+        let c =
+            VmConfig { console: ConsoleMode::File(dangling), console_log: Some(d.join("target.log")), ..base.clone() };
+        assert!(matches!(c.check_outputs(), Err(ConfigError::SameOutput { .. })), "{:?}", c.check_outputs());
+        VmConfig { events: Some(d.join("events")), console_log: Some(d.join("console")), ..base }
+            .check_outputs()
+            .unwrap();
+    }
+
+    /// A non-empty file crashvmm did not write is refused unless --overwrite; crashvmm's own
+    /// outputs are recognized.
+    #[test]
+    fn only_crashvmms_own_files_are_overwritten_unless_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let base = config_for(d);
+        let notes = d.join("notes.txt");
+        std::fs::write(&notes, "precious\n").unwrap();
+        for c in [
+            VmConfig { events: Some(notes.clone()), ..base.clone() },
+            VmConfig { console: ConsoleMode::File(notes.clone()), ..base.clone() },
+            VmConfig { console_log: Some(notes.clone()), ..base.clone() },
+            VmConfig { crash_disk: Some(CrashDiskConfig { path: notes.clone(), size: 1 << 20 }), ..base.clone() },
+        ] {
+            assert!(matches!(c.check_outputs(), Err(ConfigError::NotOurs { .. })), "{:?}", c.check_outputs());
+            VmConfig { overwrite: true, ..c }.check_outputs().unwrap();
+        }
+        assert_eq!(std::fs::read(&notes).unwrap(), b"precious\n");
+        // An event log by its first line, a crash disk holding a flattened dump at its size or
+        // nothing at all, any output by crashvmm's mark.
+        let events = d.join("events.jsonl");
+        std::fs::write(&events, "{\"ts\":\"2026-11-25T12:29:57.359307Z\",\"event\":\"vm_started\"}\n").unwrap();
+        VmConfig { events: Some(events), ..base.clone() }.check_outputs().unwrap();
+        let disk = d.join("crash.img");
+        let f = std::fs::File::create(&disk).unwrap();
+        f.set_len(2 << 20).unwrap();
+        let cd = |size| Some(CrashDiskConfig { path: disk.clone(), size });
+        VmConfig { crash_disk: cd(1 << 20), ..base.clone() }.check_outputs().unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, crate::crash::flat::MAKEDUMPFILE_SIGNATURE, 0).unwrap();
+        VmConfig { crash_disk: cd(2 << 20), ..base.clone() }.check_outputs().unwrap();
+        let err = VmConfig { crash_disk: cd(1 << 20), ..base.clone() }.check_outputs().unwrap_err();
+        assert!(err.to_string().contains("give --overwrite"), "{err}");
+        let console = d.join("console.log");
+        drop(crate::files::create_output(&console, "console").unwrap());
+        std::fs::write(&console, "guest output\n").unwrap();
+        VmConfig { console_log: Some(console), ..base }.check_outputs().unwrap();
+    }
+
+    #[test]
+    fn the_crash_directory_must_be_a_writable_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = dir.path().join("a/b");
+        check_crash_dir(&made).unwrap();
+        assert!(made.is_dir());
+        assert_eq!(std::fs::read_dir(&made).unwrap().count(), 0, "the write test leaves nothing");
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        for (crash_dir, expected) in [
+            (file.clone(), "is not a directory"),
+            (file.join("sub"), "cannot be created"),
+            ("/proc/1".into(), "is not writable"),
+        ] {
+            let err = check_crash_dir(&crash_dir).unwrap_err();
+            assert!(err.to_string().contains(expected), "{err}");
+        }
     }
 }

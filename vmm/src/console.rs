@@ -47,7 +47,8 @@ pub enum ConsoleError {
 }
 
 fn create(path: &Path) -> Result<File, ConsoleError> {
-    crate::files::create_private(path).map_err(|source| ConsoleError::Create { path: path.to_owned(), source })
+    crate::files::create_output(path, "console")
+        .map_err(|source| ConsoleError::Create { path: path.to_owned(), source })
 }
 
 /// The last [`CONSOLE_TAIL_BYTES`] of console output.

@@ -28,6 +28,13 @@ pub enum DiskError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot make crash disk {path} {size} bytes long")]
+    Resize {
+        path: PathBuf,
+        size: u64,
+        #[source]
+        source: io::Error,
+    },
     #[error("disk {path} is {len} bytes, not a multiple of 512")]
     Size { path: PathBuf, len: u64 },
     #[error("at most {} virtio devices", VIRTIO_GSIS.len())]
@@ -61,9 +68,16 @@ impl FileBackend {
     /// earlier run can pass for this crash's dump.
     pub fn crash_disk(path: &Path, size: u64) -> Result<Self, DiskError> {
         let err = |source| DiskError::Open { path: path.to_owned(), source };
+        let existed = path.exists();
         // It will hold the guest's kdump (its memory): owner-only, as crashvmm's other files.
-        let file = crate::files::create_private(path).map_err(err)?;
-        file.set_len(size).map_err(err)?;
+        let file = crate::files::create_output(path, "crash-disk").map_err(err)?;
+        if let Err(source) = file.set_len(size) {
+            // A size the file system cannot hold leaves no empty file behind.
+            if !existed {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(DiskError::Resize { path: path.to_owned(), size, source });
+        }
         Ok(Self { file, len: size })
     }
 }

@@ -360,7 +360,7 @@ impl EventLog {
     }
 
     pub fn create(path: &Path) -> Result<Self, EventLogError> {
-        let file = crate::files::create_private(path)
+        let file = crate::files::create_output(path, "events")
             .map_err(|source| EventLogError::Create { path: path.to_owned(), source })?;
         Ok(Self { file: Some(Arc::new(Mutex::new(file))), ..Self::default() })
     }

@@ -18,6 +18,33 @@ pub fn create_private(path: &Path) -> io::Result<File> {
     Ok(f)
 }
 
+/// The user xattr crashvmm puts on the output files it creates (`--events`, `--console
+/// file:`, `--console-log`, the crash disk); its value names the output. A later run may
+/// overwrite a file that carries it without `--overwrite`.
+pub const OUTPUT_XATTR: &str = "user.crashvmm.output";
+
+/// [`create_private`], marked as crashvmm's `kind` of output ([`OUTPUT_XATTR`]). The mark is
+/// best effort: a file system without user xattrs keeps none, and the file is written all the
+/// same.
+pub fn create_output(path: &Path, kind: &str) -> io::Result<File> {
+    let f = create_private(path)?;
+    if let Err(e) = rustix::fs::fsetxattr(&f, OUTPUT_XATTR, kind.as_bytes(), rustix::fs::XattrFlags::empty()) {
+        log::debug!("{}: cannot mark it as crashvmm's ({OUTPUT_XATTR}): {e}", path.display());
+    }
+    Ok(f)
+}
+
+/// Whether `file` carries crashvmm's output mark.
+pub fn is_marked_output(file: &File) -> bool {
+    rustix::fs::fgetxattr_query(file, OUTPUT_XATTR).is_ok()
+}
+
+/// Whether `file` holds no data at all: only holes (`SEEK_DATA` finds none). A file system
+/// that cannot say has data everywhere.
+pub fn holds_no_data(file: &File) -> bool {
+    matches!(rustix::fs::seek(file, rustix::fs::SeekFrom::Data(0)), Err(rustix::io::Errno::NXIO))
+}
+
 /// Create directory `path`, mode 0700 (an error if it exists).
 pub fn create_private_dir(path: &Path) -> io::Result<()> {
     std::fs::DirBuilder::new().mode(DIR_MODE).create(path)?;
@@ -76,5 +103,18 @@ mod tests {
         create_private_dir_all(dir.path()).unwrap();
         assert_eq!(std::fs::metadata(dir.path()).unwrap().mode() & 0o777, 0o755);
         assert!(create_private_dir(&d).is_err(), "an existing directory is an error");
+    }
+
+    #[test]
+    fn outputs_are_marked_and_holes_hold_no_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, plain) = (dir.path().join("out"), dir.path().join("plain"));
+        let f = create_output(&out, "events").unwrap();
+        assert!(is_marked_output(&f), "tmpfs and ext4 keep user xattrs");
+        assert!(!is_marked_output(&create_private(&plain).unwrap()));
+        f.set_len(1 << 20).unwrap();
+        assert!(holds_no_data(&f));
+        std::io::Write::write_all(&mut &f, b"x").unwrap();
+        assert!(!holds_no_data(&f));
     }
 }

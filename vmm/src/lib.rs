@@ -18,6 +18,7 @@ pub mod exit;
 pub mod files;
 pub mod hyperv;
 pub mod layout;
+pub mod printable;
 pub mod seccomp;
 pub mod sync;
 pub mod uffd;

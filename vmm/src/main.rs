@@ -1,6 +1,6 @@
 //! The `crashvmm` command line.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,6 +11,7 @@ use vmm::console::ConsoleMode;
 use vmm::crash::vmcore::{DumpSpec, VmcoreCompression, VmcoreFormat};
 use vmm::crash::{AfterCrash, HostDump, OnHang, OnPanic, Policy};
 use vmm::exit::code;
+use vmm::printable::escape;
 use vmm::seccomp::{SeccompMode, ThreadKind};
 
 #[derive(Parser)]
@@ -33,6 +34,11 @@ enum Command {
         /// The `--api-socket` of the running crashvmm.
         #[arg(long, value_name = "PATH")]
         api_socket: PathBuf,
+        /// How long to wait for the answer (`none`: no limit). Default: 10s; for `dump`, which
+        /// is answered once its vmcore is written, 1h; `subscribe` waits this long for its
+        /// first answer, then streams without limit.
+        #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+        timeout: Option<Timeout>,
         #[command(subcommand)]
         command: CtlCommand,
     },
@@ -70,7 +76,7 @@ enum Command {
         crash_dir: PathBuf,
         #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
         upload_keep_local: bool,
-        #[arg(long, value_name = "SIZE")]
+        #[arg(long, value_name = "SIZE", value_parser = nonzero_size_text)]
         upload_max_rate: Option<String>,
         /// Give up (leaving the rest in the spool) after this long.
         #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
@@ -88,28 +94,36 @@ fn crashes(url: &delivery::Target, signature: Option<&str>, json: bool) -> anyho
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&groups)?);
+        // JSON escapes control characters itself.
+        writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&groups)?)?;
         return Ok(0);
     }
+    // What the store holds came from guests (titles, kernel releases) and whoever writes to it:
+    // printed with its control characters escaped.
+    let e = |s: &str| escape(s).into_owned();
+    let mut out = std::io::stdout().lock();
     for g in &groups {
-        println!(
+        writeln!(
+            out,
             "{}  {:>4} crash{}  {} host{}  {} .. {}  {}  {}",
-            g.signature_id,
+            e(&g.signature_id),
             g.count,
             if g.count == 1 { "" } else { "es" },
             g.hosts.len(),
             if g.hosts.len() == 1 { "" } else { "s" },
-            g.first_seen.as_deref().unwrap_or("?"),
-            g.last_seen.as_deref().unwrap_or("?"),
-            g.kernel_releases.join(","),
-            g.title.as_deref().unwrap_or("(no title)")
-        );
+            e(g.first_seen.as_deref().unwrap_or("?")),
+            e(g.last_seen.as_deref().unwrap_or("?")),
+            e(&g.kernel_releases.join(",")),
+            e(g.title.as_deref().unwrap_or("(no title)"))
+        )?;
         if signature.is_some() {
             for d in &g.dirs {
-                println!("  {}  {}  {}", d.detected_at.as_deref().unwrap_or("?"), d.host, d.url);
+                let detected = d.detected_at.as_deref().unwrap_or("?");
+                writeln!(out, "  {}  {}  {}", e(detected), e(&d.host), e(&d.url))?;
             }
         }
     }
+    out.flush()?;
     Ok(0)
 }
 
@@ -126,6 +140,43 @@ fn deliver(
     let d = vmm::upload::Delivery::start(target, crash_dir, &options, vmm::events::EventLog::disabled())
         .map_err(anyhow::Error::msg)?;
     Ok(i32::from(d.finish(wait) > 0))
+}
+
+/// `ctl --timeout`: a duration, or `none`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timeout {
+    After(std::time::Duration),
+    Never,
+}
+
+fn parse_timeout(s: &str) -> Result<Timeout, String> {
+    if s == "none" {
+        return Ok(Timeout::Never);
+    }
+    nonzero_duration(s).map(Timeout::After)
+}
+
+/// A duration that must be more than zero (`--watchdog`, `--kdump-timeout`): zero would fire at
+/// once.
+fn nonzero_duration(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be more than 0".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A size that must be more than zero (`--upload-max-rate`: 0 bytes per second sends nothing).
+fn nonzero_size(s: &str) -> Result<u64, String> {
+    match parse_memory(s) {
+        Ok(0) => Err("must be more than 0".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("not a size such as 50M or 1G".into()),
+    }
+}
+
+fn nonzero_size_text(s: &str) -> Result<String, String> {
+    nonzero_size(s).map(|_| s.to_owned())
 }
 
 fn parse_upload(s: &str) -> Result<delivery::Target, String> {
@@ -211,7 +262,7 @@ struct RunArgs {
     #[arg(long, value_name = "ACTION", default_value = "exit", value_enum)]
     after_crash: AfterCrash,
     /// How long the guest's crash kernel may take before crashvmm takes a host-side vmcore.
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = nonzero_duration)]
     kdump_timeout: std::time::Duration,
     /// When crashvmm writes a vmcore from guest memory: never, fallback (no guest kdump, or it
     /// failed or timed out) or always (also a snapshot at the guest's kexec).
@@ -262,8 +313,8 @@ struct RunArgs {
     upload_keep_local: bool,
     /// Upload at most this many bytes per second (e.g. 50M), leaving the host's network to its
     /// other work.
-    #[arg(long, value_name = "SIZE")]
-    upload_max_rate: Option<String>,
+    #[arg(long, value_name = "SIZE", value_parser = nonzero_size)]
+    upload_max_rate: Option<u64>,
     /// Once the VM has ended, wait this long for deliveries still queued (what is left is sent
     /// by the next run, or `crashvmm deliver`).
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
@@ -277,7 +328,7 @@ struct RunArgs {
     crash_disk: Option<CrashDiskConfig>,
     /// Report a hang when the guest makes no progress for this long (no vCPU exits, and every
     /// vCPU spinning with interrupts disabled), e.g. 30s.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = nonzero_duration)]
     watchdog: Option<std::time::Duration>,
     /// What to do about a hang: nmi (inject an NMI; with kernel.unknown_nmi_panic=1 the guest
     /// panics and its crash handling follows), reset, host-dump (a live vmcore of the hung
@@ -285,6 +336,10 @@ struct RunArgs {
     /// or the reset).
     #[arg(long, value_name = "ACTION", default_value = "nmi")]
     on_hang: OnHang,
+    /// Overwrite output files (--events, --console file:, --console-log, --crash-disk) that
+    /// exist, hold data and are not crashvmm's. Without it crashvmm refuses to start.
+    #[arg(long)]
+    overwrite: bool,
     /// Serve the control socket here (owner-only; see `crashvmm ctl`).
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
@@ -310,6 +365,12 @@ fn on_off(s: &str) -> Result<bool, String> {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        // A value its parser refused is one line (clap's hint to try --help left out).
+        Err(e) if e.kind() == clap::error::ErrorKind::ValueValidation => {
+            let text = e.render().to_string();
+            eprintln!("{}", text.lines().next().unwrap_or_default());
+            return ExitCode::from(code::USAGE as u8);
+        }
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { code::USAGE as u8 } else { 0 });
@@ -335,15 +396,28 @@ fn main() -> ExitCode {
         Command::Deliver { upload, crash_dir, upload_keep_local, upload_max_rate, wait } => {
             deliver(upload, &crash_dir, upload_keep_local, upload_max_rate.as_deref(), wait)
         }
-        Command::Ctl { api_socket, command } => vmm::api::client(&api_socket, &command.request()),
+        Command::Ctl { api_socket, timeout, command } => {
+            let timeout = match timeout {
+                Some(Timeout::After(d)) => Some(d),
+                Some(Timeout::Never) => None,
+                None => vmm::api::default_timeout(&command.request()),
+            };
+            vmm::api::client(&api_socket, &command.request(), timeout)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),
+        // A reader that went away (`crashvmm ctl subscribe | head -1`) ends us quietly.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("crashvmm: error: {}", error_chain(&e));
             ExitCode::from(code::ERROR as u8)
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 /// The error and its causes on one line, leaving out a cause whose text the error already
@@ -394,7 +468,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         upload: args.upload,
         upload_options: vmm::upload::UploadOptions {
             keep_local: args.upload_keep_local,
-            max_rate: args.upload_max_rate.as_deref().map(parse_memory).transpose()?,
+            max_rate: args.upload_max_rate,
         },
         upload_wait: args.upload_wait,
         vmcore_sha256: args.vmcore_sha256,
@@ -406,6 +480,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         api_socket: args.api_socket,
         seccomp: args.seccomp,
         seccomp_selftest: args.seccomp_selftest,
+        overwrite: args.overwrite,
     };
     Ok(vmm::vm::run(&config)?.exit_code())
 }

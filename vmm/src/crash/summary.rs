@@ -1,10 +1,13 @@
 //! `crashvmm report DIR`: a short human summary of a crash directory's `report.json`.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+
+use crate::printable::escape;
 
 /// The crash directory at `dir`, or the newest one inside it.
 fn resolve(dir: &Path) -> Result<PathBuf> {
@@ -23,10 +26,20 @@ fn resolve(dir: &Path) -> Result<PathBuf> {
     }
 }
 
+/// A value for a person: text with its control characters escaped, `?` for a missing one,
+/// anything else as JSON (which escapes control characters itself).
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => escape(s).into_owned(),
+        Value::Null => "?".into(),
+        other => other.to_string(),
+    }
+}
+
 /// A host-side vmcore's dump level and what it left out.
-fn filtered(v: &serde_json::Map<String, Value>) -> String {
-    let Some(level) = v.get("dump_level").and_then(Value::as_u64) else { return String::new() };
-    let f = v.get("filter").unwrap_or(&Value::Null);
+fn filtered(v: &Value) -> String {
+    let Some(level) = v["dump_level"].as_u64() else { return String::new() };
+    let f = &v["filter"];
     let (total, written) = (f["total_pages"].as_u64(), f["data_pages"].as_u64().or(f["kept_pages"].as_u64()));
     match (total, written) {
         (Some(t), Some(w)) if t > 0 => {
@@ -40,34 +53,38 @@ fn filtered(v: &serde_json::Map<String, Value>) -> String {
     }
 }
 
-/// The summary text for the report at `dir`.
+/// The summary text for the report at `dir`. Whatever `report.json` holds (missing keys, other
+/// types, not an object), what is there is shown, and text that came from the guest is printed
+/// with its control characters escaped. Indexing a [`Value`] gives `Null` for a missing key or
+/// a value of another type, never a panic.
 pub fn render(dir: &Path) -> Result<String> {
     let dir = resolve(dir)?;
     let path = dir.join("report.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let r: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-    let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let s = show;
     let mut out = String::new();
-    let _ = writeln!(out, "crash report {}", dir.display());
+    let _ = writeln!(out, "crash report {}", escape(&dir.display().to_string()));
+    if !r.is_object() {
+        let _ = writeln!(out, "  report.json is not an object: {}", show(&r));
+        return Ok(out);
+    }
     let _ = writeln!(
         out,
         "  crash        #{} at {}, trigger {}",
-        r["crash_number"],
+        s(&r["crash_number"]),
         s(&r["detected_at"]),
         s(&r["trigger"])
     );
     let _ = writeln!(out, "  outcome      {}", s(&r["outcome"]));
-    if let Some(sig) = r["signature"].as_object() {
+    let sig = &r["signature"];
+    if !sig.is_null() {
         let _ = writeln!(out, "  signature    {}  {}", s(&sig["id"]), s(&sig["title"]));
     }
     let g = &r["guest"];
-    let release = g["kernel_release"].as_str().unwrap_or("unknown");
-    let _ = writeln!(
-        out,
-        "  guest        Linux {release}, {} vCPUs, {} MiB",
-        g["vcpus"],
-        g["memory_bytes"].as_u64().unwrap_or(0) >> 20
-    );
+    let release = g["kernel_release"].as_str().map_or("unknown".into(), escape);
+    let memory = g["memory_bytes"].as_u64().map_or("?".into(), |b| (b >> 20).to_string());
+    let _ = writeln!(out, "  guest        Linux {release}, {} vCPUs, {memory} MiB", s(&g["vcpus"]));
     let p = &r["policy"];
     let _ = writeln!(
         out,
@@ -76,32 +93,32 @@ pub fn render(dir: &Path) -> Result<String> {
         s(&p["after_crash"]),
         s(&p["host_dump"])
     );
-    if let Some(pv) = r["pvpanic"].as_object() {
-        let _ = writeln!(out, "  pvpanic      bits {} (vCPU {})", pv["bits"], pv["vcpu"]);
+    let pv = &r["pvpanic"];
+    if !pv.is_null() {
+        let _ = writeln!(out, "  pvpanic      bits {} (vCPU {})", s(&pv["bits"]), s(&pv["vcpu"]));
     }
-    if let Some(v) = r["vmbus"].as_object() {
+    let v = &r["vmbus"];
+    if !v.is_null() {
         let latency =
             v["unload_latency_us"].as_u64().map_or("not answered".into(), |us| format!("answered in {us} us"));
         let _ = writeln!(out, "  vmbus        UNLOAD {latency}");
     }
-    match r["vmcore"].as_object() {
-        Some(v) => {
-            let _ = writeln!(
-                out,
-                "  vmcore       {} ({} bytes, {} on disk, {} ms){}",
-                dir.join(s(&v["path"])).display(),
-                v["bytes"],
-                v["allocated_bytes"],
-                v["duration_ms"],
-                v["sha256"].as_str().map_or(String::new(), |h| format!(", sha256 {h}"))
-            );
-            if let Some(format) = v.get("format").and_then(Value::as_str) {
-                let _ = writeln!(out, "               {format}{}", filtered(v));
-            }
-        }
-        None => {
-            let why = r["vmcore_error"].as_str().unwrap_or("none taken");
-            let _ = writeln!(out, "  vmcore       none: {why}");
+    let v = &r["vmcore"];
+    if v.is_null() {
+        let why = r["vmcore_error"].as_str().map_or("none taken".into(), escape);
+        let _ = writeln!(out, "  vmcore       none: {why}");
+    } else {
+        let file = v["path"].as_str().map_or("?".into(), |p| escape(&dir.join(p).display().to_string()).into_owned());
+        let _ = writeln!(
+            out,
+            "  vmcore       {file} ({} bytes, {} on disk, {} ms){}",
+            s(&v["bytes"]),
+            s(&v["allocated_bytes"]),
+            s(&v["duration_ms"]),
+            v["sha256"].as_str().map_or(String::new(), |h| format!(", sha256 {}", escape(h)))
+        );
+        if let Some(format) = v["format"].as_str() {
+            let _ = writeln!(out, "               {}{}", escape(format), filtered(v));
         }
     }
     if let Some(msg) = r["hyperv_crash"]["message"].as_str() {
@@ -109,14 +126,19 @@ pub fn render(dir: &Path) -> Result<String> {
         let lines: Vec<&str> = msg.lines().filter(|l| !l.trim().is_empty()).collect();
         let panic_at = lines.iter().position(|l| l.contains("Kernel panic")).unwrap_or(lines.len().saturating_sub(8));
         for l in lines.iter().skip(panic_at.saturating_sub(4)).take(8) {
-            let _ = writeln!(out, "    {l}");
+            let _ = writeln!(out, "    {}", escape(l));
         }
     }
     Ok(out)
 }
 
+/// Print the summary; a closed stdout (`crashvmm report DIR | head -1`) is a `BrokenPipe` error,
+/// which `main` takes for a quiet end.
 pub fn print(dir: &Path) -> Result<()> {
-    print!("{}", render(dir)?);
+    let text = render(dir)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
     Ok(())
 }
 
@@ -156,5 +178,42 @@ mod tests {
         assert!(render(&base.path().join("nope")).is_err());
         let empty = tempfile::tempdir().unwrap();
         assert!(render(empty.path()).unwrap_err().to_string().contains("no crash report"));
+    }
+
+    /// Whatever report.json holds, the summary shows what is there and never panics; the
+    /// guest's text reaches the terminal with its control characters escaped.
+    #[test]
+    fn any_report_content_is_summarized_without_panic_or_terminal_escapes() {
+        let reports = [
+            serde_json::json!({"pvpanic": {}, "signature": {}, "vmbus": {}, "vmcore": {}}),
+            serde_json::json!({"pvpanic": 1, "signature": "x", "vmbus": [], "vmcore": true, "guest": 3,
+                               "policy": null, "hyperv_crash": {"message": 7}, "filter": "x"}),
+            serde_json::json!({"vmcore": {"format": 5, "dump_level": "31", "filter": {"total_pages": 0}}}),
+            serde_json::json!([1, 2]),
+            serde_json::json!("report"),
+            serde_json::json!(null),
+            serde_json::json!({}),
+        ];
+        for r in reports {
+            let d = tempfile::tempdir().unwrap();
+            std::fs::write(d.path().join("report.json"), r.to_string()).unwrap();
+            let text = render(d.path()).unwrap();
+            assert!(text.starts_with("crash report "), "{r}: {text}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let r = serde_json::json!({
+            "trigger": "pvpanic", "outcome": "done\u{1b}[2J",
+            "signature": {"id": "ab", "title": "BUG: \u{1b}]0;pwned\u{7}title"},
+            "guest": {"kernel_release": "6.1\u{9b}31m"},
+            "vmcore_error": "no\rspace",
+            "hyperv_crash": {"message": "[1] Kernel panic - not syncing: \u{1b}[31mred\n[2] next\r\n"},
+        });
+        std::fs::write(d.path().join("report.json"), r.to_string()).unwrap();
+        let text = render(d.path()).unwrap();
+        assert!(!text.contains(['\u{1b}', '\u{7}', '\u{9b}', '\r']), "{text:?}");
+        assert!(text.contains("signature    ab  BUG: \\u{1b}]0;pwned\\u{7}title"), "{text}");
+        assert!(text.contains("Linux 6.1\\u{9b}31m"), "{text}");
+        assert!(text.contains("none: no\\rspace"), "{text}");
+        assert!(text.contains("    [1] Kernel panic - not syncing: \\u{1b}[31mred\n    [2] next\n"), "{text}");
     }
 }

@@ -242,6 +242,8 @@ const VMM: &[i64] = &[
     libc::SYS_fsync,
     libc::SYS_fdatasync,
     libc::SYS_ftruncate,
+    // The crash disk, created at each boot, is marked as crashvmm's (files::create_output).
+    libc::SYS_fsetxattr,
     libc::SYS_fallocate,
     libc::SYS_copy_file_range,
     libc::SYS_mkdir,
