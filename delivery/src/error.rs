@@ -27,8 +27,45 @@ pub enum DeliveryError {
     Incomplete(String),
     #[error("cannot start the upload runtime: {0}")]
     Runtime(std::io::Error),
+    /// The store has no such bucket or container (a write was answered "not found").
+    #[error("{url}: no such bucket or container")]
+    NoBucket {
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
+    /// Something the spool reads is not its own (another user's, writable by others, a
+    /// symbolic link): it is never acted on.
+    #[error("refusing {path}: {reason}")]
+    Untrusted { path: PathBuf, reason: String },
+    #[error("{0}: no report.json, not a finished crash directory")]
+    Unfinished(PathBuf),
+    #[error("{0} changed size since it was queued")]
+    Changed(PathBuf),
     #[error("{0}")]
     Other(String),
+}
+
+impl DeliveryError {
+    /// Whether trying again cannot help: the store refused the credentials, has no such
+    /// bucket, or a crash directory (or one of its files) is gone or changed. Everything else
+    /// (the network, a store that is down, a checksum that did not match) is retried.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Store(object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }) => {
+                true
+            }
+            Self::Io { source, .. } => {
+                matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied)
+            }
+            Self::Url { .. }
+            | Self::NoBucket { .. }
+            | Self::Untrusted { .. }
+            | Self::Unfinished(_)
+            | Self::Changed(_) => true,
+            _ => false,
+        }
+    }
 }
 
 pub(crate) fn io<'a>(
@@ -36,4 +73,25 @@ pub(crate) fn io<'a>(
     path: &'a std::path::Path,
 ) -> impl FnOnce(std::io::Error) -> DeliveryError + 'a {
     move |source| DeliveryError::Io { what, path: path.to_owned(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_credentials_and_missing_files_are_permanent_outages_are_not() {
+        let store = |e: fn(String, Box<dyn std::error::Error + Send + Sync>) -> object_store::Error| {
+            DeliveryError::Store(e("k".into(), "403".into()))
+        };
+        assert!(store(|path, source| object_store::Error::PermissionDenied { path, source }).is_permanent());
+        assert!(store(|path, source| object_store::Error::Unauthenticated { path, source }).is_permanent());
+        assert!(
+            !DeliveryError::Store(object_store::Error::Generic { store: "S3", source: "503".into() }).is_permanent()
+        );
+        let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(DeliveryError::Io { what: "stat", path: "/c/d/vmcore".into(), source: gone }.is_permanent());
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(!DeliveryError::Io { what: "read", path: "/c/d/vmcore".into(), source: reset }.is_permanent());
+    }
 }

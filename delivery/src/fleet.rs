@@ -11,7 +11,7 @@ use object_store::ObjectStoreExt;
 
 use crate::error::io;
 use crate::target::Target;
-use crate::{DeliveryError, REPORT};
+use crate::{private, DeliveryError, REPORT};
 
 /// One complete crash directory in the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -43,14 +43,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, DeliveryError> {
 }
 
 /// The complete crash directories under `target` (those whose report.json is there: it is
-/// uploaded last), grouped by signature id, the biggest group first.
+/// uploaded last), grouped by signature id, the biggest group first. A report.json that cannot
+/// be read or is not JSON is left out with a warning naming it.
 pub fn list_crashes(target: &Target) -> Result<Vec<Group>, DeliveryError> {
     runtime()?.block_on(list_async(target))
 }
 
 async fn list_async(target: &Target) -> Result<Vec<Group>, DeliveryError> {
     let prefix = (!target.prefix.is_empty()).then(|| target.key(""));
-    let objects: Vec<_> = target.store.list(prefix.as_ref()).try_collect().await?;
+    let store = target.store()?;
+    let objects: Vec<_> = store.list(prefix.as_ref()).try_collect().await?;
     let reports: Vec<(String, String, String, object_store::path::Path)> = objects
         .into_iter()
         .filter_map(|m| {
@@ -62,19 +64,27 @@ async fn list_async(target: &Target) -> Result<Vec<Group>, DeliveryError> {
             }
         })
         .collect();
-    let store = target.store.clone();
     let fetched: Vec<_> = futures::stream::iter(reports.into_iter().map(|(sig, host, dir, key)| {
         let store = store.clone();
         async move {
-            let bytes = store.get(&key).await?.bytes().await?;
-            let report: serde_json::Value = serde_json::from_slice(&bytes)
-                .map_err(|source| DeliveryError::Json { path: key.to_string(), source })?;
-            Ok::<_, DeliveryError>((sig, host, dir, report))
+            let report = async {
+                let bytes = store.get(&key).await?.bytes().await?;
+                serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .map_err(|source| DeliveryError::Json { path: key.to_string(), source })
+            };
+            match report.await {
+                Ok(report) => Some((sig, host, dir, report)),
+                Err(e) => {
+                    log::warn!("skipping {}: {e}", target.url_of(&format!("{sig}/{host}/{dir}/{REPORT}")));
+                    None
+                }
+            }
         }
     }))
     .buffer_unordered(16)
-    .try_collect()
-    .await?;
+    .filter_map(std::future::ready)
+    .collect()
+    .await;
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     for (sig, host, dir, report) in fetched {
         let s = |p: &str| report.pointer(p).and_then(|v| v.as_str()).map(str::to_owned);
@@ -120,7 +130,9 @@ async fn list_async(target: &Target) -> Result<Vec<Group>, DeliveryError> {
 
 /// Download the crash directory at `url` (`<target>/<signature id>/<host>/<dir>`) into
 /// `dest/<dir>` (written under a temporary name, then renamed); returns that path. Only a
-/// complete directory (its report.json is there) is fetched.
+/// complete directory (its report.json is there) is fetched. Like a crash directory it is
+/// owner-only whatever the umask: the directory 0700, its files 0600, and `dest` 0700 where it
+/// is created here.
 pub fn fetch(url: &str, dest: &Path) -> Result<PathBuf, DeliveryError> {
     let target = Target::parse(url)?;
     runtime()?.block_on(fetch_async(&target, dest))
@@ -135,7 +147,8 @@ async fn fetch_async(target: &Target, dest: &Path) -> Result<PathBuf, DeliveryEr
         .ok_or_else(|| DeliveryError::Url { url: target.url.clone(), reason: "names no crash directory".into() })?
         .to_owned();
     let prefix = target.key("");
-    let objects: Vec<_> = target.store.list(Some(&prefix)).try_collect().await?;
+    let store = target.store()?;
+    let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
     let mut files: Vec<(String, object_store::path::Path)> = objects
         .into_iter()
         .filter_map(|m| {
@@ -147,7 +160,7 @@ async fn fetch_async(target: &Target, dest: &Path) -> Result<PathBuf, DeliveryEr
         return Err(DeliveryError::Incomplete(target.url.clone()));
     }
     files.sort_by_key(|(n, _)| n == REPORT);
-    std::fs::create_dir_all(dest).map_err(io("create", dest))?;
+    private::create_dir_all(dest).map_err(io("create", dest))?;
     let final_dir = dest.join(&name);
     if final_dir.exists() {
         return Err(DeliveryError::Other(format!("{} exists", final_dir.display())));
@@ -156,11 +169,11 @@ async fn fetch_async(target: &Target, dest: &Path) -> Result<PathBuf, DeliveryEr
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io("remove", &tmp))?;
     }
-    std::fs::create_dir(&tmp).map_err(io("create", &tmp))?;
+    private::create_dir(&tmp).map_err(io("create", &tmp))?;
     for (file, key) in files {
         let path = tmp.join(&file);
-        let mut out = std::fs::File::create(&path).map_err(io("create", &path))?;
-        let mut s = target.store.get(&key).await?.into_stream();
+        let mut out = private::create_file(&path).map_err(io("create", &path))?;
+        let mut s = store.get(&key).await?.into_stream();
         while let Some(chunk) = s.next().await {
             out.write_all(&chunk?).map_err(io("write", &path))?;
         }

@@ -13,13 +13,14 @@
 
 mod error;
 mod fleet;
+pub mod private;
 mod spool;
 mod target;
 mod upload;
 
 pub use error::DeliveryError;
 pub use fleet::{fetch, list_crashes, CrashEntry, Group};
-pub use spool::{FileState, Job, JobMeta, MultipartState, Spool};
+pub use spool::{FileState, Job, JobMeta, MultipartState, Refused, Spool};
 pub use target::{Scheme, Target};
 pub use upload::{DeliveryEvent, Uploader, UploaderConfig};
 

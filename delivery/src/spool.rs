@@ -3,10 +3,19 @@
 //! ```text
 //! .upload/jobs/<enqueued, µs since the epoch>-<dir>.json   waiting or in progress
 //! .upload/done/<same name>                                 delivered (the store confirmed)
+//! .upload/failed/<same name>                               set aside: undeliverable (its
+//!                                                          last_error says why) or refused
 //! ```
 //!
 //! Every write is atomic (a temporary file, fsynced, renamed over, the directory fsynced), so a
 //! crash of crashvmm or of the host leaves each job file either as it was or as it became.
+//!
+//! The spool is owner-only (directories 0700, files 0600, whatever the umask), and it acts only
+//! on what it wrote itself: a spool directory or job file that is not this process's user's,
+//! that group or others may write, or that is a symbolic link is refused with the reason (a
+//! job file is set aside in `failed/`, never delivered). A job names its crash directory
+//! relative to the crash directory the spool is in, so a spool moved along with its crash
+//! directories delivers from their new place.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -15,7 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::io;
-use crate::{DeliveryError, REPORT};
+use crate::{private, DeliveryError, REPORT};
 
 /// What the uploader must know about a crash directory besides its files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,8 +104,13 @@ pub struct MultipartState {
 pub struct Job {
     /// The job file's stem: `<µs since the epoch>-<dir name>`; sorting by it is oldest first.
     pub id: String,
-    /// The local crash directory.
+    /// The local crash directory, relative to the crash directory the spool is in (`<crash
+    /// dir>/.upload`'s parent); absolute where it is not under it (and in job files written
+    /// before crashvmm stored it relative).
     pub dir: PathBuf,
+    /// `dir` resolved against the spool's crash directory (not stored).
+    #[serde(skip)]
+    pub path: PathBuf,
     /// Its name, the last component of its key prefix.
     pub name: String,
     #[serde(flatten)]
@@ -121,25 +135,53 @@ impl Job {
     }
 }
 
+/// A job file the spool would not act on, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Where it is now (in `failed/` once set aside).
+    pub path: PathBuf,
+    pub reason: String,
+}
+
 /// The spool of one crash directory.
 #[derive(Debug, Clone)]
 pub struct Spool {
     root: PathBuf,
+    /// The crash directory the spool is in (canonical): jobs' directories are relative to it.
+    crash_dir: PathBuf,
+    /// This process's effective uid, the owner of everything the spool trusts (taken once, in
+    /// `open`: the confined upload thread may not ask).
+    euid: u32,
 }
 
+const SUBDIRS: [&str; 3] = ["jobs", "done", "failed"];
+
 impl Spool {
-    /// Open (creating it, owner-only) `<crash_dir>/.upload/`.
+    /// Open (creating it, owner-only) `<crash_dir>/.upload/`. An existing spool directory
+    /// that is not this user's, that others may write or that is a symbolic link is refused.
     pub fn open(crash_dir: &Path) -> Result<Self, DeliveryError> {
-        let root = crash_dir.join(".upload");
-        for d in [root.join("jobs"), root.join("done")] {
-            fs::create_dir_all(&d).map_err(io("create", &d))?;
-            set_private(&d, 0o700)?;
+        let crash_dir = fs::canonicalize(crash_dir).map_err(io("resolve", crash_dir))?;
+        let spool = Self { root: crash_dir.join(".upload"), crash_dir, euid: private::euid() };
+        for d in std::iter::once(spool.root.clone()).chain(SUBDIRS.iter().map(|s| spool.root.join(s))) {
+            match private::create_dir(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => spool.check_dir(&d)?,
+                Err(e) => return Err(io("create", &d)(e)),
+            }
         }
-        Ok(Self { root })
+        Ok(spool)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// An error unless `d` is a directory of this user's that only it may write.
+    fn check_dir(&self, d: &Path) -> Result<(), DeliveryError> {
+        match private::untrusted_dir(d, self.euid).map_err(io("inspect", d))? {
+            Some(reason) => Err(DeliveryError::Untrusted { path: d.to_owned(), reason }),
+            None => Ok(()),
+        }
     }
 
     /// Queue the finished crash directory `dir`. Queueing one already queued or delivered
@@ -151,15 +193,16 @@ impl Spool {
             .filter(|n| is_safe_component(n))
             .ok_or_else(|| DeliveryError::Other(format!("{}: not a crash directory name", dir.display())))?;
         for sub in ["jobs", "done"] {
-            if let Some(job) = self.read_dir(sub)?.into_iter().find(|j| j.name == name) {
+            if let Some(job) = self.read_dir(sub)?.0.into_iter().find(|j| j.name == name) {
                 return Ok(job);
             }
         }
         let micros = chrono::Utc::now().timestamp_micros();
-        let dir = fs::canonicalize(dir).map_err(io("resolve", dir))?;
+        let path = fs::canonicalize(dir).map_err(io("resolve", dir))?;
         let job = Job {
             id: format!("{micros:017}-{name}"),
-            dir,
+            dir: path.strip_prefix(&self.crash_dir).map_or_else(|_| path.clone(), Path::to_owned),
+            path,
             name,
             meta: meta.clone(),
             enqueued_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
@@ -172,14 +215,36 @@ impl Spool {
         Ok(job)
     }
 
-    /// Jobs waiting, oldest first.
+    /// Jobs waiting, oldest first (those it refuses are left out: `set_aside_refused`).
     pub fn pending(&self) -> Result<Vec<Job>, DeliveryError> {
-        self.read_dir("jobs")
+        Ok(self.read_dir("jobs")?.0)
     }
 
     /// Jobs delivered, oldest first.
     pub fn delivered(&self) -> Result<Vec<Job>, DeliveryError> {
-        self.read_dir("done")
+        Ok(self.read_dir("done")?.0)
+    }
+
+    /// Jobs set aside as undeliverable, oldest first (refused files are not read).
+    pub fn failed(&self) -> Result<Vec<Job>, DeliveryError> {
+        Ok(self.read_dir("failed")?.0)
+    }
+
+    /// Move every job file of `jobs/` that the spool refuses (not JSON, not a job, not this
+    /// user's, writable by others, a symbolic link) into `failed/`, unread; returns them with
+    /// the reason.
+    pub fn set_aside_refused(&self) -> Result<Vec<Refused>, DeliveryError> {
+        let (_, refused) = self.read_dir("jobs")?;
+        let mut moved = Vec::with_capacity(refused.len());
+        for Refused { path, reason } in refused {
+            let to = self.root.join("failed").join(path.file_name().unwrap_or_default());
+            fs::rename(&path, &to).map_err(io("set aside", &path))?;
+            moved.push(Refused { path: to, reason });
+        }
+        if !moved.is_empty() {
+            sync_dir(&self.root.join("jobs"))?;
+        }
+        Ok(moved)
     }
 
     /// Persist `job`'s progress (atomically).
@@ -189,7 +254,19 @@ impl Spool {
 
     /// Move `job` to `done/` (written there first, then removed from `jobs/`).
     pub fn complete(&self, job: &Job) -> Result<(), DeliveryError> {
-        self.write_atomic(&self.root.join("done").join(format!("{}.json", job.id)), job)?;
+        self.move_to("done", job)
+    }
+
+    /// Set `job` aside in `failed/` with `reason` as its last error: it is not tried again
+    /// (moving it back to `jobs/` queues it again).
+    pub fn fail(&self, job: &mut Job, reason: &str) -> Result<PathBuf, DeliveryError> {
+        job.last_error = Some(reason.to_owned());
+        self.move_to("failed", job)?;
+        Ok(self.root.join("failed").join(format!("{}.json", job.id)))
+    }
+
+    fn move_to(&self, sub: &str, job: &Job) -> Result<(), DeliveryError> {
+        self.write_atomic(&self.root.join(sub).join(format!("{}.json", job.id)), job)?;
         let p = self.root.join("jobs").join(format!("{}.json", job.id));
         match fs::remove_file(&p) {
             Ok(()) => {}
@@ -199,8 +276,13 @@ impl Spool {
         sync_dir(&self.root.join("jobs"))
     }
 
-    fn read_dir(&self, sub: &str) -> Result<Vec<Job>, DeliveryError> {
+    /// The jobs of `sub`, oldest first, and the files there it refuses. The spool directory
+    /// and `sub` are checked first, each time: a spool whose directories are not its own is an
+    /// error.
+    fn read_dir(&self, sub: &str) -> Result<(Vec<Job>, Vec<Refused>), DeliveryError> {
         let d = self.root.join(sub);
+        self.check_dir(&self.root)?;
+        self.check_dir(&d)?;
         let mut names: Vec<PathBuf> = fs::read_dir(&d)
             .map_err(io("list", &d))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -208,34 +290,44 @@ impl Spool {
             .collect();
         names.sort();
         let mut jobs = Vec::with_capacity(names.len());
+        let mut refused = Vec::new();
         for p in names {
-            let text = fs::read(&p).map_err(io("read", &p))?;
-            match serde_json::from_slice::<Job>(&text) {
+            match self.read_job(&p) {
                 Ok(j) => jobs.push(j),
-                // A job file that is not JSON cannot have come from here; leave it for a human.
-                Err(e) => log::warn!("delivery: ignoring {}: {e}", p.display()),
+                Err(reason) => refused.push(Refused { path: p, reason }),
             }
         }
-        Ok(jobs)
+        Ok((jobs, refused))
+    }
+
+    /// The job in `p`, or why the spool refuses it.
+    fn read_job(&self, p: &Path) -> Result<Job, String> {
+        let mut f = private::open_trusted(p, self.euid)?;
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut text).map_err(|e| format!("cannot read it: {e}"))?;
+        let mut job: Job = serde_json::from_slice(&text).map_err(|e| format!("not a job file: {e}"))?;
+        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        if job.id != stem || !is_safe_component(&job.id) || !is_safe_component(&job.name) {
+            return Err(format!(
+                "not a job file: its id {:?} or name {:?} does not fit its file name",
+                job.id, job.name
+            ));
+        }
+        job.path = self.crash_dir.join(&job.dir);
+        Ok(job)
     }
 
     fn write_atomic(&self, path: &Path, job: &Job) -> Result<(), DeliveryError> {
         let data = serde_json::to_vec_pretty(job)
             .map_err(|source| DeliveryError::Json { path: path.display().to_string(), source })?;
         let tmp = self.root.join(format!(".tmp-{}-{}", std::process::id(), job.id));
-        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
-        set_private(&tmp, 0o600)?;
+        let mut f = private::create_file(&tmp).map_err(io("create", &tmp))?;
         f.write_all(&data).map_err(io("write", &tmp))?;
         f.sync_all().map_err(io("sync", &tmp))?;
         drop(f);
         fs::rename(&tmp, path).map_err(io("rename to", path))?;
         sync_dir(path.parent().unwrap_or(&self.root))
     }
-}
-
-fn set_private(p: &Path, mode: u32) -> Result<(), DeliveryError> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).map_err(io("chmod", p))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), DeliveryError> {

@@ -1,7 +1,8 @@
 //! Where crashes go: `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`,
 //! `file:///path`.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
@@ -11,7 +12,8 @@ use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, RetryConfig};
 
-use crate::DeliveryError;
+use crate::error::io;
+use crate::{private, DeliveryError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
@@ -31,9 +33,20 @@ pub struct Target {
     pub bucket: String,
     /// The key prefix inside the bucket, without leading or trailing slashes.
     pub prefix: String,
-    pub(crate) store: Arc<dyn ObjectStore>,
-    /// The resumable multipart API, where the store has one (not `file://`).
-    pub(crate) multipart: Option<Arc<dyn MultipartStore>>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    /// S3, GCS, Azure: built when parsed (which connects to nothing).
+    Cloud {
+        store: Arc<dyn ObjectStore>,
+        /// The resumable multipart API.
+        multipart: Arc<dyn MultipartStore>,
+    },
+    /// `file://`: the directory is created (owner-only) when first written to, not when the
+    /// URL is parsed, and the store is built once it exists.
+    File { root: PathBuf, store: Arc<OnceLock<Arc<LocalFileSystem>>> },
 }
 
 impl std::fmt::Debug for Target {
@@ -53,7 +66,8 @@ fn bad(url: &str, reason: impl Into<String>) -> DeliveryError {
 }
 
 impl Target {
-    /// Parse `url` and build its store. Credentials and settings come from the environment as
+    /// Parse `url` and build its store; nothing is created or connected to (a `file://`
+    /// directory is made, owner-only, when first written to). Credentials and settings come from the environment as
     /// object_store reads them (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
     /// `AWS_SESSION_TOKEN`, `AWS_REGION`/`AWS_DEFAULT_REGION`, instance metadata...;
     /// `GOOGLE_SERVICE_ACCOUNT`/`GOOGLE_APPLICATION_CREDENTIALS`; `AZURE_STORAGE_ACCOUNT_NAME`,
@@ -74,16 +88,12 @@ impl Target {
             if !rest.starts_with('/') {
                 return Err(bad(url, "file:// needs an absolute path (file:///path)"));
             }
-            let root = if rest.is_empty() { "/" } else { rest };
-            std::fs::create_dir_all(root).map_err(|e| bad(url, format!("cannot create {root}: {e}")))?;
-            let store = LocalFileSystem::new_with_prefix(root)?;
             return Ok(Self {
                 url: url.to_owned(),
                 scheme,
                 bucket: String::new(),
                 prefix: String::new(),
-                store: Arc::new(store),
-                multipart: None,
+                backend: Backend::File { root: PathBuf::from(rest), store: Arc::new(OnceLock::new()) },
             });
         }
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -122,7 +132,72 @@ impl Target {
             }
             Scheme::File => return Err(bad(url, "unreachable")),
         };
-        Ok(Self { url: url.to_owned(), scheme, bucket: bucket.to_owned(), prefix, store, multipart: Some(multipart) })
+        Ok(Self {
+            url: url.to_owned(),
+            scheme,
+            bucket: bucket.to_owned(),
+            prefix,
+            backend: Backend::Cloud { store, multipart },
+        })
+    }
+
+    /// The store, to read from. A `file://` directory that does not exist is an error (it is
+    /// not created by reading).
+    pub(crate) fn store(&self) -> Result<Arc<dyn ObjectStore>, DeliveryError> {
+        match &self.backend {
+            Backend::Cloud { store, .. } => Ok(store.clone()),
+            Backend::File { .. } => match self.local()? {
+                Some(s) => Ok(s),
+                None => Err(DeliveryError::Other("no local store".into())),
+            },
+        }
+    }
+
+    /// A `file://` target's store (`None` elsewhere), built once its directory exists.
+    fn local(&self) -> Result<Option<Arc<LocalFileSystem>>, DeliveryError> {
+        let Backend::File { root, store } = &self.backend else { return Ok(None) };
+        if let Some(s) = store.get() {
+            return Ok(Some(s.clone()));
+        }
+        std::fs::metadata(root).map_err(io("open the store", root))?;
+        let s = Arc::new(LocalFileSystem::new_with_prefix(root)?);
+        Ok(Some(store.get_or_init(|| s).clone()))
+    }
+
+    /// The store, to write `key` to: a `file://` directory, and the directories between it and
+    /// the object, are created first, owner-only (existing ones keep their modes).
+    pub(crate) fn store_for_write(&self, key: &ObjPath) -> Result<Arc<dyn ObjectStore>, DeliveryError> {
+        if let Backend::File { root, .. } = &self.backend {
+            private::create_dir_all(root).map_err(io("create", root))?;
+            if let Some(parent) = self.local_path(key)?.as_deref().and_then(std::path::Path::parent) {
+                private::create_dir_all(parent).map_err(io("create", parent))?;
+            }
+        }
+        self.store()
+    }
+
+    /// Make the object `key`, once written, owner-only (`file://`; a no-op elsewhere).
+    pub(crate) fn seal(&self, key: &ObjPath) -> Result<(), DeliveryError> {
+        if let Some(path) = self.local_path(key)? {
+            private::seal(&path).map_err(io("chmod", &path))?;
+        }
+        Ok(())
+    }
+
+    /// The file that holds `key` (`file://` only).
+    fn local_path(&self, key: &ObjPath) -> Result<Option<PathBuf>, DeliveryError> {
+        match self.local()? {
+            Some(store) => Ok(Some(store.path_to_filesystem(key)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The resumable multipart API, where the store has one (not `file://`).
+    pub(crate) fn multipart(&self) -> Option<Arc<dyn MultipartStore>> {
+        match &self.backend {
+            Backend::Cloud { multipart, .. } => Some(multipart.clone()),
+            Backend::File { .. } => None,
+        }
     }
 
     /// The same store, with `sub` (slash-separated) appended to the prefix.
@@ -179,6 +254,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let t = Target::parse(&format!("file://{}/store", d.path().display())).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(t.scheme, Scheme::File);
+        // Parsing has no side effects: the directory is made when first written to.
+        assert!(!d.path().join("store").exists());
         assert_eq!(t.join("sig/host").key("f").as_ref(), "sig/host/f");
     }
 }

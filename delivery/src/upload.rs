@@ -39,6 +39,16 @@ pub enum DeliveryEvent {
     Completed { dir: PathBuf, url: String, bytes: u64 },
     #[serde(rename = "upload_failed")]
     Failed { dir: PathBuf, error: String, retry_in_s: f64 },
+    /// A job that cannot be delivered (a permanent failure, or a job file the spool refuses)
+    /// was set aside in the spool's `failed/` and will not be tried again.
+    #[serde(rename = "upload_abandoned")]
+    Abandoned {
+        /// The crash directory (none for a job file that was refused unread).
+        dir: Option<PathBuf>,
+        error: String,
+        /// Where the job file was set aside.
+        job: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -150,9 +160,15 @@ impl Uploader {
             if stop.load(Ordering::Relaxed) {
                 return Ok(delivered);
             }
-            let jobs = match self.spool.pending() {
+            let jobs = match self.spool.set_aside_refused().and_then(|refused| {
+                for r in refused {
+                    log::error!("delivery: job file set aside as {}: {}", r.path.display(), r.reason);
+                    events(DeliveryEvent::Abandoned { dir: None, error: r.reason, job: r.path });
+                }
+                self.spool.pending()
+            }) {
                 Ok(j) => j,
-                Err(e) if once => return Err(e),
+                Err(e) if once || e.is_permanent() => return Err(e),
                 Err(e) => {
                     log::warn!("delivery: cannot read the spool: {e}");
                     Vec::new()
@@ -176,6 +192,24 @@ impl Uploader {
                         delivered += 1;
                     }
                     Err(Halt::Stopped) => return Ok(delivered),
+                    Err(Halt::Error(e)) if e.is_permanent() => {
+                        not_before.remove(&job.id);
+                        job.attempts += 1;
+                        let error = e.to_string();
+                        match self.spool.fail(&mut job, &error) {
+                            Ok(at) => {
+                                log::error!(
+                                    "delivery: {}: {error}; not retried, the job is set aside as {}",
+                                    job.path.display(),
+                                    at.display()
+                                );
+                                events(DeliveryEvent::Abandoned { dir: Some(job.path.clone()), error, job: at });
+                            }
+                            Err(f) => {
+                                log::error!("delivery: {}: {error}; cannot set it aside: {f}", job.path.display())
+                            }
+                        }
+                    }
                     Err(Halt::Error(e)) => {
                         let failures = not_before.get(&job.id).map_or(0, |(_, n)| *n) + 1;
                         let delay = backoff(&self.config, failures);
@@ -185,7 +219,7 @@ impl Uploader {
                             log::warn!("delivery: cannot save {}: {e}", job.id);
                         }
                         events(DeliveryEvent::Failed {
-                            dir: job.dir.clone(),
+                            dir: job.path.clone(),
                             error: e.to_string(),
                             retry_in_s: delay.as_secs_f64(),
                         });
@@ -207,9 +241,9 @@ impl Uploader {
     /// One attempt at `job`.
     async fn deliver(&self, job: &mut Job, stop: &AtomicBool, events: &dyn Fn(DeliveryEvent)) -> Result<(), Halt> {
         let dir_target = self.target.join(&job.key_prefix());
-        events(DeliveryEvent::Started { dir: job.dir.clone(), url: dir_target.url.clone() });
-        if job.files.is_empty() || !job.dir.is_dir() && job.files.iter().any(|f| !f.done) {
-            job.files = scan(&job.dir, self.config.part_size).await?;
+        events(DeliveryEvent::Started { dir: job.path.clone(), url: dir_target.url.clone() });
+        if job.files.is_empty() || !job.path.is_dir() && job.files.iter().any(|f| !f.done) {
+            job.files = scan(&job.path, self.config.part_size).await?;
             self.spool.save(job)?;
         }
         let total: u64 = job.files.iter().map(|f| f.size).sum();
@@ -250,10 +284,10 @@ impl Uploader {
         job.url = Some(dir_target.url.clone());
         job.last_error = None;
         self.spool.complete(job)?;
-        if !self.config.keep_local && job.dir.is_dir() {
-            std::fs::remove_dir_all(&job.dir).map_err(io("remove", &job.dir))?;
+        if !self.config.keep_local && job.path.is_dir() {
+            std::fs::remove_dir_all(&job.path).map_err(io("remove", &job.path))?;
         }
-        events(DeliveryEvent::Completed { dir: job.dir.clone(), url: dir_target.url, bytes: total });
+        events(DeliveryEvent::Completed { dir: job.path.clone(), url: dir_target.url, bytes: total });
         Ok(())
     }
 
@@ -271,19 +305,19 @@ impl Uploader {
     ) -> Result<(), Halt> {
         let f = job.files[i].clone();
         let key = dir_target.key(&f.name);
-        let local = job.dir.join(&f.name);
+        let local = job.path.join(&f.name);
         let meta = std::fs::metadata(&local).map_err(io("stat", &local))?;
         if meta.len() != f.size {
-            return Err(DeliveryError::Other(format!("{} changed size since it was queued", local.display())).into());
+            return Err(DeliveryError::Changed(local).into());
         }
         // Never upload twice: an object already there as it is here is taken as uploaded.
         if self.matches(&key, &f).await? {
-            if let (Some(mp), Some(st)) = (&self.target.multipart, &f.multipart) {
+            if let (Some(mp), Some(st)) = (self.target.multipart(), &f.multipart) {
                 // A stale upload of the same object (completed before a restart): let it go.
                 let _ = mp.abort_multipart(&key, &st.upload_id.clone()).await;
             }
         } else if f.size >= self.config.part_size {
-            if self.target.multipart.is_some() {
+            if self.target.multipart().is_some() {
                 self.put_resumable(job, i, &key, &local, throttle, stop, events, sent, total).await?;
             } else {
                 self.put_streamed(&key, &local, &f, throttle, stop).await?;
@@ -297,7 +331,9 @@ impl Uploader {
             sleep_unless_stopped(wait, stop).await;
             let md5 = hex::encode(Md5::digest(&data));
             let opts = PutOptions { attributes: self.attributes(&f), ..Default::default() };
-            let r = self.target.store.put_opts(&key, PutPayload::from(data), opts).await?;
+            let store = self.target.store_for_write(&key)?;
+            let r = store.put_opts(&key, PutPayload::from(data), opts).await.map_err(|e| self.no_bucket(e))?;
+            self.target.seal(&key)?;
             if self.target.scheme == Scheme::S3 && !etag_agrees(r.e_tag.as_deref(), &md5) {
                 return Err(DeliveryError::Checksum {
                     path: key.to_string(),
@@ -317,8 +353,17 @@ impl Uploader {
         } else {
             *sent = job.files.iter().filter(|f| f.done).map(|f| f.size).sum();
         }
-        events(DeliveryEvent::Progress { dir: job.dir.clone(), bytes: *sent, total });
+        events(DeliveryEvent::Progress { dir: job.path.clone(), bytes: *sent, total });
         Ok(())
+    }
+
+    /// A write answered "not found": the bucket or container is not there (an object never
+    /// is before it is written).
+    fn no_bucket(&self, e: object_store::Error) -> DeliveryError {
+        match e {
+            object_store::Error::NotFound { .. } => DeliveryError::NoBucket { url: self.target.url.clone(), source: e },
+            e => e.into(),
+        }
     }
 
     fn attributes(&self, f: &FileState) -> Attributes {
@@ -332,7 +377,13 @@ impl Uploader {
     /// Whether the store holds `key` with `f`'s size and SHA-256.
     async fn matches(&self, key: &ObjPath, f: &FileState) -> Result<bool, DeliveryError> {
         let opts = GetOptions { head: true, ..Default::default() };
-        let r = match self.target.store.get_opts(key, opts).await {
+        let store = match self.target.store() {
+            Ok(s) => s,
+            // A `file://` store not made yet holds nothing.
+            Err(DeliveryError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let r = match store.get_opts(key, opts).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Ok(false),
             Err(e) => return Err(e.into()),
@@ -342,7 +393,7 @@ impl Uploader {
         }
         if self.target.scheme == Scheme::File {
             // No metadata on a local store: read it back.
-            let data = self.target.store.get(key).await?;
+            let data = store.get(key).await?;
             let mut h = Sha256::new();
             let mut s = data.into_stream();
             while let Some(chunk) = s.next().await {
@@ -369,7 +420,7 @@ impl Uploader {
         sent: &mut u64,
         total: u64,
     ) -> Result<(), Halt> {
-        let Some(mp) = self.target.multipart.clone() else {
+        let Some(mp) = self.target.multipart() else {
             return Err(DeliveryError::Other("no multipart API".into()).into());
         };
         let part_size = self.config.part_size;
@@ -384,7 +435,7 @@ impl Uploader {
                     let _ = mp.abort_multipart(key, &st.upload_id).await;
                 }
                 let opts = PutMultipartOptions { attributes: self.attributes(&job.files[i]), ..Default::default() };
-                let upload_id = mp.create_multipart_opts(key, opts).await?;
+                let upload_id = mp.create_multipart_opts(key, opts).await.map_err(|e| self.no_bucket(e))?;
                 let st =
                     MultipartState { upload_id, part_size, parts: vec![None; n], part_md5: vec![None; n], strikes: 0 };
                 job.files[i].multipart = Some(st.clone());
@@ -433,7 +484,7 @@ impl Uploader {
                     self.spool.save(job)?;
                     done_bytes += part_len(p);
                     *sent = base + done_bytes;
-                    events(DeliveryEvent::Progress { dir: job.dir.clone(), bytes: *sent, total });
+                    events(DeliveryEvent::Progress { dir: job.path.clone(), bytes: *sent, total });
                 }
                 Err(Halt::Error(DeliveryError::Store(object_store::Error::NotFound { path, source }))) => {
                     // The store no longer knows the upload (expired, aborted, a store that
@@ -503,7 +554,8 @@ impl Uploader {
         stop: &AtomicBool,
     ) -> Result<(), Halt> {
         let opts = PutMultipartOptions { attributes: self.attributes(f), ..Default::default() };
-        let upload = self.target.store.put_multipart_opts(key, opts).await?;
+        let store = self.target.store_for_write(key)?;
+        let upload = store.put_multipart_opts(key, opts).await.map_err(|e| self.no_bucket(e))?;
         let part_size = self.config.part_size;
         let mut w = WriteMultipart::new_with_chunk_size(upload, part_size as usize);
         let mut offset = 0;
@@ -528,6 +580,7 @@ impl Uploader {
             offset += len;
         }
         w.finish().await?;
+        self.target.seal(key)?;
         Ok(())
     }
 }
@@ -608,10 +661,7 @@ async fn scan(dir: &Path, part_size: u64) -> Result<Vec<FileState>, DeliveryErro
             files.push(FileState { name, size, sha256: hex::encode(h.finalize()), done: false, multipart: None });
         }
         if !files.iter().any(|f| f.name == REPORT) {
-            return Err(DeliveryError::Other(format!(
-                "{}: no {REPORT}, not a finished crash directory",
-                dir.display()
-            )));
+            return Err(DeliveryError::Unfinished(dir));
         }
         files.sort_by_key(|f| (f.name == REPORT, f.size >= part_size, f.size, f.name.clone()));
         Ok(files)

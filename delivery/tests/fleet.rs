@@ -81,3 +81,24 @@ fn three_crashes_two_signatures_two_groups() -> R {
     std::thread::sleep(Duration::from_millis(10));
     Ok(())
 }
+
+/// A store without the bucket is a permanent failure: the job is set aside with the reason at
+/// the first attempt, not retried forever.
+#[test]
+fn a_missing_bucket_sets_the_job_aside_with_the_reason() -> R {
+    let _server = S3Server::start()?;
+    let target = Target::parse("s3://no-such-bucket/fleet")?;
+    let work = tempfile::tempdir()?;
+    let dir = crash_dir(work.path(), "20261125T130105Z-001", BUG, "BUG: x", "6.1.0-1-amd64", 1 << 10, 4)?;
+    let spool = Spool::open(work.path())?;
+    spool.enqueue(&dir, &JobMeta::from_dir(&dir)?)?;
+    let stop = AtomicBool::new(false);
+    let n = Uploader::new(target, spool.clone(), UploaderConfig::default()).run_once(&stop, &|_| {})?;
+    assert_eq!(n, 0);
+    assert!(spool.pending()?.is_empty(), "retried: {:?}", spool.pending()?);
+    let failed = spool.failed()?;
+    assert_eq!(failed.len(), 1);
+    let why = failed[0].last_error.clone().unwrap_or_default();
+    assert!(why.contains("no such bucket"), "{why}");
+    Ok(())
+}

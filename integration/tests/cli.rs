@@ -397,3 +397,77 @@ fn ctl_gives_up_on_a_server_that_never_answers() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `crashvmm deliver` with a spool that holds a corrupt job file and a job whose crash
+/// directory is gone: both are set aside in `failed/` with the reason on stderr, and the exit
+/// code says not everything was delivered.
+#[test]
+fn deliver_sets_aside_corrupt_and_undeliverable_jobs_and_exits_non_zero() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().unwrap();
+    let crashes = work.path().join("crashes");
+    let jobs = crashes.join(".upload/jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    for d in [crashes.join(".upload"), jobs.clone()] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let corrupt = jobs.join("00000000000000001-x.json");
+    std::fs::write(&corrupt, "{ not json").unwrap();
+    let gone = jobs.join("00000000000000002-gone.json");
+    let job = r#"{"id":"00000000000000002-gone","dir":"gone","name":"gone","signature_id":"s","host":"h",
+        "enqueued_at":"2026-11-25T13:01:05Z"}"#;
+    std::fs::write(&gone, job).unwrap();
+    for f in [&corrupt, &gone] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let store = work.path().join("store");
+    let out = Command::new(crashvmm())
+        .args(["deliver", "--wait", "60s", "--upload", &format!("file://{}", store.display()), "--crash-dir"])
+        .arg(&crashes)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked at"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("00000000000000001-x.json") && stderr.contains("not a job file"), "{stderr}");
+    assert!(stderr.contains("crashes/gone") && stderr.contains("not retried"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&jobs).unwrap().count(), 0, "{stderr}");
+    for name in ["00000000000000001-x.json", "00000000000000002-gone.json"] {
+        assert!(crashes.join(".upload/failed").join(name).is_file(), "{name} not set aside: {stderr}");
+    }
+}
+
+/// `crashvmm crashes` on a store with one unreadable report.json lists the rest, with one
+/// warning naming it; a command rejected after its `file://` URL was parsed created nothing.
+#[test]
+fn crashes_skips_a_bad_report_json_and_parsing_a_file_url_creates_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    for (sig, text) in [("aaaaaaaaaaaaaaaa", r#"{"signature":{"title":"BUG: a"}}"#), ("bbbbbbbbbbbbbbbb", "{ not json")]
+    {
+        let d = store.join(format!("{sig}/h/d"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("report.json"), text).unwrap();
+    }
+    let out = Command::new(crashvmm())
+        .args(["crashes", &format!("file://{}", store.display()), "--json"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let groups: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(groups.as_array().map(Vec::len), Some(1), "{groups}");
+    assert_eq!(groups[0]["signature_id"], "aaaaaaaaaaaaaaaa");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("bbbbbbbbbbbbbbbb/h/d/report.json"), "{stderr}");
+
+    let new = work.path().join("new/store");
+    let out = Command::new(crashvmm())
+        .args(["deliver", "--upload", &format!("file://{}", new.display()), "--no-such-option"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!work.path().join("new").exists(), "parsing the URL created it");
+}

@@ -144,6 +144,15 @@ pub enum Event {
         error: String,
         retry_in_s: f64,
     },
+    /// A crash directory that cannot be delivered (a permanent failure: credentials refused,
+    /// no such bucket, a file of it gone), or a job file the spool refused: its job was set
+    /// aside in the spool's `failed/` and is not tried again.
+    UploadAbandoned {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dir: Option<String>,
+        error: String,
+        job: String,
+    },
     /// The control socket's `dump` started writing a vmcore of the running VM.
     DumpStarted {
         path: String,

@@ -127,7 +127,8 @@ fn crashes(url: &delivery::Target, signature: Option<&str>, json: bool) -> anyho
     Ok(0)
 }
 
-/// `crashvmm deliver`: send what the spool holds; exit code 1 when some is left.
+/// `crashvmm deliver`: send what the spool holds; exit code 1 when some is left or a job was
+/// set aside as undeliverable (the reasons are on stderr).
 fn deliver(
     target: delivery::Target,
     crash_dir: &std::path::Path,
@@ -139,7 +140,7 @@ fn deliver(
     vmm::seccomp::init(SeccompMode::On, None, None)?;
     let d = vmm::upload::Delivery::start(target, crash_dir, &options, vmm::events::EventLog::disabled())
         .map_err(anyhow::Error::msg)?;
-    Ok(i32::from(d.finish(wait) > 0))
+    Ok(i32::from(!d.finish(wait).all_delivered()))
 }
 
 /// `ctl --timeout`: a duration, or `none`.

@@ -6,7 +6,7 @@
 //! next `crashvmm run --upload` or `crashvmm deliver`.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,7 +28,29 @@ pub struct UploadOptions {
 pub struct Delivery {
     spool: Spool,
     stop: Arc<AtomicBool>,
+    /// Jobs set aside as undeliverable since the start.
+    abandoned: Arc<AtomicUsize>,
+    /// The uploader itself stopped on an error (the spool could not be read).
+    broken: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// How a delivery ended (`Delivery::finish`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    /// Jobs still queued (for the next run or `crashvmm deliver`).
+    pub left: usize,
+    /// Jobs set aside in the spool's `failed/` (the reasons are on stderr).
+    pub abandoned: usize,
+    /// The uploader stopped on an error of its own (on stderr).
+    pub broken: bool,
+}
+
+impl Finished {
+    /// Whether everything queued was delivered.
+    pub fn all_delivered(&self) -> bool {
+        self.left == 0 && self.abandoned == 0 && !self.broken
+    }
 }
 
 /// The uploader's events as the event log's.
@@ -43,6 +65,9 @@ pub fn event(e: DeliveryEvent) -> Event {
         }
         DeliveryEvent::Failed { dir, error, retry_in_s } => {
             Event::UploadFailed { dir: dir.display().to_string(), error, retry_in_s }
+        }
+        DeliveryEvent::Abandoned { dir, error, job } => {
+            Event::UploadAbandoned { dir: dir.map(|d| d.display().to_string()), error, job: job.display().to_string() }
         }
     }
 }
@@ -62,20 +87,30 @@ impl Delivery {
         let uploader = Uploader::new(target, spool.clone(), config);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let abandoned = Arc::new(AtomicUsize::new(0));
+        let broken = Arc::new(AtomicBool::new(false));
+        let (abandoned_count, broken_flag) = (abandoned.clone(), broken.clone());
         let thread = std::thread::Builder::new()
             .name("upload".into())
             .spawn(move || {
                 if let Err(e) = seccomp::apply(ThreadKind::Upload) {
                     log::error!("upload: {e}; crash directories stay in the spool");
+                    broken_flag.store(true, Ordering::SeqCst);
                     return;
                 }
-                let emit = |e: DeliveryEvent| events.emit(event(e));
+                let emit = |e: DeliveryEvent| {
+                    if matches!(e, DeliveryEvent::Abandoned { .. }) {
+                        abandoned_count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    events.emit(event(e));
+                };
                 if let Err(e) = uploader.run(&flag, &emit) {
                     log::error!("upload: {e}; crash directories stay in the spool");
+                    broken_flag.store(true, Ordering::SeqCst);
                 }
             })
             .map_err(|e| format!("cannot start the upload thread: {e}"))?;
-        Ok(Self { spool, stop, thread: Some(thread) })
+        Ok(Self { spool, stop, abandoned, broken, thread: Some(thread) })
     }
 
     /// The spool the executor queues finished crash directories in.
@@ -83,9 +118,9 @@ impl Delivery {
         &self.spool
     }
 
-    /// Wait up to `wait` for the queued crash directories, then stop the uploader. Returns how
-    /// many are still queued.
-    pub fn finish(mut self, wait: Duration) -> usize {
+    /// Wait up to `wait` for the queued crash directories, then stop the uploader. Says how
+    /// many are still queued and how many were set aside as undeliverable.
+    pub fn finish(mut self, wait: Duration) -> Finished {
         let deadline = Instant::now() + wait;
         let mut said = false;
         while Instant::now() < deadline {
@@ -118,6 +153,6 @@ impl Delivery {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        left
+        Finished { left, abandoned: self.abandoned.load(Ordering::SeqCst), broken: self.broken.load(Ordering::SeqCst) }
     }
 }
