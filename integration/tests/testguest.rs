@@ -20,6 +20,9 @@ const LIMIT: Duration = Duration::from_secs(60);
 const MEMORY: &str = "64M";
 /// The crash kernel region's base (guest-images/testguest/src/kexec.rs).
 const CRASH_KERNEL_BASE: u64 = 16 << 20;
+/// `--on-hang host-dump,nmi`'s events, in order.
+const HANG_DUMP_THEN_NMI: [&str; 7] =
+    ["guest_hang", "crash_detected", "dump_started", "vmcore_written", "crash_report", "nmi_injected", "vm_exited"];
 /// crashvmm's exit codes (README.md).
 const EXIT_POWER_OFF: i32 = 0;
 const EXIT_TRIPLE_FAULT: i32 = 4;
@@ -1048,15 +1051,7 @@ fn a_hang_gets_a_live_dump_then_the_nmi() {
     assert!(during.iter().any(|s| s == "running"), "the hung guest runs while its vmcore is written: {during:?}");
     let r = r.wait();
     assert_eq!(r.code(), EXIT_POWER_OFF, "the guest powered off after the NMI{}", r.context());
-    r.assert_in_order(&[
-        "guest_hang",
-        "crash_detected",
-        "dump_started",
-        "vmcore_written",
-        "crash_report",
-        "nmi_injected",
-        "vm_exited",
-    ]);
+    r.assert_in_order(&HANG_DUMP_THEN_NMI);
     assert_eq!(r.one("crash_detected")["trigger"], "guest_hang");
     let written = r.one("vmcore_written");
     let pause_us = written["pause_us"].as_u64().expect("a live dump's pause");
@@ -1167,15 +1162,7 @@ fn a_connection_flood_under_a_low_descriptor_limit_costs_no_hang_dump() {
         let answers: Vec<String> = streams.into_iter().map(read_all).collect();
         let r = r.wait();
         assert_eq!(r.code(), EXIT_POWER_OFF, "{method}: the guest powered off after the NMI{}", r.context());
-        r.assert_in_order(&[
-            "guest_hang",
-            "crash_detected",
-            "dump_started",
-            "vmcore_written",
-            "crash_report",
-            "nmi_injected",
-            "vm_exited",
-        ]);
+        r.assert_in_order(&HANG_DUMP_THEN_NMI);
         assert!(r.all("vmcore_failed").is_empty(), "{method}{}", r.context());
         assert_eq!(r.one("vmcore_written")["snapshot"], method);
         let dirs = r.outcome.crash_dirs();

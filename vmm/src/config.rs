@@ -453,39 +453,8 @@ mod tests {
 
     #[test]
     fn vcpus_and_initrd_are_checked_before_the_kernel_runs() {
-        let base = VmConfig {
-            kernel: "/nonexistent".into(),
-            initrd: None,
-            cmdline: String::new(),
-            memory_bytes: 64 << 20,
-            vcpus: 0,
-            console: ConsoleMode::Null,
-            console_log: None,
-            events: None,
-            kvm_device: "/dev/kvm".into(),
-            hyperv: true,
-            pvpanic: true,
-            pvpanic_events: devices::pvpanic::PVPANIC_ALL,
-            hyperv_crash_message: true,
-            vmbus_unload_delay: std::time::Duration::ZERO,
-            vmbus_unload_response: true,
-            policy: Default::default(),
-            crash_dir: "crashes".into(),
-            vmcore_sha256: false,
-            dump: Default::default(),
-            live_dump_max_copy: crate::crash::executor::DEFAULT_LIVE_MAX_COPY,
-            live_dump_snapshot: Default::default(),
-            upload: None,
-            upload_options: crate::upload::UploadOptions { keep_local: true, max_rate: None },
-            upload_wait: std::time::Duration::from_secs(600),
-            disks: vec![],
-            crash_disk: None,
-            api_socket: None,
-            watchdog: None,
-            seccomp: Default::default(),
-            seccomp_selftest: None,
-            overwrite: false,
-        };
+        let dir = tempfile::tempdir().unwrap();
+        let base = VmConfig { kernel: "/nonexistent".into(), vcpus: 0, ..config_for(dir.path()) };
         assert!(matches!(base.validate(), Err(ConfigError::Vcpus(0))));
         let err = VmConfig { vcpus: 1, ..base.clone() }.validate().unwrap_err();
         assert!(err.to_string().contains("/nonexistent"), "{err}");
