@@ -125,17 +125,23 @@ struct Running {
 /// Start `scenario` with extra `crashvmm run` options (`OUT/` in them is the run's output
 /// directory) and `umask` for crashvmm, if given.
 fn start(scenario: &str, extra: &[&str], umask: Option<libc::mode_t>) -> Option<Running> {
-    start_limited(scenario, extra, umask, None)
+    start_with(scenario, extra, Launch { umask, ..Launch::default() })
 }
 
-/// [`start`], with RLIMIT_NOFILE (soft and hard) `nofile` for crashvmm if given, as
-/// `prlimit --nofile=N:N` would.
-fn start_limited(
-    scenario: &str,
-    extra: &[&str],
+/// How crashvmm is started besides its options.
+#[derive(Default)]
+struct Launch<'a> {
+    /// crashvmm's umask.
     umask: Option<libc::mode_t>,
+    /// RLIMIT_NOFILE (soft and hard), as `prlimit --nofile=N:N` would set it.
     nofile: Option<libc::rlim_t>,
-) -> Option<Running> {
+    /// Added to crashvmm's environment.
+    env: &'a [(&'a str, &'a str)],
+}
+
+/// [`start`], launched as `launch` says.
+fn start_with(scenario: &str, extra: &[&str], launch: Launch<'_>) -> Option<Running> {
+    let Launch { umask, nofile, env } = launch;
     let (binary, elf) = prerequisites()?;
     let dir = tempfile::Builder::new().prefix("crashvmm-testguest-").tempdir().expect("temporary directory");
     let out = dir.path().to_owned();
@@ -150,9 +156,10 @@ fn start_limited(
         .args(if extra.contains(&"--memory") { &[][..] } else { &["--memory", MEMORY][..] })
         .arg("--events")
         .arg(out.join("events.jsonl"))
-        .arg("--crash-dir")
-        .arg(out.join("crashes"))
+        // A test that reuses another run's crash directory says so in `extra`.
+        .args(if extra.contains(&"--crash-dir") { vec![] } else { vec!["--crash-dir".into(), out.join("crashes")] })
         .args(extra.iter().map(|a| a.replace("OUT/", &format!("{}/", out.display()))))
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);
@@ -1147,7 +1154,9 @@ fn a_connection_flood_under_a_low_descriptor_limit_costs_no_hang_dump() {
             "--api-socket",
             "OUT/api.sock",
         ];
-        let Some(mut r) = start_limited("counter", &args, None, Some(NOFILE)) else { return };
+        let Some(mut r) = start_with("counter", &args, Launch { nofile: Some(NOFILE), ..Launch::default() }) else {
+            return;
+        };
         r.wait_for_console("TG: counter: ready at 0x3000000");
         let streams: Vec<_> = (0..CONNECTIONS).map(|_| r.connect()).collect();
         // Until the hang is handled (the guest powers off after the NMI): the main thread's CPU
@@ -1255,4 +1264,195 @@ fn a_second_crashvmm_on_a_served_socket_refuses_to_start() {
     let first = first.wait();
     assert_eq!(first.code(), EXIT_POWER_OFF, "{}", first.context());
     assert!(!socket.exists(), "the socket goes with its crashvmm");
+}
+
+// Dumps killed half-way: nothing under a final name, the leftover reported at the next start
+
+impl Running {
+    /// Wait (up to `LIMIT`) for the first event called `name`.
+    fn wait_for_event(&mut self, name: &str) -> Value {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if let Some(e) = self.events_now(name).into_iter().next() {
+                return e;
+            }
+            assert!(self.child.try_wait().unwrap().is_none(), "crashvmm exited before its {name} event");
+            assert!(Instant::now() < deadline, "no {name} event within {LIMIT:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGKILL crashvmm; its output directory lives on in what is returned.
+    fn kill(mut self) -> (tempfile::TempDir, u32) {
+        let pid = self.child.id();
+        self.child.kill().expect("SIGKILL crashvmm");
+        let status = self.child.wait().expect("waiting for crashvmm");
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+        (self.dir, pid)
+    }
+}
+
+/// SIGKILLs a held crashvmm (which nothing else ends) should the test fail before it does.
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill(2) on the pid of our own child, not yet waited for (so not reused).
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The names in `dir`, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn report_of(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("report.json")).expect("report.json")).expect("JSON")
+}
+
+/// What a killed run left in `crashes`: exactly one temporary directory, `.tmp-<final>-<pid>`
+/// (`final` being the name the vmcore's events gave it), nothing under a final name, no
+/// `vmcore` in it but a `vmcore.partial`, and a first report.json that says the vmcore is
+/// being written. Returns the temporary's path and its report.
+fn assert_only_a_temporary(crashes: &Path, vmcore: &str, pid: u32) -> (PathBuf, Value) {
+    let vmcore = PathBuf::from(vmcore);
+    let final_dir = vmcore.parent().expect("the vmcore's directory");
+    assert_eq!(final_dir.parent(), Some(crashes), "{}", vmcore.display());
+    let name = final_dir.file_name().unwrap().to_string_lossy().into_owned();
+    let tmp_name = format!(".tmp-{name}-{pid}");
+    assert_eq!(entries(crashes), std::slice::from_ref(&tmp_name), "nothing under a final name");
+    let tmp = crashes.join(&tmp_name);
+    assert_eq!(entries(&tmp), ["report.json", "vmcore.partial"]);
+    let report = report_of(&tmp);
+    assert_eq!(report["state"], "writing_vmcore", "{report}");
+    assert_eq!(report["vmcore_pending"]["file"], "vmcore.partial", "{report}");
+    assert_eq!(report["vmcore"], Value::Null, "{report}");
+    (tmp, report)
+}
+
+/// crashvmm started again on the crash directory `crashes` reports `leftover` (the temporary a
+/// run with `pid` left) with its size and what its report.json says, in its log and as a
+/// `stale_temporary` event, and keeps it. Returns the event.
+fn assert_reported(r: &Run, leftover: &Path, pid: u32) -> Value {
+    let e = r.one("stale_temporary");
+    assert_eq!(e["path"].as_str(), leftover.to_str(), "{e}");
+    assert_eq!(e["pid"].as_u64(), Some(u64::from(pid)), "{e}");
+    let bytes: u64 = ["report.json", "vmcore.partial"]
+        .iter()
+        .map(|f| std::fs::metadata(leftover.join(f)).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert_eq!(e["bytes"].as_u64(), Some(bytes), "{e}");
+    assert_eq!(e["state"], "writing_vmcore", "{e}");
+    assert!(leftover.join("vmcore.partial").is_file(), "kept, not removed");
+    let log = r.stderr();
+    let line = log.lines().find(|l| l.contains(leftover.to_str().unwrap())).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("WARN") && line.contains(&format!("crashvmm {pid}, which is no longer running")), "{line}");
+    assert!(line.contains("writing_vmcore"), "{line}");
+    e
+}
+
+/// `ctl dump` killed while its vmcore is written (the test-only knob stops the writer at its
+/// first progress report, after the `dump_progress` event): no `<time>-dump` directory, only its
+/// temporary, whose report.json says the vmcore was being written; the next start reports it
+/// (event and log) and keeps it, and its own `dump` answers with the final path, where a
+/// complete vmcore and report are.
+#[test]
+fn an_operator_dump_killed_mid_write_leaves_only_a_temporary_that_the_next_start_reports() {
+    let args = ["--api-socket", "OUT/api.sock"];
+    let hold = [("CRASHVMM_TEST_HOLD_DUMP", "progress")];
+    let Some(mut r) = start_with("idle", &args, Launch { env: &hold, ..Launch::default() }) else { return };
+    let mut guard = KillOnDrop(Some(r.child.id()));
+    r.wait_for_console("TG: idle: ready");
+    let mut asked = Command::new(&r.binary)
+        .arg("ctl")
+        .arg("--api-socket")
+        .arg(r.out.join("api.sock"))
+        .arg("dump")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running crashvmm ctl");
+    let started = r.wait_for_event("dump_started");
+    r.wait_for_event("dump_progress");
+    let crashes = r.out.join("crashes");
+    guard.0 = None;
+    let (first_out, pid) = r.kill();
+    let _ = asked.kill();
+    let _ = asked.wait();
+    let vmcore = started["path"].as_str().expect("dump_started names the vmcore");
+    assert!(vmcore.ends_with("-dump/vmcore"), "{started}");
+    let (tmp, report) = assert_only_a_temporary(&crashes, vmcore, pid);
+    assert_eq!((report["kind"].as_str(), report["trigger"].as_str()), (Some("operator_dump"), Some("operator")));
+    assert_eq!(report["reason"], "requested on the control socket");
+
+    // The next start on the same crash directory.
+    let crash_dir = crashes.to_str().unwrap();
+    let args = ["--api-socket", "OUT/api.sock", "--crash-dir", crash_dir];
+    let Some(mut r) = start("idle", &args, None) else { return };
+    r.wait_for_console("TG: idle: ready");
+    let dump = r.ctl(&["dump"]);
+    assert_eq!(dump["ok"], true, "{dump}");
+    let path = PathBuf::from(dump["path"].as_str().unwrap());
+    let dir = path.parent().unwrap();
+    assert_eq!((path.file_name().unwrap(), dir.parent()), (std::ffi::OsStr::new("vmcore"), Some(crashes.as_path())));
+    assert!(dir.file_name().unwrap().to_string_lossy().ends_with("-dump"), "{dump}");
+    assert_eq!(entries(dir), ["report.json", "vmcore"]);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), dump["bytes"].as_u64().unwrap());
+    let done = report_of(dir);
+    assert_eq!((done["state"].as_str(), done["kind"].as_str()), (Some("complete"), Some("operator_dump")));
+    assert_eq!(done["vmcore"]["bytes"], dump["bytes"]);
+    kdump::diskdump::KdumpFile::parse(&mut std::fs::File::open(&path).unwrap()).expect("a complete vmcore");
+    assert_eq!(r.ctl(&["shutdown"])["ok"], true);
+    let r = r.wait();
+    assert_eq!(r.code(), EXIT_POWER_OFF, "{}", r.context());
+    let e = assert_reported(&r, &tmp, pid);
+    assert_eq!((e["kind"].as_str(), e["trigger"].as_str()), (Some("operator_dump"), Some("operator")), "{e}");
+    assert_eq!(r.one("vmcore_written")["path"], dump["path"], "the events name the final path too");
+    let mut names = entries(&crashes);
+    names.retain(|n| n.starts_with(".tmp-"));
+    assert_eq!(names, [tmp.file_name().unwrap().to_string_lossy().into_owned()], "only the old leftover");
+    drop(first_out);
+}
+
+/// A crash's host-side vmcore killed while it is written: no crash directory under its final
+/// name, only its temporary, whose first report.json names the crash (trigger, time, the
+/// vmcore's reason); the next start reports it.
+#[test]
+fn a_crash_dump_killed_mid_write_leaves_only_a_temporary_that_the_next_start_reports() {
+    let hold = [("CRASHVMM_TEST_HOLD_DUMP", "progress")];
+    let Some(mut r) = start_with("panic", &[], Launch { env: &hold, ..Launch::default() }) else { return };
+    let mut guard = KillOnDrop(Some(r.child.id()));
+    r.wait_for_event("dump_progress");
+    let crashes = r.out.join("crashes");
+    let detected = r.events_now("crash_detected");
+    guard.0 = None;
+    let (first_out, pid) = r.kill();
+    assert_eq!(detected.len(), 1);
+    let tmp = entries(&crashes);
+    assert_eq!(tmp.len(), 1, "{tmp:?}");
+    // `.tmp-<time>-001-<pid>`: the crash directory would have been `<time>-001`.
+    let name = tmp[0].strip_prefix(".tmp-").and_then(|n| n.strip_suffix(&format!("-{pid}"))).expect("a temporary");
+    let vmcore = crashes.join(name).join("vmcore");
+    let (tmp, report) = assert_only_a_temporary(&crashes, vmcore.to_str().unwrap(), pid);
+    assert!(name.ends_with("-001"), "{name}");
+    assert_eq!((report["kind"].as_str(), report["trigger"].as_str()), (Some("crash"), Some("pvpanic")));
+    assert_eq!(report["vmcore_pending"]["reason"], "Hyper-V crash report", "{report}");
+    assert_eq!(report["outcome"], Value::Null, "{report}");
+    assert!(report["detected_at"].is_string(), "{report}");
+
+    let Some(r) = run("boot", &["--crash-dir", crashes.to_str().unwrap()]) else { return };
+    r.assert_exit(EXIT_POWER_OFF, "poweroff");
+    let e = assert_reported(&r, &tmp, pid);
+    assert_eq!((e["kind"].as_str(), e["trigger"].as_str()), (Some("crash"), Some("pvpanic")), "{e}");
+    assert_eq!(e["started_at"], report["detected_at"], "{e}");
+    assert_eq!(r.names(), ["stale_temporary", "vm_started", "vm_exited"]);
+    drop(first_out);
 }

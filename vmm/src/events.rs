@@ -163,6 +163,26 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         snapshot: Option<String>,
     },
+    /// At start: a temporary directory under the crash directory that a crashvmm no longer
+    /// running (`pid`) left: a crash directory or operator's dump it did not finish. Kept, not
+    /// removed. `kind`, `trigger`, `state` (how far it got) and `started_at` are what its
+    /// `report.json` says; `report_error` why there is none.
+    StaleTemporary {
+        path: String,
+        pid: u32,
+        bytes: u64,
+        allocated_bytes: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        trigger: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        state: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        started_at: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        report_error: Option<String>,
+    },
     /// The watchdog found the guest making no progress for `seconds`.
     GuestHang {
         seconds: f64,

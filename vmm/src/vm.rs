@@ -191,6 +191,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     handling.vmcore_sha256 = config.vmcore_sha256;
     handling.dump_spec = config.dump;
     handling.live = LiveOptions { max_copy: config.live_dump_max_copy, method: config.live_dump_snapshot };
+    handling.report_leftovers();
     let crash = Arc::new(Mutex::new(handling));
     let raw_terminal = match config.console {
         ConsoleMode::Stdio => RawTerminal::enable(),

@@ -26,7 +26,7 @@ use thiserror::Error;
 use vm_memory::GuestMemoryMmap;
 
 use super::live::{self, LiveOptions, LiveStats, SnapshotMethod};
-use super::report::{CrashRecord, GuestInfo, ReportError, TimedSignal};
+use super::report::{self, CrashRecord, DumpRecord, GuestInfo, ReportError, ReportState, TimedSignal};
 use super::vmcore::{self, DumpSpec, VcpuState, VmcoreError, VmcoreOptions, VmcoreSummary};
 use super::{
     flat, Action, Command, CrashSignal, DumpInProgress, DumpReason, NmiTargets, Orchestrator, Outcome, Trigger,
@@ -154,8 +154,8 @@ struct DumpJob {
     status: DumpStatus,
     /// The actions after its `HostDump`: carried out once it is written.
     rest: VecDeque<Action>,
-    /// The operator's dump: where it goes (its answer names it).
-    operator_path: Option<PathBuf>,
+    /// The operator's dump: its directory being written (its answer names the final one).
+    operator: Option<DumpRecord>,
     thread: JoinHandle<Result<Written, DumpError>>,
 }
 
@@ -180,6 +180,12 @@ pub(super) const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `--live-dump-max-copy` unless given: 1 GiB.
 pub const DEFAULT_LIVE_MAX_COPY: u64 = 1 << 30;
+
+/// For tests only: with this set to `progress` in crashvmm's environment, the thread that
+/// writes a host-side vmcore stops for good right after its first `dump_progress` event (a
+/// tenth of the file), so that a test can kill crashvmm in the middle of a dump at a point it
+/// can observe. Nothing but SIGKILL ends such a crashvmm.
+pub const TEST_HOLD_DUMP_ENV: &str = "CRASHVMM_TEST_HOLD_DUMP";
 
 /// Crash handling state that outlives a boot.
 pub struct CrashHandling {
@@ -288,6 +294,43 @@ impl CrashHandling {
     /// The last crash directory written.
     pub fn last_crash_dir(&self) -> Option<&Path> {
         self.last_dir.as_deref()
+    }
+
+    /// At start: say what killed crashvmms left under the crash directory (crash directories and
+    /// operator's dumps they did not finish), in the log and as `stale_temporary` events. They
+    /// are kept: one may hold the only vmcore of a crash, if half of it.
+    pub fn report_leftovers(&self) {
+        for l in report::find_leftovers(&self.crash_dir) {
+            let said = match (&l.report_error, &l.state) {
+                (Some(e), _) => e.clone(),
+                (None, state) => format!(
+                    "its report.json says {} {}, trigger {}, begun {}",
+                    l.kind.as_deref().unwrap_or("(no kind)"),
+                    state.as_deref().unwrap_or("(no state)"),
+                    l.trigger.as_deref().unwrap_or("(none)"),
+                    l.started_at.as_deref().unwrap_or("(unknown)")
+                ),
+            };
+            log::warn!(
+                "{}: left unfinished by crashvmm {}, which is no longer running ({} bytes, {} on disk); {said}; \
+                 kept (remove it with rm -r once its contents are of no use)",
+                l.path.display(),
+                l.pid,
+                l.bytes,
+                l.allocated_bytes
+            );
+            self.events.emit(Event::StaleTemporary {
+                path: l.path.display().to_string(),
+                pid: l.pid,
+                bytes: l.bytes,
+                allocated_bytes: l.allocated_bytes,
+                kind: l.kind,
+                trigger: l.trigger,
+                state: l.state,
+                started_at: l.started_at,
+                report_error: l.report_error,
+            });
+        }
     }
 
     fn record_signal(&mut self, timed: TimedSignal, now: Instant) {
@@ -547,6 +590,10 @@ impl CrashHandling {
                 if let Some(t) = self.last_signal.clone() {
                     r.add_signal(t);
                 }
+                // The first record, should crashvmm be killed before the directory is complete.
+                if let Err(e) = r.progress(ReportState::Recording, self.orchestrator.policy(), &self.guest) {
+                    log::warn!("{e}");
+                }
                 self.record = Some(r);
             }
             Err(e) => {
@@ -564,19 +611,25 @@ impl CrashHandling {
     /// operator's into a directory of its own next to the crash directories. The
     /// `vmcore-writer` thread writes it with [`DumpTarget::write`], which writes every
     /// host-side vmcore (a live one through a forked process).
+    ///
+    /// Either is written as `vmcore.partial` in a temporary directory whose `report.json` says
+    /// so first; `complete_dump` names it `vmcore`, and the directory gets its final name once
+    /// complete (the operator's then, a crash's at `FinishCrash`).
     fn start_dump(&mut self, reason: &DumpReason, vm: &SharedVm) -> Result<DumpJob, DumpError> {
-        let (target, spec, progress, live, operator_path) = if reason.is_crash() {
+        let hold = std::env::var_os(TEST_HOLD_DUMP_ENV).is_some_and(|v| v == "progress");
+        let (target, spec, progress, live, operator) = if reason.is_crash() {
             let no_dir = self.no_crash_directory();
-            let Some(record) = self.record.as_ref() else { return Err(no_dir) };
-            let target = DumpTarget { path: record.vmcore_path(), shown: record.final_dir.join("vmcore") };
+            let Some(record) = self.record.as_mut() else { return Err(no_dir) };
+            if let Err(e) = record.writing_vmcore(reason, self.orchestrator.policy(), &self.guest) {
+                log::warn!("{e}");
+            }
+            let target =
+                DumpTarget { path: record.vmcore_partial_path(), shown: record.final_dir.join("vmcore"), hold };
             (target, self.dump_spec, std::io::stderr().is_terminal(), reason.is_live(), None)
         } else {
-            let dir = self.crash_dir.join(format!("{}-dump", Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
-            crate::files::create_private_dir_all(&dir)
-                .map_err(|source| DumpError::CreateDir { path: dir.clone(), source })?;
-            let path = dir.join("vmcore");
-            let target = DumpTarget { path: path.clone(), shown: path.clone() };
-            (target, self.operator_spec, false, self.operator_live, Some(path))
+            let record = DumpRecord::begin(&self.crash_dir, reason, self.operator_live, &self.guest)?;
+            let target = DumpTarget { path: record.vmcore_partial_path(), shown: record.final_vmcore_path(), hold };
+            (target, self.operator_spec, false, self.operator_live, Some(record))
         };
         let shown = target.shown.display().to_string();
         let status = DumpStatus {
@@ -585,7 +638,7 @@ impl CrashHandling {
             since: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
             path: shown.clone(),
         };
-        if operator_path.is_some() && !live {
+        if operator.is_some() && !live {
             self.events.emit(Event::DumpStarted { path: shown.clone(), pause_us: None, snapshot: None });
         }
         let opts = self.vmcore_options(spec, progress);
@@ -606,7 +659,7 @@ impl CrashHandling {
                 target.write(&events, vm.as_ref(), &why, opts, live, &started)
             })
             .map_err(DumpError::Thread)?;
-        Ok(DumpJob { reason: reason.clone(), status, rest: VecDeque::new(), operator_path, thread })
+        Ok(DumpJob { reason: reason.clone(), status, rest: VecDeque::new(), operator, thread })
     }
 
     /// The vmcore being written is done (or the writer is waited for): record it, answer the
@@ -614,7 +667,7 @@ impl CrashHandling {
     fn complete_dump(&mut self, vm: &SharedVm) {
         let Some(job) = self.job.take() else { return };
         let written = job.thread.join().unwrap_or(Err(DumpError::WriterPanicked));
-        let error = self.dump_result(&job.reason, job.operator_path, written);
+        let error = self.dump_result(&job.reason, job.operator, written);
         let error = error.as_ref().map(|e| e as &dyn Display);
         let mut queue = job.rest;
         queue.extend(self.orchestrator.on_dump_done(&job.reason, error, Instant::now()));
@@ -631,25 +684,47 @@ impl CrashHandling {
     fn dump_result(
         &mut self,
         reason: &DumpReason,
-        operator_path: Option<PathBuf>,
+        operator: Option<DumpRecord>,
         written: Result<Written, DumpError>,
     ) -> Option<DumpError> {
         if !reason.is_crash() {
-            self.operator_dump = Some(written.map(|w| OperatorDump {
-                path: operator_path.unwrap_or_else(|| w.summary.path.clone()),
-                bytes: w.summary.bytes,
-                sha256: w.summary.sha256,
-                duration_ms: w.summary.duration.as_millis() as u64,
-                live: w.live,
-            }));
+            self.operator_dump = Some(match (written, operator) {
+                (Ok(w), Some(mut record)) => match record.finish(&w.summary, w.live.as_ref()) {
+                    Ok(path) => Ok(OperatorDump {
+                        path,
+                        bytes: w.summary.bytes,
+                        sha256: w.summary.sha256,
+                        duration_ms: w.summary.duration.as_millis() as u64,
+                        live: w.live,
+                    }),
+                    Err(e) => {
+                        // The vmcore stays where it is; the next start reports the directory.
+                        log::error!("operator dump left in {}: {e}", record.tmp_dir.display());
+                        Err(DumpError::Record(e))
+                    }
+                },
+                (Ok(_), None) => Err(DumpError::NoCrashDirectory("the operator's dump has no directory".into())),
+                (Err(e), record) => {
+                    if let Some(record) = record {
+                        record.abandon();
+                    }
+                    Err(e)
+                }
+            });
             return None;
         }
         let record = self.record.as_mut();
         match (written, record) {
             (Ok(w), Some(record)) => {
                 record.vcpus = w.vcpus;
-                record.set_vmcore(&w.summary, reason);
-                None
+                match record.set_vmcore(&w.summary, reason) {
+                    Ok(()) => None,
+                    Err(e) => {
+                        log::error!("vmcore left as {}: {e}", record.vmcore_partial_path().display());
+                        record.vmcore_error = Some(e.to_string());
+                        Some(DumpError::Record(e))
+                    }
+                }
             }
             (Ok(_), None) => Some(self.no_crash_directory()),
             (Err(e), record) => {
@@ -673,7 +748,10 @@ impl CrashHandling {
         let Some(record) = self.record.as_mut() else { return Err(no_dir) };
         let duration = self.kexec_at.map_or(Duration::ZERO, |t| t.elapsed());
         let file = "vmcore.kdump";
-        let out_path = record.tmp_dir.join(file);
+        if let Err(e) = record.collecting_kdump(file, self.orchestrator.policy(), &self.guest) {
+            log::warn!("{e}");
+        }
+        let out_path = record.partial_path(file);
         let result = (|| -> Result<u64, DumpError> {
             let input =
                 std::fs::File::open(&disk).map_err(|source| DumpError::CrashDiskOpen { path: disk.clone(), source })?;
@@ -682,6 +760,7 @@ impl CrashHandling {
                 .map_err(|source| DumpError::CreateDir { path: out_path.clone(), source })?;
             let len = flat::rearrange(std::io::BufReader::with_capacity(1 << 20, input), &out, disk_len.max(1 << 40))?;
             out.sync_all().map_err(DumpError::CrashDiskIo)?;
+            record.commit(file)?;
             Ok(len)
         })();
         match result {
@@ -755,10 +834,12 @@ fn targets_of(targets: NmiTargets, vm: &dyn VmControl) -> Vec<u32> {
 }
 
 /// Where a host-side vmcore goes: `path` while it is written, `shown` in events and logs (the
-/// name it has once its crash directory is complete).
+/// name it has once its directory is complete).
 struct DumpTarget {
     path: PathBuf,
     shown: PathBuf,
+    /// [`TEST_HOLD_DUMP_ENV`]: stop for good at the first progress report.
+    hold: bool,
 }
 
 /// A vmcore written, with the registers it holds and, for a live dump, what it cost the guest.
@@ -798,7 +879,17 @@ impl DumpTarget {
             spec.format.report_name(),
             spec.dump_level
         );
-        let report = dump_progress(events);
+        let progress = dump_progress(events);
+        let report = |done: u64, total: u64| {
+            progress(done, total);
+            // Where `dump_progress` recorded its first event.
+            if self.hold && done >= (total / 10).max(1) {
+                log::warn!("{TEST_HOLD_DUMP_ENV}: the vmcore writer stops here ({} of {total} bytes)", done);
+                loop {
+                    std::thread::park();
+                }
+            }
+        };
         let opts = VmcoreOptions { on_progress: Some(&report), ..opts };
         let written = match live {
             Some(live) => live::live_dump(vm, &self.path, &opts, live, on_snapshot)
@@ -1072,8 +1163,17 @@ mod tests {
         };
         assert_eq!(vm.calls(), ["pause", "resume"]);
         assert!(d.path.is_file() && d.path.starts_with(base.path()) && d.bytes > 0);
-        assert!(d.path.parent().unwrap().file_name().unwrap().to_str().unwrap().ends_with("-dump"));
+        let dir = d.path.parent().unwrap();
+        assert!(dir.file_name().unwrap().to_str().unwrap().ends_with("-dump"));
+        assert_eq!(dirs(base.path()), [dir], "no temporary left");
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+        assert_eq!((report["kind"].as_str(), report["state"].as_str()), (Some("operator_dump"), Some("complete")));
+        assert_eq!(report["vmcore"]["bytes"].as_u64(), Some(d.bytes));
         assert_eq!(events_of(&events), ["dump_started", "vmcore_written"]);
+        // The events name the final path the answer names.
+        let started: serde_json::Value = serde_json::from_str(&events.since(0)[0]).unwrap();
+        assert_eq!(started["path"].as_str(), d.path.to_str());
         // Paused before: paused after.
         assert_eq!(h.command_done(Command::Pause, &sh(&vm)).unwrap(), CommandReply::Paused { all_stopped: true });
         vm.calls();
@@ -1117,7 +1217,7 @@ mod tests {
         let mut h = handling(Path::new("/proc/crashvmm-no-such-dir"), &events);
         let vm = FakeVm::new();
         let e = h.command_done(Command::Dump(Default::default()), &sh(&vm)).unwrap_err();
-        assert!(e.to_string().starts_with("dump failed: cannot create /proc/crashvmm-no-such-dir/"), "{e}");
+        assert!(e.to_string().starts_with("dump failed: cannot create /proc/crashvmm-no-such-dir:"), "{e}");
         assert_eq!(vm.calls(), ["pause", "resume"]);
         assert_eq!(h.end(), None);
     }

@@ -1,5 +1,6 @@
 //! Crash directories: one per crash, written atomically (built under a temporary name, every
-//! file fsynced, then renamed), never overwriting an earlier one.
+//! file fsynced, then renamed), never overwriting an earlier one. An operator's dump
+//! (`ctl dump`) gets a directory of its own, built the same way.
 //!
 //! ```text
 //! <crash-dir>/20261125T130105Z-001/
@@ -7,7 +8,19 @@
 //!   events.jsonl  the event log of this crash (from the guest's boot or the previous crash)
 //!   console.log   the console up to the crash
 //!   vmcore        host-side ELF vmcore, when one was taken
+//! <crash-dir>/20261125T130512.345Z-dump/
+//!   report.json   kind `operator_dump`: when, why, the vmcore
+//!   vmcore
 //! ```
+//!
+//! While one is written it is `<crash-dir>/.tmp-<final name>-<pid>/`, and nothing in it has its
+//! final name before it is complete: `report.json` is written first (`state` says how far the
+//! crash got: `recording`, `writing_vmcore` with `vmcore_pending`, `collecting_kdump`) and
+//! replaced atomically (a temporary file, fsynced, renamed over it) as it goes, until it says
+//! `complete`; a vmcore is written as `<name>.partial` and renamed once complete and fsynced.
+//! So a crashvmm killed at any point leaves either a complete directory under its final name or
+//! a `.tmp-*` one whose report.json says what it was doing. The next start reports such a
+//! leftover ([`find_leftovers`]) and keeps it: it may hold the only (half) vmcore of a crash.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -18,6 +31,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use thiserror::Error;
 
+use super::live::LiveStats;
 use super::vmcore::{FilterSummary, VcpuState, VmcoreCompression, VmcoreFormat, VmcoreSummary};
 use super::{CrashSignal, DumpReason, Outcome, Policy, Trigger, VmcoreSource};
 use crate::events::hex;
@@ -36,6 +50,53 @@ pub enum ReportError {
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ReportError + 'a {
     move |source| ReportError::Io { what, path: path.to_owned(), source }
+}
+
+/// How a directory under construction starts its name: `.tmp-<final name>-<pid>`.
+pub const TMP_PREFIX: &str = ".tmp-";
+/// What a vmcore's name ends in while it is written.
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+/// How far the recording of a crash (or an operator's dump) got: `state` in `report.json`.
+/// Only `complete` is ever seen under a final name; the others are what a crashvmm killed
+/// meanwhile left in its temporary directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportState {
+    /// The crash is detected; nothing is collected yet.
+    Recording,
+    /// A host-side vmcore is being written (`vmcore_pending` says which file and why).
+    WritingVmcore,
+    /// The guest's kdump dump is being read from the crash disk.
+    CollectingKdump,
+    /// Everything is written.
+    Complete,
+}
+
+/// A vmcore being written, as `report.json` says it until it is complete.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingVmcore {
+    /// The file it is written to, in the directory (renamed once complete).
+    pub file: String,
+    pub reason: String,
+    pub since: String,
+}
+
+impl PendingVmcore {
+    fn new(name: &str, reason: String) -> Self {
+        Self { file: format!("{name}{PARTIAL_SUFFIX}"), reason, since: ts(&Utc::now()) }
+    }
+}
+
+/// `<dir>/<name>.partial`: where `name` is written.
+fn partial(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}{PARTIAL_SUFFIX}"))
+}
+
+/// `.tmp-<name of final>-<our pid>` next to `final_dir`.
+fn tmp_name(base: &Path, final_dir: &Path) -> PathBuf {
+    let name = final_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    base.join(format!("{TMP_PREFIX}{name}-{}", std::process::id()))
 }
 
 /// A signal with when it was observed (the vCPU thread's clock for the guest's signals).
@@ -101,6 +162,10 @@ pub struct CrashRecord {
     pub tmp_dir: PathBuf,
     /// Its name once finished (chosen up front, so events can name it).
     pub final_dir: PathBuf,
+    /// How far it got (`state` in report.json).
+    pub state: ReportState,
+    /// The vmcore being written or collected, until it is.
+    pub pending: Option<PendingVmcore>,
     base: PathBuf,
 }
 
@@ -113,9 +178,8 @@ impl CrashRecord {
     pub fn begin(base: &Path, number: u32, trigger: Trigger) -> Result<Self, ReportError> {
         files::create_private_dir_all(base).map_err(io("create crash directory", base))?;
         let detected_at = Utc::now();
-        let final_dir = unused_name(base, &detected_at, number);
-        let name = final_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp_dir = base.join(format!(".tmp-{name}-{}", std::process::id()));
+        let final_dir = unused_name(base, &crash_stem(&detected_at, number));
+        let tmp_dir = tmp_name(base, &final_dir);
         files::create_private_dir(&tmp_dir).map_err(io("create", &tmp_dir))?;
         Ok(Self {
             final_dir,
@@ -130,6 +194,8 @@ impl CrashRecord {
             kernel_release: None,
             signature: None,
             tmp_dir,
+            state: ReportState::Recording,
+            pending: None,
             base: base.to_owned(),
         })
     }
@@ -138,6 +204,49 @@ impl CrashRecord {
     /// the first ones, which are what began the crash; whatever a guest sends after them is
     /// counted in `signals_dropped`, so the report stays small however long the guest goes on.
     pub const SAME_KIND_MAX: usize = 32;
+
+    /// Write `report.json` as far as the crash got (`state`, what is pending), replacing the
+    /// previous one atomically: the record a crashvmm killed from now on leaves behind.
+    pub fn progress(&mut self, state: ReportState, policy: &Policy, guest: &GuestInfo) -> Result<(), ReportError> {
+        self.state = state;
+        self.pending = match state {
+            ReportState::WritingVmcore | ReportState::CollectingKdump => self.pending.take(),
+            ReportState::Recording | ReportState::Complete => None,
+        };
+        let report = serde_json::to_vec_pretty(&self.report_json(None, policy, guest)).unwrap_or_default();
+        replace_synced(&self.tmp_dir.join(REPORT), &report)?;
+        sync_dir(&self.tmp_dir)
+    }
+
+    /// A host-side vmcore for `reason` is about to be written to [`Self::vmcore_partial_path`].
+    pub fn writing_vmcore(
+        &mut self,
+        reason: &DumpReason,
+        policy: &Policy,
+        guest: &GuestInfo,
+    ) -> Result<(), ReportError> {
+        self.pending = Some(PendingVmcore::new(VMCORE, reason.to_string()));
+        self.progress(ReportState::WritingVmcore, policy, guest)
+    }
+
+    /// The guest's dump is about to be collected into [`Self::partial_path`]`(file)`.
+    pub fn collecting_kdump(&mut self, file: &str, policy: &Policy, guest: &GuestInfo) -> Result<(), ReportError> {
+        let reason = "the guest's kdump (makedumpfile in its crash kernel)".to_string();
+        self.pending = Some(PendingVmcore::new(file, reason));
+        self.progress(ReportState::CollectingKdump, policy, guest)
+    }
+
+    /// Where `file` is written in the directory until it is complete.
+    pub fn partial_path(&self, file: &str) -> PathBuf {
+        partial(&self.tmp_dir, file)
+    }
+
+    /// `file`, written and fsynced at [`Self::partial_path`], is complete: give it its name.
+    pub fn commit(&self, file: &str) -> Result<(), ReportError> {
+        let to = self.tmp_dir.join(file);
+        fs::rename(self.partial_path(file), &to).map_err(io("rename vmcore to", &to))?;
+        sync_dir(&self.tmp_dir)
+    }
 
     pub fn record(&mut self, signal: &CrashSignal) {
         self.add_signal(TimedSignal { at: Utc::now(), signal: signal.clone() });
@@ -153,28 +262,21 @@ impl CrashRecord {
         }
     }
 
-    /// Where the vmcore goes while the directory is being written.
-    pub fn vmcore_path(&self) -> PathBuf {
-        self.tmp_dir.join("vmcore")
+    /// Where the host-side vmcore is written (renamed `vmcore` by [`Self::set_vmcore`]).
+    pub fn vmcore_partial_path(&self) -> PathBuf {
+        self.partial_path(VMCORE)
     }
 
-    pub fn set_vmcore(&mut self, s: &VmcoreSummary, reason: &DumpReason) {
+    /// The host-side vmcore at [`Self::vmcore_partial_path`] is written: give it its name and
+    /// record it.
+    pub fn set_vmcore(&mut self, s: &VmcoreSummary, reason: &DumpReason) -> Result<(), ReportError> {
+        self.commit(VMCORE)?;
+        self.pending = None;
         if let Some(release) = s.vmcoreinfo.as_ref().and_then(|n| vmcoreinfo_value(&n.text, "OSRELEASE")) {
             self.kernel_release = Some(release);
         }
-        self.vmcore = Some(VmcoreEntry {
-            path: "vmcore".into(),
-            format: s.spec.format.report_name(),
-            dump_level: Some(s.spec.dump_level),
-            compression: (s.spec.format == VmcoreFormat::Kdump).then_some(s.spec.compression),
-            filter: s.filter.clone(),
-            bytes: s.bytes,
-            allocated_bytes: s.allocated_bytes,
-            sha256: s.sha256.clone(),
-            source: VmcoreSource::Host,
-            duration_ms: s.duration.as_millis() as u64,
-            reason: reason.to_string(),
-        });
+        self.vmcore = Some(host_entry(s, reason.to_string()));
+        Ok(())
     }
 
     /// Record the dump the guest's kdump wrote (already at `file` in the crash directory).
@@ -187,6 +289,7 @@ impl CrashRecord {
         let path = self.tmp_dir.join(file);
         let meta = fs::metadata(&path).map_err(io("stat", &path))?;
         let sha256 = sha256_file(&path)?;
+        self.pending = None;
         self.vmcore = Some(VmcoreEntry {
             path: file.into(),
             format: VmcoreFormat::Kdump.report_name(),
@@ -228,8 +331,14 @@ impl CrashRecord {
             })
     }
 
-    /// The report as JSON.
+    /// The complete report as JSON.
     pub fn report(&self, outcome: &Outcome, policy: &Policy, guest: &GuestInfo) -> Value {
+        self.report_json(Some(outcome), policy, guest)
+    }
+
+    /// The report as JSON: complete with the `outcome`, else as far as [`Self::state`].
+    fn report_json(&self, outcome: Option<&Outcome>, policy: &Policy, guest: &GuestInfo) -> Value {
+        let state = if outcome.is_some() { ReportState::Complete } else { self.state };
         let signals: Vec<Value> = self.signals.iter().map(signal_json).collect();
         let last = |f: &dyn Fn(&CrashSignal) -> bool| self.signals.iter().rev().find(|t| f(&t.signal));
         let pvpanic = last(&|s| matches!(s, CrashSignal::PvPanic { .. })).map(|t| match &t.signal {
@@ -261,13 +370,15 @@ impl CrashRecord {
                    "unload_completed_at": unload_done.map(|d| ts(&d.at)), "unload_latency_us": latency})
         });
         let vcpus: Vec<Value> = self.vcpus.iter().map(vcpu_json).collect();
-        json!({
+        let mut report = json!({
             "crashvmm_version": env!("CARGO_PKG_VERSION"),
+            "kind": "crash",
+            "state": state,
             "crash_number": self.number,
             "trigger": self.trigger,
             "detected_at": ts(&self.detected_at),
-            "finished_at": ts(&Utc::now()),
-            "outcome": outcome.to_string(),
+            "finished_at": outcome.map(|_| ts(&Utc::now())),
+            "outcome": outcome.map(|o| o.to_string()),
             "policy": policy,
             "guest": {
                 "kernel": guest.kernel, "cmdline": guest.cmdline, "memory_bytes": guest.memory_bytes,
@@ -282,7 +393,11 @@ impl CrashRecord {
             "vmcore": self.vmcore,
             "vmcore_error": self.vmcore_error,
             "signature": self.signature,
-        })
+        });
+        if let (Some(p), None) = (&self.pending, outcome) {
+            report["vmcore_pending"] = json!(p);
+        }
+        report
     }
 
     /// Write report, events and console, fsync everything, and rename the directory to its
@@ -298,37 +413,260 @@ impl CrashRecord {
         if self.kernel_release.is_none() {
             self.kernel_release = kernel_release_from_console(console);
         }
-        let report = serde_json::to_vec_pretty(&self.report(outcome, policy, guest)).unwrap_or_default();
-        write_synced(&self.tmp_dir.join("report.json"), &report)?;
         write_synced(&self.tmp_dir.join("events.jsonl"), events.concat().as_bytes())?;
         write_synced(&self.tmp_dir.join("console.log"), console)?;
         if let Some(f) = self.vmcore.as_ref().map(|v| self.tmp_dir.join(&v.path)) {
             File::open(&f).and_then(|f| f.sync_all()).map_err(io("sync", &f))?;
         }
-        sync_dir(&self.tmp_dir)?;
-        // Chosen at the start; taken meanwhile (another crashvmm on the same directory)?
-        let dir = if self.final_dir.exists() {
-            unused_name(&self.base, &self.detected_at, self.number)
-        } else {
-            self.final_dir.clone()
-        };
-        fs::rename(&self.tmp_dir, &dir).map_err(io("rename crash directory to", &dir))?;
-        sync_dir(&self.base)?;
+        // The complete report last: `complete` means every other file is there.
+        let report = serde_json::to_vec_pretty(&self.report(outcome, policy, guest)).unwrap_or_default();
+        replace_synced(&self.tmp_dir.join(REPORT), &report)?;
+        self.state = ReportState::Complete;
+        self.pending = None;
+        // The name was chosen at the start; taken meanwhile (another crashvmm on the same
+        // directory), the next one.
+        let stem = crash_stem(&self.detected_at, self.number);
+        let dir = rename_into_place(&self.tmp_dir, &self.final_dir, &self.base, &stem)?;
         self.tmp_dir = dir.clone();
         Ok(dir)
     }
 }
 
-/// `<base>/<UTC time>-<number>`, with `.N` appended while that exists.
-fn unused_name(base: &Path, at: &DateTime<Utc>, number: u32) -> PathBuf {
-    let stamp = at.format("%Y%m%dT%H%M%SZ");
+/// An operator's dump (`ctl dump`): `<crash-dir>/<UTC time, ms>-dump/` with `report.json` and
+/// `vmcore`, built under a temporary name like a crash directory (the module's text). It is no
+/// crash: never queued for delivery, and `crashvmm report` passes it by.
+#[derive(Debug)]
+pub struct DumpRecord {
+    /// The directory being written (temporary name until [`DumpRecord::finish`]).
+    pub tmp_dir: PathBuf,
+    /// Its name once finished (chosen up front: the answer and the events name it).
+    pub final_dir: PathBuf,
+    base: PathBuf,
+    requested_at: DateTime<Utc>,
+    stem: String,
+    reason: String,
+    live: bool,
+    guest: GuestInfo,
+    pending: Option<PendingVmcore>,
+}
+
+impl DumpRecord {
+    /// Start an operator's dump under `base` (created if needed): its temporary directory with
+    /// a first `report.json` saying the vmcore is being written.
+    pub fn begin(base: &Path, reason: &DumpReason, live: bool, guest: &GuestInfo) -> Result<Self, ReportError> {
+        files::create_private_dir_all(base).map_err(io("create", base))?;
+        let requested_at = Utc::now();
+        let stem = format!("{}-dump", requested_at.format("%Y%m%dT%H%M%S%.3fZ"));
+        let final_dir = unused_name(base, &stem);
+        let tmp_dir = tmp_name(base, &final_dir);
+        files::create_private_dir(&tmp_dir).map_err(io("create", &tmp_dir))?;
+        let record = Self {
+            tmp_dir,
+            final_dir,
+            base: base.to_owned(),
+            requested_at,
+            stem,
+            reason: reason.to_string(),
+            live,
+            guest: guest.clone(),
+            pending: Some(PendingVmcore::new(VMCORE, reason.to_string())),
+        };
+        match record.write_report(None, None) {
+            Ok(()) => Ok(record),
+            Err(e) => {
+                record.abandon();
+                Err(e)
+            }
+        }
+    }
+
+    /// Where the vmcore is written until it is complete.
+    pub fn vmcore_partial_path(&self) -> PathBuf {
+        partial(&self.tmp_dir, VMCORE)
+    }
+
+    /// Where the vmcore is once the dump is finished.
+    pub fn final_vmcore_path(&self) -> PathBuf {
+        self.final_dir.join(VMCORE)
+    }
+
+    fn write_report(&self, vmcore: Option<&VmcoreEntry>, live: Option<&LiveStats>) -> Result<(), ReportError> {
+        let complete = vmcore.is_some();
+        let mut report = json!({
+            "crashvmm_version": env!("CARGO_PKG_VERSION"),
+            "kind": "operator_dump",
+            "state": if complete { ReportState::Complete } else { ReportState::WritingVmcore },
+            "trigger": "operator",
+            "reason": self.reason,
+            "requested_at": ts(&self.requested_at),
+            "finished_at": complete.then(|| ts(&Utc::now())),
+            "live": self.live,
+            "live_stats": live,
+            "guest": {
+                "kernel": self.guest.kernel, "cmdline": self.guest.cmdline,
+                "memory_bytes": self.guest.memory_bytes, "vcpus": self.guest.vcpus,
+            },
+            "vmcore": vmcore,
+        });
+        if let (Some(p), false) = (&self.pending, complete) {
+            report["vmcore_pending"] = json!(p);
+        }
+        let data = serde_json::to_vec_pretty(&report).unwrap_or_default();
+        replace_synced(&self.tmp_dir.join(REPORT), &data)?;
+        sync_dir(&self.tmp_dir)
+    }
+
+    /// The vmcore at [`Self::vmcore_partial_path`] is written: name it, complete the report and
+    /// rename the directory into place. Returns the vmcore's final path.
+    pub fn finish(&mut self, s: &VmcoreSummary, live: Option<&LiveStats>) -> Result<PathBuf, ReportError> {
+        let to = self.tmp_dir.join(VMCORE);
+        fs::rename(self.vmcore_partial_path(), &to).map_err(io("rename vmcore to", &to))?;
+        let entry = host_entry(s, self.reason.clone());
+        self.write_report(Some(&entry), live)?;
+        let dir = rename_into_place(&self.tmp_dir, &self.final_dir, &self.base, &self.stem)?;
+        self.tmp_dir = dir.clone();
+        self.final_dir = dir.clone();
+        Ok(dir.join(VMCORE))
+    }
+
+    /// The dump failed (its vmcore is removed already): remove the directory, which holds
+    /// nothing but the first report.
+    pub fn abandon(self) {
+        if let Err(e) = fs::remove_dir_all(&self.tmp_dir) {
+            log::warn!("cannot remove {}: {e}", self.tmp_dir.display());
+        }
+    }
+}
+
+const REPORT: &str = "report.json";
+const VMCORE: &str = "vmcore";
+
+/// The report's entry for a host-side vmcore.
+fn host_entry(s: &VmcoreSummary, reason: String) -> VmcoreEntry {
+    VmcoreEntry {
+        path: VMCORE.into(),
+        format: s.spec.format.report_name(),
+        dump_level: Some(s.spec.dump_level),
+        compression: (s.spec.format == VmcoreFormat::Kdump).then_some(s.spec.compression),
+        filter: s.filter.clone(),
+        bytes: s.bytes,
+        allocated_bytes: s.allocated_bytes,
+        sha256: s.sha256.clone(),
+        source: VmcoreSource::Host,
+        duration_ms: s.duration.as_millis() as u64,
+        reason,
+    }
+}
+
+/// Rename the complete, fsynced `tmp` to `wanted` (or, taken meanwhile by another crashvmm on
+/// the same directory, the next unused name for `stem`) and fsync `base`. Returns the name.
+fn rename_into_place(tmp: &Path, wanted: &Path, base: &Path, stem: &str) -> Result<PathBuf, ReportError> {
+    sync_dir(tmp)?;
+    // rename(2) would replace an empty directory of that name: check first.
+    let dir = if wanted.exists() { unused_name(base, stem) } else { wanted.to_owned() };
+    fs::rename(tmp, &dir).map_err(io("rename directory to", &dir))?;
+    sync_dir(base)?;
+    Ok(dir)
+}
+
+/// A crash directory's name without its `.N`: `<UTC time>-<number>`.
+fn crash_stem(at: &DateTime<Utc>, number: u32) -> String {
+    format!("{}-{number:03}", at.format("%Y%m%dT%H%M%SZ"))
+}
+
+/// `<base>/<stem>`, with `.N` appended while that exists.
+fn unused_name(base: &Path, stem: &str) -> PathBuf {
     (0..)
         .map(|n| match n {
-            0 => base.join(format!("{stamp}-{number:03}")),
-            _ => base.join(format!("{stamp}-{number:03}.{n}")),
+            0 => base.join(stem),
+            _ => base.join(format!("{stem}.{n}")),
         })
         .find(|p| !p.exists())
-        .unwrap_or_else(|| base.join(format!("{stamp}-{number:03}")))
+        .unwrap_or_else(|| base.join(stem))
+}
+
+/// A temporary directory under the crash directory that a crashvmm no longer running left: a
+/// crash directory or operator's dump it did not finish (`report.json` says how far it got).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    pub path: PathBuf,
+    /// The crashvmm that wrote it (from its name).
+    pub pid: u32,
+    /// What its files hold, and the disk space they take (a half vmcore is sparse).
+    pub bytes: u64,
+    pub allocated_bytes: u64,
+    /// From its `report.json`: `crash` or `operator_dump`, the trigger, how far it got, and
+    /// when it began (`detected_at` or `requested_at`).
+    pub kind: Option<String>,
+    pub trigger: Option<String>,
+    pub state: Option<String>,
+    pub started_at: Option<String>,
+    /// Why there is nothing from its report.json (missing, unreadable).
+    pub report_error: Option<String>,
+}
+
+/// The `.tmp-*-<pid>` entries of `base` whose crashvmm is no longer running (not this
+/// process, and no process with that pid), oldest name first. Nothing is removed.
+pub fn find_leftovers(base: &Path) -> Vec<Leftover> {
+    find_leftovers_with(base, |pid| pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists())
+}
+
+fn find_leftovers_with(base: &Path, alive: impl Fn(u32) -> bool) -> Vec<Leftover> {
+    let Ok(entries) = fs::read_dir(base) else { return Vec::new() };
+    let mut found: Vec<Leftover> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix(TMP_PREFIX)?.rsplit_once('-')?.1.parse::<u32>().ok()?;
+            (!alive(pid)).then(|| leftover(e.path(), pid))
+        })
+        .collect();
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    found
+}
+
+fn leftover(path: PathBuf, pid: u32) -> Leftover {
+    let (bytes, allocated_bytes) = disk_usage(&path);
+    let mut l = Leftover {
+        pid,
+        bytes,
+        allocated_bytes,
+        kind: None,
+        trigger: None,
+        state: None,
+        started_at: None,
+        report_error: None,
+        path,
+    };
+    let report = l.path.join(REPORT);
+    let parsed = fs::read(&report).map_err(|e| format!("cannot read {}: {e}", report.display())).and_then(|t| {
+        serde_json::from_slice::<Value>(&t).map_err(|e| format!("{} is not JSON: {e}", report.display()))
+    });
+    match parsed {
+        Ok(r) => {
+            let field = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_string);
+            l.kind = field("kind");
+            l.trigger = field("trigger");
+            l.state = field("state");
+            l.started_at = field("detected_at").or_else(|| field("requested_at"));
+        }
+        Err(e) => l.report_error = Some(e),
+    }
+    l
+}
+
+/// The bytes of the files under `path` (a file or a directory tree), and the space they take.
+fn disk_usage(path: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::symlink_metadata(path) else { return (0, 0) };
+    if !meta.is_dir() {
+        return (meta.len(), meta.blocks() * 512);
+    }
+    fs::read_dir(path)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()).map(|e| disk_usage(&e.path())).fold((0, 0), |(b, a), (eb, ea)| (b + eb, a + ea))
+        })
+        .unwrap_or((0, 0))
 }
 
 pub(crate) fn sha256_file(path: &Path) -> Result<String, ReportError> {
@@ -343,6 +681,15 @@ fn write_synced(path: &Path, data: &[u8]) -> Result<(), ReportError> {
     let mut f = files::create_private(path).map_err(io("create", path))?;
     f.write_all(data).map_err(io("write", path))?;
     f.sync_all().map_err(io("sync", path))
+}
+
+/// Replace `path` with `data` atomically: written to `.<name>.tmp` beside it, fsynced, renamed
+/// over it (the caller fsyncs the directory).
+fn replace_synced(path: &Path, data: &[u8]) -> Result<(), ReportError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    write_synced(&tmp, data)?;
+    fs::rename(&tmp, path).map_err(io("rename to", path))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ReportError> {
@@ -462,6 +809,126 @@ mod tests {
         let dir2 = again.finish(&Outcome::KdumpCollected, &Policy::default(), &guest(), &[], b"").unwrap();
         assert_ne!(dir, dir2);
         assert!(dir.join("report.json").exists());
+    }
+
+    fn read_report(dir: &Path) -> Value {
+        serde_json::from_slice(&fs::read(dir.join("report.json")).unwrap()).unwrap()
+    }
+
+    fn names(base: &Path) -> Vec<String> {
+        let mut n: Vec<String> =
+            fs::read_dir(base).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn a_crash_directory_says_how_far_it_got_until_it_is_complete_under_its_name() {
+        let base = tempfile::tempdir().unwrap();
+        let policy = Policy::default();
+        let mut r = CrashRecord::begin(base.path(), 1, Trigger::Pvpanic).unwrap();
+        r.record(&CrashSignal::PvPanic { vcpu: 0, bits: 1 });
+        r.progress(ReportState::Recording, &policy, &guest()).unwrap();
+        let first = read_report(&r.tmp_dir);
+        assert_eq!((first["state"].as_str(), first["trigger"].as_str()), (Some("recording"), Some("pvpanic")));
+        assert_eq!((first["outcome"].clone(), first["kind"].as_str()), (Value::Null, Some("crash")));
+        r.writing_vmcore(&DumpReason::HvCrashReport, &policy, &guest()).unwrap();
+        let p = r.vmcore_partial_path();
+        assert_eq!(p, r.tmp_dir.join("vmcore.partial"));
+        fs::write(&p, b"half a vmcore").unwrap();
+        // Killed here: no final name, one leftover that says what it was doing.
+        assert!(!r.final_dir.exists());
+        let left = find_leftovers_with(base.path(), |_| false);
+        assert_eq!(left.len(), 1, "{left:?}");
+        let l = &left[0];
+        assert_eq!(l.path, r.tmp_dir);
+        assert_eq!(l.pid, std::process::id());
+        assert!(l.bytes > 13, "the vmcore and the report: {l:?}");
+        assert_eq!(
+            (l.kind.as_deref(), l.trigger.as_deref(), l.state.as_deref()),
+            (Some("crash"), Some("pvpanic"), Some("writing_vmcore"))
+        );
+        assert_eq!(l.started_at.as_deref(), Some(ts(&r.detected_at).as_str()));
+        let pending = &read_report(&r.tmp_dir)["vmcore_pending"];
+        assert_eq!(pending["file"], "vmcore.partial");
+        assert_eq!(pending["reason"], "Hyper-V crash report");
+        // Written: named `vmcore`, then the directory is complete under its final name.
+        r.commit("vmcore").unwrap();
+        assert!(!p.exists() && r.tmp_dir.join("vmcore").is_file());
+        let dir = r.finish(&Outcome::HostVmcoreWritten, &policy, &guest(), &[], b"").unwrap();
+        let report = read_report(&dir);
+        assert_eq!(report["state"], "complete");
+        assert!(report.get("vmcore_pending").is_none(), "{report}");
+        assert_eq!(names(&dir), ["console.log", "events.jsonl", "report.json", "vmcore"]);
+        assert_eq!(names(base.path()), [dir.file_name().unwrap().to_string_lossy().into_owned()]);
+        assert!(find_leftovers_with(base.path(), |_| false).is_empty());
+    }
+
+    fn summary(path: PathBuf, bytes: u64) -> VmcoreSummary {
+        VmcoreSummary {
+            path,
+            bytes,
+            allocated_bytes: 4096,
+            sha256: None,
+            duration: std::time::Duration::from_millis(3),
+            vmcoreinfo: None,
+            spec: Default::default(),
+            filter: None,
+        }
+    }
+
+    #[test]
+    fn an_operator_dump_is_built_under_a_temporary_name() {
+        let base = tempfile::tempdir().unwrap();
+        let mut d = DumpRecord::begin(base.path(), &DumpReason::Operator, false, &guest()).unwrap();
+        let name = d.final_dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.ends_with("Z-dump") && name.len() == "20261125T130105.123Z-dump".len(), "{name}");
+        assert_eq!(
+            d.tmp_dir.file_name().unwrap().to_string_lossy(),
+            format!(".tmp-{name}-{}", std::process::id()).as_str()
+        );
+        assert!(!d.final_dir.exists());
+        assert_eq!(d.final_vmcore_path(), d.final_dir.join("vmcore"));
+        let first = read_report(&d.tmp_dir);
+        assert_eq!(
+            (first["kind"].as_str(), first["state"].as_str(), first["trigger"].as_str()),
+            (Some("operator_dump"), Some("writing_vmcore"), Some("operator"))
+        );
+        assert_eq!(first["vmcore_pending"]["file"], "vmcore.partial");
+        assert_eq!(first["vmcore"], Value::Null);
+        // This process wrote it: at a start that can only be a killed run's (the pid reused).
+        let left = find_leftovers(base.path());
+        assert_eq!(left.iter().map(|l| l.state.as_deref()).collect::<Vec<_>>(), [Some("writing_vmcore")]);
+        assert!(find_leftovers_with(base.path(), |_| true).is_empty(), "a live crashvmm's is its own");
+        fs::write(d.vmcore_partial_path(), b"a whole vmcore").unwrap();
+        let vmcore = d.finish(&summary(d.vmcore_partial_path(), 14), None).unwrap();
+        assert_eq!(vmcore, base.path().join(&name).join("vmcore"));
+        assert_eq!(fs::read(&vmcore).unwrap(), b"a whole vmcore");
+        let report = read_report(vmcore.parent().unwrap());
+        assert_eq!((report["state"].as_str(), report["vmcore"]["bytes"].as_u64()), (Some("complete"), Some(14)));
+        assert!(report.get("vmcore_pending").is_none(), "{report}");
+        assert_eq!(names(base.path()), std::slice::from_ref(&name));
+        assert_eq!(names(vmcore.parent().unwrap()), ["report.json", "vmcore"]);
+        // A failed one leaves nothing.
+        let failed = DumpRecord::begin(base.path(), &DumpReason::Operator, true, &guest()).unwrap();
+        failed.abandon();
+        assert_eq!(names(base.path()), [name]);
+    }
+
+    #[test]
+    fn leftovers_are_the_temporaries_of_dead_runs_only() {
+        let base = tempfile::tempdir().unwrap();
+        for d in ["20261125T130105Z-001", ".upload", ".tmp-no-pid", ".tmp-20261125T130105Z-002-41", ".tmp-x-42"] {
+            fs::create_dir(base.path().join(d)).unwrap();
+        }
+        fs::write(base.path().join(".tmp-20261125T130105Z-002-41/report.json"), b"{not json").unwrap();
+        let left = find_leftovers_with(base.path(), |pid| pid == 42);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!((left[0].pid, left[0].kind.as_ref()), (41, None));
+        assert!(left[0].report_error.as_deref().unwrap_or_default().contains("is not JSON"), "{left:?}");
+        let none = find_leftovers_with(base.path(), |pid| pid == 41)[0].clone();
+        assert!(none.report_error.unwrap().contains("cannot read"), "x-42 has no report.json");
+        assert!(find_leftovers(Path::new("/nonexistent/crashvmm")).is_empty());
     }
 
     #[test]

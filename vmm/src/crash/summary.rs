@@ -18,6 +18,11 @@ fn resolve(dir: &Path) -> Result<PathBuf> {
         .with_context(|| format!("cannot read {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("report.json").is_file())
+        // Not a temporary a killed crashvmm left (`.tmp-*`), nor an operator's dump (`*-dump`).
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| !n.to_string_lossy().starts_with('.') && !n.to_string_lossy().contains("-dump"))
+        })
         .collect();
     dirs.sort();
     match dirs.pop() {
@@ -164,6 +169,11 @@ mod tests {
                 "hyperv_crash": {"message": "[1] a\\n[2] Kernel panic - not syncing: sysrq triggered crash\\n[3] b\\n"},
             });
             std::fs::write(d.join("report.json"), r.to_string()).unwrap();
+        }
+        // Newer, but no crash directories: an operator's dump and a killed run's temporary.
+        for name in ["20261125T000002.000Z-dump", ".tmp-20261125T000003Z-003-42"] {
+            std::fs::create_dir(base.path().join(name)).unwrap();
+            std::fs::write(base.path().join(name).join("report.json"), r#"{"trigger": "operator"}"#).unwrap();
         }
         let text = render(base.path()).unwrap();
         assert!(text.contains("trigger pvpanic"), "{text}");
