@@ -352,7 +352,8 @@ fn write_lzo_kdump(elf: &Path, out: &Path) -> kdump::KdumpSummary {
     let info = mem.vmcoreinfo();
     let cls = kdump::classify(&mem, &mem.ram(), info.as_ref(), 31, &kdump::ClassifyOptions::default()).unwrap();
     let mut w = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
-    let opts = kdump::KdumpOptions { compression: kdump::Compression::Lzo, threads: 0, on_progress: None };
+    let opts =
+        kdump::KdumpOptions { compression: kdump::Compression::Lzo, threads: 0, on_progress: None, holds_data: None };
     let notes = kdump::NoteSet::new(&mem.notes, None);
     kdump::write_kdump(&mut w, &mem, &cls, info.as_ref(), &notes, &opts).unwrap()
 }
@@ -395,7 +396,8 @@ fn kb_after(line: &str, key: &str) -> u64 {
 /// - crashvmm's host-side vmcore is kdump-compressed at level 31 and excludes most pages;
 /// - its bitmaps (bitmap1 and bitmap2) equal those `makedumpfile -d 31` keeps from crashvmm's
 ///   own unfiltered ELF of the same crash (taken through the control socket while the VM stays
-///   paused), its pages read the same, and it is no larger than `makedumpfile -c`'s file;
+///   paused), its pages read the same, and (written with `--vmcore-compress zlib`) it is no
+///   larger than `makedumpfile -c`'s file;
 /// - `makedumpfile --dump-dmesg` prints the panic from it;
 /// - `crash` with the guest kernel's -dbg vmlinux opens it and `bt` shows the panicking task.
 #[test]

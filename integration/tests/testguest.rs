@@ -372,7 +372,7 @@ fn panic_without_kdump_gets_a_host_vmcore() {
     let v = &report["vmcore"];
     assert_eq!(
         (v["format"].as_str(), v["dump_level"].as_u64(), v["compression"].as_str()),
-        (Some("kdump-compressed"), Some(31), Some("zlib"))
+        (Some("kdump-compressed"), Some(31), Some("lzo"))
     );
     assert_eq!(v["filter"]["effective_level"], 1, "{v}");
     assert!(v["filter"]["data_pages"].as_u64().unwrap() < v["filter"]["total_pages"].as_u64().unwrap() / 2, "{v}");

@@ -50,7 +50,7 @@ fn run() -> Result<(), String> {
     let note_set = NoteSet::new(&notes, None);
     let mut out =
         std::io::BufWriter::with_capacity(1 << 20, File::create(output).map_err(|e| format!("{output}: {e}"))?);
-    let opts = KdumpOptions { compression, threads, on_progress: None };
+    let opts = KdumpOptions { compression, threads, on_progress: None, holds_data: None };
     let summary = write_kdump(&mut out, &mem, &cls, info.as_ref(), &note_set, &opts).map_err(|e| e.to_string())?;
     drop(out);
     if json {

@@ -98,7 +98,8 @@ fn real_vmcore_matches_makedumpfile_and_opens_in_crash() {
         println!("note: {n}");
     }
     let mut out = std::io::BufWriter::new(File::create(&ours).unwrap());
-    let opts = KdumpOptions { compression: Compression::default(), threads: 0, on_progress: None };
+    let opts =
+        KdumpOptions { compression: Compression::Zlib { level: 6 }, threads: 0, on_progress: None, holds_data: None };
     let summary = write_kdump(&mut out, &mem, &cls, Some(&info), &NoteSet::new(&notes, None), &opts).unwrap();
     drop(out);
     let ours_time = t.elapsed();

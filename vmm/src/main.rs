@@ -285,8 +285,10 @@ struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = DumpSpec::MAX_LEVEL,
           value_parser = clap::value_parser!(u8).range(0..=DumpSpec::MAX_LEVEL as i64))]
     dump_level: u8,
-    /// Page compression of kdump-format vmcores (what both Debian's crash and makedumpfile read).
-    #[arg(long, value_enum, value_name = "CODEC", default_value = "zlib")]
+    /// Page compression of kdump-format vmcores (what both Debian's crash and makedumpfile read):
+    /// `lzo` (makedumpfile -l, several times faster), `zlib` (makedumpfile -c, a smaller file,
+    /// several times slower; the guest stays paused while it is written) or `none`.
+    #[arg(long, value_enum, value_name = "CODEC", default_value = "lzo")]
     vmcore_compress: VmcoreCompression,
     /// Guest memory a live dump (`ctl dump --live`, the snapshot at kexec with --host-dump
     /// always, --on-hang host-dump) may have copied on write while the guest runs; past it the

@@ -5,14 +5,17 @@
 //! PFN, node 0's zones and buddy free lists) with about 90% of the pages page cache and user
 //! pages (each filled with a per-page pattern), 5% kernel pages and 5% free; then pvpanic.
 //! For each size, one at a time:
-//! - crashvmm `--vmcore-format kdump --dump-level 31`, with its default codec (zlib level 6)
-//!   and with `--vmcore-compress lzo`: its `vmcore_written` `duration_ms` (find VMCOREINFO,
-//!   classify, compress and write, fsync), with report.json's filter counts;
+//! - crashvmm `--vmcore-format kdump --dump-level 31` with each codec, `--vmcore-compress zlib`
+//!   (level 6) and `lzo`, the default one ([`DEFAULT_CODEC`]) run without the option (so that it
+//!   is crashvmm's default that is measured; report.json must name that codec): its
+//!   `vmcore_written` `duration_ms` (find VMCOREINFO, classify, compress and write, fsync; the
+//!   guest is paused throughout, so it is also the pause), with report.json's filter counts;
 //! - QEMU `dump-guest-memory` of the same guest, ELF and `kdump-zlib` (QEMU's `-z`), each
-//!   timed to its answer plus the fsync of the file;
-//! - `makedumpfile -d 31 -c` on an ELF of the same guest (crashvmm `--vmcore-format elf
-//!   --dump-level 0`), timed from its start to its output fsynced; its own page counts
-//!   (`--message-level`) are kept beside crashvmm's, so the two filters can be compared.
+//!   timed to its answer (the guest's pause) plus the fsync of the file;
+//! - `makedumpfile -d 31 -c` and `-l` (zlib and LZO, the same codecs as crashvmm's) on an ELF of
+//!   the same guest (crashvmm `--vmcore-format elf --dump-level 0`), timed from its start to its
+//!   output fsynced; its own page counts (`--message-level`) are kept beside crashvmm's, so the
+//!   two filters can be compared.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -29,6 +32,8 @@ use super::{progress, read_events, Env, GIB};
 
 /// The scenario.
 pub const SCENARIO: &str = "bench-kdump";
+/// crashvmm's default `--vmcore-compress` (vmm/src/main.rs), measured without the option.
+pub const DEFAULT_CODEC: &str = "lzo";
 
 /// Pages per class, as a filter counted them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +70,10 @@ pub struct Run {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct KdumpSize {
     pub gib: u64,
-    /// crashvmm's default codec, zlib (level 6).
+    /// crashvmm's default codec when this ran (results.json files from before the field: zlib).
+    #[serde(default = "zlib")]
+    pub default_codec: String,
+    /// crashvmm `--vmcore-compress zlib` (level 6).
     pub crashvmm: Vec<Run>,
     /// crashvmm `--vmcore-compress lzo`.
     #[serde(default)]
@@ -74,9 +82,41 @@ pub struct KdumpSize {
     pub qemu_z: Vec<Run>,
     /// makedumpfile -d 31 -c on crashvmm's ELF.
     pub makedumpfile: Vec<Run>,
+    /// makedumpfile -d 31 -l on the same ELF.
+    #[serde(default)]
+    pub makedumpfile_lzo: Vec<Run>,
     /// The ELF makedumpfile read (crashvmm `--vmcore-format elf --dump-level 0`).
     pub elf_for_makedumpfile: Vec<Run>,
     pub notes: Vec<String>,
+}
+
+fn zlib() -> String {
+    "zlib".into()
+}
+
+impl KdumpSize {
+    /// crashvmm's runs with `codec` ("zlib" or "lzo").
+    pub fn runs(&self, codec: &str) -> &[Run] {
+        if codec == "lzo" {
+            &self.crashvmm_lzo
+        } else {
+            &self.crashvmm
+        }
+    }
+
+    /// crashvmm's runs with its default codec.
+    pub fn default_runs(&self) -> &[Run] {
+        self.runs(&self.default_codec)
+    }
+
+    /// makedumpfile's runs with crashvmm's default codec (`-l` for LZO, `-c` for zlib).
+    pub fn makedumpfile_default_codec(&self) -> &[Run] {
+        if self.default_codec == "lzo" {
+            &self.makedumpfile_lzo
+        } else {
+            &self.makedumpfile
+        }
+    }
 }
 
 fn reps(env: &Env, gib: u64) -> usize {
@@ -92,7 +132,7 @@ pub fn run(env: &Env, sizes: &[u64]) -> Vec<KdumpSize> {
 }
 
 fn run_size(env: &Env, gib: u64) -> KdumpSize {
-    let mut r = KdumpSize { gib, ..Default::default() };
+    let mut r = KdumpSize { gib, default_codec: DEFAULT_CODEC.into(), ..Default::default() };
     let need = gib * GIB + 2 * GIB;
     let free = procs::free_bytes(&env.work).unwrap_or(0);
     let qemu_fits = free >= need;
@@ -106,10 +146,12 @@ fn run_size(env: &Env, gib: u64) -> KdumpSize {
     for rep in 0..reps(env, gib) {
         let tag = format!("kdump {gib} GiB #{rep}");
         for (codec, out) in [("zlib", &mut r.crashvmm), ("lzo", &mut r.crashvmm_lzo)] {
-            match crashvmm_dump(env, gib, rep, "kdump", 31, codec) {
+            let default = codec == DEFAULT_CODEC;
+            match crashvmm_dump(env, gib, rep, "kdump", 31, (!default).then_some(codec)) {
                 Ok((d, _)) => {
                     progress(format!(
-                        "{tag}: crashvmm kdump -d 31 {codec} {:.2} s, {:.1} MiB (guest layout {:.1} s)",
+                        "{tag}: crashvmm kdump -d 31 {codec}{} {:.2} s, {:.1} MiB (guest layout {:.1} s)",
+                        if default { " (the default)" } else { "" },
                         d.seconds,
                         d.file_bytes as f64 / (1 << 20) as f64,
                         d.guest_setup_s.unwrap_or(f64::NAN)
@@ -122,22 +164,24 @@ fn run_size(env: &Env, gib: u64) -> KdumpSize {
                 }
             }
         }
-        match crashvmm_dump(env, gib, rep, "elf", 0, "none") {
+        match crashvmm_dump(env, gib, rep, "elf", 0, Some("none")) {
             Ok((d, path)) => {
                 progress(format!("{tag}: crashvmm ELF -d 0 {:.2} s (for makedumpfile)", d.seconds));
                 r.elf_for_makedumpfile.push(d);
-                match makedumpfile(env, &path, rep) {
-                    Ok(m) => {
-                        progress(format!(
-                            "{tag}: makedumpfile -d 31 -c {:.2} s, {:.1} MiB",
-                            m.seconds,
-                            m.file_bytes as f64 / (1 << 20) as f64
-                        ));
-                        r.makedumpfile.push(m);
-                    }
-                    Err(e) => {
-                        progress(format!("{tag}: makedumpfile FAILED: {e}"));
-                        r.notes.push(format!("makedumpfile run {rep}: {e}"));
+                for (flag, out) in [("-c", &mut r.makedumpfile), ("-l", &mut r.makedumpfile_lzo)] {
+                    match makedumpfile(env, &path, rep, flag) {
+                        Ok(m) => {
+                            progress(format!(
+                                "{tag}: makedumpfile -d 31 {flag} {:.2} s, {:.1} MiB",
+                                m.seconds,
+                                m.file_bytes as f64 / (1 << 20) as f64
+                            ));
+                            out.push(m);
+                        }
+                        Err(e) => {
+                            progress(format!("{tag}: makedumpfile {flag} FAILED: {e}"));
+                            r.notes.push(format!("makedumpfile {flag} run {rep}: {e}"));
+                        }
                     }
                 }
                 if let Some(dir) = path.parent() {
@@ -193,15 +237,17 @@ fn crashvmm_counts(f: &Value) -> Option<Counts> {
     })
 }
 
-/// One crashvmm run of the scenario with a host-side vmcore of `format` at `level`. Returns
-/// the run and the vmcore's path (the caller deletes the crash directory).
+/// One crashvmm run of the scenario with a host-side vmcore of `format` at `level`, with
+/// `--vmcore-compress codec` (`None`: crashvmm's default, which report.json must say is
+/// [`DEFAULT_CODEC`]). Returns the run and the vmcore's path (the caller deletes the crash
+/// directory).
 fn crashvmm_dump(
     env: &Env,
     gib: u64,
     rep: usize,
     format: &str,
     level: u8,
-    codec: &str,
+    codec: Option<&str>,
 ) -> Result<(Run, PathBuf), String> {
     let crash_dir = env.work.join(format!("kdump-crashes-{format}"));
     let _ = fs::remove_dir_all(&crash_dir);
@@ -209,7 +255,10 @@ fn crashvmm_dump(
     let _ = fs::remove_file(&ev_path);
     let mut cmd = env.crashvmm(gib, SCENARIO);
     cmd.args(["--hyperv", "off", "--on-panic", "host-dump", "--after-crash", "exit", "--console", "stdio"]);
-    cmd.args(["--vmcore-format", format, "--dump-level", &level.to_string(), "--vmcore-compress", codec]);
+    cmd.args(["--vmcore-format", format, "--dump-level", &level.to_string()]);
+    if let Some(codec) = codec {
+        cmd.args(["--vmcore-compress", codec]);
+    }
     cmd.arg("--events").arg(&ev_path).arg("--crash-dir").arg(&crash_dir);
     let log = env.work.join(format!("kdump-crashvmm-{format}.log"));
     procs::sync_all();
@@ -232,6 +281,10 @@ fn crashvmm_dump(
     if format == "kdump" && v["format"].as_str() != Some("kdump-compressed") {
         let _ = fs::remove_dir_all(&crash_dir);
         return Err(format!("report.json's vmcore format is {}, not kdump-compressed", v["format"]));
+    }
+    if format == "kdump" && codec.is_none() && v["compression"].as_str() != Some(DEFAULT_CODEC) {
+        let _ = fs::remove_dir_all(&crash_dir);
+        return Err(format!("crashvmm's default compression is {}, not {DEFAULT_CODEC}", v["compression"]));
     }
     let run = Run {
         rep,
@@ -269,13 +322,14 @@ pub fn parse_makedumpfile_counts(text: &str) -> Option<Counts> {
     })
 }
 
-fn makedumpfile(env: &Env, elf: &Path, rep: usize) -> Result<Run, String> {
+/// `makedumpfile -d 31 FLAG` (`-c`: zlib, `-l`: LZO) on `elf`.
+fn makedumpfile(env: &Env, elf: &Path, rep: usize, flag: &str) -> Result<Run, String> {
     let out = env.work.join("makedumpfile.out");
     let _ = fs::remove_file(&out);
     procs::sync_all();
     let t0 = Instant::now();
     let o = Command::new("makedumpfile")
-        .args(["-d", "31", "-c", "--message-level", "23"])
+        .args(["-d", "31", flag, "--message-level", "23"])
         .arg(elf)
         .arg(&out)
         .output()

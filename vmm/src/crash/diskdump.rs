@@ -65,8 +65,10 @@ pub(super) fn classify(
 }
 
 /// Writes the kdump-compressed vmcore of `regions` to `path`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn write(
     regions: &[Region<'_>],
+    pagemap: Option<&vmcore::Pagemap>,
     vcpus: &[VcpuState],
     vmcoreinfo: Option<VmcoreInfoNote>,
     path: &Path,
@@ -93,7 +95,9 @@ pub(super) fn write(
         VmcoreCompression::Lzo => Compression::Lzo,
         VmcoreCompression::None => Compression::None,
     };
-    let kopts = KdumpOptions { compression, threads: 0, on_progress: Some(&progress) };
+    // Pages the host never backed are zero: not read (a read would fault each one in).
+    let holds_data = vmcore::data_pages(regions, pagemap, classification.valid.len());
+    let kopts = KdumpOptions { compression, threads: 0, on_progress: Some(&progress), holds_data: holds_data.as_ref() };
     let mut out = BufWriter::with_capacity(1 << 20, &file);
     let summary =
         kdump::diskdump::write_kdump(&mut out, &RegionMem(regions), &classification, info.as_ref(), &notes, &kopts)
