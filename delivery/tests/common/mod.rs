@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -15,7 +16,13 @@ pub const BUCKET: &str = "crashes";
 pub struct S3Server {
     pub port: u16,
     child: Option<Child>,
+    /// The process's AWS settings name this server: one server per test process at a time.
+    _serial: MutexGuard<'static, ()>,
 }
+
+/// Held by the live [`S3Server`]: the AWS settings are the process's environment, so two tests
+/// of one binary with a server each would otherwise send requests to each other's.
+static ONE_SERVER: Mutex<()> = Mutex::new(());
 
 fn script() -> PathBuf {
     // From the workspace root, so that other crates' tests can use this helper too.
@@ -26,12 +33,14 @@ impl S3Server {
     /// Start the server on a free loopback port, wait until it answers, create the bucket, and
     /// point this process's AWS settings (AWS_ENDPOINT_URL, keys, region) at it.
     pub fn start() -> R<Self> {
+        // A test that failed while holding it poisoned it; the next one may still run.
+        let serial = ONE_SERVER.lock().unwrap_or_else(|e| e.into_inner());
         let st = Command::new("bash").arg(script()).arg("install").status()?;
         if !st.success() {
             return Err(format!("s3-server.sh install: {st}").into());
         }
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut s = Self { port, child: None };
+        let mut s = Self { port, child: None, _serial: serial };
         s.restart()?;
         std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
         std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
