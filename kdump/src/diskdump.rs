@@ -365,7 +365,7 @@ fn compress_chunk<M: PhysMem + ?Sized>(
 
 /// Whether `page` is all zero bytes: ORs of 64-byte blocks, which vectorize (a byte-at-a-time
 /// check with an early exit does not, and cost more than LZO compressing a page of data).
-fn is_zero(page: &[u8]) -> bool {
+pub fn is_zero(page: &[u8]) -> bool {
     let mut blocks = page.chunks_exact(64);
     for block in &mut blocks {
         if block.iter().fold(0u8, |acc, &b| acc | b) != 0 {

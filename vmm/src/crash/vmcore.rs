@@ -431,17 +431,6 @@ pub(super) fn data_pages(regions: &[Region<'_>], pagemap: Option<&Pagemap>, pfns
     Some(bits)
 }
 
-/// Whether `buf` is all zero bytes (vectorizes to wide ORs).
-fn is_zero(buf: &[u8]) -> bool {
-    let mut chunks = buf.chunks_exact(256);
-    for chunk in &mut chunks {
-        if chunk.iter().fold(0u8, |acc, &b| acc | b) != 0 {
-            return false;
-        }
-    }
-    chunks.remainder().iter().all(|&b| b == 0)
-}
-
 fn page_count(len: usize) -> usize {
     len.div_ceil(PAGE)
 }
@@ -837,7 +826,7 @@ fn write_region(
         let maybe = presence.fill(region, first, n);
         for (i, &m) in maybe.iter().enumerate() {
             let range = page_range(first + i, bytes.len());
-            let data = m && !is_zero(&bytes[range.clone()]);
+            let data = m && !kdump::diskdump::is_zero(&bytes[range.clone()]);
             match (data, run) {
                 (true, None) => run = Some(range.start),
                 (true, Some(start)) if range.end - start > MAX_RUN => {
@@ -1485,19 +1474,6 @@ mod tests {
         assert_eq!(bits.len(), pfns);
         assert!(bits.get(5) && bits.get(high_pfn + 3));
         assert_eq!(bits.count(), 2, "{:?}", bits.iter_ones().collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn zero_detection() {
-        let mut page = vec![0u8; PAGE];
-        assert!(is_zero(&page));
-        assert!(is_zero(&page[..17]));
-        for i in [0, 255, 256, 4000, PAGE - 1] {
-            page[i] = 1;
-            assert!(!is_zero(&page), "byte {i}");
-            page[i] = 0;
-        }
-        assert!(!is_zero(&[0, 0, 3]));
     }
 
     #[test]
