@@ -318,13 +318,17 @@ impl Throttle {
     }
 }
 
+/// Bytes between two `dump_progress` events of a vmcore of `total` bytes: a tenth.
+pub fn progress_step(total: u64) -> u64 {
+    (total / 10).max(1)
+}
+
 /// A progress callback for the vmcore writer that records `dump_progress` events at every
 /// tenth of the file.
 pub fn dump_progress(events: &EventLog) -> impl Fn(u64, u64) + Sync + '_ {
     let last = std::sync::atomic::AtomicU64::new(0);
     move |bytes, total| {
-        let step = (total / 10).max(1);
-        let tenth = bytes / step;
+        let tenth = bytes / progress_step(total);
         if tenth > last.load(std::sync::atomic::Ordering::Relaxed) {
             last.store(tenth, std::sync::atomic::Ordering::Relaxed);
             events.emit(Event::DumpProgress { bytes, total });

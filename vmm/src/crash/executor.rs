@@ -883,7 +883,7 @@ impl DumpTarget {
         let report = |done: u64, total: u64| {
             progress(done, total);
             // Where `dump_progress` recorded its first event.
-            if self.hold && done >= (total / 10).max(1) {
+            if self.hold && done >= crate::events::progress_step(total) {
                 log::warn!("{TEST_HOLD_DUMP_ENV}: the vmcore writer stops here ({} of {total} bytes)", done);
                 loop {
                     std::thread::park();

@@ -26,7 +26,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 use thiserror::Error;
@@ -34,7 +34,7 @@ use thiserror::Error;
 use super::live::LiveStats;
 use super::vmcore::{FilterSummary, VcpuState, VmcoreCompression, VmcoreFormat, VmcoreSummary};
 use super::{CrashSignal, DumpReason, Outcome, Policy, Trigger, VmcoreSource};
-use crate::events::hex;
+use crate::events::{hex, ts};
 use crate::files;
 
 #[derive(Debug, Error)]
@@ -84,7 +84,7 @@ pub struct PendingVmcore {
 
 impl PendingVmcore {
     fn new(name: &str, reason: String) -> Self {
-        Self { file: format!("{name}{PARTIAL_SUFFIX}"), reason, since: ts(&Utc::now()) }
+        Self { file: format!("{name}{PARTIAL_SUFFIX}"), reason, since: ts(Utc::now()) }
     }
 }
 
@@ -167,10 +167,6 @@ pub struct CrashRecord {
     /// The vmcore being written or collected, until it is.
     pub pending: Option<PendingVmcore>,
     base: PathBuf,
-}
-
-fn ts(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 impl CrashRecord {
@@ -345,13 +341,13 @@ impl CrashRecord {
             CrashSignal::PvPanic { vcpu, bits } => {
                 let e = devices::pvpanic::PvPanicEvents::from_bits(*bits);
                 json!({"vcpu": vcpu, "bits": bits, "panicked": e.panicked, "crash_loaded": e.crash_loaded,
-                       "shutdown": e.shutdown, "at": ts(&t.at)})
+                       "shutdown": e.shutdown, "at": ts(t.at)})
             }
             _ => Value::Null,
         });
         let hyperv = last(&|s| matches!(s, CrashSignal::HvCrash { .. })).map(|t| match &t.signal {
             CrashSignal::HvCrash { vcpu, params, message } => json!({
-                "vcpu": vcpu, "params": params.map(hex), "message": message, "at": ts(&t.at)
+                "vcpu": vcpu, "params": params.map(hex), "message": message, "at": ts(t.at)
             }),
             _ => Value::Null,
         });
@@ -366,8 +362,8 @@ impl CrashRecord {
                 (CrashSignal::UnloadRequested { answered, .. }, _) => (*answered, None),
                 _ => (false, None),
             };
-            json!({"unload_requested_at": ts(&r.at), "answered": answered,
-                   "unload_completed_at": unload_done.map(|d| ts(&d.at)), "unload_latency_us": latency})
+            json!({"unload_requested_at": ts(r.at), "answered": answered,
+                   "unload_completed_at": unload_done.map(|d| ts(d.at)), "unload_latency_us": latency})
         });
         let vcpus: Vec<Value> = self.vcpus.iter().map(vcpu_json).collect();
         let mut report = json!({
@@ -376,8 +372,8 @@ impl CrashRecord {
             "state": state,
             "crash_number": self.number,
             "trigger": self.trigger,
-            "detected_at": ts(&self.detected_at),
-            "finished_at": outcome.map(|_| ts(&Utc::now())),
+            "detected_at": ts(self.detected_at),
+            "finished_at": outcome.map(|_| ts(Utc::now())),
             "outcome": outcome.map(|o| o.to_string()),
             "policy": policy,
             "guest": {
@@ -498,8 +494,8 @@ impl DumpRecord {
             "state": if complete { ReportState::Complete } else { ReportState::WritingVmcore },
             "trigger": "operator",
             "reason": self.reason,
-            "requested_at": ts(&self.requested_at),
-            "finished_at": complete.then(|| ts(&Utc::now())),
+            "requested_at": ts(self.requested_at),
+            "finished_at": complete.then(|| ts(Utc::now())),
             "live": self.live,
             "live_stats": live,
             "guest": {
@@ -709,7 +705,7 @@ pub fn kernel_release_from_console(console: &[u8]) -> Option<String> {
 }
 
 fn signal_json(t: &TimedSignal) -> Value {
-    let at = ts(&t.at);
+    let at = ts(t.at);
     match &t.signal {
         CrashSignal::PvPanic { vcpu, bits } => {
             json!({"at": at, "signal": "pvpanic", "vcpu": vcpu, "bits": bits})
@@ -848,7 +844,7 @@ mod tests {
             (l.kind.as_deref(), l.trigger.as_deref(), l.state.as_deref()),
             (Some("crash"), Some("pvpanic"), Some("writing_vmcore"))
         );
-        assert_eq!(l.started_at.as_deref(), Some(ts(&r.detected_at).as_str()));
+        assert_eq!(l.started_at.as_deref(), Some(ts(r.detected_at).as_str()));
         let pending = &read_report(&r.tmp_dir)["vmcore_pending"];
         assert_eq!(pending["file"], "vmcore.partial");
         assert_eq!(pending["reason"], "Hyper-V crash report");
