@@ -1,16 +1,17 @@
 //! Owner-only files and directories for everything of delivery's that holds guest data (the
 //! spool, a `file://` store's objects, `crashvmm fetch`'s output): 0600 and 0700 whatever the
-//! umask (the umask can only take permissions away), as `vmm::files` does for crash
-//! directories; and the checks that what the spool reads is still its own.
+//! umask (the umask can only take permissions away); `vmm::files` uses its modes and
+//! directories for crash directories too. And the checks that what the spool reads is still
+//! its own.
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// Mode of delivery's files.
+/// Mode of owner-only files (delivery's and crashvmm's).
 pub const FILE_MODE: u32 = 0o600;
-/// Mode of delivery's directories.
+/// Mode of owner-only directories (delivery's and crashvmm's).
 pub const DIR_MODE: u32 = 0o700;
 
 /// Create (or truncate) `path` for writing, mode 0600.

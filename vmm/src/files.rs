@@ -3,13 +3,14 @@
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// Mode of crashvmm's files.
-pub const FILE_MODE: u32 = 0o600;
-/// Mode of crashvmm's directories.
-pub const DIR_MODE: u32 = 0o700;
+// The modes and owner-only directories are the delivery crate's (which holds the spool and the
+// store's copies to the same rule): one implementation for both.
+pub use delivery::private::{
+    create_dir as create_private_dir, create_dir_all as create_private_dir_all, DIR_MODE, FILE_MODE,
+};
 
 /// Create (or truncate) `path` for reading and writing, mode 0600.
 pub fn create_private(path: &Path) -> io::Result<File> {
@@ -43,27 +44,6 @@ pub fn is_marked_output(file: &File) -> bool {
 /// that cannot say has data everywhere.
 pub fn holds_no_data(file: &File) -> bool {
     matches!(rustix::fs::seek(file, rustix::fs::SeekFrom::Data(0)), Err(rustix::io::Errno::NXIO))
-}
-
-/// Create directory `path`, mode 0700 (an error if it exists).
-pub fn create_private_dir(path: &Path) -> io::Result<()> {
-    std::fs::DirBuilder::new().mode(DIR_MODE).create(path)?;
-    std::fs::set_permissions(path, Permissions::from_mode(DIR_MODE))
-}
-
-/// Create `path` and its missing parents; those created here get mode 0700, an existing
-/// directory keeps its mode (it is the operator's).
-pub fn create_private_dir_all(path: &Path) -> io::Result<()> {
-    if path.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        create_private_dir_all(parent)?;
-    }
-    match create_private_dir(path) {
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
-        other => other,
-    }
 }
 
 /// Run `f` with the process umask set to `mask` (for sockets, whose mode bind(2) takes from the
