@@ -167,7 +167,7 @@ pub const SCENARIOS: &[Scenario] = &[
         absent_events: &["vmcore_failed"],
         expected_console: &[],
         vmm_args: &["--after-crash", "reset", "--max-crashes", "2"],
-        testhost_timeout: Duration::from_secs(420),
+        testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
         data_disk: None,
         driver: None,
@@ -445,6 +445,31 @@ impl Mode {
     }
 }
 
+/// The variable that lets the tests needing `/dev/kvm` skip on a machine without it (a
+/// developer's laptop); CI never sets it, so there a missing `/dev/kvm` fails them.
+pub const SKIP_KVM_TESTS: &str = "CRASHVMM_SKIP_KVM_TESTS";
+
+/// Whether the tests of `suite` that run crashvmm on `/dev/kvm` can run here: `true` when
+/// `/dev/kvm` exists; `false` (skip, said on stderr) only when it is missing and
+/// `CRASHVMM_SKIP_KVM_TESTS=1`; otherwise a missing `/dev/kvm` fails the test.
+pub fn kvm_available(suite: &str) -> bool {
+    kvm_decision(Path::new("/dev/kvm").exists(), std::env::var(SKIP_KVM_TESTS).ok().as_deref(), suite)
+        .unwrap_or_else(|why| panic!("{why}"))
+}
+
+fn kvm_decision(kvm: bool, skip: Option<&str>, suite: &str) -> Result<bool, String> {
+    match (kvm, skip) {
+        (true, _) => Ok(true),
+        (false, Some("1")) => {
+            eprintln!("skipping the {suite} tests: /dev/kvm is missing and {SKIP_KVM_TESTS}=1");
+            Ok(false)
+        }
+        (false, _) => Err(format!(
+            "the {suite} tests need /dev/kvm, which is missing (set {SKIP_KVM_TESTS}=1 to skip them knowingly)"
+        )),
+    }
+}
+
 /// Where the binary and images are.
 #[derive(Debug, Clone)]
 pub struct Setup {
@@ -536,6 +561,23 @@ pub struct Outcome {
 impl Outcome {
     pub fn console(&self) -> String {
         String::from_utf8_lossy(&fs::read(self.out.join("console.log")).unwrap_or_default()).into_owned()
+    }
+
+    /// Where a run stopped, for a failure message: the last line of each of its outputs
+    /// (the event log, crashvmm's log, the guest's console, the test host's console), each cut
+    /// to 160 characters.
+    pub fn last_lines(&self) -> String {
+        ["events.jsonl", "crashvmm.log", "console.log", "testhost.log"]
+            .iter()
+            .map(|name| {
+                let text = fs::read(self.out.join(name)).unwrap_or_default();
+                let text = String::from_utf8_lossy(&text);
+                let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(empty or missing)");
+                let last: String = last.chars().filter(|c| !c.is_control()).take(160).collect();
+                format!("last line of {name}: {last}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The event log, one JSON value per line; a line that does not parse is an error.
@@ -1000,6 +1042,17 @@ pub fn find_line(path: &Path, needle: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_dev_kvm_fails_the_kvm_tests_unless_told_to_skip() {
+        assert_eq!(kvm_decision(true, None, "t"), Ok(true));
+        assert_eq!(kvm_decision(true, Some("1"), "t"), Ok(true));
+        assert_eq!(kvm_decision(false, Some("1"), "t"), Ok(false));
+        for skip in [None, Some("0"), Some("")] {
+            let why = kvm_decision(false, skip, "t").unwrap_err();
+            assert!(why.contains("/dev/kvm") && why.contains(SKIP_KVM_TESTS), "{why}");
+        }
+    }
 
     #[test]
     fn scenario_table_is_consistent() {

@@ -12,10 +12,10 @@ use common::{S3Server, BUCKET};
 use integration::Setup;
 use serde_json::Value;
 
-/// The crashvmm binary and the test guest, or `None` (skip) without `/dev/kvm`.
+/// The crashvmm binary and the test guest, or `None` (skip: no `/dev/kvm` and
+/// `CRASHVMM_SKIP_KVM_TESTS=1`).
 fn prerequisites() -> Option<(PathBuf, PathBuf)> {
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("skipping the upload tests: /dev/kvm is missing");
+    if !integration::kvm_available("upload") {
         return None;
     }
     let setup = Setup::from_env();
