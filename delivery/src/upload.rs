@@ -281,6 +281,8 @@ impl Uploader {
             };
             let now = Instant::now();
             let mut next = None;
+            // A job left the queue (delivered or set aside) in this pass.
+            let mut progressed = false;
             for mut job in jobs {
                 if stop.is_stopped() {
                     return Ok(delivered);
@@ -295,6 +297,7 @@ impl Uploader {
                     Ok(()) => {
                         not_before.remove(&job.id);
                         delivered += 1;
+                        progressed = true;
                     }
                     Err(Halt::Stopped) => return Ok(delivered),
                     Err(Halt::Error(e)) if e.is_permanent() => {
@@ -309,6 +312,7 @@ impl Uploader {
                                     at.display()
                                 );
                                 events(DeliveryEvent::Abandoned { dir: Some(job.path.clone()), error, job: at });
+                                progressed = true;
                             }
                             Err(f) => {
                                 log::error!("delivery: {}: {error}; cannot set it aside: {f}", job.path.display())
@@ -336,6 +340,10 @@ impl Uploader {
             }
             if once {
                 return Ok(delivered);
+            }
+            if when_empty && progressed {
+                // Look again at once: the spool may be empty now.
+                continue;
             }
             let wait = next
                 .map_or(self.config.rescan, |n| n.saturating_duration_since(Instant::now()).min(self.config.rescan));
@@ -805,6 +813,8 @@ fn multipart_etag(part_md5: &[Option<String>]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
+
     use super::*;
 
     #[test]
@@ -824,6 +834,113 @@ mod tests {
         assert_eq!(backoff(&c, 1), Duration::from_secs(1));
         assert_eq!(backoff(&c, 3), Duration::from_secs(4));
         assert_eq!(backoff(&c, 40), Duration::from_secs(300));
+    }
+
+    type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+    /// A finished crash directory: report.json and a console log.
+    fn crash_dir(base: &Path, name: &str) -> R<PathBuf> {
+        let dir = base.join(name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(REPORT), br#"{"signature": {"id": "0123456789abcdef"}}"#)?;
+        std::fs::write(dir.join("console.log"), b"Kernel panic - not syncing\n")?;
+        Ok(dir)
+    }
+
+    fn meta() -> crate::JobMeta {
+        crate::JobMeta { signature_id: "0123456789abcdef".into(), host: "h".into() }
+    }
+
+    /// `run` on a thread of its own: its events, and its result once it returns.
+    fn spawn_run(
+        uploader: Uploader,
+        stop: &StopSignal,
+    ) -> (mpsc::Receiver<DeliveryEvent>, mpsc::Receiver<Result<(), DeliveryError>>) {
+        let (events, events_rx) = mpsc::channel();
+        let (done, done_rx) = mpsc::channel();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(uploader.run(&stop, &|e| {
+                let _ = events.send(e);
+            }));
+        });
+        (events_rx, done_rx)
+    }
+
+    /// A bound for what must happen at once, far below the waits the tests make sure are cut
+    /// short (a day): a broken wake-up fails the test instead of hanging it.
+    const AT_ONCE: Duration = Duration::from_secs(60);
+
+    fn next_event(rx: &mpsc::Receiver<DeliveryEvent>, want: impl Fn(&DeliveryEvent) -> bool) -> R<DeliveryEvent> {
+        loop {
+            let e = rx.recv_timeout(AT_ONCE).map_err(|e| format!("no such event: {e}"))?;
+            if want(&e) {
+                return Ok(e);
+            }
+        }
+    }
+
+    #[test]
+    fn a_job_queued_through_the_spool_wakes_the_idle_uploader() -> R {
+        let work = tempfile::tempdir()?;
+        let target = Target::parse(&format!("file://{}/store", work.path().display()))?;
+        let spool = Spool::open(work.path())?;
+        // Never rescanned within the test: only the spool's notification can wake it.
+        let config = UploaderConfig { rescan: Duration::from_secs(24 * 3600), ..Default::default() };
+        let stop = StopSignal::new();
+        let (events, done) = spawn_run(Uploader::new(target, spool.clone(), config), &stop);
+        // The second is queued once the uploader has delivered the first and gone idle.
+        for name in ["20261125T130105Z-001", "20261125T130106Z-002"] {
+            let dir = crash_dir(work.path(), name)?;
+            spool.enqueue(&dir, &meta())?;
+            next_event(&events, |e| matches!(e, DeliveryEvent::Completed { dir: d, .. } if *d == dir))?;
+        }
+        assert!(work.path().join("store/0123456789abcdef/h/20261125T130106Z-002/report.json").is_file());
+        stop.stop();
+        done.recv_timeout(AT_ONCE)??;
+        assert_eq!(spool.delivered()?.len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn stop_cuts_a_retry_backoff_short() -> R {
+        let work = tempfile::tempdir()?;
+        // A store under a regular file cannot be created: a failure that is retried.
+        std::fs::write(work.path().join("blocker"), b"")?;
+        let target = Target::parse(&format!("file://{}/blocker/store", work.path().display()))?;
+        let spool = Spool::open(work.path())?;
+        let day = Duration::from_secs(24 * 3600);
+        let config = UploaderConfig { backoff_initial: day, backoff_max: day, ..Default::default() };
+        let stop = StopSignal::new();
+        let (events, done) = spawn_run(Uploader::new(target, spool.clone(), config), &stop);
+        spool.enqueue(&crash_dir(work.path(), "20261125T130105Z-001")?, &meta())?;
+        let failed = next_event(&events, |e| matches!(e, DeliveryEvent::Failed { .. }))?;
+        assert!(matches!(failed, DeliveryEvent::Failed { retry_in_s, .. } if retry_in_s == day.as_secs_f64()));
+        stop.stop();
+        done.recv_timeout(AT_ONCE)??;
+        // Left queued for the next run, its failure recorded.
+        let pending = spool.pending()?;
+        assert_eq!((pending.len(), pending[0].attempts), (1, 1));
+        Ok(())
+    }
+
+    #[test]
+    fn stop_when_empty_ends_the_uploader_once_the_spool_is_drained() -> R {
+        let work = tempfile::tempdir()?;
+        let target = Target::parse(&format!("file://{}/store", work.path().display()))?;
+        let spool = Spool::open(work.path())?;
+        let config = UploaderConfig { rescan: Duration::from_secs(24 * 3600), ..Default::default() };
+        let stop = StopSignal::new();
+        let (events, done) = spawn_run(Uploader::new(target, spool.clone(), config), &stop);
+        let dir = crash_dir(work.path(), "20261125T130105Z-001")?;
+        spool.enqueue(&dir, &meta())?;
+        stop.stop_when_empty();
+        done.recv_timeout(AT_ONCE)??;
+        assert!(!stop.is_stopped());
+        assert!(spool.pending()?.is_empty());
+        assert_eq!(spool.delivered()?.len(), 1);
+        assert!(events.try_iter().any(|e| matches!(e, DeliveryEvent::Completed { dir: d, .. } if d == dir)));
+        Ok(())
     }
 
     #[test]

@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use common::{crash_dir, sha256, R};
 use delivery::{fetch, list_crashes, JobMeta, Spool, StopSignal, Target, Uploader, UploaderConfig};
 

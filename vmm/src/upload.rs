@@ -131,3 +131,69 @@ impl Delivery {
         Finished { left, abandoned: self.abandoned.load(Ordering::SeqCst), broken: self.broken.load(Ordering::SeqCst) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+    /// A finished crash directory under `base`.
+    fn crash_dir(base: &Path, name: &str) -> R<std::path::PathBuf> {
+        let dir = base.join(name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(delivery::REPORT), br#"{"signature": {"id": "0123456789abcdef"}}"#)?;
+        std::fs::write(dir.join("console.log"), b"Kernel panic - not syncing\n")?;
+        Ok(dir)
+    }
+
+    fn start(base: &Path, target: &str, events: &EventLog) -> R<Delivery> {
+        let options = UploadOptions { keep_local: true, max_rate: None };
+        Ok(Delivery::start(Target::parse(target)?, base, &options, events.clone())?)
+    }
+
+    /// `finish(wait)` on a thread of its own; what it returned, if it did within a minute (far
+    /// less than the waits the tests give it when it should return early).
+    fn finish(d: Delivery, wait: Duration) -> R<Finished> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(d.finish(wait));
+        });
+        Ok(rx.recv_timeout(Duration::from_secs(60))?)
+    }
+
+    #[test]
+    fn finish_returns_once_the_spool_has_drained() -> R {
+        let work = tempfile::tempdir()?;
+        let events = EventLog::disabled();
+        let d = start(work.path(), &format!("file://{}/store", work.path().display()), &events)?;
+        let meta = delivery::JobMeta { signature_id: "0123456789abcdef".into(), host: "h".into() };
+        for name in ["20261125T130105Z-001", "20261125T130106Z-002"] {
+            d.spool().enqueue(&crash_dir(work.path(), name)?, &meta)?;
+        }
+        let spool = d.spool().clone();
+        let done = finish(d, Duration::from_secs(24 * 3600))?;
+        assert_eq!(done, Finished { left: 0, abandoned: 0, broken: false });
+        assert_eq!(spool.delivered()?.len(), 2);
+        assert!(work.path().join("store/0123456789abcdef/h/20261125T130106Z-002/report.json").is_file());
+        // The uploader's events, in the event log as `upload_*` records.
+        let lines = events.since(0);
+        let completed = lines.iter().filter(|l| l.contains(r#""event":"upload_completed""#)).count();
+        assert_eq!(completed, 2, "{lines:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn finish_leaves_what_it_could_not_deliver_in_the_spool() -> R {
+        let work = tempfile::tempdir()?;
+        // A store under a regular file cannot be created: each attempt fails and is retried.
+        std::fs::write(work.path().join("blocker"), b"")?;
+        let events = EventLog::disabled();
+        let d = start(work.path(), &format!("file://{}/blocker/store", work.path().display()), &events)?;
+        let meta = delivery::JobMeta { signature_id: "0123456789abcdef".into(), host: "h".into() };
+        d.spool().enqueue(&crash_dir(work.path(), "20261125T130105Z-001")?, &meta)?;
+        let done = finish(d, Duration::from_millis(200))?;
+        assert_eq!(done, Finished { left: 1, abandoned: 0, broken: false });
+        Ok(())
+    }
+}
