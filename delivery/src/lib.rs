@@ -22,7 +22,7 @@ pub use error::DeliveryError;
 pub use fleet::{fetch, list_crashes, CrashEntry, Group};
 pub use spool::{FileState, Job, JobMeta, MultipartState, Refused, Spool};
 pub use target::{Scheme, Target};
-pub use upload::{DeliveryEvent, Uploader, UploaderConfig};
+pub use upload::{DeliveryEvent, StopSignal, Uploader, UploaderConfig};
 
 /// Files uploaded last: their presence says the directory is complete.
 pub const REPORT: &str = "report.json";

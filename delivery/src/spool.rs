@@ -20,6 +20,7 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -152,6 +153,8 @@ pub struct Spool {
     /// This process's effective uid, the owner of everything the spool trusts (taken once, in
     /// `open`: the confined upload thread may not ask).
     euid: u32,
+    /// Told of each job queued through this spool or a clone of it: the uploader sleeps on it.
+    queued: Arc<tokio::sync::Notify>,
 }
 
 const SUBDIRS: [&str; 3] = ["jobs", "done", "failed"];
@@ -161,7 +164,12 @@ impl Spool {
     /// that is not this user's, that others may write or that is a symbolic link is refused.
     pub fn open(crash_dir: &Path) -> Result<Self, DeliveryError> {
         let crash_dir = fs::canonicalize(crash_dir).map_err(io("resolve", crash_dir))?;
-        let spool = Self { root: crash_dir.join(".upload"), crash_dir, euid: private::euid() };
+        let spool = Self {
+            root: crash_dir.join(".upload"),
+            crash_dir,
+            euid: private::euid(),
+            queued: Arc::new(tokio::sync::Notify::new()),
+        };
         for d in std::iter::once(spool.root.clone()).chain(SUBDIRS.iter().map(|s| spool.root.join(s))) {
             match private::create_dir(&d) {
                 Ok(()) => {}
@@ -184,8 +192,8 @@ impl Spool {
         }
     }
 
-    /// Queue the finished crash directory `dir`. Queueing one already queued or delivered
-    /// returns that job.
+    /// Queue the finished crash directory `dir`, and wake an uploader of this spool (or of a
+    /// clone of it). Queueing one already queued or delivered returns that job.
     pub fn enqueue(&self, dir: &Path, meta: &JobMeta) -> Result<Job, DeliveryError> {
         let name = dir
             .file_name()
@@ -212,7 +220,15 @@ impl Spool {
             url: None,
         };
         self.save(&job)?;
+        // A permit if the uploader is not waiting now: it looks again when it next would.
+        self.queued.notify_one();
         Ok(job)
+    }
+
+    /// Resolves when a job is queued through this spool or a clone of it (at once if one was
+    /// queued since the last time).
+    pub(crate) async fn queued(&self) {
+        self.queued.notified().await;
     }
 
     /// Jobs waiting, oldest first (those it refuses are left out: `set_aside_refused`).

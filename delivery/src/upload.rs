@@ -1,12 +1,13 @@
-//! The uploader: a blocking loop over the spool, oldest job first.
+//! The uploader: a blocking loop over the spool, oldest job first. It sleeps until there is
+//! work: a job queued through its [`Spool`] (or a clone of it) wakes it, a failed job's retry
+//! is a timer, and a [`StopSignal`] ends any wait at once.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -18,6 +19,7 @@ use object_store::{
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use crate::error::io;
 use crate::spool::{FileState, Job, MultipartState, Spool};
@@ -27,28 +29,118 @@ use crate::{DeliveryError, REPORT};
 /// The metadata key each object's SHA-256 is stored under (S3: `x-amz-meta-sha256`).
 pub const SHA256_META: &str = "sha256";
 
-/// What the uploader tells (the event log's `upload_*` events).
+/// What the uploader tells: the event log's `upload_*` events, serialized as they are recorded
+/// there (`event` names the event; paths as text, lossily where they are not UTF-8).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event")]
 pub enum DeliveryEvent {
+    /// A crash directory's upload began (each attempt).
     #[serde(rename = "upload_started")]
-    Started { dir: PathBuf, url: String },
+    Started {
+        #[serde(serialize_with = "path_text")]
+        dir: PathBuf,
+        url: String,
+    },
     #[serde(rename = "upload_progress")]
-    Progress { dir: PathBuf, bytes: u64, total: u64 },
+    Progress {
+        #[serde(serialize_with = "path_text")]
+        dir: PathBuf,
+        bytes: u64,
+        total: u64,
+    },
+    /// Every object of the directory was confirmed by the store.
     #[serde(rename = "upload_completed")]
-    Completed { dir: PathBuf, url: String, bytes: u64 },
+    Completed {
+        #[serde(serialize_with = "path_text")]
+        dir: PathBuf,
+        url: String,
+        bytes: u64,
+    },
+    /// An attempt failed; the job is tried again in `retry_in_s` seconds.
     #[serde(rename = "upload_failed")]
-    Failed { dir: PathBuf, error: String, retry_in_s: f64 },
-    /// A job that cannot be delivered (a permanent failure, or a job file the spool refuses)
-    /// was set aside in the spool's `failed/` and will not be tried again.
+    Failed {
+        #[serde(serialize_with = "path_text")]
+        dir: PathBuf,
+        error: String,
+        retry_in_s: f64,
+    },
+    /// A job that cannot be delivered (a permanent failure: credentials refused, no such
+    /// bucket, a file of it gone; or a job file the spool refuses) was set aside in the spool's
+    /// `failed/` and will not be tried again.
     #[serde(rename = "upload_abandoned")]
     Abandoned {
         /// The crash directory (none for a job file that was refused unread).
+        #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_path_text")]
         dir: Option<PathBuf>,
         error: String,
         /// Where the job file was set aside.
+        #[serde(serialize_with = "path_text")]
         job: PathBuf,
     },
+}
+
+fn path_text<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&p.display())
+}
+
+fn opt_path_text<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => path_text(p, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// When a running uploader ends ([`Uploader::run`]): never (the default), once the spool is
+/// empty, or now. Clones share one signal; setting it wakes the uploader from any wait.
+#[derive(Debug, Clone)]
+pub struct StopSignal(Arc<watch::Sender<Ending>>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Never,
+    WhenEmpty,
+    Now,
+}
+
+impl Default for StopSignal {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StopSignal {
+    pub fn new() -> Self {
+        Self(Arc::new(watch::Sender::new(Ending::Never)))
+    }
+
+    /// Stop now: a wait (a retry's backoff, the bandwidth cap) ends at once, an upload in
+    /// progress at its next file or part (it resumes there next time).
+    pub fn stop(&self) {
+        self.0.send_replace(Ending::Now);
+    }
+
+    /// Stop once the spool holds no job (each delivered or set aside); failed jobs are still
+    /// retried when their backoff ends. [`StopSignal::stop`] ends it earlier.
+    pub fn stop_when_empty(&self) {
+        self.0.send_if_modified(|e| {
+            let was = *e;
+            if was == Ending::Never {
+                *e = Ending::WhenEmpty;
+            }
+            was == Ending::Never
+        });
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        *self.0.borrow() == Ending::Now
+    }
+
+    /// Resolves once stopped.
+    async fn stopped(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives as long as `self`: the wait cannot fail.
+        let _ = rx.wait_for(|e| *e == Ending::Now).await;
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -65,8 +157,11 @@ pub struct UploaderConfig {
     pub backoff_max: Duration,
     /// Upload bandwidth cap in bytes per second (`None`: none).
     pub max_bytes_per_sec: Option<u64>,
-    /// How often an idle uploader looks at the spool again.
-    pub poll: Duration,
+    /// How often an idle uploader reads the spool directory again, for jobs that another
+    /// process queued or an operator moved back from `failed/` (default 60 s). Not how it
+    /// learns of its own jobs: a job queued through its [`Spool`] (or a clone) wakes it at
+    /// once, and a failed job's retry is a timer of its own.
+    pub rescan: Duration,
 }
 
 impl Default for UploaderConfig {
@@ -78,7 +173,7 @@ impl Default for UploaderConfig {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             max_bytes_per_sec: None,
-            poll: Duration::from_secs(1),
+            rescan: Duration::from_secs(60),
         }
     }
 }
@@ -134,32 +229,37 @@ impl Uploader {
         &self.target
     }
 
-    /// Deliver the spool's jobs until `stop` is set: oldest first; a failed job is retried with
-    /// exponential backoff while the others go on. Returns only when stopped (or when the
-    /// runtime cannot start).
-    pub fn run(&self, stop: &AtomicBool, events: &dyn Fn(DeliveryEvent)) -> Result<(), DeliveryError> {
+    /// Deliver the spool's jobs until `stop` says so: oldest first; a failed job is retried with
+    /// exponential backoff while the others go on. Between jobs it sleeps until one is queued
+    /// through the spool, a retry is due, `stop` changes or [`UploaderConfig::rescan`] passes.
+    /// Returns when stopped (or, after [`StopSignal::stop_when_empty`], when the spool is
+    /// empty or cannot be read), or when the runtime cannot start or the spool is refused.
+    pub fn run(&self, stop: &StopSignal, events: &dyn Fn(DeliveryEvent)) -> Result<(), DeliveryError> {
         let rt = runtime()?;
         rt.block_on(self.run_async(stop, events, false)).map(|_| ())
     }
 
     /// Deliver what the spool holds now, one attempt per job; returns how many were delivered.
-    pub fn run_once(&self, stop: &AtomicBool, events: &dyn Fn(DeliveryEvent)) -> Result<usize, DeliveryError> {
+    pub fn run_once(&self, stop: &StopSignal, events: &dyn Fn(DeliveryEvent)) -> Result<usize, DeliveryError> {
         let rt = runtime()?;
         rt.block_on(self.run_async(stop, events, true))
     }
 
     async fn run_async(
         &self,
-        stop: &AtomicBool,
+        stop: &StopSignal,
         events: &dyn Fn(DeliveryEvent),
         once: bool,
     ) -> Result<usize, DeliveryError> {
         let mut not_before: HashMap<String, (Instant, u32)> = HashMap::new();
         let mut delivered = 0;
+        let mut ending = stop.0.subscribe();
         loop {
-            if stop.load(Ordering::Relaxed) {
-                return Ok(delivered);
-            }
+            let when_empty = match *ending.borrow_and_update() {
+                Ending::Now => return Ok(delivered),
+                Ending::WhenEmpty => true,
+                Ending::Never => false,
+            };
             let jobs = match self.spool.set_aside_refused().and_then(|refused| {
                 for r in refused {
                     log::error!("delivery: job file set aside as {}: {}", r.path.display(), r.reason);
@@ -167,8 +267,13 @@ impl Uploader {
                 }
                 self.spool.pending()
             }) {
+                Ok(j) if j.is_empty() && when_empty => return Ok(delivered),
                 Ok(j) => j,
                 Err(e) if once || e.is_permanent() => return Err(e),
+                Err(e) if when_empty => {
+                    log::warn!("delivery: cannot read the spool: {e}");
+                    return Ok(delivered);
+                }
                 Err(e) => {
                     log::warn!("delivery: cannot read the spool: {e}");
                     Vec::new()
@@ -176,8 +281,10 @@ impl Uploader {
             };
             let now = Instant::now();
             let mut next = None;
+            // A job left the queue (delivered or set aside) in this pass.
+            let mut progressed = false;
             for mut job in jobs {
-                if stop.load(Ordering::Relaxed) {
+                if stop.is_stopped() {
                     return Ok(delivered);
                 }
                 if let Some((at, _)) = not_before.get(&job.id) {
@@ -190,6 +297,7 @@ impl Uploader {
                     Ok(()) => {
                         not_before.remove(&job.id);
                         delivered += 1;
+                        progressed = true;
                     }
                     Err(Halt::Stopped) => return Ok(delivered),
                     Err(Halt::Error(e)) if e.is_permanent() => {
@@ -204,6 +312,7 @@ impl Uploader {
                                     at.display()
                                 );
                                 events(DeliveryEvent::Abandoned { dir: Some(job.path.clone()), error, job: at });
+                                progressed = true;
                             }
                             Err(f) => {
                                 log::error!("delivery: {}: {error}; cannot set it aside: {f}", job.path.display())
@@ -232,14 +341,22 @@ impl Uploader {
             if once {
                 return Ok(delivered);
             }
-            let wait =
-                next.map_or(self.config.poll, |n| n.saturating_duration_since(Instant::now()).min(self.config.poll));
-            sleep_unless_stopped(wait, stop).await;
+            if when_empty && progressed {
+                // Look again at once: the spool may be empty now.
+                continue;
+            }
+            let wait = next
+                .map_or(self.config.rescan, |n| n.saturating_duration_since(Instant::now()).min(self.config.rescan));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.spool.queued() => {}
+                _ = ending.changed() => {}
+            }
         }
     }
 
     /// One attempt at `job`.
-    async fn deliver(&self, job: &mut Job, stop: &AtomicBool, events: &dyn Fn(DeliveryEvent)) -> Result<(), Halt> {
+    async fn deliver(&self, job: &mut Job, stop: &StopSignal, events: &dyn Fn(DeliveryEvent)) -> Result<(), Halt> {
         let dir_target = self.target.join(&job.key_prefix());
         events(DeliveryEvent::Started { dir: job.path.clone(), url: dir_target.url.clone() });
         if job.files.is_empty() || !job.path.is_dir() && job.files.iter().any(|f| !f.done) {
@@ -251,7 +368,7 @@ impl Uploader {
         let throttle = Throttle { rate: self.config.max_bytes_per_sec, state: Mutex::new((Instant::now(), 0)) };
         // Every file but report.json, in the order scan() chose (small ones first).
         for i in 0..job.files.len() {
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_stopped() {
                 return Err(Halt::Stopped);
             }
             if job.files[i].name == REPORT || job.files[i].done {
@@ -298,7 +415,7 @@ impl Uploader {
         i: usize,
         dir_target: &Target,
         throttle: &Throttle,
-        stop: &AtomicBool,
+        stop: &StopSignal,
         events: &dyn Fn(DeliveryEvent),
         sent: &mut u64,
         total: u64,
@@ -415,7 +532,7 @@ impl Uploader {
         key: &ObjPath,
         local: &Path,
         throttle: &Throttle,
-        stop: &AtomicBool,
+        stop: &StopSignal,
         events: &dyn Fn(DeliveryEvent),
         sent: &mut u64,
         total: u64,
@@ -456,7 +573,7 @@ impl Uploader {
                 let data = read_part(&local, offset, len).await?;
                 let md5 = hex::encode(Md5::digest(&data));
                 sleep_unless_stopped(throttle.reserve(len), stop).await;
-                if stop.load(Ordering::Relaxed) {
+                if stop.is_stopped() {
                     return Err(Halt::Stopped);
                 }
                 let part = mp.put_part(&key, &id, p, PutPayload::from(data)).await?;
@@ -551,7 +668,7 @@ impl Uploader {
         local: &Path,
         f: &FileState,
         throttle: &Throttle,
-        stop: &AtomicBool,
+        stop: &StopSignal,
     ) -> Result<(), Halt> {
         let opts = PutMultipartOptions { attributes: self.attributes(f), ..Default::default() };
         let store = self.target.store_for_write(key)?;
@@ -569,7 +686,7 @@ impl Uploader {
                 }
             };
             sleep_unless_stopped(throttle.reserve(len), stop).await;
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_stopped() {
                 let _ = w.abort().await;
                 return Err(Halt::Stopped);
             }
@@ -600,14 +717,14 @@ fn backoff(c: &UploaderConfig, failures: u32) -> Duration {
     c.backoff_initial.mul_f64(factor).min(c.backoff_max)
 }
 
-async fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
-    let end = Instant::now() + d;
-    while !stop.load(Ordering::Relaxed) {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+/// Wait `d`, or less if `stop` says stop.
+async fn sleep_unless_stopped(d: Duration, stop: &StopSignal) {
+    if d.is_zero() {
+        return;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(d) => {}
+        () = stop.stopped() => {}
     }
 }
 
@@ -696,6 +813,8 @@ fn multipart_etag(part_md5: &[Option<String>]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
+
     use super::*;
 
     #[test]
@@ -715,6 +834,113 @@ mod tests {
         assert_eq!(backoff(&c, 1), Duration::from_secs(1));
         assert_eq!(backoff(&c, 3), Duration::from_secs(4));
         assert_eq!(backoff(&c, 40), Duration::from_secs(300));
+    }
+
+    type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+    /// A finished crash directory: report.json and a console log.
+    fn crash_dir(base: &Path, name: &str) -> R<PathBuf> {
+        let dir = base.join(name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(REPORT), br#"{"signature": {"id": "0123456789abcdef"}}"#)?;
+        std::fs::write(dir.join("console.log"), b"Kernel panic - not syncing\n")?;
+        Ok(dir)
+    }
+
+    fn meta() -> crate::JobMeta {
+        crate::JobMeta { signature_id: "0123456789abcdef".into(), host: "h".into() }
+    }
+
+    /// `run` on a thread of its own: its events, and its result once it returns.
+    fn spawn_run(
+        uploader: Uploader,
+        stop: &StopSignal,
+    ) -> (mpsc::Receiver<DeliveryEvent>, mpsc::Receiver<Result<(), DeliveryError>>) {
+        let (events, events_rx) = mpsc::channel();
+        let (done, done_rx) = mpsc::channel();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(uploader.run(&stop, &|e| {
+                let _ = events.send(e);
+            }));
+        });
+        (events_rx, done_rx)
+    }
+
+    /// A bound for what must happen at once, far below the waits the tests make sure are cut
+    /// short (a day): a broken wake-up fails the test instead of hanging it.
+    const AT_ONCE: Duration = Duration::from_secs(60);
+
+    fn next_event(rx: &mpsc::Receiver<DeliveryEvent>, want: impl Fn(&DeliveryEvent) -> bool) -> R<DeliveryEvent> {
+        loop {
+            let e = rx.recv_timeout(AT_ONCE).map_err(|e| format!("no such event: {e}"))?;
+            if want(&e) {
+                return Ok(e);
+            }
+        }
+    }
+
+    #[test]
+    fn a_job_queued_through_the_spool_wakes_the_idle_uploader() -> R {
+        let work = tempfile::tempdir()?;
+        let target = Target::parse(&format!("file://{}/store", work.path().display()))?;
+        let spool = Spool::open(work.path())?;
+        // Never rescanned within the test: only the spool's notification can wake it.
+        let config = UploaderConfig { rescan: Duration::from_secs(24 * 3600), ..Default::default() };
+        let stop = StopSignal::new();
+        let (events, done) = spawn_run(Uploader::new(target, spool.clone(), config), &stop);
+        // The second is queued once the uploader has delivered the first and gone idle.
+        for name in ["20261125T130105Z-001", "20261125T130106Z-002"] {
+            let dir = crash_dir(work.path(), name)?;
+            spool.enqueue(&dir, &meta())?;
+            next_event(&events, |e| matches!(e, DeliveryEvent::Completed { dir: d, .. } if *d == dir))?;
+        }
+        assert!(work.path().join("store/0123456789abcdef/h/20261125T130106Z-002/report.json").is_file());
+        stop.stop();
+        done.recv_timeout(AT_ONCE)??;
+        assert_eq!(spool.delivered()?.len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn stop_cuts_a_retry_backoff_short() -> R {
+        let work = tempfile::tempdir()?;
+        // A store under a regular file cannot be created: a failure that is retried.
+        std::fs::write(work.path().join("blocker"), b"")?;
+        let target = Target::parse(&format!("file://{}/blocker/store", work.path().display()))?;
+        let spool = Spool::open(work.path())?;
+        let day = Duration::from_secs(24 * 3600);
+        let config = UploaderConfig { backoff_initial: day, backoff_max: day, ..Default::default() };
+        let stop = StopSignal::new();
+        let (events, done) = spawn_run(Uploader::new(target, spool.clone(), config), &stop);
+        spool.enqueue(&crash_dir(work.path(), "20261125T130105Z-001")?, &meta())?;
+        let failed = next_event(&events, |e| matches!(e, DeliveryEvent::Failed { .. }))?;
+        assert!(matches!(failed, DeliveryEvent::Failed { retry_in_s, .. } if retry_in_s == day.as_secs_f64()));
+        stop.stop();
+        done.recv_timeout(AT_ONCE)??;
+        // Left queued for the next run, its failure recorded.
+        let pending = spool.pending()?;
+        assert_eq!((pending.len(), pending[0].attempts), (1, 1));
+        Ok(())
+    }
+
+    #[test]
+    fn stop_when_empty_ends_the_uploader_once_the_spool_is_drained() -> R {
+        let work = tempfile::tempdir()?;
+        let target = Target::parse(&format!("file://{}/store", work.path().display()))?;
+        let spool = Spool::open(work.path())?;
+        let config = UploaderConfig { rescan: Duration::from_secs(24 * 3600), ..Default::default() };
+        let stop = StopSignal::new();
+        let (events, done) = spawn_run(Uploader::new(target, spool.clone(), config), &stop);
+        let dir = crash_dir(work.path(), "20261125T130105Z-001")?;
+        spool.enqueue(&dir, &meta())?;
+        stop.stop_when_empty();
+        done.recv_timeout(AT_ONCE)??;
+        assert!(!stop.is_stopped());
+        assert!(spool.pending()?.is_empty());
+        assert_eq!(spool.delivered()?.len(), 1);
+        assert!(events.try_iter().any(|e| matches!(e, DeliveryEvent::Completed { dir: d, .. } if d == dir)));
+        Ok(())
     }
 
     #[test]

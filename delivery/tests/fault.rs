@@ -8,12 +8,11 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{crash_dir, sha256, S3Server, BUCKET, R};
-use delivery::{fetch, DeliveryEvent, Job, JobMeta, Spool, Target, Uploader, UploaderConfig};
+use delivery::{fetch, DeliveryEvent, Job, JobMeta, Spool, StopSignal, Target, Uploader, UploaderConfig};
 
 const CHILD_ENV: &str = "DELIVERY_FAULT_CHILD";
 const PART: u64 = 8 << 20;
@@ -25,7 +24,7 @@ fn config() -> UploaderConfig {
         concurrency: 2,
         backoff_initial: Duration::from_millis(200),
         backoff_max: Duration::from_secs(1),
-        poll: Duration::from_millis(100),
+        rescan: Duration::from_millis(100),
         ..Default::default()
     }
 }
@@ -39,7 +38,7 @@ fn child_uploader() -> R {
     let target = Target::parse(&std::env::var("DELIVERY_TARGET")?)?;
     let spool = Spool::open(Path::new(&base))?;
     let up = Uploader::new(target, spool, UploaderConfig { max_bytes_per_sec: Some(20 << 20), ..config() });
-    let stop = AtomicBool::new(false);
+    let stop = StopSignal::new();
     up.run(&stop, &|e| println!("{}", serde_json::to_string(&e).unwrap_or_default()))?;
     Ok(())
 }
@@ -103,22 +102,22 @@ fn wait_for_parts(spool: &Spool, parts: usize) -> R<Job> {
 /// Run a fresh uploader over `base`'s spool until it delivers one job; its events.
 fn deliver(base: &Path, target: &Target) -> R<Vec<DeliveryEvent>> {
     let up = Uploader::new(target.clone(), Spool::open(base)?, config());
-    let stop = AtomicBool::new(false);
+    let stop = StopSignal::new();
     let events = Mutex::new(Vec::new());
     let t0 = Instant::now();
     std::thread::scope(|s| {
         let h = s.spawn(|| {
             up.run(&stop, &|e| {
                 if matches!(e, DeliveryEvent::Completed { .. }) {
-                    stop.store(true, Ordering::Relaxed);
+                    stop.stop();
                 }
                 events.lock().unwrap_or_else(|p| p.into_inner()).push(e);
             })
         });
-        while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(120) {
+        while !stop.is_stopped() && t0.elapsed() < Duration::from_secs(120) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        stop.store(true, Ordering::Relaxed);
+        stop.stop();
         h.join().map_err(|_| "uploader thread panicked".to_string())?.map_err(|e| e.to_string())
     })?;
     eprintln!("delivered after the restart in {:?}", t0.elapsed());

@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use common::{crash_dir, sha256, S3Server, BUCKET, R};
-use delivery::{fetch, list_crashes, DeliveryEvent, JobMeta, Spool, Target, Uploader, UploaderConfig};
+use delivery::{fetch, list_crashes, DeliveryEvent, JobMeta, Spool, StopSignal, Target, Uploader, UploaderConfig};
 
 const BUG: &str = "aaaaaaaaaaaaaaaa";
 const OTHER: &str = "bbbbbbbbbbbbbbbb";
@@ -36,7 +35,7 @@ fn three_crashes_two_signatures_two_groups() -> R {
         let config = UploaderConfig { part_size: 8 << 20, keep_local: i != 2, ..Default::default() };
         let up = Uploader::new(target.clone(), spool.clone(), config);
         let events = Mutex::new(Vec::new());
-        let stop = AtomicBool::new(false);
+        let stop = StopSignal::new();
         let t0 = std::time::Instant::now();
         let n = up.run_once(&stop, &|e| events.lock().unwrap_or_else(|p| p.into_inner()).push(e))?;
         eprintln!("guest {i}: {bytes} byte vmcore delivered in {:?}", t0.elapsed());
@@ -92,7 +91,7 @@ fn a_missing_bucket_sets_the_job_aside_with_the_reason() -> R {
     let dir = crash_dir(work.path(), "20261125T130105Z-001", BUG, "BUG: x", "6.1.0-1-amd64", 1 << 10, 4)?;
     let spool = Spool::open(work.path())?;
     spool.enqueue(&dir, &JobMeta::from_dir(&dir)?)?;
-    let stop = AtomicBool::new(false);
+    let stop = StopSignal::new();
     let n = Uploader::new(target, spool.clone(), UploaderConfig::default()).run_once(&stop, &|_| {})?;
     assert_eq!(n, 0);
     assert!(spool.pending()?.is_empty(), "retried: {:?}", spool.pending()?);

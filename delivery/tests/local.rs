@@ -4,10 +4,8 @@
 
 mod common;
 
-use std::sync::atomic::AtomicBool;
-
 use common::{crash_dir, sha256, R};
-use delivery::{fetch, list_crashes, JobMeta, Spool, Target, Uploader, UploaderConfig};
+use delivery::{fetch, list_crashes, JobMeta, Spool, StopSignal, Target, Uploader, UploaderConfig};
 
 #[test]
 fn file_target_round_trip_and_no_second_upload() -> R {
@@ -18,7 +16,7 @@ fn file_target_round_trip_and_no_second_upload() -> R {
     let dir = crash_dir(&base, "20261125T130105Z-001", "eeeeeeeeeeeeeeee", "BUG: z", "6.1.0-1-amd64", 18 << 20, 5)?;
     let meta = JobMeta { signature_id: "eeeeeeeeeeeeeeee".into(), host: "h".into() };
     let config = UploaderConfig { part_size: 8 << 20, ..Default::default() };
-    let stop = AtomicBool::new(false);
+    let stop = StopSignal::new();
 
     let spool = Spool::open(&base)?;
     spool.enqueue(&dir, &meta)?;

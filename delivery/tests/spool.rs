@@ -7,11 +7,10 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
 use common::{crash_dir, R};
-use delivery::{fetch, list_crashes, DeliveryEvent, JobMeta, Spool, Target, Uploader, UploaderConfig};
+use delivery::{fetch, list_crashes, DeliveryEvent, JobMeta, Spool, StopSignal, Target, Uploader, UploaderConfig};
 
 const SIG: &str = "cccccccccccccccc";
 
@@ -57,7 +56,7 @@ fn meta() -> JobMeta {
 /// Deliver what `spool` holds, one attempt per job; the number delivered and the events.
 fn deliver_once(target: &Target, spool: &Spool) -> R<(usize, Vec<DeliveryEvent>)> {
     let events = Mutex::new(Vec::new());
-    let stop = AtomicBool::new(false);
+    let stop = StopSignal::new();
     let n = Uploader::new(target.clone(), spool.clone(), config())
         .run_once(&stop, &|e| events.lock().unwrap_or_else(|p| p.into_inner()).push(e))?;
     Ok((n, events.into_inner().unwrap_or_else(|p| p.into_inner())))

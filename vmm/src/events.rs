@@ -123,36 +123,6 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         title: Option<String>,
     },
-    /// Delivery to the object store (`--upload`): a crash directory's upload began, made
-    /// progress, completed (every object confirmed), or failed and will be tried again.
-    UploadStarted {
-        dir: String,
-        url: String,
-    },
-    UploadProgress {
-        dir: String,
-        bytes: u64,
-        total: u64,
-    },
-    UploadCompleted {
-        dir: String,
-        url: String,
-        bytes: u64,
-    },
-    UploadFailed {
-        dir: String,
-        error: String,
-        retry_in_s: f64,
-    },
-    /// A crash directory that cannot be delivered (a permanent failure: credentials refused,
-    /// no such bucket, a file of it gone), or a job file the spool refused: its job was set
-    /// aside in the spool's `failed/` and is not tried again.
-    UploadAbandoned {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        dir: Option<String>,
-        error: String,
-        job: String,
-    },
     /// The control socket's `dump` started writing a vmcore of the running VM.
     DumpStarted {
         path: String,
@@ -218,6 +188,12 @@ pub enum Event {
         syscall: i64,
         name: String,
     },
+    /// Delivery to the object store (`--upload`): the `upload_*` events (started, progress,
+    /// completed, failed, abandoned), recorded as the delivery crate names and fills them.
+    /// Untagged: the inner event carries its own `event` name. Keep it last (serde wants
+    /// untagged variants at the end).
+    #[serde(untagged)]
+    Upload(delivery::DeliveryEvent),
 }
 
 impl Event {
@@ -629,6 +605,47 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(summary[0]).unwrap();
         assert_eq!(v["source"], "pvpanic");
         assert_eq!(v["count"], 500 - GUEST_BURST as u64);
+    }
+
+    #[test]
+    fn upload_events_are_recorded_as_the_upload_variants_recorded_them() {
+        use delivery::DeliveryEvent as D;
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-05T01:02:03.456789Z").unwrap().with_timezone(&Utc);
+        let ts = "{\"ts\":\"2026-12-05T01:02:03.456789Z\",";
+        let cases = [
+            (
+                D::Started { dir: "/c/d".into(), url: "s3://b/p/d".into() },
+                r#""event":"upload_started","dir":"/c/d","url":"s3://b/p/d"}"#,
+            ),
+            (
+                D::Progress { dir: "/c/d".into(), bytes: 5, total: 9 },
+                r#""event":"upload_progress","dir":"/c/d","bytes":5,"total":9}"#,
+            ),
+            (
+                D::Completed { dir: "/c/d".into(), url: "s3://b/p/d".into(), bytes: 9 },
+                r#""event":"upload_completed","dir":"/c/d","url":"s3://b/p/d","bytes":9}"#,
+            ),
+            (
+                D::Failed { dir: "/c/d".into(), error: "503".into(), retry_in_s: 2.0 },
+                r#""event":"upload_failed","dir":"/c/d","error":"503","retry_in_s":2.0}"#,
+            ),
+            (
+                D::Abandoned { dir: Some("/c/d".into()), error: "403".into(), job: "/c/.upload/failed/j.json".into() },
+                r#""event":"upload_abandoned","dir":"/c/d","error":"403","job":"/c/.upload/failed/j.json"}"#,
+            ),
+            (
+                D::Abandoned { dir: None, error: "not a job file".into(), job: "/c/.upload/failed/x.json".into() },
+                r#""event":"upload_abandoned","error":"not a job file","job":"/c/.upload/failed/x.json"}"#,
+            ),
+        ];
+        for (event, rest) in cases {
+            assert_eq!(EventLog::format_at(&Event::Upload(event), at), format!("{ts}{rest}\n"));
+        }
+        // A path that is not UTF-8 is recorded lossily, as before, not left out.
+        use std::os::unix::ffi::OsStrExt;
+        let odd = std::ffi::OsStr::from_bytes(b"/c/\xff");
+        let line = EventLog::format_at(&Event::Upload(D::Progress { dir: odd.into(), bytes: 0, total: 0 }), at);
+        assert!(line.contains("\"dir\":\"/c/\u{fffd}\""), "{line}");
     }
 
     #[test]

@@ -1,17 +1,18 @@
 //! Delivery of crash directories to an object store (`--upload URL`, the `delivery` crate): a
 //! thread of its own (`upload`, with the only seccomp filter that allows sockets) takes the
 //! spool's jobs while the guest runs; the executor queues each crash directory once it is
-//! complete, which costs the crash path one small file. When the VM has ended, crashvmm waits
-//! up to `--upload-wait` for what is still queued; whatever is left stays in the spool for the
-//! next `crashvmm run --upload` or `crashvmm deliver`.
+//! complete, which costs the crash path one small file (and wakes the uploader). When the VM
+//! has ended, crashvmm waits up to `--upload-wait` for what is still queued (the uploader ends
+//! once the spool is empty, and its thread's end wakes the wait); whatever is left stays in the
+//! spool for the next `crashvmm run --upload` or `crashvmm deliver`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use delivery::{DeliveryEvent, Spool, Target, Uploader, UploaderConfig};
+use delivery::{DeliveryEvent, Spool, StopSignal, Target, Uploader, UploaderConfig};
 
 use crate::events::{Event, EventLog};
 use crate::seccomp::{self, ThreadKind};
@@ -27,11 +28,13 @@ pub struct UploadOptions {
 /// The running uploader thread.
 pub struct Delivery {
     spool: Spool,
-    stop: Arc<AtomicBool>,
+    stop: StopSignal,
     /// Jobs set aside as undeliverable since the start.
     abandoned: Arc<AtomicUsize>,
     /// The uploader itself stopped on an error (the spool could not be read).
     broken: Arc<AtomicBool>,
+    /// Disconnected when the upload thread ends (its sender is dropped there).
+    ended: mpsc::Receiver<()>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -53,25 +56,6 @@ impl Finished {
     }
 }
 
-/// The uploader's events as the event log's.
-pub fn event(e: DeliveryEvent) -> Event {
-    match e {
-        DeliveryEvent::Started { dir, url } => Event::UploadStarted { dir: dir.display().to_string(), url },
-        DeliveryEvent::Progress { dir, bytes, total } => {
-            Event::UploadProgress { dir: dir.display().to_string(), bytes, total }
-        }
-        DeliveryEvent::Completed { dir, url, bytes } => {
-            Event::UploadCompleted { dir: dir.display().to_string(), url, bytes }
-        }
-        DeliveryEvent::Failed { dir, error, retry_in_s } => {
-            Event::UploadFailed { dir: dir.display().to_string(), error, retry_in_s }
-        }
-        DeliveryEvent::Abandoned { dir, error, job } => {
-            Event::UploadAbandoned { dir: dir.map(|d| d.display().to_string()), error, job: job.display().to_string() }
-        }
-    }
-}
-
 impl Delivery {
     /// Start the uploader for the spool of `crash_dir`. Called before the vmm thread confines
     /// itself: seccomp filters stack, and the vmm's allows no socket.
@@ -85,14 +69,17 @@ impl Delivery {
             ..Default::default()
         };
         let uploader = Uploader::new(target, spool.clone(), config);
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let stop = StopSignal::new();
+        let signal = stop.clone();
+        let (ended_tx, ended) = mpsc::channel::<()>();
         let abandoned = Arc::new(AtomicUsize::new(0));
         let broken = Arc::new(AtomicBool::new(false));
         let (abandoned_count, broken_flag) = (abandoned.clone(), broken.clone());
         let thread = std::thread::Builder::new()
             .name("upload".into())
             .spawn(move || {
+                // Dropped when the thread ends, however it ends: that wakes `finish`.
+                let _ended = ended_tx;
                 if let Err(e) = seccomp::apply(ThreadKind::Upload) {
                     log::error!("upload: {e}; crash directories stay in the spool");
                     broken_flag.store(true, Ordering::SeqCst);
@@ -102,15 +89,15 @@ impl Delivery {
                     if matches!(e, DeliveryEvent::Abandoned { .. }) {
                         abandoned_count.fetch_add(1, Ordering::SeqCst);
                     }
-                    events.emit(event(e));
+                    events.emit(Event::Upload(e));
                 };
-                if let Err(e) = uploader.run(&flag, &emit) {
+                if let Err(e) = uploader.run(&signal, &emit) {
                     log::error!("upload: {e}; crash directories stay in the spool");
                     broken_flag.store(true, Ordering::SeqCst);
                 }
             })
             .map_err(|e| format!("cannot start the upload thread: {e}"))?;
-        Ok(Self { spool, stop, abandoned, broken, thread: Some(thread) })
+        Ok(Self { spool, stop, abandoned, broken, ended, thread: Some(thread) })
     }
 
     /// The spool the executor queues finished crash directories in.
@@ -121,27 +108,15 @@ impl Delivery {
     /// Wait up to `wait` for the queued crash directories, then stop the uploader. Says how
     /// many are still queued and how many were set aside as undeliverable.
     pub fn finish(mut self, wait: Duration) -> Finished {
-        let deadline = Instant::now() + wait;
-        let mut said = false;
-        while Instant::now() < deadline {
-            match self.spool.pending() {
-                Ok(jobs) if jobs.is_empty() => break,
-                Ok(jobs) => {
-                    if !said {
-                        log::info!("upload: waiting up to {wait:?} for {} crash directories", jobs.len());
-                        said = true;
-                    }
-                }
-                Err(e) => {
-                    log::warn!("upload: {e}");
-                    break;
-                }
-            }
-            if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        match self.spool.pending() {
+            Ok(jobs) if jobs.is_empty() => {}
+            Ok(jobs) => log::info!("upload: waiting up to {wait:?} for {} crash directories", jobs.len()),
+            Err(e) => log::warn!("upload: {e}"),
         }
+        // The uploader ends once it finds the spool empty (or cannot read it), or has ended
+        // already; either way its thread's end disconnects `ended`.
+        self.stop.stop_when_empty();
+        let _ = self.ended.recv_timeout(wait);
         let left = self.spool.pending().map_or(0, |l| l.len());
         if left > 0 {
             log::warn!(
@@ -149,10 +124,76 @@ impl Delivery {
                 self.spool.root().display()
             );
         }
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
         Finished { left, abandoned: self.abandoned.load(Ordering::SeqCst), broken: self.broken.load(Ordering::SeqCst) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+    /// A finished crash directory under `base`.
+    fn crash_dir(base: &Path, name: &str) -> R<std::path::PathBuf> {
+        let dir = base.join(name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(delivery::REPORT), br#"{"signature": {"id": "0123456789abcdef"}}"#)?;
+        std::fs::write(dir.join("console.log"), b"Kernel panic - not syncing\n")?;
+        Ok(dir)
+    }
+
+    fn start(base: &Path, target: &str, events: &EventLog) -> R<Delivery> {
+        let options = UploadOptions { keep_local: true, max_rate: None };
+        Ok(Delivery::start(Target::parse(target)?, base, &options, events.clone())?)
+    }
+
+    /// `finish(wait)` on a thread of its own; what it returned, if it did within a minute (far
+    /// less than the waits the tests give it when it should return early).
+    fn finish(d: Delivery, wait: Duration) -> R<Finished> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(d.finish(wait));
+        });
+        Ok(rx.recv_timeout(Duration::from_secs(60))?)
+    }
+
+    #[test]
+    fn finish_returns_once_the_spool_has_drained() -> R {
+        let work = tempfile::tempdir()?;
+        let events = EventLog::disabled();
+        let d = start(work.path(), &format!("file://{}/store", work.path().display()), &events)?;
+        let meta = delivery::JobMeta { signature_id: "0123456789abcdef".into(), host: "h".into() };
+        for name in ["20261125T130105Z-001", "20261125T130106Z-002"] {
+            d.spool().enqueue(&crash_dir(work.path(), name)?, &meta)?;
+        }
+        let spool = d.spool().clone();
+        let done = finish(d, Duration::from_secs(24 * 3600))?;
+        assert_eq!(done, Finished { left: 0, abandoned: 0, broken: false });
+        assert_eq!(spool.delivered()?.len(), 2);
+        assert!(work.path().join("store/0123456789abcdef/h/20261125T130106Z-002/report.json").is_file());
+        // The uploader's events, in the event log as `upload_*` records.
+        let lines = events.since(0);
+        let completed = lines.iter().filter(|l| l.contains(r#""event":"upload_completed""#)).count();
+        assert_eq!(completed, 2, "{lines:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn finish_leaves_what_it_could_not_deliver_in_the_spool() -> R {
+        let work = tempfile::tempdir()?;
+        // A store under a regular file cannot be created: each attempt fails and is retried.
+        std::fs::write(work.path().join("blocker"), b"")?;
+        let events = EventLog::disabled();
+        let d = start(work.path(), &format!("file://{}/blocker/store", work.path().display()), &events)?;
+        let meta = delivery::JobMeta { signature_id: "0123456789abcdef".into(), host: "h".into() };
+        d.spool().enqueue(&crash_dir(work.path(), "20261125T130105Z-001")?, &meta)?;
+        let done = finish(d, Duration::from_millis(200))?;
+        assert_eq!(done, Finished { left: 1, abandoned: 0, broken: false });
+        Ok(())
     }
 }

@@ -18,8 +18,9 @@
 //! Cost is bounded: every page the guest writes during the dump is copied once. Past
 //! `max_copy` bytes the guest is paused until the vmcore is written, and the log says so.
 
-use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -30,10 +31,16 @@ use super::snapshot::Snapshot;
 use super::vmcore::{self, FilterSummary, VcpuState, VmcoreError, VmcoreInfoNote, VmcoreOptions, VmcoreSummary};
 use crate::seccomp::{self, ThreadKind};
 
-/// How often the dump looks whether the writer is done (and, with userfaultfd, at the copies).
-const POLL: Duration = Duration::from_millis(10);
-/// How often it looks at the copy-on-write cost (`smaps_rollup` walks the page tables).
+/// How often a fork snapshot's dump looks at the copy-on-write cost. The kernel copies those
+/// pages and tells nobody: this process's `smaps_rollup` is the only measure, and reading it
+/// walks the page tables, so it is read this often rather than at every page. (A userfaultfd
+/// snapshot's copier counts each copy and wakes the dump when the limit is passed.)
 const LOOK: Duration = Duration::from_millis(250);
+
+/// What the waiting dump is woken with, through its pipe (uffd): the writer thread ended.
+const WRITER_DONE: u8 = b'd';
+/// The copier passed the copy limit.
+const PAST_LIMIT: u8 = b'c';
 
 /// `--live-dump-snapshot`: how a live dump takes its copy-on-write snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
@@ -170,6 +177,15 @@ fn uffd_dump(
     max_copy: u64,
     on_snapshot: &dyn Fn(&LiveStats),
 ) -> Result<Dumped, VmcoreError> {
+    let err = |what: &str, e: std::io::Error| VmcoreError::Live(format!("{what}: {e}"));
+    // The dump sleeps until the writer ends or the copies pass the limit; each says so here.
+    let (wake, waker) = pipe().map_err(|e| err("pipe", e))?;
+    let copier_waker = waker.try_clone().map_err(|e| err("pipe", e))?;
+    snapshot.wake_past(max_copy, move || {
+        // One byte into an empty pipe: it cannot block. Should it fail, the writer's end still
+        // wakes the dump.
+        let _ = (&copier_waker).write_all(&[PAST_LIMIT]);
+    });
     let paused = Paused::now(vm);
     let protected = snapshot.protect();
     let mut stats = paused.resume(vm, SnapshotMethod::Uffd);
@@ -185,18 +201,27 @@ fn uffd_dump(
         let writer = std::thread::Builder::new()
             .name("live-dump-writer".into())
             .spawn_scoped(scope, || {
+                // Says so however the thread ends (a panic included).
+                let _done = Done(&waker);
                 // The vmcore writer's filter again (it has it already): a forbidden call is then
                 // reported with this thread's name.
                 seccomp::apply(ThreadKind::VmcoreWriter).map_err(|e| VmcoreError::Live(e.to_string()))?;
                 vmcore::write_vmcore_of_snapshot(&snapshot, mem, &vcpus, path, opts)
             })
             .map_err(|e| VmcoreError::Live(format!("cannot start the writer thread: {e}")))?;
+        let mut buf = [0u8; 16];
         loop {
-            std::thread::sleep(POLL);
-            if writer.is_finished() {
-                break;
+            match read_when_ready(&wake, &mut buf, None) {
+                Ok(Ready::Data(n)) if buf[..n].contains(&WRITER_DONE) => break,
+                Ok(Ready::Data(_)) => stats.check_limit(vm, snapshot.copied_bytes(), max_copy, was_paused),
+                Ok(Ready::Eof | Ready::TimedOut) => break,
+                Err(e) => {
+                    // Not expected; the join below still waits for the writer (without the
+                    // copy limit's pause).
+                    log::warn!("live dump: waiting for the writer: {e}");
+                    break;
+                }
             }
-            stats.check_limit(vm, snapshot.copied_bytes(), max_copy, was_paused);
         }
         writer.join().map_err(|_| VmcoreError::Live("the writer thread panicked".into()))?
     });
@@ -218,13 +243,7 @@ fn fork_dump(
     on_snapshot: &dyn Fn(&LiveStats),
 ) -> Result<Dumped, VmcoreError> {
     let err = |what: &str, e: std::io::Error| VmcoreError::Live(format!("{what}: {e}"));
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 returns.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(err("pipe", std::io::Error::last_os_error()));
-    }
-    // SAFETY: pipe2 just created these descriptors; each is owned once.
-    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (mut rx, tx) = pipe().map_err(|e| err("pipe", e))?;
     let paused = Paused::now(vm);
     // SAFETY: the child only writes the vmcore (memory reads, file writes, its own threads) and
     // leaves with _exit; it takes no lock another thread may hold: logging is off, and glibc's
@@ -246,42 +265,42 @@ fn fork_dump(
     // is what the running guest rewrote.
     let baseline = private_dirty();
     on_snapshot(&stats);
+    // The dump sleeps until the child's report comes through the pipe, or its end (the pipe's
+    // end), or the next look at the cost (`LOOK`: nothing tells of the kernel's copies).
     let mut last_look = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
     let status = loop {
-        let mut status = 0;
-        // SAFETY: waits for our own child, without blocking.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if r == pid {
-            break Ok(status);
-        }
-        if r < 0 {
-            break Err(err("waitpid", std::io::Error::last_os_error()));
-        }
-        if last_look.elapsed() < LOOK {
-            std::thread::sleep(POLL);
-            continue;
+        match read_when_ready(&rx, &mut buf, Some(LOOK.saturating_sub(last_look.elapsed()))) {
+            Ok(Ready::Data(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                continue;
+            }
+            // The child is gone, or going: it closes its end when it leaves.
+            Ok(Ready::Eof) => break reap(pid, 0).map_err(|e| err("waitpid", e)),
+            Ok(Ready::TimedOut) => {}
+            Err(e) => {
+                let _ = reap(pid, 0);
+                break Err(err("reading the writer's report", e));
+            }
         }
         last_look = Instant::now();
         let copied = private_dirty().saturating_sub(baseline);
         // A child that ended while we read gave its pages back: they are ours alone again and
         // read as private, copied or not. Only a reading with the child still there counts.
-        let mut status = 0;
-        // SAFETY: as above.
-        match unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } {
-            0 => {}
-            r if r == pid => break Ok(status),
-            _ => break Err(err("waitpid", std::io::Error::last_os_error())),
+        match reap(pid, libc::WNOHANG) {
+            Ok(None) => {}
+            r => break r.map_err(|e| err("waitpid", e)),
         }
         stats.copied_bytes = stats.copied_bytes.max(copied);
         stats.check_limit(vm, copied, max_copy, was_paused);
-        std::thread::sleep(POLL);
     };
     if stats.paused_for_rest {
         vm.resume();
     }
-    let status = status?;
-    let mut out = Vec::new();
-    std::fs::File::from(rx).read_to_end(&mut out).map_err(|e| err("reading the writer's report", e))?;
+    let status = status?.unwrap_or_default();
+    // The rest of the report (the child has ended: its end is closed).
+    rx.read_to_end(&mut out).map_err(|e| err("reading the writer's report", e))?;
     let wire: Wire = serde_json::from_slice(&out).map_err(|_| {
         VmcoreError::Live(format!("the writer process ended without a report (wait status {status:#x})"))
     })?;
@@ -302,7 +321,7 @@ fn fork_dump(
 }
 
 /// The writer process: write, report, leave.
-fn child(vm: &dyn VmControl, vcpus: &[VcpuState], path: &Path, opts: &VmcoreOptions, tx: OwnedFd) -> ! {
+fn child(vm: &dyn VmControl, vcpus: &[VcpuState], path: &Path, opts: &VmcoreOptions, tx: File) -> ! {
     log::set_max_level(log::LevelFilter::Off);
     let result = seccomp::apply(ThreadKind::LiveDumpWriter).map_err(|e| e.to_string()).and_then(|()| {
         let opts = VmcoreOptions { progress: false, on_progress: None, ..*opts };
@@ -330,13 +349,93 @@ fn child(vm: &dyn VmControl, vcpus: &[VcpuState], path: &Path, opts: &VmcoreOpti
     };
     let code = match serde_json::to_vec(&wire) {
         Ok(bytes) => {
-            let mut f = std::fs::File::from(tx);
-            i32::from(std::io::Write::write_all(&mut f, &bytes).is_err())
+            let mut f = tx;
+            i32::from(f.write_all(&bytes).is_err())
         }
         Err(_) => 1,
     };
     // SAFETY: leaves the child at once, running no destructor or exit handler of the parent's.
     unsafe { libc::_exit(code) }
+}
+
+/// A pipe, both ends close-on-exec: (read end, write end).
+fn pipe() -> std::io::Result<(File, File)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just created these descriptors; each is owned once.
+    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((rx.into(), tx.into()))
+}
+
+/// Writes [`WRITER_DONE`] when dropped: the writer thread's end, however it ends.
+struct Done<'a>(&'a File);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        // Should it fail, the dump waits for the writer in `join` instead.
+        let _ = self.0.write_all(&[WRITER_DONE]);
+    }
+}
+
+/// What [`read_when_ready`] found.
+enum Ready {
+    /// This many bytes were read.
+    Data(usize),
+    /// Every write end is closed.
+    Eof,
+    TimedOut,
+}
+
+/// Sleep until `fd` has something to read (or for `timeout` at most; `None`: no limit), then
+/// read what is there into `buf`.
+fn read_when_ready(mut fd: &File, buf: &mut [u8], timeout: Option<Duration>) -> std::io::Result<Ready> {
+    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
+    loop {
+        let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, for the call's duration.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Ok(Ready::TimedOut);
+        }
+        // Readable or hung up: this read does not block.
+        return match fd.read(buf) {
+            Ok(0) => Ok(Ready::Eof),
+            Ok(n) => Ok(Ready::Data(n)),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(e),
+        };
+    }
+}
+
+/// `waitpid` for our child `pid`: its wait status once it has ended (`None`: still running,
+/// with `WNOHANG`).
+fn reap(pid: libc::pid_t, flags: libc::c_int) -> std::io::Result<Option<libc::c_int>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child; `status` is a valid place for its status.
+        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+        return match r {
+            0 => Ok(None),
+            r if r == pid => Ok(Some(status)),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                Err(e)
+            }
+        };
+    }
 }
 
 /// This process's private dirty memory (`/proc/self/smaps_rollup`): what copy-on-write adds to

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -79,7 +79,11 @@ struct Shared {
     copies: Mutex<HashMap<usize, Arc<[u8]>>>,
     copied: AtomicU64,
     stop: AtomicBool,
+    /// Called (on the copier thread) when `copied` passes the limit: [`Snapshot::wake_past`].
+    past: OnceLock<(u64, PastLimit)>,
 }
+
+type PastLimit = Box<dyn Fn() + Send + Sync>;
 
 impl Shared {
     /// The bit of the page holding host address `addr`.
@@ -105,8 +109,13 @@ impl Shared {
         // writers are stopped on their fault until this thread lifts the protection below.
         let copy: Arc<[u8]> = Arc::from(unsafe { std::slice::from_raw_parts(page as *const u8, PAGE) });
         lock(&self.copies).insert(page, copy);
-        self.copied.fetch_add(PAGE as u64, Ordering::Release);
+        let before = self.copied.fetch_add(PAGE as u64, Ordering::Release);
         self.bits[bit / 64].fetch_or(1 << (bit % 64), Ordering::Release);
+        if let Some((limit, wake)) = self.past.get() {
+            if before <= *limit && before + PAGE as u64 > *limit {
+                wake();
+            }
+        }
     }
 }
 
@@ -169,6 +178,7 @@ impl<'m> Snapshot<'m> {
             copies: Mutex::new(HashMap::new()),
             copied: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            past: OnceLock::new(),
         });
         let uffd = Arc::new(uffd);
         let mut snapshot = Self {
@@ -221,6 +231,17 @@ impl<'m> Snapshot<'m> {
             uffd::write_protect(self.uffd.as_raw_fd(), a.host, a.len, on)?;
         }
         Ok(())
+    }
+
+    /// Once more than `limit` bytes were copied, call `wake` (once, on the copier thread: it
+    /// must not block). Only the first call sets it.
+    pub fn wake_past(&self, limit: u64, wake: impl Fn() + Send + Sync + 'static) {
+        if self.shared.past.set((limit, Box::new(wake))).is_ok() && self.copied_bytes() > limit {
+            // Passed before it was set: now, then (a second call at most, in a race).
+            if let Some((_, wake)) = self.shared.past.get() {
+                wake();
+            }
+        }
     }
 
     /// Guest memory copied so far because it was written after the snapshot.
