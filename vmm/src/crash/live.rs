@@ -20,14 +20,14 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::executor::{VmControl, PAUSE_TIMEOUT};
-use super::snapshot::Snapshot;
+use super::snapshot::{pipe, Snapshot};
 use super::vmcore::{self, FilterSummary, VcpuState, VmcoreError, VmcoreInfoNote, VmcoreOptions, VmcoreSummary};
 use crate::seccomp::{self, ThreadKind};
 
@@ -356,18 +356,6 @@ fn child(vm: &dyn VmControl, vcpus: &[VcpuState], path: &Path, opts: &VmcoreOpti
     };
     // SAFETY: leaves the child at once, running no destructor or exit handler of the parent's.
     unsafe { libc::_exit(code) }
-}
-
-/// A pipe, both ends close-on-exec: (read end, write end).
-fn pipe() -> std::io::Result<(File, File)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 returns.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 just created these descriptors; each is owned once.
-    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    Ok((rx.into(), tx.into()))
 }
 
 /// Writes [`WRITER_DONE`] when dropped: the writer thread's end, however it ends.

@@ -25,12 +25,12 @@
 //! as zero.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use thiserror::Error;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
@@ -78,7 +78,6 @@ struct Shared {
     /// Host page address -> the page as of the snapshot; never changed once inserted.
     copies: Mutex<HashMap<usize, Arc<[u8]>>>,
     copied: AtomicU64,
-    stop: AtomicBool,
     /// Called (on the copier thread) when `copied` passes the limit: [`Snapshot::wake_past`].
     past: OnceLock<(u64, PastLimit)>,
 }
@@ -119,6 +118,18 @@ impl Shared {
     }
 }
 
+/// A pipe, both ends close-on-exec: (read end, write end).
+pub(super) fn pipe() -> io::Result<(File, File)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just created these descriptors; each is owned once.
+    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((rx.into(), tx.into()))
+}
+
 /// A write-protect snapshot of guest RAM; dropping it lifts the protection.
 pub struct Snapshot<'m> {
     _mem: &'m GuestMemoryMmap,
@@ -128,6 +139,8 @@ pub struct Snapshot<'m> {
     uffd: Arc<OwnedFd>,
     shared: Arc<Shared>,
     copier: Option<JoinHandle<()>>,
+    /// The write end of the copier's stop pipe: dropping it (end of file) stops the copier.
+    stop: Option<File>,
     protected: bool,
 }
 
@@ -177,7 +190,6 @@ impl<'m> Snapshot<'m> {
             bits: (0..bits.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             copies: Mutex::new(HashMap::new()),
             copied: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
             past: OnceLock::new(),
         });
         let uffd = Arc::new(uffd);
@@ -188,12 +200,15 @@ impl<'m> Snapshot<'m> {
             uffd: uffd.clone(),
             shared: shared.clone(),
             copier: None,
+            stop: None,
             protected: false,
         };
+        let (stop_rx, stop_tx) = pipe().map_err(SnapshotError::Thread)?;
+        snapshot.stop = Some(stop_tx);
         snapshot.copier = Some(
             std::thread::Builder::new()
                 .name("snapshot-copier".into())
-                .spawn(move || copier(&uffd, &shared))
+                .spawn(move || copier(&uffd, &shared, &stop_rx))
                 .map_err(SnapshotError::Thread)?,
         );
         Ok(snapshot)
@@ -325,30 +340,35 @@ impl Drop for Snapshot<'_> {
                 log::warn!("live dump: unregistering guest RAM from its userfaultfd: {e}");
             }
         }
-        self.shared.stop.store(true, Ordering::Relaxed);
+        // End of file on the stop pipe wakes the copier, which ends.
+        drop(self.stop.take());
         if let Some(t) = self.copier.take() {
             let _ = t.join();
         }
     }
 }
 
-/// How long the copier waits for a fault before it looks whether it should stop.
-const COPIER_POLL: Duration = Duration::from_millis(20);
-
-/// The copier thread: for every write fault, save the page, then lift its protection.
-fn copier(uffd: &OwnedFd, shared: &Shared) {
+/// The copier thread: for every write fault, save the page, then lift its protection. It sleeps
+/// in poll(2) on the userfaultfd and its stop pipe, and ends when the pipe's write end goes.
+fn copier(uffd: &OwnedFd, shared: &Shared, stop: &File) {
     if let Err(e) = seccomp::apply(ThreadKind::SnapshotCopier) {
         // Without the filter it still serves the faults: a guest left waiting on them would hang.
         log::error!("live dump: {e}");
     }
     let fd = uffd.as_raw_fd();
     let mut msgs = [UffdMsg::default(); 16];
-    while !shared.stop.load(Ordering::Relaxed) {
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd, for the call's duration.
-        let ready = unsafe { libc::poll(&mut pfd, 1, COPIER_POLL.as_millis() as libc::c_int) };
+    loop {
+        let mut pfds = [
+            libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: two valid pollfds, for the call's duration.
+        let ready = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
         if ready <= 0 {
             continue;
+        }
+        if pfds[1].revents != 0 {
+            return;
         }
         // SAFETY: reads whole uffd_msg records into `msgs`, which has room for the length given.
         let n = unsafe { libc::read(fd, msgs.as_mut_ptr().cast(), std::mem::size_of_val(&msgs)) };
