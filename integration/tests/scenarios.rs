@@ -18,7 +18,7 @@ fn run(name: &str) -> (Outcome, Vec<Value>, String, PathBuf) {
         attempt += 1;
         let out = tempfile::Builder::new().prefix(&format!("crashvmm-{name}-")).tempdir().unwrap().keep();
         let o = run_scenario(&Setup::from_env(), name, &out, &RunOptions::default())
-            .unwrap_or_else(|e| panic!("scenario {name} could not run: {e}"));
+            .unwrap_or_else(|e| panic!("scenario {name} could not run: {:#}", anyhow::Error::from(e)));
         // The software KVM test host itself fails some boots (docs/boot-reliability.md): such a
         // run gets one more try, which must pass every check.
         match o.test_host_fault() {

@@ -57,7 +57,7 @@ const HVM_START_INFO_VERSION: u32 = 1;
 
 #[derive(Debug, Error)]
 pub enum BootError {
-    #[error("cannot read kernel {path}: {source}")]
+    #[error("cannot read kernel {path}")]
     KernelIo {
         path: PathBuf,
         #[source]
@@ -77,13 +77,13 @@ pub enum BootError {
          xloadflags {xloadflags:#x}); crashvmm needs a 64-bit bzImage, boot protocol 2.12+"
     )]
     Not64Bit { path: PathBuf, major: u8, minor: u8, xloadflags: u16 },
-    #[error("cannot load kernel {path}: {source}")]
+    #[error("cannot load kernel {path}")]
     KernelLoad {
         path: PathBuf,
         #[source]
         source: loader::Error,
     },
-    #[error("cannot read initrd {path}: {source}")]
+    #[error("cannot read initrd {path}")]
     InitrdIo {
         path: PathBuf,
         #[source]
@@ -98,7 +98,7 @@ pub enum BootError {
     CmdlineTooLong { len: usize, max: usize },
     #[error("invalid kernel command line: {0}")]
     Cmdline(String),
-    #[error("cannot write {what} into guest memory: {source}")]
+    #[error("cannot write {what} into guest memory")]
     GuestMemory {
         what: &'static str,
         #[source]

@@ -46,7 +46,7 @@ pub enum VmError {
     Console(#[from] ConsoleError),
     #[error(transparent)]
     EventLog(#[from] EventLogError),
-    #[error("cannot open {path}: {source} (is KVM available and accessible to this user?)")]
+    #[error("cannot open {path} (is KVM available and accessible to this user?)")]
     OpenKvm {
         path: PathBuf,
         #[source]
@@ -58,13 +58,13 @@ pub enum VmError {
     MissingCap(&'static str),
     #[error("{requested} vCPUs requested, this KVM allows at most {max}")]
     TooManyVcpus { requested: u32, max: usize },
-    #[error("{what} failed: {source}")]
+    #[error("{what} failed")]
     Kvm {
         what: &'static str,
         #[source]
         source: vmm_sys_util::errno::Error,
     },
-    #[error("cannot allocate {bytes} bytes of guest memory: {source}")]
+    #[error("cannot allocate {bytes} bytes of guest memory")]
     GuestMemory {
         bytes: u64,
         #[source]
@@ -76,7 +76,7 @@ pub enum VmError {
     Acpi(#[from] AcpiError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
-    #[error("device wiring: {0}")]
+    #[error("device wiring")]
     Bus(#[from] BusError),
     #[error(transparent)]
     Disk(#[from] DiskError),
@@ -86,7 +86,9 @@ pub enum VmError {
     Hyperv(#[from] HypervError),
     #[error(transparent)]
     ApiSocket(#[from] crate::api::BindError),
-    #[error("{what}: {source}")]
+    #[error("cannot start the upload")]
+    Upload(#[source] crate::upload::StartError),
+    #[error("{what}")]
     Io {
         what: &'static str,
         #[source]

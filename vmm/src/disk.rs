@@ -22,7 +22,7 @@ pub const CRASH_DISK_SERIAL: &str = "crashvmm-crashdisk";
 
 #[derive(Debug, Error)]
 pub enum DiskError {
-    #[error("cannot open disk {path}: {source}")]
+    #[error("cannot open disk {path}")]
     Open {
         path: PathBuf,
         #[source]

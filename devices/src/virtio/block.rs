@@ -168,7 +168,7 @@ enum RequestError {
     ReadOnly,
     #[error("buffer {addr:#x}+{len:#x} is not inside guest memory")]
     GuestMemory { addr: u64, len: u64 },
-    #[error("backend: {0}")]
+    #[error("backend I/O failed")]
     Backend(#[from] io::Error),
     #[error("unsupported request type {0}")]
     Unsupported(u32),

@@ -28,36 +28,13 @@ use serde::{Deserialize, Serialize};
 use super::executor::{VmControl, PAUSE_TIMEOUT};
 use super::snapshot::Snapshot;
 use super::vmcore::{self, FilterSummary, VcpuState, VmcoreError, VmcoreInfoNote, VmcoreOptions, VmcoreSummary};
+pub use crate::names::SnapshotMethod;
 use crate::seccomp::{self, ThreadKind};
 
 /// How often the dump looks whether the writer is done (and, with userfaultfd, at the copies).
 const POLL: Duration = Duration::from_millis(10);
 /// How often it looks at the copy-on-write cost (`smaps_rollup` walks the page tables).
 const LOOK: Duration = Duration::from_millis(250);
-
-/// `--live-dump-snapshot`: how a live dump takes its copy-on-write snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum SnapshotMethod {
-    /// userfaultfd write protection where the kernel and permissions allow it, else fork.
-    #[default]
-    Auto,
-    /// userfaultfd write protection (Linux 6.7+; CAP_SYS_PTRACE, vm.unprivileged_userfaultfd=1
-    /// or access to /dev/userfaultfd); a live dump fails without it.
-    Uffd,
-    /// fork(): the child process's memory is the snapshot.
-    Fork,
-}
-
-impl SnapshotMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SnapshotMethod::Auto => "auto",
-            SnapshotMethod::Uffd => "uffd",
-            SnapshotMethod::Fork => "fork",
-        }
-    }
-}
 
 /// How live dumps are taken: the copy limit and the snapshot's method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,11 +126,11 @@ pub fn live_dump(
 ) -> Result<Dumped, VmcoreError> {
     let snapshot = match live.method {
         SnapshotMethod::Fork => return fork_dump(vm, path, opts, live.max_copy, on_snapshot),
-        SnapshotMethod::Uffd => Snapshot::new(vm.memory()).map_err(|e| VmcoreError::Live(e.to_string()))?,
+        SnapshotMethod::Uffd => Snapshot::new(vm.memory()).map_err(|e| VmcoreError::Live(crate::error::chain(&e)))?,
         SnapshotMethod::Auto => match Snapshot::new(vm.memory()) {
             Ok(s) => s,
             Err(e) => {
-                log::info!("live dump: {e}; the snapshot is taken by fork() instead");
+                log::info!("live dump: {}; the snapshot is taken by fork() instead", crate::error::Chain(&e));
                 return fork_dump(vm, path, opts, live.max_copy, on_snapshot);
             }
         },
@@ -174,7 +151,7 @@ fn uffd_dump(
     let protected = snapshot.protect();
     let mut stats = paused.resume(vm, SnapshotMethod::Uffd);
     let Paused { was_paused, vcpus, stopped_in: paused_at, .. } = paused;
-    protected.map_err(|e| VmcoreError::Live(e.to_string()))?;
+    protected.map_err(|e| VmcoreError::Live(crate::error::chain(&e)))?;
     log::debug!(
         "live dump: vCPUs stopped in {paused_at:?}, guest RAM write-protected and running again after {} us",
         stats.pause_us
@@ -187,7 +164,7 @@ fn uffd_dump(
             .spawn_scoped(scope, || {
                 // The vmcore writer's filter again (it has it already): a forbidden call is then
                 // reported with this thread's name.
-                seccomp::apply(ThreadKind::VmcoreWriter).map_err(|e| VmcoreError::Live(e.to_string()))?;
+                seccomp::apply(ThreadKind::VmcoreWriter).map_err(|e| VmcoreError::Live(crate::error::chain(&e)))?;
                 vmcore::write_vmcore_of_snapshot(&snapshot, mem, &vcpus, path, opts)
             })
             .map_err(|e| VmcoreError::Live(format!("cannot start the writer thread: {e}")))?;
@@ -304,9 +281,9 @@ fn fork_dump(
 /// The writer process: write, report, leave.
 fn child(vm: &dyn VmControl, vcpus: &[VcpuState], path: &Path, opts: &VmcoreOptions, tx: OwnedFd) -> ! {
     log::set_max_level(log::LevelFilter::Off);
-    let result = seccomp::apply(ThreadKind::LiveDumpWriter).map_err(|e| e.to_string()).and_then(|()| {
+    let result = seccomp::apply(ThreadKind::LiveDumpWriter).map_err(|e| crate::error::chain(&e)).and_then(|()| {
         let opts = VmcoreOptions { progress: false, on_progress: None, ..*opts };
-        vmcore::write_vmcore(vm.memory(), vcpus, path, &opts).map_err(|e| e.to_string())
+        vmcore::write_vmcore(vm.memory(), vcpus, path, &opts).map_err(|e| crate::error::chain(&e))
     });
     let wire = match result {
         Ok(s) => Wire {
