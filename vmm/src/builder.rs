@@ -274,8 +274,7 @@ fn mmio_bus(vm: &VmFd, mem: &GuestMemoryMmap, disks: &[DiskSlot<'_>]) -> Result<
         };
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("virtio eventfd"))?;
         vm.register_irqfd(&irq, d.gsi).map_err(kvm_err("KVM_IRQFD (virtio)"))?;
-        let block =
-            VirtioBlock::new(backend, readonly, serial.as_bytes()).map_err(|e| DiskError::Virtio(e.to_string()))?;
+        let block = VirtioBlock::new(backend, readonly, serial.as_bytes()).map_err(DiskError::Block)?;
         let dev = Arc::new(Mutex::new(VirtioBlockMmio::new(block, mem.clone(), irq)?));
         mmio.insert(d.base, VIRTIO_MMIO_WINDOW, dev)?;
     }
