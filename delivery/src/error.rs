@@ -6,16 +6,16 @@ use thiserror::Error;
 pub enum DeliveryError {
     #[error("invalid upload URL {url}: {reason}")]
     Url { url: String, reason: String },
-    #[error("cannot {what} {path}: {source}")]
+    #[error("cannot {what} {path}")]
     Io {
         what: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("object store: {0}")]
+    #[error("object store")]
     Store(#[from] object_store::Error),
-    #[error("bad JSON in {path}: {source}")]
+    #[error("bad JSON in {path}")]
     Json {
         path: String,
         #[source]
@@ -25,8 +25,8 @@ pub enum DeliveryError {
     Checksum { path: String, detail: String },
     #[error("{0} is not a complete crash directory (no report.json in the store)")]
     Incomplete(String),
-    #[error("cannot start the upload runtime: {0}")]
-    Runtime(std::io::Error),
+    #[error("cannot start the upload runtime")]
+    Runtime(#[source] std::io::Error),
     /// The store has no such bucket or container (a write was answered "not found").
     #[error("{url}: no such bucket or container")]
     NoBucket {
@@ -42,6 +42,9 @@ pub enum DeliveryError {
     Unfinished(PathBuf),
     #[error("{0} changed size since it was queued")]
     Changed(PathBuf),
+    /// A task of the upload runtime that read a file failed (panicked or was cancelled).
+    #[error("reader task failed")]
+    Task(#[source] tokio::task::JoinError),
     #[error("{0}")]
     Other(String),
 }
@@ -68,6 +71,20 @@ impl DeliveryError {
     }
 }
 
+/// An error and its causes on one line, joined with ": " (the crate's messages leave the
+/// cause out; it is the `source()`). The same as `vmm::error::chain`, which sits above this
+/// crate.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
+}
+
 pub(crate) fn io<'a>(
     what: &'static str,
     path: &'a std::path::Path,
@@ -91,6 +108,11 @@ mod tests {
         );
         let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
         assert!(DeliveryError::Io { what: "stat", path: "/c/d/vmcore".into(), source: gone }.is_permanent());
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let e = DeliveryError::Io { what: "read", path: "/c/d/vmcore".into(), source: reset };
+        // The message names what failed, the chain adds why: the cause once.
+        assert_eq!(e.to_string(), "cannot read /c/d/vmcore");
+        assert_eq!(chain(&e), "cannot read /c/d/vmcore: connection reset");
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         assert!(!DeliveryError::Io { what: "read", path: "/c/d/vmcore".into(), source: reset }.is_permanent());
     }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use object_store::ObjectStoreExt;
 
-use crate::error::io;
+use crate::error::{chain, io};
 use crate::target::Target;
 use crate::{private, DeliveryError, REPORT};
 
@@ -75,7 +75,7 @@ async fn list_async(target: &Target) -> Result<Vec<Group>, DeliveryError> {
             match report.await {
                 Ok(report) => Some((sig, host, dir, report)),
                 Err(e) => {
-                    log::warn!("skipping {}: {e}", target.url_of(&format!("{sig}/{host}/{dir}/{REPORT}")));
+                    log::warn!("skipping {}: {}", target.url_of(&format!("{sig}/{host}/{dir}/{REPORT}")), chain(&e));
                     None
                 }
             }

@@ -21,7 +21,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::error::io;
+use crate::error::{chain, io};
 use crate::spool::{FileState, Job, MultipartState, Spool};
 use crate::target::{Scheme, Target};
 use crate::{DeliveryError, REPORT};
@@ -275,7 +275,7 @@ impl Uploader {
                     return Ok(delivered);
                 }
                 Err(e) => {
-                    log::warn!("delivery: cannot read the spool: {e}");
+                    log::warn!("delivery: cannot read the spool: {}", chain(&e));
                     Vec::new()
                 }
             };
@@ -303,7 +303,7 @@ impl Uploader {
                     Err(Halt::Error(e)) if e.is_permanent() => {
                         not_before.remove(&job.id);
                         job.attempts += 1;
-                        let error = e.to_string();
+                        let error = chain(&e);
                         match self.spool.fail(&mut job, &error) {
                             Ok(at) => {
                                 log::error!(
@@ -315,7 +315,11 @@ impl Uploader {
                                 progressed = true;
                             }
                             Err(f) => {
-                                log::error!("delivery: {}: {error}; cannot set it aside: {f}", job.path.display())
+                                log::error!(
+                                    "delivery: {}: {error}; cannot set it aside: {}",
+                                    job.path.display(),
+                                    chain(&f)
+                                )
                             }
                         }
                     }
@@ -323,15 +327,12 @@ impl Uploader {
                         let failures = not_before.get(&job.id).map_or(0, |(_, n)| *n) + 1;
                         let delay = backoff(&self.config, failures);
                         job.attempts += 1;
-                        job.last_error = Some(e.to_string());
+                        let error = chain(&e);
+                        job.last_error = Some(error.clone());
                         if let Err(e) = self.spool.save(&job) {
-                            log::warn!("delivery: cannot save {}: {e}", job.id);
+                            log::warn!("delivery: cannot save {}: {}", job.id, chain(&e));
                         }
-                        events(DeliveryEvent::Failed {
-                            dir: job.path.clone(),
-                            error: e.to_string(),
-                            retry_in_s: delay.as_secs_f64(),
-                        });
+                        events(DeliveryEvent::Failed { dir: job.path.clone(), error, retry_in_s: delay.as_secs_f64() });
                         let at = Instant::now() + delay;
                         not_before.insert(job.id.clone(), (at, failures));
                         next = Some(next.map_or(at, |n: Instant| n.min(at)));
@@ -617,7 +618,11 @@ impl Uploader {
                     if resumed && !sent_now {
                         if let Some(st) = job.files[i].multipart.as_mut() {
                             st.strikes += 1;
-                            log::warn!("delivery: {key}: upload {} failed its first part ({e})", st.upload_id);
+                            log::warn!(
+                                "delivery: {key}: upload {} failed its first part ({})",
+                                st.upload_id,
+                                chain(&e)
+                            );
                         }
                         self.spool.save(job)?;
                     }
@@ -729,7 +734,7 @@ async fn sleep_unless_stopped(d: Duration, stop: &StopSignal) {
 }
 
 fn blocking_err(e: tokio::task::JoinError) -> DeliveryError {
-    DeliveryError::Other(format!("reader task: {e}"))
+    DeliveryError::Task(e)
 }
 
 async fn read_all(path: &Path) -> Result<Vec<u8>, DeliveryError> {

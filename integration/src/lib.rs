@@ -396,7 +396,7 @@ pub enum RunnerError {
     UnknownScenario(String, String),
     #[error("{what} not found at {path}: {hint}")]
     Missing { what: &'static str, path: PathBuf, hint: &'static str },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]

@@ -23,7 +23,7 @@ fn run(name: &str) -> (Outcome, Vec<Value>, String, PathBuf) {
         attempt += 1;
         let out = tempfile::Builder::new().prefix(&format!("crashvmm-{name}-")).tempdir().unwrap().keep();
         let o = run_scenario(&Setup::from_env(), name, &out, &RunOptions::default())
-            .unwrap_or_else(|e| panic!("scenario {name} could not run: {e}"));
+            .unwrap_or_else(|e| panic!("scenario {name} could not run: {:#}", anyhow::Error::from(e)));
         // The software KVM test host itself fails some boots (docs/boot-reliability.md; more
         // often on a loaded machine, and a scenario that boots twice is exposed twice): such a
         // run gets up to two more tries, the last of which must pass every check.

@@ -700,11 +700,11 @@ impl KdumpFile {
                 flate2::read::ZlibDecoder::new(&raw[..])
                     .take(PAGE_SIZE + 1)
                     .read_to_end(&mut out)
-                    .map_err(|e| KdumpError::Decompress(e.to_string()))?;
+                    .map_err(|e| KdumpError::DecompressPage { pfn, source: e.into() })?;
                 out
             }
             DUMP_DH_COMPRESSED_LZO => lzokay_native::decompress_all(&raw, Some(PAGE_SIZE as usize))
-                .map_err(|e| KdumpError::Decompress(e.to_string()))?,
+                .map_err(|e| KdumpError::DecompressPage { pfn, source: e.into() })?,
             f => return Err(KdumpError::Decompress(format!("unsupported page flags {f:#x}"))),
         };
         if page.len() != PAGE_SIZE as usize {

@@ -121,9 +121,16 @@ pub enum KdumpError {
     Compress(String),
     #[error("decompression failed: {0}")]
     Decompress(String),
+    /// A page's compressed data the codec refused.
+    #[error("cannot decompress page {pfn:#x}")]
+    DecompressPage {
+        pfn: u64,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("layout overflows 64 bits")]
     Overflow,
-    #[error("I/O: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

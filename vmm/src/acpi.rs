@@ -36,7 +36,7 @@ pub enum AcpiError {
     TooLarge { needed: u64, available: u64 },
     #[error("{0} vCPUs do not fit in the MADT's 8-bit APIC ids")]
     TooManyVcpus(u32),
-    #[error("cannot write ACPI tables into guest memory: {0}")]
+    #[error("cannot write ACPI tables into guest memory")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
 }
 

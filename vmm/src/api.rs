@@ -490,7 +490,7 @@ fn answer(result: Result<CommandReply, CommandError>) -> Value {
             }
             v
         }
-        Err(e) => error(e),
+        Err(e) => error(crate::error::Chain(&e)),
     }
 }
 

@@ -57,7 +57,7 @@ const HVM_START_INFO_VERSION: u32 = 1;
 
 #[derive(Debug, Error)]
 pub enum BootError {
-    #[error("cannot read kernel {path}: {source}")]
+    #[error("cannot read kernel {path}")]
     KernelIo {
         path: PathBuf,
         #[source]
@@ -77,13 +77,13 @@ pub enum BootError {
          xloadflags {xloadflags:#x}); crashvmm needs a 64-bit bzImage, boot protocol 2.12+"
     )]
     Not64Bit { path: PathBuf, major: u8, minor: u8, xloadflags: u16 },
-    #[error("cannot load kernel {path}: {source}")]
+    #[error("cannot load kernel {path}")]
     KernelLoad {
         path: PathBuf,
         #[source]
         source: loader::Error,
     },
-    #[error("cannot read initrd {path}: {source}")]
+    #[error("cannot read initrd {path}")]
     InitrdIo {
         path: PathBuf,
         #[source]
@@ -96,16 +96,18 @@ pub enum BootError {
     InitrdTooLarge { path: PathBuf, size: u64, kernel_end: u64, limit: u64 },
     #[error("kernel command line is {len} bytes, the limit is {max}")]
     CmdlineTooLong { len: usize, max: usize },
-    #[error("invalid kernel command line: {0}")]
-    Cmdline(String),
-    #[error("cannot write {what} into guest memory: {source}")]
+    #[error("invalid kernel command line")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    #[error("cannot write the kernel command line into guest memory")]
+    CmdlineWrite(#[source] loader::Error),
+    #[error("cannot write {what} into guest memory")]
     GuestMemory {
         what: &'static str,
         #[source]
         source: vm_memory::GuestMemoryError,
     },
-    #[error("cannot write the zero page: {0}")]
-    ZeroPage(String),
+    #[error("cannot write the zero page")]
+    ZeroPage(#[source] linux_loader::configurator::Error),
 }
 
 /// Facts about a validated bzImage, read from its setup header.
@@ -271,8 +273,7 @@ fn load_pvh(
     if !modules.is_empty() {
         params.set_modules(&modules, GuestAddress(PVH_MODLIST_ADDR));
     }
-    PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem)
-        .map_err(|e| BootError::ZeroPage(e.to_string()))?;
+    PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem).map_err(BootError::ZeroPage)?;
     Ok(BootLayout {
         entry: BootEntry::Pvh { rip: rip.raw_value(), start_info: PVH_START_INFO_ADDR },
         kernel_end,
@@ -286,11 +287,11 @@ fn write_cmdline(mem: &GuestMemoryMmap, max: usize, cmdline: &str) -> Result<u64
     if cmdline.len() + 1 > max {
         return Err(BootError::CmdlineTooLong { len: cmdline.len(), max: max - 1 });
     }
-    let mut cl = Cmdline::new(max).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    let mut cl = Cmdline::new(max).map_err(BootError::Cmdline)?;
     if !cmdline.trim().is_empty() {
-        cl.insert_str(cmdline.trim()).map_err(|e| BootError::Cmdline(e.to_string()))?;
+        cl.insert_str(cmdline.trim()).map_err(BootError::Cmdline)?;
     }
-    loader::load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &cl).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    loader::load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &cl).map_err(BootError::CmdlineWrite)?;
     Ok(CMDLINE_ADDR)
 }
 
@@ -341,7 +342,7 @@ fn load_linux(
         &BootParams::new::<boot_params>(&params, GuestAddress(ZERO_PAGE_ADDR)),
         mem,
     )
-    .map_err(|e| BootError::ZeroPage(e.to_string()))?;
+    .map_err(BootError::ZeroPage)?;
 
     Ok(BootLayout {
         entry: BootEntry::Linux64 { rip: loaded.kernel_load.raw_value() + STARTUP_64_OFFSET },

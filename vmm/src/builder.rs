@@ -46,7 +46,7 @@ pub enum VmError {
     Console(#[from] ConsoleError),
     #[error(transparent)]
     EventLog(#[from] EventLogError),
-    #[error("cannot open {path}: {source} (is KVM available and accessible to this user?)")]
+    #[error("cannot open {path} (is KVM available and accessible to this user?)")]
     OpenKvm {
         path: PathBuf,
         #[source]
@@ -58,13 +58,13 @@ pub enum VmError {
     MissingCap(&'static str),
     #[error("{requested} vCPUs requested, this KVM allows at most {max}")]
     TooManyVcpus { requested: u32, max: usize },
-    #[error("{what} failed: {source}")]
+    #[error("{what} failed")]
     Kvm {
         what: &'static str,
         #[source]
         source: vmm_sys_util::errno::Error,
     },
-    #[error("cannot allocate {bytes} bytes of guest memory: {source}")]
+    #[error("cannot allocate {bytes} bytes of guest memory")]
     GuestMemory {
         bytes: u64,
         #[source]
@@ -76,7 +76,7 @@ pub enum VmError {
     Acpi(#[from] AcpiError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
-    #[error("device wiring: {0}")]
+    #[error("device wiring")]
     Bus(#[from] BusError),
     #[error(transparent)]
     Disk(#[from] DiskError),
@@ -86,7 +86,9 @@ pub enum VmError {
     Hyperv(#[from] HypervError),
     #[error(transparent)]
     ApiSocket(#[from] crate::api::BindError),
-    #[error("{what}: {source}")]
+    #[error("cannot start the upload")]
+    Upload(#[source] crate::upload::StartError),
+    #[error("{what}")]
     Io {
         what: &'static str,
         #[source]
@@ -272,8 +274,7 @@ fn mmio_bus(vm: &VmFd, mem: &GuestMemoryMmap, disks: &[DiskSlot<'_>]) -> Result<
         };
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("virtio eventfd"))?;
         vm.register_irqfd(&irq, d.gsi).map_err(kvm_err("KVM_IRQFD (virtio)"))?;
-        let block =
-            VirtioBlock::new(backend, readonly, serial.as_bytes()).map_err(|e| DiskError::Virtio(e.to_string()))?;
+        let block = VirtioBlock::new(backend, readonly, serial.as_bytes()).map_err(DiskError::Block)?;
         let dev = Arc::new(Mutex::new(VirtioBlockMmio::new(block, mem.clone(), irq)?));
         mmio.insert(d.base, VIRTIO_MMIO_WINDOW, dev)?;
     }

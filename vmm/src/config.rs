@@ -20,7 +20,7 @@ pub const MAX_VCPUS: u32 = 255;
 pub enum ConfigError {
     #[error(transparent)]
     Kernel(#[from] BootError),
-    #[error("cannot read initrd {path}: {source}")]
+    #[error("cannot read initrd {path}")]
     Initrd {
         path: PathBuf,
         #[source]

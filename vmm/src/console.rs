@@ -38,7 +38,7 @@ impl FromStr for ConsoleMode {
 
 #[derive(Debug, Error)]
 pub enum ConsoleError {
-    #[error("cannot create console file {path}: {source}")]
+    #[error("cannot create console file {path}")]
     Create {
         path: PathBuf,
         #[source]

@@ -22,7 +22,7 @@ pub const CRASH_DISK_SERIAL: &str = "crashvmm-crashdisk";
 
 #[derive(Debug, Error)]
 pub enum DiskError {
-    #[error("cannot open disk {path}: {source}")]
+    #[error("cannot open disk {path}")]
     Open {
         path: PathBuf,
         #[source]
@@ -39,8 +39,10 @@ pub enum DiskError {
     Size { path: PathBuf, len: u64 },
     #[error("at most {} virtio devices", VIRTIO_GSIS.len())]
     TooMany,
-    #[error("virtio device: {0}")]
-    Virtio(String),
+    #[error("cannot set up the virtio-mmio transport")]
+    Mmio(#[source] devices::virtio::VirtioMmioError),
+    #[error("invalid virtio-blk device")]
+    Block(#[source] devices::virtio::VirtioBlockError),
 }
 
 /// A disk image file.
@@ -109,7 +111,7 @@ pub struct VirtioBlockMmio {
 
 impl VirtioBlockMmio {
     pub fn new(block: VirtioBlock<FileBackend>, mem: GuestMemoryMmap, irq: EventFd) -> Result<Self, DiskError> {
-        let transport = VirtioMmio::new(block).map_err(|e| DiskError::Virtio(e.to_string()))?;
+        let transport = VirtioMmio::new(block).map_err(DiskError::Mmio)?;
         Ok(Self { transport, mem, irq })
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::names::{SnapshotMethod, Trigger, VmcoreSource};
 use crate::sync::lock;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -87,7 +88,7 @@ pub enum Event {
     /// `pvpanic` trigger the `ts` of its `pvpanic` event): order a crash's detection by it, not
     /// by this line's `ts`, which is when the main thread got to it.
     CrashDetected {
-        trigger: String,
+        trigger: Trigger,
         #[serde(skip_serializing_if = "Option::is_none")]
         signal_ts: Option<String>,
     },
@@ -95,14 +96,14 @@ pub enum Event {
     VmcoreWritten {
         path: String,
         bytes: u64,
-        source: String,
+        source: VmcoreSource,
         duration_ms: u64,
         /// A live dump: how long the guest was paused for its snapshot.
         #[serde(skip_serializing_if = "Option::is_none")]
         pause_us: Option<u64>,
         /// A live dump: how the snapshot was taken (`uffd` or `fork`).
         #[serde(skip_serializing_if = "Option::is_none")]
-        snapshot: Option<String>,
+        snapshot: Option<SnapshotMethod>,
     },
     /// Writing a vmcore failed; the report says so too.
     VmcoreFailed {
@@ -131,7 +132,7 @@ pub enum Event {
         pause_us: Option<u64>,
         /// A live dump: how the snapshot was taken (`uffd` or `fork`).
         #[serde(skip_serializing_if = "Option::is_none")]
-        snapshot: Option<String>,
+        snapshot: Option<SnapshotMethod>,
     },
     /// At start: a temporary directory under the crash directory that a crashvmm no longer
     /// running (`pid`) left: a crash directory or operator's dump it did not finish. Kept, not
@@ -331,7 +332,7 @@ struct Record<'a> {
 
 #[derive(Debug, Error)]
 pub enum EventLogError {
-    #[error("cannot create event log {path}: {source}")]
+    #[error("cannot create event log {path}")]
     Create {
         path: PathBuf,
         #[source]
@@ -521,7 +522,7 @@ mod tests {
         assert_eq!(lines[1]["event"], "vm_exited");
         assert_eq!(lines[1]["exit_code"], 0);
         let mark = log.mark();
-        log.emit(Event::CrashDetected { trigger: "pvpanic".into(), signal_ts: None });
+        log.emit(Event::CrashDetected { trigger: Trigger::Pvpanic, signal_ts: None });
         assert_eq!(log.since(mark).len(), 1);
         assert!(log.since(mark)[0].contains("crash_detected"));
         assert_eq!(log.since(0).len(), 3);
@@ -530,6 +531,47 @@ mod tests {
         assert_eq!(ts.len(), 27, "{ts}");
         assert!(ts.ends_with('Z'));
         chrono::DateTime::parse_from_rfc3339(ts).unwrap();
+    }
+
+    /// The vocabulary's enums serialize to the very strings the log carried when these fields
+    /// were strings: a reader of `events.jsonl` sees the same lines.
+    #[test]
+    fn vocabulary_fields_are_written_as_their_names() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-05T01:02:03.456789Z").unwrap().with_timezone(&Utc);
+        let line = |e: Event| EventLog::format_at(&e, at);
+        assert_eq!(
+            line(Event::CrashDetected { trigger: Trigger::HvCrash, signal_ts: None }),
+            "{\"ts\":\"2026-12-05T01:02:03.456789Z\",\"event\":\"crash_detected\",\"trigger\":\"hv_crash\"}\n"
+        );
+        assert_eq!(
+            line(Event::VmcoreWritten {
+                path: "/c/vmcore".into(),
+                bytes: 10,
+                source: VmcoreSource::Host,
+                duration_ms: 3,
+                pause_us: Some(7),
+                snapshot: Some(SnapshotMethod::Uffd),
+            }),
+            "{\"ts\":\"2026-12-05T01:02:03.456789Z\",\"event\":\"vmcore_written\",\"path\":\"/c/vmcore\",\
+             \"bytes\":10,\"source\":\"host\",\"duration_ms\":3,\"pause_us\":7,\"snapshot\":\"uffd\"}\n"
+        );
+        assert_eq!(
+            line(Event::VmcoreWritten {
+                path: "/c/vmcore".into(),
+                bytes: 10,
+                source: VmcoreSource::Guest,
+                duration_ms: 3,
+                pause_us: None,
+                snapshot: None,
+            }),
+            "{\"ts\":\"2026-12-05T01:02:03.456789Z\",\"event\":\"vmcore_written\",\"path\":\"/c/vmcore\",\
+             \"bytes\":10,\"source\":\"guest\",\"duration_ms\":3}\n"
+        );
+        assert_eq!(
+            line(Event::DumpStarted { path: "/d".into(), pause_us: Some(1), snapshot: Some(SnapshotMethod::Fork) }),
+            "{\"ts\":\"2026-12-05T01:02:03.456789Z\",\"event\":\"dump_started\",\"path\":\"/d\",\"pause_us\":1,\
+             \"snapshot\":\"fork\"}\n"
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 pub enum HypervError {
     #[error("this KVM lacks {0}, which crashvmm needs")]
     MissingCap(&'static str),
-    #[error("{what} failed: {source}")]
+    #[error("{what} failed")]
     Kvm {
         what: &'static str,
         #[source]

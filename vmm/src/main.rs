@@ -138,8 +138,7 @@ fn deliver(
 ) -> anyhow::Result<i32> {
     let options = vmm::upload::UploadOptions { keep_local, max_rate: max_rate.map(parse_memory).transpose()? };
     vmm::seccomp::init(SeccompMode::On, None, None)?;
-    let d = vmm::upload::Delivery::start(target, crash_dir, &options, vmm::events::EventLog::disabled())
-        .map_err(anyhow::Error::msg)?;
+    let d = vmm::upload::Delivery::start(target, crash_dir, &options, vmm::events::EventLog::disabled())?;
     Ok(i32::from(!d.finish(wait).all_delivered()))
 }
 
@@ -413,7 +412,7 @@ fn main() -> ExitCode {
         // A reader that went away (`crashvmm ctl subscribe | head -1`) ends us quietly.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("crashvmm: error: {}", error_chain(&e));
+            eprintln!("crashvmm: error: {}", vmm::error::Chain(e.as_ref()));
             ExitCode::from(code::ERROR as u8)
         }
     }
@@ -421,23 +420,6 @@ fn main() -> ExitCode {
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
-}
-
-/// The error and its causes on one line, leaving out a cause whose text the error already
-/// quotes (many of ours say "cannot read X: {source}" and also expose the source).
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
 }
 
 fn run(args: RunArgs) -> anyhow::Result<i32> {

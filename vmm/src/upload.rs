@@ -56,13 +56,34 @@ impl Finished {
     }
 }
 
+/// Why the uploader did not start ([`Delivery::start`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create {}", path.display())]
+    CrashDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The spool refused (not crashvmm's, not private) or could not be set up.
+    #[error(transparent)]
+    Spool(#[from] delivery::DeliveryError),
+    #[error("cannot start the upload thread")]
+    Thread(#[source] std::io::Error),
+}
+
 impl Delivery {
     /// Start the uploader for the spool of `crash_dir`. Called before the vmm thread confines
     /// itself: seccomp filters stack, and the vmm's allows no socket.
-    pub fn start(target: Target, crash_dir: &Path, options: &UploadOptions, events: EventLog) -> Result<Self, String> {
+    pub fn start(
+        target: Target,
+        crash_dir: &Path,
+        options: &UploadOptions,
+        events: EventLog,
+    ) -> Result<Self, StartError> {
         crate::files::create_private_dir_all(crash_dir)
-            .map_err(|e| format!("cannot create {}: {e}", crash_dir.display()))?;
-        let spool = Spool::open(crash_dir).map_err(|e| e.to_string())?;
+            .map_err(|source| StartError::CrashDir { path: crash_dir.to_owned(), source })?;
+        let spool = Spool::open(crash_dir)?;
         let config = UploaderConfig {
             keep_local: options.keep_local,
             max_bytes_per_sec: options.max_rate,
@@ -81,7 +102,7 @@ impl Delivery {
                 // Dropped when the thread ends, however it ends: that wakes `finish`.
                 let _ended = ended_tx;
                 if let Err(e) = seccomp::apply(ThreadKind::Upload) {
-                    log::error!("upload: {e}; crash directories stay in the spool");
+                    log::error!("upload: {}; crash directories stay in the spool", crate::error::Chain(&e));
                     broken_flag.store(true, Ordering::SeqCst);
                     return;
                 }
@@ -92,11 +113,11 @@ impl Delivery {
                     events.emit(Event::Upload(e));
                 };
                 if let Err(e) = uploader.run(&signal, &emit) {
-                    log::error!("upload: {e}; crash directories stay in the spool");
+                    log::error!("upload: {}; crash directories stay in the spool", crate::error::Chain(&e));
                     broken_flag.store(true, Ordering::SeqCst);
                 }
             })
-            .map_err(|e| format!("cannot start the upload thread: {e}"))?;
+            .map_err(StartError::Thread)?;
         Ok(Self { spool, stop, abandoned, broken, ended, thread: Some(thread) })
     }
 
@@ -111,7 +132,7 @@ impl Delivery {
         match self.spool.pending() {
             Ok(jobs) if jobs.is_empty() => {}
             Ok(jobs) => log::info!("upload: waiting up to {wait:?} for {} crash directories", jobs.len()),
-            Err(e) => log::warn!("upload: {e}"),
+            Err(e) => log::warn!("upload: {}", crate::error::Chain(&e)),
         }
         // The uploader ends once it finds the spool empty (or cannot read it), or has ended
         // already; either way its thread's end disconnects `ended`.

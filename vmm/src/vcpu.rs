@@ -32,7 +32,7 @@ use crate::watchdog::Sample;
 
 #[derive(Debug, Error)]
 pub enum VcpuError {
-    #[error("vCPU {vcpu}: {what} failed: {source}")]
+    #[error("vCPU {vcpu}: {what} failed")]
     Kvm {
         vcpu: u32,
         what: &'static str,

@@ -207,7 +207,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     let delivery = match &config.upload {
         Some(target) => {
             let d = Delivery::start(target.clone(), &config.crash_dir, &config.upload_options, events.clone())
-                .map_err(|e| VmError::Io { what: "upload", source: io::Error::other(e) })?;
+                .map_err(VmError::Upload)?;
             lock(&crash).upload_spool = Some(d.spool().clone());
             Some(d)
         }
@@ -319,7 +319,7 @@ fn run_machine(s: &Session, machine: Machine) -> Result<BootEnd, VmError> {
             .name(format!("vcpu{id}"))
             .spawn(move || match seccomp::apply(ThreadKind::Vcpu) {
                 Ok(()) => vcpu::run_vcpu(id as u32, fd, vm, ctx, state),
-                Err(e) => state.request(VmExit::Error(format!("vCPU {id}: {e}"))),
+                Err(e) => state.request(VmExit::Error(format!("vCPU {id}: {}", crate::error::Chain(&e)))),
             })
             .map_err(io_err("spawning a vCPU thread"))?;
         threads.push(t);

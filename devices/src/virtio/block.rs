@@ -168,7 +168,7 @@ enum RequestError {
     ReadOnly,
     #[error("buffer {addr:#x}+{len:#x} is not inside guest memory")]
     GuestMemory { addr: u64, len: u64 },
-    #[error("backend: {0}")]
+    #[error("backend I/O failed")]
     Backend(#[from] io::Error),
     #[error("unsupported request type {0}")]
     Unsupported(u32),
@@ -360,7 +360,9 @@ impl<B: BlockBackend> VirtioBlock<B> {
         let (status, written) = match self.execute(&descriptors, mem) {
             Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
             Err(e) => {
-                log::log!(self.warnings.level(), "virtio-blk: request {head}: {e}");
+                // The backend's I/O error is the cause (`source`), not part of the message.
+                let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
+                log::log!(self.warnings.level(), "virtio-blk: request {head}: {e}{cause}");
                 (e.status(), 0)
             }
         };

@@ -98,7 +98,7 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("scenario {name}: error: {e}");
+            eprintln!("scenario {name}: error: {:#}", anyhow::Error::from(e));
             ExitCode::FAILURE
         }
     }

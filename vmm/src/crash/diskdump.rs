@@ -107,7 +107,9 @@ pub(super) fn write(
     file.sync_all().map_err(|source| VmcoreError::Sync { path: path.to_path_buf(), source })?;
     bar.finish_and_clear();
     let sha256 = match opts.sha256 {
-        true => Some(super::report::sha256_file(path).map_err(|e| write_err(std::io::Error::other(e.to_string())))?),
+        true => Some(
+            super::report::sha256_file(path).map_err(|e| write_err(std::io::Error::other(crate::error::chain(&e))))?,
+        ),
         false => None,
     };
     let meta = file.metadata().map_err(write_err)?;

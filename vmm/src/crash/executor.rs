@@ -74,34 +74,34 @@ pub enum DumpError {
     /// The crash has no directory to write into (its creation failed, with this reason).
     #[error("{0}")]
     NoCrashDirectory(String),
-    #[error("cannot create {}: {source}", path.display())]
+    #[error("cannot create {}", path.display())]
     CreateDir {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{source}{}", free.map_or(String::new(), |f| format!(" ({f} bytes free)")))]
+    #[error("vmcore not written{}", free.map_or(String::new(), |f| format!(" ({f} bytes free)")))]
     Write {
         #[source]
         source: VmcoreError,
         /// Bytes free where the vmcore was written, when known.
         free: Option<u64>,
     },
-    #[error("cannot open {}: {source}", path.display())]
+    #[error("cannot open {}", path.display())]
     CrashDiskOpen {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    CrashDiskIo(#[source] std::io::Error),
+    #[error(transparent)]
+    CrashDiskIo(std::io::Error),
     #[error(transparent)]
     CrashDiskFormat(#[from] flat::FlatError),
     #[error(transparent)]
     Record(#[from] ReportError),
-    #[error("cannot start the vmcore writer thread: {0}")]
+    #[error("cannot start the vmcore writer thread")]
     Thread(#[source] std::io::Error),
-    #[error("vmcore writer thread: {0}")]
+    #[error("cannot confine the vmcore writer thread")]
     Confine(#[source] SeccompError),
     #[error("the vmcore writer thread panicked")]
     WriterPanicked,
@@ -112,7 +112,7 @@ pub enum DumpError {
 pub enum CommandError {
     #[error("no vCPU {vcpu} (the VM has {vcpus})")]
     NoSuchVcpu { vcpu: u32, vcpus: u32 },
-    #[error("dump failed: {0}")]
+    #[error("dump failed")]
     Dump(#[from] DumpError),
     #[error("this boot of the guest is ending; try again once it runs")]
     Ending,
@@ -543,12 +543,14 @@ impl CrashHandling {
                     }
                     Err(e) => {
                         let error = self.dump_result(&reason, None, Err(e));
+                        let error = error.as_ref().map(|e| crate::error::Chain(e));
                         let error = error.as_ref().map(|e| e as &dyn Display);
                         queue.extend(self.orchestrator.on_dump_done(&reason, error, Instant::now()));
                     }
                 },
                 Action::CollectKdump => {
                     let result = self.collect_kdump();
+                    let result = result.as_ref().map(|c| *c).map_err(|e| crate::error::Chain(e));
                     let result = result.as_ref().map(|c| *c).map_err(|e| e as &dyn Display);
                     queue.extend(self.orchestrator.on_kdump_collected(result, Instant::now()));
                 }
@@ -582,7 +584,7 @@ impl CrashHandling {
         // Its cause's time, observed where the guest did it: the main thread may get to this
         // line long after the guest went on (to its kexec, say).
         let signal_ts = self.last_signal.as_ref().map(|t| crate::events::ts(t.at));
-        self.events.emit(Event::CrashDetected { trigger: trigger.to_string(), signal_ts });
+        self.events.emit(Event::CrashDetected { trigger, signal_ts });
         self.record_error = None;
         match CrashRecord::begin(&self.crash_dir, n, trigger) {
             Ok(mut r) => {
@@ -592,13 +594,13 @@ impl CrashHandling {
                 }
                 // The first record, should crashvmm be killed before the directory is complete.
                 if let Err(e) = r.progress(ReportState::Recording, self.orchestrator.policy(), &self.guest) {
-                    log::warn!("{e}");
+                    log::warn!("{}", crate::error::Chain(&e));
                 }
                 self.record = Some(r);
             }
             Err(e) => {
-                log::error!("{e}; this crash gets no crash directory");
-                self.record_error = Some(e.to_string());
+                log::error!("{}; this crash gets no crash directory", crate::error::Chain(&e));
+                self.record_error = Some(crate::error::chain(&e));
             }
         }
     }
@@ -621,7 +623,7 @@ impl CrashHandling {
             let no_dir = self.no_crash_directory();
             let Some(record) = self.record.as_mut() else { return Err(no_dir) };
             if let Err(e) = record.writing_vmcore(reason, self.orchestrator.policy(), &self.guest) {
-                log::warn!("{e}");
+                log::warn!("{}", crate::error::Chain(&e));
             }
             let target =
                 DumpTarget { path: record.vmcore_partial_path(), shown: record.final_dir.join("vmcore"), hold };
@@ -653,7 +655,7 @@ impl CrashHandling {
                     events.emit(Event::DumpStarted {
                         path: shown.clone(),
                         pause_us: Some(l.pause_us),
-                        snapshot: Some(l.snapshot.as_str().into()),
+                        snapshot: Some(l.snapshot),
                     })
                 };
                 target.write(&events, vm.as_ref(), &why, opts, live, &started)
@@ -668,6 +670,7 @@ impl CrashHandling {
         let Some(job) = self.job.take() else { return };
         let written = job.thread.join().unwrap_or(Err(DumpError::WriterPanicked));
         let error = self.dump_result(&job.reason, job.operator, written);
+        let error = error.as_ref().map(|e| crate::error::Chain(e));
         let error = error.as_ref().map(|e| e as &dyn Display);
         let mut queue = job.rest;
         queue.extend(self.orchestrator.on_dump_done(&job.reason, error, Instant::now()));
@@ -699,7 +702,7 @@ impl CrashHandling {
                     }),
                     Err(e) => {
                         // The vmcore stays where it is; the next start reports the directory.
-                        log::error!("operator dump left in {}: {e}", record.tmp_dir.display());
+                        log::error!("operator dump left in {}: {}", record.tmp_dir.display(), crate::error::Chain(&e));
                         Err(DumpError::Record(e))
                     }
                 },
@@ -720,8 +723,12 @@ impl CrashHandling {
                 match record.set_vmcore(&w.summary, reason) {
                     Ok(()) => None,
                     Err(e) => {
-                        log::error!("vmcore left as {}: {e}", record.vmcore_partial_path().display());
-                        record.vmcore_error = Some(e.to_string());
+                        log::error!(
+                            "vmcore left as {}: {}",
+                            record.vmcore_partial_path().display(),
+                            crate::error::Chain(&e)
+                        );
+                        record.vmcore_error = Some(crate::error::chain(&e));
                         Some(DumpError::Record(e))
                     }
                 }
@@ -729,7 +736,7 @@ impl CrashHandling {
             (Ok(_), None) => Some(self.no_crash_directory()),
             (Err(e), record) => {
                 if let Some(record) = record {
-                    record.vmcore_error = Some(e.to_string());
+                    record.vmcore_error = Some(crate::error::chain(&e));
                 }
                 Some(e)
             }
@@ -749,7 +756,7 @@ impl CrashHandling {
         let duration = self.kexec_at.map_or(Duration::ZERO, |t| t.elapsed());
         let file = "vmcore.kdump";
         if let Err(e) = record.collecting_kdump(file, self.orchestrator.policy(), &self.guest) {
-            log::warn!("{e}");
+            log::warn!("{}", crate::error::Chain(&e));
         }
         let out_path = record.partial_path(file);
         let result = (|| -> Result<u64, DumpError> {
@@ -772,7 +779,7 @@ impl CrashHandling {
                 self.events.emit(Event::VmcoreWritten {
                     path: record.final_dir.join(file).display().to_string(),
                     bytes,
-                    source: VmcoreSource::Guest.as_str().into(),
+                    source: VmcoreSource::Guest,
                     duration_ms,
                     pause_us: None,
                     snapshot: None,
@@ -781,8 +788,9 @@ impl CrashHandling {
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&out_path);
-                log::error!("kdump: no dump collected from {}: {e}", disk.display());
-                record.vmcore_error = Some(format!("crash disk: {e}"));
+                let why = crate::error::Chain(&e);
+                log::error!("kdump: no dump collected from {}: {why}", disk.display());
+                record.vmcore_error = Some(format!("crash disk: {why}"));
                 Err(e)
             }
         }
@@ -815,12 +823,12 @@ impl CrashHandling {
                     // One small job file; the upload thread does the rest.
                     match delivery::JobMeta::from_dir(&dir).and_then(|meta| spool.enqueue(&dir, &meta)) {
                         Ok(_) => log::info!("upload: {} queued", dir.display()),
-                        Err(e) => log::error!("upload: {} not queued: {e}", dir.display()),
+                        Err(e) => log::error!("upload: {} not queued: {}", dir.display(), crate::error::Chain(&e)),
                     }
                 }
                 self.last_dir = Some(dir);
             }
-            Err(e) => log::error!("crash directory incomplete: {e}"),
+            Err(e) => log::error!("crash directory incomplete: {}", crate::error::Chain(&e)),
         }
         self.events_mark = self.events.mark();
     }
@@ -919,18 +927,18 @@ impl DumpTarget {
                 events.emit(Event::VmcoreWritten {
                     path: self.shown.display().to_string(),
                     bytes: s.bytes,
-                    source: VmcoreSource::Host.as_str().into(),
+                    source: VmcoreSource::Host,
                     duration_ms: s.duration.as_millis() as u64,
                     pause_us: w.live.map(|l| l.pause_us),
-                    snapshot: w.live.map(|l| l.snapshot.as_str().into()),
+                    snapshot: w.live.map(|l| l.snapshot),
                 });
                 Ok(w)
             }
             Err(source) => {
                 let _ = std::fs::remove_file(&self.path);
                 let e = DumpError::Write { source, free: free_bytes(dir) };
-                log::error!("vmcore not written: {e}");
-                events.emit(Event::VmcoreFailed { reason: e.to_string() });
+                log::error!("{}", crate::error::Chain(&e));
+                events.emit(Event::VmcoreFailed { reason: crate::error::chain(&e) });
                 Err(e)
             }
         }
@@ -1217,7 +1225,9 @@ mod tests {
         let mut h = handling(Path::new("/proc/crashvmm-no-such-dir"), &events);
         let vm = FakeVm::new();
         let e = h.command_done(Command::Dump(Default::default()), &sh(&vm)).unwrap_err();
-        assert!(e.to_string().starts_with("dump failed: cannot create /proc/crashvmm-no-such-dir:"), "{e}");
+        // What failed, then each cause once.
+        let enoent = std::io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(crate::error::chain(&e), format!("dump failed: cannot create /proc/crashvmm-no-such-dir: {enoent}"));
         assert_eq!(vm.calls(), ["pause", "resume"]);
         assert_eq!(h.end(), None);
     }

@@ -34,7 +34,7 @@ pub enum FlatError {
     TooLarge(u64),
     #[error("the flattened dump ends without its end marker after {0} records (was the crash kernel stopped?)")]
     Truncated(u64),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::executor::{VmControl, PAUSE_TIMEOUT};
 use super::snapshot::{pipe, Snapshot};
 use super::vmcore::{self, FilterSummary, VcpuState, VmcoreError, VmcoreInfoNote, VmcoreOptions, VmcoreSummary};
+pub use crate::names::SnapshotMethod;
 use crate::seccomp::{self, ThreadKind};
 
 /// How often a fork snapshot's dump looks at the copy-on-write cost. The kernel copies those
@@ -41,30 +42,6 @@ const LOOK: Duration = Duration::from_millis(250);
 const WRITER_DONE: u8 = b'd';
 /// The copier passed the copy limit.
 const PAST_LIMIT: u8 = b'c';
-
-/// `--live-dump-snapshot`: how a live dump takes its copy-on-write snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum SnapshotMethod {
-    /// userfaultfd write protection where the kernel and permissions allow it, else fork.
-    #[default]
-    Auto,
-    /// userfaultfd write protection (Linux 6.7+; CAP_SYS_PTRACE, vm.unprivileged_userfaultfd=1
-    /// or access to /dev/userfaultfd); a live dump fails without it.
-    Uffd,
-    /// fork(): the child process's memory is the snapshot.
-    Fork,
-}
-
-impl SnapshotMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SnapshotMethod::Auto => "auto",
-            SnapshotMethod::Uffd => "uffd",
-            SnapshotMethod::Fork => "fork",
-        }
-    }
-}
 
 /// How live dumps are taken: the copy limit and the snapshot's method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,11 +133,11 @@ pub fn live_dump(
 ) -> Result<Dumped, VmcoreError> {
     let snapshot = match live.method {
         SnapshotMethod::Fork => return fork_dump(vm, path, opts, live.max_copy, on_snapshot),
-        SnapshotMethod::Uffd => Snapshot::new(vm.memory()).map_err(|e| VmcoreError::Live(e.to_string()))?,
+        SnapshotMethod::Uffd => Snapshot::new(vm.memory()).map_err(|e| VmcoreError::Live(crate::error::chain(&e)))?,
         SnapshotMethod::Auto => match Snapshot::new(vm.memory()) {
             Ok(s) => s,
             Err(e) => {
-                log::info!("live dump: {e}; the snapshot is taken by fork() instead");
+                log::info!("live dump: {}; the snapshot is taken by fork() instead", crate::error::Chain(&e));
                 return fork_dump(vm, path, opts, live.max_copy, on_snapshot);
             }
         },
@@ -190,7 +167,7 @@ fn uffd_dump(
     let protected = snapshot.protect();
     let mut stats = paused.resume(vm, SnapshotMethod::Uffd);
     let Paused { was_paused, vcpus, stopped_in: paused_at, .. } = paused;
-    protected.map_err(|e| VmcoreError::Live(e.to_string()))?;
+    protected.map_err(|e| VmcoreError::Live(crate::error::chain(&e)))?;
     log::debug!(
         "live dump: vCPUs stopped in {paused_at:?}, guest RAM write-protected and running again after {} us",
         stats.pause_us
@@ -205,7 +182,7 @@ fn uffd_dump(
                 let _done = Done(&waker);
                 // The vmcore writer's filter again (it has it already): a forbidden call is then
                 // reported with this thread's name.
-                seccomp::apply(ThreadKind::VmcoreWriter).map_err(|e| VmcoreError::Live(e.to_string()))?;
+                seccomp::apply(ThreadKind::VmcoreWriter).map_err(|e| VmcoreError::Live(crate::error::chain(&e)))?;
                 vmcore::write_vmcore_of_snapshot(&snapshot, mem, &vcpus, path, opts)
             })
             .map_err(|e| VmcoreError::Live(format!("cannot start the writer thread: {e}")))?;
@@ -323,9 +300,9 @@ fn fork_dump(
 /// The writer process: write, report, leave.
 fn child(vm: &dyn VmControl, vcpus: &[VcpuState], path: &Path, opts: &VmcoreOptions, tx: File) -> ! {
     log::set_max_level(log::LevelFilter::Off);
-    let result = seccomp::apply(ThreadKind::LiveDumpWriter).map_err(|e| e.to_string()).and_then(|()| {
+    let result = seccomp::apply(ThreadKind::LiveDumpWriter).map_err(|e| crate::error::chain(&e)).and_then(|()| {
         let opts = VmcoreOptions { progress: false, on_progress: None, ..*opts };
-        vmcore::write_vmcore(vm.memory(), vcpus, path, &opts).map_err(|e| e.to_string())
+        vmcore::write_vmcore(vm.memory(), vcpus, path, &opts).map_err(|e| crate::error::chain(&e))
     });
     let wire = match result {
         Ok(s) => Wire {

@@ -39,7 +39,7 @@ use crate::files;
 
 #[derive(Debug, Error)]
 pub enum ReportError {
-    #[error("cannot {what} {path}: {source}")]
+    #[error("cannot {what} {path}")]
     Io {
         what: &'static str,
         path: PathBuf,

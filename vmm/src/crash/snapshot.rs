@@ -47,18 +47,18 @@ const PAGE: usize = 4096;
 
 #[derive(Debug, Error)]
 pub enum SnapshotError {
-    #[error("no userfaultfd: {0} (the userfaultfd system call needs CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1; /dev/userfaultfd needs read and write access)")]
-    Open(io::Error),
-    #[error("this kernel's userfaultfd has no write protection of anonymous memory (Linux 5.7): {0}")]
-    Features(io::Error),
-    #[error("/proc/self/pagemap cannot list the pages that hold data (PAGEMAP_SCAN, Linux 6.7): {0}")]
-    PagemapScan(io::Error),
-    #[error("cannot register guest RAM at {host:#x} (+{len:#x}) for write protection: {source}")]
+    #[error("no userfaultfd (the userfaultfd system call needs CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1; /dev/userfaultfd needs read and write access)")]
+    Open(#[source] io::Error),
+    #[error("this kernel's userfaultfd has no write protection of anonymous memory (Linux 5.7)")]
+    Features(#[source] io::Error),
+    #[error("/proc/self/pagemap cannot list the pages that hold data (PAGEMAP_SCAN, Linux 6.7)")]
+    PagemapScan(#[source] io::Error),
+    #[error("cannot register guest RAM at {host:#x} (+{len:#x}) for write protection")]
     Register { host: usize, len: usize, source: io::Error },
-    #[error("cannot write-protect guest RAM: {0}")]
-    Protect(io::Error),
-    #[error("cannot start the live dump's copier thread: {0}")]
-    Thread(io::Error),
+    #[error("cannot write-protect guest RAM")]
+    Protect(#[source] io::Error),
+    #[error("cannot start the live dump's copier thread")]
+    Thread(#[source] io::Error),
 }
 
 /// One registered range of guest RAM and where its pages' bits start.
@@ -353,7 +353,7 @@ impl Drop for Snapshot<'_> {
 fn copier(uffd: &OwnedFd, shared: &Shared, stop: &File) {
     if let Err(e) = seccomp::apply(ThreadKind::SnapshotCopier) {
         // Without the filter it still serves the faults: a guest left waiting on them would hang.
-        log::error!("live dump: {e}");
+        log::error!("live dump: {}", crate::error::Chain(&e));
     }
     let fd = uffd.as_raw_fd();
     let mut msgs = [UffdMsg::default(); 16];

@@ -247,11 +247,11 @@ pub struct VmcoreInfoNote {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmcoreError {
-    #[error("cannot create vmcore {path}: {source}")]
+    #[error("cannot create vmcore {path}")]
     Create { path: PathBuf, source: io::Error },
-    #[error("cannot write vmcore {path}: {source}")]
+    #[error("cannot write vmcore {path}")]
     Write { path: PathBuf, source: io::Error },
-    #[error("cannot flush vmcore {path} to disk: {source}")]
+    #[error("cannot flush vmcore {path} to disk")]
     Sync { path: PathBuf, source: io::Error },
     #[error("guest memory region at {gpa:#x} has no host mapping")]
     NoHostMapping { gpa: u64 },
@@ -261,7 +261,7 @@ pub enum VmcoreError {
     Overflow,
     #[error("the vmcore hashing thread failed")]
     Hasher,
-    #[error("cannot write the kdump-format vmcore {path}: {source}")]
+    #[error("cannot write the kdump-format vmcore {path}")]
     Kdump { path: PathBuf, source: kdump::KdumpError },
     #[error("live dump: {0}")]
     Live(String),
@@ -967,7 +967,7 @@ fn write_elf(
                 .spawn_scoped(scope, || match crate::seccomp::apply(crate::seccomp::ThreadKind::VmcoreHasher) {
                     Ok(()) => hash_file(&layout, regions, pagemap, keep, &hashed, &cancel),
                     Err(e) => {
-                        log::error!("vmcore: {e}");
+                        log::error!("vmcore: {}", crate::error::Chain(&e));
                         None
                     }
                 })
@@ -1428,7 +1428,7 @@ mod tests {
         }
         // The kdump format too.
         let err = write_vmcore(&mem, &[vcpu(0)], full, &VmcoreOptions::default()).unwrap_err();
-        assert!(err.to_string().contains("No space left on device"), "{err}");
+        assert!(crate::error::chain(&err).contains("No space left on device"), "{err:?}");
     }
 
     #[test]

@@ -1,48 +1,12 @@
 //! The closed sets crash handling talks in: what triggered a crash, why a vmcore is taken, how
 //! a crash ended, where its vmcore came from, what the operator asked for. Each is an enum;
 //! its `Display` (or serde name) is the exact text `report.json` and `events.jsonl` carry.
+//! `Trigger` and `VmcoreSource`, which events carry too, are `crate::names`'s (re-exported).
 
 use std::fmt;
 use std::time::Duration;
 
-use serde::Serialize;
-
-/// What set a crash off (`trigger` in `report.json` and `crash_detected`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    /// pvpanic PANICKED or CRASH_LOADED.
-    Pvpanic,
-    /// The Hyper-V crash MSRs (CRASH_CTL with CRASH_NOTIFY).
-    HvCrash,
-    /// A vCPU triple-faulted.
-    TripleFault,
-    /// KVM could not run a vCPU.
-    KvmFailure,
-    /// The watchdog found the guest hung.
-    GuestHang,
-    /// A crash soon after crashvmm injected an NMI (control socket).
-    NmiInjection,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Pvpanic => "pvpanic",
-            Trigger::HvCrash => "hv_crash",
-            Trigger::TripleFault => "triple_fault",
-            Trigger::KvmFailure => "kvm_failure",
-            Trigger::GuestHang => "guest_hang",
-            Trigger::NmiInjection => "nmi_injection",
-        }
-    }
-}
-
-impl fmt::Display for Trigger {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::names::{Trigger, VmcoreSource};
 
 /// Why crashvmm collects a crash from guest memory itself (the host-side vmcore's `reason`,
 /// and the first half of an outcome when no vmcore is taken).
@@ -191,26 +155,6 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// Who wrote a vmcore (`source` in `report.json` and `vmcore_written`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VmcoreSource {
-    /// crashvmm, from guest memory.
-    Host,
-    /// The guest's own kdump (makedumpfile in its crash kernel).
-    Guest,
-}
-
-impl VmcoreSource {
-    /// The name events carry (`events.rs` sits below `crash` and takes plain strings).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VmcoreSource::Host => "host",
-            VmcoreSource::Guest => "guest",
-        }
-    }
-}
-
 /// Which vCPUs an NMI goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NmiTargets {
@@ -249,10 +193,6 @@ mod tests {
     #[test]
     fn texts_are_the_reports_words() {
         assert_eq!(serde_json::to_value(Trigger::NmiInjection).unwrap(), "nmi_injection");
-        for s in [VmcoreSource::Host, VmcoreSource::Guest] {
-            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
-        }
-        assert_eq!(serde_json::to_value(Trigger::GuestHang).unwrap(), Trigger::GuestHang.as_str());
         assert_eq!(Trigger::HvCrash.to_string(), "hv_crash");
         assert_eq!(
             DumpReason::KdumpTimeout(Duration::from_secs(60)).to_string(),

@@ -95,19 +95,19 @@ impl ThreadKind {
 
 #[derive(Debug, Error)]
 pub enum SeccompError {
-    #[error("cannot build the {kind} seccomp filter: {source}")]
+    #[error("cannot build the {kind} seccomp filter")]
     Build {
         kind: &'static str,
         #[source]
         source: seccompiler::BackendError,
     },
-    #[error("cannot install the {kind} seccomp filter: {source}")]
+    #[error("cannot install the {kind} seccomp filter")]
     Install {
         kind: &'static str,
         #[source]
         source: seccompiler::Error,
     },
-    #[error("cannot install the SIGSYS handler: {0}")]
+    #[error("cannot install the SIGSYS handler")]
     Handler(#[source] std::io::Error),
 }
 
