@@ -220,7 +220,7 @@ impl Default for Policy {
 
 /// What the executor must do, in order. The executor carries out every action it is handed,
 /// in order; what must wait (for a dump, for an UNLOAD's answer) the orchestrator holds back
-/// itself ([`Deferred`]), and nothing follows a `Stop` or a `Reset`.
+/// itself (`Deferred`), and nothing follows a `Stop` or a `Reset`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// A crash signal is decided now (having waited for a dump, perhaps; `seen` is when it
@@ -280,7 +280,7 @@ enum Phase {
 
 /// A host-side vmcore being written (off the main thread): what for, whether the guest runs
 /// meanwhile (a live dump), since when. One at a time: while it is written, the operator's
-/// commands are refused with it, deadlines wait, and crash signals wait ([`Deferred`]).
+/// commands are refused with it, deadlines wait, and crash signals wait (`Deferred`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DumpInProgress {
     pub reason: DumpReason,
