@@ -1457,3 +1457,57 @@ fn a_crash_dump_killed_mid_write_leaves_only_a_temporary_that_the_next_start_rep
     assert_eq!(r.names(), ["stale_temporary", "vm_started", "vm_exited"]);
     drop(first_out);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The main thread while a dump is written
+
+impl Running {
+    /// The context switches (voluntary and not) of crashvmm's main thread so far: each time it
+    /// slept and woke, or was preempted (`/proc/PID/task/PID/status`).
+    fn main_thread_switches(&self) -> u64 {
+        let pid = self.child.id();
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status")).expect("the main thread's status");
+        ["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"]
+            .iter()
+            .map(|k| {
+                let v = status.lines().find_map(|l| l.strip_prefix(k)).unwrap_or_else(|| panic!("no {k} in {status}"));
+                v.trim().parse::<u64>().expect("a count")
+            })
+            .sum()
+    }
+}
+
+/// While a vmcore is written, crashvmm's main thread sleeps until the writer says it is done:
+/// it does not poll for the dump's end, nor wake for the watchdog (which does not judge the
+/// guest meanwhile). Counted over 2 s of an operator's dump held in progress (the test knob
+/// stops the writer after its first progress report), with a watchdog ticking every 250 ms
+/// otherwise: a 2 ms poll made about a thousand wake-ups in that time.
+#[test]
+fn the_main_thread_sleeps_while_a_dump_is_written() {
+    let args = ["--api-socket", "OUT/api.sock", "--watchdog", "1s"];
+    let hold = [("CRASHVMM_TEST_HOLD_DUMP", "progress")];
+    let Some(mut r) = start_with("idle", &args, Launch { env: &hold, ..Launch::default() }) else { return };
+    let mut guard = KillOnDrop(Some(r.child.id()));
+    r.wait_for_console("TG: idle: ready");
+    let mut asked = Command::new(&r.binary)
+        .arg("ctl")
+        .arg("--api-socket")
+        .arg(r.out.join("api.sock"))
+        .arg("dump")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running crashvmm ctl");
+    // The writer has stopped for good: the dump stays in progress.
+    r.wait_for_event("dump_progress");
+    let before = r.main_thread_switches();
+    std::thread::sleep(Duration::from_secs(2));
+    let woke = r.main_thread_switches() - before;
+    let _ = asked.kill();
+    let _ = asked.wait();
+    guard.0 = None;
+    let (_out, _) = r.kill();
+    eprintln!("the main thread woke {woke} times in 2 s of a dump in progress");
+    assert!(woke <= 6, "the main thread woke {woke} times in 2 s while the dump was in progress");
+}

@@ -18,18 +18,19 @@ use devices::rtc::Rtc;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::Kvm;
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::api::{self, ApiServer};
 pub use crate::builder::VmError;
 use crate::builder::{self, io_err, kvm_err, Machine, SerialDevice, Shared};
 use crate::config::VmConfig;
-use crate::console::{ConsoleMode, ConsoleOutput, EscapeFilter, RawTerminal, SharedConsole};
+use crate::console::{ConsoleMode, ConsoleOutput, ConsoleTail, EscapeFilter, RawTerminal, SharedConsole};
 use crate::control::{ExitState, Kicker, VcpuControl};
-use crate::crash::executor::{BootEnd, CrashHandling, SharedVm};
+use crate::crash::executor::{BootEnd, CrashHandling, CrashHandlingConfig, SharedVm};
 use crate::crash::live::LiveOptions;
 use crate::crash::report::GuestInfo;
-use crate::crash::{CrashSignal, Orchestrator, Policy};
+use crate::crash::{CrashSignal, Policy};
 use crate::events::{Event, EventLog};
 use crate::exit::VmExit;
 use crate::seccomp::{self, ThreadKind};
@@ -178,21 +179,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         signal_hook::low_level::pipe::register(signal, tx).map_err(io_err("signal handler"))?;
         signal_pipes.push((signal, rx));
     }
-    let policy = Policy { hyperv: config.hyperv, ..config.policy.clone() };
-    let guest = GuestInfo {
-        kernel: config.kernel.display().to_string(),
-        cmdline: config.cmdline.clone(),
-        memory_bytes: config.memory_bytes,
-        vcpus: config.vcpus,
-    };
-    let mut handling =
-        CrashHandling::new(Orchestrator::new(policy), config.crash_dir.clone(), guest, events.clone(), console.tail());
-    handling.crash_disk = config.crash_disk.as_ref().map(|c| c.path.clone());
-    handling.vmcore_sha256 = config.vmcore_sha256;
-    handling.dump_spec = config.dump;
-    handling.live = LiveOptions { max_copy: config.live_dump_max_copy, method: config.live_dump_snapshot };
-    handling.report_leftovers();
-    let crash = Arc::new(Mutex::new(handling));
+    CrashHandling::report_leftovers(&config.crash_dir, &events);
     let raw_terminal = match config.console {
         ConsoleMode::Stdio => RawTerminal::enable(),
         _ => None,
@@ -205,14 +192,16 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     seccomp::init(config.seccomp, events.raw_fd(), config.seccomp_selftest)?;
     // The uploader first: filters stack, and the vmm thread's allows no socket.
     let delivery = match &config.upload {
-        Some(target) => {
-            let d = Delivery::start(target.clone(), &config.crash_dir, &config.upload_options, events.clone())
-                .map_err(VmError::Upload)?;
-            lock(&crash).upload_spool = Some(d.spool().clone());
-            Some(d)
-        }
+        Some(target) => Some(
+            Delivery::start(target.clone(), &config.crash_dir, &config.upload_options, events.clone())
+                .map_err(VmError::Upload)?,
+        ),
         None => None,
     };
+    let spool = delivery.as_ref().map(|d| d.spool().clone());
+    let handling = CrashHandling::new(crash_handling_config(config, events.clone(), console.tail(), spool))
+        .map_err(io_err("dump eventfd"))?;
+    let crash = Arc::new(Mutex::new(handling));
     seccomp::apply(ThreadKind::Vmm)?;
     let started = Instant::now();
     let session = Session {
@@ -253,6 +242,33 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     events.emit(Event::VmExited { exit_code: exit.exit_code(), reason: exit.reason() });
     events.sync();
     Ok(exit)
+}
+
+/// What crash handling is given, as `config` says, with the session's event log, console and
+/// upload spool.
+fn crash_handling_config(
+    config: &VmConfig,
+    events: EventLog,
+    console: ConsoleTail,
+    upload_spool: Option<delivery::Spool>,
+) -> CrashHandlingConfig {
+    CrashHandlingConfig {
+        policy: Policy { hyperv: config.hyperv, ..config.policy.clone() },
+        crash_dir: config.crash_dir.clone(),
+        guest: GuestInfo {
+            kernel: config.kernel.display().to_string(),
+            cmdline: config.cmdline.clone(),
+            memory_bytes: config.memory_bytes,
+            vcpus: config.vcpus,
+        },
+        crash_disk: config.crash_disk.as_ref().map(|c| c.path.clone()),
+        vmcore_sha256: config.vmcore_sha256,
+        dump_spec: config.dump,
+        live: LiveOptions { max_copy: config.live_dump_max_copy, method: config.live_dump_snapshot },
+        upload_spool,
+        events,
+        console,
+    }
 }
 
 /// A file removed when this goes (the control socket's).
@@ -328,7 +344,10 @@ fn run_machine(s: &Session, machine: Machine) -> Result<BootEnd, VmError> {
     let mut watchdog = s.config.watchdog.map(|period| (Watchdog::new(period, Instant::now()), Instant::now()));
     // Run until the executor decides (stop, reset) or a vCPU thread stops the VM.
     while lock(&s.crash).end().is_none() && state.get().is_none() {
-        let tick = watchdog.as_ref().map(|(w, last)| *last + w.tick());
+        // While a vmcore is written nothing here is timed: its end wakes the loop (`DumpWatcher`),
+        // and the watchdog does not judge the guest meanwhile, so it does not wake the loop.
+        let dumping = lock(&s.crash).dump_in_progress().is_some();
+        let tick = watchdog.as_ref().filter(|_| !dumping).map(|(w, last)| *last + w.tick());
         let deadline = [lock(&s.crash).deadline(), ctx.deferred.next_due(), tick].into_iter().flatten().min();
         let timeout_ms = deadline
             .map_or(-1, |d| d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32);
@@ -336,8 +355,14 @@ fn run_machine(s: &Session, machine: Machine) -> Result<BootEnd, VmError> {
             state.request(VmExit::Error(format!("event loop: {e:?}")));
         }
         ctx.post_due(Instant::now());
-        lock(&s.crash).poll_dump(&control);
         lock(&s.crash).timer(&control);
+        if let Some((w, last)) = watchdog.as_mut().filter(|_| dumping) {
+            // The time a vmcore was being written does not count as a stall.
+            let now = Instant::now();
+            w.hold(now.saturating_duration_since(*last));
+            *last = now;
+            continue;
+        }
         if let Some((w, last)) = watchdog.as_mut().filter(|(w, last)| Instant::now() >= *last + w.tick()) {
             let now = Instant::now();
             let elapsed = now.saturating_duration_since(*last);
@@ -397,6 +422,8 @@ fn event_loop(
         .map_err(|e| VmError::Io { what: "event manager", source: io::Error::other(format!("{e:?}")) })?;
     manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher(state.clone()))));
     manager.add_subscriber(Arc::new(Mutex::new(CrashWatcher { ctx: ctx.clone(), crash: s.crash.clone() })));
+    let notify = lock(&s.crash).dump_notifier();
+    manager.add_subscriber(Arc::new(Mutex::new(DumpWatcher { notify, ctx: ctx.clone(), crash: s.crash.clone() })));
     let pipes = s
         .signal_pipes
         .iter()
@@ -443,6 +470,27 @@ impl MutEventSubscriber for CrashWatcher {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(self.ctx.signals.notify_fd(), EventSet::IN)) {
             log::error!("cannot watch crash signals: {e:?}");
+        }
+    }
+}
+
+/// Wakes the main loop when the `vmcore-writer` thread is done: what waited for the vmcore
+/// follows.
+struct DumpWatcher {
+    notify: Arc<EventFd>,
+    ctx: Arc<ExitContext>,
+    crash: Arc<Mutex<CrashHandling>>,
+}
+
+impl MutEventSubscriber for DumpWatcher {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.notify.read();
+        let vm: SharedVm = self.ctx.clone();
+        lock(&self.crash).dump_done(&vm);
+    }
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.notify.as_ref(), EventSet::IN)) {
+            log::error!("cannot watch the vmcore writer: {e:?}");
         }
     }
 }

@@ -10,13 +10,16 @@
 //! Host-side vmcores are written by a `vmcore-writer` thread, one at a time, while the main
 //! thread goes on serving its event loop: the control socket answers at once (a second dump,
 //! or any other command, is refused with the dump in progress: [`Orchestrator::on_command`]),
-//! crash signals wait here and are decided in order once the dump is written, and the actions
-//! after the dump's run then ([`CrashHandling::poll_dump`]).
+//! and crash signals wait in the orchestrator. The thread says it is done on an eventfd
+//! ([`CrashHandling::dump_notifier`]) that the main loop watches; the main loop then calls
+//! [`CrashHandling::dump_done`], and the orchestrator hands out what waited for the dump
+//! ([`Orchestrator::on_dump_done`]).
 
 use std::collections::VecDeque;
 use std::fmt::Display;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,12 +27,13 @@ use std::time::{Duration, Instant};
 use chrono::{SecondsFormat, Utc};
 use thiserror::Error;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
-use super::live::{self, LiveOptions, LiveStats, SnapshotMethod};
+use super::live::{self, LiveOptions, LiveStats};
 use super::report::{self, CrashRecord, DumpRecord, GuestInfo, ReportError, ReportState, TimedSignal};
 use super::vmcore::{self, DumpSpec, VcpuState, VmcoreError, VmcoreOptions, VmcoreSummary};
 use super::{
-    flat, Action, Command, CrashSignal, DumpInProgress, DumpReason, NmiTargets, Orchestrator, Outcome, Trigger,
+    flat, Action, Command, CrashSignal, DumpInProgress, DumpReason, NmiTargets, Orchestrator, Outcome, Policy, Trigger,
     VmcoreSource,
 };
 use crate::console::ConsoleTail;
@@ -64,9 +68,6 @@ pub type SharedVm = Arc<dyn VmControl + Send + Sync>;
 /// Who asked for a command, and gets its reply: called once, at once, or for a dump once the
 /// vmcore is written (the control socket writes it to the connection that asked).
 pub type Answer = Box<dyn FnOnce(Result<CommandReply, CommandError>) + Send>;
-
-/// How often the main loop looks whether the vmcore being written is done.
-pub const DUMP_POLL: Duration = Duration::from_millis(2);
 
 /// Why a vmcore was not written or collected.
 #[derive(Debug, Error)]
@@ -152,11 +153,24 @@ pub struct DumpStatus {
 struct DumpJob {
     reason: DumpReason,
     status: DumpStatus,
-    /// The actions after its `HostDump`: carried out once it is written.
-    rest: VecDeque<Action>,
-    /// The operator's dump: its directory being written (its answer names the final one).
-    operator: Option<DumpRecord>,
-    thread: JoinHandle<Result<Written, DumpError>>,
+    /// What the thread wrote, sent as its last act (before it signals the eventfd). Nothing
+    /// sent and the sender gone: the thread panicked.
+    result: mpsc::Receiver<Result<Written, DumpError>>,
+    thread: JoinHandle<()>,
+}
+
+/// The operator's dump (the control socket's `dump`), from the command to its answer.
+struct OperatorDumpJob {
+    /// Its format and level.
+    spec: DumpSpec,
+    /// A live dump: the guest runs meanwhile.
+    live: bool,
+    /// Who asked.
+    answer: Answer,
+    /// Its directory while the vmcore is written (the answer names the final one).
+    record: Option<DumpRecord>,
+    /// What it gave, until it is answered.
+    result: Option<Result<OperatorDump, DumpError>>,
 }
 
 /// What a command did.
@@ -187,6 +201,28 @@ pub const DEFAULT_LIVE_MAX_COPY: u64 = 1 << 30;
 /// can observe. Nothing but SIGKILL ends such a crashvmm.
 pub const TEST_HOLD_DUMP_ENV: &str = "CRASHVMM_TEST_HOLD_DUMP";
 
+/// Everything crash handling is given at start (`vm.rs` builds it from the `VmConfig`).
+pub struct CrashHandlingConfig {
+    pub policy: Policy,
+    /// Where crash directories (and the operator's dumps) go.
+    pub crash_dir: PathBuf,
+    pub guest: GuestInfo,
+    /// The disk the guest's crash kernel writes its dump to.
+    pub crash_disk: Option<PathBuf>,
+    /// Compute the SHA-256 of host-side vmcores (`--vmcore-sha256`).
+    pub vmcore_sha256: bool,
+    /// Format, dump level and compression of host-side vmcores.
+    pub dump_spec: DumpSpec,
+    /// `--live-dump-max-copy` (guest memory a live dump may have copied on write before it
+    /// pauses the guest for the rest) and `--live-dump-snapshot`.
+    pub live: LiveOptions,
+    /// `--upload`: the spool each finished crash directory is queued in.
+    pub upload_spool: Option<delivery::Spool>,
+    pub events: EventLog,
+    /// The console's tail, for crash reports and signatures.
+    pub console: ConsoleTail,
+}
+
 /// Crash handling state that outlives a boot.
 pub struct CrashHandling {
     pub orchestrator: Orchestrator,
@@ -204,19 +240,15 @@ pub struct CrashHandling {
     /// The VM is paused for good (`pause` policies): wait to be stopped.
     pub stay_paused: bool,
     /// The disk the guest's crash kernel writes its dump to.
-    pub crash_disk: Option<PathBuf>,
+    crash_disk: Option<PathBuf>,
     /// Compute the SHA-256 of host-side vmcores (`--vmcore-sha256`).
-    pub vmcore_sha256: bool,
+    vmcore_sha256: bool,
     /// Format, dump level and compression of host-side vmcores.
-    pub dump_spec: DumpSpec,
-    /// The operator's dump being carried out: its format and level, and whether it is live.
-    operator_spec: DumpSpec,
-    operator_live: bool,
-    /// `--live-dump-max-copy` (guest memory a live dump may have copied on write before it
-    /// pauses the guest for the rest) and `--live-dump-snapshot`.
-    pub live: LiveOptions,
+    dump_spec: DumpSpec,
+    /// `--live-dump-max-copy` and `--live-dump-snapshot`.
+    live: LiveOptions,
     /// `--upload`: the spool each finished crash directory is queued in.
-    pub upload_spool: Option<delivery::Spool>,
+    upload_spool: Option<delivery::Spool>,
     /// When the crashed kernel kexec'd into its crash kernel.
     kexec_at: Option<Instant>,
     /// The last crash directory written.
@@ -225,61 +257,64 @@ pub struct CrashHandling {
     end: Option<BootEnd>,
     /// The last pause stopped every vCPU in time.
     pause_ok: bool,
-    /// What the operator's dump gave, until it is answered.
-    operator_dump: Option<Result<OperatorDump, DumpError>>,
-    /// Who asked for the operator's dump being carried out.
-    operator_answer: Option<Answer>,
+    /// The operator's dump being carried out, until it is answered.
+    operator: Option<OperatorDumpJob>,
     /// The vmcore being written, if any.
     job: Option<DumpJob>,
-    /// Crash signals that arrived while it was written (with their arrival): decided in order
-    /// once it is done, as they would have been had the dump blocked the main thread.
-    waiting: VecDeque<(TimedSignal, Instant)>,
+    /// Signalled by the `vmcore-writer` thread when it is done (the main loop watches it).
+    dump_notify: Arc<EventFd>,
 }
 
 impl CrashHandling {
-    pub fn new(
-        orchestrator: Orchestrator,
-        crash_dir: PathBuf,
-        guest: GuestInfo,
-        events: EventLog,
-        console: ConsoleTail,
-    ) -> Self {
-        let events_mark = events.mark();
-        // Absolute, so that events and reports name crash directories unambiguously.
-        let crash_dir = std::path::absolute(&crash_dir).unwrap_or(crash_dir);
-        Self {
-            orchestrator,
+    pub fn new(config: CrashHandlingConfig) -> std::io::Result<Self> {
+        let CrashHandlingConfig {
+            policy,
             crash_dir,
+            guest,
+            crash_disk,
+            vmcore_sha256,
+            dump_spec,
+            live,
+            upload_spool,
+            events,
+            console,
+        } = config;
+        Ok(Self {
+            orchestrator: Orchestrator::new(policy),
+            crash_dir: absolute(crash_dir),
             guest,
             events,
             console,
-            events_mark,
+            // The first crash's events are the session's, from its start.
+            events_mark: 0,
             last_signal: None,
             record: None,
             record_error: None,
             stay_paused: false,
-            crash_disk: None,
-            vmcore_sha256: false,
-            dump_spec: DumpSpec::default(),
-            operator_spec: DumpSpec::default(),
-            operator_live: false,
-            live: LiveOptions { max_copy: DEFAULT_LIVE_MAX_COPY, method: SnapshotMethod::default() },
-            upload_spool: None,
+            crash_disk,
+            vmcore_sha256,
+            dump_spec,
+            live,
+            upload_spool,
             kexec_at: None,
             last_dir: None,
             end: None,
             pause_ok: true,
-            operator_dump: None,
-            operator_answer: None,
+            operator: None,
             job: None,
-            waiting: VecDeque::new(),
-        }
+            dump_notify: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
+        })
+    }
+
+    /// The eventfd the `vmcore-writer` thread signals when it is done: the main loop watches
+    /// it and then calls [`Self::dump_done`].
+    pub fn dump_notifier(&self) -> Arc<EventFd> {
+        self.dump_notify.clone()
     }
 
     /// A new boot: forget the previous boot's signals and end.
     pub fn on_boot(&mut self) {
         self.last_signal = None;
-        self.waiting.clear();
         self.stay_paused = false;
         self.kexec_at = None;
         self.end = None;
@@ -296,11 +331,12 @@ impl CrashHandling {
         self.last_dir.as_deref()
     }
 
-    /// At start: say what killed crashvmms left under the crash directory (crash directories and
-    /// operator's dumps they did not finish), in the log and as `stale_temporary` events. They
-    /// are kept: one may hold the only vmcore of a crash, if half of it.
-    pub fn report_leftovers(&self) {
-        for l in report::find_leftovers(&self.crash_dir) {
+    /// At start, before crash handling (and the uploader): say what killed crashvmms left under
+    /// `crash_dir` (crash directories and operator's dumps they did not finish), in the log and
+    /// as `stale_temporary` events. They are kept: one may hold the only vmcore of a crash, if
+    /// half of it.
+    pub fn report_leftovers(crash_dir: &Path, events: &EventLog) {
+        for l in report::find_leftovers(&absolute(crash_dir.to_path_buf())) {
             let said = match (&l.report_error, &l.state) {
                 (Some(e), _) => e.clone(),
                 (None, state) => format!(
@@ -319,7 +355,7 @@ impl CrashHandling {
                 l.bytes,
                 l.allocated_bytes
             );
-            self.events.emit(Event::StaleTemporary {
+            events.emit(Event::StaleTemporary {
                 path: l.path.display().to_string(),
                 pid: l.pid,
                 bytes: l.bytes,
@@ -348,42 +384,30 @@ impl CrashHandling {
         self.observed(TimedSignal { at: Utc::now(), signal }, Instant::now(), vm);
     }
 
-    /// A crash signal from the VM, observed at `timed.at` and queued at `seen`.
+    /// A crash signal from the VM, observed at `timed.at` and queued at `seen`. Decided now, or
+    /// (while a vmcore is written) once it is: the orchestrator holds it.
     pub fn observed(&mut self, timed: TimedSignal, seen: Instant, vm: &SharedVm) {
         if self.end.is_some() {
             return;
         }
         log::debug!("crash signal: {timed:?}");
-        if self.job.is_some() {
-            // Decided once the vmcore being written is done.
-            self.waiting.push_back((timed, seen));
-            return;
-        }
-        self.decide_signal(timed, seen, vm);
-    }
-
-    fn decide_signal(&mut self, timed: TimedSignal, at: Instant, vm: &SharedVm) {
-        let signal = timed.signal.clone();
-        self.record_signal(timed, at);
-        let actions = self.orchestrator.on_signal(&signal, at);
+        let actions = self.orchestrator.on_signal(timed, seen);
         self.execute(actions, vm);
     }
 
     /// The orchestrator's deadline may have passed.
     pub fn timer(&mut self, vm: &SharedVm) {
-        if self.end.is_some() || self.job.is_some() {
+        if self.end.is_some() {
             return;
         }
         let actions = self.orchestrator.on_timer(Instant::now());
         self.execute(actions, vm);
     }
 
-    /// When the main loop must call [`Self::timer`] or [`Self::poll_dump`] next.
+    /// When the main loop must call [`Self::timer`] next: none while a vmcore is written (its
+    /// end wakes the main loop through [`Self::dump_notifier`]).
     pub fn deadline(&self) -> Option<Instant> {
-        match self.job {
-            Some(_) => Some(Instant::now() + DUMP_POLL),
-            None => self.orchestrator.deadline(),
-        }
+        self.orchestrator.deadline()
     }
 
     /// The dump being written, if any.
@@ -391,19 +415,25 @@ impl CrashHandling {
         self.job.as_ref().map(|j| &j.status)
     }
 
-    /// If the vmcore being written is done: record it, answer the operator, carry out what
-    /// follows it and the signals that waited for it.
-    pub fn poll_dump(&mut self, vm: &SharedVm) {
-        if self.job.as_ref().is_some_and(|j| j.thread.is_finished()) {
-            self.complete_dump(vm);
-        }
+    /// The `vmcore-writer` thread signalled [`Self::dump_notifier`]: if the vmcore being
+    /// written is done, record it, carry out what waited for it, and answer the operator.
+    /// (A signal left over from a dump already waited for changes nothing.)
+    pub fn dump_done(&mut self, vm: &SharedVm) {
+        let Some(job) = self.job.as_ref() else { return };
+        let written = match job.result.try_recv() {
+            Ok(written) => written,
+            Err(mpsc::TryRecvError::Empty) => return,
+            Err(mpsc::TryRecvError::Disconnected) => Err(DumpError::WriterPanicked),
+        };
+        self.complete_dump(written, vm);
     }
 
     /// Wait for the vmcore being written (and for any dump what follows it starts): the VM is
     /// about to end.
     pub fn wait_dump(&mut self, vm: &SharedVm) {
-        while self.job.is_some() {
-            self.complete_dump(vm);
+        while let Some(job) = self.job.as_ref() {
+            let written = job.result.recv().unwrap_or(Err(DumpError::WriterPanicked));
+            self.complete_dump(written, vm);
         }
     }
 
@@ -446,16 +476,14 @@ impl CrashHandling {
         if let Command::Dump(o) = command {
             let level = o.dump_level.unwrap_or(self.dump_spec.dump_level);
             let format = o.format.unwrap_or(self.dump_spec.format);
-            self.operator_spec = DumpSpec { format, dump_level: level, ..self.dump_spec };
-            self.operator_live = o.live;
-            self.operator_dump = None;
-            self.operator_answer = Some(answer);
+            let spec = DumpSpec { format, dump_level: level, ..self.dump_spec };
+            self.operator = Some(OperatorDumpJob { spec, live: o.live, answer, record: None, result: None });
             self.execute(actions, vm);
             if self.job.is_none() {
                 // Not started, or it failed at once: say so now.
                 self.answer_operator();
-                if let Some(answer) = self.operator_answer.take() {
-                    answer(Err(CommandError::Ending));
+                if let Some(op) = self.operator.take() {
+                    (op.answer)(Err(CommandError::Ending));
                 }
             }
             return;
@@ -509,22 +537,21 @@ impl CrashHandling {
 
     /// Answer the operator's dump, once it is done.
     fn answer_operator(&mut self) {
-        if let Some(result) = self.operator_dump.take() {
-            let result = result.map(CommandReply::Dumped).map_err(CommandError::from);
-            match self.operator_answer.take() {
-                Some(answer) => answer(result),
-                None => log::debug!("operator dump done, nobody to answer: {result:?}"),
+        if self.operator.as_ref().is_some_and(|op| op.result.is_some()) {
+            if let Some(OperatorDumpJob { answer, result: Some(result), .. }) = self.operator.take() {
+                answer(result.map(CommandReply::Dumped).map_err(CommandError::from));
             }
         }
     }
 
-    /// Carry out `actions` in order; stops at the first that ends the boot, and at a dump
-    /// (the rest follows once it is written).
-    fn execute(&mut self, actions: impl Into<VecDeque<Action>>, vm: &SharedVm) {
+    /// Carry out the orchestrator's `actions`, in order (and what a dump that fails at once,
+    /// or a kdump collection, brings right after it).
+    fn execute(&mut self, actions: Vec<Action>, vm: &SharedVm) {
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             log::debug!("crash action: {action:?}");
             match action {
+                Action::RecordSignal { signal, seen } => self.record_signal(signal, seen),
                 Action::BeginCrash { trigger } => self.begin(trigger),
                 Action::Pause => {
                     self.pause_ok = vm.pause(PAUSE_TIMEOUT);
@@ -534,15 +561,13 @@ impl CrashHandling {
                 }
                 Action::Resume => vm.resume(),
                 Action::HostDump { reason } => match self.start_dump(&reason, vm) {
-                    Ok(mut job) => {
-                        // The rest follows once the vmcore is written (`complete_dump`).
+                    Ok(job) => {
+                        // What follows is handed out once the vmcore is written (`dump_done`).
                         self.orchestrator.on_dump_started(&reason, job.status.live, Instant::now());
-                        job.rest = queue;
                         self.job = Some(job);
-                        return;
                     }
                     Err(e) => {
-                        let error = self.dump_result(&reason, None, Err(e));
+                        let error = self.dump_result(&reason, Err(e));
                         let error = error.as_ref().map(|e| crate::error::Chain(e));
                         let error = error.as_ref().map(|e| e as &dyn Display);
                         queue.extend(self.orchestrator.on_dump_done(&reason, error, Instant::now()));
@@ -555,14 +580,8 @@ impl CrashHandling {
                     queue.extend(self.orchestrator.on_kdump_collected(result, Instant::now()));
                 }
                 Action::FinishCrash { outcome } => self.finish(&outcome, vm.as_ref()),
-                Action::Stop(exit) => {
-                    self.end = Some(BootEnd::Exit(exit));
-                    return;
-                }
-                Action::Reset => {
-                    self.end = Some(BootEnd::Reset);
-                    return;
-                }
+                Action::Stop(exit) => self.end = Some(BootEnd::Exit(exit)),
+                Action::Reset => self.end = Some(BootEnd::Reset),
                 Action::InjectNmi(targets) => {
                     for vcpu in targets_of(targets, vm.as_ref()) {
                         // Logged before the vCPU can take it: the panic it causes comes after.
@@ -619,7 +638,7 @@ impl CrashHandling {
     /// complete (the operator's then, a crash's at `FinishCrash`).
     fn start_dump(&mut self, reason: &DumpReason, vm: &SharedVm) -> Result<DumpJob, DumpError> {
         let hold = std::env::var_os(TEST_HOLD_DUMP_ENV).is_some_and(|v| v == "progress");
-        let (target, spec, progress, live, operator) = if reason.is_crash() {
+        let (target, spec, progress, live) = if reason.is_crash() {
             let no_dir = self.no_crash_directory();
             let Some(record) = self.record.as_mut() else { return Err(no_dir) };
             if let Err(e) = record.writing_vmcore(reason, self.orchestrator.policy(), &self.guest) {
@@ -627,12 +646,16 @@ impl CrashHandling {
             }
             let target =
                 DumpTarget { path: record.vmcore_partial_path(), shown: record.final_dir.join("vmcore"), hold };
-            (target, self.dump_spec, std::io::stderr().is_terminal(), reason.is_live(), None)
+            (target, self.dump_spec, std::io::stderr().is_terminal(), reason.is_live())
         } else {
-            let record = DumpRecord::begin(&self.crash_dir, reason, self.operator_live, &self.guest)?;
+            let no_op = || DumpError::NoCrashDirectory("no operator's dump was asked for".into());
+            let op = self.operator.as_mut().ok_or_else(no_op)?;
+            let record = DumpRecord::begin(&self.crash_dir, reason, op.live, &self.guest)?;
             let target = DumpTarget { path: record.vmcore_partial_path(), shown: record.final_vmcore_path(), hold };
-            (target, self.operator_spec, false, self.operator_live, Some(record))
+            op.record = Some(record);
+            (target, op.spec, false, op.live)
         };
+        let operator = !reason.is_crash();
         let shown = target.shown.display().to_string();
         let status = DumpStatus {
             reason: reason.to_string(),
@@ -640,58 +663,65 @@ impl CrashHandling {
             since: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
             path: shown.clone(),
         };
-        if operator.is_some() && !live {
+        if operator && !live {
             self.events.emit(Event::DumpStarted { path: shown.clone(), pause_us: None, snapshot: None });
         }
         let opts = self.vmcore_options(spec, progress);
         let live = live.then_some(self.live);
         let (events, vm, why) = (self.events.clone(), vm.clone(), reason.clone());
+        let (sender, result) = mpsc::channel();
+        let notify = NotifyOnDrop(self.dump_notify.clone());
         let thread = std::thread::Builder::new()
             .name("vmcore-writer".into())
             .spawn(move || {
-                seccomp::apply(ThreadKind::VmcoreWriter).map_err(DumpError::Confine)?;
-                // A live dump says it started once its snapshot is taken, with the guest's pause.
-                let started = |l: &LiveStats| {
-                    events.emit(Event::DumpStarted {
-                        path: shown.clone(),
-                        pause_us: Some(l.pause_us),
-                        snapshot: Some(l.snapshot),
-                    })
-                };
-                target.write(&events, vm.as_ref(), &why, opts, live, &started)
+                // Wakes the main loop when this thread ends, however it does: after its result
+                // is sent, or when it panicked (and the sender is gone).
+                let _notify = notify;
+                let written = (|| {
+                    seccomp::apply(ThreadKind::VmcoreWriter).map_err(DumpError::Confine)?;
+                    // A live dump says it started once its snapshot is taken, with the guest's
+                    // pause.
+                    let started = |l: &LiveStats| {
+                        events.emit(Event::DumpStarted {
+                            path: shown.clone(),
+                            pause_us: Some(l.pause_us),
+                            snapshot: Some(l.snapshot),
+                        })
+                    };
+                    target.write(&events, vm.as_ref(), &why, opts, live, &started)
+                })();
+                // The main thread may have gone (crashvmm ends): nobody to tell.
+                let _ = sender.send(written);
             })
             .map_err(DumpError::Thread)?;
-        Ok(DumpJob { reason: reason.clone(), status, rest: VecDeque::new(), operator, thread })
+        Ok(DumpJob { reason: reason.clone(), status, result, thread })
     }
 
-    /// The vmcore being written is done (or the writer is waited for): record it, answer the
-    /// operator, carry out what follows, then the signals that waited.
-    fn complete_dump(&mut self, vm: &SharedVm) {
+    /// The vmcore being written is done (`written`): record it, carry out what the
+    /// orchestrator hands out now, answer the operator.
+    fn complete_dump(&mut self, written: Result<Written, DumpError>, vm: &SharedVm) {
         let Some(job) = self.job.take() else { return };
-        let written = job.thread.join().unwrap_or(Err(DumpError::WriterPanicked));
-        let error = self.dump_result(&job.reason, job.operator, written);
+        // It has sent its result: it ends at once.
+        if job.thread.join().is_err() {
+            log::error!("the vmcore writer thread panicked");
+        }
+        let error = self.dump_result(&job.reason, written);
         let error = error.as_ref().map(|e| crate::error::Chain(e));
         let error = error.as_ref().map(|e| e as &dyn Display);
-        let mut queue = job.rest;
-        queue.extend(self.orchestrator.on_dump_done(&job.reason, error, Instant::now()));
-        self.execute(queue, vm);
+        let actions = self.orchestrator.on_dump_done(&job.reason, error, Instant::now());
+        self.execute(actions, vm);
         self.answer_operator();
-        while self.job.is_none() && self.end.is_none() {
-            let Some((timed, at)) = self.waiting.pop_front() else { break };
-            self.decide_signal(timed, at, vm);
-        }
     }
 
     /// Where a written (or failed) vmcore goes: a crash's into its record (its error, for the
     /// orchestrator, is returned), the operator's into the answer.
-    fn dump_result(
-        &mut self,
-        reason: &DumpReason,
-        operator: Option<DumpRecord>,
-        written: Result<Written, DumpError>,
-    ) -> Option<DumpError> {
+    fn dump_result(&mut self, reason: &DumpReason, written: Result<Written, DumpError>) -> Option<DumpError> {
         if !reason.is_crash() {
-            self.operator_dump = Some(match (written, operator) {
+            let Some(op) = self.operator.as_mut() else {
+                log::debug!("operator dump done, nobody to answer: {:?}", written.map(|w| w.summary));
+                return None;
+            };
+            op.result = Some(match (written, op.record.take()) {
                 (Ok(w), Some(mut record)) => match record.finish(&w.summary, w.live.as_ref()) {
                     Ok(path) => Ok(OperatorDump {
                         path,
@@ -945,6 +975,22 @@ impl DumpTarget {
     }
 }
 
+/// `path` made absolute, so that events and reports name crash directories unambiguously.
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
+}
+
+/// Signals its eventfd when dropped (a thread's end wakes the main loop).
+struct NotifyOnDrop(Arc<EventFd>);
+
+impl Drop for NotifyOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.write(1) {
+            log::error!("cannot wake the main loop for the vmcore written: {e}");
+        }
+    }
+}
+
 /// Bytes available to an unprivileged writer on the file system of `path`.
 fn free_bytes(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -965,7 +1011,6 @@ mod tests {
     use vm_memory::Bytes;
 
     use super::*;
-    use crate::crash::Policy;
     use crate::layout::ram_ranges;
     use crate::sync::lock;
 
@@ -1061,14 +1106,24 @@ mod tests {
     }
 
     fn handling(base: &Path, events: &EventLog) -> CrashHandling {
+        handling_with(Policy::default(), base, events)
+    }
+
+    fn handling_with(policy: Policy, base: &Path, events: &EventLog) -> CrashHandling {
         let guest = GuestInfo { kernel: "k".into(), cmdline: "c".into(), memory_bytes: 64 << 20, vcpus: 2 };
-        CrashHandling::new(
-            Orchestrator::new(Policy::default()),
-            base.into(),
+        CrashHandling::new(CrashHandlingConfig {
+            policy,
+            crash_dir: base.into(),
             guest,
-            events.clone(),
-            ConsoleTail::default(),
-        )
+            crash_disk: None,
+            vmcore_sha256: false,
+            dump_spec: DumpSpec::default(),
+            live: LiveOptions { max_copy: DEFAULT_LIVE_MAX_COPY, method: Default::default() },
+            upload_spool: None,
+            events: events.clone(),
+            console: ConsoleTail::default(),
+        })
+        .unwrap()
     }
 
     fn events_of(events: &EventLog) -> Vec<String> {
@@ -1295,7 +1350,7 @@ mod tests {
             // The guest panics meanwhile: decided once the dump is written.
             h.signal(CrashSignal::PvPanic { vcpu: 0, bits: 1 }, &sh(&vm));
             assert!(!h.orchestrator.panicked());
-            h.poll_dump(&sh(&vm));
+            h.dump_done(&sh(&vm));
             assert!(h.dump_in_progress().is_some(), "still held");
             vm.hold(false);
             h.wait_dump(&sh(&vm));
@@ -1316,15 +1371,8 @@ mod tests {
     fn a_hang_gets_a_live_dump_then_the_nmi() {
         let base = tempfile::tempdir().unwrap();
         let events = EventLog::disabled();
-        let guest = GuestInfo { kernel: "k".into(), cmdline: "c".into(), memory_bytes: 64 << 20, vcpus: 2 };
         let policy = Policy { on_hang: crate::crash::OnHang::HOST_DUMP_NMI, ..Policy::default() };
-        let mut h = CrashHandling::new(
-            Orchestrator::new(policy),
-            base.path().into(),
-            guest,
-            events.clone(),
-            ConsoleTail::default(),
-        );
+        let mut h = handling_with(policy, base.path(), &events);
         let vm = FakeVm::new();
         h.signal(CrashSignal::GuestHang { stalled_ms: 2_500 }, &sh(&vm));
         // The hung guest runs on while its vmcore is written.

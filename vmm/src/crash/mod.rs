@@ -14,11 +14,13 @@ pub mod summary;
 pub mod vmcore;
 mod vocabulary;
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use devices::pvpanic::PvPanicEvents;
 
 use crate::exit::VmExit;
+use report::TimedSignal;
 pub use vocabulary::{Command, DumpOverride, DumpReason, NmiTargets, Outcome, Trigger, VmcoreSource};
 
 /// Everything that tells crashvmm the guest is dying, or how its own crash handling goes.
@@ -216,9 +218,14 @@ impl Default for Policy {
     }
 }
 
-/// What the executor must do, in order.
+/// What the executor must do, in order. The executor carries out every action it is handed,
+/// in order; what must wait (for a dump, for an UNLOAD's answer) the orchestrator holds back
+/// itself (`Deferred`), and nothing follows a `Stop` or a `Reset`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
+    /// A crash signal is decided now (having waited for a dump, perhaps; `seen` is when it
+    /// arrived): add it to the current crash's record. The actions it brings follow.
+    RecordSignal { signal: TimedSignal, seen: Instant },
     /// A new crash: record `crash_detected` and start its crash directory.
     BeginCrash { trigger: Trigger },
     /// Stop every vCPU (and save its registers).
@@ -226,8 +233,9 @@ pub enum Action {
     /// Let the vCPUs run again.
     Resume,
     /// Write a host-side vmcore (vCPUs paused, or a live dump: [`DumpReason::is_live`], the
-    /// operator's `live`): tell [`Orchestrator::on_dump_started`], and once it is written
-    /// [`Orchestrator::on_dump_done`]; the actions after it wait until then.
+    /// operator's `live`): tell [`Orchestrator::on_dump_started`], and once it is written (or
+    /// could not be started) [`Orchestrator::on_dump_done`], which hands out what follows.
+    /// Always the last action of a batch.
     HostDump { reason: DumpReason },
     /// The guest's kdump finished: take its dump from the crash disk, then call
     /// [`Orchestrator::on_kdump_collected`].
@@ -246,15 +254,6 @@ pub enum Action {
 
 /// A crash this soon after crashvmm injected an NMI has the injection as its trigger.
 pub const NMI_BLAME: Duration = Duration::from_secs(60);
-
-/// The time a phase was entered, from its deadline (begin() gets no clock of its own).
-fn phase_time(phase: &Phase) -> Option<Instant> {
-    match *phase {
-        Phase::AwaitReport { deadline } => deadline.checked_sub(HV_CRASH_GRACE),
-        Phase::AwaitKexec { deadline } => deadline.checked_sub(KEXEC_GRACE),
-        _ => Some(Instant::now()),
-    }
-}
 
 /// How long to wait after a pvpanic PANICKED for the Hyper-V crash report (which Linux sends
 /// from a later panic notifier and the kmsg dumper) before collecting anyway.
@@ -281,7 +280,7 @@ enum Phase {
 
 /// A host-side vmcore being written (off the main thread): what for, whether the guest runs
 /// meanwhile (a live dump), since when. One at a time: while it is written, the operator's
-/// commands are refused with it and deadlines wait (crash signals wait in the executor).
+/// commands are refused with it, deadlines wait, and crash signals wait (`Deferred`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DumpInProgress {
     pub reason: DumpReason,
@@ -298,6 +297,32 @@ struct Crash {
     dump_failed: Option<String>,
 }
 
+/// Work the orchestrator holds back, all of it here. Two things hold work, and each releases
+/// it at one point only:
+/// - an UNLOAD in flight that crashvmm will answer (the guest busy-waits for the answer, so
+///   its vCPUs must not be paused): the actions from the first pause or dump on, released by
+///   the UNLOAD's completion (or the VM's end);
+/// - a host-side vmcore handed out and not yet written: the actions after its `HostDump`, then
+///   the signals that arrived meanwhile, in order, released by [`Orchestrator::on_dump_done`]
+///   as if the dump had blocked the main thread.
+#[derive(Debug, Default)]
+struct Deferred {
+    unload: Vec<Action>,
+    dump: Option<DumpWait>,
+}
+
+/// A host-side vmcore handed out ([`Action::HostDump`]) and not done yet.
+#[derive(Debug)]
+struct DumpWait {
+    reason: DumpReason,
+    /// Since the executor began writing it ([`Orchestrator::on_dump_started`]).
+    started: Option<DumpInProgress>,
+    /// The actions after its `HostDump`.
+    rest: Vec<Action>,
+    /// Crash signals that arrived meanwhile, with their arrival.
+    signals: VecDeque<(TimedSignal, Instant)>,
+}
+
 /// The crash state machine. Pure: time comes in as arguments, decisions go out as actions.
 #[derive(Debug)]
 pub struct Orchestrator {
@@ -305,12 +330,12 @@ pub struct Orchestrator {
     crash: Option<Crash>,
     crashes: u32,
     unload_in_flight: bool,
-    /// Actions held back while an UNLOAD is in flight (the guest busy-waits for it).
-    held: Vec<Action>,
+    /// What waits for an UNLOAD's answer or for a dump.
+    deferred: Deferred,
+    /// The boot's end (`Stop` or `Reset`) was handed out: no signal is decided any more.
+    ended: bool,
     /// What a crash that follows soon is blamed on: crashvmm's NMI, or the hang it broke.
     blame: Option<(Instant, Trigger)>,
-    /// The host-side vmcore being written, if any.
-    dumping: Option<DumpInProgress>,
     /// A hang whose vmcore could not be written (why), for the session's exit code: the guest
     /// may run on and power off, but crashvmm does not end as if nothing was lost.
     lost_hang: Option<String>,
@@ -323,23 +348,58 @@ impl Orchestrator {
             crash: None,
             crashes: 0,
             unload_in_flight: false,
-            held: Vec::new(),
+            deferred: Deferred::default(),
+            ended: false,
             blame: None,
-            dumping: None,
             lost_hang: None,
         }
     }
 
     /// The host-side vmcore being written, if any.
     pub fn dump_in_progress(&self) -> Option<&DumpInProgress> {
-        self.dumping.as_ref()
+        self.deferred.dump.as_ref().and_then(|w| w.started.as_ref())
     }
 
-    /// The executor began writing the vmcore of an [`Action::HostDump`] (`live`: the guest
-    /// runs meanwhile). Until [`Self::on_dump_done`], commands are refused and deadlines wait;
-    /// the executor holds crash signals back until then (and feeds them in order after).
+    /// The executor began writing the vmcore of the [`Action::HostDump`] it was handed (`live`:
+    /// the guest runs meanwhile). Until [`Self::on_dump_done`], commands are refused, deadlines
+    /// wait, and crash signals wait.
     pub fn on_dump_started(&mut self, reason: &DumpReason, live: bool, now: Instant) {
-        self.dumping = Some(DumpInProgress { reason: reason.clone(), live, since: now });
+        if let Some(w) = self.deferred.dump.as_mut() {
+            w.started = Some(DumpInProgress { reason: reason.clone(), live, since: now });
+        }
+    }
+
+    /// Hand `actions` out to the executor: up to and including a `HostDump` (the rest waits
+    /// for its [`Self::on_dump_done`]), and nothing after a `Stop` or a `Reset` (the boot ends).
+    fn hand_out(&mut self, actions: Vec<Action>, out: &mut Vec<Action>) {
+        let mut actions = actions.into_iter();
+        while let Some(action) = actions.next() {
+            match &action {
+                Action::HostDump { reason } => {
+                    self.deferred.dump = Some(DumpWait {
+                        reason: reason.clone(),
+                        started: None,
+                        rest: actions.collect(),
+                        signals: VecDeque::new(),
+                    });
+                    out.push(action);
+                    return;
+                }
+                Action::Stop(_) | Action::Reset => {
+                    self.ended = true;
+                    out.push(action);
+                    return;
+                }
+                _ => out.push(action),
+            }
+        }
+    }
+
+    /// [`Self::hand_out`] into a new list.
+    fn handed_out(&mut self, actions: Vec<Action>) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.hand_out(actions, &mut out);
+        out
     }
 
     pub fn policy(&self) -> &Policy {
@@ -354,7 +414,7 @@ impl Orchestrator {
     /// When [`on_timer`](Self::on_timer) wants to run next (not while a dump is written: its
     /// deadlines wait for it).
     pub fn deadline(&self) -> Option<Instant> {
-        if self.dumping.is_some() {
+        if self.deferred.dump.is_some() {
             return None;
         }
         match self.crash.as_ref()?.phase {
@@ -370,10 +430,10 @@ impl Orchestrator {
         self.crash.is_some()
     }
 
-    fn begin(&mut self, trigger: Trigger, phase: Phase) -> Vec<Action> {
+    fn begin(&mut self, trigger: Trigger, phase: Phase, now: Instant) -> Vec<Action> {
         // A crash within NMI_BLAME of an injected NMI is the injection's doing.
-        let trigger = match (self.blame.take(), phase_time(&phase)) {
-            (Some((t, why)), Some(now)) if now.saturating_duration_since(t) <= NMI_BLAME => why,
+        let trigger = match self.blame.take() {
+            Some((t, why)) if now.saturating_duration_since(t) <= NMI_BLAME => why,
             _ => trigger,
         };
         self.crashes += 1;
@@ -463,9 +523,22 @@ impl Orchestrator {
         vec![]
     }
 
-    pub fn on_signal(&mut self, signal: &CrashSignal, now: Instant) -> Vec<Action> {
-        let actions = self.decide(signal, now);
-        self.hold_while_unloading(actions)
+    /// A crash signal arrived (`seen`: when). Decided now, with a [`Action::RecordSignal`]
+    /// before what it brings; or, while a dump is written, once it is ([`Self::on_dump_done`]);
+    /// or never, once the boot's end was handed out.
+    pub fn on_signal(&mut self, signal: TimedSignal, seen: Instant) -> Vec<Action> {
+        if self.ended {
+            return vec![];
+        }
+        if let Some(w) = self.deferred.dump.as_mut() {
+            w.signals.push_back((signal, seen));
+            return vec![];
+        }
+        let decided = self.decide(&signal.signal, seen);
+        let decided = self.hold_while_unloading(decided);
+        let mut out = vec![Action::RecordSignal { signal, seen }];
+        self.hand_out(decided, &mut out);
+        out
     }
 
     fn decide(&mut self, signal: &CrashSignal, now: Instant) -> Vec<Action> {
@@ -478,7 +551,7 @@ impl Orchestrator {
             }
             CrashSignal::UnloadCompleted { .. } => {
                 self.unload_in_flight = false;
-                std::mem::take(&mut self.held)
+                std::mem::take(&mut self.deferred.unload)
             }
             CrashSignal::NmiInjected => {
                 self.blame = Some((now, Trigger::NmiInjection));
@@ -493,7 +566,7 @@ impl Orchestrator {
                 let stalled_ms = *stalled_ms;
                 let on_hang = self.policy.on_hang;
                 if on_hang.host_dump {
-                    let mut out = self.begin(Trigger::GuestHang, Phase::Finished);
+                    let mut out = self.begin(Trigger::GuestHang, Phase::Finished, now);
                     if self.policy.host_dump == HostDump::Never {
                         let outcome = Outcome::NoVmcoreHostDumpNever(DumpReason::Hang { stalled_ms });
                         out.extend(self.after_hang(outcome, now));
@@ -511,7 +584,7 @@ impl Orchestrator {
                         vec![Action::InjectNmi(NmiTargets::All)]
                     }
                     Some(HangAction::Reset) => {
-                        let mut out = self.begin(Trigger::GuestHang, Phase::Finished);
+                        let mut out = self.begin(Trigger::GuestHang, Phase::Finished, now);
                         out.push(Action::FinishCrash { outcome: Outcome::HangReset { stalled_ms } });
                         out.push(Action::Reset);
                         out
@@ -522,7 +595,7 @@ impl Orchestrator {
             CrashSignal::PvPanic { bits, .. } if !PvPanicEvents::from_bits(*bits).is_crash() => vec![],
             CrashSignal::PvPanic { bits, .. } => match phase {
                 None if PvPanicEvents::from_bits(*bits).crash_loaded => {
-                    let mut out = self.begin(Trigger::Pvpanic, Phase::Finished);
+                    let mut out = self.begin(Trigger::Pvpanic, Phase::Finished, now);
                     out.extend(match self.policy.on_panic {
                         OnPanic::Auto | OnPanic::Kdump => self.kdump_phase(now),
                         // Collect once the guest is quiet: at its kexec, or after the grace time.
@@ -536,9 +609,9 @@ impl Orchestrator {
                 }
                 None => {
                     if self.policy.hyperv {
-                        self.begin(Trigger::Pvpanic, Phase::AwaitReport { deadline: now + HV_CRASH_GRACE })
+                        self.begin(Trigger::Pvpanic, Phase::AwaitReport { deadline: now + HV_CRASH_GRACE }, now)
                     } else {
-                        let mut out = self.begin(Trigger::Pvpanic, Phase::Finished);
+                        let mut out = self.begin(Trigger::Pvpanic, Phase::Finished, now);
                         out.extend(self.collect(DumpReason::PvpanicPanicked));
                         out
                     }
@@ -547,7 +620,7 @@ impl Orchestrator {
                 _ => vec![],
             },
             CrashSignal::HvCrash { .. } => match phase {
-                None => self.begin(Trigger::HvCrash, Phase::AwaitKexec { deadline: now + KEXEC_GRACE }),
+                None => self.begin(Trigger::HvCrash, Phase::AwaitKexec { deadline: now + KEXEC_GRACE }, now),
                 Some(Phase::AwaitReport { .. }) => self.collect(DumpReason::HvCrashReport),
                 Some(Phase::AwaitKdump { .. }) if in_crash_kernel => self.fallback(DumpReason::CrashKernelPanicked),
                 _ => vec![],
@@ -581,7 +654,7 @@ impl Orchestrator {
                 };
                 let mut out = match phase {
                     None => {
-                        let mut out = self.begin(trigger, Phase::Finished);
+                        let mut out = self.begin(trigger, Phase::Finished, now);
                         out.extend(self.collect(DumpReason::Crash(trigger)));
                         out
                     }
@@ -629,14 +702,14 @@ impl Orchestrator {
     /// Never pause the vCPUs while the guest busy-waits for an UNLOAD_RESPONSE we will send:
     /// hold a pause (and everything after it) until the UNLOAD completed.
     fn hold_while_unloading(&mut self, actions: Vec<Action>) -> Vec<Action> {
-        if !self.unload_in_flight && self.held.is_empty() {
+        let held = &mut self.deferred.unload;
+        if !self.unload_in_flight && held.is_empty() {
             return actions;
         }
         let mut out = Vec::new();
         for a in actions {
-            if self.unload_in_flight && (!self.held.is_empty() || matches!(a, Action::Pause | Action::HostDump { .. }))
-            {
-                self.held.push(a);
+            if self.unload_in_flight && (!held.is_empty() || matches!(a, Action::Pause | Action::HostDump { .. })) {
+                held.push(a);
             } else {
                 out.push(a);
             }
@@ -655,18 +728,40 @@ impl Orchestrator {
             Some(Phase::AwaitKdump { .. }) => self.fallback(DumpReason::KdumpTimeout(self.policy.kdump_timeout)),
             _ => vec![],
         };
-        self.hold_while_unloading(actions)
+        let actions = self.hold_while_unloading(actions);
+        self.handed_out(actions)
     }
 
-    /// The host dump for `reason` finished (`error` when it failed). An operator's dump is
-    /// not a crash's: it changes nothing here.
+    /// The host dump for `reason` finished (`error` when it failed, or could not be started):
+    /// the one point where what waited for it is released, in order: the actions after its
+    /// `HostDump`, what its outcome brings, then the signals that arrived meanwhile (until one
+    /// starts another dump, the rest waiting for that one, or the boot ends). An operator's dump
+    /// is not a crash's: its outcome brings nothing.
     pub fn on_dump_done(
         &mut self,
         reason: &DumpReason,
         error: Option<&dyn std::fmt::Display>,
         now: Instant,
     ) -> Vec<Action> {
-        self.dumping = None;
+        let (mut actions, signals) = match self.deferred.dump.take() {
+            Some(w) => (w.rest, w.signals),
+            None => (Vec::new(), VecDeque::new()),
+        };
+        actions.extend(self.dump_outcome(reason, error, now));
+        let mut out = self.handed_out(actions);
+        for (signal, seen) in signals {
+            out.extend(self.on_signal(signal, seen));
+        }
+        out
+    }
+
+    /// What a finished dump brings.
+    fn dump_outcome(
+        &mut self,
+        reason: &DumpReason,
+        error: Option<&dyn std::fmt::Display>,
+        now: Instant,
+    ) -> Vec<Action> {
         if !reason.is_crash() {
             return vec![];
         }
@@ -701,11 +796,12 @@ impl Orchestrator {
     /// take it from (`Ok(false)`), or it could not be read (`Err`).
     pub fn on_kdump_collected(&mut self, result: Result<bool, &dyn std::fmt::Display>, now: Instant) -> Vec<Action> {
         let _ = now;
-        match result {
+        let actions = match result {
             Ok(true) => self.finish(Outcome::KdumpCollected),
             Ok(false) => self.finish(Outcome::KdumpNoCrashDisk),
             Err(e) => self.fallback(DumpReason::KdumpNoDump(e.to_string())),
-        }
+        };
+        self.handed_out(actions)
     }
 
     /// The operator's request (control socket); `paused` says whether the vCPUs are paused
@@ -713,10 +809,11 @@ impl Orchestrator {
     /// a dump is being written (one dump at a time; pause, resume, NMI, reset and shutdown
     /// would change the VM under it): the error says which dump.
     pub fn on_command(&mut self, command: Command, paused: bool, now: Instant) -> Result<Vec<Action>, DumpInProgress> {
-        if let Some(d) = &self.dumping {
-            return Err(d.clone());
+        if let Some(w) = &self.deferred.dump {
+            let handed_out = || DumpInProgress { reason: w.reason.clone(), live: w.reason.is_live(), since: now };
+            return Err(w.started.clone().unwrap_or_else(handed_out));
         }
-        Ok(match command {
+        let actions = match command {
             Command::InjectNmi(targets) => {
                 let mut out = self.decide(&CrashSignal::NmiInjected, now);
                 out.push(Action::InjectNmi(targets));
@@ -733,8 +830,9 @@ impl Orchestrator {
             }
             Command::Reset => vec![Action::Reset],
             // As if the VM had ended by itself: a crash in progress is collected first.
-            Command::Shutdown => self.on_vm_exit(VmExit::HostShutdown, now),
-        })
+            Command::Shutdown => return Ok(self.on_vm_exit(VmExit::HostShutdown, now)),
+        };
+        Ok(self.handed_out(actions))
     }
 
     /// The VM stopped by itself (power-off, reset, triple fault, ...) or was stopped from
@@ -768,17 +866,17 @@ impl Orchestrator {
         };
         // The VM no longer runs, so nothing waits for an UNLOAD.
         self.unload_in_flight = false;
-        let mut out = std::mem::take(&mut self.held);
+        let mut out = std::mem::take(&mut self.deferred.unload);
         out.extend(actions);
-        out
+        self.handed_out(out)
     }
 
-    /// The guest booted again after [`Action::Reset`].
+    /// The guest booted again after [`Action::Reset`]: nothing of the last boot waits.
     pub fn on_reset(&mut self) {
         self.crash = None;
         self.unload_in_flight = false;
-        self.held.clear();
-        self.dumping = None;
+        self.deferred = Deferred::default();
+        self.ended = false;
     }
 
     /// A guest that panicked stays a panicked guest whatever it did next: reset itself
@@ -876,13 +974,36 @@ mod tests {
         let mut o = Orchestrator::new(p);
         let mut out = vec![];
         for s in signals {
-            out.extend(o.on_signal(s, t0));
+            out.extend(o.signal(s, t0));
         }
         (o, shape(&out))
     }
 
     fn finish() -> Action {
         Action::FinishCrash { outcome: ANY_OUTCOME }
+    }
+
+    /// `signal` as the vCPU threads send it (observed at a fixed time).
+    fn timed(signal: &CrashSignal) -> TimedSignal {
+        TimedSignal { at: chrono::DateTime::UNIX_EPOCH, signal: signal.clone() }
+    }
+
+    /// The decision of `signal`, seen at `seen`, as the orchestrator hands it out.
+    fn rec(signal: &CrashSignal, seen: Instant) -> Action {
+        Action::RecordSignal { signal: timed(signal), seen }
+    }
+
+    /// Most tests feed bare signals and look at the decisions only, without the
+    /// `RecordSignal` each decided signal begins with.
+    trait Feed {
+        fn signal(&mut self, signal: &CrashSignal, now: Instant) -> Vec<Action>;
+    }
+
+    impl Feed for Orchestrator {
+        fn signal(&mut self, signal: &CrashSignal, now: Instant) -> Vec<Action> {
+            let out = self.on_signal(timed(signal), now);
+            out.into_iter().filter(|a| !matches!(a, Action::RecordSignal { .. })).collect()
+        }
     }
 
     #[test]
@@ -1068,14 +1189,14 @@ mod tests {
         let done = CrashSignal::UnloadCompleted { vcpu: 0, latency_us: 1 };
         let (mut o, out) = run(p.clone(), &[pv(PANICKED), unload.clone(), hv()]);
         assert_eq!(out, vec![begin("pvpanic")], "pause held back");
-        assert_eq!(shape(&o.on_signal(&done, t0)), dump(), "released by the UNLOAD_RESPONSE");
+        assert_eq!(shape(&o.signal(&done, t0)), dump(), "released by the UNLOAD_RESPONSE");
         // An UNLOAD that will never be answered does not hold anything.
         let (_, out) = run(p.clone(), &[pv(PANICKED), CrashSignal::UnloadRequested { vcpu: 1, answered: false }, hv()]);
         assert_eq!(out, [vec![begin("pvpanic")], dump()].concat());
         // The timer path is held too.
         let (mut o, _) = run_at(p, &[pv(PANICKED), unload], t0);
         assert!(o.on_timer(t0 + HV_CRASH_GRACE).is_empty());
-        assert_eq!(shape(&o.on_signal(&done, t0)), dump());
+        assert_eq!(shape(&o.signal(&done, t0)), dump());
     }
 
     #[test]
@@ -1087,34 +1208,34 @@ mod tests {
         let with = |on_hang| Orchestrator::new(Policy { on_hang, ..base.clone() });
         // nmi: inject, and the crash that follows is the hang's.
         let mut o = with(OnHang::NMI);
-        assert_eq!(o.on_signal(&hang, t0), vec![Action::InjectNmi(NmiTargets::All)]);
-        assert_eq!(o.on_signal(&pv(CRASH_LOADED), t0)[0], begin("guest_hang"));
+        assert_eq!(o.signal(&hang, t0), vec![Action::InjectNmi(NmiTargets::All)]);
+        assert_eq!(o.signal(&pv(CRASH_LOADED), t0)[0], begin("guest_hang"));
         // reset: the hang's crash directory, then the guest boots again.
         let (_, out) = run(Policy { on_hang: OnHang::RESET, ..base.clone() }, std::slice::from_ref(&hang));
         assert_eq!(out, vec![begin("guest_hang"), finish(), Action::Reset]);
         // host-dump: a live dump (no pause around it), into the hang's crash directory; the
         // guest runs on, and a later crash is one of its own.
         let mut o = with(OnHang::HOST_DUMP);
-        assert_eq!(o.on_signal(&hang, t0), vec![begin("guest_hang"), hang_dump.clone()]);
+        assert_eq!(o.signal(&hang, t0), vec![begin("guest_hang"), hang_dump.clone()]);
         assert!(o.panicked());
         let out = o.on_dump_done(&DumpReason::Hang { stalled_ms: 30_000 }, None, t0);
         let outcome = Outcome::HangDumped { stalled_ms: 30_000, error: None, then: None };
         assert_eq!(out, vec![Action::FinishCrash { outcome }]);
         assert!(!o.panicked(), "the guest runs on");
-        assert_eq!(o.on_signal(&pv(CRASH_LOADED), t0)[0], begin("pvpanic"));
+        assert_eq!(o.signal(&pv(CRASH_LOADED), t0)[0], begin("pvpanic"));
         assert_eq!(o.crashes(), 2);
         // host-dump,nmi: the live dump first, then the NMI; the crash it brings is the hang's.
         let mut o = with(OnHang::HOST_DUMP_NMI);
-        assert_eq!(o.on_signal(&hang, t0), vec![begin("guest_hang"), hang_dump.clone()]);
+        assert_eq!(o.signal(&hang, t0), vec![begin("guest_hang"), hang_dump.clone()]);
         let out = o.on_dump_done(&DumpReason::Hang { stalled_ms: 30_000 }, None, t0);
         assert_eq!(shape(&out), vec![finish(), Action::InjectNmi(NmiTargets::All)]);
         assert!(
             matches!(&out[0], Action::FinishCrash { outcome } if outcome.to_string().ends_with("written; NMI injected"))
         );
-        assert_eq!(o.on_signal(&pv(CRASH_LOADED), t0)[0], begin("guest_hang"));
+        assert_eq!(o.signal(&pv(CRASH_LOADED), t0)[0], begin("guest_hang"));
         // A dump that failed still lets the follow-up happen, and says why.
         let mut o = with(OnHang::HOST_DUMP_RESET);
-        o.on_signal(&hang, t0);
+        o.signal(&hang, t0);
         let out = o.on_dump_done(&DumpReason::Hang { stalled_ms: 30_000 }, Some(&"no space left"), t0);
         assert_eq!(shape(&out), vec![finish(), Action::Reset]);
         assert!(
@@ -1172,20 +1293,22 @@ mod tests {
                 let busy = o.on_command(c, false, t0).unwrap_err();
                 assert_eq!(busy, DumpInProgress { reason: DumpReason::Operator, live, since: t0 }, "{c:?}");
             }
-            assert!(o.on_dump_done(&DumpReason::Operator, None, t0).is_empty());
+            // What followed the dump: the guest resumed, unless the dump was live.
+            let resume = if live { vec![] } else { vec![Action::Resume] };
+            assert_eq!(o.on_dump_done(&DumpReason::Operator, None, t0), resume);
             assert_eq!(o.dump_in_progress(), None);
             assert_eq!(o.on_command(Command::Pause, false, t0).unwrap(), vec![Action::Pause]);
         }
         // During a crash: its grace deadline waits for the operator's dump.
         let mut o = Orchestrator::new(Policy::default());
-        o.on_signal(&pv(PANICKED), t0);
+        o.signal(&pv(PANICKED), t0);
         assert_eq!(o.deadline(), Some(t0 + HV_CRASH_GRACE));
         let op_dump = Action::HostDump { reason: DumpReason::Operator };
-        assert_eq!(o.on_command(op(false), false, t0).unwrap(), [Action::Pause, op_dump, Action::Resume]);
+        assert_eq!(o.on_command(op(false), false, t0).unwrap(), [Action::Pause, op_dump]);
         o.on_dump_started(&DumpReason::Operator, false, t0);
         assert_eq!(o.deadline(), None);
         assert!(o.on_timer(t0 + HV_CRASH_GRACE).is_empty(), "no second dump while one is written");
-        o.on_dump_done(&DumpReason::Operator, None, t0);
+        assert_eq!(o.on_dump_done(&DumpReason::Operator, None, t0), [Action::Resume]);
         assert_eq!(shape(&o.on_timer(t0 + HV_CRASH_GRACE)), dump());
         // The crash's own dump refuses the operator's.
         o.on_dump_started(&DumpReason::NoHvReport, false, t0);
@@ -1193,7 +1316,7 @@ mod tests {
         assert_eq!((busy.reason, busy.live), (DumpReason::NoHvReport, false));
         // So does a hang's live dump.
         let mut o = Orchestrator::new(Policy { on_hang: OnHang::HOST_DUMP_NMI, ..Policy::default() });
-        let out = o.on_signal(&CrashSignal::GuestHang { stalled_ms: 1 }, t0);
+        let out = o.signal(&CrashSignal::GuestHang { stalled_ms: 1 }, t0);
         assert!(matches!(&out[1], Action::HostDump { reason } if reason.is_live()), "{out:?}");
         o.on_dump_started(&DumpReason::Hang { stalled_ms: 1 }, true, t0);
         assert!(o.on_command(Command::InjectNmi(NmiTargets::All), false, t0).is_err());
@@ -1208,8 +1331,8 @@ mod tests {
         let p = Policy { max_crashes: 2, ..policy(OnPanic::Auto, AfterCrash::Reset, HostDump::Fallback) };
         let mut o = Orchestrator::new(p);
         for n in 1..=2u32 {
-            o.on_signal(&pv(PANICKED), t0);
-            o.on_signal(&hv(), t0);
+            o.signal(&pv(PANICKED), t0);
+            o.signal(&hv(), t0);
             let out = shape(&o.on_dump_done(&DumpReason::HvCrashReport, None, t0));
             if n == 1 {
                 assert_eq!(out, vec![finish(), Action::Reset]);
@@ -1244,7 +1367,7 @@ mod tests {
             Policy { on_hang: OnHang::HOST_DUMP_NMI, ..policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Fallback) };
         for error in [None, Some("pipe: Too many open files")] {
             let mut o = Orchestrator::new(base.clone());
-            o.on_signal(&hang, t0);
+            o.signal(&hang, t0);
             let out = o.on_dump_done(&DumpReason::Hang { stalled_ms: 2_000 }, error.as_ref().map(|e| e as _), t0);
             assert_eq!(shape(&out), vec![finish(), Action::InjectNmi(NmiTargets::All)]);
             for end in [VmExit::PowerOff, VmExit::HostShutdown, VmExit::Reset(ResetSource::AcpiResetRegister)] {
@@ -1264,7 +1387,9 @@ mod tests {
         let t0 = Instant::now();
         let mut o = Orchestrator::new(Policy::default());
         assert_eq!(o.on_vm_exit(VmExit::PowerOff, t0), vec![Action::Stop(VmExit::PowerOff)]);
-        o.on_signal(&pv(CRASH_LOADED), t0);
+        assert!(o.signal(&pv(CRASH_LOADED), t0).is_empty(), "the boot has ended");
+        let mut o = Orchestrator::new(Policy::default());
+        o.signal(&pv(CRASH_LOADED), t0);
         let out = shape(&o.on_vm_exit(VmExit::Stopped { signal: 15 }, t0));
         assert_eq!(out, vec![finish(), Action::Stop(VmExit::Stopped { signal: 15 })]);
         let o = Orchestrator::new(Policy::default());
@@ -1276,30 +1401,237 @@ mod tests {
         let t0 = Instant::now();
         let mut o = Orchestrator::new(Policy::default());
         let op_dump = Action::HostDump { reason: DumpReason::Operator };
+        // The resume follows once the vmcore is written.
         assert_eq!(
             o.on_command(Command::Dump(DumpOverride::default()), false, t0).unwrap(),
-            vec![Action::Pause, op_dump.clone(), Action::Resume]
+            vec![Action::Pause, op_dump.clone()]
         );
+        assert_eq!(o.on_dump_done(&DumpReason::Operator, None, t0), vec![Action::Resume], "not a crash");
         assert_eq!(
             o.on_command(Command::Dump(DumpOverride::default()), true, t0).unwrap(),
             vec![Action::Pause, op_dump]
         );
-        assert!(o.on_dump_done(&DumpReason::Operator, None, t0).is_empty(), "not a crash");
+        assert!(o.on_dump_done(&DumpReason::Operator, None, t0).is_empty(), "paused before: paused after");
         let live = DumpOverride { live: true, ..Default::default() };
         assert_eq!(
             o.on_command(Command::Dump(live), false, t0).unwrap(),
             vec![Action::HostDump { reason: DumpReason::Operator }]
         );
         assert_eq!(o.crashes(), 0);
+        assert!(o.on_dump_done(&DumpReason::Operator, None, t0).is_empty());
         assert_eq!(o.on_command(Command::Reset, false, t0).unwrap(), vec![Action::Reset]);
+        o.on_reset();
         assert_eq!(o.on_command(Command::Shutdown, false, t0).unwrap(), vec![Action::Stop(VmExit::HostShutdown)]);
+        o.on_reset();
         // An injected NMI gets the blame for the crash that follows.
         assert_eq!(
             o.on_command(Command::InjectNmi(NmiTargets::One(1)), false, t0).unwrap(),
             vec![Action::InjectNmi(NmiTargets::One(1))]
         );
-        assert_eq!(o.on_signal(&pv(CRASH_LOADED), t0)[0], begin("nmi_injection"));
+        assert_eq!(o.signal(&pv(CRASH_LOADED), t0)[0], begin("nmi_injection"));
         // A shutdown while the guest's kdump runs takes a host-side vmcore first.
         assert_eq!(shape(&o.on_command(Command::Shutdown, false, t0).unwrap()), dump());
+    }
+
+    /// A crash within NMI_BLAME of crashvmm's NMI (the operator's, or the one that broke a
+    /// hang) is blamed on it; a later one is the guest's own.
+    #[test]
+    fn an_injected_nmi_is_blamed_for_a_crash_within_nmi_blame_only() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        for (after, want) in [(secs(59), "nmi_injection"), (NMI_BLAME, "nmi_injection"), (secs(61), "pvpanic")] {
+            let mut o = Orchestrator::new(Policy::default());
+            o.on_command(Command::InjectNmi(NmiTargets::All), false, t0).unwrap();
+            assert_eq!(o.signal(&pv(CRASH_LOADED), t0 + after)[0], begin(want), "{after:?} after the NMI");
+        }
+        for (after, want) in [(secs(59), "guest_hang"), (secs(61), "pvpanic")] {
+            let mut o = Orchestrator::new(Policy::default());
+            assert_eq!(o.signal(&CrashSignal::GuestHang { stalled_ms: 1 }, t0), [Action::InjectNmi(NmiTargets::All)]);
+            assert_eq!(o.signal(&pv(CRASH_LOADED), t0 + after)[0], begin(want), "{after:?} after the hang's NMI");
+        }
+    }
+
+    /// One input of a scripted run, as the executor feeds them.
+    enum Step {
+        Signal(CrashSignal),
+        /// The operator's command, the vCPUs running.
+        Command(Command),
+        /// The vmcore being written is done.
+        DumpDone,
+        /// The main loop's timer, this long after the start.
+        Timer(Duration),
+    }
+
+    /// Feed `steps` (all at `t0` but the timers), each dump handed out started at once, as the
+    /// executor does; every action handed out, in order (reasons and outcomes shaped).
+    fn script(p: Policy, steps: Vec<Step>, t0: Instant) -> Vec<Action> {
+        let mut o = Orchestrator::new(p);
+        let mut dumping: Option<DumpReason> = None;
+        let mut out = Vec::new();
+        for step in steps {
+            let got = match step {
+                Step::Signal(s) => o.on_signal(timed(&s), t0),
+                Step::Command(c) => o.on_command(c, false, t0).unwrap_or_else(|busy| panic!("refused: {busy:?}")),
+                Step::DumpDone => o.on_dump_done(&dumping.take().expect("a dump in progress"), None, t0),
+                Step::Timer(after) => o.on_timer(t0 + after),
+            };
+            let dumps = got.iter().filter(|a| matches!(a, Action::HostDump { .. })).count();
+            if let Some(Action::HostDump { reason }) = got.last() {
+                assert!(dumping.is_none(), "one dump at a time: {got:?}");
+                o.on_dump_started(reason, reason.is_live(), t0);
+                dumping = Some(reason.clone());
+            } else {
+                assert_eq!(dumps, 0, "a dump is the last action handed out: {got:?}");
+            }
+            out.extend(got);
+        }
+        shape(&out)
+    }
+
+    /// What waits (for a dump, for an UNLOAD's answer) is handed out in one order, at one point:
+    /// the actions after the dump, what its outcome brings, then the signals that came meanwhile
+    /// (until one starts another dump, or the boot ends).
+    #[test]
+    fn deferred_work_is_handed_out_in_order() {
+        use AfterCrash as A;
+        use HostDump as H;
+        use OnPanic as P;
+        use Step::*;
+        let t0 = Instant::now();
+        let r = |s: CrashSignal| rec(&s, t0);
+        let hd = Action::HostDump { reason: ANY_REASON };
+        let op = || Command(super::Command::Dump(DumpOverride::default()));
+        let tf = CrashSignal::TripleFault { vcpu: 0 };
+        let unload = CrashSignal::UnloadRequested { vcpu: 1, answered: true };
+        let answered = CrashSignal::UnloadCompleted { vcpu: 0, latency_us: 1 };
+        let hang = CrashSignal::GuestHang { stalled_ms: 1 };
+        let base = policy(P::Auto, A::Exit, H::Fallback);
+        let cases: Vec<(&str, Policy, Vec<Step>, Vec<Action>)> = vec![
+            (
+                "a panic during the operator's dump is decided after it, after the resume",
+                base.clone(),
+                vec![op(), Signal(pv(PANICKED)), DumpDone],
+                vec![Action::Pause, hd.clone(), Action::Resume, r(pv(PANICKED)), begin("pvpanic")],
+            ),
+            (
+                "the crash's dump ends the boot: what waited for it is dropped",
+                base.clone(),
+                vec![Signal(pv(PANICKED)), Signal(hv()), Signal(tf.clone()), DumpDone, Signal(pv(CRASH_LOADED))],
+                vec![
+                    r(pv(PANICKED)),
+                    begin("pvpanic"),
+                    r(hv()),
+                    Action::Pause,
+                    hd.clone(),
+                    finish(),
+                    stop_panicked("pvpanic"),
+                ],
+            ),
+            (
+                "the crash's dump, then a reset: what waited for it is dropped",
+                policy(P::Auto, A::Reset, H::Fallback),
+                vec![Signal(pv(PANICKED)), Signal(hv()), Signal(tf.clone()), DumpDone],
+                vec![r(pv(PANICKED)), begin("pvpanic"), r(hv()), Action::Pause, hd.clone(), finish(), Action::Reset],
+            ),
+            (
+                "UNLOAD in flight and the operator's dump: the crash's pause waits for the UNLOAD's \
+                 answer, which waits for the dump",
+                base.clone(),
+                vec![
+                    Signal(pv(PANICKED)),
+                    Signal(unload.clone()),
+                    Signal(hv()),
+                    op(),
+                    Signal(answered.clone()),
+                    DumpDone,
+                    DumpDone,
+                ],
+                vec![
+                    r(pv(PANICKED)),
+                    begin("pvpanic"),
+                    r(unload),
+                    r(hv()),
+                    Action::Pause,
+                    hd.clone(),
+                    Action::Resume,
+                    r(answered),
+                    Action::Pause,
+                    hd.clone(),
+                    finish(),
+                    stop_panicked("pvpanic"),
+                ],
+            ),
+            (
+                "the operator's dump while the guest's kdump runs: the kdump timeout waits for it",
+                base.clone(),
+                vec![
+                    Signal(pv(CRASH_LOADED)),
+                    op(),
+                    Timer(Duration::from_secs(61)),
+                    DumpDone,
+                    Timer(Duration::from_secs(61)),
+                    DumpDone,
+                ],
+                vec![
+                    r(pv(CRASH_LOADED)),
+                    begin("pvpanic"),
+                    Action::Pause,
+                    hd.clone(),
+                    Action::Resume,
+                    Action::Pause,
+                    hd.clone(),
+                    finish(),
+                    stop_panicked("pvpanic"),
+                ],
+            ),
+            (
+                "signals that waited are decided in order; one that starts a dump makes the rest wait \
+                 for that one",
+                policy(P::Auto, A::Pause, H::Fallback),
+                vec![op(), Signal(tf.clone()), Signal(pv(PANICKED)), DumpDone, DumpDone],
+                vec![
+                    Action::Pause,
+                    hd.clone(),
+                    Action::Resume,
+                    r(tf),
+                    begin("triple_fault"),
+                    Action::Pause,
+                    hd.clone(),
+                    finish(),
+                    Action::Pause,
+                    Action::StayPaused,
+                    r(pv(PANICKED)),
+                ],
+            ),
+            (
+                "the kexec snapshot (live): the crash kernel's start is decided after it, after the resume",
+                policy(P::Auto, A::Exit, H::Always),
+                vec![Signal(pv(CRASH_LOADED)), Signal(kexec()), Signal(started()), DumpDone],
+                vec![r(pv(CRASH_LOADED)), begin("pvpanic"), r(kexec()), hd.clone(), Action::Resume, r(started())],
+            ),
+            (
+                "a hang's live dump, then the NMI; a panic meanwhile is decided after, blamed on the hang",
+                Policy { on_hang: OnHang::HOST_DUMP_NMI, ..base.clone() },
+                vec![Signal(hang.clone()), Signal(pv(CRASH_LOADED)), DumpDone],
+                vec![
+                    r(hang),
+                    begin("guest_hang"),
+                    hd.clone(),
+                    finish(),
+                    Action::InjectNmi(NmiTargets::All),
+                    r(pv(CRASH_LOADED)),
+                    begin("guest_hang"),
+                ],
+            ),
+            (
+                "a shutdown while the guest's kdump runs: its dump first, then the end",
+                base,
+                vec![Signal(pv(CRASH_LOADED)), Command(super::Command::Shutdown), DumpDone],
+                vec![r(pv(CRASH_LOADED)), begin("pvpanic"), Action::Pause, hd, finish(), stop_panicked("pvpanic")],
+            ),
+        ];
+        for (what, p, steps, want) in cases {
+            assert_eq!(script(p, steps, t0), want, "{what}");
+        }
     }
 }

@@ -100,7 +100,7 @@ fn tmp_name(base: &Path, final_dir: &Path) -> PathBuf {
 }
 
 /// A signal with when it was observed (the vCPU thread's clock for the guest's signals).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TimedSignal {
     pub at: DateTime<Utc>,
     pub signal: CrashSignal,
