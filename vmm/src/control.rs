@@ -321,12 +321,10 @@ impl VcpuControl {
     pub fn park(&self, id: u32, state: VcpuState, exit: &ExitState) {
         self.mark_stopped(id, state);
         let mut c = self.lock();
+        // Woken by `resume` and by `wake` (which `vm::stop_vcpus` repeats until every vCPU
+        // thread has ended, so a stop request cannot be missed between the check and the wait).
         while c.pause && !exit.stopping() {
-            c = self
-                .changed
-                .wait_timeout(c, Duration::from_millis(50))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
+            c = self.changed.wait(c).unwrap_or_else(|e| e.into_inner());
         }
         if let Some(s) = c.vcpus.get_mut(id as usize) {
             s.stopped = None;
