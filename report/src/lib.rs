@@ -646,8 +646,8 @@ pub fn json_schema() -> schemars::Schema {
     #[serde(untagged)]
     #[allow(dead_code)]
     enum AnyReport {
-        Crash(Report),
-        OperatorDump(DumpReport),
+        Crash(Box<Report>),
+        OperatorDump(Box<DumpReport>),
     }
     schemars::schema_for!(AnyReport)
 }
