@@ -21,6 +21,13 @@ pub enum DeliveryError {
         #[source]
         source: serde_json::Error,
     },
+    /// A report.json that is not a report (not JSON, not an object).
+    #[error("unreadable report {path}")]
+    Report {
+        path: String,
+        #[source]
+        source: crash_report::ReportError,
+    },
     #[error("{path}: checksum mismatch after upload ({detail})")]
     Checksum { path: String, detail: String },
     #[error("{0} is not a complete crash directory (no report.json in the store)")]

@@ -69,8 +69,8 @@ async fn list_async(target: &Target) -> Result<Vec<Group>, DeliveryError> {
         async move {
             let report = async {
                 let bytes = store.get(&key).await?.bytes().await?;
-                serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .map_err(|source| DeliveryError::Json { path: key.to_string(), source })
+                crash_report::from_slice::<crash_report::Report>(&bytes)
+                    .map_err(|source| DeliveryError::Report { path: key.to_string(), source })
             };
             match report.await {
                 Ok(report) => Some((sig, host, dir, report)),
@@ -87,7 +87,6 @@ async fn list_async(target: &Target) -> Result<Vec<Group>, DeliveryError> {
     .await;
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     for (sig, host, dir, report) in fetched {
-        let s = |p: &str| report.pointer(p).and_then(|v| v.as_str()).map(str::to_owned);
         let g = groups.entry(sig.clone()).or_insert_with(|| Group {
             signature_id: sig.clone(),
             title: None,
@@ -99,14 +98,14 @@ async fn list_async(target: &Target) -> Result<Vec<Group>, DeliveryError> {
             dirs: Vec::new(),
         });
         if g.title.is_none() {
-            g.title = s("/signature/title");
+            g.title = report.signature.and_then(|s| s.title);
         }
         g.dirs.push(CrashEntry {
             url: target.url_of(&format!("{sig}/{host}/{dir}")),
             host,
             dir,
-            detected_at: s("/detected_at"),
-            kernel_release: s("/guest/kernel_release"),
+            detected_at: report.detected_at,
+            kernel_release: report.guest.and_then(|g| g.kernel_release),
         });
     }
     let mut out: Vec<Group> = groups

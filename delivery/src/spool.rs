@@ -41,15 +41,21 @@ impl JobMeta {
     pub fn from_dir(dir: &Path) -> Result<Self, DeliveryError> {
         let path = dir.join(REPORT);
         let text = fs::read(&path).map_err(io("read", &path))?;
-        let report: serde_json::Value = serde_json::from_slice(&text)
-            .map_err(|source| DeliveryError::Json { path: path.display().to_string(), source })?;
+        let report = crash_report::from_slice::<crash_report::Report>(&text)
+            .map_err(|source| DeliveryError::Report { path: path.display().to_string(), source })?;
+        Ok(Self::from_report(&report))
+    }
+
+    /// From a crash's report (as written to its report.json) and this host's name.
+    pub fn from_report(report: &crash_report::Report) -> Self {
         let signature_id = report
-            .pointer("/signature/id")
-            .and_then(|v| v.as_str())
+            .signature
+            .as_ref()
+            .and_then(|s| s.id.as_deref())
             .filter(|s| is_safe_component(s))
             .unwrap_or("unknown")
             .to_owned();
-        Ok(Self { signature_id, host: hostname() })
+        Self { signature_id, host: hostname() }
     }
 }
 
@@ -353,6 +359,23 @@ fn sync_dir(dir: &Path) -> Result<(), DeliveryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_signature_id_of_a_report_is_its_key_when_it_is_one_path_component() -> Result<(), DeliveryError> {
+        let base = tempfile::tempdir().map_err(|e| DeliveryError::Other(e.to_string()))?;
+        for (report, id) in [
+            (r#"{"signature": {"id": "0123456789abcdef", "title": "t"}}"#, "0123456789abcdef"),
+            (r#"{"signature": {"id": "../x"}}"#, "unknown"),
+            (r#"{"signature": {"id": 5}}"#, "unknown"),
+            (r#"{"signature": null, "future": 1}"#, "unknown"),
+        ] {
+            fs::write(base.path().join(REPORT), report).map_err(io("write", base.path()))?;
+            assert_eq!(JobMeta::from_dir(base.path())?.signature_id, id, "{report}");
+        }
+        fs::write(base.path().join(REPORT), "[1]").map_err(io("write", base.path()))?;
+        assert!(matches!(JobMeta::from_dir(base.path()), Err(DeliveryError::Report { .. })));
+        Ok(())
+    }
 
     #[test]
     fn enqueue_is_atomic_idempotent_and_oldest_first() -> Result<(), DeliveryError> {

@@ -842,7 +842,7 @@ impl CrashHandling {
             log::warn!("crash signature {}: {}", s.id, s.title);
         }
         match record.finish(outcome, self.orchestrator.policy(), &self.guest, &events, &console) {
-            Ok(dir) => {
+            Ok((dir, report)) => {
                 log::warn!("crash report: {}", dir.display());
                 self.events.emit(Event::CrashReport {
                     dir: dir.display().to_string(),
@@ -851,7 +851,7 @@ impl CrashHandling {
                 });
                 if let Some(spool) = &self.upload_spool {
                     // One small job file; the upload thread does the rest.
-                    match delivery::JobMeta::from_dir(&dir).and_then(|meta| spool.enqueue(&dir, &meta)) {
+                    match spool.enqueue(&dir, &delivery::JobMeta::from_report(&report)) {
                         Ok(_) => log::info!("upload: {} queued", dir.display()),
                         Err(e) => log::error!("upload: {} not queued: {}", dir.display(), crate::error::Chain(&e)),
                     }

@@ -27,13 +27,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde_json::{json, Value};
+use crash_report as cr;
 use thiserror::Error;
 
 use super::live::LiveStats;
 use super::vmcore::{FilterSummary, VcpuState, VmcoreCompression, VmcoreFormat, VmcoreSummary};
-use super::{CrashSignal, DumpReason, Outcome, Policy, Trigger, VmcoreSource};
+use super::{AfterCrash, CrashSignal, DumpReason, HostDump, OnPanic, Outcome, Policy, Trigger, VmcoreSource};
 use crate::events::{hex, ts};
 use crate::files;
 
@@ -58,34 +57,11 @@ pub const TMP_PREFIX: &str = ".tmp-";
 pub const PARTIAL_SUFFIX: &str = ".partial";
 
 /// How far the recording of a crash (or an operator's dump) got: `state` in `report.json`.
-/// Only `complete` is ever seen under a final name; the others are what a crashvmm killed
-/// meanwhile left in its temporary directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReportState {
-    /// The crash is detected; nothing is collected yet.
-    Recording,
-    /// A host-side vmcore is being written (`vmcore_pending` says which file and why).
-    WritingVmcore,
-    /// The guest's kdump dump is being read from the crash disk.
-    CollectingKdump,
-    /// Everything is written.
-    Complete,
-}
+pub use crash_report::State as ReportState;
 
-/// A vmcore being written, as `report.json` says it until it is complete.
-#[derive(Debug, Clone, Serialize)]
-pub struct PendingVmcore {
-    /// The file it is written to, in the directory (renamed once complete).
-    pub file: String,
-    pub reason: String,
-    pub since: String,
-}
-
-impl PendingVmcore {
-    fn new(name: &str, reason: String) -> Self {
-        Self { file: format!("{name}{PARTIAL_SUFFIX}"), reason, since: ts(Utc::now()) }
-    }
+/// The vmcore `name` is about to be written (as `<name>.partial`) for `reason`.
+fn pending_vmcore(name: &str, reason: String) -> cr::VmcorePending {
+    cr::VmcorePending { file: format!("{name}{PARTIAL_SUFFIX}"), reason, since: ts(Utc::now()) }
 }
 
 /// `<dir>/<name>.partial`: where `name` is written.
@@ -107,20 +83,17 @@ pub struct TimedSignal {
 }
 
 /// What the report says about the vmcore.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct VmcoreEntry {
     pub path: String,
     /// `kdump-compressed` (the guest's makedumpfile, or crashvmm's default) or `elf`.
-    pub format: &'static str,
+    pub format: VmcoreFormat,
     /// A host-side vmcore's dump level (makedumpfile's `-d`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub dump_level: Option<u8>,
     /// A host-side kdump-format vmcore's page compression.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub compression: Option<VmcoreCompression>,
     /// What the dump level left out: pages per class, excluded, written, bytes before and after
     /// compression, and why a level was not applied.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub filter: Option<FilterSummary>,
     pub bytes: u64,
     pub allocated_bytes: u64,
@@ -132,7 +105,7 @@ pub struct VmcoreEntry {
 }
 
 /// Facts about the guest the report repeats.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct GuestInfo {
     pub kernel: String,
     pub cmdline: String,
@@ -165,7 +138,7 @@ pub struct CrashRecord {
     /// How far it got (`state` in report.json).
     pub state: ReportState,
     /// The vmcore being written or collected, until it is.
-    pub pending: Option<PendingVmcore>,
+    pub pending: Option<cr::VmcorePending>,
     base: PathBuf,
 }
 
@@ -209,7 +182,7 @@ impl CrashRecord {
             ReportState::WritingVmcore | ReportState::CollectingKdump => self.pending.take(),
             ReportState::Recording | ReportState::Complete => None,
         };
-        let report = serde_json::to_vec_pretty(&self.report_json(None, policy, guest)).unwrap_or_default();
+        let report = cr::to_vec_pretty(&self.build_report(None, policy, guest)).unwrap_or_default();
         replace_synced(&self.tmp_dir.join(REPORT), &report)?;
         sync_dir(&self.tmp_dir)
     }
@@ -221,14 +194,14 @@ impl CrashRecord {
         policy: &Policy,
         guest: &GuestInfo,
     ) -> Result<(), ReportError> {
-        self.pending = Some(PendingVmcore::new(VMCORE, reason.to_string()));
+        self.pending = Some(pending_vmcore(VMCORE, reason.to_string()));
         self.progress(ReportState::WritingVmcore, policy, guest)
     }
 
     /// The guest's dump is about to be collected into [`Self::partial_path`]`(file)`.
     pub fn collecting_kdump(&mut self, file: &str, policy: &Policy, guest: &GuestInfo) -> Result<(), ReportError> {
         let reason = "the guest's kdump (makedumpfile in its crash kernel)".to_string();
-        self.pending = Some(PendingVmcore::new(file, reason));
+        self.pending = Some(pending_vmcore(file, reason));
         self.progress(ReportState::CollectingKdump, policy, guest)
     }
 
@@ -288,7 +261,7 @@ impl CrashRecord {
         self.pending = None;
         self.vmcore = Some(VmcoreEntry {
             path: file.into(),
-            format: VmcoreFormat::Kdump.report_name(),
+            format: VmcoreFormat::Kdump,
             dump_level: None,
             compression: None,
             filter: None,
@@ -327,29 +300,37 @@ impl CrashRecord {
             })
     }
 
-    /// The complete report as JSON.
-    pub fn report(&self, outcome: &Outcome, policy: &Policy, guest: &GuestInfo) -> Value {
-        self.report_json(Some(outcome), policy, guest)
+    /// The complete report.
+    pub fn report(&self, outcome: &Outcome, policy: &Policy, guest: &GuestInfo) -> cr::Report {
+        self.build_report(Some(outcome), policy, guest)
     }
 
-    /// The report as JSON: complete with the `outcome`, else as far as [`Self::state`].
-    fn report_json(&self, outcome: Option<&Outcome>, policy: &Policy, guest: &GuestInfo) -> Value {
+    /// The report: complete with the `outcome`, else as far as [`Self::state`].
+    fn build_report(&self, outcome: Option<&Outcome>, policy: &Policy, guest: &GuestInfo) -> cr::Report {
         let state = if outcome.is_some() { ReportState::Complete } else { self.state };
-        let signals: Vec<Value> = self.signals.iter().map(signal_json).collect();
         let last = |f: &dyn Fn(&CrashSignal) -> bool| self.signals.iter().rev().find(|t| f(&t.signal));
-        let pvpanic = last(&|s| matches!(s, CrashSignal::PvPanic { .. })).map(|t| match &t.signal {
+        let pvpanic = last(&|s| matches!(s, CrashSignal::PvPanic { .. })).and_then(|t| match &t.signal {
             CrashSignal::PvPanic { vcpu, bits } => {
                 let e = devices::pvpanic::PvPanicEvents::from_bits(*bits);
-                json!({"vcpu": vcpu, "bits": bits, "panicked": e.panicked, "crash_loaded": e.crash_loaded,
-                       "shutdown": e.shutdown, "at": ts(t.at)})
+                Some(cr::Pvpanic {
+                    vcpu: Some(*vcpu),
+                    bits: Some(*bits),
+                    panicked: Some(e.panicked),
+                    crash_loaded: Some(e.crash_loaded),
+                    shutdown: Some(e.shutdown),
+                    at: Some(ts(t.at)),
+                })
             }
-            _ => Value::Null,
+            _ => None,
         });
-        let hyperv = last(&|s| matches!(s, CrashSignal::HvCrash { .. })).map(|t| match &t.signal {
-            CrashSignal::HvCrash { vcpu, params, message } => json!({
-                "vcpu": vcpu, "params": params.map(hex), "message": message, "at": ts(t.at)
+        let hyperv_crash = last(&|s| matches!(s, CrashSignal::HvCrash { .. })).and_then(|t| match &t.signal {
+            CrashSignal::HvCrash { vcpu, params, message } => Some(cr::HypervCrash {
+                vcpu: Some(*vcpu),
+                params: Some(params.map(hex).to_vec()),
+                message: message.clone(),
+                at: Some(ts(t.at)),
             }),
-            _ => Value::Null,
+            _ => None,
         });
         let unload_req = last(&|s| matches!(s, CrashSignal::UnloadRequested { .. }));
         let unload_done = last(&|s| matches!(s, CrashSignal::UnloadCompleted { .. }));
@@ -362,42 +343,46 @@ impl CrashRecord {
                 (CrashSignal::UnloadRequested { answered, .. }, _) => (*answered, None),
                 _ => (false, None),
             };
-            json!({"unload_requested_at": ts(r.at), "answered": answered,
-                   "unload_completed_at": unload_done.map(|d| ts(d.at)), "unload_latency_us": latency})
+            cr::Vmbus {
+                unload_requested_at: Some(ts(r.at)),
+                answered: Some(answered),
+                unload_completed_at: unload_done.map(|d| ts(d.at)),
+                unload_latency_us: latency,
+            }
         });
-        let vcpus: Vec<Value> = self.vcpus.iter().map(vcpu_json).collect();
-        let mut report = json!({
-            "crashvmm_version": env!("CARGO_PKG_VERSION"),
-            "kind": "crash",
-            "state": state,
-            "crash_number": self.number,
-            "trigger": self.trigger,
-            "detected_at": ts(self.detected_at),
-            "finished_at": outcome.map(|_| ts(Utc::now())),
-            "outcome": outcome.map(|o| o.to_string()),
-            "policy": policy,
-            "guest": {
-                "kernel": guest.kernel, "cmdline": guest.cmdline, "memory_bytes": guest.memory_bytes,
-                "vcpus": guest.vcpus, "kernel_release": self.kernel_release,
-            },
-            "signals": signals,
-            "signals_dropped": self.signals_dropped,
-            "pvpanic": pvpanic,
-            "hyperv_crash": hyperv,
-            "vmbus": vmbus,
-            "vcpu_registers": vcpus,
-            "vmcore": self.vmcore,
-            "vmcore_error": self.vmcore_error,
-            "signature": self.signature,
-        });
-        if let (Some(p), None) = (&self.pending, outcome) {
-            report["vmcore_pending"] = json!(p);
+        cr::Report {
+            schema: cr::SCHEMA_VERSION,
+            crashvmm_version: Some(env!("CARGO_PKG_VERSION").into()),
+            kind: Some(cr::Kind::Crash),
+            state: Some(state),
+            crash_number: Some(self.number),
+            trigger: Some(self.trigger.into()),
+            detected_at: Some(ts(self.detected_at)),
+            finished_at: outcome.map(|_| ts(Utc::now())),
+            outcome: outcome.map(|o| o.to_string()),
+            policy: Some(policy_entry(policy)),
+            guest: Some(cr::Guest {
+                kernel: Some(guest.kernel.clone()),
+                cmdline: Some(guest.cmdline.clone()),
+                memory_bytes: Some(guest.memory_bytes),
+                vcpus: Some(guest.vcpus),
+                kernel_release: self.kernel_release.clone(),
+            }),
+            signals: self.signals.iter().map(signal_entry).collect(),
+            signals_dropped: self.signals_dropped,
+            pvpanic,
+            hyperv_crash,
+            vmbus,
+            vcpu_registers: self.vcpus.iter().map(vcpu_registers).collect(),
+            vmcore: self.vmcore.as_ref().map(VmcoreEntry::to_report),
+            vmcore_error: self.vmcore_error.clone(),
+            signature: self.signature.as_ref().map(signature_entry),
+            vmcore_pending: self.pending.clone().filter(|_| outcome.is_none()),
         }
-        report
     }
 
     /// Write report, events and console, fsync everything, and rename the directory to its
-    /// final name. Returns that name.
+    /// final name. Returns that name and the report written there.
     pub fn finish(
         &mut self,
         outcome: &Outcome,
@@ -405,7 +390,7 @@ impl CrashRecord {
         guest: &GuestInfo,
         events: &[String],
         console: &[u8],
-    ) -> Result<PathBuf, ReportError> {
+    ) -> Result<(PathBuf, cr::Report), ReportError> {
         if self.kernel_release.is_none() {
             self.kernel_release = kernel_release_from_console(console);
         }
@@ -415,8 +400,8 @@ impl CrashRecord {
             File::open(&f).and_then(|f| f.sync_all()).map_err(io("sync", &f))?;
         }
         // The complete report last: `complete` means every other file is there.
-        let report = serde_json::to_vec_pretty(&self.report(outcome, policy, guest)).unwrap_or_default();
-        replace_synced(&self.tmp_dir.join(REPORT), &report)?;
+        let report = self.report(outcome, policy, guest);
+        replace_synced(&self.tmp_dir.join(REPORT), &cr::to_vec_pretty(&report).unwrap_or_default())?;
         self.state = ReportState::Complete;
         self.pending = None;
         // The name was chosen at the start; taken meanwhile (another crashvmm on the same
@@ -424,7 +409,7 @@ impl CrashRecord {
         let stem = crash_stem(&self.detected_at, self.number);
         let dir = rename_into_place(&self.tmp_dir, &self.final_dir, &self.base, &stem)?;
         self.tmp_dir = dir.clone();
-        Ok(dir)
+        Ok((dir, report))
     }
 }
 
@@ -443,7 +428,7 @@ pub struct DumpRecord {
     reason: String,
     live: bool,
     guest: GuestInfo,
-    pending: Option<PendingVmcore>,
+    pending: Option<cr::VmcorePending>,
 }
 
 impl DumpRecord {
@@ -465,7 +450,7 @@ impl DumpRecord {
             reason: reason.to_string(),
             live,
             guest: guest.clone(),
-            pending: Some(PendingVmcore::new(VMCORE, reason.to_string())),
+            pending: Some(pending_vmcore(VMCORE, reason.to_string())),
         };
         match record.write_report(None, None) {
             Ok(()) => Ok(record),
@@ -488,26 +473,32 @@ impl DumpRecord {
 
     fn write_report(&self, vmcore: Option<&VmcoreEntry>, live: Option<&LiveStats>) -> Result<(), ReportError> {
         let complete = vmcore.is_some();
-        let mut report = json!({
-            "crashvmm_version": env!("CARGO_PKG_VERSION"),
-            "kind": "operator_dump",
-            "state": if complete { ReportState::Complete } else { ReportState::WritingVmcore },
-            "trigger": "operator",
-            "reason": self.reason,
-            "requested_at": ts(self.requested_at),
-            "finished_at": complete.then(|| ts(Utc::now())),
-            "live": self.live,
-            "live_stats": live,
-            "guest": {
-                "kernel": self.guest.kernel, "cmdline": self.guest.cmdline,
-                "memory_bytes": self.guest.memory_bytes, "vcpus": self.guest.vcpus,
-            },
-            "vmcore": vmcore,
-        });
-        if let (Some(p), false) = (&self.pending, complete) {
-            report["vmcore_pending"] = json!(p);
-        }
-        let data = serde_json::to_vec_pretty(&report).unwrap_or_default();
+        let report = cr::DumpReport {
+            schema: cr::SCHEMA_VERSION,
+            crashvmm_version: Some(env!("CARGO_PKG_VERSION").into()),
+            kind: Some(cr::Kind::OperatorDump),
+            state: Some(if complete { ReportState::Complete } else { ReportState::WritingVmcore }),
+            trigger: Some(cr::Trigger::Operator),
+            reason: Some(self.reason.clone()),
+            requested_at: Some(ts(self.requested_at)),
+            finished_at: complete.then(|| ts(Utc::now())),
+            live: Some(self.live),
+            live_stats: live.map(|l| cr::LiveStats {
+                snapshot: l.snapshot.as_str().into(),
+                pause_us: l.pause_us,
+                copied_bytes: l.copied_bytes,
+                paused_for_rest: l.paused_for_rest,
+            }),
+            guest: Some(cr::DumpGuest {
+                kernel: Some(self.guest.kernel.clone()),
+                cmdline: Some(self.guest.cmdline.clone()),
+                memory_bytes: Some(self.guest.memory_bytes),
+                vcpus: Some(self.guest.vcpus),
+            }),
+            vmcore: vmcore.map(VmcoreEntry::to_report),
+            vmcore_pending: self.pending.clone().filter(|_| !complete),
+        };
+        let data = cr::to_vec_pretty(&report).unwrap_or_default();
         replace_synced(&self.tmp_dir.join(REPORT), &data)?;
         sync_dir(&self.tmp_dir)
     }
@@ -541,7 +532,7 @@ const VMCORE: &str = "vmcore";
 fn host_entry(s: &VmcoreSummary, reason: String) -> VmcoreEntry {
     VmcoreEntry {
         path: VMCORE.into(),
-        format: s.spec.format.report_name(),
+        format: s.spec.format,
         dump_level: Some(s.spec.dump_level),
         compression: (s.spec.format == VmcoreFormat::Kdump).then_some(s.spec.compression),
         filter: s.filter.clone(),
@@ -636,15 +627,17 @@ fn leftover(path: PathBuf, pid: u32) -> Leftover {
     };
     let report = l.path.join(REPORT);
     let parsed = fs::read(&report).map_err(|e| format!("cannot read {}: {e}", report.display())).and_then(|t| {
-        serde_json::from_slice::<Value>(&t).map_err(|e| format!("{} is not JSON: {e}", report.display()))
+        cr::from_slice::<cr::ReportHead>(&t).map_err(|e| match std::error::Error::source(&e) {
+            Some(cause) => format!("{} {e}: {cause}", report.display()),
+            None => format!("{} {e}", report.display()),
+        })
     });
     match parsed {
         Ok(r) => {
-            let field = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_string);
-            l.kind = field("kind");
-            l.trigger = field("trigger");
-            l.state = field("state");
-            l.started_at = field("detected_at").or_else(|| field("requested_at"));
+            l.kind = r.kind.map(|k| k.as_str().into());
+            l.trigger = r.trigger.map(|t| t.as_str().into());
+            l.state = r.state.map(|s| s.as_str().into());
+            l.started_at = r.started_at().map(str::to_string);
         }
         Err(e) => l.report_error = Some(e),
     }
@@ -704,56 +697,152 @@ pub fn kernel_release_from_console(console: &[u8]) -> Option<String> {
     text[at + 14..].split_whitespace().next().map(str::to_string)
 }
 
-fn signal_json(t: &TimedSignal) -> Value {
-    let at = ts(t.at);
-    match &t.signal {
-        CrashSignal::PvPanic { vcpu, bits } => {
-            json!({"at": at, "signal": "pvpanic", "vcpu": vcpu, "bits": bits})
-        }
+fn signal_entry(t: &TimedSignal) -> cr::TimedSignal {
+    let signal = match &t.signal {
+        CrashSignal::PvPanic { vcpu, bits } => cr::Signal::Pvpanic { vcpu: *vcpu, bits: *bits },
         CrashSignal::HvCrash { vcpu, params, .. } => {
-            json!({"at": at, "signal": "hv_crash", "vcpu": vcpu, "params": params.map(hex)})
+            cr::Signal::HvCrash { vcpu: *vcpu, params: params.map(hex).to_vec() }
         }
-        CrashSignal::GuestKexec { vcpu } => {
-            json!({"at": at, "signal": "guest_kexec", "vcpu": vcpu})
-        }
-        CrashSignal::CrashKernelStarted { vcpu } => {
-            json!({"at": at, "signal": "crash_kernel_started", "vcpu": vcpu})
-        }
-        CrashSignal::TripleFault { vcpu } => {
-            json!({"at": at, "signal": "triple_fault", "vcpu": vcpu})
-        }
-        CrashSignal::KvmFailure { vcpu, detail } => {
-            json!({"at": at, "signal": "kvm_failure", "vcpu": vcpu, "detail": detail})
-        }
+        CrashSignal::GuestKexec { vcpu } => cr::Signal::GuestKexec { vcpu: *vcpu },
+        CrashSignal::CrashKernelStarted { vcpu } => cr::Signal::CrashKernelStarted { vcpu: *vcpu },
+        CrashSignal::TripleFault { vcpu } => cr::Signal::TripleFault { vcpu: *vcpu },
+        CrashSignal::KvmFailure { vcpu, detail } => cr::Signal::KvmFailure { vcpu: *vcpu, detail: detail.clone() },
         CrashSignal::UnloadRequested { vcpu, answered } => {
-            json!({"at": at, "signal": "vmbus_unload_requested", "vcpu": vcpu, "answered": answered})
+            cr::Signal::UnloadRequested { vcpu: *vcpu, answered: *answered }
         }
-        CrashSignal::NmiInjected => json!({"at": at, "signal": "nmi_injected"}),
-        CrashSignal::GuestHang { stalled_ms } => json!({"at": at, "signal": "guest_hang", "stalled_ms": stalled_ms}),
+        CrashSignal::NmiInjected => cr::Signal::NmiInjected,
+        CrashSignal::GuestHang { stalled_ms } => cr::Signal::GuestHang { stalled_ms: *stalled_ms },
         CrashSignal::UnloadCompleted { vcpu, latency_us } => {
-            json!({"at": at, "signal": "vmbus_unload_completed", "vcpu": vcpu, "latency_us": latency_us})
+            cr::Signal::UnloadCompleted { vcpu: *vcpu, latency_us: *latency_us }
+        }
+    };
+    cr::TimedSignal { at: ts(t.at), signal }
+}
+
+fn vcpu_registers(v: &VcpuState) -> cr::VcpuRegisters {
+    let r = &v.regs;
+    let s = &v.sregs;
+    let reset = v.is_reset_state();
+    cr::VcpuRegisters {
+        id: v.id,
+        rip: hex(r.rip),
+        rsp: hex(r.rsp),
+        rbp: hex(r.rbp),
+        rflags: hex(r.rflags),
+        rax: hex(r.rax),
+        rbx: hex(r.rbx),
+        rcx: hex(r.rcx),
+        rdx: hex(r.rdx),
+        rsi: hex(r.rsi),
+        rdi: hex(r.rdi),
+        r8: hex(r.r8),
+        r9: hex(r.r9),
+        r10: hex(r.r10),
+        r11: hex(r.r11),
+        r12: hex(r.r12),
+        r13: hex(r.r13),
+        r14: hex(r.r14),
+        r15: hex(r.r15),
+        cs: hex(s.cs.selector as u64),
+        ss: hex(s.ss.selector as u64),
+        cr0: hex(s.cr0),
+        cr2: hex(s.cr2),
+        cr3: hex(s.cr3),
+        cr4: hex(s.cr4),
+        efer: hex(s.efer),
+        fs_base: hex(s.fs.base),
+        gs_base: hex(s.gs.base),
+        registers_reset: reset.then_some(true),
+        note: reset.then(|| RESET_NOTE.to_string()),
+    }
+}
+
+impl From<Trigger> for cr::Trigger {
+    fn from(t: Trigger) -> Self {
+        match t {
+            Trigger::Pvpanic => cr::Trigger::Pvpanic,
+            Trigger::HvCrash => cr::Trigger::HvCrash,
+            Trigger::TripleFault => cr::Trigger::TripleFault,
+            Trigger::KvmFailure => cr::Trigger::KvmFailure,
+            Trigger::GuestHang => cr::Trigger::GuestHang,
+            Trigger::NmiInjection => cr::Trigger::NmiInjection,
         }
     }
 }
 
-fn vcpu_json(v: &VcpuState) -> Value {
-    let r = &v.regs;
-    let s = &v.sregs;
-    let mut j = json!({
-        "id": v.id,
-        "rip": hex(r.rip), "rsp": hex(r.rsp), "rbp": hex(r.rbp), "rflags": hex(r.rflags),
-        "rax": hex(r.rax), "rbx": hex(r.rbx), "rcx": hex(r.rcx), "rdx": hex(r.rdx),
-        "rsi": hex(r.rsi), "rdi": hex(r.rdi), "r8": hex(r.r8), "r9": hex(r.r9), "r10": hex(r.r10),
-        "r11": hex(r.r11), "r12": hex(r.r12), "r13": hex(r.r13), "r14": hex(r.r14), "r15": hex(r.r15),
-        "cs": hex(s.cs.selector as u64), "ss": hex(s.ss.selector as u64),
-        "cr0": hex(s.cr0), "cr2": hex(s.cr2), "cr3": hex(s.cr3), "cr4": hex(s.cr4), "efer": hex(s.efer),
-        "fs_base": hex(s.fs.base), "gs_base": hex(s.gs.base),
-    });
-    if v.is_reset_state() {
-        j["registers_reset"] = json!(true);
-        j["note"] = json!(RESET_NOTE);
+fn policy_entry(p: &Policy) -> cr::Policy {
+    cr::Policy {
+        on_panic: Some(match p.on_panic {
+            OnPanic::Auto => cr::OnPanic::Auto,
+            OnPanic::Kdump => cr::OnPanic::Kdump,
+            OnPanic::HostDump => cr::OnPanic::HostDump,
+            OnPanic::Pause => cr::OnPanic::Pause,
+            OnPanic::Ignore => cr::OnPanic::Ignore,
+        }),
+        after_crash: Some(match p.after_crash {
+            AfterCrash::Exit => cr::AfterCrash::Exit,
+            AfterCrash::Reset => cr::AfterCrash::Reset,
+            AfterCrash::Pause => cr::AfterCrash::Pause,
+        }),
+        kdump_timeout: Some(p.kdump_timeout.as_secs_f64()),
+        host_dump: Some(match p.host_dump {
+            HostDump::Never => cr::HostDump::Never,
+            HostDump::Fallback => cr::HostDump::Fallback,
+            HostDump::Always => cr::HostDump::Always,
+        }),
+        max_crashes: Some(p.max_crashes),
+        hyperv: Some(p.hyperv),
+        on_hang: Some(p.on_hang.to_string()),
     }
-    j
+}
+
+fn signature_entry(s: &signature::Signature) -> cr::Signature {
+    cr::Signature {
+        title: Some(s.title.clone()),
+        frames: Some(s.frames.clone()),
+        id: Some(s.id.clone()),
+        // The kind's serde name (`page_fault`, ...).
+        kind: match serde_json::to_value(s.kind) {
+            Ok(serde_json::Value::String(k)) => Some(k),
+            _ => None,
+        },
+    }
+}
+
+impl VmcoreEntry {
+    /// The report's words for it.
+    fn to_report(&self) -> cr::Vmcore {
+        cr::Vmcore {
+            path: Some(self.path.clone()),
+            format: Some(match self.format {
+                VmcoreFormat::Kdump => cr::VmcoreFormat::KdumpCompressed,
+                VmcoreFormat::Elf => cr::VmcoreFormat::Elf,
+            }),
+            dump_level: self.dump_level,
+            compression: self.compression.map(|c| match c {
+                VmcoreCompression::Zlib => cr::Compression::Zlib,
+                VmcoreCompression::Lzo => cr::Compression::Lzo,
+                VmcoreCompression::None => cr::Compression::None,
+            }),
+            // The writer's account as it serializes it (the kdump crate's types), with the page
+            // counts a reader needs typed.
+            filter: self.filter.as_ref().and_then(|f| {
+                serde_json::to_value(f)
+                    .and_then(serde_json::from_value)
+                    .map_err(|e| log::warn!("vmcore filter: {e}"))
+                    .ok()
+            }),
+            bytes: Some(self.bytes),
+            allocated_bytes: Some(self.allocated_bytes),
+            sha256: self.sha256.clone(),
+            source: Some(match self.source {
+                VmcoreSource::Host => cr::VmcoreSource::Host,
+                VmcoreSource::Guest => cr::VmcoreSource::Guest,
+            }),
+            duration_ms: Some(self.duration_ms),
+            reason: Some(self.reason.clone()),
+        }
+    }
 }
 
 /// Why a vCPU's registers may be its reset state (report.json, crashvmm's log).
@@ -763,6 +852,7 @@ pub const RESET_NOTE: &str = "these are the registers of a CPU just reset (KVM r
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn guest() -> GuestInfo {
         GuestInfo { kernel: "/k".into(), cmdline: "console=ttyS0".into(), memory_bytes: 1 << 30, vcpus: 2 }
@@ -779,10 +869,50 @@ mod tests {
         first.record(&CrashSignal::UnloadCompleted { vcpu: 0, latency_us: 42 });
         let console = b"[    0.000000] Linux version 6.1.0-56-cloud-amd64 (debian-kernel@...) #1 SMP\n";
         let events = vec!["{\"event\":\"a\"}\n".to_string(), "{\"event\":\"b\"}\n".to_string()];
-        let dir = first.finish(&Outcome::HostVmcoreWritten, &Policy::default(), &guest(), &events, console).unwrap();
+        let (dir, written) =
+            first.finish(&Outcome::HostVmcoreWritten, &Policy::default(), &guest(), &events, console).unwrap();
         let name = dir.file_name().unwrap().to_str().unwrap().to_string();
         assert!(name.ends_with("-001") && name.len() == "20261125T130105Z-001".len(), "{name}");
-        let report: Value = serde_json::from_slice(&fs::read(dir.join("report.json")).unwrap()).unwrap();
+        let text = fs::read(dir.join("report.json")).unwrap();
+        // The report returned is the one written.
+        assert_eq!(cr::from_slice::<cr::Report>(&text).unwrap(), written);
+        let report: Value = serde_json::from_slice(&text).unwrap();
+        // The keys report.json always had (a `null` written, not left out), and `schema`.
+        let keys: Vec<&str> = report.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "crash_number",
+                "crashvmm_version",
+                "detected_at",
+                "finished_at",
+                "guest",
+                "hyperv_crash",
+                "kind",
+                "outcome",
+                "policy",
+                "pvpanic",
+                "schema",
+                "signals",
+                "signals_dropped",
+                "signature",
+                "state",
+                "trigger",
+                "vcpu_registers",
+                "vmbus",
+                "vmcore",
+                "vmcore_error"
+            ]
+        );
+        assert_eq!(report["schema"], cr::SCHEMA_VERSION);
+        assert_eq!(report["signals"][1]["params"][3], "0x1000");
+        assert_eq!(
+            report["signals"][3],
+            serde_json::json!({"at": report["vmbus"]["unload_completed_at"],
+            "signal": "vmbus_unload_completed", "vcpu": 0, "latency_us": 42})
+        );
+        assert_eq!(report["policy"]["kdump_timeout"], 600.0);
+        assert_eq!(report["policy"]["on_hang"], "nmi");
         assert_eq!(report["trigger"], "pvpanic");
         assert_eq!(report["outcome"], "host-side vmcore written");
         assert_eq!(report["pvpanic"]["panicked"], true);
@@ -802,7 +932,7 @@ mod tests {
         let mut again = CrashRecord::begin(base.path(), 1, Trigger::Pvpanic).unwrap();
         again.detected_at = first.detected_at;
         again.final_dir = dir.clone();
-        let dir2 = again.finish(&Outcome::KdumpCollected, &Policy::default(), &guest(), &[], b"").unwrap();
+        let (dir2, _) = again.finish(&Outcome::KdumpCollected, &Policy::default(), &guest(), &[], b"").unwrap();
         assert_ne!(dir, dir2);
         assert!(dir.join("report.json").exists());
     }
@@ -851,7 +981,7 @@ mod tests {
         // Written: named `vmcore`, then the directory is complete under its final name.
         r.commit("vmcore").unwrap();
         assert!(!p.exists() && r.tmp_dir.join("vmcore").is_file());
-        let dir = r.finish(&Outcome::HostVmcoreWritten, &policy, &guest(), &[], b"").unwrap();
+        let (dir, _) = r.finish(&Outcome::HostVmcoreWritten, &policy, &guest(), &[], b"").unwrap();
         let report = read_report(&dir);
         assert_eq!(report["state"], "complete");
         assert!(report.get("vmcore_pending").is_none(), "{report}");
@@ -932,13 +1062,13 @@ mod tests {
         let mut v = VcpuState { id: 1, regs: Default::default(), sregs: Default::default() };
         v.regs.rip = 0x1089be;
         v.sregs.cr0 = 0xe000_0011;
-        assert!(vcpu_json(&v).get("registers_reset").is_none());
+        assert_eq!((vcpu_registers(&v).registers_reset, vcpu_registers(&v).note), (None, None));
         // What KVM on AMD leaves after a SHUTDOWN intercept: the INIT state.
         v.regs.rip = 0xfff0;
         v.sregs.cs.base = 0xffff_0000;
         v.sregs.cs.selector = 0xf000;
         v.sregs.cr0 = 0x6000_0010;
-        let j = vcpu_json(&v);
+        let j = serde_json::to_value(vcpu_registers(&v)).unwrap();
         assert_eq!(j["registers_reset"], true);
         assert_eq!(j["rip"], "0xfff0");
         assert!(j["note"].as_str().unwrap().contains("not where the guest was"));
@@ -953,7 +1083,8 @@ mod tests {
         assert_eq!(s.title, "kernel panic: sysrq triggered crash");
         assert_eq!(s.frames.first().map(String::as_str), Some("sysrq_handle_crash"));
         r.signature = Some(s.clone());
-        let dir = r.finish(&Outcome::HostVmcoreWritten, &Policy::default(), &guest(), &[], console.as_bytes()).unwrap();
+        let (dir, _) =
+            r.finish(&Outcome::HostVmcoreWritten, &Policy::default(), &guest(), &[], console.as_bytes()).unwrap();
         let report: Value = serde_json::from_slice(&fs::read(dir.join("report.json")).unwrap()).unwrap();
         assert_eq!(report["signature"]["id"], s.id.as_str());
         // No crash text at all: the trigger names it, or nothing does.

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use crash_report as cr;
 
 use crate::printable::escape;
 
@@ -31,22 +31,21 @@ fn resolve(dir: &Path) -> Result<PathBuf> {
     }
 }
 
-/// A value for a person: text with its control characters escaped, `?` for a missing one,
-/// anything else as JSON (which escapes control characters itself).
-fn show(v: &Value) -> String {
-    match v {
-        Value::String(s) => escape(s).into_owned(),
-        Value::Null => "?".into(),
-        other => other.to_string(),
-    }
+/// A value for a person: text with its control characters escaped, `?` for a missing one.
+fn show(v: Option<&str>) -> String {
+    v.map_or("?".into(), |s| escape(s).into_owned())
+}
+
+/// A number (or anything else shown as it is) for a person, `?` for a missing one.
+fn num(v: Option<impl std::fmt::Display>) -> String {
+    v.map_or("?".into(), |v| v.to_string())
 }
 
 /// A host-side vmcore's dump level and what it left out.
-fn filtered(v: &Value) -> String {
-    let Some(level) = v["dump_level"].as_u64() else { return String::new() };
-    let f = &v["filter"];
-    let (total, written) = (f["total_pages"].as_u64(), f["data_pages"].as_u64().or(f["kept_pages"].as_u64()));
-    match (total, written) {
+fn filtered(v: &cr::Vmcore) -> String {
+    let Some(level) = v.dump_level else { return String::new() };
+    let f = v.filter.as_ref();
+    match (f.and_then(|f| f.total_pages), f.and_then(cr::VmcoreFilter::written_pages)) {
         (Some(t), Some(w)) if t > 0 => {
             format!(
                 ", dump level {level}: {} of {t} pages written with their data ({:.0}% left out)",
@@ -60,73 +59,79 @@ fn filtered(v: &Value) -> String {
 
 /// The summary text for the report at `dir`. Whatever `report.json` holds (missing keys, other
 /// types, not an object), what is there is shown, and text that came from the guest is printed
-/// with its control characters escaped. Indexing a [`Value`] gives `Null` for a missing key or
-/// a value of another type, never a panic.
+/// with its control characters escaped: a key missing or of another type reads as absent
+/// ([`crash_report`]) and shows as `?`.
 pub fn render(dir: &Path) -> Result<String> {
     let dir = resolve(dir)?;
     let path = dir.join("report.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let r: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-    let s = show;
+    let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = String::new();
     let _ = writeln!(out, "crash report {}", escape(&dir.display().to_string()));
-    if !r.is_object() {
-        let _ = writeln!(out, "  report.json is not an object: {}", show(&r));
-        return Ok(out);
-    }
+    let r: cr::Report = match cr::from_slice(&text) {
+        Ok(r) => r,
+        Err(cr::ReportError::NotAnObject(v)) => {
+            let v = match v {
+                serde_json::Value::String(s) => escape(&s).into_owned(),
+                serde_json::Value::Null => "?".into(),
+                other => other.to_string(),
+            };
+            let _ = writeln!(out, "  report.json is not an object: {v}");
+            return Ok(out);
+        }
+        Err(e) => return Err(e).with_context(|| format!("{} is not a crash report", path.display())),
+    };
     let _ = writeln!(
         out,
         "  crash        #{} at {}, trigger {}",
-        s(&r["crash_number"]),
-        s(&r["detected_at"]),
-        s(&r["trigger"])
+        num(r.crash_number),
+        show(r.detected_at.as_deref()),
+        show(r.trigger.map(cr::Trigger::as_str))
     );
-    let _ = writeln!(out, "  outcome      {}", s(&r["outcome"]));
-    let sig = &r["signature"];
-    if !sig.is_null() {
-        let _ = writeln!(out, "  signature    {}  {}", s(&sig["id"]), s(&sig["title"]));
+    let _ = writeln!(out, "  outcome      {}", show(r.outcome.as_deref()));
+    if let Some(sig) = &r.signature {
+        let _ = writeln!(out, "  signature    {}  {}", show(sig.id.as_deref()), show(sig.title.as_deref()));
     }
-    let g = &r["guest"];
-    let release = g["kernel_release"].as_str().map_or("unknown".into(), escape);
-    let memory = g["memory_bytes"].as_u64().map_or("?".into(), |b| (b >> 20).to_string());
-    let _ = writeln!(out, "  guest        Linux {release}, {} vCPUs, {memory} MiB", s(&g["vcpus"]));
-    let p = &r["policy"];
+    let g = r.guest.unwrap_or_default();
+    let release = g.kernel_release.as_deref().map_or("unknown".into(), escape);
+    let memory = num(g.memory_bytes.map(|b| b >> 20));
+    let _ = writeln!(out, "  guest        Linux {release}, {} vCPUs, {memory} MiB", num(g.vcpus));
+    let p = r.policy.unwrap_or_default();
     let _ = writeln!(
         out,
         "  policy       on-panic {}, after-crash {}, host-dump {}",
-        s(&p["on_panic"]),
-        s(&p["after_crash"]),
-        s(&p["host_dump"])
+        show(p.on_panic.map(|v| v.as_str())),
+        show(p.after_crash.map(|v| v.as_str())),
+        show(p.host_dump.map(|v| v.as_str()))
     );
-    let pv = &r["pvpanic"];
-    if !pv.is_null() {
-        let _ = writeln!(out, "  pvpanic      bits {} (vCPU {})", s(&pv["bits"]), s(&pv["vcpu"]));
+    if let Some(pv) = &r.pvpanic {
+        let _ = writeln!(out, "  pvpanic      bits {} (vCPU {})", num(pv.bits), num(pv.vcpu));
     }
-    let v = &r["vmbus"];
-    if !v.is_null() {
-        let latency =
-            v["unload_latency_us"].as_u64().map_or("not answered".into(), |us| format!("answered in {us} us"));
+    if let Some(v) = &r.vmbus {
+        let latency = v.unload_latency_us.map_or("not answered".into(), |us| format!("answered in {us} us"));
         let _ = writeln!(out, "  vmbus        UNLOAD {latency}");
     }
-    let v = &r["vmcore"];
-    if v.is_null() {
-        let why = r["vmcore_error"].as_str().map_or("none taken".into(), escape);
-        let _ = writeln!(out, "  vmcore       none: {why}");
-    } else {
-        let file = v["path"].as_str().map_or("?".into(), |p| escape(&dir.join(p).display().to_string()).into_owned());
-        let _ = writeln!(
-            out,
-            "  vmcore       {file} ({} bytes, {} on disk, {} ms){}",
-            s(&v["bytes"]),
-            s(&v["allocated_bytes"]),
-            s(&v["duration_ms"]),
-            v["sha256"].as_str().map_or(String::new(), |h| format!(", sha256 {}", escape(h)))
-        );
-        if let Some(format) = v["format"].as_str() {
-            let _ = writeln!(out, "               {}{}", escape(format), filtered(v));
+    match &r.vmcore {
+        None => {
+            let why = r.vmcore_error.as_deref().map_or("none taken".into(), escape);
+            let _ = writeln!(out, "  vmcore       none: {why}");
+        }
+        Some(v) => {
+            let file =
+                v.path.as_deref().map_or("?".into(), |p| escape(&dir.join(p).display().to_string()).into_owned());
+            let _ = writeln!(
+                out,
+                "  vmcore       {file} ({} bytes, {} on disk, {} ms){}",
+                num(v.bytes),
+                num(v.allocated_bytes),
+                num(v.duration_ms),
+                v.sha256.as_deref().map_or(String::new(), |h| format!(", sha256 {}", escape(h)))
+            );
+            if let Some(format) = v.format {
+                let _ = writeln!(out, "               {}{}", format.as_str(), filtered(v));
+            }
         }
     }
-    if let Some(msg) = r["hyperv_crash"]["message"].as_str() {
+    if let Some(msg) = r.hyperv_crash.as_ref().and_then(|h| h.message.as_deref()) {
         let _ = writeln!(out, "  guest's last kernel messages (Hyper-V crash message):");
         let lines: Vec<&str> = msg.lines().filter(|l| !l.trim().is_empty()).collect();
         let panic_at = lines.iter().position(|l| l.contains("Kernel panic")).unwrap_or(lines.len().saturating_sub(8));
