@@ -10,7 +10,15 @@
 //!                               with a guard per level (ClassifyReport says what was filtered)
 //!   -> diskdump::write_kdump    the kdump-compressed file (header, sub-header + notes, bitmaps,
 //!                               page descriptors, pages compressed on all cores)
+//!   or elfcore::write_elf       an ELF core (QEMU dump-guest-memory layout: PT_NOTE with
+//!                               NT_PRSTATUS/QEMU notes per CpuState and VMCOREINFO, a
+//!                               PT_LOAD per RAM range; excluded and zero pages are holes)
+//!
+//! flat::rearrange               makedumpfile -F's flattened stream -> the kdump file
+//! vmcoreinfo::parse_note        the kernel's VMCOREINFO note at a page of guest RAM
 //! ```
+//!
+//! Files are written at offsets through [`WriteAt`] (a `&File`, or a `Vec<u8>` in tests).
 //!
 //! Guest memory is hostile: every read goes through [`PhysMem::read`], which must bounds-check;
 //! every walk here (page tables, mem_section roots, free lists) is bounded and cycle-checked, and

@@ -15,7 +15,8 @@
 //! `kdump::vmcoreinfo::parse_note`).
 //!
 //! Writing: all-zero pages become holes (the file is sparse), runs of non-zero pages go to the
-//! file with one `pwrite` each, and a second thread computes the SHA-256 of the file as a
+//! file with one `pwrite` each (`kdump::elfcore::write_elf`, reading guest RAM through
+//! [`RegionMem`], snapshot-aware), and a second thread computes the SHA-256 of the file as a
 //! reader sees it (holes included) from the guest mapping. For private anonymous guest RAM,
 //! `/proc/self/pagemap` tells which pages were never touched: those are zero without being read
 //! (no page faults, no memory traffic).
@@ -46,7 +47,7 @@ pub use crate::vcpu_state::VcpuState;
 
 /// Guest page size (x86_64), the granularity of holes and of the VMCOREINFO scan.
 const PAGE: usize = 4096;
-/// Pages handled per step (pagemap read, zero checks, progress update): 8 MiB.
+/// Pages handled per step (pagemap read, VMCOREINFO scan, hashing): 8 MiB.
 const BATCH_PAGES: usize = 2048;
 /// A zero page run for the hasher: what holes read as.
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
