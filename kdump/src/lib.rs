@@ -10,7 +10,15 @@
 //!                               with a guard per level (ClassifyReport says what was filtered)
 //!   -> diskdump::write_kdump    the kdump-compressed file (header, sub-header + notes, bitmaps,
 //!                               page descriptors, pages compressed on all cores)
+//!   or elfcore::write_elf       an ELF core (QEMU dump-guest-memory layout: PT_NOTE with
+//!                               NT_PRSTATUS/QEMU notes per CpuState and VMCOREINFO, a
+//!                               PT_LOAD per RAM range; excluded and zero pages are holes)
+//!
+//! flat::rearrange               makedumpfile -F's flattened stream -> the kdump file
+//! vmcoreinfo::parse_note        the kernel's VMCOREINFO note at a page of guest RAM
 //! ```
+//!
+//! Files are written at offsets through [`WriteAt`] (a `&File`, or a `Vec<u8>` in tests).
 //!
 //! Guest memory is hostile: every read goes through [`PhysMem::read`], which must bounds-check;
 //! every walk here (page tables, mem_section roots, free lists) is bounded and cycle-checked, and
@@ -19,6 +27,8 @@
 pub mod classify;
 pub mod diskdump;
 pub mod elf;
+pub mod elfcore;
+pub mod flat;
 pub mod lzo;
 pub mod memmap;
 pub mod paging;
@@ -28,6 +38,7 @@ pub mod vmcoreinfo;
 
 pub use classify::{classify, Bitmap, Classification, ClassifyOptions, ClassifyReport, LevelState, LevelStatus};
 pub use diskdump::{write_kdump, Compression, KdumpFile, KdumpOptions, KdumpSummary, NoteSet};
+pub use elfcore::{CpuState, ElfLayout};
 pub use vmcoreinfo::VmcoreInfo;
 
 /// x86_64 page size: the only one handled.
@@ -99,6 +110,51 @@ impl PhysMem for SliceMem<'_> {
         let src = bytes.get(off..off.checked_add(buf.len()).ok_or(err)?).ok_or(err)?;
         buf.copy_from_slice(src);
         Ok(())
+    }
+}
+
+/// Where a file is written at offsets (`pwrite`): a file, or a buffer in tests and tools.
+pub trait WriteAt {
+    /// Writes all of `buf` at `offset` (past the end: the gap reads as zeros).
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()>;
+    /// Sets the length (truncates or extends with zeros).
+    fn set_len(&mut self, len: u64) -> std::io::Result<()>;
+}
+
+impl WriteAt for Vec<u8> {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
+        let end = start.checked_add(buf.len()).ok_or_else(|| std::io::Error::other("offset overflows"))?;
+        if self.len() < end {
+            self.resize(end, 0);
+        }
+        self[start..end].copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.resize(usize::try_from(len).map_err(std::io::Error::other)?, 0);
+        Ok(())
+    }
+}
+
+impl WriteAt for &std::fs::File {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(*self, buf, offset)
+    }
+
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        std::fs::File::set_len(self, len)
+    }
+}
+
+impl<T: WriteAt + ?Sized> WriteAt for &mut T {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        (**self).write_all_at(buf, offset)
+    }
+
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        (**self).set_len(len)
     }
 }
 

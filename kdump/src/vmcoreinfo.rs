@@ -129,6 +129,47 @@ impl VmcoreInfo {
     }
 }
 
+/// The VMCOREINFO note's name with its NUL (`n_namesz` 11).
+pub const VMCOREINFO_NOTE_NAME: &[u8; 11] = b"VMCOREINFO\0";
+/// Bytes before a VMCOREINFO note's descriptor: `n_namesz`, `n_descsz`, `n_type`, the name
+/// padded to 12 bytes.
+pub const NOTE_HEADER: usize = 24;
+/// Linux's `VMCOREINFO_BYTES` (one page): the longest text in a kernel's note.
+pub const VMCOREINFO_BYTES: usize = 4096;
+/// What the kernel's text starts with.
+const TEXT_PREFIX: &[u8] = b"OSRELEASE=";
+/// The first 16 bytes of a VMCOREINFO note, minus `n_descsz`: `n_namesz = 11` and
+/// `n_type = 0 | "VMCO"`.
+const NOTE_WORD0_LOW: u64 = 11;
+const NOTE_WORD1: u64 = u64::from_le_bytes(*b"\0\0\0\0VMCO");
+
+/// Whether `head` (at least 16 bytes) may start the kernel's VMCOREINFO note: the cheap check a
+/// scan of guest RAM makes at each page before [`parse_note`].
+pub fn may_start_note(head: &[u8]) -> bool {
+    let word = |i: usize| head.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    word(0).is_some_and(|w| w & 0xffff_ffff == NOTE_WORD0_LOW) && word(8) == Some(NOTE_WORD1)
+}
+
+/// The text of the VMCOREINFO note the kernel builds (guest-protocol §8.3) at the start of
+/// `bytes`: `n_namesz` 11, `n_type` 0, named "VMCOREINFO", with 10 to [`VMCOREINFO_BYTES`]
+/// bytes of UTF-8 text starting with `OSRELEASE=`. `None` for anything else.
+pub fn parse_note(bytes: &[u8]) -> Option<String> {
+    let head = bytes.get(..NOTE_HEADER)?;
+    let word = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    if word(0) != 11 || word(8) != 0 || head[12..23] != VMCOREINFO_NOTE_NAME[..] {
+        return None;
+    }
+    let descsz = word(4) as usize;
+    if !(TEXT_PREFIX.len()..=VMCOREINFO_BYTES).contains(&descsz) {
+        return None;
+    }
+    let desc = bytes.get(NOTE_HEADER..NOTE_HEADER + descsz)?;
+    if !desc.starts_with(TEXT_PREFIX) {
+        return None;
+    }
+    String::from_utf8(desc.to_vec()).ok()
+}
+
 /// Finds the "VMCOREINFO" note in a buffer of ELF notes (an ELF core's PT_NOTE contents) and
 /// returns its descriptor (the text).
 pub fn find_vmcoreinfo_note(notes: &[u8]) -> Option<&[u8]> {
@@ -203,6 +244,44 @@ SIZE(page)=99\ngarbage line\n";
         assert_eq!(v.symbol("x"), None);
         assert_eq!(v.offset("a.b"), None);
         assert_eq!(v.kernel_version(), None);
+    }
+
+    fn note_bytes(namesz: u32, descsz: u32, n_type: u32, name: &[u8], text: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&namesz.to_le_bytes());
+        v.extend_from_slice(&descsz.to_le_bytes());
+        v.extend_from_slice(&n_type.to_le_bytes());
+        v.extend_from_slice(name);
+        v.resize(24, 0);
+        v.extend_from_slice(text);
+        v
+    }
+
+    #[test]
+    fn parses_the_kernels_note_and_nothing_else() {
+        let text = TEXT.as_bytes();
+        let good = note_bytes(11, text.len() as u32, 0, b"VMCOREINFO\0", text);
+        assert!(may_start_note(&good));
+        assert_eq!(parse_note(&good).as_deref(), Some(TEXT));
+        // Trailing bytes after the descriptor are not part of it.
+        assert_eq!(parse_note(&[good.clone(), vec![b'x'; 100]].concat()).as_deref(), Some(TEXT));
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("descsz too big", note_bytes(11, 4097, 0, b"VMCOREINFO\0", &[b'O'; 4097])),
+            ("descsz zero", note_bytes(11, 0, 0, b"VMCOREINFO\0", text)),
+            ("no OSRELEASE=", note_bytes(11, 20, 0, b"VMCOREINFO\0", b"PAGESIZE=4096\nABCDEF")),
+            ("wrong namesz", note_bytes(12, text.len() as u32, 0, b"VMCOREINFO\0", text)),
+            ("wrong type", note_bytes(11, text.len() as u32, 1, b"VMCOREINFO\0", text)),
+            ("wrong name", note_bytes(11, text.len() as u32, 0, b"VMCOREINFX\0", text)),
+            ("not UTF-8", note_bytes(11, 12, 0, b"VMCOREINFO\0", b"OSRELEASE=\xff\xfe")),
+            ("truncated", good[..good.len() - 1].to_vec()),
+            ("header only", good[..20].to_vec()),
+        ];
+        for (what, note) in cases {
+            assert_eq!(parse_note(&note), None, "{what}");
+        }
+        assert!(!may_start_note(&note_bytes(11, 5, 1, b"VMCOREINFO\0", b"")));
+        assert!(!may_start_note(&note_bytes(11, 5, 0, b"XMCOREINFO\0", b"")));
+        assert!(!may_start_note(&good[..15]));
     }
 
     #[test]

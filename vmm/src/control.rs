@@ -22,10 +22,10 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::SIGRTMIN;
 
 use crate::crash::report::TimedSignal;
-use crate::crash::vmcore::VcpuState;
 use crate::crash::CrashSignal;
 use crate::exit::VmExit;
 use crate::sync::lock;
+use crate::vcpu_state::VcpuState;
 use crate::watchdog::Sample;
 
 /// Crash signals from the vCPU threads to the main thread's executor, each with when it was

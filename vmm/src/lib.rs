@@ -26,6 +26,7 @@ pub mod sync;
 pub mod uffd;
 pub mod upload;
 pub mod vcpu;
+pub mod vcpu_state;
 pub mod vm;
 pub mod vmbus;
 pub mod watchdog;

@@ -21,12 +21,12 @@ use vmm_sys_util::errno;
 use crate::boot;
 use crate::control::{ExitState, Kicker, SignalQueue, VcpuControl};
 use crate::crash::executor::VmControl;
-use crate::crash::vmcore::VcpuState;
 use crate::crash::CrashSignal;
 use crate::events::{hex, Event, EventLog};
 use crate::exit::VmExit;
 use crate::hyperv::{GuestRam, HyperV, VmbusPort};
 use crate::sync::lock;
+use crate::vcpu_state::VcpuState;
 use crate::vmbus::{self, Deferred, VmbusLink};
 use crate::watchdog::Sample;
 

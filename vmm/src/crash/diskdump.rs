@@ -10,7 +10,7 @@ use std::time::Instant;
 use kdump::classify::{Classification, ClassifyOptions, DL_ZERO};
 use kdump::diskdump::{Compression, KdumpOptions, NoteSet};
 use kdump::vmcoreinfo::VmcoreInfo;
-use kdump::{KdumpError, OutOfRange, PhysMem, RamRange};
+use kdump::{KdumpError, OutOfRange, PhysMem};
 
 use super::vmcore::{
     self, FilterSummary, Region, VcpuState, VmcoreCompression, VmcoreError, VmcoreInfoNote, VmcoreOptions,
@@ -23,6 +23,12 @@ const ZLIB_LEVEL: u32 = 6;
 
 /// Guest RAM as the `kdump` crate reads it: the host mappings of the regions, bounds-checked.
 pub(super) struct RegionMem<'a>(&'a [Region<'a>]);
+
+impl<'a> RegionMem<'a> {
+    pub(super) fn new(regions: &'a [Region<'a>]) -> Self {
+        Self(regions)
+    }
+}
 
 impl PhysMem for RegionMem<'_> {
     fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
@@ -38,22 +44,17 @@ impl PhysMem for RegionMem<'_> {
     }
 }
 
-fn ram(regions: &[Region<'_>]) -> Vec<RamRange> {
-    regions.iter().map(|r| RamRange { start: r.gpa, len: r.bytes.len() as u64 }).collect()
-}
-
 /// Which pages `level` keeps. A classification that fails as a whole (guest memory that makes
 /// no sense) falls back to zero pages only, and its report says so: a page is never dropped on
 /// a guess.
 pub(super) fn classify(
     regions: &[Region<'_>],
-    vmcoreinfo: Option<&VmcoreInfoNote>,
+    info: Option<&VmcoreInfo>,
     level: u8,
 ) -> Result<Classification, KdumpError> {
-    let (mem, ram) = (RegionMem(regions), ram(regions));
-    let info = vmcoreinfo.map(|n| VmcoreInfo::parse(&n.text));
+    let (mem, ram) = (RegionMem(regions), vmcore::ram(regions));
     let opts = ClassifyOptions::default();
-    match kdump::classify::classify(&mem, &ram, info.as_ref(), level, &opts) {
+    match kdump::classify::classify(&mem, &ram, info, level, &opts) {
         Ok(c) => Ok(c),
         Err(e) => {
             log::warn!("page classification failed ({e}); only zero pages are left out");
@@ -77,9 +78,12 @@ pub(super) fn write(
 ) -> Result<VmcoreSummary, VmcoreError> {
     let kdump_err = |source| VmcoreError::Kdump { path: path.to_path_buf(), source };
     let write_err = |source| VmcoreError::Write { path: path.to_path_buf(), source };
-    let classification = classify(regions, vmcoreinfo.as_ref(), opts.spec.dump_level).map_err(kdump_err)?;
-    let info = vmcoreinfo.as_ref().map(|n| VmcoreInfo::parse(&n.text));
-    let notes = NoteSet::new(&vmcore::notes(vcpus, None), vmcoreinfo.as_ref().map(|n| n.text.as_str()));
+    let info = vmcoreinfo.as_ref().map(VmcoreInfoNote::info);
+    let classification = classify(regions, info.as_ref(), opts.spec.dump_level).map_err(kdump_err)?;
+    let notes = NoteSet::new(
+        &kdump::elfcore::notes(&vmcore::cpu_states(vcpus), None),
+        vmcoreinfo.as_ref().map(|n| n.text.as_str()),
+    );
     let file = crate::files::create_private(path)
         .map_err(|source| VmcoreError::Create { path: path.to_path_buf(), source })?;
     let total = classification.dumpable.count().saturating_mul(kdump::PAGE_SIZE);

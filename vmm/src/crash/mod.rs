@@ -6,7 +6,7 @@
 
 mod diskdump;
 pub mod executor;
-pub mod flat;
+pub use kdump::flat;
 pub mod live;
 pub mod report;
 pub mod snapshot;

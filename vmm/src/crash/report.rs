@@ -241,7 +241,7 @@ impl CrashRecord {
     pub fn set_vmcore(&mut self, s: &VmcoreSummary, reason: &DumpReason) -> Result<(), ReportError> {
         self.commit(VMCORE)?;
         self.pending = None;
-        if let Some(release) = s.vmcoreinfo.as_ref().and_then(|n| vmcoreinfo_value(&n.text, "OSRELEASE")) {
+        if let Some(release) = s.vmcoreinfo.as_ref().and_then(|n| n.info().osrelease().map(str::to_string)) {
             self.kernel_release = Some(release);
         }
         self.vmcore = Some(host_entry(s, reason.to_string()));
@@ -685,11 +685,6 @@ fn sync_dir(dir: &Path) -> Result<(), ReportError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io("sync", dir))
 }
 
-/// `KEY=value` from VMCOREINFO text.
-pub fn vmcoreinfo_value(text: &str, key: &str) -> Option<String> {
-    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).map(str::to_string)
-}
-
 /// The release from the kernel's "Linux version X (...)" banner.
 pub fn kernel_release_from_console(console: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(console);
@@ -1105,8 +1100,6 @@ mod tests {
 
     #[test]
     fn parses_release_and_vmcoreinfo() {
-        assert_eq!(vmcoreinfo_value("OSRELEASE=6.1.0\nPAGESIZE=4096\n", "PAGESIZE").as_deref(), Some("4096"));
-        assert_eq!(vmcoreinfo_value("OSRELEASE=6.1.0\n", "OSRELEASEX"), None);
         assert_eq!(kernel_release_from_console(b"no banner"), None);
     }
 }

@@ -1,34 +1,25 @@
 //! Host-side vmcore of the guest's physical memory, readable by `crash` and `makedumpfile`, in
 //! one of two formats ([`VmcoreFormat`]): the kdump-compressed file makedumpfile writes (the
-//! default; `diskdump.rs`, through the `kdump` crate) or an ELF64 core file in the shape of
-//! QEMU's `dump-guest-memory` (non-paging) output (this file). Either way the pages the dump
-//! level excludes (`--dump-level`, makedumpfile's classes: zero, cache, private cache, user,
-//! free, decided from the guest's VMCOREINFO and struct pages) are left out: holes in an ELF.
+//! default; `diskdump.rs`, through `kdump::diskdump`) or an ELF64 core file in the shape of
+//! QEMU's `dump-guest-memory` (non-paging) output (`kdump::elfcore`). Either way the pages the
+//! dump level excludes (`--dump-level`, makedumpfile's classes: zero, cache, private cache,
+//! user, free, decided from the guest's VMCOREINFO and struct pages) are left out: holes in an
+//! ELF.
 //!
-//! The ELF layout:
-//!
-//! ```text
-//! offset 0      Elf64_Ehdr (ET_CORE, EM_X86_64)
-//!        64     Elf64_Phdr PT_NOTE, then one PT_LOAD per guest RAM region (p_paddr = GPA)
-//!               notes: NT_PRSTATUS "CORE" per vCPU, "QEMU" CPU state per vCPU, "VMCOREINFO"
-//!        page   region 0 bytes, region 1 bytes (each at a page-aligned offset) ...
-//! ```
-//!
-//! As QEMU does without paging, `p_vaddr` is 0 in every program header: we know no virtual
-//! mapping, and 0 is the value makedumpfile and crash treat as "no kernel virtual address" (they
-//! find the kernel through VMCOREINFO's `KERNELOFFSET`, `phys_base` and `init_top_pgt`, or
-//! crash through the QEMU notes' CR3/IDTR). `p_align` is 0 too, as in QEMU's output and the
-//! kernel's `/proc/vmcore`: crash takes an ELF core whose first PT_LOAD has a page-aligned offset
-//! and a non-zero `p_align` for an old netdump core and then ignores its VMCOREINFO.
+//! The formats are encoded in the sans-IO `kdump` crate; this module is the policy and I/O
+//! around them: the host mappings of guest RAM ([`host_regions`]), `/proc/self/pagemap`, the
+//! scan of guest RAM for the VMCOREINFO note, the file, the hasher thread, progress bars.
 //!
 //! The guest's VMCOREINFO note (what makedumpfile needs) is found by scanning guest RAM at page
-//! boundaries for the note header Linux builds (guest-protocol §8.3).
+//! boundaries for the note header Linux builds (guest-protocol §8.3;
+//! `kdump::vmcoreinfo::parse_note`).
 //!
 //! Writing: all-zero pages become holes (the file is sparse), runs of non-zero pages go to the
-//! file with one `pwrite` each straight from the guest mapping, and a second thread computes the
-//! SHA-256 of the file as a reader sees it (holes included) from the same mapping. For private
-//! anonymous guest RAM, `/proc/self/pagemap` tells which pages were never touched: those are
-//! zero without being read (no page faults, no memory traffic).
+//! file with one `pwrite` each (`kdump::elfcore::write_elf`, reading guest RAM through
+//! [`RegionMem`], snapshot-aware), and a second thread computes the SHA-256 of the file as a
+//! reader sees it (holes included) from the guest mapping. For private anonymous guest RAM,
+//! `/proc/self/pagemap` tells which pages were never touched: those are zero without being read
+//! (no page faults, no memory traffic).
 //!
 //! The guest must not run while its memory is dumped (the vCPUs are stopped): otherwise the
 //! dump is torn and its hash may not match the file.
@@ -43,81 +34,23 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kdump::classify::{Bitmap, ClassifyReport};
 use kdump::diskdump::KdumpSummary;
-use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment, kvm_sregs};
+use kdump::elfcore::{CpuState, ElfCoreError, ElfLayout, ElfWriteOptions};
+use kdump::vmcoreinfo::{NOTE_HEADER, VMCOREINFO_BYTES};
+use kdump::{KdumpError, RamRange};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
+use super::diskdump::RegionMem;
 use super::snapshot::Snapshot;
+pub use crate::vcpu_state::VcpuState;
 
 /// Guest page size (x86_64), the granularity of holes and of the VMCOREINFO scan.
 const PAGE: usize = 4096;
-/// Pages handled per step (pagemap read, zero checks, progress update): 8 MiB.
+/// Pages handled per step (pagemap read, VMCOREINFO scan, hashing): 8 MiB.
 const BATCH_PAGES: usize = 2048;
-/// Largest single write of consecutive non-zero pages.
-const MAX_RUN: usize = 16 << 20;
-
-const EHDR_SIZE: usize = 64;
-const PHDR_SIZE: usize = 56;
-const ET_CORE: u16 = 4;
-const EM_X86_64: u16 = 62;
-const PT_LOAD: u32 = 1;
-const PT_NOTE: u32 = 4;
-const PF_X: u32 = 1;
-const PF_W: u32 = 2;
-const PF_R: u32 = 4;
-const NT_PRSTATUS: u32 = 1;
-/// ELF's `PN_XNUM`: more program headers than this need an extension we do not write.
-const PN_XNUM: usize = 0xffff;
-
-/// `sizeof(struct elf_prstatus)` on x86_64.
-const PRSTATUS_SIZE: usize = 336;
-/// `offsetof(struct elf_prstatus, pr_pid)`.
-const PRSTATUS_PID: usize = 32;
-/// `offsetof(struct elf_prstatus, pr_reg)`.
-const PRSTATUS_REGS: usize = 112;
-/// QEMU's `QEMUCPUState` version 1 without the optional trailing `kernel_gs_base` (we do not
-/// have that MSR; readers check `size` for it).
-const QEMU_CPU_STATE_SIZE: usize = 432;
-
-/// The VMCOREINFO note: `n_namesz = 11`, `n_descsz`, `n_type = 0`, `"VMCOREINFO\0"` padded to
-/// 12 bytes, then the text.
-const VMCOREINFO_NAME: &[u8; 11] = b"VMCOREINFO\0";
-const VMCOREINFO_HEADER: usize = 24;
-/// Linux's `VMCOREINFO_BYTES` (one page).
-const VMCOREINFO_MAX_DESC: usize = 4096;
-const VMCOREINFO_PREFIX: &[u8] = b"OSRELEASE=";
-
-/// vCPU count assumed by [`required_bytes`] for the notes (KVM's x86 maximum).
-const MAX_VCPUS_FOR_ESTIMATE: u64 = 4096;
-
-const PRSTATUS_NOTE_SIZE: usize = 12 + 8 + PRSTATUS_SIZE;
-const QEMU_NOTE_SIZE: usize = 12 + 8 + QEMU_CPU_STATE_SIZE;
-const VMCOREINFO_NOTE_MAX: usize = VMCOREINFO_HEADER + VMCOREINFO_MAX_DESC;
-
 /// A zero page run for the hasher: what holes read as.
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-
-/// One vCPU's registers, as `KVM_GET_REGS`/`KVM_GET_SREGS` returned them.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct VcpuState {
-    pub id: u32,
-    pub regs: kvm_regs,
-    pub sregs: kvm_sregs,
-}
-
-/// Where an x86 CPU starts after RESET or INIT: CS.base + RIP = 0xfffffff0.
-const RESET_RIP: u64 = 0xfff0;
-const RESET_CS_BASE: u64 = 0xffff_0000;
-
-impl VcpuState {
-    /// Whether these are the registers of a CPU just reset. On AMD, KVM reinitializes a vCPU
-    /// that shut down (triple fault) before it reports the exit, because the VMCB is undefined
-    /// after a SHUTDOWN intercept: its registers then say nothing about where the guest was.
-    pub fn is_reset_state(&self) -> bool {
-        self.regs.rip == RESET_RIP && self.sregs.cs.base == RESET_CS_BASE && self.sregs.cr0 & 1 == 0
-    }
-}
 
 /// `--vmcore-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, serde::Deserialize)]
@@ -243,6 +176,13 @@ pub struct VmcoreInfoNote {
     pub gpa: u64,
     /// The note's descriptor: `KEY=value` lines, starting with `OSRELEASE=`.
     pub text: String,
+}
+
+impl VmcoreInfoNote {
+    /// The text's entries, parsed.
+    pub fn info(&self) -> kdump::VmcoreInfo {
+        kdump::VmcoreInfo::parse(&self.text)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -402,11 +342,6 @@ impl<'p> Presence<'p> {
         }
         &self.maybe_data[..n]
     }
-
-    /// Whether the dump level keeps page `page` of `region`.
-    fn kept(&self, region: &Region<'_>, page: usize) -> bool {
-        self.keep.is_none_or(|keep| keep.get(region.gpa / PAGE as u64 + page as u64))
-    }
 }
 
 /// A bit per guest PFN (`pfns` of them) for each page that may hold data, as the snapshot or
@@ -435,35 +370,6 @@ fn page_count(len: usize) -> usize {
     len.div_ceil(PAGE)
 }
 
-/// The byte range of page `page` in a region of `len` bytes (the last page may be short).
-fn page_range(page: usize, len: usize) -> std::ops::Range<usize> {
-    let start = page * PAGE;
-    start..(start + PAGE).min(len)
-}
-
-fn parse_vmcoreinfo_at(bytes: &[u8], off: usize) -> Option<String> {
-    let head = bytes.get(off..off.checked_add(VMCOREINFO_HEADER)?)?;
-    let word = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
-    if word(0) != 11 || word(8) != 0 || head[12..23] != VMCOREINFO_NAME[..] {
-        return None;
-    }
-    let descsz = word(4) as usize;
-    if !(VMCOREINFO_PREFIX.len()..=VMCOREINFO_MAX_DESC).contains(&descsz) {
-        return None;
-    }
-    let start = off + VMCOREINFO_HEADER;
-    let desc = bytes.get(start..start.checked_add(descsz)?)?;
-    if !desc.starts_with(VMCOREINFO_PREFIX) {
-        return None;
-    }
-    String::from_utf8(desc.to_vec()).ok()
-}
-
-/// The first 16 bytes of a VMCOREINFO note, minus `n_descsz`: `n_namesz = 11` and
-/// `n_type = 0 | "VMCO"`.
-const NOTE_WORD0_LOW: u64 = 11;
-const NOTE_WORD1: u64 = u64::from_le_bytes(*b"\0\0\0\0VMCO");
-
 fn scan_region(region: &Region<'_>, presence: &mut Presence<'_>) -> Option<VmcoreInfoNote> {
     let bytes = region.bytes;
     let pages = page_count(bytes.len());
@@ -473,24 +379,17 @@ fn scan_region(region: &Region<'_>, presence: &mut Presence<'_>) -> Option<Vmcor
         let maybe = presence.fill(region, first, n);
         for (i, _) in maybe.iter().enumerate().filter(|(_, &m)| m) {
             let off = (first + i) * PAGE;
-            let Some(head) = bytes.get(off..off + 16) else {
-                continue;
-            };
-            let mut w0 = [0u8; 8];
-            let mut w1 = [0u8; 8];
-            w0.copy_from_slice(&head[..8]);
-            w1.copy_from_slice(&head[8..]);
-            if u64::from_le_bytes(w0) & 0xffff_ffff != NOTE_WORD0_LOW || u64::from_le_bytes(w1) != NOTE_WORD1 {
+            if !bytes.get(off..).is_some_and(kdump::vmcoreinfo::may_start_note) {
                 continue;
             }
             let found = match region.snapshot {
-                None => parse_vmcoreinfo_at(bytes, off),
+                None => kdump::vmcoreinfo::parse_note(&bytes[off..]),
                 // Parsed again from the snapshot's bytes.
                 Some(_) => {
-                    let end = (off + VMCOREINFO_HEADER + VMCOREINFO_MAX_DESC).min(bytes.len());
+                    let end = (off + NOTE_HEADER + VMCOREINFO_BYTES).min(bytes.len());
                     let mut copy = vec![0; end - off];
                     region.read_into(off, &mut copy);
-                    parse_vmcoreinfo_at(&copy, 0)
+                    kdump::vmcoreinfo::parse_note(&copy)
                 }
             };
             if let Some(text) = found {
@@ -515,239 +414,41 @@ pub fn find_vmcoreinfo(mem: &GuestMemoryMmap) -> Option<VmcoreInfoNote> {
     find_in(&regions, pagemap.as_ref())
 }
 
-/// Where everything goes in the file.
-struct Layout {
-    /// ELF header, program headers and notes.
-    header: Vec<u8>,
-    /// File offset of each region's bytes (page-aligned), in `regions` order.
-    offsets: Vec<u64>,
-    file_len: u64,
+/// The register state of `vcpus` for the notes.
+pub(super) fn cpu_states(vcpus: &[VcpuState]) -> Vec<CpuState> {
+    vcpus.iter().map(VcpuState::cpu_state).collect()
 }
 
-fn align_up(v: u64, align: u64) -> Option<u64> {
-    Some(v.checked_add(align - 1)? / align * align)
+/// The guest RAM ranges of `regions`.
+pub(super) fn ram(regions: &[Region<'_>]) -> Vec<RamRange> {
+    regions.iter().map(|r| RamRange { start: r.gpa, len: r.bytes.len() as u64 }).collect()
 }
 
-/// File offsets of the regions after `header_len` bytes, and the file length.
-fn place(header_len: u64, lens: &[u64]) -> Result<(Vec<u64>, u64), VmcoreError> {
-    let mut offsets = Vec::with_capacity(lens.len());
-    let mut end = header_len;
-    for &len in lens {
-        let off = align_up(end, PAGE as u64).ok_or(VmcoreError::Overflow)?;
-        offsets.push(off);
-        end = off.checked_add(len).ok_or(VmcoreError::Overflow)?;
-    }
-    Ok((offsets, end))
-}
-
-fn headers_len(regions: usize, notes_len: usize) -> Result<u64, VmcoreError> {
-    if regions >= PN_XNUM - 1 {
-        return Err(VmcoreError::TooManyRegions(regions));
-    }
-    Ok((EHDR_SIZE + PHDR_SIZE * (regions + 1) + notes_len) as u64)
-}
-
-fn put_u16(buf: &mut Vec<u8>, v: u16) {
-    buf.extend_from_slice(&v.to_le_bytes());
-}
-fn put_u32(buf: &mut Vec<u8>, v: u32) {
-    buf.extend_from_slice(&v.to_le_bytes());
-}
-fn put_u64(buf: &mut Vec<u8>, v: u64) {
-    buf.extend_from_slice(&v.to_le_bytes());
-}
-
-/// Appends an ELF note (4-byte aligned name and descriptor).
-fn put_note(buf: &mut Vec<u8>, name: &[u8], n_type: u32, desc: &[u8]) {
-    put_u32(buf, name.len() as u32);
-    put_u32(buf, desc.len() as u32);
-    put_u32(buf, n_type);
-    buf.extend_from_slice(name);
-    buf.resize(buf.len().next_multiple_of(4), 0);
-    buf.extend_from_slice(desc);
-    buf.resize(buf.len().next_multiple_of(4), 0);
-}
-
-/// x86_64 `struct elf_prstatus` with `pr_pid` and `pr_reg` (`user_regs_struct`) filled in, as
-/// QEMU writes it (`orig_rax` 0).
-fn prstatus(vcpu: &VcpuState) -> Vec<u8> {
-    let r = &vcpu.regs;
-    let s = &vcpu.sregs;
-    let mut d = vec![0u8; PRSTATUS_REGS];
-    d[PRSTATUS_PID..PRSTATUS_PID + 4].copy_from_slice(&vcpu.id.wrapping_add(1).to_le_bytes());
-    for v in [
-        r.r15,
-        r.r14,
-        r.r13,
-        r.r12,
-        r.rbp,
-        r.rbx,
-        r.r11,
-        r.r10,
-        r.r9,
-        r.r8,
-        r.rax,
-        r.rcx,
-        r.rdx,
-        r.rsi,
-        r.rdi,
-        0, // orig_rax
-        r.rip,
-        u64::from(s.cs.selector),
-        r.rflags,
-        r.rsp,
-        u64::from(s.ss.selector),
-        s.fs.base,
-        s.gs.base,
-        u64::from(s.ds.selector),
-        u64::from(s.es.selector),
-        u64::from(s.fs.selector),
-        u64::from(s.gs.selector),
-    ] {
-        put_u64(&mut d, v);
-    }
-    d.resize(PRSTATUS_SIZE, 0); // pr_fpvalid and padding
-    d
-}
-
-/// A segment in QEMU's `QEMUCPUSegment` form; `flags` as QEMU's KVM code builds them from a
-/// `kvm_segment` (descriptor attribute bits 8-23).
-fn put_qemu_segment(d: &mut Vec<u8>, seg: &kvm_segment) {
-    let present = u32::from(seg.present != 0 && seg.unusable == 0);
-    let flags = (u32::from(seg.type_ & 0xf) << 8)
-        | (u32::from(seg.s & 1) << 12)
-        | (u32::from(seg.dpl & 3) << 13)
-        | (present << 15)
-        | (u32::from(seg.avl & 1) << 20)
-        | (u32::from(seg.l & 1) << 21)
-        | (u32::from(seg.db & 1) << 22)
-        | (u32::from(seg.g & 1) << 23);
-    put_u32(d, u32::from(seg.selector));
-    put_u32(d, seg.limit);
-    put_u32(d, flags);
-    put_u32(d, 0);
-    put_u64(d, seg.base);
-}
-
-fn put_qemu_dtable(d: &mut Vec<u8>, t: &kvm_dtable) {
-    put_u32(d, 0);
-    put_u32(d, u32::from(t.limit));
-    put_u32(d, 0);
-    put_u32(d, 0);
-    put_u64(d, t.base);
-}
-
-/// QEMU's `QEMUCPUState` (version 1), which crash uses for CR3/IDTR (KASLR detection without
-/// VMCOREINFO) and register display.
-fn qemu_cpu_state(vcpu: &VcpuState) -> Vec<u8> {
-    let r = &vcpu.regs;
-    let s = &vcpu.sregs;
-    let mut d = Vec::with_capacity(QEMU_CPU_STATE_SIZE);
-    put_u32(&mut d, 1);
-    put_u32(&mut d, QEMU_CPU_STATE_SIZE as u32);
-    for v in [
-        r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15,
-        r.rip, r.rflags,
-    ] {
-        put_u64(&mut d, v);
-    }
-    for seg in [&s.cs, &s.ds, &s.es, &s.fs, &s.gs, &s.ss, &s.ldt, &s.tr] {
-        put_qemu_segment(&mut d, seg);
-    }
-    put_qemu_dtable(&mut d, &s.gdt);
-    put_qemu_dtable(&mut d, &s.idt);
-    for cr in [s.cr0, 0, s.cr2, s.cr3, s.cr4] {
-        put_u64(&mut d, cr);
-    }
-    d
-}
-
-/// The ELF notes of a vmcore: NT_PRSTATUS and QEMU CPU state per vCPU, then VMCOREINFO.
-pub(super) fn notes(vcpus: &[VcpuState], vmcoreinfo: Option<&VmcoreInfoNote>) -> Vec<u8> {
-    let mut n = Vec::with_capacity(vcpus.len() * (PRSTATUS_NOTE_SIZE + QEMU_NOTE_SIZE) + 4200);
-    for v in vcpus {
-        put_note(&mut n, b"CORE\0", NT_PRSTATUS, &prstatus(v));
-    }
-    for v in vcpus {
-        put_note(&mut n, b"QEMU\0", 0, &qemu_cpu_state(v));
-    }
-    if let Some(info) = vmcoreinfo {
-        put_note(&mut n, VMCOREINFO_NAME, 0, info.text.as_bytes());
-    }
-    n
-}
-
+/// The ELF layout of a vmcore of `regions` with `vcpus`' notes and the VMCOREINFO note.
 fn build_layout(
     regions: &[Region<'_>],
     vcpus: &[VcpuState],
     vmcoreinfo: Option<&VmcoreInfoNote>,
-) -> Result<Layout, VmcoreError> {
-    let notes = notes(vcpus, vmcoreinfo);
-    let lens: Vec<u64> = regions.iter().map(|r| r.bytes.len() as u64).collect();
-    let header_len = headers_len(regions.len(), notes.len())?;
-    let (offsets, file_len) = place(header_len, &lens)?;
-    let phnum = regions.len() + 1;
-
-    let mut h = Vec::with_capacity(header_len as usize);
-    h.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1]); // ELFCLASS64, LSB, EV_CURRENT
-    h.resize(16, 0); // ELFOSABI_NONE, padding
-    put_u16(&mut h, ET_CORE);
-    put_u16(&mut h, EM_X86_64);
-    put_u32(&mut h, 1); // e_version
-    put_u64(&mut h, 0); // e_entry
-    put_u64(&mut h, EHDR_SIZE as u64); // e_phoff
-    put_u64(&mut h, 0); // e_shoff
-    put_u32(&mut h, 0); // e_flags
-    put_u16(&mut h, EHDR_SIZE as u16);
-    put_u16(&mut h, PHDR_SIZE as u16);
-    put_u16(&mut h, phnum as u16);
-    put_u16(&mut h, 0); // e_shentsize
-    put_u16(&mut h, 0); // e_shnum
-    put_u16(&mut h, 0); // e_shstrndx
-
-    let notes_off = (EHDR_SIZE + PHDR_SIZE * phnum) as u64;
-    // PT_NOTE
-    put_u32(&mut h, PT_NOTE);
-    put_u32(&mut h, 0);
-    put_u64(&mut h, notes_off);
-    put_u64(&mut h, 0); // p_vaddr
-    put_u64(&mut h, 0); // p_paddr
-    put_u64(&mut h, notes.len() as u64);
-    put_u64(&mut h, notes.len() as u64);
-    put_u64(&mut h, 0); // p_align (notes are 4-byte aligned)
-    for (r, &off) in regions.iter().zip(&offsets) {
-        put_u32(&mut h, PT_LOAD);
-        put_u32(&mut h, PF_R | PF_W | PF_X);
-        put_u64(&mut h, off);
-        put_u64(&mut h, 0); // p_vaddr: unknown without paging, as QEMU writes it
-        put_u64(&mut h, r.gpa); // p_paddr
-        put_u64(&mut h, r.bytes.len() as u64);
-        put_u64(&mut h, r.bytes.len() as u64);
-        // p_align 0, as QEMU and the kernel's /proc/vmcore write it: crash takes an ELF core
-        // with page-aligned offsets and a non-zero p_align for an old netdump core, not kdump.
-        put_u64(&mut h, 0);
-    }
-    h.extend_from_slice(&notes);
-    Ok(Layout { header: h, offsets, file_len })
+) -> Result<ElfLayout, VmcoreError> {
+    let notes = kdump::elfcore::notes(&cpu_states(vcpus), vmcoreinfo.map(|n| n.text.as_str()));
+    ElfLayout::new(&ram(regions), &notes).map_err(|e| match e {
+        ElfCoreError::TooManyRegions(n) => VmcoreError::TooManyRegions(n),
+        ElfCoreError::Overflow => VmcoreError::Overflow,
+    })
 }
 
 /// The largest file [`write_vmcore`] can produce for `mem` (with up to 4096 vCPUs and a
 /// VMCOREINFO note), for a free-space check. The file is sparse, so it usually takes much less.
 pub fn required_bytes(mem: &GuestMemoryMmap) -> u64 {
     let lens: Vec<u64> = mem.iter().map(|r| r.len()).collect();
-    let notes = MAX_VCPUS_FOR_ESTIMATE * (PRSTATUS_NOTE_SIZE + QEMU_NOTE_SIZE) as u64 + VMCOREINFO_NOTE_MAX as u64;
-    let header = (EHDR_SIZE + PHDR_SIZE * (lens.len() + 1)) as u64 + notes;
-    match place(header, &lens) {
-        Ok((_, len)) => len,
-        Err(_) => u64::MAX,
-    }
+    kdump::elfcore::required_bytes(&lens)
 }
 
 /// The SHA-256 of the file as laid out, read from the guest mapping (never-touched pages of
 /// anonymous memory are hashed as zeros without being read). `done` counts hashed bytes;
 /// `None` when `cancel` was set.
 fn hash_file(
-    layout: &Layout,
+    layout: &ElfLayout,
     regions: &[Region<'_>],
     pagemap: Option<&Pagemap>,
     keep: Option<&Bitmap>,
@@ -808,73 +509,6 @@ fn hash_file(
     Some(hasher.finalize().into())
 }
 
-/// Writes the non-zero pages of `region` at file offset `base`, one `pwrite` per run.
-fn write_region(
-    file: &File,
-    region: &Region<'_>,
-    base: u64,
-    presence: &mut Presence<'_>,
-    mut progress: impl FnMut(u64),
-) -> io::Result<()> {
-    let bytes = region.bytes;
-    let pages = page_count(bytes.len());
-    let mut run: Option<usize> = None; // start offset of the pending run of non-zero pages
-    let flush = |start: usize, end: usize| file.write_all_at(&bytes[start..end], base + start as u64);
-    let mut first = 0;
-    while first < pages {
-        let n = (pages - first).min(BATCH_PAGES);
-        let maybe = presence.fill(region, first, n);
-        for (i, &m) in maybe.iter().enumerate() {
-            let range = page_range(first + i, bytes.len());
-            let data = m && !kdump::diskdump::is_zero(&bytes[range.clone()]);
-            match (data, run) {
-                (true, None) => run = Some(range.start),
-                (true, Some(start)) if range.end - start > MAX_RUN => {
-                    flush(start, range.start)?;
-                    run = Some(range.start);
-                }
-                (false, Some(start)) => {
-                    flush(start, range.start)?;
-                    run = None;
-                }
-                _ => {}
-            }
-        }
-        first += n;
-        progress((first * PAGE).min(bytes.len()) as u64);
-    }
-    if let Some(start) = run {
-        flush(start, bytes.len())?;
-    }
-    // With a snapshot: the pages the guest wrote since, as they were (those it wrote before
-    // they were read above are what this puts right).
-    if let Some(s) = region.snapshot {
-        for (off, page) in s.copied_pages(bytes.as_ptr().addr(), bytes.len()) {
-            if presence.kept(region, off / PAGE) {
-                file.write_all_at(&page[..PAGE.min(bytes.len() - off)], base + off as u64)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Writes the header, then every region's non-zero pages, then sets the file length.
-fn write_file(
-    file: &File,
-    layout: &Layout,
-    regions: &[Region<'_>],
-    pagemap: Option<&Pagemap>,
-    keep: Option<&Bitmap>,
-    mut progress: impl FnMut(u64),
-) -> io::Result<()> {
-    file.write_all_at(&layout.header, 0)?;
-    let mut presence = Presence::new(pagemap, keep);
-    for (region, &off) in regions.iter().zip(&layout.offsets) {
-        write_region(file, region, off, &mut presence, |done| progress(off + done))?;
-    }
-    file.set_len(layout.file_len)
-}
-
 pub(super) fn progress_bar(total: u64, show: bool) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
@@ -929,7 +563,10 @@ fn write_vmcore_of<'a>(
             // Zero pages are holes anyway; other levels need the classification.
             let filter = opts.spec.dump_level & !kdump::classify::DL_ZERO != 0;
             let classification = filter
-                .then(|| super::diskdump::classify(&regions, vmcoreinfo.as_ref(), opts.spec.dump_level))
+                .then(|| {
+                    let info = vmcoreinfo.as_ref().map(VmcoreInfoNote::info);
+                    super::diskdump::classify(&regions, info.as_ref(), opts.spec.dump_level)
+                })
                 .transpose()
                 .map_err(|source| VmcoreError::Kdump { path: path.to_path_buf(), source })?;
             write_elf(&regions, pagemap, vcpus, vmcoreinfo, classification, path, opts, started)
@@ -953,6 +590,9 @@ fn write_elf(
     let keep = classification.as_ref().map(|c| &c.dumpable);
     let scanned = started.elapsed();
     let layout = build_layout(regions, vcpus, vmcoreinfo.as_ref())?;
+    // Pages the host never backed are zero: not read (a read would fault each one in).
+    let pfns = layout.ranges.last().map_or(0, |r| r.end().div_ceil(kdump::PAGE_SIZE));
+    let holds_data = data_pages(regions, pagemap, pfns);
 
     let file = crate::files::create_private(path)
         .map_err(|source| VmcoreError::Create { path: path.to_path_buf(), source })?;
@@ -973,13 +613,19 @@ fn write_elf(
                 })
                 .map_err(|e| log::debug!("vmcore: no hashing thread ({e}), hashing after writing"))
         });
-        let written = write_file(&file, &layout, regions, pagemap, keep, |pos| {
+        let mut progress = |pos: u64| {
             // With the hash, the bar shows the slower of the two threads.
             bar.set_position(if opts.sha256 { pos.min(hashed.load(Ordering::Relaxed)) } else { pos });
             if let Some(report) = opts.on_progress {
                 report(pos, layout.file_len);
             }
-        });
+        };
+        let written = kdump::elfcore::write_elf(
+            &file,
+            &RegionMem::new(regions),
+            &layout,
+            ElfWriteOptions { keep, holds_data: holds_data.as_ref(), on_progress: Some(&mut progress) },
+        );
         if written.is_err() {
             cancel.store(true, Ordering::Relaxed);
         }
@@ -996,7 +642,10 @@ fn write_elf(
         };
         (digest, written)
     });
-    written.map_err(write_err)?;
+    written.map_err(|e| match e {
+        KdumpError::Io(source) => write_err(source),
+        source => VmcoreError::Kdump { path: path.to_path_buf(), source },
+    })?;
     let digest = match digest? {
         None => None,
         Some(d) => Some(d.ok_or(VmcoreError::Hasher)?),
@@ -1033,6 +682,7 @@ fn write_elf(
 mod tests {
     use super::*;
     use goblin::elf::{header, program_header, Elf};
+    use kdump::elfcore::{NT_PRSTATUS, PRSTATUS_REGS, PRSTATUS_SIZE, QEMU_CPU_STATE_SIZE};
     use vm_memory::{Bytes, GuestAddress, GuestRegionMmap, MmapRegion};
 
     const LOW: u64 = 8 << 20;
@@ -1474,19 +1124,5 @@ mod tests {
         assert_eq!(bits.len(), pfns);
         assert!(bits.get(5) && bits.get(high_pfn + 3));
         assert_eq!(bits.count(), 2, "{:?}", bits.iter_ones().collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn prstatus_layout_matches_the_kernel() {
-        let v = vcpu(4);
-        let d = prstatus(&v);
-        assert_eq!(d.len(), PRSTATUS_SIZE);
-        assert_eq!(u32::from_le_bytes(d[32..36].try_into().unwrap()), 5);
-        // user_regs_struct order: ... rip(16) cs(17) eflags(18) rsp(19) ss(20) fs_base gs_base
-        assert_eq!(u64_at(&d, 112 + 16 * 8), v.regs.rip);
-        assert_eq!(u64_at(&d, 112 + 19 * 8), v.regs.rsp);
-        assert_eq!(u64_at(&d, 112 + 15 * 8), 0); // orig_rax
-        assert_eq!(&d[328..], &[0u8; 8]); // pr_fpvalid + padding
-        assert_eq!(qemu_cpu_state(&v).len(), QEMU_CPU_STATE_SIZE);
     }
 }

@@ -1,6 +1,7 @@
-//! Reading a dump that the guest's crash kernel wrote to the crash disk with
-//! `makedumpfile -F` (the "flattened" format, meant for streams) and rearranging it into the
-//! regular kdump-compressed file that `crash` and `makedumpfile` read.
+//! Reading a dump that a crash kernel wrote with `makedumpfile -F` (the "flattened" format,
+//! meant for streams; crashvmm's guest writes it to the crash disk) and rearranging it into the
+//! regular kdump-compressed file that `crash` and `makedumpfile` read: from any [`Read`] to a
+//! [`WriteAt`].
 //!
 //! ```text
 //! 4096-byte header: "makedumpfile" (16 bytes, NUL padded), type 1, version 1 (big-endian i64)
@@ -8,11 +9,11 @@
 //! end:              offset = size = -1
 //! ```
 
-use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 
 use thiserror::Error;
+
+use crate::WriteAt;
 
 pub const MAKEDUMPFILE_SIGNATURE: &[u8] = b"makedumpfile";
 pub const MAX_SIZE_MDF_HEADER: usize = 4096;
@@ -46,7 +47,7 @@ fn read_i64(r: &mut impl Read) -> io::Result<i64> {
 
 /// Rearrange the flattened dump read from `input` into `out`; at most `max_len` bytes of
 /// output. Returns the dump's length.
-pub fn rearrange(mut input: impl Read, out: &File, max_len: u64) -> Result<u64, FlatError> {
+pub fn rearrange(mut input: impl Read, mut out: impl WriteAt, max_len: u64) -> Result<u64, FlatError> {
     let mut header = vec![0u8; MAX_SIZE_MDF_HEADER];
     input.read_exact(&mut header).map_err(|_| FlatError::NoDump("short header".into()))?;
     let sig_end = header[..16].iter().position(|&b| b == 0).unwrap_or(16);
@@ -107,39 +108,52 @@ mod tests {
 
     #[test]
     fn rearranges_records_at_their_offsets() {
-        let out = tempfile::tempfile().unwrap();
-        let input = flat(&[(10, b"world"), (0, b"hello"), (4096, b"!")], true);
+        let input = flat(&[(10, b"world"), (0, b"hello"), (4096, b"!"), (8000, b"")], true);
         // Trailing garbage after the end marker (the rest of the disk) is ignored.
         let input = [input, vec![0xee; 100]].concat();
-        assert_eq!(rearrange(&input[..], &out, 1 << 20).unwrap(), 4097);
-        let mut got = vec![0u8; 4097];
-        out.read_exact_at(&mut got, 0).unwrap();
+        let mut got = Vec::new();
+        assert_eq!(rearrange(&input[..], &mut got, 1 << 20).unwrap(), 8000);
+        assert_eq!(got.len(), 8000, "the length is the end of the last record, even an empty one");
         assert_eq!(&got[..5], b"hello");
         assert_eq!(&got[10..15], b"world");
         assert_eq!(got[4096], b'!');
+        assert!(got[4097..].iter().all(|&b| b == 0));
+        // A file, written at offsets.
+        let file = tempfile::tempfile().unwrap();
+        assert_eq!(rearrange(&input[..], &file, 1 << 20).unwrap(), 8000);
+        let mut from_file = vec![0u8; 8000];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut from_file, 0).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), 8000);
+        assert!(from_file == got);
     }
 
     #[test]
     fn rejects_what_is_not_a_complete_dump() {
-        let out = tempfile::tempfile().unwrap();
-        assert!(matches!(rearrange(&vec![0u8; 8192][..], &out, 1 << 20), Err(FlatError::NoDump(_))));
-        assert!(matches!(rearrange(&[0u8; 10][..], &out, 1 << 20), Err(FlatError::NoDump(_))));
-        assert!(matches!(rearrange(&flat(&[(0, b"x")], false)[..], &out, 1 << 20), Err(FlatError::Truncated(1))));
-        assert!(matches!(rearrange(&flat(&[(-5, b"x")], true)[..], &out, 1 << 20), Err(FlatError::BadRecord { .. })));
-        assert!(matches!(rearrange(&flat(&[(1 << 30, b"x")], true)[..], &out, 1 << 20), Err(FlatError::TooLarge(_))));
+        let mut out = Vec::new();
+        assert!(matches!(rearrange(&vec![0u8; 8192][..], &mut out, 1 << 20), Err(FlatError::NoDump(_))));
+        assert!(matches!(rearrange(&[0u8; 10][..], &mut out, 1 << 20), Err(FlatError::NoDump(_))));
+        assert!(matches!(rearrange(&flat(&[(0, b"x")], false)[..], &mut out, 1 << 20), Err(FlatError::Truncated(1))));
+        assert!(matches!(
+            rearrange(&flat(&[(-5, b"x")], true)[..], &mut out, 1 << 20),
+            Err(FlatError::BadRecord { .. })
+        ));
+        assert!(matches!(
+            rearrange(&flat(&[(1 << 30, b"x")], true)[..], &mut out, 1 << 20),
+            Err(FlatError::TooLarge(_))
+        ));
         let mut bad = flat(&[], true);
         bad[16..24].copy_from_slice(&2i64.to_be_bytes());
-        assert!(matches!(rearrange(&bad[..], &out, 1 << 20), Err(FlatError::Unsupported { .. })));
+        assert!(matches!(rearrange(&bad[..], &mut out, 1 << 20), Err(FlatError::Unsupported { .. })));
         // A record claiming more data than there is.
         let mut short = flat(&[], false);
         short.extend_from_slice(&0i64.to_be_bytes());
         short.extend_from_slice(&100i64.to_be_bytes());
         short.extend_from_slice(b"abc");
-        assert!(matches!(rearrange(&short[..], &out, 1 << 20), Err(FlatError::Truncated(0))));
+        assert!(matches!(rearrange(&short[..], &mut out, 1 << 20), Err(FlatError::Truncated(0))));
         // Overflowing offset + size.
         let mut ovf = flat(&[], false);
         ovf.extend_from_slice(&i64::MAX.to_be_bytes());
         ovf.extend_from_slice(&10i64.to_be_bytes());
-        assert!(matches!(rearrange(&ovf[..], &out, u64::MAX), Err(FlatError::BadRecord { .. })));
+        assert!(matches!(rearrange(&ovf[..], &mut out, u64::MAX), Err(FlatError::BadRecord { .. })));
     }
 }
