@@ -398,17 +398,19 @@ pub fn write_elf<W: WriteAt, M: PhysMem + ?Sized>(
 ) -> Result<(), KdumpError> {
     let ElfWriteOptions { keep, holds_data, mut on_progress } = opts;
     out.write_all_at(&layout.header, 0)?;
-    let mut run: Vec<u8> = Vec::new();
+    // The pending run of non-zero pages, as offsets in its range; its bytes are in `buf` unless
+    // the memory lends the range in place (then they are written from there, not copied).
+    let mut buf: Vec<u8> = Vec::new();
     for (range, &base) in layout.ranges.iter().zip(&layout.offsets) {
         let len = usize::try_from(range.len).map_err(|_| KdumpError::Overflow)?;
+        let whole = mem.slice(range.start, len);
         let pages = len.div_ceil(PAGE);
         let first_pfn = range.start / PAGE_SIZE;
-        // The pending run of non-zero pages: its bytes and its offset in the range.
-        let mut run_start = 0usize;
-        let mut flush = |run: &mut Vec<u8>, start: usize| -> Result<(), KdumpError> {
-            if !run.is_empty() {
-                out.write_all_at(run, base + start as u64)?;
-                run.clear();
+        let mut run: Option<(usize, usize)> = None;
+        let mut flush = |run: &mut Option<(usize, usize)>, buf: &mut Vec<u8>| -> Result<(), KdumpError> {
+            if let Some((start, end)) = run.take() {
+                out.write_all_at(whole.map_or(&buf[..], |w| &w[start..end]), base + start as u64)?;
+                buf.clear();
             }
             Ok(())
         };
@@ -417,22 +419,30 @@ pub fn write_elf<W: WriteAt, M: PhysMem + ?Sized>(
             let end = (start + PAGE).min(len);
             let pfn = first_pfn + page as u64;
             let wanted = keep.is_none_or(|k| k.get(pfn)) && holds_data.is_none_or(|h| h.get(pfn));
-            if wanted {
-                if run.is_empty() {
-                    run_start = start;
-                } else if end - run_start > MAX_RUN {
-                    flush(&mut run, run_start)?;
-                    run_start = start;
-                }
-                let at = run.len();
-                run.resize(at + (end - start), 0);
-                mem.read(range.start + start as u64, &mut run[at..])?;
-                if is_zero(&run[at..]) {
-                    run.truncate(at);
-                    flush(&mut run, run_start)?;
-                }
+            if !wanted {
+                flush(&mut run, &mut buf)?;
             } else {
-                flush(&mut run, run_start)?;
+                if run.is_some_and(|(s, _)| end - s > MAX_RUN) {
+                    flush(&mut run, &mut buf)?;
+                }
+                let zero = match whole {
+                    Some(w) => is_zero(&w[start..end]),
+                    None => {
+                        let at = buf.len();
+                        buf.resize(at + (end - start), 0);
+                        mem.read(range.start + start as u64, &mut buf[at..])?;
+                        let zero = is_zero(&buf[at..]);
+                        if zero {
+                            buf.truncate(at);
+                        }
+                        zero
+                    }
+                };
+                if zero {
+                    flush(&mut run, &mut buf)?;
+                } else {
+                    run = Some((run.map_or(start, |(s, _)| s), end));
+                }
             }
             if (page + 1) % BATCH_PAGES == 0 || page + 1 == pages {
                 if let Some(report) = on_progress.as_mut() {
@@ -440,7 +450,7 @@ pub fn write_elf<W: WriteAt, M: PhysMem + ?Sized>(
                 }
             }
         }
-        flush(&mut run, run_start)?;
+        flush(&mut run, &mut buf)?;
     }
     out.set_len(layout.file_len)?;
     Ok(())
@@ -604,5 +614,43 @@ mod tests {
         let mut file = Vec::new();
         write_elf(&mut file, &mem, &layout, ElfWriteOptions::default()).unwrap();
         assert!(file[layout.offsets[0] as usize..] == big[..]);
+    }
+
+    /// Memory that only reads (no [`PhysMem::slice`]): the writer copies each page first.
+    struct ReadOnly<'a>(&'a SliceMem<'a>);
+
+    impl PhysMem for ReadOnly<'_> {
+        fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), crate::OutOfRange> {
+            self.0.read(paddr, buf)
+        }
+    }
+
+    /// Writing from memory lent in place and from memory read page by page gives the same
+    /// file: with holes, excluded pages, pages without data and a run longer than `MAX_RUN`.
+    #[test]
+    fn lent_and_read_memory_give_the_same_file() {
+        let (mut low, high) = memory();
+        let big: Vec<u8> = (0..(MAX_RUN + 3 * PAGE)).map(|i| (i % 251) as u8 + 1).collect();
+        low[5 * PAGE..6 * PAGE].fill(0);
+        let mem = SliceMem::new(vec![(0, &low), (0x1_0000_0000, &high), (0x2_0000_0000, &big)]);
+        assert!(mem.slice(0, low.len()).is_some() && ReadOnly(&mem).slice(0, low.len()).is_none());
+        let layout = ElfLayout::new(&mem.ranges(), &notes(&[cpu(0)], Some(TEXT))).unwrap();
+        let pfns = 0x2_0000_0000 / PAGE_SIZE + big.len() as u64 / PAGE_SIZE;
+        let (mut keep, mut holds) = (Bitmap::new(pfns), Bitmap::new(pfns));
+        for pfn in 0..pfns {
+            keep.set(pfn, pfn % 7 != 3);
+            holds.set(pfn, pfn % 11 != 4);
+        }
+        for (keep, holds) in [(None, None), (Some(&keep), Some(&holds))] {
+            let write = |m: &dyn PhysMem| {
+                let mut file = Vec::new();
+                write_elf(&mut file, m, &layout, ElfWriteOptions { keep, holds_data: holds, on_progress: None })
+                    .unwrap();
+                file
+            };
+            let (lent, read) = (write(&mem), write(&ReadOnly(&mem)));
+            assert_eq!(lent.len(), read.len());
+            assert!(lent == read, "keep/holds given: {}", keep.is_some());
+        }
     }
 }

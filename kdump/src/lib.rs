@@ -58,6 +58,13 @@ pub struct OutOfRange {
 pub trait PhysMem {
     fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), OutOfRange>;
 
+    /// `[paddr, paddr + len)` in place, where the memory can lend it as it is (no snapshot to
+    /// patch it with): writers then write from it instead of copying it first. `None` (the
+    /// default) means "use [`read`](Self::read)".
+    fn slice(&self, _paddr: u64, _len: usize) -> Option<&[u8]> {
+        None
+    }
+
     fn read_u64(&self, paddr: u64) -> Result<u64, OutOfRange> {
         let mut b = [0u8; 8];
         self.read(paddr, &mut b)?;
@@ -68,6 +75,10 @@ pub trait PhysMem {
 impl<T: PhysMem + ?Sized> PhysMem for &T {
     fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
         (**self).read(paddr, buf)
+    }
+
+    fn slice(&self, paddr: u64, len: usize) -> Option<&[u8]> {
+        (**self).slice(paddr, len)
     }
 }
 
@@ -110,6 +121,12 @@ impl PhysMem for SliceMem<'_> {
         let src = bytes.get(off..off.checked_add(buf.len()).ok_or(err)?).ok_or(err)?;
         buf.copy_from_slice(src);
         Ok(())
+    }
+
+    fn slice(&self, paddr: u64, len: usize) -> Option<&[u8]> {
+        let (start, bytes) = *self.regions.get(self.regions.partition_point(|r| r.0 <= paddr).checked_sub(1)?)?;
+        let off = usize::try_from(paddr - start).ok()?;
+        bytes.get(off..off.checked_add(len)?)
     }
 }
 

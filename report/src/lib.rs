@@ -80,16 +80,24 @@ impl State {
     }
 }
 
-/// What set a crash off (`trigger`); an operator's dump says `operator`.
+/// What set a crash off (`trigger`, also in the event log's `crash_detected`); an operator's
+/// dump says `operator`. The VMM's crash handling uses this one vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
+    /// pvpanic PANICKED or CRASH_LOADED.
     Pvpanic,
+    /// The Hyper-V crash MSRs (CRASH_CTL with CRASH_NOTIFY).
     HvCrash,
+    /// A vCPU triple-faulted.
     TripleFault,
+    /// KVM could not run a vCPU.
     KvmFailure,
+    /// The watchdog found the guest hung.
     GuestHang,
+    /// A crash soon after crashvmm injected an NMI (control socket).
     NmiInjection,
+    /// The operator's dump (control socket), not a crash.
     Operator,
 }
 
@@ -104,6 +112,12 @@ impl Trigger {
             Trigger::NmiInjection => "nmi_injection",
             Trigger::Operator => "operator",
         }
+    }
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -388,7 +402,7 @@ pub enum Compression {
     None,
 }
 
-/// Who wrote a vmcore.
+/// Who wrote a vmcore (`source`, also in the event log's `vmcore_written`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmcoreSource {
@@ -396,6 +410,15 @@ pub enum VmcoreSource {
     Host,
     /// The guest's kdump (makedumpfile in its crash kernel).
     Guest,
+}
+
+impl VmcoreSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmcoreSource::Host => "host",
+            VmcoreSource::Guest => "guest",
+        }
+    }
 }
 
 /// What a host-side vmcore's dump level left out. The writer's full account (pages per class,

@@ -21,9 +21,8 @@ use chrono::{DateTime, Utc};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::SIGRTMIN;
 
-use crate::crash::report::TimedSignal;
-use crate::crash::CrashSignal;
 use crate::exit::VmExit;
+use crate::signal::{CrashSignal, TimedSignal};
 use crate::sync::lock;
 use crate::vcpu_state::VcpuState;
 use crate::watchdog::Sample;

@@ -4,65 +4,11 @@
 //! (`crash::Trigger`, `crash::VmcoreSource`, `crash::live::SnapshotMethod`). Each one's serde
 //! name is its `as_str`, the exact text `report.json` and `events.jsonl` carry.
 
-use std::fmt;
-
 use serde::Serialize;
 
-/// What set a crash off (`trigger` in `report.json` and `crash_detected`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    /// pvpanic PANICKED or CRASH_LOADED.
-    Pvpanic,
-    /// The Hyper-V crash MSRs (CRASH_CTL with CRASH_NOTIFY).
-    HvCrash,
-    /// A vCPU triple-faulted.
-    TripleFault,
-    /// KVM could not run a vCPU.
-    KvmFailure,
-    /// The watchdog found the guest hung.
-    GuestHang,
-    /// A crash soon after crashvmm injected an NMI (control socket).
-    NmiInjection,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Pvpanic => "pvpanic",
-            Trigger::HvCrash => "hv_crash",
-            Trigger::TripleFault => "triple_fault",
-            Trigger::KvmFailure => "kvm_failure",
-            Trigger::GuestHang => "guest_hang",
-            Trigger::NmiInjection => "nmi_injection",
-        }
-    }
-}
-
-impl fmt::Display for Trigger {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Who wrote a vmcore (`source` in `report.json` and `vmcore_written`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VmcoreSource {
-    /// crashvmm, from guest memory.
-    Host,
-    /// The guest's own kdump (makedumpfile in its crash kernel).
-    Guest,
-}
-
-impl VmcoreSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VmcoreSource::Host => "host",
-            VmcoreSource::Guest => "guest",
-        }
-    }
-}
+/// What set a crash off and who wrote a vmcore: the report's own vocabulary (`crash_report`),
+/// so that `report.json`, the event log and crash handling say the same words.
+pub use crash_report::{Trigger, VmcoreSource};
 
 /// `--live-dump-snapshot`: how a live dump takes its copy-on-write snapshot (`snapshot` in
 /// `vmcore_written` and `dump_started`: `uffd` or `fork`, the method it used).
@@ -103,6 +49,7 @@ mod tests {
             Trigger::KvmFailure,
             Trigger::GuestHang,
             Trigger::NmiInjection,
+            Trigger::Operator,
         ] {
             assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
             assert_eq!(t.to_string(), t.as_str());

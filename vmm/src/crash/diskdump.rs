@@ -42,6 +42,13 @@ impl PhysMem for RegionMem<'_> {
         r.read_into(off, buf);
         Ok(())
     }
+
+    /// The mapping itself, unless a live snapshot must patch what is read.
+    fn slice(&self, paddr: u64, len: usize) -> Option<&[u8]> {
+        let r = &self.0[self.0.partition_point(|r| r.gpa <= paddr).checked_sub(1)?];
+        let off = usize::try_from(paddr - r.gpa).ok()?;
+        r.snapshot.is_none().then(|| r.bytes.get(off..off.checked_add(len)?)).flatten()
+    }
 }
 
 /// Which pages `level` keeps. A classification that fails as a whole (guest memory that makes

@@ -75,12 +75,7 @@ fn tmp_name(base: &Path, final_dir: &Path) -> PathBuf {
     base.join(format!("{TMP_PREFIX}{name}-{}", std::process::id()))
 }
 
-/// A signal with when it was observed (the vCPU thread's clock for the guest's signals).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TimedSignal {
-    pub at: DateTime<Utc>,
-    pub signal: CrashSignal,
-}
+pub use crate::signal::TimedSignal;
 
 /// What the report says about the vmcore.
 #[derive(Debug, Clone)]
@@ -356,7 +351,7 @@ impl CrashRecord {
             kind: Some(cr::Kind::Crash),
             state: Some(state),
             crash_number: Some(self.number),
-            trigger: Some(self.trigger.into()),
+            trigger: Some(self.trigger),
             detected_at: Some(ts(self.detected_at)),
             finished_at: outcome.map(|_| ts(Utc::now())),
             outcome: outcome.map(|o| o.to_string()),
@@ -752,19 +747,6 @@ fn vcpu_registers(v: &VcpuState) -> cr::VcpuRegisters {
     }
 }
 
-impl From<Trigger> for cr::Trigger {
-    fn from(t: Trigger) -> Self {
-        match t {
-            Trigger::Pvpanic => cr::Trigger::Pvpanic,
-            Trigger::HvCrash => cr::Trigger::HvCrash,
-            Trigger::TripleFault => cr::Trigger::TripleFault,
-            Trigger::KvmFailure => cr::Trigger::KvmFailure,
-            Trigger::GuestHang => cr::Trigger::GuestHang,
-            Trigger::NmiInjection => cr::Trigger::NmiInjection,
-        }
-    }
-}
-
 fn policy_entry(p: &Policy) -> cr::Policy {
     cr::Policy {
         on_panic: Some(match p.on_panic {
@@ -830,10 +812,7 @@ impl VmcoreEntry {
             bytes: Some(self.bytes),
             allocated_bytes: Some(self.allocated_bytes),
             sha256: self.sha256.clone(),
-            source: Some(match self.source {
-                VmcoreSource::Host => cr::VmcoreSource::Host,
-                VmcoreSource::Guest => cr::VmcoreSource::Guest,
-            }),
+            source: Some(self.source),
             duration_ms: Some(self.duration_ms),
             reason: Some(self.reason.clone()),
         }

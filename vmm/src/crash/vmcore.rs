@@ -445,14 +445,14 @@ pub fn required_bytes(mem: &GuestMemoryMmap) -> u64 {
 }
 
 /// The SHA-256 of the file as laid out, read from the guest mapping (never-touched pages of
-/// anonymous memory are hashed as zeros without being read). `done` counts hashed bytes;
-/// `None` when `cancel` was set.
+/// anonymous memory are hashed as zeros without being read). `done` is told how many bytes
+/// are hashed; `None` when `cancel` was set.
 fn hash_file(
     layout: &ElfLayout,
     regions: &[Region<'_>],
     pagemap: Option<&Pagemap>,
     keep: Option<&Bitmap>,
-    done: &AtomicU64,
+    done: &dyn Fn(u64),
     cancel: &AtomicBool,
 ) -> Option<[u8; 32]> {
     let mut hasher = Sha256::new();
@@ -466,7 +466,7 @@ fn hash_file(
     };
     hasher.update(&layout.header);
     pos += layout.header.len() as u64;
-    done.store(pos, Ordering::Relaxed);
+    done(pos);
     let mut presence = Presence::new(pagemap, keep);
     let mut patched = Vec::new();
     for (region, &off) in regions.iter().zip(&layout.offsets) {
@@ -502,7 +502,7 @@ fn hash_file(
                 i = j;
             }
             first += n;
-            done.store(off + ((first * PAGE).min(bytes.len())) as u64, Ordering::Relaxed);
+            done(off + ((first * PAGE).min(bytes.len())) as u64);
         }
         pos = off + bytes.len() as u64;
     }
@@ -599,13 +599,22 @@ fn write_elf(
 
     let bar = progress_bar(layout.file_len, opts.progress);
     let hashed = AtomicU64::new(0);
+    let written_all = AtomicBool::new(false);
+    // The hasher's progress: the bar shows the slower of the two threads, so once the pages
+    // are written the hasher moves it on by itself.
+    let on_hashed = |pos: u64| {
+        hashed.store(pos, Ordering::Relaxed);
+        if written_all.load(Ordering::Relaxed) {
+            bar.set_position(pos);
+        }
+    };
     let cancel = AtomicBool::new(false);
     let (digest, written) = std::thread::scope(|scope| {
         let hasher = opts.sha256.then(|| {
             std::thread::Builder::new()
-                .name("vmcore-sha256".into())
+                .name(crate::seccomp::ThreadKind::VmcoreHasher.as_str().into())
                 .spawn_scoped(scope, || match crate::seccomp::apply(crate::seccomp::ThreadKind::VmcoreHasher) {
-                    Ok(()) => hash_file(&layout, regions, pagemap, keep, &hashed, &cancel),
+                    Ok(()) => hash_file(&layout, regions, pagemap, keep, &on_hashed, &cancel),
                     Err(e) => {
                         log::error!("vmcore: {}", crate::error::Chain(&e));
                         None
@@ -614,7 +623,6 @@ fn write_elf(
                 .map_err(|e| log::debug!("vmcore: no hashing thread ({e}), hashing after writing"))
         });
         let mut progress = |pos: u64| {
-            // With the hash, the bar shows the slower of the two threads.
             bar.set_position(if opts.sha256 { pos.min(hashed.load(Ordering::Relaxed)) } else { pos });
             if let Some(report) = opts.on_progress {
                 report(pos, layout.file_len);
@@ -629,16 +637,14 @@ fn write_elf(
         if written.is_err() {
             cancel.store(true, Ordering::Relaxed);
         }
+        written_all.store(true, Ordering::Relaxed);
+        if opts.sha256 {
+            bar.set_position(hashed.load(Ordering::Relaxed));
+        }
         let digest = match hasher {
             None => Ok(None),
-            Some(Ok(h)) => {
-                while opts.progress && !h.is_finished() {
-                    bar.set_position(hashed.load(Ordering::Relaxed));
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                h.join().map_err(|_| VmcoreError::Hasher).map(Some)
-            }
-            Some(Err(())) => Ok(Some(hash_file(&layout, regions, pagemap, keep, &hashed, &cancel))),
+            Some(Ok(h)) => h.join().map_err(|_| VmcoreError::Hasher).map(Some),
+            Some(Err(())) => Ok(Some(hash_file(&layout, regions, pagemap, keep, &on_hashed, &cancel))),
         };
         (digest, written)
     });
