@@ -1360,19 +1360,16 @@ fn assert_reported(r: &Run, leftover: &Path, pid: u32) -> Value {
     e
 }
 
-/// `ctl dump` killed while its vmcore is written (the test-only knob stops the writer at its
-/// first progress report, after the `dump_progress` event): no `<time>-dump` directory, only its
-/// temporary, whose report.json says the vmcore was being written; the next start reports it
-/// (event and log) and keeps it, and its own `dump` answers with the final path, where a
-/// complete vmcore and report are.
-#[test]
-fn an_operator_dump_killed_mid_write_leaves_only_a_temporary_that_the_next_start_reports() {
-    let args = ["--api-socket", "OUT/api.sock"];
+/// The idle guest with a control socket (and `extra` options), and an operator's `dump` asked
+/// of it with the writer held after its first progress report (`CRASHVMM_TEST_HOLD_DUMP`): the
+/// run, its kill guard and the waiting `ctl dump`.
+fn start_a_held_operator_dump(extra: &[&str]) -> Option<(Running, KillOnDrop, std::process::Child)> {
+    let args = [&["--api-socket", "OUT/api.sock"], extra].concat();
     let hold = [("CRASHVMM_TEST_HOLD_DUMP", "progress")];
-    let Some(mut r) = start_with("idle", &args, Launch { env: &hold, ..Launch::default() }) else { return };
-    let mut guard = KillOnDrop(Some(r.child.id()));
+    let mut r = start_with("idle", &args, Launch { env: &hold, ..Launch::default() })?;
+    let guard = KillOnDrop(Some(r.child.id()));
     r.wait_for_console("TG: idle: ready");
-    let mut asked = Command::new(&r.binary)
+    let asked = Command::new(&r.binary)
         .arg("ctl")
         .arg("--api-socket")
         .arg(r.out.join("api.sock"))
@@ -1381,6 +1378,17 @@ fn an_operator_dump_killed_mid_write_leaves_only_a_temporary_that_the_next_start
         .stderr(Stdio::null())
         .spawn()
         .expect("running crashvmm ctl");
+    Some((r, guard, asked))
+}
+
+/// `ctl dump` killed while its vmcore is written (the test-only knob stops the writer at its
+/// first progress report, after the `dump_progress` event): no `<time>-dump` directory, only its
+/// temporary, whose report.json says the vmcore was being written; the next start reports it
+/// (event and log) and keeps it, and its own `dump` answers with the final path, where a
+/// complete vmcore and report are.
+#[test]
+fn an_operator_dump_killed_mid_write_leaves_only_a_temporary_that_the_next_start_reports() {
+    let Some((mut r, mut guard, mut asked)) = start_a_held_operator_dump(&[]) else { return };
     let started = r.wait_for_event("dump_started");
     r.wait_for_event("dump_progress");
     let crashes = r.out.join("crashes");
@@ -1485,20 +1493,7 @@ impl Running {
 /// otherwise: a 2 ms poll made about a thousand wake-ups in that time.
 #[test]
 fn the_main_thread_sleeps_while_a_dump_is_written() {
-    let args = ["--api-socket", "OUT/api.sock", "--watchdog", "1s"];
-    let hold = [("CRASHVMM_TEST_HOLD_DUMP", "progress")];
-    let Some(mut r) = start_with("idle", &args, Launch { env: &hold, ..Launch::default() }) else { return };
-    let mut guard = KillOnDrop(Some(r.child.id()));
-    r.wait_for_console("TG: idle: ready");
-    let mut asked = Command::new(&r.binary)
-        .arg("ctl")
-        .arg("--api-socket")
-        .arg(r.out.join("api.sock"))
-        .arg("dump")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("running crashvmm ctl");
+    let Some((mut r, mut guard, mut asked)) = start_a_held_operator_dump(&["--watchdog", "1s"]) else { return };
     // The writer has stopped for good: the dump stays in progress.
     r.wait_for_event("dump_progress");
     let before = r.main_thread_switches();

@@ -205,27 +205,21 @@ pub struct Policy {
     pub on_hang: Option<String>,
 }
 
-/// The guest of a crash.
+/// The guest of a crash: the machine as booted, and the kernel that ran.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Guest {
-    /// The kernel image crashvmm booted.
-    #[serde(default, deserialize_with = "lenient")]
-    pub kernel: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
-    pub cmdline: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
-    pub memory_bytes: Option<u64>,
-    #[serde(default, deserialize_with = "lenient")]
-    pub vcpus: Option<u32>,
+    #[serde(flatten)]
+    pub machine: Machine,
     /// From the vmcore's VMCOREINFO, else the console's `Linux version` banner; `null` when
     /// neither said.
     #[serde(default, deserialize_with = "lenient")]
     pub kernel_release: Option<String>,
 }
 
-/// The guest of an operator's dump (no kernel release).
+/// The machine crashvmm booted (an operator's dump says only this of its guest).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct DumpGuest {
+pub struct Machine {
+    /// The kernel image crashvmm booted.
     #[serde(default, deserialize_with = "lenient")]
     pub kernel: Option<String>,
     #[serde(default, deserialize_with = "lenient")]
@@ -600,7 +594,7 @@ pub struct DumpReport {
     #[serde(default, deserialize_with = "lenient")]
     pub live_stats: Option<LiveStats>,
     #[serde(default, deserialize_with = "lenient")]
-    pub guest: Option<DumpGuest>,
+    pub guest: Option<Machine>,
     #[serde(default, deserialize_with = "lenient")]
     pub vmcore: Option<Vmcore>,
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]

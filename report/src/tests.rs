@@ -25,10 +25,12 @@ fn full() -> Report {
             on_hang: Some("host-dump,nmi".into()),
         }),
         guest: Some(Guest {
-            kernel: Some("/k".into()),
-            cmdline: Some("console=ttyS0".into()),
-            memory_bytes: Some(1 << 30),
-            vcpus: Some(2),
+            machine: Machine {
+                kernel: Some("/k".into()),
+                cmdline: Some("console=ttyS0".into()),
+                memory_bytes: Some(1 << 30),
+                vcpus: Some(2),
+            },
             kernel_release: Some("6.1.0-56-cloud-amd64".into()),
         }),
         signals: vec![
@@ -148,7 +150,7 @@ fn an_operator_dump_round_trips() {
             copied_bytes: 4096,
             paused_for_rest: false,
         }),
-        guest: Some(DumpGuest {
+        guest: Some(Machine {
             kernel: Some("/k".into()),
             cmdline: Some("c".into()),
             memory_bytes: Some(1),
@@ -180,7 +182,7 @@ fn an_old_minimal_report_reads_as_version_0() {
     let r: Report = from_slice(text).unwrap();
     assert_eq!(r.schema, 0);
     assert_eq!((r.kind, r.state, r.crash_number, r.trigger), (None, None, Some(2), Some(Trigger::HvCrash)));
-    assert_eq!(r.guest.as_ref().and_then(|g| g.vcpus), Some(2));
+    assert_eq!(r.guest.as_ref().and_then(|g| g.machine.vcpus), Some(2));
     assert_eq!(r.guest.as_ref().and_then(|g| g.kernel_release.as_deref()), None);
     let filter = r.vmcore.as_ref().and_then(|v| v.filter.as_ref()).unwrap();
     assert_eq!((filter.total_pages, filter.written_pages()), (Some(10), Some(4)));
@@ -198,7 +200,7 @@ fn unknown_keys_are_ignored_and_wrong_types_read_as_absent() {
     let sig = r.signature.unwrap();
     assert_eq!((sig.id.as_deref(), sig.title), (Some("ab"), None));
     let g = r.guest.unwrap();
-    assert_eq!((g.kernel_release.as_deref(), g.vcpus), (Some("6.1"), None));
+    assert_eq!((g.kernel_release.as_deref(), g.machine.vcpus), (Some("6.1"), None));
     let v = r.vmcore.unwrap();
     assert_eq!((v.bytes, v.format), (Some(10), None));
     assert!(r.signals.is_empty());

@@ -108,6 +108,18 @@ pub struct GuestInfo {
     pub vcpus: u32,
 }
 
+impl GuestInfo {
+    /// What `report.json` says of the machine.
+    fn machine(&self) -> cr::Machine {
+        cr::Machine {
+            kernel: Some(self.kernel.clone()),
+            cmdline: Some(self.cmdline.clone()),
+            memory_bytes: Some(self.memory_bytes),
+            vcpus: Some(self.vcpus),
+        }
+    }
+}
+
 /// One crash being recorded.
 #[derive(Debug)]
 pub struct CrashRecord {
@@ -356,13 +368,7 @@ impl CrashRecord {
             finished_at: outcome.map(|_| ts(Utc::now())),
             outcome: outcome.map(|o| o.to_string()),
             policy: Some(policy_entry(policy)),
-            guest: Some(cr::Guest {
-                kernel: Some(guest.kernel.clone()),
-                cmdline: Some(guest.cmdline.clone()),
-                memory_bytes: Some(guest.memory_bytes),
-                vcpus: Some(guest.vcpus),
-                kernel_release: self.kernel_release.clone(),
-            }),
+            guest: Some(cr::Guest { machine: guest.machine(), kernel_release: self.kernel_release.clone() }),
             signals: self.signals.iter().map(signal_entry).collect(),
             signals_dropped: self.signals_dropped,
             pvpanic,
@@ -484,12 +490,7 @@ impl DumpRecord {
                 copied_bytes: l.copied_bytes,
                 paused_for_rest: l.paused_for_rest,
             }),
-            guest: Some(cr::DumpGuest {
-                kernel: Some(self.guest.kernel.clone()),
-                cmdline: Some(self.guest.cmdline.clone()),
-                memory_bytes: Some(self.guest.memory_bytes),
-                vcpus: Some(self.guest.vcpus),
-            }),
+            guest: Some(self.guest.machine()),
             vmcore: vmcore.map(VmcoreEntry::to_report),
             vmcore_pending: self.pending.clone().filter(|_| !complete),
         };

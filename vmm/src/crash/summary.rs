@@ -93,8 +93,8 @@ pub fn render(dir: &Path) -> Result<String> {
     }
     let g = r.guest.unwrap_or_default();
     let release = g.kernel_release.as_deref().map_or("unknown".into(), escape);
-    let memory = num(g.memory_bytes.map(|b| b >> 20));
-    let _ = writeln!(out, "  guest        Linux {release}, {} vCPUs, {memory} MiB", num(g.vcpus));
+    let memory = num(g.machine.memory_bytes.map(|b| b >> 20));
+    let _ = writeln!(out, "  guest        Linux {release}, {} vCPUs, {memory} MiB", num(g.machine.vcpus));
     let p = r.policy.unwrap_or_default();
     let _ = writeln!(
         out,
