@@ -24,7 +24,8 @@ OUT ?= build/scenario-$(SCENARIO)
 # crash (reads the guest's vmcores in the pagecache scenario test) and e2fsprogs (mke2fs -d: that
 # scenario's data disk) are for the integration tests.
 # python3-venv: the S3 test server (PyPI's moto, in build/moto-venv) of the delivery tests.
-APT_PACKAGES := qemu-system-x86 busybox-static cpio kexec-tools makedumpfile binutils gzip crash e2fsprogs python3-venv
+# time: /usr/bin/time, which measures crashvmm's peak memory in the test guest's flood test.
+APT_PACKAGES := qemu-system-x86 busybox-static cpio kexec-tools makedumpfile binutils gzip crash e2fsprogs python3-venv time
 
 .PHONY: all build images testguest deps lint fmt unit image-tests integration test run scenario fuzz bench boot-reliability clean
 

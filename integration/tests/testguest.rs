@@ -138,17 +138,32 @@ struct Launch<'a> {
     nofile: Option<libc::rlim_t>,
     /// Added to crashvmm's environment.
     env: &'a [(&'a str, &'a str)],
+    /// Run it under `/usr/bin/time`, which records its peak resident memory in `PEAK_RSS_FILE`
+    /// ([`Running::wait_with_peak_rss`]). Not this process's own `wait4`: a child's `ru_maxrss`
+    /// includes the memory of the process it was forked from at its `exec` (here the test
+    /// binary, with whatever the tests running beside it hold), while the child of a small
+    /// process that waits for it (`time`) starts its count at its own `exec`.
+    peak_rss: bool,
 }
+
+/// Where `/usr/bin/time` leaves crashvmm's peak resident memory, in the run's directory.
+const PEAK_RSS_FILE: &str = "peak-rss";
 
 /// [`start`], launched as `launch` says.
 fn start_with(scenario: &str, extra: &[&str], launch: Launch<'_>) -> Option<Running> {
-    let Launch { umask, nofile, env } = launch;
+    let Launch { umask, nofile, env, peak_rss } = launch;
     let (binary, elf) = prerequisites()?;
     let dir = tempfile::Builder::new().prefix("crashvmm-testguest-").tempdir().expect("temporary directory");
     let out = dir.path().to_owned();
     let stderr = std::fs::File::create(out.join("crashvmm.log")).expect("crashvmm.log");
     let console = format!("file:{}", out.join("console.log").display());
-    let mut cmd = Command::new(&binary);
+    let mut cmd = if peak_rss {
+        let mut time = Command::new("/usr/bin/time");
+        time.args(["--format", "%M", "--output"]).arg(out.join(PEAK_RSS_FILE)).arg(&binary);
+        time
+    } else {
+        Command::new(&binary)
+    };
     cmd.arg("run")
         .arg("--kernel")
         .arg(&elf)
@@ -253,34 +268,20 @@ impl Running {
         self.finish(code, timed_out)
     }
 
-    /// Wait as [`Self::wait`] does, with crashvmm's peak resident memory (bytes) from the
-    /// kernel's accounting of the child (`wait4`).
-    fn wait_with_peak_rss(mut self) -> (Run, u64) {
-        let pid = self.child.id() as libc::pid_t;
-        let deadline = Instant::now() + LIMIT;
-        let (mut status, mut timed_out) = (0, false);
-        // SAFETY: rusage is plain data; zeroes are a valid value.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        loop {
-            // SAFETY: status and usage are valid for writes; pid is our own child, not yet
-            // reaped (this is the only wait for it).
-            let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-            assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
-            if r == pid {
-                break;
-            }
-            if Instant::now() > deadline {
-                timed_out = true;
-                let _ = self.child.kill();
-                // SAFETY: as above.
-                unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let code = (!timed_out && libc::WIFEXITED(status)).then(|| libc::WEXITSTATUS(status));
-        // ru_maxrss is in KiB.
-        (self.finish(code, timed_out), usage.ru_maxrss as u64 * 1024)
+    /// Wait as [`Self::wait`] does, with crashvmm's peak resident memory (bytes), as
+    /// `/usr/bin/time` measured it (started with [`Launch::peak_rss`]).
+    fn wait_with_peak_rss(self) -> (Run, u64) {
+        let file = self.out.join(PEAK_RSS_FILE);
+        let run = self.wait();
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e} (is /usr/bin/time installed?){}", file.display(), run.context()));
+        // Its last line is the figure (KiB); a line before it may say how the command ended.
+        let kib: u64 = text
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{}: no peak RSS in {text:?}", file.display()));
+        (run, kib * 1024)
     }
 
     fn finish(self, exit_code: Option<i32>, timed_out: bool) -> Run {
@@ -554,7 +555,9 @@ fn vmbus_flood_is_bounded_and_a_clean_connect_follows() {
 /// while crashvmm awaited its kdump) is still collected.
 #[test]
 fn a_guest_flooding_for_10_s_is_recorded_within_bounds_and_its_crash_collected() {
-    let Some(running) = start("guest-flood", &[], None) else { return };
+    let Some(running) = start_with("guest-flood", &[], Launch { peak_rss: true, ..Launch::default() }) else {
+        return;
+    };
     let (r, peak_rss) = running.wait_with_peak_rss();
     r.assert_pass("guest-flood");
     r.assert_exit(EXIT_GUEST_PANICKED, "guest_panicked (pvpanic)");
@@ -857,7 +860,7 @@ fn a_forbidden_system_call_from_each_thread_kind_ends_crashvmm_with_a_report() {
         // Every host-side vmcore is written by the vmcore writer thread.
         ("vmcore-writer", "panic", &[][..], "vmcore-writer"),
         // The hasher thread hashes an ELF vmcore as it is written (a kdump file is hashed after).
-        ("vmcore-hasher", "panic", &["--vmcore-sha256", "on", "--vmcore-format", "elf"][..], "vmcore-sha256"),
+        ("vmcore-hasher", "panic", &["--vmcore-sha256", "on", "--vmcore-format", "elf"][..], "vmcore-hasher"),
         // A hang's live dump: its snapshot's copier thread.
         (
             "snapshot-copier",
