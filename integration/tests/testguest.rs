@@ -725,9 +725,14 @@ fn live_dumps_of_a_counting_guest(vcpus: u64, method: &str) -> Option<()> {
         assert_eq!(live["live"], true, "{live}");
         assert_eq!(live["snapshot"], method, "{live}");
         if method == "uffd" {
-            // Every vCPU wrote its counter page during the dump: each was copied first.
+            // Pages the guest wrote during the dump were copied first (whole pages). How many
+            // depends on which vCPU threads the host ran in the dump's millisecond (four vCPUs
+            // on two cores may not all run), so no count is asserted here; the copy itself is
+            // held to its bytes by `crash::snapshot`'s unit test, where the writer waits on the
+            // fault, and to consistency by the check below.
             let copied = live["copied_bytes"].as_u64().unwrap();
-            assert!(copied >= vcpus * COUNTER_PAGE, "{live}");
+            assert_eq!(copied % COUNTER_PAGE, 0, "{live}");
+            eprintln!("live dump ({vcpus} vCPUs, uffd): {copied} bytes copied while it was written");
         }
         let data = std::fs::read(live["path"].as_str().unwrap()).unwrap();
         let elf = goblin::elf::Elf::parse(&data).expect("an ELF vmcore");
