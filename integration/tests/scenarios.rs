@@ -4,15 +4,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use integration::{run_scenario, Outcome, RunOptions, Setup, BOOT_MARKER, CRASH_COLLECTION_FAILED, GUEST_PANICKED};
+use integration::{
+    run_scenario, Outcome, RunOptions, RunnerError, Setup, BOOT_MARKER, CRASH_COLLECTION_FAILED, GUEST_PANICKED,
+};
 use serde_json::Value;
 
 /// One scenario at a time: each already uses both cores of a CI machine.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Runs of one scenario when the software KVM test host fails it (a hang or a triple fault in
-/// the emulated layer, `Outcome::test_host_fault`): CI once lost one scenario to two such
-/// faults in a row.
+/// the emulated layer, `Outcome::test_host_fault`, or the test host itself resetting before
+/// crashvmm ended, `RunnerError::TestHost`): CI once lost one scenario to two such faults in a
+/// row.
 const TEST_HOST_TRIES: u32 = 3;
 
 /// Run `name`; the outputs stay in a kept temporary directory named in every failure message.
@@ -22,8 +25,15 @@ fn run(name: &str) -> (Outcome, Vec<Value>, String, PathBuf) {
     let (o, out) = loop {
         attempt += 1;
         let out = tempfile::Builder::new().prefix(&format!("crashvmm-{name}-")).tempdir().unwrap().keep();
-        let o = run_scenario(&Setup::from_env(), name, &out, &RunOptions::default())
-            .unwrap_or_else(|e| panic!("scenario {name} could not run: {:#}", anyhow::Error::from(e)));
+        let o = match run_scenario(&Setup::from_env(), name, &out, &RunOptions::default()) {
+            Ok(o) => o,
+            // The test host stopped (reset) before crashvmm ended: no outcome to judge.
+            Err(e @ RunnerError::TestHost { .. }) if attempt < TEST_HOST_TRIES => {
+                eprintln!("scenario {name}: {e}; running it again (try {} of {TEST_HOST_TRIES})", attempt + 1);
+                continue;
+            }
+            Err(e) => panic!("scenario {name} could not run: {:#}", anyhow::Error::from(e)),
+        };
         // The software KVM test host itself fails some boots (docs/boot-reliability.md; more
         // often on a loaded machine, and a scenario that boots twice is exposed twice): such a
         // run gets up to two more tries, the last of which must pass every check.

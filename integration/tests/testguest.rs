@@ -115,12 +115,38 @@ impl Run {
 
 /// crashvmm running the test guest.
 struct Running {
-    child: std::process::Child,
+    child: Child,
     scenario: String,
     binary: PathBuf,
     out: PathBuf,
     dir: tempfile::TempDir,
     start: Instant,
+}
+
+/// crashvmm's process, killed (and reaped) if it still runs when this goes: a test that fails
+/// while its guest runs leaves no guest spinning beside the tests after it.
+struct Child(std::process::Child);
+
+impl std::ops::Deref for Child {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Child {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// Start `scenario` with extra `crashvmm run` options (`OUT/` in them is the run's output
@@ -204,7 +230,7 @@ fn start_with(scenario: &str, extra: &[&str], launch: Launch<'_>) -> Option<Runn
         };
     }
     let child = cmd.spawn().expect("starting crashvmm");
-    Some(Running { child, scenario: scenario.into(), binary, out, dir, start: Instant::now() })
+    Some(Running { child: Child(child), scenario: scenario.into(), binary, out, dir, start: Instant::now() })
 }
 
 impl Running {
