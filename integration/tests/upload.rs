@@ -82,6 +82,12 @@ fn crashes_from_three_guests_are_delivered_and_grouped_by_signature() {
     let url = format!("s3://{BUCKET}/fleet");
     let dir = tempfile::tempdir().unwrap();
     for (i, scenario) in ["panic", "panic", "triple-fault"].iter().enumerate() {
+        // A crash directory is named to the second and numbered per run, and its store key is
+        // SIGNATURE/HOST/DIR: two guests on one host with the same crash in the same second get
+        // the same key, and the second is not delivered (a known limitation: the README's
+        // `--upload`). Each guest here starts in a second of its own.
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        std::thread::sleep(Duration::from_nanos(1_000_000_000 - u64::from(since.subsec_nanos())));
         let crash_dir = dir.path().join(format!("guest{i}"));
         let out = crash(&server, &bin, &elf, scenario, &crash_dir, &url, &[]).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
