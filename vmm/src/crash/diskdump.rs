@@ -28,26 +28,26 @@ impl<'a> RegionMem<'a> {
     pub(super) fn new(regions: &'a [Region<'a>]) -> Self {
         Self(regions)
     }
+
+    /// The region holding `[paddr, paddr + len)` whole, and the range's offset in it.
+    fn locate(&self, paddr: u64, len: usize) -> Option<(&Region<'a>, usize)> {
+        let r = &self.0[self.0.partition_point(|r| r.gpa <= paddr).checked_sub(1)?];
+        let off = usize::try_from(paddr - r.gpa).ok()?;
+        off.checked_add(len).is_some_and(|end| end <= r.bytes.len()).then_some((r, off))
+    }
 }
 
 impl PhysMem for RegionMem<'_> {
     fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
-        let err = OutOfRange { paddr, len: buf.len() };
-        let i = self.0.partition_point(|r| r.gpa <= paddr).checked_sub(1).ok_or(err)?;
-        let r = &self.0[i];
-        let off = usize::try_from(paddr - r.gpa).map_err(|_| err)?;
-        if off.checked_add(buf.len()).is_none_or(|end| end > r.bytes.len()) {
-            return Err(err);
-        }
+        let (r, off) = self.locate(paddr, buf.len()).ok_or(OutOfRange { paddr, len: buf.len() })?;
         r.read_into(off, buf);
         Ok(())
     }
 
     /// The mapping itself, unless a live snapshot must patch what is read.
     fn slice(&self, paddr: u64, len: usize) -> Option<&[u8]> {
-        let r = &self.0[self.0.partition_point(|r| r.gpa <= paddr).checked_sub(1)?];
-        let off = usize::try_from(paddr - r.gpa).ok()?;
-        r.snapshot.is_none().then(|| r.bytes.get(off..off.checked_add(len)?)).flatten()
+        let (r, off) = self.locate(paddr, len)?;
+        r.snapshot.is_none().then(|| &r.bytes[off..off + len])
     }
 }
 
