@@ -8,6 +8,9 @@
 #   make fuzz       fuzz the devices' protocol code, FUZZ_SECONDS (60) per target; not in `make test`
 #   make bench      crashvmm against QEMU: writes docs/benchmarks.md and docs/benchmarks.png
 #                   (about 8 minutes after the build, 20 GiB of free disk; not in `make test`)
+#   make crash-suites   every crash trigger on two Debian kernels with crash_kexec_post_notifiers 0/1
+#                   and --hyperv on/off (suites/every-trigger.toml): docs/crash-suites.md (hours;
+#                   not in `make test`)
 #   make boot-reliability   50 boots each under crashvmm and QEMU in the test host, failures
 #                   counted: docs/boot-reliability.md (about an hour; not in `make test`)
 
@@ -27,7 +30,7 @@ OUT ?= build/scenario-$(SCENARIO)
 # time: /usr/bin/time, which measures crashvmm's peak memory in the test guest's flood test.
 APT_PACKAGES := qemu-system-x86 busybox-static cpio kexec-tools makedumpfile binutils gzip crash e2fsprogs python3-venv time
 
-.PHONY: all build images testguest deps lint fmt unit image-tests integration test run scenario fuzz bench boot-reliability clean
+.PHONY: all build images testguest deps lint fmt unit image-tests integration test run scenario fuzz bench boot-reliability crash-suites clean
 
 all: build
 
@@ -136,6 +139,12 @@ bench:
 BOOT_RUNS ?= 50
 boot-reliability: deps build images
 	$(CARGO) run --locked --release -q -p integration --bin boot_reliability -- --runs $(BOOT_RUNS) --doc docs/boot-reliability.md
+
+# `crashvmm test` on suites/every-trigger.toml (80 cases, one test-host boot each here): the
+# results table in docs/crash-suites.md, each case's outputs under build/suite-every-trigger.
+crash-suites: deps build images
+	$(BIN) test suites/every-trigger.toml --out build/suite-every-trigger --cache $(CACHE) \
+	  --test-host $(IMAGES)/host --markdown docs/crash-suites.md
 
 clean:
 	$(CARGO) clean

@@ -13,15 +13,14 @@
 pub mod bench;
 
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+pub use crash_suite::runner::{self, Mode, RunError, RunSpec, TestHost};
 use serde_json::Value;
 use thiserror::Error;
-use wait_timeout::ChildExt;
 
 /// The line the guest prints in scenario `boot` once its init runs.
 pub const BOOT_MARKER: &str = "CRASHTEST: boot: marker";
@@ -316,67 +315,21 @@ pub const CRASH_COLLECTION_FAILED: i32 = 7;
 pub const GUEST_PANICKED: i32 = 5;
 
 impl Scenario {
-    /// Where crashvmm writes crash directories, inside the output directory.
-    fn crash_dir_name(&self) -> &'static str {
-        if self.crash_dir_tmpfs.is_some() {
-            "crashes-tmpfs"
-        } else {
-            "crashes"
+    /// The crashvmm run of this scenario (`data_disk`: the data disk's file, when it has one).
+    pub fn run_spec(&self, data_disk: Option<&Path>) -> RunSpec {
+        let mut inputs =
+            vec![("vmlinuz".to_string(), PathBuf::new()), ("initramfs.cpio.gz".to_string(), PathBuf::new())];
+        if let Some(d) = data_disk {
+            inputs.push((DATA_DISK.to_string(), d.to_owned()));
         }
-    }
-
-    /// The shell script that runs crashvmm for this scenario from directory `$1`, with paths
-    /// as seen there, leaving `crashvmm.log`, `exit-code` and `crashes/` in `out`.
-    fn script(&self, crashvmm: &str, kernel: &str, initrd: &str, out: &str, api: &str) -> String {
-        let mut args: Vec<String> = crashvmm_args(self, kernel, initrd, out).iter().map(|a| sh_quote(a)).collect();
-        if self.driver.is_some() {
-            args.extend(["--api-socket".to_string(), sh_quote(api)]);
+        RunSpec {
+            label: format!("scenario {}", self.name),
+            args: crashvmm_args(self),
+            inputs,
+            driver: self.driver.map(|(m, c)| (m.to_string(), c.to_string())),
+            crash_dir_tmpfs: self.crash_dir_tmpfs.map(String::from),
+            guest_mib: parse_mib(self.memory).unwrap_or(1024),
         }
-        let mut sh = format!(
-            "# Written by the crashvmm scenario runner; run as `sh run.sh DIR`.\n\
-             cd \"$1\" || exit 125\n\
-             echo \"TESTHOST: scenario {name}: starting crashvmm\"\n",
-            name = self.name
-        );
-        if let Some(size) = self.crash_dir_tmpfs {
-            let d = format!("{out}/{}", self.crash_dir_name());
-            sh += &format!(
-                "mkdir -p {d} && mount -t tmpfs -o size={size} crashvmm-crashes {d} || \
-                 {{ echo \"TESTHOST: cannot mount a {size} tmpfs on {d}\"; exit 125; }}\n"
-            );
-        }
-        // RUST_LOG reaches crashvmm, in the test host too.
-        if let Ok(level) = std::env::var("RUST_LOG") {
-            sh += &format!("export RUST_LOG={}\n", sh_quote(&level));
-        }
-        let q = sh_quote(crashvmm);
-        sh += &format!("{q} {args} </dev/null 2>{out}/crashvmm.log &\npid=$!\n", args = args.join(" "));
-        if let Some((marker, commands)) = self.driver {
-            // Wait for the guest's marker (while crashvmm lives), then drive the control socket.
-            sh += &format!(
-                "(\n\
-                 ctl() {{ {q} ctl --api-socket {api} \"$@\"; }}\n\
-                 OUT={out}\n\
-                 exec 2>{out}/ctl-errors.log\n\
-                 i=0\n\
-                 until grep -qF {m} {out}/console.log 2>/dev/null; do\n\
-                 \tkill -0 $pid 2>/dev/null || exit 0; i=$((i + 1)); [ $i -lt 600 ] || exit 0; sleep 1\n\
-                 done\n\
-                 echo \"TESTHOST: scenario {name}: driving the control socket\"\n\
-                 {commands}\n\
-                 ) &\n",
-                api = sh_quote(api),
-                m = sh_quote(marker),
-                name = self.name
-            );
-        }
-        sh += &format!("wait $pid\nrc=$?\nwait\necho \"$rc\" >{out}/exit-code\n");
-        if self.crash_dir_tmpfs.is_some() {
-            let d = format!("{out}/{}", self.crash_dir_name());
-            sh += &format!("cp -a {d} {out}/crashes; umount {d}; rmdir {d}\n");
-        }
-        sh += &format!("echo \"TESTHOST: scenario {}: crashvmm exited with $rc\"\n", self.name);
-        sh
     }
 
     /// The guest-side script: scenarios that differ only in crashvmm options share one
@@ -404,6 +357,8 @@ pub enum RunnerError {
     },
     #[error("the software KVM test host did not run the scenario (test host rc {rc}); see {log}")]
     TestHost { rc: String, log: PathBuf },
+    #[error(transparent)]
+    Run(#[from] RunError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RunnerError {
@@ -411,37 +366,13 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RunnerError {
     move |source| RunnerError::Io { what, source }
 }
 
-/// Where a scenario runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Direct,
-    TestHost,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Direct => "direct",
-            Mode::TestHost => "testhost",
-        }
-    }
-
-    /// Direct when `/dev/kvm` is usable and backed by hardware virtualization (kvm_intel or
-    /// kvm_amd loaded), the test host otherwise. `CRASHVMM_SCENARIO_MODE=direct|testhost`
-    /// overrides. Returns the mode and why.
-    pub fn detect() -> (Mode, String) {
-        match std::env::var("CRASHVMM_SCENARIO_MODE").as_deref() {
-            Ok("direct") => return (Mode::Direct, "CRASHVMM_SCENARIO_MODE=direct".into()),
-            Ok("testhost") => return (Mode::TestHost, "CRASHVMM_SCENARIO_MODE=testhost".into()),
-            _ => {}
-        }
-        let hw = ["kvm_intel", "kvm_amd"].into_iter().find(|m| Path::new("/sys/module").join(m).exists());
-        let usable = fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
-        match (hw, usable) {
-            (Some(m), true) => (Mode::Direct, format!("/dev/kvm is hardware virtualization ({m})")),
-            (Some(m), false) => (Mode::TestHost, format!("{m} is loaded but /dev/kvm cannot be opened")),
-            (None, _) => (Mode::TestHost, "/dev/kvm is not hardware virtualization (no kvm_intel or kvm_amd)".into()),
-        }
+/// Where scenarios run: [`Mode::detect`], or `CRASHVMM_SCENARIO_MODE=direct|testhost`.
+/// Returns the mode and why.
+pub fn detect_mode() -> (Mode, String) {
+    match std::env::var("CRASHVMM_SCENARIO_MODE").as_deref() {
+        Ok("direct") => (Mode::Direct, "CRASHVMM_SCENARIO_MODE=direct".into()),
+        Ok("testhost") => (Mode::TestHost, "CRASHVMM_SCENARIO_MODE=testhost".into()),
+        _ => Mode::detect(),
     }
 }
 
@@ -524,6 +455,11 @@ impl Setup {
             self.images.join(format!("guest/vmlinux-{rel}")),
             "run `make images`",
         )
+    }
+
+    /// The software KVM test host's image (`host/` of the images).
+    pub fn test_host(&self) -> Result<TestHost, RunnerError> {
+        Ok(TestHost::in_dir(&self.images.join("host"))?)
     }
 
     fn crashvmm(&self) -> Result<PathBuf, RunnerError> {
@@ -675,19 +611,14 @@ impl Outcome {
     }
 }
 
-/// Quote one word for `sh`.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// The `crashvmm run` arguments for `scenario`, with paths as the VMM will see them.
-fn crashvmm_args(s: &Scenario, kernel: &str, initrd: &str, out: &str) -> Vec<String> {
+/// The `crashvmm run` arguments for `scenario`, in the runner's terms (inputs by name, `{out}`).
+fn crashvmm_args(s: &Scenario) -> Vec<String> {
     let mut args: Vec<String> = [
         "run",
         "--kernel",
-        kernel,
+        "vmlinuz",
         "--initrd",
-        initrd,
+        "initramfs.cpio.gz",
         "--cmdline",
         &format!("{} crashtest={}", s.cmdline, s.guest_scenario()),
         "--memory",
@@ -697,11 +628,11 @@ fn crashvmm_args(s: &Scenario, kernel: &str, initrd: &str, out: &str) -> Vec<Str
         "--console",
         "stdio",
         "--console-log",
-        &format!("{out}/console.log"),
+        "{out}/console.log",
         "--events",
-        &format!("{out}/events.jsonl"),
+        "{out}/events.jsonl",
         "--crash-dir",
-        &format!("{out}/{}", s.crash_dir_name()),
+        "{crashes}",
     ]
     .iter()
     .map(|a| a.to_string())
@@ -715,45 +646,6 @@ fn crashvmm_args(s: &Scenario, kernel: &str, initrd: &str, out: &str) -> Vec<Str
         args.extend(extra.split_whitespace().map(str::to_string));
     }
     args
-}
-
-/// Copy a child's stdout to `log`, and to our stdout when `show`.
-fn tee(mut from: impl Read + Send + 'static, log: File, show: bool) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut log = log;
-        let mut buf = [0u8; 8192];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let _ = log.write_all(&buf[..n]);
-                    if show {
-                        let mut out = io::stdout().lock();
-                        let _ = out.write_all(&buf[..n]);
-                        let _ = out.flush();
-                    }
-                }
-            }
-        }
-    })
-}
-
-/// Wait for `child` up to `limit`; kill it past that. Returns the exit status, or `None`
-/// when it had to be killed.
-fn wait_or_kill(child: &mut Child, limit: Duration) -> Result<Option<std::process::ExitStatus>, RunnerError> {
-    match child.wait_timeout(limit).map_err(io_err("waiting for the scenario"))? {
-        Some(status) => Ok(Some(status)),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            Ok(None)
-        }
-    }
-}
-
-fn exit_code_of(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 /// Run `scenario` and leave its outputs in `out` (created; earlier outputs are replaced).
@@ -777,25 +669,51 @@ pub fn run_scenario(setup: &Setup, name: &str, out: &Path, opts: &RunOptions) ->
     };
     let (mode, mode_reason) = match opts.mode {
         Some(m) => (m, "chosen by the caller".to_string()),
-        None => Mode::detect(),
+        None => detect_mode(),
     };
     let (binary, kernel, initrd) = (setup.crashvmm()?, setup.guest_kernel()?, setup.guest_initrd()?);
+    let test_host = match mode {
+        Mode::TestHost => Some(setup.test_host()?),
+        Mode::Direct => None,
+    };
+    // The data disk is made again for each run, beside the outputs (no need to keep hundreds
+    // of MB): dropped with `scratch`.
     fs::create_dir_all(out).map_err(io_err(format!("creating {}", out.display())))?;
-    let out = out.canonicalize().map_err(io_err(format!("resolving {}", out.display())))?;
-    for f in ["events.jsonl", "console.log", "crashvmm.log", "exit-code", "testhost.log", "mode"] {
-        let _ = fs::remove_file(out.join(f));
-    }
-    fs::write(out.join("mode"), format!("{}\n", mode.as_str())).map_err(io_err("writing mode"))?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".data-disk-")
+        .tempdir_in(out)
+        .map_err(io_err(format!("creating a directory in {}", out.display())))?;
+    let data_disk = match s.data_disk {
+        Some(percent) => {
+            let path = scratch.path().join(DATA_DISK);
+            let mib = parse_mib(s.memory).unwrap_or(1024);
+            make_data_disk(&path, (mib << 20) * u64::from(percent) / 100)?;
+            Some(path)
+        }
+        None => None,
+    };
+    let mut spec = s.run_spec(data_disk.as_deref());
+    spec.inputs[0].1 = kernel;
+    spec.inputs[1].1 = initrd;
     let limit = opts.timeout.unwrap_or(match mode {
         Mode::Direct => s.testhost_timeout / 4,
         Mode::TestHost => s.testhost_timeout,
     });
-    let start = Instant::now();
-    let (exit_code, timed_out) = match mode {
-        Mode::Direct => run_direct(s, &binary, &kernel, &initrd, &out, limit, opts.show_console)?,
-        Mode::TestHost => run_testhost(setup, s, &binary, &kernel, &initrd, &out, limit, opts.show_console)?,
-    };
-    Ok(Outcome { scenario: s.name, mode, mode_reason, exit_code, timed_out, elapsed: start.elapsed(), out })
+    let run = runner::execute(&spec, mode, &binary, test_host.as_ref(), out, limit, opts.show_console)?;
+    drop(scratch);
+    let out = out.canonicalize().map_err(io_err(format!("resolving {}", out.display())))?;
+    if let Some(rc) = run.test_host_failed {
+        return Err(RunnerError::TestHost { rc, log: out.join("testhost.log") });
+    }
+    Ok(Outcome {
+        scenario: s.name,
+        mode,
+        mode_reason,
+        exit_code: run.exit_code,
+        timed_out: run.timed_out,
+        elapsed: run.elapsed,
+        out,
+    })
 }
 
 /// `file_bytes` of non-zero data for the data disk: each 8 bytes one xorshift64 step, so no page
@@ -859,59 +777,8 @@ pub fn make_data_disk(path: &Path, file_bytes: u64) -> Result<(), RunnerError> {
     Ok(())
 }
 
-/// The scenario's data disk in `dir` (where its `run.sh` runs), when it has one.
-fn prepare_data_disk(s: &Scenario, dir: &Path) -> Result<(), RunnerError> {
-    if let Some(percent) = s.data_disk {
-        let mib = parse_mib(s.memory).unwrap_or(1024);
-        make_data_disk(&dir.join(DATA_DISK), (mib << 20) * u64::from(percent) / 100)?;
-    }
-    Ok(())
-}
-
-fn path_str(p: &Path) -> String {
-    p.display().to_string()
-}
-
-fn run_direct(
-    s: &Scenario,
-    binary: &Path,
-    kernel: &Path,
-    initrd: &Path,
-    out: &Path,
-    limit: Duration,
-    show: bool,
-) -> Result<(Option<i32>, bool), RunnerError> {
-    let script = out.join("run.sh");
-    fs::write(&script, s.script(&path_str(binary), &path_str(kernel), &path_str(initrd), ".", "./api.sock"))
-        .map_err(io_err("writing run.sh"))?;
-    prepare_data_disk(s, out)?;
-    // A scenario with its own tmpfs needs a private mount namespace.
-    let mut cmd = match s.crash_dir_tmpfs {
-        Some(_) => {
-            let mut c = Command::new("unshare");
-            c.args(["--mount", "--propagation", "private", "sh"]);
-            c
-        }
-        None => Command::new("sh"),
-    };
-    let mut child = cmd
-        .arg(&script)
-        .arg(out)
-        .stdin(Stdio::null())
-        .stdout(if show { Stdio::inherit() } else { Stdio::null() })
-        .spawn()
-        .map_err(io_err("starting the scenario script"))?;
-    let status = wait_or_kill(&mut child, limit)?;
-    // The data disk is made again for each run: no need to keep hundreds of MB.
-    let _ = fs::remove_file(out.join(DATA_DISK));
-    let code = fs::read_to_string(out.join("exit-code")).ok().and_then(|c| c.trim().parse().ok());
-    Ok((code.or(status.map(exit_code_of)), status.is_none()))
-}
-
-/// Boots the software KVM test host (`host_mib` MiB of RAM) with `share` as its 9p share: its
-/// init runs `sh /share/run.sh /share` and leaves the exit status in `share/testhost-rc`. The
-/// test host's console goes to `log` (and to stdout when `show`). Returns `None` when it ran
-/// past `limit` and was killed.
+/// Boots the software KVM test host of `setup` (`host_mib` MiB of RAM) with `share` as its 9p
+/// share (see [`runner::boot_testhost`]).
 pub fn boot_testhost(
     setup: &Setup,
     share: &Path,
@@ -920,106 +787,7 @@ pub fn boot_testhost(
     limit: Duration,
     show: bool,
 ) -> Result<Option<std::process::ExitStatus>, RunnerError> {
-    let host_kernel = setup.require("test host kernel", setup.images.join("host/vmlinuz"), "run `make images`")?;
-    let host_initrd =
-        setup.require("test host initramfs", setup.images.join("host/initramfs.cpio.gz"), "run `make images`")?;
-    let log = File::create(log).map_err(io_err(format!("creating {}", log.display())))?;
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2"])
-        .args(["-m", &format!("{host_mib}M")])
-        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-monitor", "none"])
-        .arg("-kernel")
-        .arg(&host_kernel)
-        .arg("-initrd")
-        .arg(&host_initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
-        .arg("-virtfs")
-        .arg(format!("local,path={},mount_tag=share,security_model=none,id=share", share.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(io_err("starting qemu-system-x86_64 (install qemu-system-x86, or run `make deps`)"))?;
-    let t_out = tee(child.stdout.take().expect("piped stdout"), log.try_clone().map_err(io_err("testhost.log"))?, show);
-    let t_err = tee(child.stderr.take().expect("piped stderr"), log, show);
-    let status = wait_or_kill(&mut child, limit)?;
-    let _ = t_out.join();
-    let _ = t_err.join();
-    Ok(status)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn run_testhost(
-    setup: &Setup,
-    s: &Scenario,
-    binary: &Path,
-    kernel: &Path,
-    initrd: &Path,
-    out: &Path,
-    limit: Duration,
-    show: bool,
-) -> Result<(Option<i32>, bool), RunnerError> {
-    let share = tempfile::Builder::new()
-        .prefix("crashvmm-testhost-")
-        .tempdir()
-        .map_err(io_err("creating the test host share"))?;
-    let sp = share.path();
-    for (from, to) in [(binary, "crashvmm"), (kernel, "vmlinuz"), (initrd, "initramfs.cpio.gz")] {
-        fs::copy(from, sp.join(to)).map_err(io_err(format!("copying {} to the share", from.display())))?;
-    }
-    fs::create_dir(sp.join("out")).map_err(io_err("creating the share's out/"))?;
-    // Unix sockets do not live on the 9p share: the control socket goes to the test host's /tmp.
-    let api = "/tmp/crashvmm-api.sock";
-    fs::write(sp.join("run.sh"), s.script("./crashvmm", "vmlinuz", "initramfs.cpio.gz", "out", api))
-        .map_err(io_err("writing run.sh"))?;
-    prepare_data_disk(s, sp)?;
-
-    // The guest's memory plus room for the test host kernel and its page cache.
-    let guest_mib = parse_mib(s.memory).unwrap_or(1024);
-    let host_mib = (guest_mib + 1024).max(2048);
-    let status = boot_testhost(setup, sp, host_mib, &out.join("testhost.log"), limit, show)?;
-
-    let ctl_files = fs::read_dir(sp.join("out"))
-        .map(|rd| rd.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let wanted = ["events.jsonl", "console.log", "crashvmm.log", "exit-code"].map(String::from);
-    for f in wanted.iter().chain(ctl_files.iter().filter(|f| f.starts_with("ctl-"))) {
-        let from = sp.join("out").join(f);
-        if from.exists() {
-            fs::copy(&from, out.join(f)).map_err(io_err(format!("copying {f} back")))?;
-        }
-    }
-    copy_sparse(&sp.join("out/crashes"), &out.join("crashes"))?;
-    if status.is_none() {
-        return Ok((None, true));
-    }
-    let rc = fs::read_to_string(sp.join("testhost-rc")).unwrap_or_default().trim().to_string();
-    let code = fs::read_to_string(out.join("exit-code")).ok().and_then(|c| c.trim().parse().ok());
-    match code {
-        Some(code) => Ok((Some(code), false)),
-        None => Err(RunnerError::TestHost {
-            rc: if rc.is_empty() { "missing".into() } else { rc },
-            log: out.join("testhost.log"),
-        }),
-    }
-}
-
-/// Copy a directory tree keeping holes (vmcores are sparse), replacing `to`.
-fn copy_sparse(from: &Path, to: &Path) -> Result<(), RunnerError> {
-    if !from.exists() {
-        return Ok(());
-    }
-    let _ = fs::remove_dir_all(to);
-    let status =
-        Command::new("cp").args(["-a", "--sparse=always"]).arg(from).arg(to).status().map_err(io_err("running cp"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(RunnerError::Io {
-            what: format!("copying {} back", from.display()),
-            source: io::Error::other(format!("cp exited with {status}")),
-        })
-    }
+    Ok(runner::boot_testhost(&setup.test_host()?, share, host_mib, log, limit, show)?)
 }
 
 /// `768M` / `2G` to MiB (the scenario table only uses these forms).
@@ -1064,12 +832,11 @@ mod tests {
     }
 
     #[test]
-    fn run_script_quoting_survives_quotes() {
-        assert_eq!(sh_quote("a b"), "'a b'");
-        assert_eq!(sh_quote("it's"), r"'it'\''s'");
-        let args = crashvmm_args(scenario("boot").unwrap(), "k", "i", "out");
+    fn a_scenario_runs_crashvmm_on_its_inputs_by_name() {
+        let args = scenario("boot").unwrap().run_spec(None).resolved_args("out");
         assert!(args.windows(2).any(|w| w[0] == "--cmdline" && w[1].ends_with("crashtest=boot")));
         assert!(args.windows(2).any(|w| w[0] == "--events" && w[1] == "out/events.jsonl"));
+        assert!(args.windows(2).any(|w| w[0] == "--kernel" && w[1] == "vmlinuz"));
     }
 
     /// An outcome of `scenario` with these events (names; `crash_detected` with `trigger`) and
@@ -1210,9 +977,11 @@ mod tests {
         let page = &data[4096 * 5..4096 * 6];
         assert!(image.chunks(4096).any(|p| p == page), "page 5 of the file is in the image");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2, "no scratch left beside the image");
-        let args = crashvmm_args(scenario("pagecache").unwrap(), "k", "i", "out");
+        let spec = scenario("pagecache").unwrap().run_spec(Some(&disk));
+        assert_eq!(spec.inputs[2], (DATA_DISK.to_string(), disk.clone()));
+        let args = spec.resolved_args("out");
         assert!(args.windows(2).any(|w| w[0] == "--disk" && w[1] == "path=data-disk.img,readonly"), "{args:?}");
-        assert!(!crashvmm_args(scenario("panic").unwrap(), "k", "i", "out").contains(&"--disk".to_string()));
+        assert!(!crashvmm_args(scenario("panic").unwrap()).contains(&"--disk".to_string()));
     }
 
     #[test]

@@ -82,6 +82,102 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
     },
+    /// Run a crash-injection suite (a TOML file): every case boots the kernel under test under
+    /// crashvmm, kills it as the case says and checks what crashvmm saw (docs/crash-suites.md).
+    ///
+    /// Exit codes: 0 every case passed or was skipped, 1 a case failed, 2 a bad suite file or
+    /// option (one line; nothing is run).
+    Test(Box<TestArgs>),
+}
+
+#[derive(clap::Args)]
+struct TestArgs {
+    /// The suite file.
+    #[arg(value_name = "SUITE")]
+    suite: PathBuf,
+    /// Where each case's outputs, summary.json and junit.xml go.
+    #[arg(long, value_name = "DIR", default_value = "crashvmm-test")]
+    out: PathBuf,
+    /// The JUnit XML report (default: OUT/junit.xml).
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Cases run at once.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    jobs: u32,
+    /// Only the cases whose name this regular expression finds.
+    #[arg(long, value_name = "PATTERN", value_parser = parse_regex)]
+    filter: Option<regex::Regex>,
+    /// Where kernels, crash-test images and the crashtest module are kept between runs
+    /// (default: $XDG_CACHE_HOME/crashvmm, else ~/.cache/crashvmm).
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Where the cases run: auto (directly on hardware KVM, else in the software KVM test
+    /// host), direct or test-host.
+    #[arg(long = "where", value_name = "PLACE", default_value = "auto", value_parser = parse_where)]
+    place: crash_suite::Where,
+    /// The software KVM test host's image directory (vmlinuz, initramfs.cpio.gz; `make images`
+    /// builds it into build/images/host).
+    #[arg(long, value_name = "DIR", default_value = "build/images/host")]
+    test_host: PathBuf,
+    /// Check the suite and build the images, run nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Also write the results as Markdown (a matrix of trigger by kernel and setting, and each
+    /// case's panic path) to this file.
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+}
+
+fn parse_regex(s: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(s).map_err(|e| e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+fn parse_where(s: &str) -> Result<crash_suite::Where, String> {
+    match s {
+        "auto" => Ok(crash_suite::Where::Auto),
+        "direct" => Ok(crash_suite::Where::Direct),
+        "test-host" => Ok(crash_suite::Where::TestHost),
+        _ => Err(format!("'{s}' is not auto, direct or test-host")),
+    }
+}
+
+/// `crashvmm test`: exit code 0 when every case passed or was skipped, 1 when one failed, 2 when
+/// the suite could not be run (its one-line reason on stderr).
+fn test(args: TestArgs) -> anyhow::Result<i32> {
+    let cache = args.cache.unwrap_or_else(|| {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir);
+        base.join("crashvmm")
+    });
+    let opts = crash_suite::Options {
+        suite: args.suite,
+        out: args.out,
+        junit: args.junit,
+        jobs: args.jobs as usize,
+        filter: args.filter,
+        cache,
+        crashvmm: std::env::current_exe()?,
+        place: args.place,
+        test_host: Some(args.test_host),
+        dry_run: args.dry_run,
+        markdown: args.markdown,
+    };
+    let summary = match crash_suite::run(&opts) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("crashvmm: error: {}", vmm::error::Chain(&e));
+            return Ok(code::USAGE);
+        }
+    };
+    print!("{}", summary.table());
+    eprintln!(
+        "results: {}/summary.json, {}",
+        opts.out.display(),
+        opts.junit.unwrap_or(opts.out.join("junit.xml")).display()
+    );
+    Ok(if summary.passed() || (opts.dry_run && summary.failed == 0) { 0 } else { 1 })
 }
 
 /// `crashvmm crashes`: the store's crashes grouped by signature.
@@ -389,6 +485,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run(args) => run(*args),
+        Command::Test(args) => test(*args),
         Command::Report { dir } => vmm::crash::summary::print(&dir).map(|()| 0),
         Command::Crashes { url, signature, json } => crashes(&url, signature.as_deref(), json),
         Command::Fetch { url, dest } => delivery::fetch(&url, &dest).map_err(anyhow::Error::from).map(|dir| {

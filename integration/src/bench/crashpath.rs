@@ -191,7 +191,7 @@ pub struct CrashPath {
 
 pub fn run(env: &Env, sizes: &[u64], linux: bool) -> CrashPath {
     let mut c = CrashPath::default();
-    let (mode, why) = Mode::detect();
+    let (mode, why) = crate::detect_mode();
     c.mode = mode.as_str().into();
     c.mode_reason = why;
     if linux {

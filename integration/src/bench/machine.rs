@@ -95,7 +95,7 @@ pub fn describe(setup: &Setup, work: &Path) -> Machine {
         .lines()
         .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
         .unwrap_or_default();
-    let (mode, why) = Mode::detect();
+    let (mode, why) = crate::detect_mode();
     let kvm = match mode {
         Mode::Direct => format!("hardware virtualization: {why}"),
         Mode::TestHost => format!(

@@ -58,7 +58,7 @@ fn main() -> ExitCode {
         timeout: args.timeout.map(Duration::from_secs),
         memory: args.memory.map(|m| &*Box::leak(m.into_boxed_str())),
     };
-    let (detected, why) = Mode::detect();
+    let (detected, why) = integration::detect_mode();
     let shown = mode.unwrap_or(detected);
     eprintln!(
         "scenario {name}: running {} ({})",
