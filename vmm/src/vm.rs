@@ -439,6 +439,7 @@ fn event_loop(
             ctx.clone(),
             state.clone(),
             s.crash.clone(),
+            serial.clone(),
             s.started,
             s.fd_limit,
         ))));
