@@ -252,6 +252,36 @@ pub const SCENARIOS: &[Scenario] = &[
         )),
     },
     Scenario {
+        name: "wait-sysrq",
+        description: "the guest idles with sysrq_always_enabled; the runner sends magic SysRq keys on its serial \
+                      console (a break and the key: `crashvmm ctl sysrq 9`, then `c`), and the guest's kernel \
+                      sets its console loglevel, then panics; crashvmm collects the crash as any other",
+        memory: "768M",
+        vcpus: 2,
+        cmdline: "console=ttyS0 panic=-1 sysrq_always_enabled",
+        expected_exit: GUEST_PANICKED,
+        // The wait scenario loads no pvpanic driver: the Hyper-V crash MSRs report.
+        expected_trigger: Some("hv_crash"),
+        expected_events: &["vm_started", "sysrq_sent", "sysrq_sent", "hv_crash", "crash_detected", "vmcore_written", "crash_report", "vm_exited"],
+        absent_events: &["vmcore_failed"],
+        expected_console: &[
+            "CRASHTEST: wait: ready",
+            "sysrq: Loglevel set to 9",
+            "sysrq: Trigger a crash",
+            "Kernel panic - not syncing: sysrq triggered crash",
+        ],
+        vmm_args: &[],
+        testhost_timeout: Duration::from_secs(300),
+        crash_dir_tmpfs: None,
+        data_disk: None,
+        driver: Some((
+            "CRASHTEST: wait: ready",
+            "ctl sysrq 9 >$OUT/ctl-sysrq-9.json; \
+             i=0; until grep -q 'Loglevel set to 9' $OUT/console.log || [ $i -ge 30 ]; do i=$((i + 1)); sleep 1; done; \
+             ctl sysrq c >$OUT/ctl-sysrq-c.json",
+        )),
+    },
+    Scenario {
         name: "pagecache",
         description: "a guest that looks like production: it reads a file of 60% of its RAM from a data disk into \
                       the page cache, holds 25% in a process's user pages, panics with sysrq; crashvmm writes \

@@ -331,6 +331,31 @@ fn the_control_socket_answers_status_streams_events_and_rejects_malformed_reques
     std::fs::remove_dir_all(&out).ok();
 }
 
+/// `crashvmm ctl sysrq`: a break and a key on the serial console, which the guest's 8250 driver
+/// takes for magic SysRq: `9` sets the console loglevel, `c` panics the kernel, whose crash
+/// crashvmm notices the usual way (here the Hyper-V crash MSRs: the wait scenario loads no
+/// pvpanic driver), after the `sysrq_sent` that triggered it.
+#[test]
+fn sysrq_keys_sent_from_the_host_reach_the_guest_kernel_and_its_crash_is_collected() {
+    let (o, events, console, out) = run("wait-sysrq");
+    check_frame(&o, &events, GUEST_PANICKED, &out);
+    for (file, key) in [("ctl-sysrq-9.json", "9"), ("ctl-sysrq-c.json", "c")] {
+        assert_eq!(ctl_output(&out, file), [serde_json::json!({"ok": true, "key": key})], "{file}");
+    }
+    let sent: Vec<&Value> = events.iter().filter(|e| e["event"] == "sysrq_sent").collect();
+    assert_eq!(sent.iter().map(|e| e["key"].as_str().unwrap()).collect::<Vec<_>>(), ["9", "c"]);
+    let loglevel = console.find("sysrq: Loglevel set to 9").expect("the guest took 9");
+    let crash = console.find("sysrq: Trigger a crash").expect("the guest took c");
+    assert!(loglevel < crash, "{}", tail(&console));
+    let c = events.iter().rposition(|e| e["event"] == "sysrq_sent").unwrap();
+    let detected = position(&events, "crash_detected").expect("crash_detected");
+    assert!(c < detected, "order: {:?}", names(&events));
+    assert_eq!(events[detected]["trigger"], "hv_crash");
+    let report = events.iter().find(|e| e["event"] == "crash_report").expect("crash_report");
+    assert_eq!(report["title"], "kernel panic: sysrq triggered crash");
+    std::fs::remove_dir_all(&out).ok();
+}
+
 #[test]
 fn an_nmi_injected_through_the_control_socket_is_the_crash_trigger() {
     let (o, events, _console, out) = run("nmi");

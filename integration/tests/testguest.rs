@@ -683,6 +683,10 @@ fn every_thread_is_confined_and_the_control_socket_works_under_the_filters() {
     assert_eq!(r.ctl(&["pause"])["ok"], true);
     assert_eq!(r.ctl(&["status"])["state"], "paused");
     assert_eq!(r.ctl(&["resume"])["ok"], true);
+    // A break and a key on COM1 (the test guest reads no input: they only wait in the FIFO).
+    assert_eq!(r.ctl(&["sysrq", "h"]), serde_json::json!({"ok": true, "key": "h"}));
+    let bad = r.ctl_output(&["raw", r#"{"command":"sysrq","key":"hh"}"#]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("a sysrq key is one ASCII letter or digit"), "{bad:?}");
     let dump = r.ctl(&["dump"]);
     assert_eq!(dump["ok"], true, "{dump}");
     assert_eq!(dump["sha256"].as_str().map(str::len), Some(64), "{dump}");
@@ -707,6 +711,7 @@ fn every_thread_is_confined_and_the_control_socket_works_under_the_filters() {
     r.assert_in_order(&[
         "vm_paused",
         "vm_resumed",
+        "sysrq_sent",
         "dump_started",
         "vmcore_written",
         "dump_started",
@@ -716,6 +721,7 @@ fn every_thread_is_confined_and_the_control_socket_works_under_the_filters() {
     let written = r.all("vmcore_written");
     assert_eq!(written[1]["pause_us"].as_u64(), Some(pause_us));
     assert!(written[0].get("pause_us").is_none(), "a pausing dump has no pause_us");
+    assert_eq!(r.one("sysrq_sent")["key"], "h");
 }
 
 /// The bar of live dumps: every vCPU of the guest increments its own counter in a tight loop

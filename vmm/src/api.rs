@@ -14,6 +14,7 @@
 //! {"command":"dump","live":true}               -> the guest paused for a snapshot only (pause_us)
 //! {"command":"reset"}                          -> boot the guest again
 //! {"command":"shutdown"}                       -> hard stop (exit code 0)
+//! {"command":"sysrq","key":"c"}                -> {"ok":true,"key":"c"}: a break then `c` on COM1
 //! {"command":"subscribe"}                      -> {"ok":true} then event lines
 //! anything else                                -> {"ok":false,"error":"..."}
 //! ```
@@ -41,6 +42,9 @@ use crate::control::ExitState;
 use crate::crash::executor::{Answer, CommandError, CommandReply, CrashHandling, SharedVm};
 use crate::crash::vmcore::VmcoreFormat;
 use crate::crash::{Command, DumpOverride, NmiTargets};
+use crate::error::Chain;
+use crate::events::Event;
+use crate::serial::SerialDevice;
 use crate::sync::lock;
 use crate::vcpu::ExitContext;
 
@@ -83,6 +87,51 @@ pub enum Request {
     Shutdown,
     /// Stream the event log's records as they happen.
     Subscribe,
+    /// Send a magic SysRq key to the guest's serial console: a break, then KEY (one ASCII
+    /// letter or digit). The guest's kernel decides what it does (its kernel.sysrq mask
+    /// applies); a crash it causes is noticed as any other.
+    Sysrq { key: SysrqKey },
+}
+
+/// A magic SysRq key: one ASCII letter or digit (`crashvmm ctl sysrq c`, `"key":"c"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SysrqKey(u8);
+
+impl SysrqKey {
+    /// The byte the guest receives after the break.
+    pub fn byte(self) -> u8 {
+        self.0
+    }
+}
+
+impl std::str::FromStr for SysrqKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.as_bytes() {
+            [b] if b.is_ascii_alphanumeric() => Ok(SysrqKey(*b)),
+            _ => Err(format!("a sysrq key is one ASCII letter or digit, not {s:?}")),
+        }
+    }
+}
+
+impl TryFrom<String> for SysrqKey {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<SysrqKey> for String {
+    fn from(k: SysrqKey) -> String {
+        k.to_string()
+    }
+}
+
+impl std::fmt::Display for SysrqKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0 as char)
+    }
 }
 
 /// Parse one request line.
@@ -198,6 +247,8 @@ pub struct ApiServer {
     pub ctx: Arc<ExitContext>,
     pub state: Arc<ExitState>,
     pub crash: Arc<Mutex<CrashHandling>>,
+    /// COM1, for `sysrq`.
+    pub serial: Arc<Mutex<SerialDevice>>,
     pub started: Instant,
     conns: HashMap<u32, (UnixStream, Vec<u8>)>,
     next: u32,
@@ -227,6 +278,7 @@ impl ApiServer {
         ctx: Arc<ExitContext>,
         state: Arc<ExitState>,
         crash: Arc<Mutex<CrashHandling>>,
+        serial: Arc<Mutex<SerialDevice>>,
         started: Instant,
         fd_limit: u64,
     ) -> Self {
@@ -250,6 +302,7 @@ impl ApiServer {
             ctx,
             state,
             crash,
+            serial,
             started,
             conns: HashMap::new(),
             next: 1,
@@ -300,6 +353,7 @@ impl ApiServer {
             Request::Dump { format, dump_level, live } => Command::Dump(DumpOverride { format, dump_level, live }),
             Request::Reset => Command::Reset,
             Request::Shutdown => Command::Shutdown,
+            Request::Sysrq { key } => return self.sysrq(id, key),
             Request::Subscribe => unreachable!("handled by the caller"),
         };
         let Some(mut stream) = self.conns.get(&id).and_then(|(s, _)| s.try_clone().ok()) else { return };
@@ -307,6 +361,31 @@ impl ApiServer {
         let answer: Answer = Box::new(move |result| write_line(&mut stream, &answer(result)));
         let vm: SharedVm = self.ctx.clone();
         lock(&self.crash).command(command, &vm, answer);
+    }
+
+    /// `sysrq`: a break and `key` on COM1, queued as console input is (no [`Command`]: the
+    /// guest decides what follows, and a crash it causes is noticed as any other). Refused as
+    /// a command would be while this boot ends or a vmcore is being written.
+    fn sysrq(&mut self, id: u32, key: SysrqKey) {
+        let refused = match lock(&self.crash).check_input() {
+            Ok(()) if self.state.stopping() => Err(CommandError::Ending),
+            r => r,
+        };
+        if let Err(e) = refused {
+            return self.reply(id, &error(Chain(&e)));
+        }
+        let sent = lock(&self.serial).send_break(key.byte());
+        match sent {
+            Ok(()) => {
+                self.ctx.events.emit(Event::SysrqSent { key: key.to_string() });
+                log::info!("sysrq: a break and '{key}' queued on the serial console");
+                self.reply(id, &json!({"ok": true, "key": key.to_string()}));
+            }
+            Err(e) => {
+                log::warn!("sysrq '{key}': {}", Chain(&e));
+                self.reply(id, &error(format!("cannot send sysrq '{key}': {}", Chain(&e))));
+            }
+        }
     }
 
     fn accept(&mut self, ops: &mut EventOps) {
@@ -490,7 +569,7 @@ fn answer(result: Result<CommandReply, CommandError>) -> Value {
             }
             v
         }
-        Err(e) => error(crate::error::Chain(&e)),
+        Err(e) => error(Chain(&e)),
     }
 }
 
@@ -580,6 +659,16 @@ mod tests {
             Ok(Request::Dump { format: Some(VmcoreFormat::Elf), dump_level: Some(0), live: false })
         );
         assert_eq!(parse(r#"{"command":"reset"}"#), Ok(Request::Reset));
+        assert_eq!(parse(r#"{"command":"sysrq","key":"c"}"#), Ok(Request::Sysrq { key: SysrqKey(b'c') }));
+        assert_eq!(
+            parse(r#"{"command":"sysrq","key":"9"}"#).map(|r| serde_json::to_string(&r).unwrap()),
+            Ok(r#"{"command":"sysrq","key":"9"}"#.to_string())
+        );
+        for bad in ["", "cc", " ", r"\n", "é", r"\u0000", "-"] {
+            let e = parse(&format!(r#"{{"command":"sysrq","key":"{bad}"}}"#)).unwrap_err();
+            assert!(e.contains("a sysrq key is one ASCII letter or digit"), "{bad}: {e}");
+        }
+        assert!(parse(r#"{"command":"sysrq"}"#).unwrap_err().contains("missing field `key`"));
         for bad in ["", "garbage", "{}", r#"{"command":"explode"}"#, r#"{"command":"inject-nmi","vcpu":"one"}"#, "[1]"]
         {
             assert!(parse(bad).unwrap_err().starts_with("bad request"), "{bad}");

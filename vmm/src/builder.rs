@@ -14,13 +14,10 @@ use devices::pvpanic::{PvPanic, PVPANIC_PORT};
 use devices::rtc::{Rtc, RTC_BASE, RTC_LEN};
 use devices::virtio::{VirtioBlock, VIRTIO_MMIO_WINDOW};
 use devices::vmbus::ServerConfig;
-use devices::{PioDevice, VmRequest};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use thiserror::Error;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vm_superio::serial::NoEvents;
-use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::{self, AcpiError, Dsdt};
@@ -35,6 +32,7 @@ use crate::disk::{
 use crate::events::{EventLog, EventLogError};
 use crate::hyperv::{self, HyperV, HypervError};
 use crate::layout::{self, COM1_BASE, COM1_GSI, COM1_LEN, KVM_TSS_ADDR};
+use crate::serial::{IrqLine, SerialDevice};
 use crate::vcpu::{self, ExitContext, VcpuError};
 use crate::vmbus::Deferred;
 
@@ -104,37 +102,6 @@ pub(crate) fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmError {
     move |source| VmError::Io { what, source }
 }
 
-/// Serial interrupt line: an eventfd registered as an irqfd for GSI 4.
-pub struct IrqLine(EventFd);
-
-impl Trigger for IrqLine {
-    type E = io::Error;
-    fn trigger(&self) -> io::Result<()> {
-        self.0.write(1)
-    }
-}
-
-/// The 8250 UART on the port bus.
-pub struct SerialDevice(pub Serial<IrqLine, NoEvents, SharedConsole>);
-
-impl PioDevice for SerialDevice {
-    fn read(&mut self, offset: u16, data: &mut [u8]) {
-        data.fill(0);
-        if let Some(b) = data.first_mut() {
-            *b = self.0.read(offset as u8);
-        }
-    }
-
-    fn write(&mut self, offset: u16, data: &[u8]) -> Option<VmRequest> {
-        if let Some(&b) = data.first() {
-            if let Err(e) = self.0.write(offset as u8, b) {
-                log::warn!("serial: {e:?}");
-            }
-        }
-        None
-    }
-}
-
 /// What a boot needs from the session: the event log, the console, and the devices whose
 /// state outlives a reset.
 pub struct Shared<'a> {
@@ -182,7 +149,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, shared: &Shared<'_>) -> Result<Machin
 
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("serial eventfd"))?;
     vm.register_irqfd(&serial_irq, COM1_GSI).map_err(kvm_err("KVM_IRQFD (serial)"))?;
-    let serial = Arc::new(Mutex::new(SerialDevice(Serial::new(IrqLine(serial_irq), shared.console.clone()))));
+    let serial = Arc::new(Mutex::new(SerialDevice::new(IrqLine(serial_irq), shared.console.clone())));
     let bus = port_bus(config, &serial, shared.rtc)?;
     let mmio = mmio_bus(&vm, &mem, &disks)?;
 

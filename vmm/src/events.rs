@@ -170,6 +170,11 @@ pub enum Event {
     /// The vCPUs were paused / resumed from the control socket.
     VmPaused,
     VmResumed,
+    /// The control socket's `sysrq`: a break and `key` are queued on the serial console (the
+    /// host's trigger; what the guest does with it follows in its own events).
+    SysrqSent {
+        key: String,
+    },
     /// The VM was reset after a crash (`--after-crash reset`) and boots again.
     VmReset {
         crashes: u32,
@@ -539,6 +544,10 @@ mod tests {
     fn vocabulary_fields_are_written_as_their_names() {
         let at = chrono::DateTime::parse_from_rfc3339("2026-12-05T01:02:03.456789Z").unwrap().with_timezone(&Utc);
         let line = |e: Event| EventLog::format_at(&e, at);
+        assert_eq!(
+            line(Event::SysrqSent { key: "c".into() }),
+            "{\"ts\":\"2026-12-05T01:02:03.456789Z\",\"event\":\"sysrq_sent\",\"key\":\"c\"}\n"
+        );
         assert_eq!(
             line(Event::CrashDetected { trigger: Trigger::HvCrash, signal_ts: None }),
             "{\"ts\":\"2026-12-05T01:02:03.456789Z\",\"event\":\"crash_detected\",\"trigger\":\"hv_crash\"}\n"

@@ -22,6 +22,7 @@ pub mod layout;
 pub mod names;
 pub mod printable;
 pub mod seccomp;
+pub mod serial;
 pub mod signal;
 pub mod sync;
 pub mod uffd;

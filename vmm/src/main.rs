@@ -575,8 +575,10 @@ mod tests {
     /// request it names.
     #[test]
     fn every_ctl_command_is_a_valid_api_request() {
+        use vmm::api::SysrqKey;
         use vmm::api::{parse, Request};
-        let cases: [(&[&str], Request); 11] = [
+        let key = |k: &str| k.parse::<SysrqKey>().unwrap();
+        let cases: [(&[&str], Request); 13] = [
             (&["status"], Request::Status),
             (&["inject-nmi"], Request::InjectNmi { vcpu: None }),
             (&["inject-nmi", "--vcpu", "1"], Request::InjectNmi { vcpu: Some(1) }),
@@ -591,6 +593,8 @@ mod tests {
             (&["reset"], Request::Reset),
             (&["shutdown"], Request::Shutdown),
             (&["subscribe"], Request::Subscribe),
+            (&["sysrq", "c"], Request::Sysrq { key: key("c") }),
+            (&["sysrq", "9"], Request::Sysrq { key: key("9") }),
         ];
         for (args, expected) in cases {
             let argv = ["crashvmm", "ctl", "--api-socket", "/s"].iter().chain(args);
@@ -599,5 +603,13 @@ mod tests {
             };
             assert_eq!(parse(&cmd.request()), Ok(expected));
         }
+        // A key that is not one letter or digit is refused before anything is sent.
+        for bad in [&["sysrq"][..], &["sysrq", "cc"], &["sysrq", "-"], &["sysrq", "c", "d"]] {
+            let argv = ["crashvmm", "ctl", "--api-socket", "/s"].iter().chain(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+        let argv = ["crashvmm", "ctl", "--api-socket", "/s", "sysrq", "cc"];
+        let e = Cli::try_parse_from(argv).err().unwrap().to_string();
+        assert!(e.contains("a sysrq key is one ASCII letter or digit, not \"cc\""), "{e}");
     }
 }

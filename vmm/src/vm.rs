@@ -23,7 +23,7 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::api::{self, ApiServer};
 pub use crate::builder::VmError;
-use crate::builder::{self, io_err, kvm_err, Machine, SerialDevice, Shared};
+use crate::builder::{self, io_err, kvm_err, Machine, Shared};
 use crate::config::VmConfig;
 use crate::console::{ConsoleMode, ConsoleOutput, ConsoleTail, EscapeFilter, RawTerminal, SharedConsole};
 use crate::control::{ExitState, Kicker, VcpuControl};
@@ -34,6 +34,7 @@ use crate::crash::{CrashSignal, Policy};
 use crate::events::{Event, EventLog};
 use crate::exit::VmExit;
 use crate::seccomp::{self, ThreadKind};
+use crate::serial::SerialDevice;
 use crate::sync::lock;
 use crate::upload::Delivery;
 use crate::vcpu::{self, ExitContext};
@@ -88,7 +89,7 @@ struct StdinWatcher {
 
 impl MutEventSubscriber for StdinWatcher {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let capacity = lock(&self.serial).0.fifo_capacity();
+        let capacity = lock(&self.serial).fifo_capacity();
         if capacity == 0 {
             // The guest has not drained the FIFO yet; let it catch up.
             std::thread::sleep(Duration::from_millis(2));
@@ -104,7 +105,7 @@ impl MutEventSubscriber for StdinWatcher {
                 let (bytes, quit) =
                     if self.escape_enabled { self.filter.feed(&buf[..n]) } else { (buf[..n].to_vec(), false) };
                 let mut serial = lock(&self.serial);
-                if let Err(e) = serial.0.enqueue_raw_bytes(&bytes) {
+                if let Err(e) = serial.enqueue(&bytes) {
                     log::warn!("serial input dropped: {e:?}");
                 }
                 drop(serial);
@@ -438,6 +439,7 @@ fn event_loop(
             ctx.clone(),
             state.clone(),
             s.crash.clone(),
+            serial.clone(),
             s.started,
             s.fd_limit,
         ))));

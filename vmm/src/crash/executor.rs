@@ -508,6 +508,18 @@ impl CrashHandling {
         }))
     }
 
+    /// Whether the operator's input to the guest (`sysrq`, which is no command) is taken now:
+    /// as a command would be, not while this boot ends nor while a vmcore is being written.
+    pub fn check_input(&self) -> Result<(), CommandError> {
+        if self.end.is_some() {
+            return Err(CommandError::Ending);
+        }
+        match self.orchestrator.dump_in_progress() {
+            Some(busy) => Err(self.busy(busy)),
+            None => Ok(()),
+        }
+    }
+
     /// What makes a command wrong whatever the VM does: a boot that ends, a vCPU or a dump level
     /// that does not exist.
     fn check(&self, command: Command, vm: &dyn VmControl) -> Result<(), CommandError> {
@@ -1305,8 +1317,10 @@ mod tests {
         assert_eq!(events_of(&events), ["nmi_injected", "nmi_injected"]);
         assert_eq!(h.command_done(Command::Reset, &sh(&vm)).unwrap(), CommandReply::Ending);
         assert_eq!(h.end(), Some(BootEnd::Reset));
+        assert!(matches!(h.check_input(), Err(CommandError::Ending)), "no sysrq into a boot that ends");
         h.on_boot();
         assert_eq!(h.end(), None);
+        h.check_input().unwrap();
         assert_eq!(h.command_done(Command::Shutdown, &sh(&vm)).unwrap(), CommandReply::Ending);
         assert_eq!(h.end(), Some(BootEnd::Exit(VmExit::HostShutdown)));
     }
@@ -1346,6 +1360,7 @@ mod tests {
                     status.since
                 );
                 assert_eq!(e.to_string(), want, "{c:?}");
+                assert_eq!(h.check_input().unwrap_err().to_string(), want, "sysrq too");
             }
             // The guest panics meanwhile: decided once the dump is written.
             h.signal(CrashSignal::PvPanic { vcpu: 0, bits: 1 }, &sh(&vm));
