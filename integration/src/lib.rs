@@ -345,21 +345,24 @@ pub const CRASH_COLLECTION_FAILED: i32 = 7;
 pub const GUEST_PANICKED: i32 = 5;
 
 impl Scenario {
-    /// The crashvmm run of this scenario (`data_disk`: the data disk's file, when it has one).
-    pub fn run_spec(&self, data_disk: Option<&Path>) -> RunSpec {
-        let mut inputs =
-            vec![("vmlinuz".to_string(), PathBuf::new()), ("initramfs.cpio.gz".to_string(), PathBuf::new())];
+    /// The crashvmm run of this scenario on `kernel` and `initrd` (`data_disk`: the data disk's
+    /// file, when it has one).
+    pub fn run_spec(&self, kernel: PathBuf, initrd: PathBuf, data_disk: Option<&Path>) -> RunSpec {
+        let cmdline = format!("{} crashtest={}", self.cmdline, self.guest_scenario());
+        let mib = parse_mib(self.memory).unwrap_or(1024);
+        let mut spec = RunSpec::boot(format!("scenario {}", self.name), kernel, initrd, &cmdline, mib, self.vcpus);
         if let Some(d) = data_disk {
-            inputs.push((DATA_DISK.to_string(), d.to_owned()));
+            spec.inputs.push((DATA_DISK.to_string(), d.to_owned()));
+            spec.args.extend(["--disk".to_string(), format!("path={DATA_DISK},readonly")]);
         }
-        RunSpec {
-            label: format!("scenario {}", self.name),
-            args: crashvmm_args(self),
-            inputs,
-            driver: self.driver.map(|(m, c)| (m.to_string(), c.to_string())),
-            crash_dir_tmpfs: self.crash_dir_tmpfs.map(String::from),
-            guest_mib: parse_mib(self.memory).unwrap_or(1024),
+        spec.args.extend(self.vmm_args.iter().map(|a| a.to_string()));
+        // Extra options for experiments: CRASHVMM_EXTRA_ARGS="--on-panic pause --after-crash exit".
+        if let Ok(extra) = std::env::var("CRASHVMM_EXTRA_ARGS") {
+            spec.args.extend(extra.split_whitespace().map(str::to_string));
         }
+        spec.driver = self.driver.map(|(m, c)| (m.to_string(), c.to_string()));
+        spec.crash_dir_tmpfs = self.crash_dir_tmpfs.map(String::from);
+        spec
     }
 
     /// The guest-side script: scenarios that differ only in crashvmm options share one
@@ -641,43 +644,6 @@ impl Outcome {
     }
 }
 
-/// The `crashvmm run` arguments for `scenario`, in the runner's terms (inputs by name, `{out}`).
-fn crashvmm_args(s: &Scenario) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "run",
-        "--kernel",
-        "vmlinuz",
-        "--initrd",
-        "initramfs.cpio.gz",
-        "--cmdline",
-        &format!("{} crashtest={}", s.cmdline, s.guest_scenario()),
-        "--memory",
-        s.memory,
-        "--vcpus",
-        &s.vcpus.to_string(),
-        "--console",
-        "stdio",
-        "--console-log",
-        "{out}/console.log",
-        "--events",
-        "{out}/events.jsonl",
-        "--crash-dir",
-        "{crashes}",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    if s.data_disk.is_some() {
-        args.extend(["--disk".to_string(), format!("path={DATA_DISK},readonly")]);
-    }
-    args.extend(s.vmm_args.iter().map(|a| a.to_string()));
-    // Extra options for experiments: CRASHVMM_EXTRA_ARGS="--on-panic pause --after-crash exit".
-    if let Ok(extra) = std::env::var("CRASHVMM_EXTRA_ARGS") {
-        args.extend(extra.split_whitespace().map(str::to_string));
-    }
-    args
-}
-
 /// Run `scenario` and leave its outputs in `out` (created; earlier outputs are replaced).
 pub fn run_scenario(setup: &Setup, name: &str, out: &Path, opts: &RunOptions) -> Result<Outcome, RunnerError> {
     let s = scenario(name).ok_or_else(|| {
@@ -722,9 +688,7 @@ pub fn run_scenario(setup: &Setup, name: &str, out: &Path, opts: &RunOptions) ->
         }
         None => None,
     };
-    let mut spec = s.run_spec(data_disk.as_deref());
-    spec.inputs[0].1 = kernel;
-    spec.inputs[1].1 = initrd;
+    let spec = s.run_spec(kernel, initrd, data_disk.as_deref());
     let limit = opts.timeout.unwrap_or(match mode {
         Mode::Direct => s.testhost_timeout / 4,
         Mode::TestHost => s.testhost_timeout,
@@ -863,7 +827,7 @@ mod tests {
 
     #[test]
     fn a_scenario_runs_crashvmm_on_its_inputs_by_name() {
-        let args = scenario("boot").unwrap().run_spec(None).resolved_args("out");
+        let args = scenario("boot").unwrap().run_spec("k".into(), "i".into(), None).resolved_args("out");
         assert!(args.windows(2).any(|w| w[0] == "--cmdline" && w[1].ends_with("crashtest=boot")));
         assert!(args.windows(2).any(|w| w[0] == "--events" && w[1] == "out/events.jsonl"));
         assert!(args.windows(2).any(|w| w[0] == "--kernel" && w[1] == "vmlinuz"));
@@ -1007,11 +971,15 @@ mod tests {
         let page = &data[4096 * 5..4096 * 6];
         assert!(image.chunks(4096).any(|p| p == page), "page 5 of the file is in the image");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2, "no scratch left beside the image");
-        let spec = scenario("pagecache").unwrap().run_spec(Some(&disk));
+        let spec = scenario("pagecache").unwrap().run_spec("k".into(), "i".into(), Some(&disk));
         assert_eq!(spec.inputs[2], (DATA_DISK.to_string(), disk.clone()));
         let args = spec.resolved_args("out");
         assert!(args.windows(2).any(|w| w[0] == "--disk" && w[1] == "path=data-disk.img,readonly"), "{args:?}");
-        assert!(!crashvmm_args(scenario("panic").unwrap()).contains(&"--disk".to_string()));
+        assert!(!scenario("panic")
+            .unwrap()
+            .run_spec("k".into(), "i".into(), None)
+            .args
+            .contains(&"--disk".to_string()));
     }
 
     #[test]

@@ -103,32 +103,16 @@ pub fn run_spec(case: &Case, image: &Image) -> RunSpec {
     if !s.cmdline.is_empty() {
         cmdline.push(s.cmdline.clone());
     }
-    let mut args: Vec<String> = [
-        "run",
-        "--kernel",
-        "vmlinuz",
-        "--initrd",
-        "initramfs.cpio.gz",
-        "--cmdline",
+    let mut spec = RunSpec::boot(
+        format!("case {}", case.name),
+        image.vmlinuz(),
+        image.initramfs(),
         &cmdline.join(" "),
-        "--memory",
-        &format!("{}M", s.memory_mib),
-        "--vcpus",
-        &s.vcpus.to_string(),
-        "--hyperv",
-        if s.hyperv { "on" } else { "off" },
-        "--console",
-        "stdio",
-        "--console-log",
-        "{out}/console.log",
-        "--events",
-        "{out}/events.jsonl",
-        "--crash-dir",
-        "{crashes}",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
+        s.memory_mib,
+        s.vcpus,
+    );
+    let args = &mut spec.args;
+    args.extend(["--hyperv".into(), if s.hyperv { "on" } else { "off" }.into()]);
     if kdump {
         args.extend(["--crash-disk".into(), "path=crash-disk.img,size=1G".into()]);
     }
@@ -142,14 +126,8 @@ pub fn run_spec(case: &Case, image: &Image) -> RunSpec {
         }
         None => None,
     };
-    RunSpec {
-        label: format!("case {}", case.name),
-        args,
-        inputs: vec![("vmlinuz".into(), image.vmlinuz()), ("initramfs.cpio.gz".into(), image.initramfs())],
-        driver,
-        crash_dir_tmpfs: None,
-        guest_mib: s.memory_mib,
-    }
+    spec.driver = driver;
+    spec
 }
 
 /// A run the software KVM test host broke (docs/boot-reliability.md), not the case: a time
@@ -369,7 +347,22 @@ pub fn run(opts: &Options) -> Result<Summary, SuiteError> {
         cases: Vec::new(),
     };
     std::fs::create_dir_all(&opts.out).map_err(|source| SuiteError::Write { path: opts.out.clone(), source })?;
-    if !opts.dry_run {
+    if opts.dry_run {
+        for case in &cases {
+            let s = &case.settings;
+            progress.say(&format!(
+                "would run {:?}: kernel {}, trigger {}, dump {}, hyperv {}, crash_kexec_post_notifiers {}, {} vCPUs, {} MiB",
+                case.name,
+                suite.kernels[case.kernel].name,
+                case.trigger,
+                s.dump.as_str(),
+                if s.hyperv { "on" } else { "off" },
+                s.crash_kexec_post_notifiers.map_or("default".to_string(), |p| p.to_string()),
+                s.vcpus,
+                s.memory_mib
+            ));
+        }
+    } else {
         let ctx = Arc::new(Context { mode, crashvmm: opts.crashvmm.clone(), test_host });
         let queue: Arc<Mutex<VecDeque<(usize, Case)>>> =
             Arc::new(Mutex::new(cases.iter().cloned().enumerate().collect()));

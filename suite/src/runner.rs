@@ -130,6 +130,51 @@ pub fn sh_quote(s: &str) -> String {
 }
 
 impl RunSpec {
+    /// A boot of `kernel` and `initrd` (inputs `vmlinuz` and `initramfs.cpio.gz`) with this
+    /// command line, memory (`768M`) and vCPUs: the console on stdout and in `console.log`,
+    /// the event log and the crash directory in the output directory. Callers add options.
+    pub fn boot(
+        label: String,
+        kernel: PathBuf,
+        initrd: PathBuf,
+        cmdline: &str,
+        memory_mib: u64,
+        vcpus: u32,
+    ) -> RunSpec {
+        let args = [
+            "run",
+            "--kernel",
+            "vmlinuz",
+            "--initrd",
+            "initramfs.cpio.gz",
+            "--cmdline",
+            cmdline,
+            "--memory",
+            &format!("{memory_mib}M"),
+            "--vcpus",
+            &vcpus.to_string(),
+            "--console",
+            "stdio",
+            "--console-log",
+            "{out}/console.log",
+            "--events",
+            "{out}/events.jsonl",
+            "--crash-dir",
+            "{crashes}",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        RunSpec {
+            label,
+            args,
+            inputs: vec![("vmlinuz".into(), kernel), ("initramfs.cpio.gz".into(), initrd)],
+            driver: None,
+            crash_dir_tmpfs: None,
+            guest_mib: memory_mib,
+        }
+    }
+
     /// Where crashvmm writes crash directories, inside the output directory.
     fn crash_dir_name(&self) -> &'static str {
         if self.crash_dir_tmpfs.is_some() {
