@@ -35,10 +35,11 @@ die() { printf 'images: error: %s\n' "$*" >&2; exit 1; }
 
 # Modules wanted in each initramfs. A trailing '?' marks a module that is skipped when the kernel
 # does not ship it as a .ko (absent or built in); the others must be a .ko or built in.
-# loop and ext4: the hung-task case's frozen file system.
+# loop, ext4 and crc32c_generic (ext4 asks the crypto API for crc32c at every mount, which cannot
+# autoload it here): the hung-task case's frozen file system.
 GUEST_MODULES=(pvpanic pvpanic_mmio 'pvpanic_pci?' 'hv_vmbus?'
   'virtio?' 'virtio_ring?' virtio_mmio 'virtio_pci?' virtio_blk 'virtio_console?'
-  'virtio_net?' 'virtio_balloon?' 'virtio_rng?' 'loop?' 'ext4?')
+  'virtio_net?' 'virtio_balloon?' 'virtio_rng?' 'loop?' 'ext4?' 'crc32c_generic?')
 # The crash kernel's initramfs (/boot/crash-initrd.cpio.gz in the guest image) is loaded into the
 # crashkernel= reservation: only what a dump needs. No virtio_net/balloon/rng (a balloon must not
 # run in a crash kernel), no pvpanic_pci.
