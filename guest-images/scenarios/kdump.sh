@@ -55,8 +55,8 @@ for arg in $(cat /proc/cmdline); do
 		echo 1 >/proc/sys/kernel/unknown_nmi_panic
 		echo "CRASHTEST: kdump: hanging with interrupts off"
 		timeout 2 stty "$(stty -g)" 2>/dev/null || sleep 1
-		insmod "/lib/modules/$(uname -r)/extra/crashtest-lockup.ko"
-		fail "still running after the lockup module"
+		insmod "/lib/modules/$(uname -r)/extra/crashtest.ko" action=hardlockup
+		fail "still running after the crashtest module (action=hardlockup)"
 		;;
 	esac
 done
