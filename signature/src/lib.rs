@@ -168,11 +168,35 @@ pub fn signature_id(title: &str, frames: &[String]) -> String {
 /// the first oops wins, then the first stall, lockup, hung task or sanitizer report, then the
 /// first WARNING (so a boot-time WARNING does not hide the later fault that killed the guest).
 pub fn from_text(text: &str) -> Option<Signature> {
+    pick(text).map(|(s, _)| s)
+}
+
+/// [`from_text`], and whether what it chose is a panic that names a cause it cannot see (a
+/// `Fatal exception` whose oops was printed before the text begins).
+fn pick(text: &str) -> Option<(Signature, bool)> {
     let text = parse::truncate(text, MAX_INPUT_BYTES);
     let lines = parse::normalize_lines(text);
     let reports = parse::find_reports(&lines);
     let chosen = choose(&reports)?;
-    Some(parse::signature_of(&lines, &reports, chosen))
+    let cause_unseen = reports[chosen].kind == Kind::Panic && reports[chosen].consequence;
+    Some((parse::signature_of(&lines, &reports, chosen), cause_unseen))
+}
+
+/// The signature of a crash from the guest's Hyper-V crash message (its kernel log at the
+/// panic, a tail of a few KiB) and its console (the whole log, if the kernel printed it
+/// there): the message's, unless the message begins after the oops its panic names as the
+/// cause, when the console's oops is that cause; the console's when there is no message or it
+/// holds no report.
+pub fn from_message_and_console(message: Option<&[u8]>, console: &str) -> Option<Signature> {
+    let from_message = message.and_then(|m| {
+        let m = &m[..m.len().min(MAX_INPUT_BYTES)];
+        pick(String::from_utf8_lossy(m).trim_matches(|c: char| c == '\0' || c.is_whitespace()))
+    });
+    match from_message {
+        Some((sig, false)) => Some(sig),
+        Some((sig, true)) => Some(from_text(console).filter(|c| c.kind.is_oops()).unwrap_or(sig)),
+        None => from_text(console),
+    }
 }
 
 fn choose(reports: &[parse::Start]) -> Option<usize> {

@@ -194,3 +194,25 @@ fn a_hyperv_crash_message_is_read_like_the_console() {
         Err(signature::SignatureError::NoCrashReport(_))
     ));
 }
+
+/// A real Hyper-V crash message of a module's oops (Debian 6.1, the crash-injection suite's
+/// `oops` case): its few KiB of kernel log begin after the `BUG:` line, so alone it names only
+/// the consequence (`Fatal exception`); with the console, which has the whole report, the
+/// oops is the title. A message that holds its own cause is taken as it is.
+#[test]
+fn a_crash_message_that_begins_after_its_oops_takes_the_oops_from_the_console() {
+    let message = fs::read(fixtures_dir().join("debian61-oops-crash-message-tail.bin")).unwrap();
+    let console = read(&fixtures_dir().join("debian61-oops-console.log"));
+    let alone = Signature::from_hyperv_message(&message).unwrap();
+    assert_eq!(alone.title, "kernel panic: Fatal exception");
+    let both = signature::from_message_and_console(Some(&message), &console).unwrap();
+    assert_eq!(both.title, "BUG: unable to handle kernel NULL pointer dereference in crashtest_init");
+    assert_eq!(both.kind, Kind::NullDeref);
+    assert_eq!(signature::from_message_and_console(None, &console).unwrap().title, both.title);
+    // A console without the oops (a quiet console) leaves the message's own title.
+    assert_eq!(signature::from_message_and_console(Some(&message), "").unwrap().title, alone.title);
+    // The sysrq panic's message names no cause elsewhere: it wins over any console.
+    let sysrq = read(&fixtures_dir().join("debian61-sysrq-panic-boot1.txt"));
+    let title = signature::from_message_and_console(Some(sysrq.as_bytes()), &console).unwrap().title;
+    assert_eq!(title, from_text(&sysrq).unwrap().title);
+}

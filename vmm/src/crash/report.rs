@@ -283,28 +283,30 @@ impl CrashRecord {
     }
 
     /// The crash's signature, from the best source there is: the Hyper-V crash message (the
-    /// guest's own kernel log at the panic), else the console, else what the trigger says (a
+    /// guest's own kernel log at the panic; the console for the oops a panic in it names as its
+    /// cause when the message begins after it), else the console, else what the trigger says (a
     /// hang, a triple fault, a crash without a report).
     pub fn find_signature(&self, console: &[u8]) -> Option<signature::Signature> {
         let hv_message = self.signals.iter().rev().find_map(|t| match &t.signal {
             CrashSignal::HvCrash { message: Some(m), .. } => Some(m.clone()),
             _ => None,
         });
-        hv_message
-            .and_then(|m| signature::Signature::from_hyperv_message(m.as_bytes()).ok())
-            .or_else(|| signature::from_text(&String::from_utf8_lossy(console)))
-            .or_else(|| {
-                Some(match self.trigger {
-                    Trigger::TripleFault => signature::Signature::triple_fault(),
-                    Trigger::GuestHang => signature::Signature::hang(),
-                    // Nothing says more than the trigger: one group per trigger.
-                    t => signature::Signature::new(
-                        signature::Kind::Panic,
-                        &format!("guest crash without a crash report ({t})"),
-                        Vec::new(),
-                    ),
-                })
+        signature::from_message_and_console(
+            hv_message.as_ref().map(|m| m.as_bytes()),
+            &String::from_utf8_lossy(console),
+        )
+        .or_else(|| {
+            Some(match self.trigger {
+                Trigger::TripleFault => signature::Signature::triple_fault(),
+                Trigger::GuestHang => signature::Signature::hang(),
+                // Nothing says more than the trigger: one group per trigger.
+                t => signature::Signature::new(
+                    signature::Kind::Panic,
+                    &format!("guest crash without a crash report ({t})"),
+                    Vec::new(),
+                ),
             })
+        })
     }
 
     /// The complete report.
