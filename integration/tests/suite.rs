@@ -67,7 +67,7 @@ fn the_smoke_suite_passes_and_its_junit_file_reads_back() {
     let junit = junit_parser::from_reader(std::io::Cursor::new(xml)).expect("junit.xml parses as JUnit");
     assert_eq!(junit.suites.len(), 4);
     for suite in &junit.suites {
-        let names: Vec<&str> = suite.cases.iter().map(|c| c.name.as_str()).collect();
+        let names: Vec<&str> = suite.cases.iter().map(|c| c.original_name.as_str()).collect();
         for want in
             ["trigger set off", "crashvmm exit code", "crash detected", "outcome", "vmcore readable", "signature"]
         {

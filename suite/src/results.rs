@@ -360,6 +360,9 @@ mod tests {
         let report = junit_parser::from_reader(std::io::Cursor::new(xml.as_bytes())).unwrap();
         assert_eq!(report.suites.len(), 3);
         assert_eq!(report.suites[0].cases.len(), 2);
+        let names: Vec<&str> = report.suites[0].cases.iter().map(|c| c.original_name.as_str()).collect();
+        assert_eq!(names, ["outcome", "panic path"]);
+        assert_eq!(report.suites[0].cases[0].classname.as_deref(), Some("smoke.ok"));
         assert!(report.suites[0].cases.iter().all(|c| c.status.is_success()));
         assert!(report.suites[1].cases[0].status.is_failure());
         assert!(report.suites[2].cases[0].status.is_skipped());
