@@ -275,8 +275,8 @@ fn case_dir(out: &Path, index: usize, case: &Case) -> PathBuf {
     out.join(format!("{:03}-{slug}", index + 1))
 }
 
-/// Checks the suite, builds each kernel's image, runs the cases and writes the results.
-/// `say` gets the progress lines.
+/// Checks the suite, builds each kernel's image, runs the cases and writes the results,
+/// saying how it goes on stderr (a progress bar on a terminal).
 pub fn run(opts: &Options) -> Result<Summary, SuiteError> {
     let started = Instant::now();
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
