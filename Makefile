@@ -9,7 +9,7 @@
 #   make bench      crashvmm against QEMU: writes docs/benchmarks.md and docs/benchmarks.png
 #                   (about 8 minutes after the build, 20 GiB of free disk; not in `make test`)
 #   make crash-suites   every crash trigger on two Debian kernels with crash_kexec_post_notifiers 0/1
-#                   and --hyperv on/off (suites/every-trigger.toml): docs/crash-suites.md (hours;
+#                   and --hyperv on/off (suites/every-trigger.toml): docs/crash-suites.md (90 min;
 #                   not in `make test`)
 #   make boot-reliability   50 boots each under crashvmm and QEMU in the test host, failures
 #                   counted: docs/boot-reliability.md (about an hour; not in `make test`)
