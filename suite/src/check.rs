@@ -41,16 +41,16 @@ pub struct Observed {
 
 /// The lines of `events.jsonl` a case reads (typed; other fields are ignored).
 #[derive(Debug, Clone, Default, Deserialize)]
-struct EventLine {
+pub(crate) struct EventLine {
     #[serde(default)]
-    event: String,
+    pub(crate) event: String,
     #[serde(default)]
     ts: Option<String>,
     /// `crash_detected`: when its cause was seen.
     #[serde(default)]
     signal_ts: Option<String>,
     #[serde(default)]
-    trigger: Option<String>,
+    pub(crate) trigger: Option<String>,
 }
 
 impl EventLine {
@@ -79,7 +79,7 @@ pub fn guest_verdict(console: &str) -> Option<GuestVerdict> {
     })
 }
 
-fn read_events(out: &Path) -> Result<Vec<EventLine>, String> {
+pub(crate) fn read_events(out: &Path) -> Result<Vec<EventLine>, String> {
     let text = std::fs::read_to_string(out.join("events.jsonl")).map_err(|e| format!("events.jsonl: {e}"))?;
     let mut events: Vec<EventLine> =
         text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap_or_default()).collect();
@@ -111,14 +111,14 @@ fn crash_report(out: &Path) -> Option<(PathBuf, crash_report::Report)> {
     Some((dir, report))
 }
 
-/// Checks `case`'s expectations against the run in `out` that ended with `exit_code`.
-pub fn check(case: &Case, out: &Path, exit_code: Option<i32>) -> (Vec<Check>, Observed) {
+/// Checks `case`'s expectations against the run in `out` that ended with `exit_code` and
+/// left `console` (its `console.log`).
+pub fn check(case: &Case, out: &Path, exit_code: Option<i32>, console: &str) -> (Vec<Check>, Observed) {
     let mut checks = Vec::new();
     let mut seen = Observed::default();
     let mut add = |name: &str, passed: bool, detail: String| checks.push(Check { name: name.into(), passed, detail });
     let e = &case.expect;
 
-    let console = String::from_utf8_lossy(&std::fs::read(out.join("console.log")).unwrap_or_default()).into_owned();
     let marker = case.trigger.console_marker();
     let set_off = console.contains(&marker);
     add(
@@ -291,6 +291,10 @@ mod tests {
         Suite::parse(Path::new("s.toml"), &text).unwrap().cases.remove(0)
     }
 
+    fn console_of(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join("console.log")).unwrap()
+    }
+
     fn ts(ms: u32) -> String {
         format!("2026-12-05T10:00:{:02}.{:03}000Z", ms / 1000, ms % 1000)
     }
@@ -335,7 +339,7 @@ mod tests {
         let report = r#"{"schema":1,"trigger":"pvpanic","signature":{"title":"sysrq triggered crash"},
             "vmcore":{"path":"vmcore.kdump","source":"guest"}}"#;
         let dir = run(KDUMP_EVENTS, "CRASHTEST: case: triggering sysrq-c\n", Some(report));
-        let (checks, seen) = check(&c, dir.path(), Some(GUEST_PANICKED));
+        let (checks, seen) = check(&c, dir.path(), Some(GUEST_PANICKED), &console_of(dir.path()));
         let by = |n: &str| checks.iter().find(|c| c.name == n).unwrap_or_else(|| panic!("{n}: {checks:?}")).clone();
         assert_eq!(seen.panic_path.len(), 6, "the crash kernel's own pvpanic is not in it: {seen:?}");
         assert!(by("panic path").passed && by("trigger set off").passed && by("crashvmm exit code").passed);
@@ -351,7 +355,7 @@ mod tests {
     fn a_different_order_or_a_missing_step_fails_the_panic_path() {
         let c = case("[case.expect]\npanic_path = [\"guest_kexec\", \"crash_kernel_started\"]\n");
         let dir = run(KDUMP_EVENTS, "", None);
-        let (checks, _) = check(&c, dir.path(), Some(1));
+        let (checks, _) = check(&c, dir.path(), Some(1), &console_of(dir.path()));
         let failed: Vec<&str> = checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect();
         assert_eq!(failed, ["trigger set off", "crashvmm exit code", "panic path", "outcome"], "{checks:?}");
         let path = checks.iter().find(|c| c.name == "panic path").unwrap();
@@ -365,11 +369,11 @@ mod tests {
             [("pvpanic", 1000, ""), ("crash_detected", 1000, ",\"trigger\":\"pvpanic\""), ("vmcore_written", 3000, "")];
         let report = r#"{"vmcore":{"path":"vmcore","source":"host"}}"#;
         let dir = run(&host, "CRASHTEST: case: triggering sysrq-c", Some(report));
-        let (checks, seen) = check(&c, dir.path(), Some(5));
+        let (checks, seen) = check(&c, dir.path(), Some(5), &console_of(dir.path()));
         assert!(checks.iter().find(|c| c.name == "outcome").unwrap().passed, "{checks:?}");
         assert_eq!(seen.panic_to_dump_ms, Some(2000));
         let guest = case("");
-        let (checks, _) = check(&guest, dir.path(), Some(5));
+        let (checks, _) = check(&guest, dir.path(), Some(5), &console_of(dir.path()));
         let outcome = checks.iter().find(|c| c.name == "outcome").unwrap();
         assert!(!outcome.passed && outcome.detail.contains("expected guest-kdump"), "{outcome:?}");
     }

@@ -145,25 +145,23 @@ fn test_host_fault(run: &Run, out: &Path) -> Option<String> {
     if let Some(rc) = &run.test_host_failed {
         return Some(format!("the software KVM test host ended before crashvmm did (test host rc {rc})"));
     }
-    let events = std::fs::read_to_string(out.join("events.jsonl")).unwrap_or_default();
-    events
-        .lines()
-        .any(|l| l.contains("\"event\":\"crash_detected\"") && l.contains("\"trigger\":\"triple_fault\""))
+    check::read_events(out)
+        .ok()?
+        .iter()
+        .any(|e| e.event == "crash_detected" && e.trigger.as_deref() == Some("triple_fault"))
         .then(|| "a vCPU triple-faulted in the software KVM test host".to_string())
 }
 
-fn settings_record(case: &Case, spec: Option<&RunSpec>) -> SettingsRecord {
+fn settings_record(case: &Case, spec: &RunSpec) -> SettingsRecord {
     let s = &case.settings;
-    let cmdline = spec
-        .and_then(|r| r.args.iter().position(|a| a == "--cmdline").and_then(|i| r.args.get(i + 1)).cloned())
-        .unwrap_or_default();
+    let cmdline = spec.args.iter().position(|a| a == "--cmdline").and_then(|i| spec.args.get(i + 1)).cloned();
     SettingsRecord {
         memory_mib: s.memory_mib,
         vcpus: s.vcpus,
         hyperv: s.hyperv,
         crash_kexec_post_notifiers: s.crash_kexec_post_notifiers,
         dump: s.dump,
-        cmdline,
+        cmdline: cmdline.unwrap_or_default(),
         timeout_s: s.timeout.as_secs(),
     }
 }
@@ -171,13 +169,14 @@ fn settings_record(case: &Case, spec: Option<&RunSpec>) -> SettingsRecord {
 /// Runs one case, with one more run when the test host broke the first.
 fn run_case(case: &Case, image: &Image, ctx: &Context, out: &Path) -> CaseResult {
     let started = Instant::now();
+    let spec = run_spec(case, image);
     let mut result = CaseResult {
         name: case.name.clone(),
         kernel: image.kernel.clone(),
         kernel_release: Some(image.release.clone()),
         trigger: case.trigger,
         done: case.trigger.what_is_done().into(),
-        settings: settings_record(case, None),
+        settings: settings_record(case, &spec),
         axes: spec::axes_map(case),
         status: Status::Failed,
         reason: None,
@@ -196,8 +195,6 @@ fn run_case(case: &Case, image: &Image, ctx: &Context, out: &Path) -> CaseResult
             return result;
         }
     }
-    let spec = run_spec(case, image);
-    result.settings = settings_record(case, Some(&spec));
     for attempt in 1..=TRIES {
         let run = match runner::execute(
             &spec,
@@ -235,7 +232,7 @@ fn run_case(case: &Case, image: &Image, ctx: &Context, out: &Path) -> CaseResult
             Some(GuestVerdict::Error(why)) => result.reason = Some(format!("the guest: {why}")),
             None => {}
         }
-        let (checks, observed) = check::check(case, out, run.exit_code);
+        let (checks, observed) = check::check(case, out, run.exit_code, &console);
         result.checks = checks;
         result.observed = observed;
         if result.reason.is_none() {
