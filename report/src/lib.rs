@@ -15,6 +15,8 @@
 //! one, still gives whatever it has. Only text that is not JSON, or JSON that is not an object,
 //! is an error.
 
+pub mod analysis;
+
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -552,6 +554,9 @@ pub struct Report {
     pub vmcore_error: Option<String>,
     #[serde(default, deserialize_with = "lenient")]
     pub signature: Option<Signature>,
+    /// What was read out of the guest's memory at the crash.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<analysis::Analysis>,
     /// The vmcore being written or collected (until the report is complete).
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub vmcore_pending: Option<VmcorePending>,

@@ -86,6 +86,7 @@ fn full() -> Report {
             reason: Some("Hyper-V crash report".into()),
         }),
         vmcore_error: None,
+        analysis: None,
         signature: Some(Signature {
             title: Some("kernel panic: sysrq triggered crash".into()),
             frames: Some(vec!["sysrq_handle_crash".into()]),

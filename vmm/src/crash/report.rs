@@ -380,6 +380,7 @@ impl CrashRecord {
             vmcore: self.vmcore.as_ref().map(VmcoreEntry::to_report),
             vmcore_error: self.vmcore_error.clone(),
             signature: self.signature.as_ref().map(signature_entry),
+            analysis: None,
             vmcore_pending: self.pending.clone().filter(|_| outcome.is_none()),
         }
     }

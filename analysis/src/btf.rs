@@ -1,0 +1,1 @@
+//! The kernel's BTF (type information) from guest memory. TODO(helper C).
