@@ -5,7 +5,7 @@
 #   make scenario SCENARIO=boot OUT=/tmp/b     run one Linux scenario, outputs in OUT
 #   make images     build the guest and test-host images from Debian packages
 #   make build      the statically linked crashvmm binary
-#   make fuzz       fuzz the devices' protocol code, FUZZ_SECONDS (60) per target; not in `make test`
+#   make fuzz       fuzz the devices' protocol code and the crash analysis, FUZZ_SECONDS (60) per target; not in `make test`
 #   make bench      crashvmm against QEMU: writes docs/benchmarks.md and docs/benchmarks.png
 #                   (about 8 minutes after the build, 20 GiB of free disk; not in `make test`)
 #   make crash-suites   every crash trigger on two Debian kernels with crash_kexec_post_notifiers 0/1
@@ -102,7 +102,7 @@ run: deps build images
 # fuzz/corpus/<target> from the committed fuzz/seeds/<target>; a finding is saved under
 # fuzz/artifacts/<target>/ and fails the run (logs in build/fuzz/).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := vmbus_messages vmbus_server hypercall crash_message
+FUZZ_TARGETS := vmbus_messages vmbus_server hypercall crash_message analysis
 CARGO_NIGHTLY ?= cargo +nightly
 
 fuzz:

@@ -59,7 +59,7 @@ fn main() {
         })
         .collect();
     let t = std::time::Instant::now();
-    let out = analyze(&Input { mem: &*mem, vmcoreinfo: &info, vcpus: &vcpus });
+    let out = analyze(&Input { mem: &*mem, vmcoreinfo: &info, vcpus: &vcpus, ncpus: vcpus.len() as u32 });
     let took = t.elapsed();
     if dmesg {
         print!("{}", out.dmesg());

@@ -70,8 +70,10 @@ pub struct VcpuRegs {
 pub struct Input<'a, M: kdump::PhysMem + ?Sized> {
     pub mem: &'a M,
     pub vmcoreinfo: &'a kdump::VmcoreInfo,
-    /// Every vCPU, as crashvmm read them (may be empty).
+    /// The vCPUs crashvmm read (may be empty: none were stopped, or a kdump ran since).
     pub vcpus: &'a [VcpuRegs],
+    /// How many CPUs the guest has (registers come from `vcpus` or the kernel's crash notes).
+    pub ncpus: u32,
 }
 
 /// The analysis and the kernel log.
@@ -105,18 +107,56 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The most CPUs analyzed.
+pub const MAX_CPUS: u32 = 1024;
+
+/// The function a CPU was running: below the NMI (or other exception) that stopped it, where its
+/// frames cross from that stack to the one it interrupted; else its innermost frame's.
+pub fn running(stack: &CpuStack) -> Option<String> {
+    let reliable = || stack.frames.iter().filter(|f| f.reliable);
+    let on_nmi = |f: &Frame| f.stack.as_deref().is_some_and(|s| s == "nmi" || s == "exception");
+    if reliable().next().is_some_and(on_nmi) {
+        if let Some(f) = reliable().find(|f| !on_nmi(f)) {
+            return f.function.clone();
+        }
+    }
+    reliable().next().and_then(|f| f.function.clone())
+}
+
+/// The function most vCPUs were running (ties: the lowest CPU's), for a hang's signature.
+pub fn hang_function(analysis: &Analysis) -> Option<String> {
+    let mut best: Option<(&str, usize)> = None;
+    for c in &analysis.cpus {
+        let Some(f) = c.running.as_deref() else { continue };
+        let n = analysis.cpus.iter().filter(|d| d.running.as_deref() == Some(f)).count();
+        if best.is_none_or(|(_, m)| n > m) {
+            best = Some((f, n));
+        }
+    }
+    best.map(|(f, _)| f.to_string())
+}
+
 /// Everything that can be read; never fails, never panics, bounded time on any memory.
 pub fn analyze<M: kdump::PhysMem + ?Sized>(input: &Input<'_, M>) -> Output {
-    let mut a = Analysis::default();
-    let kmem = match KernelMem::from_vmcoreinfo(input.mem, input.vmcoreinfo) {
-        Ok(k) => k,
+    match KernelMem::from_vmcoreinfo(input.mem, input.vmcoreinfo) {
+        Ok(kmem) => analyze_kernel(&kmem, input.vmcoreinfo, input.vcpus, input.ncpus),
         Err(e) => {
+            let mut a = Analysis::default();
             unread(&mut a.unread, "kernel memory", chain(&e));
-            return Output { analysis: a, log: Vec::new() };
+            Output { analysis: a, log: Vec::new() }
         }
-    };
-    let info = input.vmcoreinfo;
-    let log = match printk::read_log(&kmem, info) {
+    }
+}
+
+/// [`analyze`] over kernel memory already mapped (tests and the fuzz target map it linearly).
+pub fn analyze_kernel<M: kdump::PhysMem + ?Sized>(
+    kmem: &KernelMem<'_, M>,
+    info: &kdump::VmcoreInfo,
+    vcpus: &[VcpuRegs],
+    ncpus: u32,
+) -> Output {
+    let mut a = Analysis::default();
+    let log = match printk::read_log(kmem, info) {
         Ok(l) => l,
         Err(e) => {
             unread(&mut a.unread, "kernel log", chain(&e));
@@ -124,34 +164,40 @@ pub fn analyze<M: kdump::PhysMem + ?Sized>(input: &Input<'_, M>) -> Output {
         }
     };
     a.log_records = log.len() as u64;
-    let syms = match kallsyms::Kallsyms::read(&kmem, info) {
+    let syms = match kallsyms::Kallsyms::read(kmem, info) {
         Ok(s) => Some(s),
         Err(e) => {
             unread(&mut a.unread, "kallsyms", chain(&e));
             None
         }
     };
-    let (identity, mut why) = identity::read(&kmem, info, syms.as_ref(), &log);
+    let (identity, mut why) = identity::read(kmem, info, syms.as_ref(), &log);
     a.identity = Some(identity);
     a.unread.append(&mut why);
     a.panic = panic::from_log(&log);
     if let Some(syms) = &syms {
-        let orc = match orc::Orc::read(&kmem, syms) {
+        let orc = match orc::Orc::read(kmem, syms) {
             Ok(o) => Some(o),
             Err(e) => {
                 unread(&mut a.unread, "orc", chain(&e));
                 None
             }
         };
-        let saved = crashnotes::read(&kmem, syms, input.vcpus.len());
-        for v in input.vcpus {
-            let (regs, source) = match saved.get(v.cpu as usize).copied().flatten() {
-                Some(r) => (r, "crash_notes"),
-                None => (*v, "vcpu"),
+        let ncpus = ncpus.min(MAX_CPUS);
+        let saved = crashnotes::read(kmem, syms, ncpus as usize);
+        for cpu in 0..ncpus {
+            // The kernel's own record of where a CPU was when it went to its crash kernel wins:
+            // the vCPU's registers are the crash kernel's by now (or a halt loop's).
+            let saved = saved.get(cpu as usize).copied().flatten().map(|r| (VcpuRegs { cpu, ..r }, "crash_notes"));
+            let ours = || vcpus.iter().find(|v| v.cpu == cpu).map(|v| (*v, "vcpu"));
+            let mut stack = match saved.or_else(ours) {
+                Some((regs, source)) => unwind::cpu_stack(kmem, syms, orc.as_ref(), &regs, source),
+                None => CpuStack { cpu, note: Some("no registers".into()), ..Default::default() },
             };
-            a.cpus.push(unwind::cpu_stack(&kmem, syms, orc.as_ref(), &regs, source));
+            stack.running = running(&stack);
+            a.cpus.push(stack);
         }
-        match tasks::blocked(&kmem, info, syms) {
+        match tasks::blocked(kmem, info, syms) {
             Ok(t) => a.blocked_tasks = t,
             Err(e) => unread(&mut a.unread, "blocked tasks", chain(&e)),
         }

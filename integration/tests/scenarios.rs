@@ -223,7 +223,79 @@ fn kdump_unloads_vmbus_kexecs_and_the_crash_kernel_reconnects() {
         "the crashed kernel's log:\n{}",
         &log[log.len().saturating_sub(2000)..]
     );
+    // The analysis read the same log out of guest memory, and the panicking vCPU's stack (its
+    // registers from the kernel's crash notes) is crash's `bt` of the panicking task.
+    check_analysis(&dirs[0], &kdump, &dmesg, &out, "sysrq triggered crash", &["sysrq_handle_crash"]);
     std::fs::remove_dir_all(&out).ok();
+}
+
+/// The crash directory's analysis against the reference tools on the same crash's `vmcore`:
+/// `dmesg.txt` is byte for byte `makedumpfile --dump-dmesg`'s (`their_dmesg`); the panic is
+/// `panic`'s; the panicking vCPU's stack, function by function, is `crash`'s `bt` of the
+/// panicking task with the guest's -dbg vmlinux, and holds `functions`. Returns the report.
+fn check_analysis(dir: &Path, vmcore: &Path, their_dmesg: &Path, out: &Path, panic: &str, functions: &[&str]) -> Value {
+    let fail = |what: String| format!("{what}; outputs in {}", out.display());
+    let ours = std::fs::read(dir.join("dmesg.txt")).unwrap_or_else(|e| panic!("{}", fail(format!("dmesg.txt: {e}"))));
+    let theirs = std::fs::read(their_dmesg).unwrap();
+    if ours != theirs {
+        let (o, t) = (String::from_utf8_lossy(&ours), String::from_utf8_lossy(&theirs));
+        let first = o.lines().zip(t.lines()).position(|(a, b)| a != b);
+        panic!(
+            "{}",
+            fail(format!(
+                "dmesg.txt ({} bytes) differs from makedumpfile --dump-dmesg ({} bytes), first at line {first:?}: {:?} vs {:?}",
+                ours.len(),
+                theirs.len(),
+                first.and_then(|i| o.lines().nth(i)),
+                first.and_then(|i| t.lines().nth(i))
+            ))
+        );
+    }
+    let report: Value = serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    let a = &report["analysis"];
+    assert!(a["panic"]["message"].as_str().is_some_and(|m| m.contains(panic)), "{}", fail(format!("panic: {a}")));
+    assert!(a["identity"]["release"].as_str().is_some_and(|r| r.starts_with("6.")), "{}", fail(format!("{a}")));
+    assert!(a["duration_us"].as_u64().is_some(), "{a}");
+    let cpu = a["panic"]["cpu"].as_u64().unwrap_or_else(|| panic!("{}", fail(format!("no panicking CPU: {a}"))));
+    let stack = a["cpus"].as_array().unwrap().iter().find(|c| c["cpu"] == cpu).unwrap();
+    let ours: Vec<&str> = stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["reliable"] == true)
+        .filter_map(|f| f["function"].as_str())
+        .collect();
+    for f in functions {
+        assert!(ours.contains(f), "{}", fail(format!("{f} not in CPU {cpu}'s frames {ours:?}")));
+    }
+    let theirs = crash_bt(vmcore, out);
+    assert_eq!(ours, theirs, "{}", fail(format!("CPU {cpu}'s frames (left) against crash's bt (right)")));
+    eprintln!("analysis: {} log records, frames {ours:?}, in {} us", a["log_records"], a["duration_us"]);
+    report
+}
+
+/// The function names of `crash`'s `bt` (the panicking task), innermost first.
+fn crash_bt(vmcore: &Path, out: &Path) -> Vec<String> {
+    let vmlinux = Setup::from_env().guest_vmlinux().unwrap_or_else(|e| panic!("{e}"));
+    let cmds = out.join("crash-bt-commands");
+    std::fs::write(&cmds, "bt\nq\n").unwrap();
+    let r =
+        tool("crash", &["-s".as_ref(), vmlinux.as_os_str(), vmcore.as_os_str(), "-i".as_ref(), cmds.as_os_str()], 600);
+    let text = String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr);
+    std::fs::write(out.join("crash-bt.txt"), &text).unwrap();
+    assert!(r.status.success(), "crash failed ({}):\n{text}", r.status);
+    // ` #3 [ffffc900001dbd58] sysrq_handle_crash at ffffffff816c3c2a`
+    let frames: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let rest = l.strip_prefix('#')?.split_once("] ")?.1;
+            let (func, at) = rest.split_once(' ')?;
+            at.starts_with("at ").then(|| func.to_string())
+        })
+        .collect();
+    assert!(!frames.is_empty(), "no frames in crash's bt:\n{text}");
+    frames
 }
 
 #[test]
@@ -393,7 +465,50 @@ fn a_hang_with_interrupts_off_is_detected_within_the_watchdog_period_and_broken_
     assert_eq!(dirs.len(), 1);
     let report: Value = serde_json::from_slice(&std::fs::read(dirs[0].join("report.json")).unwrap()).unwrap();
     assert_eq!(report["trigger"], "guest_hang", "{report}");
+    // Every vCPU spins in the test module's loop: the analysis names it for each, and the
+    // signature is the hang's in it.
+    let cpus = report["analysis"]["cpus"].as_array().unwrap_or_else(|| panic!("no analysis: {report}"));
+    assert_eq!(cpus.len(), 2, "{report}");
+    for c in cpus {
+        assert_eq!(c["running"], "spin_irqs_off", "CPU {}: {c}; outputs in {}", c["cpu"], out.display());
+    }
+    assert_eq!(report["signature"]["title"], "hang in spin_irqs_off", "{report}");
+    assert_eq!(report["signature"]["kind"], "hang", "{report}");
     std::fs::remove_dir_all(&out).ok();
+}
+
+/// The guest's kernel prints nothing on its console (`loglevel=0`): the report still has the
+/// panic, the call trace and the signature id of the same crash with the console on (the
+/// `kdump` scenario), read from the guest's memory.
+#[test]
+fn a_guest_with_its_console_off_gets_the_same_report_from_its_memory() {
+    let (o, events, console, out) = run("kdump-quiet");
+    check_frame(&o, &events, GUEST_PANICKED, &out);
+    assert!(!console.contains("Kernel panic"), "the kernel printed on its console; outputs in {}", out.display());
+    let dirs = o.crash_dirs();
+    assert_eq!(dirs.len(), 1, "outputs in {}", out.display());
+    let report: Value = serde_json::from_slice(&std::fs::read(dirs[0].join("report.json")).unwrap()).unwrap();
+    let a = &report["analysis"];
+    assert!(a["panic"]["message"].as_str().is_some_and(|m| m.contains("sysrq triggered crash")), "{report}");
+    let cpu = a["panic"]["cpu"].as_u64().unwrap_or_else(|| panic!("{report}"));
+    let stack = a["cpus"].as_array().unwrap().iter().find(|c| c["cpu"] == cpu).unwrap();
+    let functions: Vec<&str> =
+        stack["frames"].as_array().unwrap().iter().filter_map(|f| f["function"].as_str()).collect();
+    assert!(functions.contains(&"sysrq_handle_crash"), "{functions:?}");
+    let dmesg = std::fs::read_to_string(dirs[0].join("dmesg.txt")).unwrap();
+    assert!(dmesg.contains("Call Trace:") && dmesg.contains("sysrq_handle_crash"), "the log has the call trace");
+    // The same crash with the console on.
+    let (o2, events2, _, out2) = run("kdump");
+    check_frame(&o2, &events2, GUEST_PANICKED, &out2);
+    let loud: Value = serde_json::from_slice(&std::fs::read(o2.crash_dirs()[0].join("report.json")).unwrap()).unwrap();
+    assert_eq!(
+        report["signature"]["id"], loud["signature"]["id"],
+        "{} against {}",
+        report["signature"], loud["signature"]
+    );
+    assert!(report["signature"]["title"].as_str().is_some_and(|t| t.contains("sysrq triggered crash")), "{report}");
+    std::fs::remove_dir_all(&out).ok();
+    std::fs::remove_dir_all(&out2).ok();
 }
 
 /// `KdumpFile` of `path`, with the open file for page reads.
@@ -621,6 +736,10 @@ fn a_production_like_crash_gives_a_kdump_file_that_matches_makedumpfile_and_open
         "no panic in the log from our file:\n{}",
         &log[log.len().saturating_sub(2000)..]
     );
+
+    // The analysis at the crash read the same log from guest memory, and the stack of the vCPU
+    // that panicked (its registers as crashvmm stopped it) is crash's bt.
+    check_analysis(crash, &ours, &dmesg, &out, "sysrq triggered crash", &["sysrq_handle_crash"]);
 
     // crash opens it with the -dbg vmlinux; bt is the panicking task's.
     let cmds = out.join("crash-commands");

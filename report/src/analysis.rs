@@ -78,6 +78,9 @@ pub struct CpuStack {
     /// The task running on it, where known.
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// The function it was running: below the NMI or exception that stopped it (a hang's
+    /// spinning function), else its innermost frame's.
+    pub running: Option<String>,
     /// Innermost first.
     pub frames: Vec<Frame>,
     /// How the frames were found: `orc`, `frame-pointer`, `scan` (every kernel text address on

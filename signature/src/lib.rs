@@ -129,6 +129,12 @@ impl Signature {
         Signature::new(Kind::Hang, "hang", Vec::new())
     }
 
+    /// A guest the hang detector stopped whose vCPUs spin in `function` (syzkaller names its
+    /// stalls `... in FUNC` too): hangs in one function group together, in different ones not.
+    pub fn hang_in(function: &str) -> Signature {
+        Signature::new(Kind::Hang, &format!("hang in {function}"), vec![function.to_string()])
+    }
+
     /// A guest that triple-faulted (KVM shutdown exit).
     pub fn triple_fault() -> Signature {
         Signature::new(Kind::TripleFault, "triple fault", Vec::new())

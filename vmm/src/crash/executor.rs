@@ -845,6 +845,22 @@ impl CrashHandling {
         if record.vcpus.is_empty() {
             record.vcpus = vm.snapshots();
         }
+        match super::triage::run(vm.memory(), &record.vcpus, vm.vcpus(), record.vmcoreinfo.as_deref()) {
+            Ok(t) => {
+                log::info!(
+                    "analysis: {} log records, {} vCPU stacks, {} parts unread, in {} us",
+                    t.analysis.log_records,
+                    t.analysis.cpus.len(),
+                    t.analysis.unread.len(),
+                    t.analysis.duration_us
+                );
+                record.triage = Some(t);
+            }
+            Err(e) => {
+                log::warn!("analysis: {}", crate::error::Chain(&e));
+                record.triage_error = Some(crate::error::chain(&e));
+            }
+        }
         // What the guest's flood left out so far is counted in this crash's own events.
         self.events.flush_suppressed();
         let events = self.events.since(self.events_mark);

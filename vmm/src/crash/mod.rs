@@ -11,6 +11,7 @@ pub mod live;
 pub mod report;
 pub mod snapshot;
 pub mod summary;
+pub mod triage;
 pub mod vmcore;
 mod vocabulary;
 

@@ -138,6 +138,12 @@ pub struct CrashRecord {
     pub kernel_release: Option<String>,
     /// What crashed, as kernel developers name it, and its stable id.
     pub signature: Option<signature::Signature>,
+    /// The crashed kernel's VMCOREINFO, as the vmcore written or collected holds it.
+    pub vmcoreinfo: Option<String>,
+    /// What was read out of guest memory ([`super::triage`]): `analysis` and `dmesg.txt`.
+    pub triage: Option<super::triage::Triage>,
+    /// Why there is no analysis at all.
+    pub triage_error: Option<String>,
     /// The directory being written (temporary name until [`CrashRecord::finish`]).
     pub tmp_dir: PathBuf,
     /// Its name once finished (chosen up front, so events can name it).
@@ -169,6 +175,9 @@ impl CrashRecord {
             vmcore_error: None,
             kernel_release: None,
             signature: None,
+            vmcoreinfo: None,
+            triage: None,
+            triage_error: None,
             tmp_dir,
             state: ReportState::Recording,
             pending: None,
@@ -251,6 +260,7 @@ impl CrashRecord {
         if let Some(release) = s.vmcoreinfo.as_ref().and_then(|n| n.info().osrelease().map(str::to_string)) {
             self.kernel_release = Some(release);
         }
+        self.vmcoreinfo = s.vmcoreinfo.as_ref().map(|n| n.text.clone());
         self.vmcore = Some(host_entry(s, reason.to_string()));
         Ok(())
     }
@@ -265,6 +275,9 @@ impl CrashRecord {
         let path = self.tmp_dir.join(file);
         let meta = fs::metadata(&path).map_err(io("stat", &path))?;
         let sha256 = sha256_file(&path)?;
+        // The crashed kernel's VMCOREINFO, from the dump's header (the analysis's map).
+        self.vmcoreinfo =
+            File::open(&path).ok().and_then(|mut f| kdump::KdumpFile::parse(&mut f).ok()).and_then(|k| k.vmcoreinfo);
         self.pending = None;
         self.vmcore = Some(VmcoreEntry {
             path: file.into(),
@@ -282,11 +295,23 @@ impl CrashRecord {
         Ok(())
     }
 
-    /// The crash's signature, from the best source there is: the Hyper-V crash message (the
-    /// guest's own kernel log at the panic; the console for the oops a panic in it names as its
-    /// cause when the message begins after it), else the console, else what the trigger says (a
-    /// hang, a triple fault, a crash without a report).
+    /// The crash's signature, from the best source there is: a hang the watchdog found is named
+    /// for the function its vCPUs spin in; else the kernel log read from guest memory (it has
+    /// everything the console and the Hyper-V crash message have, call traces included); else the
+    /// Hyper-V crash message (the console for the oops a panic in it names as its cause when
+    /// the message begins after it), else the console, else what the trigger says (a hang, a
+    /// triple fault, a crash without a report).
     pub fn find_signature(&self, console: &[u8]) -> Option<signature::Signature> {
+        let analysis = self.triage.as_ref().map(|t| &t.analysis);
+        if self.trigger == Trigger::GuestHang {
+            if let Some(f) = analysis.and_then(crash_analysis::hang_function) {
+                return Some(signature::Signature::hang_in(&f));
+            }
+        }
+        let log = self.triage.as_ref().map(|t| t.dmesg.as_str()).filter(|d| !d.is_empty());
+        if let Some(s) = log.and_then(signature::from_text) {
+            return Some(s);
+        }
         let hv_message = self.signals.iter().rev().find_map(|t| match &t.signal {
             CrashSignal::HvCrash { message: Some(m), .. } => Some(m.clone()),
             _ => None,
@@ -307,6 +332,18 @@ impl CrashRecord {
                 ),
             })
         })
+    }
+
+    /// The report's `analysis`: what the triage read, or why there is none.
+    fn analysis_entry(&self) -> Option<cr::analysis::Analysis> {
+        match (&self.triage, &self.triage_error) {
+            (Some(t), _) => Some(t.analysis.clone()),
+            (None, Some(why)) => Some(cr::analysis::Analysis {
+                unread: vec![cr::analysis::Unread { what: "analysis".into(), why: why.clone() }],
+                ..Default::default()
+            }),
+            (None, None) => None,
+        }
     }
 
     /// The complete report.
@@ -380,7 +417,7 @@ impl CrashRecord {
             vmcore: self.vmcore.as_ref().map(VmcoreEntry::to_report),
             vmcore_error: self.vmcore_error.clone(),
             signature: self.signature.as_ref().map(signature_entry),
-            analysis: None,
+            analysis: self.analysis_entry(),
             vmcore_pending: self.pending.clone().filter(|_| outcome.is_none()),
         }
     }
@@ -400,6 +437,9 @@ impl CrashRecord {
         }
         write_synced(&self.tmp_dir.join("events.jsonl"), events.concat().as_bytes())?;
         write_synced(&self.tmp_dir.join("console.log"), console)?;
+        if let Some(t) = self.triage.as_ref().filter(|t| !t.dmesg.is_empty()) {
+            write_synced(&self.tmp_dir.join(DMESG), t.dmesg.as_bytes())?;
+        }
         if let Some(f) = self.vmcore.as_ref().map(|v| self.tmp_dir.join(&v.path)) {
             File::open(&f).and_then(|f| f.sync_all()).map_err(io("sync", &f))?;
         }
@@ -526,6 +566,8 @@ impl DumpRecord {
 
 const REPORT: &str = "report.json";
 const VMCORE: &str = "vmcore";
+/// The crashed kernel's log, read from its memory (as `makedumpfile --dump-dmesg` prints it).
+pub const DMESG: &str = "dmesg.txt";
 
 /// The report's entry for a host-side vmcore.
 fn host_entry(s: &VmcoreSummary, reason: String) -> VmcoreEntry {

@@ -131,7 +131,12 @@ pub fn render(dir: &Path) -> Result<String> {
             }
         }
     }
-    if let Some(msg) = r.hyperv_crash.as_ref().and_then(|h| h.message.as_deref()) {
+    if let Some(a) = &r.analysis {
+        analysis(&mut out, a, &dir);
+    }
+    // The Hyper-V crash message, when the guest's memory gave no panic of its own.
+    let panic_shown = r.analysis.as_ref().is_some_and(|a| a.panic.is_some());
+    if let Some(msg) = r.hyperv_crash.as_ref().and_then(|h| h.message.as_deref()).filter(|_| !panic_shown) {
         let _ = writeln!(out, "  guest's last kernel messages (Hyper-V crash message):");
         let lines: Vec<&str> = msg.lines().filter(|l| !l.trim().is_empty()).collect();
         let panic_at = lines.iter().position(|l| l.contains("Kernel panic")).unwrap_or(lines.len().saturating_sub(8));
@@ -140,6 +145,66 @@ pub fn render(dir: &Path) -> Result<String> {
         }
     }
     Ok(out)
+}
+
+/// Most frames shown of the panicking vCPU's stack.
+const FRAMES_SHOWN: usize = 16;
+
+/// What the analysis read from guest memory: the kernel, the panic and its task, and the
+/// stack of the vCPU that panicked (or, for a hang, what each vCPU runs).
+fn analysis(out: &mut String, a: &cr::analysis::Analysis, dir: &Path) {
+    if let Some(id) = &a.identity {
+        let _ = writeln!(
+            out,
+            "  kernel       {} {} on {}{}",
+            show(id.release.as_deref()),
+            show(id.version.as_deref()),
+            show(id.hostname.as_deref()),
+            id.taint.as_deref().map_or(String::new(), |t| format!(", tainted {}", escape(t)))
+        );
+    }
+    let p = a.panic.as_ref();
+    if let Some(p) = p {
+        let _ = writeln!(out, "  panic        {}", show(p.message.as_deref()));
+        if let Some(c) = p.cause.as_deref().filter(|c| Some(*c) != p.message.as_deref()) {
+            let _ = writeln!(out, "  cause        {}", escape(c));
+        }
+        let _ = writeln!(out, "  task         {} (pid {}) on CPU {}", show(p.comm.as_deref()), num(p.pid), num(p.cpu));
+    }
+    // The panicking CPU's stack; without a panic, every CPU's top (a hang).
+    match p.and_then(|p| p.cpu).and_then(|c| a.cpus.iter().find(|s| s.cpu == c)) {
+        Some(s) => {
+            let _ = writeln!(out, "  stack        CPU {} ({}, registers from {}):", s.cpu, s.unwinder, s.registers);
+            for f in s.frames.iter().take(FRAMES_SHOWN) {
+                let sym =
+                    f.symbol.as_deref().map_or_else(|| escape(&f.address).into_owned(), |s| escape(s).into_owned());
+                let module = f.module.as_deref().map_or(String::new(), |m| format!(" [{}]", escape(m)));
+                let _ = writeln!(out, "    {}{sym}{module}", if f.reliable { "" } else { "? " });
+            }
+            if s.frames.len() > FRAMES_SHOWN {
+                let _ = writeln!(out, "    ... {} more in report.json", s.frames.len() - FRAMES_SHOWN);
+            }
+        }
+        None => {
+            for s in &a.cpus {
+                let _ = writeln!(out, "  CPU {:<8} running {}", s.cpu, show(s.running.as_deref()));
+            }
+        }
+    }
+    if !a.blocked_tasks.is_empty() {
+        let _ = writeln!(out, "  blocked      {} tasks in D state (report.json)", a.blocked_tasks.len());
+    }
+    for u in &a.unread {
+        let _ = writeln!(out, "  unread       {}: {}", escape(&u.what), escape(&u.why));
+    }
+    if dir.join(super::report::DMESG).is_file() {
+        let _ = writeln!(
+            out,
+            "  kernel log   {} ({} records)",
+            escape(&dir.join(super::report::DMESG).display().to_string()),
+            a.log_records
+        );
+    }
 }
 
 /// Print the summary; a closed stdout (`crashvmm report DIR | head -1`) is a `BrokenPipe` error,
