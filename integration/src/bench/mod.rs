@@ -14,9 +14,12 @@
 //!    `makedumpfile -d 31 -c`.
 //! 6. [`live`]: the guest's pause for a live dump (`ctl dump --live`) against crashvmm's pausing
 //!    dump and QEMU's `dump-guest-memory` (1, 4, 16 GiB; 10% and 90% touched), and total times.
+//! 7. [`analysis`]: the crash analysis from guest memory at 1, 4, 16 GiB, and
+//!    `makedumpfile --dump-dmesg` on the same crash.
 //!
 //! Every VMM runs alone (one at a time); files are deleted right after they are measured.
 
+pub mod analysis;
 pub mod crashpath;
 pub mod kdump;
 pub mod live;

@@ -41,6 +41,9 @@ pub struct Results {
     /// Part 6: live dumps (absent from results.json files written before it).
     #[serde(default)]
     pub live: Vec<super::live::LiveCase>,
+    /// Part 7: the crash analysis (absent from results.json files written before it).
+    #[serde(default)]
+    pub analysis: super::analysis::AnalysisBench,
     pub wall_s: f64,
     pub quick: bool,
 }
@@ -621,6 +624,9 @@ fn markdown(r: &Results, png_name: &str) -> String {
 
     // ---- 6. live dumps ----------------------------------------------------------------------
     super::live::section(&mut m, &r.live);
+
+    // ---- 7. crash analysis ------------------------------------------------------------------
+    super::analysis::section(&mut m, &r.analysis);
 
     let _ = writeln!(m, "## Plot\n\n![crashvmm vs QEMU]({png_name})\n");
     raw_section(&mut m, r);
@@ -1415,6 +1421,18 @@ mod tests {
                 })
                 .collect(),
             live: Vec::new(),
+            analysis: super::super::analysis::AnalysisBench {
+                sizes: [1u64, 16]
+                    .iter()
+                    .map(|&gib| super::super::analysis::AnalysisSize {
+                        gib,
+                        with_vmcoreinfo_ms: vec![4.0, 5.0],
+                        scan_ms: vec![9.0, 30.0],
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            },
             wall_s: 600.0,
             quick: false,
         }
@@ -1441,6 +1459,7 @@ mod tests {
             "## 2. VMM overhead",
             "## 3. Crash path",
             "## 4. Growth",
+            "## 7. Crash analysis",
             "## Raw data",
             "benchmarks.png",
         ] {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use integration::bench::{self, crashpath, kdump, live, machine, overhead, progress, report, vmcore, Env};
+use integration::bench::{self, analysis, crashpath, kdump, live, machine, overhead, progress, report, vmcore, Env};
 use integration::Setup;
 
 #[derive(Parser)]
@@ -47,7 +47,7 @@ struct RunArgs {
     /// Skip the real-Linux crash path (the test host runs, about three minutes).
     #[arg(long)]
     skip_linux: bool,
-    /// Only these parts: vmcore, overhead, crash, kdump, live (default: all).
+    /// Only these parts: vmcore, overhead, crash, kdump, live, analysis (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Do not measure: write the report from a results.json of an earlier run.
@@ -163,6 +163,7 @@ fn run(a: RunArgs) -> Result<(), String> {
     let crash = if part("crash") { crashpath::run(&env, &sizes, !a.skip_linux) } else { Default::default() };
     let kdump = if part("kdump") { kdump::run(&env, &sizes) } else { Vec::new() };
     let live = if part("live") { live::run(&env, &sizes) } else { Vec::new() };
+    let analysis = if part("analysis") { analysis::run(&env, &sizes) } else { Default::default() };
     m.load_after = machine::loadavg();
 
     let results = report::Results {
@@ -174,6 +175,7 @@ fn run(a: RunArgs) -> Result<(), String> {
         crash,
         kdump,
         live,
+        analysis,
         wall_s: started.elapsed().as_secs_f64(),
         quick: a.quick,
     };
