@@ -70,7 +70,7 @@ fn expected_cause(msg: &str) -> Option<fn(&str) -> bool> {
     let m = msg.to_ascii_lowercase();
     Some(if m.starts_with("fatal exception") || m.starts_with("fatal machine check") {
         |l: &str| is_die_header(l) || is_oops_start(l) || l.starts_with("Oops: ")
-    } else if m.contains("hung_task") || m.contains("hung tasks") && !m.contains("softlockup") {
+    } else if m.contains("hung_task") || (m.contains("hung tasks") && !m.contains("softlockup")) {
         |l: &str| l.starts_with("INFO: task ") && l.contains(" blocked for more than ")
     } else if m.contains("softlockup") {
         |l: &str| l.contains("BUG: soft lockup")
@@ -120,7 +120,7 @@ fn oops_first_line(lines: &[String], at: usize) -> usize {
         return at;
     }
     let from = at.saturating_sub(8);
-    (from..at).rev().filter(|&i| is_oops_start(&lines[i])).last().unwrap_or(at)
+    (from..at).find(|&i| is_oops_start(&lines[i])).unwrap_or(at)
 }
 
 fn nearest_back(lines: &[String], from: usize, to: usize, f: impl Fn(&str) -> bool) -> Option<usize> {

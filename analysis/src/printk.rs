@@ -420,6 +420,337 @@ fn format_record(s: &mut String, r: &Record) {
 mod tests {
     use super::*;
     use kdump::SliceMem;
+    use std::time::{Duration, Instant};
+
+    const BASE: u64 = 0xffff_ffff_8000_0000;
+
+    /// Debian 6.1's VMCOREINFO for the ring buffer (x86_64).
+    const PRB_INFO: &str = "OFFSET(atomic_long_t.counter)=0
+OFFSET(prb_data_blk_lpos.begin)=0
+OFFSET(prb_data_blk_lpos.next)=8
+OFFSET(prb_data_ring.data)=8
+OFFSET(prb_data_ring.size_bits)=0
+OFFSET(prb_desc.state_var)=0
+OFFSET(prb_desc.text_blk_lpos)=8
+OFFSET(prb_desc_ring.count_bits)=0
+OFFSET(prb_desc_ring.descs)=8
+OFFSET(prb_desc_ring.head_id)=24
+OFFSET(prb_desc_ring.infos)=16
+OFFSET(prb_desc_ring.tail_id)=32
+OFFSET(printk_info.caller_id)=20
+OFFSET(printk_info.seq)=0
+OFFSET(printk_info.text_len)=16
+OFFSET(printk_info.ts_nsec)=8
+OFFSET(printk_ringbuffer.desc_ring)=0
+OFFSET(printk_ringbuffer.text_data_ring)=48
+SIZE(prb_desc)=24
+SIZE(printk_info)=88
+SIZE(printk_ringbuffer)=88
+";
+
+    // Physical layout of the synthetic guest.
+    const PRB_VAR: usize = 0x100;
+    const PRB: usize = 0x200;
+    const DESCS: usize = 0x1000;
+    const INFOS: usize = 0x2000;
+    const DATA: usize = 0x4000;
+
+    fn put(mem: &mut [u8], at: usize, bytes: &[u8]) {
+        mem[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// A lockless ring buffer written as kernel/printk/printk_ringbuffer.c's writer does
+    /// (data_alloc/get_next_lpos: a block that would cross the end starts the next wrap).
+    struct Ring {
+        mem: Vec<u8>,
+        count_bits: u32,
+        size_bits: u32,
+        head_lpos: u64,
+        first_id: u64,
+        next_id: u64,
+        seq: u64,
+    }
+
+    impl Ring {
+        fn new(count_bits: u32, size_bits: u32, first_id: u64) -> Self {
+            let mut mem = vec![0u8; 0x8000];
+            put(&mut mem, PRB_VAR, &(BASE + PRB as u64).to_le_bytes());
+            put(&mut mem, PRB, &count_bits.to_le_bytes());
+            put(&mut mem, PRB + 8, &(BASE + DESCS as u64).to_le_bytes());
+            put(&mut mem, PRB + 16, &(BASE + INFOS as u64).to_le_bytes());
+            put(&mut mem, PRB + 48, &size_bits.to_le_bytes());
+            put(&mut mem, PRB + 56, &(BASE + DATA as u64).to_le_bytes());
+            Ring { mem, count_bits, size_bits, head_lpos: 0, first_id, next_id: first_id, seq: 0 }
+        }
+
+        fn desc(&mut self, id: u64, state: u64, begin: u64, next: u64) {
+            let d = DESCS + (id % (1 << self.count_bits)) as usize * 24;
+            put(&mut self.mem, d, &(id | state << 62).to_le_bytes());
+            put(&mut self.mem, d + 8, &begin.to_le_bytes());
+            put(&mut self.mem, d + 16, &next.to_le_bytes());
+        }
+
+        fn info(&mut self, id: u64, text_len: u16, ts: u64, caller: u32) {
+            let i = INFOS + (id % (1 << self.count_bits)) as usize * 88;
+            put(&mut self.mem, i, &self.seq.to_le_bytes());
+            put(&mut self.mem, i + 8, &ts.to_le_bytes());
+            put(&mut self.mem, i + 16, &text_len.to_le_bytes());
+            put(&mut self.mem, i + 20, &caller.to_le_bytes());
+        }
+
+        /// A record in `state` (2: finalized), its text in the data ring.
+        fn push(&mut self, text: &[u8], state: u64) -> u64 {
+            let id = self.next_id;
+            self.next_id = (id + 1) & DESC_ID_MASK;
+            let ring = 1u64 << self.size_bits;
+            let size = (8 + text.len() as u64).next_multiple_of(8);
+            let begin = self.head_lpos;
+            let mut next = begin + size;
+            if begin / ring != next / ring {
+                next = (next / ring) * ring + size;
+            }
+            let at = (next - size) % ring;
+            put(&mut self.mem, DATA + at as usize, &id.to_le_bytes());
+            put(&mut self.mem, DATA + at as usize + 8, text);
+            self.head_lpos = next;
+            self.desc(id, state, begin, next);
+            self.info(id, text.len() as u16, 1_000_000 * (self.seq + 1), 0x8000_0001);
+            self.seq += 1;
+            id
+        }
+
+        /// A data-less record (printk_ringbuffer.c FAILED_LPOS).
+        fn push_dataless(&mut self) -> u64 {
+            let id = self.next_id;
+            self.next_id = (id + 1) & DESC_ID_MASK;
+            self.desc(id, DESC_FINALIZED, 1, 1);
+            self.info(id, 0, 0, 0);
+            self.seq += 1;
+            id
+        }
+
+        fn ids(&mut self, tail: u64, head: u64) {
+            put(&mut self.mem, PRB + 24, &head.to_le_bytes());
+            put(&mut self.mem, PRB + 32, &tail.to_le_bytes());
+        }
+
+        /// Tail and head as the kernel keeps them: at most `count` descriptors.
+        fn finish(&mut self) {
+            let head = self.next_id.wrapping_sub(1) & DESC_ID_MASK;
+            let span = self.next_id.wrapping_sub(self.first_id) & DESC_ID_MASK;
+            let keep = span.min(1 << self.count_bits);
+            let tail = head.wrapping_sub(keep - 1) & DESC_ID_MASK;
+            self.ids(tail, head);
+        }
+
+        fn read(&self, extra: &str) -> Result<Vec<Record>, AnalysisError> {
+            let info = VmcoreInfo::parse(&format!("{PRB_INFO}{extra}SYMBOL(prb)={:x}\n", BASE + PRB_VAR as u64));
+            let sm = SliceMem::new(vec![(0, &self.mem)]);
+            read_log(&KernelMem::linear(&sm, BASE), &info)
+        }
+    }
+
+    fn texts(r: &[Record]) -> Vec<String> {
+        r.iter().map(|r| r.text_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn lockless_ring_with_wraparound() {
+        // 8 descriptors, 512 data bytes; IDs that cross DESC_ID_MASK.
+        let mut ring = Ring::new(3, 9, DESC_ID_MASK - 4);
+        for i in 0..13u32 {
+            ring.push(format!("message number {i:02}, some padding").as_bytes(), DESC_FINALIZED);
+        }
+        ring.push_dataless();
+        ring.push(b"committed, not yet finalized", DESC_COMMITTED);
+        ring.push(b"reserved: being written", 0);
+        ring.finish();
+        let recs = ring.read("").unwrap();
+        let mut want: Vec<String> = (8..13).map(|i| format!("message number {i:02}, some padding")).collect();
+        want.push("committed, not yet finalized".into());
+        assert_eq!(texts(&recs), want);
+        assert_eq!(recs[0].seq, 8);
+        assert_eq!(recs[0].ts_nsec, 9_000_000);
+        assert_eq!(recs[0].caller_id, 0x8000_0001);
+        assert_eq!(format_dmesg(&recs[..1]), "[    0.009000] message number 08, some padding\n");
+    }
+
+    #[test]
+    fn lockless_wrapped_block() {
+        // A block that would cross the end of a 64-byte ring is written at its start (over the
+        // first record, which the writer made reusable).
+        let mut ring = Ring::new(2, 6, 0);
+        let old = ring.push(b"0123456789abcdef", DESC_FINALIZED); // 24 bytes at 0
+        ring.push(b"0123456789abcdef01234567", DESC_FINALIZED); // 32 bytes at 24
+        let id = ring.push(b"wrapped text", DESC_FINALIZED); // 24 bytes: 56 wraps to 0
+        ring.desc(old, 3, 0, 24);
+        ring.finish();
+        let d = DESCS + id as usize * 24;
+        assert_eq!(le_u64(&ring.mem, (d + 8) as u64), Some(56));
+        assert_eq!(le_u64(&ring.mem, (d + 16) as u64), Some(64 + 24));
+        assert_eq!(texts(&ring.read("").unwrap()), ["0123456789abcdef01234567", "wrapped text"]);
+    }
+
+    #[test]
+    fn lockless_level_and_facility_where_vmcoreinfo_has_them() {
+        let mut ring = Ring::new(2, 8, 0);
+        let id = ring.push(b"x", DESC_FINALIZED);
+        put(&mut ring.mem, INFOS + id as usize * 88 + 18, &[3, 6]);
+        ring.finish();
+        let r = ring.read("OFFSET(printk_info.facility)=18\nOFFSET(printk_info.level)=19\n").unwrap();
+        assert_eq!((r[0].facility, r[0].level), (3, 6));
+        let r = ring.read("").unwrap();
+        assert_eq!((r[0].facility, r[0].level), (0, 0));
+    }
+
+    fn quick<T>(f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let v = f();
+        assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+        v
+    }
+
+    #[test]
+    fn lockless_hostile() {
+        let mut ring = Ring::new(3, 8, 0);
+        for i in 0..4 {
+            ring.push(format!("record {i}").as_bytes(), DESC_FINALIZED);
+        }
+        ring.finish();
+        assert_eq!(ring.read("").unwrap().len(), 4);
+
+        // text_len beyond the block: truncated to it (makedumpfile's "truncated messages").
+        let mut r = Ring { mem: ring.mem.clone(), ..Ring::new(3, 8, 0) };
+        put(&mut r.mem, INFOS + 16, &u16::MAX.to_le_bytes());
+        let recs = quick(|| r.read("")).unwrap();
+        assert_eq!(recs[0].text.len(), 16 - 8);
+        assert!(recs[0].text.starts_with(b"record 0"));
+
+        // A block whose next is below its begin and below the ID: no panic, bounded text.
+        put(&mut r.mem, DESCS + 8, &200u64.to_le_bytes());
+        put(&mut r.mem, DESCS + 16, &4u64.to_le_bytes());
+        let recs = quick(|| r.read("")).unwrap();
+        assert!(recs[0].text.len() <= 256);
+
+        // Huge count_bits, size_bits: refused without reading.
+        let mut r = Ring { mem: ring.mem.clone(), ..Ring::new(3, 8, 0) };
+        put(&mut r.mem, PRB, &63u32.to_le_bytes());
+        assert!(matches!(quick(|| r.read("")), Err(AnalysisError::Implausible(_))));
+        put(&mut r.mem, PRB, &20u32.to_le_bytes());
+        assert!(matches!(quick(|| r.read("")), Err(AnalysisError::Memory(_))));
+        let mut r = Ring { mem: ring.mem.clone(), ..Ring::new(3, 8, 0) };
+        put(&mut r.mem, PRB + 48, &40u32.to_le_bytes());
+        assert!(matches!(quick(|| r.read("")), Err(AnalysisError::Implausible(_))));
+
+        // IDs that never meet (tail after head, flag bits set): at most one pass of the ring.
+        for (tail, head) in [(5u64, 3u64), (0, 1 << 61), (u64::MAX, 7), (3 | 1 << 63, 3)] {
+            let mut r = Ring { mem: ring.mem.clone(), ..Ring::new(3, 8, 0) };
+            r.ids(tail, head);
+            let recs = quick(|| r.read("")).unwrap();
+            assert!(recs.len() <= 8, "{tail:#x}..{head:#x}: {}", recs.len());
+        }
+
+        // Absurd SIZE/OFFSET in VMCOREINFO, a prb that points nowhere.
+        assert!(ring.read("SIZE(prb_desc)=0\n").is_ok(), "the first of duplicate keys wins");
+        let mut r = Ring { mem: ring.mem.clone(), ..Ring::new(3, 8, 0) };
+        put(&mut r.mem, PRB_VAR, &0xdead_0000_0000u64.to_le_bytes());
+        assert!(matches!(quick(|| r.read("")), Err(AnalysisError::Memory(_))));
+        let info = VmcoreInfo::parse(&format!(
+            "{}SIZE(prb_desc)=99999999\nSYMBOL(prb)={:x}\n",
+            PRB_INFO.replace("SIZE(prb_desc)=24\n", ""),
+            BASE + PRB_VAR as u64
+        ));
+        let sm = SliceMem::new(vec![(0, &ring.mem)]);
+        assert!(matches!(read_log(&KernelMem::linear(&sm, BASE), &info), Err(AnalysisError::Implausible(_))));
+    }
+
+    const LOG_INFO: &str = "SIZE(printk_log)=16
+OFFSET(printk_log.ts_nsec)=0
+OFFSET(printk_log.len)=8
+OFFSET(printk_log.text_len)=10
+OFFSET(printk_log.dict_len)=12
+";
+    const LOG_BUF_VAR: usize = 0x100;
+    const LOG_BUF_LEN: usize = 0x108;
+    const FIRST: usize = 0x110;
+    const NEXT: usize = 0x118;
+    const LOG_BUF: usize = 0x1000;
+
+    /// A `struct printk_log` record at `at` in the buffer: header, text, dictionary, aligned to 8.
+    fn log_rec(mem: &mut [u8], at: usize, ts: u64, text: &[u8], dict: &[u8]) -> usize {
+        let len = (16 + text.len() + dict.len()).next_multiple_of(8);
+        let a = LOG_BUF + at;
+        put(mem, a, &ts.to_le_bytes());
+        put(mem, a + 8, &(len as u16).to_le_bytes());
+        put(mem, a + 10, &(text.len() as u16).to_le_bytes());
+        put(mem, a + 12, &(dict.len() as u16).to_le_bytes());
+        put(mem, a + 16, text);
+        put(mem, a + 16 + text.len(), dict);
+        at + len
+    }
+
+    fn read_log_buf_mem(mem: &[u8], first: u32, next: u32, len: i32) -> Result<Vec<Record>, AnalysisError> {
+        let mut mem = mem.to_vec();
+        put(&mut mem, LOG_BUF_VAR, &(BASE + LOG_BUF as u64).to_le_bytes());
+        put(&mut mem, LOG_BUF_LEN, &len.to_le_bytes());
+        put(&mut mem, FIRST, &first.to_le_bytes());
+        put(&mut mem, NEXT, &next.to_le_bytes());
+        let info = VmcoreInfo::parse(&format!(
+            "{LOG_INFO}SYMBOL(log_buf)={:x}\nSYMBOL(log_buf_len)={:x}\nSYMBOL(log_first_idx)={:x}\nSYMBOL(log_next_idx)={:x}\n",
+            BASE + LOG_BUF_VAR as u64,
+            BASE + LOG_BUF_LEN as u64,
+            BASE + FIRST as u64,
+            BASE + NEXT as u64
+        ));
+        let sm = SliceMem::new(vec![(0, &mem)]);
+        quick(|| read_log(&KernelMem::linear(&sm, BASE), &info))
+    }
+
+    #[test]
+    fn log_buf_with_wraparound() {
+        let mut mem = vec![0u8; 0x2000];
+        // 128 bytes: A at 48, the end-of-buffer marker (len 0) at 96, then B at 0.
+        let end = log_rec(&mut mem, 48, 1_500_000_000, b"first\nsecond line", b"SUBSYSTEM=pci");
+        assert_eq!(end, 96);
+        let next = log_rec(&mut mem, 0, 2_000_001_000, b"after the wrap", b"");
+        let recs = read_log_buf_mem(&mem, 48, next as u32, 128).unwrap();
+        assert_eq!(texts(&recs), ["first\nsecond line", "after the wrap"]);
+        assert_eq!(
+            format_dmesg(&recs),
+            "[    1.500000] first\n               second line\n[    2.000001] after the wrap\n"
+        );
+        // Empty: first == next.
+        assert!(read_log_buf_mem(&mem, 48, 48, 128).unwrap().is_empty());
+    }
+
+    #[test]
+    fn log_buf_hostile() {
+        let mut mem = vec![0u8; 0x2000];
+        let end = log_rec(&mut mem, 0, 1, b"one", b"");
+        // A zero-length record: read the one at the start again and go after it, forever.
+        put(&mut mem, LOG_BUF + end + 8, &0u16.to_le_bytes());
+        let recs = read_log_buf_mem(&mem, 0, 100, 128).unwrap();
+        assert!(recs.len() <= 2);
+        // text_len beyond the buffer.
+        put(&mut mem, LOG_BUF + 10, &u16::MAX.to_le_bytes());
+        let recs = read_log_buf_mem(&mem, 0, 100, 128).unwrap();
+        assert_eq!(recs[0].text.len(), 128 - 16);
+        // log_buf_len and first index out of range.
+        assert!(matches!(read_log_buf_mem(&mem, 0, 8, -1), Err(AnalysisError::Implausible(_))));
+        assert!(matches!(read_log_buf_mem(&mem, 0, 8, i32::MAX), Err(AnalysisError::Implausible(_))));
+        assert!(matches!(read_log_buf_mem(&mem, 120, 8, 128), Err(AnalysisError::Implausible(_))));
+        // A buffer past the memory.
+        assert!(matches!(read_log_buf_mem(&mem, 0, 8, 1 << 20), Err(AnalysisError::Memory(_))));
+    }
+
+    #[test]
+    fn plain_text_log_buf_is_not_read() {
+        let info = VmcoreInfo::parse("SYMBOL(log_buf)=1000\nSYMBOL(log_buf_len)=1008\nSYMBOL(log_end)=1010\n");
+        let mem = vec![0u8; 16];
+        let sm = SliceMem::new(vec![(0, &mem)]);
+        assert!(matches!(read_log(&KernelMem::linear(&sm, 0), &info), Err(AnalysisError::Missing(_))));
+        assert!(matches!(read_log(&KernelMem::linear(&sm, 0), &VmcoreInfo::parse("")), Err(AnalysisError::Missing(_))));
+    }
 
     #[test]
     fn formats_as_makedumpfile() {
