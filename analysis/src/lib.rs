@@ -22,6 +22,7 @@ pub mod crashnotes;
 pub mod identity;
 pub mod kallsyms;
 pub mod kmem;
+pub mod modules;
 pub mod orc;
 pub mod panic;
 pub mod printk;
@@ -151,9 +152,12 @@ pub fn analyze<M: kdump::PhysMem + ?Sized>(input: &Input<'_, M>) -> Output {
             };
             a.cpus.push(unwind::cpu_stack(&kmem, syms, orc.as_ref(), &regs, source));
         }
-        match tasks::blocked(&kmem, info, syms) {
-            Ok(t) => a.blocked_tasks = t,
-            Err(e) => unread(&mut a.unread, "blocked tasks", chain(&e)),
+        match btf::Btf::read(&kmem, syms) {
+            Ok(btf) => match tasks::blocked(&kmem, syms, &btf, orc.as_ref()) {
+                Ok(t) => a.blocked_tasks = t,
+                Err(e) => unread(&mut a.unread, "blocked tasks", chain(&e)),
+            },
+            Err(e) => unread(&mut a.unread, "btf", chain(&e)),
         }
     }
     Output { analysis: a, log }
