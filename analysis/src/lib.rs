@@ -22,6 +22,7 @@ pub mod crashnotes;
 pub mod identity;
 pub mod kallsyms;
 pub mod kmem;
+pub mod modules;
 pub mod orc;
 pub mod panic;
 pub mod printk;
@@ -176,6 +177,14 @@ pub fn analyze_kernel<M: kdump::PhysMem + ?Sized>(
     a.unread.append(&mut why);
     a.panic = panic::from_log(&log);
     if let Some(syms) = &syms {
+        // The kernel's types: task and module layouts.
+        let btf = match btf::Btf::read(kmem, syms) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                unread(&mut a.unread, "btf", chain(&e));
+                None
+            }
+        };
         let orc = match orc::Orc::read(kmem, syms) {
             Ok(o) => Some(o),
             Err(e) => {
@@ -195,11 +204,18 @@ pub fn analyze_kernel<M: kdump::PhysMem + ?Sized>(
                 None => CpuStack { cpu, note: Some("no registers".into()), ..Default::default() },
             };
             stack.running = running(&stack);
+            if let Some((pid, comm)) = btf.as_ref().and_then(|b| tasks::current(kmem, syms, b, cpu)) {
+                stack.pid = Some(pid);
+                stack.comm = Some(comm);
+            }
             a.cpus.push(stack);
         }
-        match tasks::blocked(kmem, info, syms) {
-            Ok(t) => a.blocked_tasks = t,
-            Err(e) => unread(&mut a.unread, "blocked tasks", chain(&e)),
+        match &btf {
+            Some(btf) => match tasks::blocked(kmem, syms, btf, orc.as_ref()) {
+                Ok(t) => a.blocked_tasks = t,
+                Err(e) => unread(&mut a.unread, "blocked tasks", chain(&e)),
+            },
+            None => unread(&mut a.unread, "blocked tasks", "no BTF"),
         }
     }
     Output { analysis: a, log }
