@@ -63,6 +63,39 @@ fn main() {
     let took = t.elapsed();
     if dmesg {
         print!("{}", out.dmesg());
+    } else if args.iter().any(|a| a == "--brief") {
+        let a = &out.analysis;
+        println!("identity {:?}", a.identity);
+        println!("panic {:?}", a.panic);
+        for c in &a.cpus {
+            println!(
+                "CPU {} ({}, {}) running {:?} pid {:?} {:?} {:?}",
+                c.cpu, c.registers, c.unwinder, c.running, c.pid, c.comm, c.note
+            );
+            for f in &c.frames {
+                let m = f.module.as_deref().map(|m| format!(" [{m}]")).unwrap_or_default();
+                println!(
+                    "   {}{}{m} ({}) {}",
+                    if f.reliable { "" } else { "? " },
+                    f.symbol.as_deref().unwrap_or(&f.address),
+                    f.stack.as_deref().unwrap_or("-"),
+                    f.slot.as_deref().unwrap_or("")
+                );
+            }
+        }
+        for t in &a.blocked_tasks {
+            println!(
+                "blocked {} {} {}: {:?}",
+                t.pid,
+                t.comm,
+                t.state,
+                t.frames.iter().filter_map(|f| f.function.as_deref()).collect::<Vec<_>>()
+            );
+        }
+        for u in &a.unread {
+            println!("unread {}: {}", u.what, u.why);
+        }
+        eprintln!("analysis took {took:?} ({} log records)", out.log.len());
     } else {
         println!("{:#?}", out.analysis);
         eprintln!("analysis took {took:?} ({} log records)", out.log.len());

@@ -62,6 +62,8 @@ pub struct Kallsyms {
     /// Whether data symbols are in the table (CONFIG_KALLSYMS_ALL): `is_ksym_addr` then takes
     /// everything in `[_stext, _end)`.
     all: bool,
+    /// The loaded modules' symbols, for addresses outside the kernel image.
+    modules: Option<crate::modules::Modules>,
 }
 
 /// `len` bytes at `va`, read in pieces; with `partial`, a failing piece ends the read early
@@ -212,8 +214,19 @@ impl Kallsyms {
             raw.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect()
         };
 
-        let mut k =
-            Kallsyms { names, ends, addrs, types, stext: 0, etext: 0, sinittext: 0, einittext: 0, end: 0, all: false };
+        let mut k = Kallsyms {
+            names,
+            ends,
+            addrs,
+            types,
+            stext: 0,
+            etext: 0,
+            sinittext: 0,
+            einittext: 0,
+            end: 0,
+            all: false,
+            modules: None,
+        };
         k.stext = k.lookup("_stext").unwrap_or(0);
         k.etext = k.lookup("_etext").unwrap_or(0);
         k.sinittext = k.lookup("_sinittext").unwrap_or(0);
@@ -327,7 +340,7 @@ impl Kallsyms {
     /// `_einittext`/`_end`/`_etext` after the last one). Module addresses: `None`.
     pub fn symbolize(&self, addr: u64) -> Option<Symbol> {
         if !self.is_ksym_addr(addr) {
-            return None;
+            return self.modules.as_ref().and_then(|m| m.symbolize(addr));
         }
         let i = self.pos(addr)?;
         let start = *self.addrs.get(i)?;
@@ -349,6 +362,16 @@ impl Kallsyms {
         })
     }
 
+    /// Symbolize module addresses too, from now on.
+    pub fn set_modules(&mut self, modules: crate::modules::Modules) {
+        self.modules = Some(modules);
+    }
+
+    /// Whether `addr` is in a loaded module's text.
+    pub fn is_module_text(&self, addr: u64) -> bool {
+        self.modules.as_ref().is_some_and(|m| m.is_text(addr))
+    }
+
     /// The symbol's type character at `addr` (of the first alias), for core kernel addresses.
     pub fn type_at(&self, addr: u64) -> Option<u8> {
         if !self.is_ksym_addr(addr) {
@@ -360,7 +383,7 @@ impl Kallsyms {
     /// Whether `addr` is kernel text as the stack scan takes it: in `_stext.._etext` or the
     /// init text, and in a `t`/`T` symbol.
     pub fn is_text_addr(&self, addr: u64) -> bool {
-        self.is_kernel_text(addr) && matches!(self.type_at(addr), Some(b't' | b'T'))
+        (self.is_kernel_text(addr) && matches!(self.type_at(addr), Some(b't' | b'T'))) || self.is_module_text(addr)
     }
 }
 

@@ -115,7 +115,8 @@ pub const MAX_CPUS: u32 = 1024;
 /// frames cross from that stack to the one it interrupted; else its innermost frame's.
 pub fn running(stack: &CpuStack) -> Option<String> {
     let reliable = || stack.frames.iter().filter(|f| f.reliable);
-    let on_nmi = |f: &Frame| f.stack.as_deref().is_some_and(|s| s == "nmi" || s == "exception");
+    // An exception stack (NMI, #DF, #MC, ...): not the task's or the IRQ stack.
+    let on_nmi = |f: &Frame| f.stack.as_deref().is_some_and(|s| s != "task" && s != "IRQ");
     if reliable().next().is_some_and(on_nmi) {
         if let Some(f) = reliable().find(|f| !on_nmi(f)) {
             return f.function.clone();
@@ -165,7 +166,7 @@ pub fn analyze_kernel<M: kdump::PhysMem + ?Sized>(
         }
     };
     a.log_records = log.len() as u64;
-    let syms = match kallsyms::Kallsyms::read(kmem, info) {
+    let mut syms = match kallsyms::Kallsyms::read(kmem, info) {
         Ok(s) => Some(s),
         Err(e) => {
             unread(&mut a.unread, "kallsyms", chain(&e));
@@ -176,15 +177,18 @@ pub fn analyze_kernel<M: kdump::PhysMem + ?Sized>(
     a.identity = Some(identity);
     a.unread.append(&mut why);
     a.panic = panic::from_log(&log);
+    // The kernel's types: task and module layouts.
+    let btf = syms
+        .as_ref()
+        .map(|syms| btf::Btf::read(kmem, syms))
+        .and_then(|b| b.map_err(|e| unread(&mut a.unread, "btf", chain(&e))).ok());
+    if let (Some(syms), Some(btf)) = (syms.as_mut(), &btf) {
+        match modules::Modules::read(kmem, syms, btf) {
+            Ok(m) => syms.set_modules(m),
+            Err(e) => unread(&mut a.unread, "modules", chain(&e)),
+        }
+    }
     if let Some(syms) = &syms {
-        // The kernel's types: task and module layouts.
-        let btf = match btf::Btf::read(kmem, syms) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                unread(&mut a.unread, "btf", chain(&e));
-                None
-            }
-        };
         let orc = match orc::Orc::read(kmem, syms) {
             Ok(o) => Some(o),
             Err(e) => {

@@ -58,6 +58,10 @@ impl Region {
     fn contains(&self, addr: u64) -> bool {
         self.base != 0 && addr.wrapping_sub(self.base) < self.size
     }
+
+    fn text_contains(&self, addr: u64) -> bool {
+        self.base != 0 && addr.wrapping_sub(self.base) < self.text_size.min(self.size)
+    }
 }
 
 /// A loaded module.
@@ -264,6 +268,11 @@ impl Modules {
     }
 
     /// `addr`'s symbol in a module, as the kernel's `find_kallsyms_symbol` finds it.
+    /// Whether `addr` is in a module's text (core or init).
+    pub fn is_text(&self, addr: u64) -> bool {
+        self.modules.iter().any(|m| m.core.text_contains(addr) || m.init.text_contains(addr))
+    }
+
     pub fn symbolize(&self, addr: u64) -> Option<Symbol> {
         let m = self.module_of(addr)?;
         let region = if m.init.contains(addr) { m.init } else { m.core };

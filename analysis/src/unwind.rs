@@ -159,7 +159,8 @@ fn read_stack<M: PhysMem + ?Sized>(kmem: &KernelMem<'_, M>, start: u64, top: u64
     Ok(out)
 }
 
-fn frame(syms: &Kallsyms, addr: u64, signal: bool, reliable: bool, stack: Option<&str>) -> Frame {
+/// `slot`: where on the stack a return address was read (none for a register's IP).
+fn frame(syms: &Kallsyms, addr: u64, signal: bool, reliable: bool, stack: Option<&str>, slot: Option<u64>) -> Frame {
     // A return address is printed as `%pB` (its call's symbol: `addr - 1`), an interrupted IP
     // as `%pS` (lib/vsprintf.c `symbol_string`, kernel/kallsyms.c `sprint_backtrace`).
     let sym = if signal {
@@ -177,6 +178,7 @@ fn frame(syms: &Kallsyms, addr: u64, signal: bool, reliable: bool, stack: Option
         module: sym.and_then(|s| s.module),
         reliable,
         stack: stack.map(str::to_string),
+        slot: slot.map(|a| format!("{a:#x}")),
     }
 }
 
@@ -241,7 +243,7 @@ fn orc_walk<M: PhysMem + ?Sized>(
     let mut bp = regs.rbp;
     let mut at = RegsAt::Initial;
     let mut signal = true;
-    let mut frames = vec![frame(syms, ip, true, true, stacks.label(sp))];
+    let mut frames = vec![frame(syms, ip, true, true, stacks.label(sp), None)];
     let mut switches = 0usize;
     let mut resumes = 0usize;
     let mut note = None;
@@ -335,7 +337,7 @@ fn orc_walk<M: PhysMem + ?Sized>(
                 match found {
                     Some((slot, ret)) => {
                         resumes += 1;
-                        frames.push(frame(syms, ret, false, target.is_some(), stacks.label(slot)));
+                        frames.push(frame(syms, ret, false, target.is_some(), stacks.label(slot), Some(slot)));
                         note = Some(format!("{why}: resumed at the return address at {slot:#x}"));
                         ip = ret;
                         sp = slot.wrapping_add(8);
@@ -381,7 +383,7 @@ fn orc_walk<M: PhysMem + ?Sized>(
             }
         }
         let where_ = if new_signal { new_sp } else { new_sp.wrapping_sub(8) };
-        frames.push(frame(syms, new_ip, new_signal, true, stacks.label(where_)));
+        frames.push(frame(syms, new_ip, new_signal, true, stacks.label(where_), (!new_signal).then_some(where_)));
         ip = new_ip;
         sp = new_sp;
         bp = new_bp;
@@ -442,7 +444,7 @@ fn is_indirect_call(b: &[u8]) -> bool {
 /// Every kernel text address on the stack from `rsp` to the end of its THREAD_SIZE-aligned
 /// block, unreliable, after the IP itself.
 fn scan<M: PhysMem + ?Sized>(kmem: &KernelMem<'_, M>, syms: &Kallsyms, regs: &Regs, stacks: &Stacks) -> Unwound {
-    let mut frames = vec![frame(syms, regs.rip, true, true, stacks.label(regs.rsp))];
+    let mut frames = vec![frame(syms, regs.rip, true, true, stacks.label(regs.rsp), None)];
     let start = regs.rsp & !7;
     let top = (start | (THREAD_SIZE - 1)).wrapping_add(1);
     let data = match read_stack(kmem, start, top) {
@@ -455,7 +457,14 @@ fn scan<M: PhysMem + ?Sized>(kmem: &KernelMem<'_, M>, syms: &Kallsyms, regs: &Re
         }
         let v = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
         if syms.is_text_addr(v) {
-            frames.push(frame(syms, v, false, false, stacks.label(start.wrapping_add(8 * i as u64))));
+            frames.push(frame(
+                syms,
+                v,
+                false,
+                false,
+                stacks.label(start.wrapping_add(8 * i as u64)),
+                Some(start.wrapping_add(8 * i as u64)),
+            ));
         }
     }
     Unwound { frames, unwinder: "scan", note: None }

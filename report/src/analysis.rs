@@ -103,6 +103,9 @@ pub struct Frame {
     pub reliable: bool,
     /// The stack it is on: `task`, `irq`, `nmi`, `exception`, ... where known.
     pub stack: Option<String>,
+    /// Where on the stack its return address was read, hex (what `crash`'s `bt` shows in
+    /// brackets); none for an instruction pointer from registers.
+    pub slot: Option<String>,
 }
 
 /// A task, for hangs.
