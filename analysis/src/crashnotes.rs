@@ -48,7 +48,7 @@ pub fn prstatus_regs(desc: &[u8]) -> Option<(u32, VcpuRegs)> {
     };
     let cs = r(17)? as u16;
     let gs_base = r(22)?;
-    Some((pid, VcpuRegs { cpu: 0, regs, cs, gs_base }))
+    Some((pid, VcpuRegs { cpu: 0, regs, cs, gs_base, source: "crash_notes" }))
 }
 
 /// `sizeof(note_buf_t)`: `CRASH_CORE_NOTE_BYTES` (include/linux/crash_core.h): two note

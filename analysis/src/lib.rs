@@ -65,6 +65,8 @@ pub struct VcpuRegs {
     pub cs: u16,
     /// The kernel's GS base (per-CPU area) when the vCPU was in kernel mode.
     pub gs_base: u64,
+    /// When they were read, for the report's `registers` (`vcpu` when empty).
+    pub source: &'static str,
 }
 
 /// What the analysis is given.
@@ -202,7 +204,9 @@ pub fn analyze_kernel<M: kdump::PhysMem + ?Sized>(
             // The kernel's own record of where a CPU was when it went to its crash kernel wins:
             // the vCPU's registers are the crash kernel's by now (or a halt loop's).
             let saved = saved.get(cpu as usize).copied().flatten().map(|r| (VcpuRegs { cpu, ..r }, "crash_notes"));
-            let ours = || vcpus.iter().find(|v| v.cpu == cpu).map(|v| (*v, "vcpu"));
+            let ours = || {
+                vcpus.iter().find(|v| v.cpu == cpu).map(|v| (*v, if v.source.is_empty() { "vcpu" } else { v.source }))
+            };
             let mut stack = match saved.or_else(ours) {
                 Some((regs, source)) => unwind::cpu_stack(kmem, syms, orc.as_ref(), &regs, source),
                 None => CpuStack { cpu, note: Some("no registers".into()), ..Default::default() },

@@ -92,8 +92,8 @@ fuzz_target!(|data: &[u8]| {
     let kmem = KernelMem::linear(&ram, BASE);
     let regs = |n: usize| Regs { rip: at(n), rsp: at(n + 1), rbp: at(n + 2), ..Default::default() };
     let vcpus = [
-        VcpuRegs { cpu: 0, regs: regs(10), cs: 0x10, gs_base: at(13) },
-        VcpuRegs { cpu: 1, regs: regs(13), cs: 0x10, gs_base: at(15) },
+        VcpuRegs { cpu: 0, regs: regs(10), cs: 0x10, gs_base: at(13), source: "vcpu" },
+        VcpuRegs { cpu: 1, regs: regs(13), cs: 0x10, gs_base: at(15), source: "vcpu" },
     ];
     let out = analyze_kernel(&kmem, &info, &vcpus, 2);
     let _ = out.dmesg();

@@ -258,24 +258,58 @@ fn check_analysis(dir: &Path, vmcore: &Path, their_dmesg: &Path, out: &Path, pan
     assert!(a["duration_us"].as_u64().is_some(), "{a}");
     let cpu = a["panic"]["cpu"].as_u64().unwrap_or_else(|| panic!("{}", fail(format!("no panicking CPU: {a}"))));
     let stack = a["cpus"].as_array().unwrap().iter().find(|c| c["cpu"] == cpu).unwrap();
-    let ours: Vec<&str> = stack["frames"]
+    let hex = |v: &Value| v.as_str().and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok());
+    // (where on the stack its return address is, function), innermost first; the first frame
+    // is the registers' own instruction pointer (no slot).
+    let ours: Vec<(Option<u64>, &str)> = stack["frames"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|f| f["reliable"] == true)
-        .filter_map(|f| f["function"].as_str())
+        .filter_map(|f| Some((hex(&f["slot"]), f["function"].as_str()?)))
         .collect();
+    let names: Vec<&str> = ours.iter().map(|f| f.1).collect();
     for f in functions {
-        assert!(ours.contains(f), "{}", fail(format!("{f} not in CPU {cpu}'s frames {ours:?}")));
+        assert!(names.contains(f), "{}", fail(format!("{f} not in CPU {cpu}'s frames {names:?}")));
     }
+    // crash's bt, frame by frame against ours: the same function at the same stack slot, over
+    // the stack both cover (crash starts deeper than the registers the kernel saved for its
+    // crash kernel, at `machine_kexec`; without registers, a host-side dump of a vCPU KVM had
+    // reset, it starts where its search of the task's stack does, and ours deeper, where the
+    // vCPU reported the crash). crash also lists stale return addresses left between two real
+    // frames (its `bt -o` "potentially stale" entries): those are dropped, and shown. Nothing
+    // else may differ: each of our frames in that range is crash's at the same slot, and crash
+    // has none past our last.
     let theirs = crash_bt(vmcore, out);
-    assert_eq!(ours, theirs, "{}", fail(format!("CPU {cpu}'s frames (left) against crash's bt (right)")));
+    let slots: Vec<u64> = ours.iter().filter_map(|f| f.0).collect();
+    let last = slots.last().copied().unwrap_or(0);
+    let lo = slots.first().copied().unwrap_or(0).max(theirs.first().map_or(0, |f| f.0));
+    let mine: Vec<(u64, &str)> = ours.iter().filter_map(|f| Some((f.0?, f.1))).filter(|f| f.0 >= lo).collect();
+    let mut matched = Vec::new();
+    let mut dropped = Vec::new();
+    for (slot, func) in &theirs {
+        match mine.iter().find(|f| f.0 == *slot) {
+            Some(f) => {
+                assert_eq!(f.1, func, "{}", fail(format!("slot {slot:#x}: ours {}, crash's {func}", f.1)));
+                matched.push((*slot, func.as_str()));
+            }
+            None if *slot <= last => dropped.push(format!("{func}@{slot:#x}")),
+            None => panic!("{}", fail(format!("crash's {func} at {slot:#x} is past our frames {ours:?}"))),
+        }
+    }
+    assert!(mine.len() >= 3, "{}", fail(format!("too few frames in common with crash: {mine:?}")));
+    assert_eq!(matched, mine, "{}", fail(format!("CPU {cpu}'s frames (right) against crash's bt (left)")));
+    eprintln!(
+        "analysis: {} frames as crash's bt has them; crash's entries not frames (deeper, or stale): {dropped:?}",
+        mine.len()
+    );
     eprintln!("analysis: {} log records, frames {ours:?}, in {} us", a["log_records"], a["duration_us"]);
     report
 }
 
-/// The function names of `crash`'s `bt` (the panicking task), innermost first.
-fn crash_bt(vmcore: &Path, out: &Path) -> Vec<String> {
+/// `crash`'s `bt` of the panicking task, innermost first: each frame's stack slot (where its
+/// return address is) and function.
+fn crash_bt(vmcore: &Path, out: &Path) -> Vec<(u64, String)> {
     let vmlinux = Setup::from_env().guest_vmlinux().unwrap_or_else(|e| panic!("{e}"));
     let cmds = out.join("crash-bt-commands");
     std::fs::write(&cmds, "bt\nq\n").unwrap();
@@ -285,13 +319,13 @@ fn crash_bt(vmcore: &Path, out: &Path) -> Vec<String> {
     std::fs::write(out.join("crash-bt.txt"), &text).unwrap();
     assert!(r.status.success(), "crash failed ({}):\n{text}", r.status);
     // ` #3 [ffffc900001dbd58] sysrq_handle_crash at ffffffff816c3c2a`
-    let frames: Vec<String> = text
+    let frames: Vec<(u64, String)> = text
         .lines()
         .filter_map(|l| {
-            let l = l.trim_start();
-            let rest = l.strip_prefix('#')?.split_once("] ")?.1;
+            let (slot, rest) = l.trim_start().strip_prefix('#')?.split_once(" [")?.1.split_once("] ")?;
             let (func, at) = rest.split_once(' ')?;
-            at.starts_with("at ").then(|| func.to_string())
+            let slot = u64::from_str_radix(slot, 16).ok()?;
+            at.starts_with("at ").then(|| (slot, func.to_string()))
         })
         .collect();
     assert!(!frames.is_empty(), "no frames in crash's bt:\n{text}");

@@ -68,8 +68,10 @@ pub struct Panic {
 #[serde(default)]
 pub struct CpuStack {
     pub cpu: u32,
-    /// Where its registers came from: `crash_notes` (saved by the kernel on its way to the
-    /// crash kernel) or `vcpu` (crashvmm's, at the crash).
+    /// Where its registers came from: `crash_notes` (saved by the kernel for its crash kernel,
+    /// on the way to it or when it stopped the other CPUs), `vcpu_at_report` (read by crashvmm
+    /// when this vCPU reported the crash: pvpanic, the Hyper-V crash MSRs) or `vcpu` (read when
+    /// crashvmm stopped it).
     pub registers: String,
     /// The instruction pointer, hex.
     pub ip: String,

@@ -197,6 +197,9 @@ struct VcpuSlot {
     /// The watchdog wants a sample; the latest sample.
     sample_wanted: bool,
     sample: Option<Sample>,
+    /// The registers it had when it last reported a crash (pvpanic, the Hyper-V crash MSRs),
+    /// read on its own thread before the report went out.
+    reported: Option<VcpuState>,
     /// Stopped (paused, or its thread ended) with the registers it had.
     stopped: Option<VcpuState>,
 }
@@ -287,6 +290,16 @@ impl VcpuControl {
     /// The registers the stopped vCPUs saved, in vCPU order.
     pub fn snapshots(&self) -> Vec<VcpuState> {
         self.lock().vcpus.iter().filter_map(|s| s.stopped).collect()
+    }
+
+    /// The registers of the vCPUs that reported a crash, as they were at their report.
+    pub fn reported(&self) -> Vec<VcpuState> {
+        self.lock().vcpus.iter().filter_map(|s| s.reported).collect()
+    }
+
+    /// vCPU `id` reports a crash with these registers (its thread, before it sends the report).
+    pub fn put_reported(&self, id: u32, state: VcpuState) {
+        self.with_slot(id, |s| s.reported = Some(state));
     }
 
     // The vCPU threads' side: each calls these for its own `id` between runs.

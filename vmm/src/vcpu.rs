@@ -53,6 +53,12 @@ pub enum ExitAction {
     Hypercall,
     /// This VP's SynIC changed: deliver its queued messages.
     Deliver,
+    /// The guest reported a crash (pvpanic, the Hyper-V crash MSRs; its event is recorded, at
+    /// `at`): read this vCPU's registers (where the kernel's panic path is), then send it.
+    Report {
+        signal: CrashSignal,
+        at: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 /// Rate-limited reporting of accesses nothing handles: debug for ports and MMIO (first access
@@ -132,6 +138,10 @@ impl VmControl for ExitContext {
     fn snapshots(&self) -> Vec<VcpuState> {
         self.control.snapshots()
     }
+
+    fn reported(&self) -> Vec<VcpuState> {
+        self.control.reported()
+    }
 }
 
 impl ExitContext {
@@ -153,8 +163,9 @@ impl ExitContext {
     }
 
     /// One time for the event and the signal: the crash's detection says when its cause was
-    /// seen, which is this event's `ts`.
-    fn pvpanic(&self, vcpu: u32, bits: u8) {
+    /// seen, which is this event's `ts`. The signal goes out from the vCPU loop
+    /// ([`ExitAction::Report`]), with the registers read first.
+    fn pvpanic(&self, vcpu: u32, bits: u8) -> ExitAction {
         let at = chrono::Utc::now();
         let e = devices::pvpanic::PvPanicEvents::from_bits(bits);
         let event =
@@ -162,7 +173,12 @@ impl ExitContext {
         if self.events.emit_at(event, at) {
             log::warn!("vCPU {vcpu}: pvpanic event {bits:#x}");
         }
-        self.signals.send_at(CrashSignal::PvPanic { vcpu, bits }, at);
+        ExitAction::Report { signal: CrashSignal::PvPanic { vcpu, bits }, at }
+    }
+
+    /// Send a crash report the vCPU loop holds ([`ExitAction::Report`]).
+    fn report(&self, signal: CrashSignal, at: chrono::DateTime<chrono::Utc>) {
+        self.signals.send_at(signal, at);
     }
 
     fn rdmsr(&self, vcpu: u32, index: u32, unhandled: &mut UnhandledLog) -> Option<u64> {
@@ -219,8 +235,10 @@ impl ExitContext {
                         log::warn!("vCPU {vcpu}: crash message: {e}");
                     }
                 }
-                self.signals.send_at(CrashSignal::HvCrash { vcpu, params: report.params, message: report.message }, at);
-                ExitAction::Continue
+                ExitAction::Report {
+                    signal: CrashSignal::HvCrash { vcpu, params: report.params, message: report.message },
+                    at,
+                }
             }
             HvEvent::Teardown => {
                 // Whatever is still queued was meant for the kernel that is going away.
@@ -257,10 +275,7 @@ fn request_to_action(ctx: &ExitContext, vcpu: u32, req: VmRequest) -> ExitAction
     match req {
         VmRequest::PowerOff => ExitAction::Stop(VmExit::PowerOff),
         VmRequest::Reset(src) => ExitAction::Stop(VmExit::Reset(src)),
-        VmRequest::PvPanic { bits } => {
-            ctx.pvpanic(vcpu, bits);
-            ExitAction::Continue
-        }
+        VmRequest::PvPanic { bits } => ctx.pvpanic(vcpu, bits),
     }
 }
 
@@ -490,6 +505,12 @@ pub fn run_vcpu(id: u32, mut fd: VcpuFd, vm: Arc<VmFd>, ctx: Arc<ExitContext>, s
         match action {
             ExitAction::Continue => {}
             ExitAction::Deliver => deliver(id, &vm, &ctx),
+            ExitAction::Report { signal, at } => {
+                // Where the guest's panic path is, before anything acts on the report (the
+                // crash analysis's registers for this vCPU when the kernel saves none itself).
+                ctx.control.put_reported(id, vcpu_state(id, &fd));
+                ctx.report(signal, at);
+            }
             ExitAction::Hypercall => {
                 if let Err(e) = hypercall(id, &fd, &ctx) {
                     state.request(VmExit::KvmFailure { vcpu: id, detail: format!("hypercall registers: {e}") });
@@ -607,7 +628,7 @@ mod tests {
     fn wrmsr(ctx: &ExitContext, vcpu: u32, index: u32, data: u64) -> (ExitAction, u8) {
         let mut error = 0u8;
         let exit = VcpuExit::X86Wrmsr(WriteMsrExit { error: &mut error, reason: MsrExitReason::Filter, index, data });
-        let action = handle_exit(vcpu, exit, ctx, &mut UnhandledLog::default());
+        let action = handled(vcpu, exit, ctx);
         (action, error)
     }
 
@@ -636,6 +657,15 @@ mod tests {
         assert_eq!(drained(&c), vec![CrashSignal::TripleFault { vcpu: 2 }]);
     }
 
+    /// `handle_exit`, and a report sent as the vCPU loop sends it (no registers here).
+    fn handled(vcpu: u32, exit: VcpuExit, c: &ExitContext) -> ExitAction {
+        let action = handle_exit(vcpu, exit, c, &mut UnhandledLog::default());
+        if let ExitAction::Report { signal, at } = &action {
+            c.report(signal.clone(), *at);
+        }
+        action
+    }
+
     /// The queued signals without their times.
     fn drained(c: &ExitContext) -> Vec<CrashSignal> {
         c.signals.drain().into_iter().map(|(t, _)| t.signal).collect()
@@ -644,10 +674,10 @@ mod tests {
     #[test]
     fn pvpanic_write_becomes_a_signal() {
         let c = ctx(false);
-        assert_eq!(
-            handle_exit(1, VcpuExit::IoOut(0x505, &[2]), &c, &mut UnhandledLog::default()),
-            ExitAction::Continue
-        );
+        assert!(matches!(
+            handled(1, VcpuExit::IoOut(0x505, &[2]), &c),
+            ExitAction::Report { signal: CrashSignal::PvPanic { vcpu: 1, bits: 2 }, .. }
+        ));
         let signals = c.signals.drain();
         assert_eq!(
             signals.iter().map(|(t, _)| t.signal.clone()).collect::<Vec<_>>(),
@@ -669,7 +699,7 @@ mod tests {
     fn a_pvpanic_flood_is_bounded() {
         let c = ctx(false);
         for i in 0..100_000u32 {
-            handle_exit(0, VcpuExit::IoOut(0x505, &[i as u8]), &c, &mut UnhandledLog::default());
+            handled(0, VcpuExit::IoOut(0x505, &[i as u8]), &c);
         }
         c.events.flush_suppressed();
         let lines = c.events.since(0);

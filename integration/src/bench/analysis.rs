@@ -149,13 +149,13 @@ fn measure_size(vmcore: &Path, gib: u64, quick: bool) -> Result<AnalysisSize, St
     let mut s = AnalysisSize { gib, ..Default::default() };
     for _ in 0..reps {
         let t = Instant::now();
-        let r = vmm::crash::triage::run(&mem, &[], 2, Some(&text)).map_err(|e| e.to_string())?;
+        let r = vmm::crash::triage::run(&mem, &[], &[], 2, Some(&text)).map_err(|e| e.to_string())?;
         s.with_vmcoreinfo_ms.push(ms(t));
         s.log_records = r.analysis.log_records;
         s.cpus = r.analysis.cpus.len();
         s.frames = r.analysis.cpus.iter().map(|c| c.frames.len()).sum();
         let t = Instant::now();
-        vmm::crash::triage::run(&mem, &[], 2, None).map_err(|e| e.to_string())?;
+        vmm::crash::triage::run(&mem, &[], &[], 2, None).map_err(|e| e.to_string())?;
         s.scan_ms.push(ms(t));
     }
     progress(format!(

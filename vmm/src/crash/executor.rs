@@ -60,6 +60,9 @@ pub trait VmControl {
     fn inject_nmi(&self, vcpu: u32);
     /// The registers of the stopped vCPUs, in vCPU order.
     fn snapshots(&self) -> Vec<VcpuState>;
+    /// The registers of the vCPUs that reported a crash (pvpanic, the Hyper-V crash MSRs), as
+    /// each read them at its report.
+    fn reported(&self) -> Vec<VcpuState>;
 }
 
 /// The VM as the executor holds it: shared with the thread that writes a vmcore.
@@ -845,7 +848,7 @@ impl CrashHandling {
         if record.vcpus.is_empty() {
             record.vcpus = vm.snapshots();
         }
-        match super::triage::run(vm.memory(), &record.vcpus, vm.vcpus(), record.vmcoreinfo.as_deref()) {
+        match super::triage::run(vm.memory(), &record.vcpus, &vm.reported(), vm.vcpus(), record.vmcoreinfo.as_deref()) {
             Ok(t) => {
                 log::info!(
                     "analysis: {} log records, {} vCPU stacks, {} parts unread, in {} us",
@@ -1105,6 +1108,10 @@ mod tests {
                 .filter(|_| paused)
                 .map(|id| VcpuState { id, regs: Default::default(), sregs: Default::default() })
                 .collect()
+        }
+
+        fn reported(&self) -> Vec<VcpuState> {
+            Vec::new()
         }
     }
 

@@ -35,24 +35,30 @@ pub enum TriageError {
     Memory(#[source] vmcore::VmcoreError),
 }
 
-/// The registers the analysis uses, of the vCPUs that were stopped in the crashed kernel
-/// (not one reset by KVM).
-pub fn vcpu_regs(vcpus: &[VcpuState]) -> Vec<VcpuRegs> {
-    vcpus
-        .iter()
-        .filter(|v| !v.is_reset_state())
-        .map(|v| {
-            let c = v.cpu_state();
-            VcpuRegs { cpu: v.id, regs: c.regs, cs: c.sregs.cs.selector, gs_base: c.sregs.gs.base }
-        })
-        .collect()
+/// The registers the analysis uses, per vCPU (the kernel's own crash notes win over these, in
+/// the analysis): those a vCPU read when it reported the crash (`reported`: where the panic
+/// path was), else those it stopped with (`stopped`), unless KVM had reset it.
+pub fn vcpu_regs(stopped: &[VcpuState], reported: &[VcpuState]) -> Vec<VcpuRegs> {
+    let regs = |v: &VcpuState, source: &'static str| {
+        let c = v.cpu_state();
+        VcpuRegs { cpu: v.id, regs: c.regs, cs: c.sregs.cs.selector, gs_base: c.sregs.gs.base, source }
+    };
+    let mut out: Vec<VcpuRegs> =
+        reported.iter().filter(|v| !v.is_reset_state()).map(|v| regs(v, "vcpu_at_report")).collect();
+    for v in stopped.iter().filter(|v| !v.is_reset_state()) {
+        if !out.iter().any(|r| r.cpu == v.id) {
+            out.push(regs(v, "vcpu"));
+        }
+    }
+    out
 }
 
 /// Analyzes the crashed kernel in `mem`. `vmcoreinfo`: the text a vmcore of this crash holds,
 /// when there is one (saves scanning guest memory for it).
 pub fn run(
     mem: &GuestMemoryMmap,
-    vcpus: &[VcpuState],
+    stopped: &[VcpuState],
+    reported: &[VcpuState],
     ncpus: u32,
     vmcoreinfo: Option<&str>,
 ) -> Result<Triage, TriageError> {
@@ -62,7 +68,7 @@ pub fn run(
         None => vmcore::find_vmcoreinfo(mem).ok_or(TriageError::NoVmcoreInfo)?.info(),
     };
     let regions = vmcore::host_regions(mem, None).map_err(TriageError::Memory)?;
-    let regs = vcpu_regs(vcpus);
+    let regs = vcpu_regs(stopped, reported);
     let out =
         crash_analysis::analyze(&Input { mem: &RegionMem::new(&regions), vmcoreinfo: &info, vcpus: &regs, ncpus });
     let mut analysis = out.analysis.clone();
