@@ -58,14 +58,14 @@ fn the_smoke_suite_passes_and_its_junit_file_reads_back() {
         .collect();
     assert!(failures.is_empty(), "{}\n{stdout}{stderr}", failures.join("\n"));
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert_eq!((summary.passed, summary.failed, summary.skipped), (4, 0, 0), "{stdout}");
-    assert!(stdout.contains("smoke: 4 passed, 0 failed, 0 skipped"), "{stdout}");
+    assert_eq!((summary.passed, summary.failed, summary.skipped), (5, 0, 0), "{stdout}");
+    assert!(stdout.contains("smoke: 5 passed, 0 failed, 0 skipped"), "{stdout}");
 
     // The JUnit file, read back by a JUnit parser: a suite per case, a test per expectation,
     // every one a success.
     let xml = std::fs::read(out.join("junit.xml")).unwrap();
     let junit = junit_parser::from_reader(std::io::Cursor::new(xml)).expect("junit.xml parses as JUnit");
-    assert_eq!(junit.suites.len(), 4);
+    assert_eq!(junit.suites.len(), 5);
     for suite in &junit.suites {
         let names: Vec<&str> = suite.cases.iter().map(|c| c.original_name.as_str()).collect();
         for want in
@@ -82,6 +82,16 @@ fn the_smoke_suite_passes_and_its_junit_file_reads_back() {
     let kdump = case("sysrq-c guest-kdump");
     assert_eq!(kdump.observed.panic_path.last().map(String::as_str), Some("crash_kernel_started"));
     assert!(kdump.checks.iter().any(|c| c.name == "panic path" && c.passed));
+    // Plain KVM (no Hyper-V, crash_kexec_post_notifiers=0): no pvpanic; the crash is seen at
+    // the crash kernel's first write to the crash disk, and its kdump collected.
+    let plain = case("sysrq-c guest-kdump hyperv-off");
+    assert_eq!(plain.observed.crash_trigger.as_deref(), Some("crash_kernel"));
+    assert_eq!(plain.observed.panic_path, ["crash_kernel_started"]);
+    let events = std::fs::read_to_string(plain.out_dir.join("events.jsonl")).unwrap();
+    assert!(!events.contains("\"event\":\"pvpanic\""), "the kernel kexec'd before its notifiers");
+    let written = events.find("\"event\":\"crash_disk_written\"").expect("a crash_disk_written event");
+    let collected = events.find("\"event\":\"kdump_completed\"").expect("a kdump_completed event");
+    assert!(written < collected, "the write came before the collection");
     let serial = case("serial-sysrq host-dump");
     let ctl = std::fs::read_to_string(serial.out_dir.join("ctl-sysrq.json")).unwrap_or_default();
     assert!(ctl.contains("\"ok\":true"), "the host's sysrq was answered: {ctl}");

@@ -99,6 +99,10 @@ pub enum Trigger {
     GuestHang,
     /// A crash soon after crashvmm injected an NMI (control socket).
     NmiInjection,
+    /// The guest's crash kernel began writing a dump to the crash disk; the crashed kernel
+    /// gave no notice (no pvpanic, no Hyper-V report: it kexec'd before its panic notifiers,
+    /// `crash_kexec_post_notifiers=0`).
+    CrashKernel,
     /// The operator's dump (control socket), not a crash.
     Operator,
 }
@@ -112,6 +116,7 @@ impl Trigger {
             Trigger::KvmFailure => "kvm_failure",
             Trigger::GuestHang => "guest_hang",
             Trigger::NmiInjection => "nmi_injection",
+            Trigger::CrashKernel => "crash_kernel",
             Trigger::Operator => "operator",
         }
     }
@@ -258,7 +263,14 @@ pub enum Signal {
     GuestKexec {
         vcpu: u32,
     },
+    /// The crash kernel runs: after a `guest_kexec` it set Hyper-V up again, or, where that
+    /// was not seen first, it began writing the crash disk during a crash.
     CrashKernelStarted {
+        vcpu: u32,
+    },
+    /// The guest's first write to the crash disk in this boot: its crash kernel began writing
+    /// a dump (nothing else writes that disk).
+    CrashDiskWritten {
         vcpu: u32,
     },
     TripleFault {

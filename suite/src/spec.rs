@@ -203,7 +203,9 @@ pub struct Suite {
 }
 
 /// The events a panic path is made of (the kernel's steps as crashvmm sees them), in the
-/// names of `events.jsonl`.
+/// names of `events.jsonl`, up to the crash kernel's start (`crash_kernel_started`: Hyper-V set
+/// up again after the kexec or, without Hyper-V, the crash kernel's first write to the crash
+/// disk during the crash).
 pub const PANIC_PATH_EVENTS: &[&str] =
     &["pvpanic", "hv_crash", "vmbus_unload_requested", "vmbus_unload_completed", "guest_kexec", "crash_kernel_started"];
 
@@ -475,7 +477,8 @@ fn build_case(
     let expect_trigger = match e.trigger.as_deref() {
         Some(t) => Some(serde_json::from_value(serde_json::Value::String(t.into())).map_err(|_| {
             format!(
-                "expect.trigger '{t}' is not a crashvmm trigger (pvpanic, hv_crash, nmi_injection, guest_hang, ...)"
+                "expect.trigger '{t}' is not a crashvmm trigger (pvpanic, hv_crash, crash_kernel, nmi_injection, \
+                 guest_hang, ...)"
             )
         })?),
         None => trigger.default_crash_trigger(),
@@ -556,6 +559,23 @@ mod tests {
     }
 
     const KERNEL: &str = "[kernel]\npackage = \"linux-image-cloud-amd64\"\n";
+
+    /// The smoke suite (make test) parses, with its plain-KVM kdump case: Hyper-V off,
+    /// crash_kexec_post_notifiers=0, the crash seen at the crash kernel's write.
+    #[test]
+    fn the_smoke_suite_parses_with_its_plain_kvm_kdump_case() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../suites/smoke.toml");
+        let s = Suite::load(&path).unwrap();
+        assert_eq!(s.cases.len(), 5);
+        let c = s.cases.iter().find(|c| c.name == "sysrq-c guest-kdump hyperv-off").unwrap();
+        assert_eq!(
+            (c.trigger, c.settings.hyperv, c.settings.crash_kexec_post_notifiers),
+            (Trigger::SysrqC, false, Some(0))
+        );
+        assert_eq!((c.settings.dump, c.expect.outcome), (DumpMode::Guest, Outcome::GuestKdump));
+        assert_eq!(c.expect.trigger, Some(crash_report::Trigger::CrashKernel));
+        assert_eq!(c.expect.panic_path.as_deref().unwrap(), ["crash_kernel_started"]);
+    }
 
     #[test]
     fn cases_take_the_suite_defaults_and_their_own_settings() {

@@ -129,9 +129,11 @@ impl Trigger {
     }
 
     /// The `crash_detected` trigger crashvmm must report when the suite names none: the
-    /// host's own for the triggers the host sets off through crashvmm's crash handling,
-    /// otherwise any (which of pvpanic, the Hyper-V crash MSRs or a kexec is seen first is the
-    /// kernel's panic path, which the case records).
+    /// host's own for the triggers the host sets off through crashvmm's crash handling (also
+    /// where the crash is first seen at the crash kernel's write to the crash disk), otherwise
+    /// any (which of pvpanic, the Hyper-V crash MSRs or, where the kernel kexecs before its
+    /// panic notifiers, the crash kernel's write to the crash disk (`crash_kernel`) is seen
+    /// first is the kernel's panic path, which the case records).
     pub fn default_crash_trigger(self) -> Option<crash_report::Trigger> {
         match self {
             Trigger::NmiUnknown => Some(crash_report::Trigger::NmiInjection),

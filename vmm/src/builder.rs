@@ -27,7 +27,8 @@ use crate::console::{ConsoleError, SharedConsole};
 use crate::control::{Kicker, SignalQueue, VcpuControl};
 use crate::cpuid;
 use crate::disk::{
-    DiskError, FileBackend, VirtioBlockMmio, CRASH_DISK_SERIAL, VIRTIO_GSIS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE,
+    CrashDiskWatch, DiskError, FileBackend, VirtioBlockMmio, CRASH_DISK_SERIAL, VIRTIO_GSIS, VIRTIO_MMIO_BASE,
+    VIRTIO_MMIO_STRIDE,
 };
 use crate::events::{EventLog, EventLogError};
 use crate::hyperv::{self, HyperV, HypervError};
@@ -151,7 +152,9 @@ pub fn build(config: &VmConfig, kvm: &Kvm, shared: &Shared<'_>) -> Result<Machin
     vm.register_irqfd(&serial_irq, COM1_GSI).map_err(kvm_err("KVM_IRQFD (serial)"))?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(IrqLine(serial_irq), shared.console.clone())));
     let bus = port_bus(config, &serial, shared.rtc)?;
-    let mmio = mmio_bus(&vm, &mem, &disks)?;
+    // This boot's: a new boot's first write to the crash disk counts again.
+    let crash_disk = config.crash_disk.as_ref().map(|_| CrashDiskWatch::new());
+    let mmio = mmio_bus(&vm, &mem, &disks, crash_disk.as_ref())?;
 
     let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let supported = if config.hyperv {
@@ -197,6 +200,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, shared: &Shared<'_>) -> Result<Machin
         deferred: Deferred::default(),
         control: VcpuControl::new(config.vcpus),
         exits: Default::default(),
+        crash_disk,
     });
     Ok(Machine { vm, vcpus, ctx, serial })
 }
@@ -231,12 +235,21 @@ fn port_bus(config: &VmConfig, serial: &Arc<Mutex<SerialDevice>>, rtc: &Arc<Mute
     Ok(bus)
 }
 
-/// The virtio-mmio block devices, each with its irqfd.
-fn mmio_bus(vm: &VmFd, mem: &GuestMemoryMmap, disks: &[DiskSlot<'_>]) -> Result<MmioBus, VmError> {
+/// The virtio-mmio block devices, each with its irqfd; the crash disk's writes are watched by
+/// `watch`.
+fn mmio_bus(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    disks: &[DiskSlot<'_>],
+    watch: Option<&CrashDiskWatch>,
+) -> Result<MmioBus, VmError> {
     let mut mmio = MmioBus::new();
     for d in disks {
         let (backend, readonly, serial) = match &d.disk {
-            Slot::Crash(c) => (FileBackend::crash_disk(&c.path, c.size)?, false, CRASH_DISK_SERIAL.to_string()),
+            Slot::Crash(c) => {
+                let watch = watch.cloned().unwrap_or_default();
+                (FileBackend::crash_disk(&c.path, c.size, watch)?, false, CRASH_DISK_SERIAL.to_string())
+            }
             Slot::Disk(c, i) => (FileBackend::open(&c.path, c.readonly)?, c.readonly, format!("crashvmm-disk{i}")),
         };
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("virtio eventfd"))?;

@@ -58,9 +58,19 @@ pub enum Event {
     GuestKexec {
         vcpu: u32,
     },
-    /// After a `guest_kexec`, a kernel (the crash kernel) set up Hyper-V again.
+    /// The crash kernel runs: after a `guest_kexec`, a kernel set up Hyper-V again (written by
+    /// the vCPU thread that saw it), or, during a crash where that was not seen first, the
+    /// crash kernel began writing the crash disk (written by crash handling, stamped with the
+    /// `crash_disk_written` event's time).
     CrashKernelStarted {
         vcpu: u32,
+    },
+    /// The guest's first write to the crash disk in this boot (`offset` and `bytes` of that
+    /// write; `vcpu` notified the queue): its crash kernel began writing a dump.
+    CrashDiskWritten {
+        vcpu: u32,
+        offset: u64,
+        bytes: u64,
     },
     /// VMBus version negotiation succeeded; `vcpu` sent INITIATE_CONTACT, replies go to
     /// `target_vcpu`.
@@ -212,6 +222,7 @@ impl Event {
             Event::HvCrash { .. } => "hv_crash",
             Event::GuestKexec { .. } => "guest_kexec",
             Event::CrashKernelStarted { .. } => "crash_kernel_started",
+            Event::CrashDiskWritten { .. } => "crash_disk_written",
             Event::VmbusConnected { .. } => "vmbus_connected",
             Event::VmbusUnloadRequested { .. } => "vmbus_unload_requested",
             Event::VmbusUnloadCompleted { .. } => "vmbus_unload_completed",

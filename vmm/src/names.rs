@@ -49,6 +49,7 @@ mod tests {
             Trigger::KvmFailure,
             Trigger::GuestHang,
             Trigger::NmiInjection,
+            Trigger::CrashKernel,
             Trigger::Operator,
         ] {
             assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());

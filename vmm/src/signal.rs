@@ -15,6 +15,10 @@ pub enum CrashSignal {
     GuestKexec { vcpu: u32 },
     /// After a `GuestKexec`, a kernel (the crash kernel) set up Hyper-V again.
     CrashKernelStarted { vcpu: u32 },
+    /// The guest's first write to the crash disk in this boot (`vcpu` notified the queue): its
+    /// crash kernel began writing a dump. Nothing else writes that disk, so this says a crash
+    /// happened even when the crashed kernel gave no notice (kexec before the panic notifiers).
+    CrashDiskWritten { vcpu: u32 },
     /// A vCPU triple-faulted.
     TripleFault { vcpu: u32 },
     /// KVM could not run a vCPU (internal error, emulation failure, failed entry).
@@ -45,6 +49,7 @@ impl CrashSignal {
             CrashSignal::UnloadCompleted { .. } => (7, 0),
             CrashSignal::NmiInjected => (8, 0),
             CrashSignal::GuestHang { .. } => (9, 0),
+            CrashSignal::CrashDiskWritten { .. } => (10, 0),
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::boot;
 use crate::control::{ExitState, Kicker, SignalQueue, VcpuControl};
 use crate::crash::executor::VmControl;
 use crate::crash::CrashSignal;
+use crate::disk::CrashDiskWatch;
 use crate::events::{hex, Event, EventLog};
 use crate::exit::VmExit;
 use crate::hyperv::{GuestRam, HyperV, VmbusPort};
@@ -105,6 +106,8 @@ pub struct ExitContext {
     pub control: VcpuControl,
     /// vCPU exits handled (watchdog progress).
     pub exits: std::sync::atomic::AtomicU64,
+    /// The crash disk's first write in this boot (when there is a crash disk).
+    pub crash_disk: Option<CrashDiskWatch>,
 }
 
 /// The executor's view of the VM: pause, resume, NMI, registers, memory.
@@ -179,6 +182,23 @@ impl ExitContext {
     /// Send a crash report the vCPU loop holds ([`ExitAction::Report`]).
     fn report(&self, signal: CrashSignal, at: chrono::DateTime<chrono::Utc>) {
         self.signals.send_at(signal, at);
+    }
+
+    /// After an MMIO write (which may have notified the crash disk's queue, processed on this
+    /// thread): the crash disk's first write in this boot, if that was it, becomes its event
+    /// and signal, with one time for both.
+    fn crash_disk_written(&self, vcpu: u32) {
+        let Some(first) = self.crash_disk.as_ref().and_then(CrashDiskWatch::take) else { return };
+        let at = chrono::Utc::now();
+        let event = Event::CrashDiskWritten { vcpu, offset: first.offset, bytes: first.bytes };
+        if self.events.emit_at(event, at) {
+            log::warn!(
+                "vCPU {vcpu}: first write to the crash disk ({} bytes at {:#x}): a crash kernel is writing a dump",
+                first.bytes,
+                first.offset
+            );
+        }
+        self.signals.send_at(CrashSignal::CrashDiskWritten { vcpu }, at);
     }
 
     fn rdmsr(&self, vcpu: u32, index: u32, unhandled: &mut UnhandledLog) -> Option<u64> {
@@ -322,6 +342,7 @@ pub fn handle_exit(vcpu: u32, exit: VcpuExit, ctx: &ExitContext, unhandled: &mut
             if !ctx.mmio.write(addr, data) {
                 unhandled.note(vcpu, "MMIO write", addr);
             }
+            ctx.crash_disk_written(vcpu);
             ExitAction::Continue
         }
         // With the in-kernel irqchip KVM handles HLT itself; an exit here just resumes.
@@ -606,6 +627,7 @@ mod tests {
             deferred: Deferred::default(),
             control: VcpuControl::new(2),
             exits: Default::default(),
+            crash_disk: None,
         }
     }
 
@@ -732,6 +754,31 @@ mod tests {
         assert_eq!(handle_exit(0, VcpuExit::Hlt, &c, &mut u), ExitAction::Continue);
         // Without Hyper-V, the hypercall port is just another unclaimed port.
         assert_eq!(handle_exit(0, VcpuExit::IoOut(HYPERCALL_PORT, &[0]), &c, &mut u), ExitAction::Continue);
+    }
+
+    /// The crash disk's first write (made while this vCPU's MMIO write notified its queue)
+    /// becomes one `crash_disk_written` event and one signal with this vCPU's number.
+    #[test]
+    fn the_crash_disk_s_first_write_is_signalled_by_the_vcpu_that_made_it() {
+        use devices::virtio::BlockBackend;
+        let dir = tempfile::tempdir().unwrap();
+        let watch = CrashDiskWatch::new();
+        let mut disk = crate::disk::FileBackend::crash_disk(&dir.path().join("c.img"), 1 << 20, watch.clone()).unwrap();
+        let log = dir.path().join("events.jsonl");
+        let c = ExitContext { crash_disk: Some(watch), events: EventLog::create(&log).unwrap(), ..ctx(false) };
+        let mut u = UnhandledLog::default();
+        let notify = || VcpuExit::MmioWrite(0xd000_0050, &[0; 4]);
+        disk.read_at(0, &mut [0; 512]).unwrap();
+        assert_eq!(handle_exit(1, notify(), &c, &mut u), ExitAction::Continue);
+        assert!(drained(&c).is_empty(), "a read is no write");
+        disk.write_at(0, &[1; 4096]).unwrap();
+        assert_eq!(handle_exit(1, notify(), &c, &mut u), ExitAction::Continue);
+        disk.write_at(4096, &[1; 4096]).unwrap();
+        assert_eq!(handle_exit(0, notify(), &c, &mut u), ExitAction::Continue);
+        assert_eq!(drained(&c), vec![CrashSignal::CrashDiskWritten { vcpu: 1 }]);
+        let events = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(events.matches("\"event\":\"crash_disk_written\"").count(), 1, "{events}");
+        assert!(events.contains("\"vcpu\":1,\"offset\":0,\"bytes\":4096"), "{events}");
     }
 
     #[test]

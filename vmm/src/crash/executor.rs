@@ -604,12 +604,26 @@ impl CrashHandling {
                         vm.inject_nmi(vcpu);
                     }
                 }
+                Action::CrashKernelStarted { vcpu } => self.crash_kernel_started(vcpu, Instant::now()),
                 Action::StayPaused => {
                     log::info!("crash handled; the VM stays paused (stop crashvmm with SIGINT or SIGTERM)");
                     self.stay_paused = true;
                 }
             }
         }
+    }
+
+    /// The crash disk's first write (the signal just recorded) is the first sign of the crash
+    /// kernel: `crash_kernel_started` at that write's time, in the event log and the report, as
+    /// the vCPU thread records it when Hyper-V is set up again. The kdump's duration counts from
+    /// here where no kexec was seen.
+    fn crash_kernel_started(&mut self, vcpu: u32, now: Instant) {
+        let at = self.last_signal.as_ref().map_or_else(Utc::now, |t| t.at);
+        if self.events.emit_at(Event::CrashKernelStarted { vcpu }, at) {
+            log::info!("vCPU {vcpu}: the crash kernel is running (it writes the crash disk)");
+        }
+        self.kexec_at.get_or_insert(now);
+        self.record_signal(TimedSignal { at, signal: CrashSignal::CrashKernelStarted { vcpu } }, now);
     }
 
     fn begin(&mut self, trigger: Trigger) {

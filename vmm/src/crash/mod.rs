@@ -207,10 +207,19 @@ pub enum Action {
     StayPaused,
     /// Inject an NMI.
     InjectNmi(NmiTargets),
+    /// The crash kernel's first write to the crash disk (by `vcpu`, the signal just recorded)
+    /// is the first sign that it runs: record `crash_kernel_started` (the event, at that
+    /// write's time, and the report's signal), as Hyper-V's set-up again says it where the
+    /// guest has Hyper-V.
+    CrashKernelStarted { vcpu: u32 },
 }
 
 /// A crash this soon after crashvmm injected an NMI has the injection as its trigger.
 pub const NMI_BLAME: Duration = Duration::from_secs(60);
+/// The same for a crash first seen when its crash kernel began writing the crash disk: the
+/// crash came before that kernel booted, so the window is longer by the crash kernel's boot
+/// (seconds on hardware, tens of seconds in a software KVM host).
+pub const CRASH_KERNEL_BLAME: Duration = Duration::from_secs(180);
 
 /// How long to wait after a pvpanic PANICKED for the Hyper-V crash report (which Linux sends
 /// from a later panic notifier and the kmsg dumper) before collecting anyway.
@@ -388,9 +397,15 @@ impl Orchestrator {
     }
 
     fn begin(&mut self, trigger: Trigger, phase: Phase, now: Instant) -> Vec<Action> {
-        // A crash within NMI_BLAME of an injected NMI is the injection's doing.
+        self.begin_blaming_within(trigger, phase, now, NMI_BLAME)
+    }
+
+    /// [`Self::begin`], blaming crashvmm's NMI (or the hang it broke) for a crash within
+    /// `window` of it.
+    fn begin_blaming_within(&mut self, trigger: Trigger, phase: Phase, now: Instant, window: Duration) -> Vec<Action> {
+        // A crash within the window of an injected NMI is the injection's doing.
         let trigger = match self.blame.take() {
-            Some((t, why)) if now.saturating_duration_since(t) <= NMI_BLAME => why,
+            Some((t, why)) if now.saturating_duration_since(t) <= window => why,
             _ => trigger,
         };
         self.crashes += 1;
@@ -603,6 +618,7 @@ impl Orchestrator {
                 }
                 vec![]
             }
+            CrashSignal::CrashDiskWritten { vcpu } => self.crash_disk_written(*vcpu, now),
             CrashSignal::TripleFault { .. } | CrashSignal::KvmFailure { .. } => {
                 let trigger = if matches!(signal, CrashSignal::TripleFault { .. }) {
                     Trigger::TripleFault
@@ -634,6 +650,61 @@ impl Orchestrator {
                 }
                 out
             }
+        }
+    }
+
+    /// The guest's first write to the crash disk in this boot: its crash kernel runs and has
+    /// begun writing a dump (nothing else writes that disk: `disk::CrashDiskWatch`).
+    ///
+    /// - No crash in progress: the crashed kernel gave no notice (it kexec'd before its panic
+    ///   notifiers, `crash_kexec_post_notifiers=0`, plain KVM's default, so no pvpanic), and
+    ///   this is the first crashvmm hears of it: a crash with the trigger `crash_kernel` (or
+    ///   crashvmm's NMI or hang, within [`CRASH_KERNEL_BLAME`] of it), in the kdump phase: the
+    ///   kdump timeout applies, the dump is collected from the crash disk at the power-off, a
+    ///   crash-kernel panic falls back to a host-side vmcore.
+    /// - A crash in progress (pvpanic without Hyper-V, `crash_kexec_post_notifiers=1`): the
+    ///   crash kernel is marked started, where Hyper-V's set-up again has not done so already,
+    ///   and a crash still waiting for a report or a kexec goes on to the kdump phase.
+    ///
+    /// Either way `crash_kernel_started` is recorded once, so the panic path shows the crash
+    /// kernel's start without Hyper-V too.
+    ///
+    /// `--on-panic host-dump` and `pause` let this kdump finish: the guest chose its own dump
+    /// before crashvmm knew of the crash, and stopping it now would leave a half-written dump
+    /// on the crash disk and take vCPU registers that are the crash kernel's, not the crashed
+    /// kernel's (whose memory the crash kernel leaves intact, and whose registers are in the
+    /// kdump's ELF notes). `--on-panic ignore` records the crash and lets the guest go on, as
+    /// with pvpanic. `--host-dump always` takes no snapshot: its moment, the kexec, is past;
+    /// a host-side vmcore remains the fallback if the kdump fails or times out.
+    fn crash_disk_written(&mut self, vcpu: u32, now: Instant) -> Vec<Action> {
+        let started = Action::CrashKernelStarted { vcpu };
+        let Some(c) = self.crash.as_mut() else {
+            let mut out = self.begin_blaming_within(Trigger::CrashKernel, Phase::Finished, now, CRASH_KERNEL_BLAME);
+            if let Some(c) = self.crash.as_mut() {
+                c.crash_kernel_started = true;
+            }
+            out.push(started);
+            out.extend(self.crash_kernel_writes(now));
+            return out;
+        };
+        if c.crash_kernel_started {
+            // Hyper-V said so first (its set-up again comes before any write).
+            return vec![];
+        }
+        c.crash_kernel_started = true;
+        let mut out = vec![started];
+        if let Phase::AwaitReport { .. } | Phase::AwaitKexec { .. } = c.phase {
+            // The kexec these wait for has happened, unseen (no Hyper-V to tear down).
+            out.extend(self.crash_kernel_writes(now));
+        }
+        out
+    }
+
+    /// The crash kernel writes its dump: let it, or (`--on-panic ignore`) record the crash.
+    fn crash_kernel_writes(&mut self, now: Instant) -> Vec<Action> {
+        match self.policy.on_panic {
+            OnPanic::Ignore => self.collect(DumpReason::CrashDiskWritten),
+            OnPanic::Auto | OnPanic::Kdump | OnPanic::HostDump | OnPanic::Pause => self.kdump_phase(now),
         }
     }
 
@@ -877,6 +948,12 @@ mod tests {
     fn started() -> CrashSignal {
         CrashSignal::CrashKernelStarted { vcpu: 1 }
     }
+    fn disk() -> CrashSignal {
+        CrashSignal::CrashDiskWritten { vcpu: 1 }
+    }
+    fn disk_started() -> Action {
+        Action::CrashKernelStarted { vcpu: 1 }
+    }
     fn begin(t: &str) -> Action {
         let trigger = [
             Trigger::Pvpanic,
@@ -885,6 +962,7 @@ mod tests {
             Trigger::KvmFailure,
             Trigger::GuestHang,
             Trigger::NmiInjection,
+            Trigger::CrashKernel,
         ]
         .into_iter()
         .find(|x| x.as_str() == t)
@@ -1114,6 +1192,152 @@ mod tests {
         // The crash kernel itself panics: fallback.
         let (_, out) = run(p, &[pv(CRASH_LOADED), kexec(), started(), pv(PANICKED)]);
         assert_eq!(out, [vec![begin("pvpanic")], dump()].concat());
+    }
+
+    /// Without Hyper-V and with `crash_kexec_post_notifiers=0` the crashed kernel kexecs
+    /// before any panic notifier: the crash kernel's first write to the crash disk is the first
+    /// crashvmm hears of the crash. A crash of its own, in the kdump phase, whatever
+    /// `--on-panic` says but `ignore`.
+    #[test]
+    fn the_crash_disk_s_first_write_begins_a_crash_in_the_kdump_phase() {
+        use AfterCrash as A;
+        use HostDump as H;
+        use OnPanic as P;
+        let t0 = Instant::now();
+        let no_hv = |on_panic, host_dump| Policy { hyperv: false, ..policy(on_panic, A::Exit, host_dump) };
+        let kdump = vec![begin("crash_kernel"), disk_started()];
+        // (policy, actions): the guest's kdump goes on (no pause, no dump, no snapshot: the
+        // kexec is past), or the crash is recorded and ignored.
+        let cases: Vec<(Policy, Vec<Action>)> = vec![
+            (no_hv(P::Auto, H::Fallback), kdump.clone()),
+            (no_hv(P::Kdump, H::Fallback), kdump.clone()),
+            (no_hv(P::Auto, H::Always), kdump.clone()),
+            (no_hv(P::HostDump, H::Fallback), kdump.clone()),
+            (no_hv(P::Pause, H::Fallback), kdump.clone()),
+            (policy(P::Auto, A::Exit, H::Fallback), kdump.clone()),
+            (no_hv(P::Ignore, H::Fallback), [kdump.clone(), vec![finish()]].concat()),
+        ];
+        for (p, want) in cases {
+            let desc = format!("{p:?}");
+            let (o, out) = run_at(p.clone(), &[disk(), disk()], t0);
+            assert_eq!(out, want, "{desc}");
+            let c = o.crash.as_ref().unwrap();
+            assert!(c.crash_kernel_started, "{desc}");
+            if p.on_panic != P::Ignore {
+                assert_eq!(c.phase, Phase::AwaitKdump { deadline: t0 + p.kdump_timeout }, "{desc}");
+            }
+        }
+        // The power-off after the kdump: its dump is collected from the crash disk.
+        let p = no_hv(P::Auto, H::Fallback);
+        let (mut o, _) = run_at(p.clone(), &[disk()], t0);
+        assert_eq!(o.on_vm_exit(VmExit::PowerOff, t0), vec![Action::CollectKdump]);
+        assert_eq!(shape(&o.on_kdump_collected(Ok(true), t0)), vec![finish(), stop_panicked("crash_kernel")]);
+        // The kdump timeout applies.
+        let (mut o, _) = run_at(p.clone(), &[disk()], t0);
+        assert!(o.on_timer(t0 + Duration::from_secs(59)).is_empty());
+        let out = o.on_timer(t0 + Duration::from_secs(61));
+        assert!(matches!(&out[1], Action::HostDump { reason: DumpReason::KdumpTimeout(_) }), "{out:?}");
+        // The crash kernel panics: a host-side vmcore instead.
+        let (_, out) = run_at(p.clone(), &[disk(), pv(PANICKED)], t0);
+        assert_eq!(out, [kdump.clone(), dump()].concat());
+        let out = run_at(p, &[disk()], t0).0.signal(&CrashSignal::TripleFault { vcpu: 0 }, t0);
+        assert!(matches!(&out[1], Action::HostDump { reason: DumpReason::DuringKdump(_) }), "{out:?}");
+        // The decision follows the write's record, and the crash_kernel_started its own.
+        let mut o = Orchestrator::new(Policy::default());
+        let out = o.on_signal(timed(&disk()), t0);
+        assert_eq!(out, vec![rec(&disk(), t0), begin("crash_kernel"), disk_started()]);
+        // A new boot: a first write again is a new crash.
+        o.on_reset();
+        assert_eq!(o.signal(&disk(), t0), kdump);
+        assert_eq!(o.crashes(), 2);
+    }
+
+    /// A crash kernel that begins writing a crash already in progress (pvpanic without
+    /// Hyper-V, `crash_kexec_post_notifiers=1`) is marked started: the panic path shows its
+    /// start, and a panic of its own falls back to a host-side vmcore. Where Hyper-V said so
+    /// first, the write adds nothing.
+    #[test]
+    fn the_crash_disk_s_first_write_marks_the_crash_kernel_of_a_crash_in_progress_started() {
+        use AfterCrash as A;
+        use HostDump as H;
+        use OnPanic as P;
+        let t0 = Instant::now();
+        let no_hv = Policy { hyperv: false, ..policy(P::Auto, A::Exit, H::Fallback) };
+        let cases: Vec<(&str, Policy, Vec<CrashSignal>, Vec<Action>)> = vec![
+            (
+                "pvpanic CRASH_LOADED, then the write",
+                no_hv.clone(),
+                vec![pv(CRASH_LOADED), disk(), disk()],
+                vec![begin("pvpanic"), disk_started()],
+            ),
+            (
+                "the crash kernel, marked started by its write, panics: fallback",
+                no_hv.clone(),
+                vec![pv(CRASH_LOADED), disk(), pv(PANICKED)],
+                [vec![begin("pvpanic"), disk_started()], dump()].concat(),
+            ),
+            (
+                "not marked (no write), a second pvpanic changes nothing, as before",
+                no_hv.clone(),
+                vec![pv(CRASH_LOADED), pv(PANICKED)],
+                vec![begin("pvpanic")],
+            ),
+            (
+                "Hyper-V said it first: the write adds nothing",
+                policy(P::Auto, A::Exit, H::Fallback),
+                vec![pv(CRASH_LOADED), hv(), kexec(), started(), disk()],
+                vec![begin("pvpanic")],
+            ),
+            (
+                "a crash waiting for Hyper-V's report: the unseen kexec happened, the kdump goes on",
+                policy(P::Auto, A::Exit, H::Fallback),
+                vec![pv(PANICKED), disk()],
+                vec![begin("pvpanic"), disk_started()],
+            ),
+            (
+                "--on-panic host-dump waiting for the kexec: the kdump goes on",
+                Policy { hyperv: false, ..policy(P::HostDump, A::Exit, H::Fallback) },
+                vec![pv(CRASH_LOADED), disk()],
+                vec![begin("pvpanic"), disk_started()],
+            ),
+            (
+                "a crash already ignored: marked, nothing more",
+                Policy { hyperv: false, ..policy(P::Ignore, A::Exit, H::Fallback) },
+                vec![pv(CRASH_LOADED), disk()],
+                vec![begin("pvpanic"), finish(), disk_started()],
+            ),
+        ];
+        for (what, p, signals, want) in cases {
+            let (o, out) = run_at(p, &signals, t0);
+            assert_eq!(out, want, "{what}");
+            if signals.contains(&disk()) {
+                assert!(o.crash.as_ref().unwrap().crash_kernel_started, "{what}");
+            }
+        }
+        // The waiting crash's phase is the kdump's now: collected at the power-off.
+        let (mut o, _) = run_at(policy(P::Auto, A::Exit, H::Fallback), &[pv(PANICKED), disk()], t0);
+        assert_eq!(o.deadline(), Some(t0 + Duration::from_secs(60)));
+        assert_eq!(o.on_vm_exit(VmExit::PowerOff, t0), vec![Action::CollectKdump]);
+    }
+
+    /// crashvmm's NMI (the operator's, or the hang's) is blamed for a crash first seen at the
+    /// crash kernel's write within CRASH_KERNEL_BLAME: the crash came before that kernel booted.
+    #[test]
+    fn an_injected_nmi_is_blamed_for_a_crash_first_seen_at_the_crash_kernel_s_write() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        for (after, want) in
+            [(secs(90), "nmi_injection"), (CRASH_KERNEL_BLAME, "nmi_injection"), (secs(181), "crash_kernel")]
+        {
+            let mut o = Orchestrator::new(Policy::default());
+            o.on_command(Command::InjectNmi(NmiTargets::All), false, t0).unwrap();
+            assert_eq!(o.signal(&disk(), t0 + after)[0], begin(want), "{after:?} after the NMI");
+        }
+        for (after, want) in [(secs(90), "guest_hang"), (secs(181), "crash_kernel")] {
+            let mut o = Orchestrator::new(Policy::default());
+            assert_eq!(o.signal(&CrashSignal::GuestHang { stalled_ms: 1 }, t0), [Action::InjectNmi(NmiTargets::All)]);
+            assert_eq!(o.signal(&disk(), t0 + after)[0], begin(want), "{after:?} after the hang's NMI");
+        }
     }
 
     #[test]

@@ -741,6 +741,7 @@ fn signal_entry(t: &TimedSignal) -> cr::TimedSignal {
         }
         CrashSignal::GuestKexec { vcpu } => cr::Signal::GuestKexec { vcpu: *vcpu },
         CrashSignal::CrashKernelStarted { vcpu } => cr::Signal::CrashKernelStarted { vcpu: *vcpu },
+        CrashSignal::CrashDiskWritten { vcpu } => cr::Signal::CrashDiskWritten { vcpu: *vcpu },
         CrashSignal::TripleFault { vcpu } => cr::Signal::TripleFault { vcpu: *vcpu },
         CrashSignal::KvmFailure { vcpu, detail } => cr::Signal::KvmFailure { vcpu: *vcpu, detail: detail.clone() },
         CrashSignal::UnloadRequested { vcpu, answered } => {

@@ -20,6 +20,9 @@ pub enum DumpReason {
     HvCrashReport,
     /// The crashed kernel kexec'd and the policy does not let its kdump run.
     GuestKexec,
+    /// The crash kernel began writing the crash disk, the crashed kernel having given no
+    /// notice (with `--on-panic ignore`).
+    CrashDiskWritten,
     /// A crash of its own (triple fault, KVM failure) with no crash being handled.
     Crash(super::Trigger),
     /// A PANICKED, and no Hyper-V report within the grace time.
@@ -72,6 +75,7 @@ impl fmt::Display for DumpReason {
             DumpReason::PvpanicPanicked => f.write_str("pvpanic panicked"),
             DumpReason::HvCrashReport => f.write_str("Hyper-V crash report"),
             DumpReason::GuestKexec => f.write_str("guest kexec"),
+            DumpReason::CrashDiskWritten => f.write_str("the crash kernel began writing the crash disk"),
             DumpReason::Crash(t) => write!(f, "{t}"),
             DumpReason::NoHvReport => f.write_str("pvpanic; no Hyper-V report followed"),
             DumpReason::NoKexec => f.write_str("no kexec followed the crash report"),
