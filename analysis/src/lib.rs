@@ -228,3 +228,57 @@ pub fn analyze_kernel<M: kdump::PhysMem + ?Sized>(
     }
     Output { analysis: a, log }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(function: &str, stack: &str, reliable: bool) -> Frame {
+        Frame { function: Some(function.into()), stack: Some(stack.into()), reliable, ..Default::default() }
+    }
+
+    fn cpu(cpu: u32, frames: Vec<Frame>) -> CpuStack {
+        let mut c = CpuStack { cpu, frames, ..Default::default() };
+        c.running = running(&c);
+        c
+    }
+
+    /// Below an NMI, the interrupted function; else the innermost reliable frame's.
+    #[test]
+    fn the_running_function_is_the_one_the_nmi_interrupted() {
+        let nmi = cpu(
+            0,
+            vec![
+                frame("panic", "NMI", true),
+                frame("exc_nmi", "NMI", true),
+                frame("spin", "IRQ", true),
+                frame("handler", "IRQ", true),
+            ],
+        );
+        assert_eq!(nmi.running.as_deref(), Some("spin"));
+        let plain = cpu(1, vec![frame("?", "task", false), frame("spin", "task", true), frame("f", "task", true)]);
+        assert_eq!(plain.running.as_deref(), Some("spin"));
+        let idle = cpu(2, vec![frame("native_safe_halt", "task", true)]);
+        let a = Analysis { cpus: vec![nmi, plain, idle], ..Default::default() };
+        assert_eq!(hang_function(&a).as_deref(), Some("spin"));
+        assert_eq!(hang_function(&Analysis::default()), None);
+        assert_eq!(running(&cpu(3, vec![])), None);
+    }
+
+    /// Memory with nothing the VMCOREINFO promises: every part says why, nothing panics.
+    #[test]
+    fn empty_memory_gives_reasons_not_failures() {
+        let info = kdump::VmcoreInfo::parse("OSRELEASE=6.1.0\nSYMBOL(prb)=ffffffff81000000\n");
+        let ram = [0u8; 4096];
+        let mem = kdump::SliceMem::new(vec![(0, &ram[..])]);
+        let out = analyze_kernel(&KernelMem::linear(&mem, 0xffff_ffff_8000_0000), &info, &[], 2);
+        let what: Vec<&str> = out.analysis.unread.iter().map(|u| u.what.as_str()).collect();
+        assert!(what.contains(&"kernel log") && what.contains(&"kallsyms"), "{:?}", out.analysis.unread);
+        assert!(out.analysis.unread.iter().all(|u| !u.why.is_empty()));
+        assert!(out.log.is_empty() && out.analysis.cpus.is_empty() && out.dmesg().is_empty());
+        // Without page tables, the whole analysis is one reason.
+        let out = analyze(&Input { mem: &mem, vmcoreinfo: &info, vcpus: &[], ncpus: 1 });
+        assert_eq!(out.analysis.unread.len(), 1, "{:?}", out.analysis.unread);
+        assert_eq!(out.analysis.unread[0].what, "kernel memory");
+    }
+}
