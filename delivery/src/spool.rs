@@ -287,6 +287,18 @@ impl Spool {
         Ok(self.root.join("failed").join(format!("{}.json", job.id)))
     }
 
+    /// Forget the delivered `job` (its crash directory was removed: the store has it): its
+    /// file leaves `done/`.
+    pub fn forget_delivered(&self, job: &Job) -> Result<(), DeliveryError> {
+        let d = self.root.join("done");
+        let p = d.join(format!("{}.json", job.id));
+        match fs::remove_file(&p) {
+            Ok(()) => sync_dir(&d),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", &p)(e)),
+        }
+    }
+
     fn move_to(&self, sub: &str, job: &Job) -> Result<(), DeliveryError> {
         self.write_atomic(&self.root.join(sub).join(format!("{}.json", job.id)), job)?;
         let p = self.root.join("jobs").join(format!("{}.json", job.id));
@@ -397,6 +409,12 @@ mod tests {
         assert_eq!(spool.delivered()?.len(), 1);
         // Delivered stays delivered: queueing it again does not start it over.
         assert_eq!(spool.enqueue(&base.path().join("20261125T130105Z-001"), &meta)?.id, ids[0]);
+        assert_eq!(spool.pending()?.len(), 1);
+        // Forgotten once its directory is gone; forgetting it twice is no error.
+        let done = spool.delivered()?;
+        spool.forget_delivered(&done[0])?;
+        spool.forget_delivered(&done[0])?;
+        assert!(spool.delivered()?.is_empty());
         assert_eq!(spool.pending()?.len(), 1);
         Ok(())
     }

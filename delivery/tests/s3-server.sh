@@ -2,7 +2,9 @@
 # A real S3-protocol server for the delivery tests, as its own process on the loopback:
 # the standalone server of PyPI's moto, installed into a venv under build/ on first use.
 #
-#   s3-server.sh install        create build/moto-venv (pip install 'moto[server]') if needed
+#   s3-server.sh install        create build/moto-venv (pip install 'moto[server]' and
+#                               prometheus-client, whose parser reads --metrics-file) if needed
+#   s3-server.sh python         install if needed, then print the venv's python
 #   s3-server.sh run PORT       install if needed, then exec the server on 127.0.0.1:PORT
 #                               (the caller holds its pid and stops it with a signal)
 #
@@ -14,23 +16,27 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 venv="${MOTO_VENV:-$root/build/moto-venv}"
 
 install() {
-    if [ -x "$venv/bin/moto_server" ]; then
+    if [ -x "$venv/bin/moto_server" ] && "$venv/bin/python3" -c 'import prometheus_client' 2>/dev/null; then
         return
     fi
     mkdir -p "$(dirname "$venv")"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet 'moto[server]' >&2
+    [ -x "$venv/bin/python3" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet 'moto[server]' prometheus-client >&2
 }
 
 case "${1:-}" in
 install) install ;;
+python)
+    install
+    echo "$venv/bin/python3"
+    ;;
 run)
     port="${2:?usage: s3-server.sh run PORT}"
     install
     exec "$venv/bin/moto_server" -H 127.0.0.1 -p "$port"
     ;;
 *)
-    echo "usage: $0 install | run PORT" >&2
+    echo "usage: $0 install | python | run PORT" >&2
     exit 2
     ;;
 esac

@@ -312,6 +312,18 @@ fn layout(notes_len: usize, max_mapnr: u64, written: u64) -> Result<Layout, Kdum
     Ok(Layout { sub_hdr_blocks, bitmap_bytes, desc_offset, data_offset })
 }
 
+/// The largest kdump-compressed file of a guest with `max_mapnr` page frames, `pages` of them
+/// RAM, and `notes_len` bytes of ELF notes: every page kept and stored as it is (an
+/// incompressible page is), and the one shared zero page; for a disk budget. `u64::MAX` when
+/// it overflows.
+pub fn required_bytes(notes_len: u64, max_mapnr: u64, pages: u64) -> u64 {
+    let Ok(notes_len) = usize::try_from(notes_len) else { return u64::MAX };
+    layout(notes_len, max_mapnr, pages)
+        .ok()
+        .and_then(|l| pages.checked_add(1)?.checked_mul(BLOCK)?.checked_add(l.data_offset))
+        .unwrap_or(u64::MAX)
+}
+
 /// One compressed window: per page (flags, data length) and the data, back to back.
 #[derive(Default)]
 struct Chunk {
@@ -832,6 +844,24 @@ mod tests {
         let d = k.page_desc(&mut r, 10).unwrap().unwrap();
         assert_eq!(d.flags, DUMP_DH_COMPRESSED_LZO);
         assert_eq!(k.read_page(&mut r, 10).unwrap().unwrap(), vec![0u8; 4096]);
+    }
+
+    /// Every page kept and none compressible (or no codec): the file stays within the bound,
+    /// and the bound is the file's size give or take its notes and a page.
+    #[test]
+    fn required_bytes_bounds_every_file() {
+        let (g, text) = guest();
+        for c in [Compression::None, Compression::Lzo] {
+            let (f, _, _) = write(&g, &text, 0, c, 2);
+            let mut r = Cursor::new(&f);
+            let notes = KdumpFile::parse(&mut r).unwrap().notes.len() as u64;
+            let bound = required_bytes(notes, PFNS, PFNS);
+            assert!(f.len() as u64 <= bound, "{c:?}: {} > {bound}", f.len());
+            if c == Compression::None {
+                assert!(bound - f.len() as u64 <= 2 * BLOCK, "{c:?}: {} vs {bound}", f.len());
+            }
+        }
+        assert_eq!(required_bytes(0, u64::MAX, u64::MAX), u64::MAX);
     }
 
     trait PhysMemSync: PhysMem + Sync {}

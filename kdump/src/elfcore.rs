@@ -367,12 +367,22 @@ impl ElfLayout {
 /// The largest ELF core of ranges of `lens` bytes (with up to 4096 vCPUs and a VMCOREINFO
 /// note), for a free-space check; `u64::MAX` when it overflows.
 pub fn required_bytes(lens: &[u64]) -> u64 {
-    let notes = MAX_VCPUS_FOR_ESTIMATE * (PRSTATUS_NOTE_SIZE + QEMU_NOTE_SIZE) as u64 + VMCOREINFO_NOTE_MAX as u64;
-    let header = (EHDR_SIZE + PHDR_SIZE * (lens.len() + 1)) as u64 + notes;
+    required_bytes_for(lens, MAX_VCPUS_FOR_ESTIMATE)
+}
+
+/// [`required_bytes`] for a guest of `vcpus` vCPUs.
+pub fn required_bytes_for(lens: &[u64], vcpus: u64) -> u64 {
+    let header = (EHDR_SIZE + PHDR_SIZE * (lens.len() + 1)) as u64 + notes_bound(vcpus);
     match place(header, lens) {
         Ok((_, len)) => len,
         Err(_) => u64::MAX,
     }
+}
+
+/// The most bytes of ELF notes a vmcore of `vcpus` vCPUs carries: NT_PRSTATUS and QEMU's CPU
+/// state per vCPU, and the VMCOREINFO note.
+pub fn notes_bound(vcpus: u64) -> u64 {
+    vcpus.saturating_mul((PRSTATUS_NOTE_SIZE + QEMU_NOTE_SIZE) as u64).saturating_add(VMCOREINFO_NOTE_MAX as u64)
 }
 
 /// Which pages [`write_elf`] reads, and whom it tells how far it got.

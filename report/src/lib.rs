@@ -572,6 +572,21 @@ pub struct Report {
     /// The vmcore being written or collected (until the report is complete).
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub vmcore_pending: Option<VmcorePending>,
+    /// With `--after-crash reset` and `--reset-backoff`: how long the guest waits before it
+    /// boots again.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub reset_wait: Option<ResetWait>,
+}
+
+/// The wait before a crashed guest boots again (`--reset-backoff`): it doubles with each crash
+/// of the same signature after a short boot, up to `--reset-backoff-max`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct ResetWait {
+    pub seconds: f64,
+    /// This crash's place in the loop: 1 for the first crash of its signature (or the first
+    /// after a boot that lasted), 2 for the next, ...
+    pub streak: u32,
 }
 
 /// What a live dump cost the guest.

@@ -94,6 +94,7 @@ fn full() -> Report {
             kind: Some("panic".into()),
         }),
         vmcore_pending: None,
+        reset_wait: None,
     }
 }
 

@@ -87,6 +87,8 @@ pub enum VmError {
     ApiSocket(#[from] crate::api::BindError),
     #[error("cannot start the upload")]
     Upload(#[source] crate::upload::StartError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("{what}")]
     Io {
         what: &'static str,

@@ -95,6 +95,10 @@ pub struct VmConfig {
     pub policy: crate::crash::Policy,
     /// Where crash directories go.
     pub crash_dir: PathBuf,
+    /// `--crash-dir-max`: bytes the crash directory may hold.
+    pub crash_dir_max: Option<u64>,
+    /// `--metrics-file`: the OpenMetrics text file kept up to date.
+    pub metrics_file: Option<PathBuf>,
     /// Compute the SHA-256 of host-side vmcores.
     pub vmcore_sha256: bool,
     /// Format, dump level and compression of host-side vmcores.
@@ -252,6 +256,7 @@ impl VmConfig {
             outputs.push((Output::Console, p.as_path()));
         }
         outputs.extend(self.console_log.as_deref().map(|p| (Output::ConsoleLog, p)));
+        outputs.extend(self.metrics_file.as_deref().map(|p| (Output::Metrics, p)));
         outputs.push((Output::CrashDir, self.crash_dir.as_path()));
         outputs
     }
@@ -310,6 +315,7 @@ enum Output {
     Events,
     Console,
     ConsoleLog,
+    Metrics,
     CrashDir,
 }
 
@@ -320,6 +326,7 @@ impl Output {
             Output::Events => "--events",
             Output::Console => "--console",
             Output::ConsoleLog => "--console-log",
+            Output::Metrics => "--metrics-file",
             Output::CrashDir => "--crash-dir",
         }
     }
@@ -375,6 +382,7 @@ fn may_overwrite(path: &Path, output: Output) -> io::Result<bool> {
     }
     Ok(match output {
         Output::Events => is_event_log(&file),
+        Output::Metrics => is_metrics_file(&file),
         Output::CrashDisk { size } => meta.len() == size && holds_flattened_dump(&file),
         Output::Console | Output::ConsoleLog | Output::CrashDir => false,
     })
@@ -390,6 +398,14 @@ fn is_event_log(file: &File) -> bool {
     let Ok(serde_json::Value::Object(record)) = serde_json::from_slice(&line) else { return false };
     record.get("ts").is_some_and(serde_json::Value::is_string)
         && record.get("event").is_some_and(serde_json::Value::is_string)
+}
+
+/// Whether `file` is crashvmm's metrics text (it is replaced whole at each write, so it
+/// carries no mark of its own: its first line is a crashvmm metric's).
+fn is_metrics_file(file: &File) -> bool {
+    let mut line = Vec::new();
+    let mut reader = io::BufReader::new(file).take(4096);
+    reader.read_until(b'\n', &mut line).is_ok() && line.starts_with(b"# HELP crashvmm_")
 }
 
 /// Whether `file` starts with makedumpfile's flattened-format signature (what the guest's
@@ -483,6 +499,8 @@ mod tests {
             vmbus_unload_response: true,
             policy: Default::default(),
             crash_dir: dir.join("crashes"),
+            crash_dir_max: None,
+            metrics_file: None,
             vmcore_sha256: false,
             dump: Default::default(),
             live_dump_max_copy: crate::crash::executor::DEFAULT_LIVE_MAX_COPY,
@@ -573,6 +591,7 @@ mod tests {
             VmConfig { events: Some(notes.clone()), ..base.clone() },
             VmConfig { console: ConsoleMode::File(notes.clone()), ..base.clone() },
             VmConfig { console_log: Some(notes.clone()), ..base.clone() },
+            VmConfig { metrics_file: Some(notes.clone()), ..base.clone() },
             VmConfig { crash_disk: Some(CrashDiskConfig { path: notes.clone(), size: 1 << 20 }), ..base.clone() },
         ] {
             assert!(matches!(c.check_outputs(), Err(ConfigError::NotOurs { .. })), "{:?}", c.check_outputs());
@@ -596,7 +615,11 @@ mod tests {
         let console = d.join("console.log");
         drop(crate::files::create_output(&console, "console").unwrap());
         std::fs::write(&console, "guest output\n").unwrap();
-        VmConfig { console_log: Some(console), ..base }.check_outputs().unwrap();
+        VmConfig { console_log: Some(console), ..base.clone() }.check_outputs().unwrap();
+        // A metrics file by its first line (it is renamed over at each write: no mark).
+        let prom = d.join("crashvmm.prom");
+        std::fs::write(&prom, crate::metrics::Metrics::new(0).encode().unwrap()).unwrap();
+        VmConfig { metrics_file: Some(prom), ..base }.check_outputs().unwrap();
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::names::{SnapshotMethod, Trigger, VmcoreSource};
+use crate::names::{SkipReason, SnapshotMethod, Trigger, VmcoreSource};
 use crate::sync::lock;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -119,10 +119,28 @@ pub enum Event {
     VmcoreFailed {
         reason: String,
     },
+    /// A vmcore was due and not written, for `reason`; the report says so too. For
+    /// `disk_budget`: the most the vmcore could take, and what the budget left.
+    VmcoreSkipped {
+        reason: SkipReason,
+        needed_bytes: u64,
+        available_bytes: u64,
+    },
+    /// A delivered crash directory was removed to keep the crash directory within
+    /// `--crash-dir-max`.
+    CrashDirRemoved {
+        dir: String,
+        bytes: u64,
+    },
     /// The guest's kdump finished and its dump was taken from the crash disk.
     KdumpCompleted {
         bytes: u64,
         duration_ms: u64,
+    },
+    /// A complete crash directory was queued for delivery (`--upload`); the `upload_*` events
+    /// follow.
+    UploadQueued {
+        dir: String,
     },
     /// A crash directory is complete.
     CrashReport {
@@ -184,6 +202,14 @@ pub enum Event {
     /// host's trigger; what the guest does with it follows in its own events).
     SysrqSent {
         key: String,
+    },
+    /// A crash loop (`--reset-backoff`): the guest boots again only after `wait_ms`, this
+    /// crash being number `streak` in a row of its signature.
+    ResetDelayed {
+        wait_ms: u64,
+        streak: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signature_id: Option<String>,
     },
     /// The VM was reset after a crash (`--after-crash reset`) and boots again.
     VmReset {
@@ -370,6 +396,13 @@ pub struct EventLog {
     subscribers: Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>,
     /// Budgets of the records a guest causes at will.
     throttle: Arc<Mutex<Throttle>>,
+    /// Told of every record (`--metrics-file`'s metrics).
+    observer: Option<Arc<dyn Observer>>,
+}
+
+/// What is told of every event recorded, by whichever thread records it.
+pub trait Observer: Send + Sync {
+    fn observe(&self, event: &Event, at: DateTime<Utc>);
 }
 
 #[derive(Default)]
@@ -389,6 +422,13 @@ impl EventLog {
         let file = crate::files::create_output(path, "events")
             .map_err(|source| EventLogError::Create { path: path.to_owned(), source })?;
         Ok(Self { file: Some(Arc::new(Mutex::new(file))), ..Self::default() })
+    }
+
+    /// The same log, with `observer` told of every record from now on (set before the log is
+    /// handed out: clones made earlier do not tell it).
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The log file's descriptor (for the seccomp violation report), if there is a file.
@@ -476,8 +516,10 @@ impl EventLog {
             }
         }
         // A subscriber that cannot take the whole line now is dropped: it never blocks the VM.
-        let mut subs = lock(&self.subscribers);
-        subs.retain_mut(|s| s.write_all(line.as_bytes()).is_ok());
+        lock(&self.subscribers).retain_mut(|s| s.write_all(line.as_bytes()).is_ok());
+        if let Some(o) = &self.observer {
+            o.observe(event, at);
+        }
     }
 
     /// Stream every later record to `stream` (set non-blocking here).

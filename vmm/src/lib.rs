@@ -19,6 +19,7 @@ pub mod exit;
 pub mod files;
 pub mod hyperv;
 pub mod layout;
+pub mod metrics;
 pub mod names;
 pub mod printable;
 pub mod seccomp;

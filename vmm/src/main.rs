@@ -398,9 +398,28 @@ struct RunArgs {
     /// With --after-crash reset, exit after this many crashes (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 0)]
     max_crashes: u32,
+    /// With --after-crash reset, wait this long before the guest boots again after a crash
+    /// (e.g. 10s; 0s: boot again at once), twice as long after each further crash of the same
+    /// signature, up to --reset-backoff-max.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+    reset_backoff: std::time::Duration,
+    /// The longest wait of --reset-backoff; a boot that lasts this long before it crashes ends
+    /// the crash loop (the next crash waits --reset-backoff again).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = nonzero_duration)]
+    reset_backoff_max: std::time::Duration,
     /// Where crash directories go (one per crash).
     #[arg(long, value_name = "DIR", default_value = "crashes")]
     crash_dir: PathBuf,
+    /// The most the crash directory may hold on disk, e.g. 20G. Before a vmcore is written,
+    /// the oldest crash directories the store has confirmed (--upload) go to make room for the
+    /// most it can take; where that is not enough the crash keeps its report, kernel log and
+    /// console without a vmcore, and report.json says why.
+    #[arg(long, value_name = "SIZE", value_parser = nonzero_size)]
+    crash_dir_max: Option<u64>,
+    /// Keep crashvmm's metrics in this file, in the OpenMetrics text format (written to a
+    /// temporary file and renamed over, as node_exporter's textfile collector wants).
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
     /// Deliver each finished crash directory to an object store: s3://BUCKET/PREFIX (also
     /// gs://, az://, file:///PATH), under PREFIX/SIGNATURE-ID/HOST/DIR/. Credentials and the
     /// endpoint (AWS_ENDPOINT_URL for S3-compatible servers) come from the environment.
@@ -544,9 +563,12 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             max_crashes: args.max_crashes,
             hyperv: args.hyperv,
             on_hang: args.on_hang,
+            reset_backoff: vmm::crash::ResetBackoff { initial: args.reset_backoff, max: args.reset_backoff_max },
         },
         watchdog: args.watchdog,
         crash_dir: args.crash_dir,
+        crash_dir_max: args.crash_dir_max,
+        metrics_file: args.metrics_file,
         upload: args.upload,
         upload_options: vmm::upload::UploadOptions {
             keep_local: args.upload_keep_local,

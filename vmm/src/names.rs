@@ -35,6 +35,23 @@ impl SnapshotMethod {
     }
 }
 
+/// Why a crash kept no vmcore though one was due (`vmcore_skipped`'s `reason`, the
+/// `crashvmm_vmcores_skipped_total` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// `--crash-dir-max` leaves too little room, even without the delivered crash directories.
+    DiskBudget,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::DiskBudget => "disk_budget",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

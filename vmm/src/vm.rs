@@ -33,6 +33,7 @@ use crate::crash::report::GuestInfo;
 use crate::crash::{CrashSignal, Policy};
 use crate::events::{Event, EventLog};
 use crate::exit::VmExit;
+use crate::metrics::{Metrics, MetricsWriter};
 use crate::seccomp::{self, ThreadKind};
 use crate::serial::SerialDevice;
 use crate::sync::lock;
@@ -164,6 +165,12 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         Some(p) => EventLog::create(p)?,
         None => EventLog::disabled(),
     };
+    // Every event counts in the metrics: the observer is set before the log is handed out.
+    let metrics = config.metrics_file.as_ref().map(|_| Arc::new(Metrics::new(queued_uploads(config))));
+    let events = match &metrics {
+        Some(m) => events.with_observer(m.clone()),
+        None => events,
+    };
     let console = SharedConsole::new(ConsoleOutput::new(&config.console, config.console_log.as_deref())?);
 
     let open_err = |source| VmError::OpenKvm { path: config.kvm_device.clone(), source };
@@ -191,6 +198,11 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     // Confine this thread (the event loop, crash handling) before any guest code runs; the vCPU
     // and vmcore-hasher threads confine themselves further.
     seccomp::init(config.seccomp, events.raw_fd(), config.seccomp_selftest)?;
+    // The metrics writer and the uploader before the vmm thread's own filter: filters stack.
+    let metrics_writer = match (&config.metrics_file, metrics) {
+        (Some(path), Some(m)) => Some(MetricsWriter::start(path, m)?),
+        _ => None,
+    };
     // The uploader first: filters stack, and the vmm thread's allows no socket.
     let delivery = match &config.upload {
         Some(target) => Some(
@@ -223,8 +235,14 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     let exit = loop {
         match boot(&session, boots)? {
             BootEnd::Exit(exit) => break exit,
-            BootEnd::Reset => {
+            BootEnd::Reset { wait } => {
                 boots += 1;
+                // The crash loop's back-off (`reset_delayed` said how long); SIGINT or SIGTERM
+                // ends it, and crashvmm.
+                if let Some(signal) = sleep_unless_signalled(&session.signal_pipes, wait) {
+                    log::info!("received signal {signal} while waiting to boot the guest again");
+                    break VmExit::Stopped { signal };
+                }
                 let mut c = lock(&crash);
                 let crashes = c.orchestrator.crashes();
                 log::warn!("resetting the VM after crash {crashes}");
@@ -242,7 +260,40 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     events.flush_suppressed();
     events.emit(Event::VmExited { exit_code: exit.exit_code(), reason: exit.reason() });
     events.sync();
+    if let Some(w) = metrics_writer {
+        w.finish();
+    }
     Ok(exit)
+}
+
+/// Sleep for `wait`, or until one of `pipes` (signal-hook's SIGINT/SIGTERM pipes) has a
+/// signal: its number.
+fn sleep_unless_signalled(pipes: &[(i32, UnixStream)], wait: Duration) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let mut fds: Vec<libc::pollfd> =
+        pipes.iter().map(|(_, p)| libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+        // SAFETY: `fds` is an array of `fds.len()` pollfd that outlives the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        // Zero: the time is up (checked above); below zero: a signal interrupted the wait.
+        if n > 0 {
+            return fds.iter().zip(pipes).find(|(f, _)| f.revents != 0).map(|(_, (signal, _))| *signal);
+        }
+    }
+}
+
+/// Crash directories waiting in the spool at start (`--upload`), for the queue's gauge.
+fn queued_uploads(config: &VmConfig) -> usize {
+    if config.upload.is_none() || !config.crash_dir.join(".upload").is_dir() {
+        return 0;
+    }
+    delivery::Spool::open(&config.crash_dir).and_then(|s| s.pending()).map_or(0, |jobs| jobs.len())
 }
 
 /// What crash handling is given, as `config` says, with the session's event log, console and
@@ -267,6 +318,7 @@ fn crash_handling_config(
         dump_spec: config.dump,
         live: LiveOptions { max_copy: config.live_dump_max_copy, method: config.live_dump_snapshot },
         upload_spool,
+        crash_dir_max: config.crash_dir_max,
         events,
         console,
     }
@@ -397,7 +449,7 @@ fn run_machine(s: &Session, machine: Machine) -> Result<BootEnd, VmError> {
     let stopped_from_outside = matches!(state.get(), Some(VmExit::Stopped { .. }));
     match crash.end() {
         // A reset decided while crashvmm was being stopped does not outlive the stop (`vm_exit`).
-        Some(BootEnd::Reset) if stopped_from_outside => {}
+        Some(BootEnd::Reset { .. }) if stopped_from_outside => {}
         Some(end) => return Ok(end),
         None => {}
     }

@@ -29,6 +29,7 @@ use thiserror::Error;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::budget;
 use super::live::{self, LiveOptions, LiveStats};
 use super::report::{self, CrashRecord, DumpRecord, GuestInfo, ReportError, ReportState, TimedSignal};
 use super::vmcore::{self, DumpSpec, VcpuState, VmcoreError, VmcoreOptions, VmcoreSummary};
@@ -39,13 +40,17 @@ use super::{
 use crate::console::ConsoleTail;
 use crate::events::{dump_progress, Event, EventLog};
 use crate::exit::VmExit;
+use crate::names::SkipReason;
 use crate::seccomp::{self, SeccompError, ThreadKind};
 
 /// How a boot of the guest ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootEnd {
     Exit(VmExit),
-    Reset,
+    /// Boot the guest again after `wait` (`--reset-backoff`).
+    Reset {
+        wait: Duration,
+    },
 }
 
 /// What the executor needs of the running VM.
@@ -109,6 +114,12 @@ pub enum DumpError {
     Confine(#[source] SeccompError),
     #[error("the vmcore writer thread panicked")]
     WriterPanicked,
+    /// `--crash-dir-max` leaves too little room, even without the delivered crash directories.
+    #[error(
+        "vmcore not written: the crash directory's budget (--crash-dir-max {max} bytes) leaves {available} bytes, \
+         and the vmcore may take up to {needed}"
+    )]
+    OverBudget { max: u64, available: u64, needed: u64 },
 }
 
 /// Why an operator's command was refused or failed.
@@ -221,6 +232,8 @@ pub struct CrashHandlingConfig {
     pub live: LiveOptions,
     /// `--upload`: the spool each finished crash directory is queued in.
     pub upload_spool: Option<delivery::Spool>,
+    /// `--crash-dir-max`: bytes the crash directory may hold (see `budget`).
+    pub crash_dir_max: Option<u64>,
     pub events: EventLog,
     /// The console's tail, for crash reports and signatures.
     pub console: ConsoleTail,
@@ -252,8 +265,15 @@ pub struct CrashHandling {
     live: LiveOptions,
     /// `--upload`: the spool each finished crash directory is queued in.
     upload_spool: Option<delivery::Spool>,
+    /// `--crash-dir-max`.
+    crash_dir_max: Option<u64>,
     /// When the crashed kernel kexec'd into its crash kernel.
     kexec_at: Option<Instant>,
+    /// When this boot started, and when its crash was detected (the crash loop's measure).
+    boot_started: Instant,
+    crash_at: Option<Instant>,
+    /// The wait decided for the boot that follows this crash (`--reset-backoff`).
+    reset_wait: Duration,
     /// The last crash directory written.
     last_dir: Option<PathBuf>,
     /// How this boot ends, once decided. Written by [`Self::execute`] and [`Self::vm_exit`] only.
@@ -279,6 +299,7 @@ impl CrashHandling {
             dump_spec,
             live,
             upload_spool,
+            crash_dir_max,
             events,
             console,
         } = config;
@@ -299,7 +320,11 @@ impl CrashHandling {
             dump_spec,
             live,
             upload_spool,
+            crash_dir_max,
             kexec_at: None,
+            boot_started: Instant::now(),
+            crash_at: None,
+            reset_wait: Duration::ZERO,
             last_dir: None,
             end: None,
             pause_ok: true,
@@ -321,6 +346,9 @@ impl CrashHandling {
         self.stay_paused = false;
         self.kexec_at = None;
         self.end = None;
+        self.boot_started = Instant::now();
+        self.crash_at = None;
+        self.reset_wait = Duration::ZERO;
         self.orchestrator.on_reset();
     }
 
@@ -449,7 +477,7 @@ impl CrashHandling {
             self.execute(actions, vm);
             self.wait_dump(vm);
         }
-        if self.end == Some(BootEnd::Reset) && matches!(exit, VmExit::Stopped { .. }) {
+        if matches!(self.end, Some(BootEnd::Reset { .. })) && matches!(exit, VmExit::Stopped { .. }) {
             // Stopped from outside (SIGINT, SIGTERM, the console escape) while a reset was
             // decided, say during the dump before it: the stop wins (the crash is recorded).
             self.end = None;
@@ -596,7 +624,7 @@ impl CrashHandling {
                 }
                 Action::FinishCrash { outcome } => self.finish(&outcome, vm.as_ref()),
                 Action::Stop(exit) => self.end = Some(BootEnd::Exit(exit)),
-                Action::Reset => self.end = Some(BootEnd::Reset),
+                Action::Reset => self.end = Some(BootEnd::Reset { wait: self.reset_wait }),
                 Action::InjectNmi(targets) => {
                     for vcpu in targets_of(targets, vm.as_ref()) {
                         // Logged before the vCPU can take it: the panic it causes comes after.
@@ -629,6 +657,7 @@ impl CrashHandling {
     fn begin(&mut self, trigger: Trigger) {
         let n = self.orchestrator.crashes();
         log::warn!("crash {n} detected (trigger {trigger})");
+        self.crash_at = Some(Instant::now());
         // Its cause's time, observed where the guest did it: the main thread may get to this
         // line long after the guest went on (to its kexec, say).
         let signal_ts = self.last_signal.as_ref().map(|t| crate::events::ts(t.at));
@@ -669,6 +698,10 @@ impl CrashHandling {
         let hold = std::env::var_os(TEST_HOLD_DUMP_ENV).is_some_and(|v| v == "progress");
         let (target, spec, progress, live) = if reason.is_crash() {
             let no_dir = self.no_crash_directory();
+            if self.record.is_none() {
+                return Err(no_dir);
+            }
+            self.make_room(vmcore::max_bytes(vm.memory(), vm.vcpus(), self.dump_spec))?;
             let Some(record) = self.record.as_mut() else { return Err(no_dir) };
             if let Err(e) = record.writing_vmcore(reason, self.orchestrator.policy(), &self.guest) {
                 log::warn!("{}", crate::error::Chain(&e));
@@ -811,6 +844,16 @@ impl CrashHandling {
     fn collect_kdump(&mut self) -> Result<bool, DumpError> {
         let Some(disk) = self.crash_disk.clone() else { return Ok(false) };
         let no_dir = self.no_crash_directory();
+        if self.record.is_none() {
+            return Err(no_dir);
+        }
+        // What the crash kernel wrote bounds what it becomes here.
+        if let Err(e) = self.make_room(budget::usage(&disk)) {
+            if let Some(record) = self.record.as_mut() {
+                record.vmcore_error = Some(crate::error::chain(&e));
+            }
+            return Err(e);
+        }
         let Some(record) = self.record.as_mut() else { return Err(no_dir) };
         let duration = self.kexec_at.map_or(Duration::ZERO, |t| t.elapsed());
         let file = "vmcore.kdump";
@@ -855,6 +898,60 @@ impl CrashHandling {
         }
     }
 
+    /// Keep the crash directory within `--crash-dir-max` with a vmcore of up to `needed` bytes
+    /// about to be written into it: remove the oldest delivered crash directories that make
+    /// room (never the crash being handled, which is not delivered), or, where even all of
+    /// them would not, none, and refuse the vmcore.
+    fn make_room(&mut self, needed: u64) -> Result<(), DumpError> {
+        let Some(max) = self.crash_dir_max else { return Ok(()) };
+        let used = budget::usage(&self.crash_dir);
+        let delivered = match &self.upload_spool {
+            Some(spool) => spool.delivered().unwrap_or_else(|e| {
+                log::warn!("crash directory budget: {}; no delivered directory can go", crate::error::Chain(&e));
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        let current = self.record.as_ref().map(|r| r.final_dir.clone());
+        let jobs: Vec<delivery::Job> =
+            delivered.into_iter().filter(|j| j.path.is_dir() && Some(&j.path) != current.as_ref()).collect();
+        let candidates: Vec<budget::Candidate> =
+            jobs.iter().map(|j| budget::Candidate { path: j.path.clone(), bytes: budget::usage(&j.path) }).collect();
+        let remove = match budget::plan(max, used, needed, &candidates) {
+            Ok(n) => n,
+            Err(short) => {
+                let e = DumpError::OverBudget { max, available: short.available, needed };
+                log::warn!("{e}");
+                self.events.emit(Event::VmcoreSkipped {
+                    reason: SkipReason::DiskBudget,
+                    needed_bytes: needed,
+                    available_bytes: short.available,
+                });
+                return Err(e);
+            }
+        };
+        for (job, c) in jobs.iter().zip(&candidates).take(remove) {
+            match std::fs::remove_dir_all(&c.path) {
+                Ok(()) => {
+                    log::warn!(
+                        "crash directory budget: removed {} ({} bytes; delivered to {})",
+                        c.path.display(),
+                        c.bytes,
+                        job.url.as_deref().unwrap_or("the store")
+                    );
+                    self.events.emit(Event::CrashDirRemoved { dir: c.path.display().to_string(), bytes: c.bytes });
+                    if let Some(spool) = &self.upload_spool {
+                        if let Err(e) = spool.forget_delivered(job) {
+                            log::warn!("{}", crate::error::Chain(&e));
+                        }
+                    }
+                }
+                Err(e) => log::error!("crash directory budget: cannot remove {}: {e}", c.path.display()),
+            }
+        }
+        Ok(())
+    }
+
     fn finish(&mut self, outcome: &Outcome, vm: &dyn VmControl) {
         let Some(mut record) = self.record.take() else {
             return;
@@ -886,6 +983,14 @@ impl CrashHandling {
         if let Some(s) = &record.signature {
             log::warn!("crash signature {}: {}", s.id, s.title);
         }
+        let uptime = self.crash_at.unwrap_or_else(Instant::now).saturating_duration_since(self.boot_started);
+        let signature_id = record.signature.as_ref().map(|s| s.id.clone());
+        if let Some((wait, streak)) = self.orchestrator.reset_wait(signature_id.as_deref(), uptime) {
+            log::warn!("crash loop: crash {streak} in a row of its signature; the guest boots again in {wait:?}");
+            self.events.emit(Event::ResetDelayed { wait_ms: wait.as_millis() as u64, streak, signature_id });
+            record.reset_wait = Some(crash_report::ResetWait { seconds: wait.as_secs_f64(), streak });
+            self.reset_wait = wait;
+        }
         match record.finish(outcome, self.orchestrator.policy(), &self.guest, &events, &console) {
             Ok((dir, report)) => {
                 log::warn!("crash report: {}", dir.display());
@@ -897,7 +1002,10 @@ impl CrashHandling {
                 if let Some(spool) = &self.upload_spool {
                     // One small job file; the upload thread does the rest.
                     match spool.enqueue(&dir, &delivery::JobMeta::from_report(&report)) {
-                        Ok(_) => log::info!("upload: {} queued", dir.display()),
+                        Ok(_) => {
+                            log::info!("upload: {} queued", dir.display());
+                            self.events.emit(Event::UploadQueued { dir: dir.display().to_string() });
+                        }
                         Err(e) => log::error!("upload: {} not queued: {}", dir.display(), crate::error::Chain(&e)),
                     }
                 }
@@ -1169,6 +1277,7 @@ mod tests {
             dump_spec: DumpSpec::default(),
             live: LiveOptions { max_copy: DEFAULT_LIVE_MAX_COPY, method: Default::default() },
             upload_spool: None,
+            crash_dir_max: None,
             events: events.clone(),
             console: ConsoleTail::default(),
         })
@@ -1353,7 +1462,7 @@ mod tests {
         assert_eq!(vm.calls(), ["nmi 0", "nmi 1"]);
         assert_eq!(events_of(&events), ["nmi_injected", "nmi_injected"]);
         assert_eq!(h.command_done(Command::Reset, &sh(&vm)).unwrap(), CommandReply::Ending);
-        assert_eq!(h.end(), Some(BootEnd::Reset));
+        assert_eq!(h.end(), Some(BootEnd::Reset { wait: Duration::ZERO }));
         assert!(matches!(h.check_input(), Err(CommandError::Ending)), "no sysrq into a boot that ends");
         h.on_boot();
         assert_eq!(h.end(), None);
@@ -1470,7 +1579,11 @@ mod tests {
         assert_eq!(h.vm_exit(VmExit::Stopped { signal: 15 }, &sh(&vm)), BootEnd::Exit(VmExit::Stopped { signal: 15 }));
         h.on_boot();
         h.command_done(Command::Reset, &sh(&vm)).unwrap();
-        assert_eq!(h.vm_exit(VmExit::PowerOff, &sh(&vm)), BootEnd::Reset, "only a stop from outside");
+        assert_eq!(
+            h.vm_exit(VmExit::PowerOff, &sh(&vm)),
+            BootEnd::Reset { wait: Duration::ZERO },
+            "only a stop from outside"
+        );
     }
 
     #[test]

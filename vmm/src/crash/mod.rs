@@ -4,6 +4,7 @@
 //! Devices and vCPU threads record what they saw in the event log where they see it (so the
 //! log keeps the guest's order) and send the signal here; the orchestrator only decides.
 
+pub mod budget;
 mod diskdump;
 pub mod executor;
 pub use kdump::flat;
@@ -141,6 +142,31 @@ pub enum HostDump {
     Always,
 }
 
+/// `--reset-backoff` and `--reset-backoff-max`: with `--after-crash reset`, how long a guest
+/// that keeps crashing the same way waits before it boots again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetBackoff {
+    /// The wait after the first crash of a signature (zero: none, the guest boots again at
+    /// once).
+    pub initial: Duration,
+    /// The longest wait. A boot that lasted this long before it crashed ends the loop: the
+    /// next crash waits `initial` again.
+    pub max: Duration,
+}
+
+impl Default for ResetBackoff {
+    fn default() -> Self {
+        Self { initial: Duration::ZERO, max: Duration::from_secs(600) }
+    }
+}
+
+/// Crashes in a row of one signature, each after a short boot.
+#[derive(Debug, Default)]
+struct CrashLoop {
+    signature: Option<String>,
+    streak: u32,
+}
+
 /// The crash policy.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Policy {
@@ -155,6 +181,8 @@ pub struct Policy {
     /// by a Hyper-V report worth waiting for).
     pub hyperv: bool,
     pub on_hang: OnHang,
+    #[serde(skip)]
+    pub reset_backoff: ResetBackoff,
 }
 
 fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -171,6 +199,7 @@ impl Default for Policy {
             max_crashes: 0,
             hyperv: true,
             on_hang: OnHang::NMI,
+            reset_backoff: ResetBackoff::default(),
         }
     }
 }
@@ -305,6 +334,8 @@ pub struct Orchestrator {
     /// A hang whose vmcore could not be written (why), for the session's exit code: the guest
     /// may run on and power off, but crashvmm does not end as if nothing was lost.
     lost_hang: Option<String>,
+    /// The crash loop the guest is in, for `--reset-backoff`.
+    crash_loop: CrashLoop,
 }
 
 impl Orchestrator {
@@ -318,7 +349,27 @@ impl Orchestrator {
             ended: false,
             blame: None,
             lost_hang: None,
+            crash_loop: CrashLoop::default(),
         }
+    }
+
+    /// The crash being finished has `signature` and came `uptime` into its boot: how long the
+    /// guest waits before it boots again, and the crash's place in its loop (1 for the first).
+    /// The wait doubles with each crash of the same signature, up to the maximum; a crash of
+    /// another signature, or after a boot that lasted the maximum, starts over. `None` without
+    /// `--reset-backoff`, or when the guest will not boot again.
+    pub fn reset_wait(&mut self, signature: Option<&str>, uptime: Duration) -> Option<(Duration, u32)> {
+        let b = self.policy.reset_backoff;
+        if b.initial.is_zero() || self.after_crash() != [Action::Reset] {
+            return None;
+        }
+        let l = &mut self.crash_loop;
+        if uptime >= b.max || l.signature.as_deref() != signature || l.streak == 0 {
+            *l = CrashLoop { signature: signature.map(str::to_owned), streak: 0 };
+        }
+        l.streak += 1;
+        let wait = b.initial.saturating_mul(1u32 << (l.streak - 1).min(31)).min(b.max.max(b.initial));
+        Some((wait, l.streak))
     }
 
     /// The host-side vmcore being written, if any.
@@ -997,6 +1048,7 @@ mod tests {
             max_crashes: 0,
             hyperv: true,
             on_hang: OnHang::NMI,
+            reset_backoff: ResetBackoff::default(),
         }
     }
 
@@ -1504,6 +1556,34 @@ mod tests {
         // A new boot forgets it.
         o.on_reset();
         assert_eq!(o.dump_in_progress(), None);
+    }
+
+    /// The wait doubles with each crash of one signature after a short boot, up to the
+    /// maximum; another signature or a boot that lasted starts over; none without the option,
+    /// or when the guest does not boot again.
+    #[test]
+    fn crash_loops_wait_longer_each_time_the_same_crash_comes_back() {
+        let s = Duration::from_secs;
+        let backoff = ResetBackoff { initial: s(1), max: s(10) };
+        let reset = Policy { reset_backoff: backoff, ..policy(OnPanic::Auto, AfterCrash::Reset, HostDump::Fallback) };
+        let mut o = Orchestrator::new(reset.clone());
+        let waits: Vec<_> = (0..6).map(|_| o.reset_wait(Some("a"), s(3))).collect();
+        let expected = [(1, 1), (2, 2), (4, 3), (8, 4), (10, 5), (10, 6)].map(|(w, n)| Some((s(w), n)));
+        assert_eq!(waits, expected);
+        // Another signature starts over; so does a crash after a boot of the maximum.
+        assert_eq!(o.reset_wait(Some("b"), s(3)), Some((s(1), 1)));
+        assert_eq!(o.reset_wait(Some("b"), s(3)), Some((s(2), 2)));
+        assert_eq!(o.reset_wait(Some("b"), s(10)), Some((s(1), 1)));
+        assert_eq!(o.reset_wait(None, s(1)), Some((s(1), 1)));
+        assert_eq!(o.reset_wait(None, s(1)), Some((s(2), 2)));
+        // No back-off asked for, the guest not booted again, or its last crash: no wait.
+        let mut none = Orchestrator::new(policy(OnPanic::Auto, AfterCrash::Reset, HostDump::Fallback));
+        assert_eq!(none.reset_wait(Some("a"), s(1)), None);
+        let mut exit = Orchestrator::new(Policy { after_crash: AfterCrash::Exit, ..reset.clone() });
+        assert_eq!(exit.reset_wait(Some("a"), s(1)), None);
+        let mut last = Orchestrator::new(Policy { max_crashes: 1, ..reset });
+        last.signal(&pv(PANICKED), Instant::now());
+        assert_eq!(last.reset_wait(Some("a"), s(1)), None);
     }
 
     #[test]

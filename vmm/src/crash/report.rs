@@ -152,6 +152,8 @@ pub struct CrashRecord {
     pub state: ReportState,
     /// The vmcore being written or collected, until it is.
     pub pending: Option<cr::VmcorePending>,
+    /// The wait before the guest boots again (`--reset-backoff`).
+    pub reset_wait: Option<cr::ResetWait>,
     base: PathBuf,
 }
 
@@ -178,6 +180,7 @@ impl CrashRecord {
             vmcoreinfo: None,
             triage: None,
             triage_error: None,
+            reset_wait: None,
             tmp_dir,
             state: ReportState::Recording,
             pending: None,
@@ -419,6 +422,7 @@ impl CrashRecord {
             signature: self.signature.as_ref().map(signature_entry),
             analysis: self.analysis_entry(),
             vmcore_pending: self.pending.clone().filter(|_| outcome.is_none()),
+            reset_wait: self.reset_wait.clone(),
         }
     }
 

@@ -444,6 +444,25 @@ pub fn required_bytes(mem: &GuestMemoryMmap) -> u64 {
     kdump::elfcore::required_bytes(&lens)
 }
 
+/// The most bytes a vmcore of `spec`'s format of `mem` with `vcpus` vCPUs can take on disk,
+/// whatever the dump level and the data (an ELF core's excluded pages are holes; a kdump
+/// file stores an incompressible page as it is): what `--crash-dir-max` sets against its
+/// budget before the vmcore is written.
+pub fn max_bytes(mem: &GuestMemoryMmap, vcpus: u32, spec: DumpSpec) -> u64 {
+    let notes = kdump::elfcore::notes_bound(u64::from(vcpus));
+    match spec.format {
+        VmcoreFormat::Elf => {
+            let lens: Vec<u64> = mem.iter().map(|r| r.len()).collect();
+            kdump::elfcore::required_bytes_for(&lens, u64::from(vcpus))
+        }
+        VmcoreFormat::Kdump => {
+            let end = mem.iter().map(|r| r.start_addr().0.saturating_add(r.len())).max().unwrap_or(0);
+            let pages = mem.iter().map(|r| r.len().div_ceil(kdump::PAGE_SIZE)).sum();
+            kdump::diskdump::required_bytes(notes, end.div_ceil(kdump::PAGE_SIZE), pages)
+        }
+    }
+}
+
 /// The SHA-256 of the file as laid out, read from the guest mapping (never-touched pages of
 /// anonymous memory are hashed as zeros without being read). `done` is told how many bytes
 /// are hashed; `None` when `cancel` was set.
@@ -1093,6 +1112,24 @@ mod tests {
         let need = required_bytes(&mem);
         assert!(need >= LOW + HIGH);
         assert!(need < LOW + HIGH + (8 << 20));
+    }
+
+    /// The budget's bound, per format, for the vCPUs the guest has: above any file of either
+    /// format (every page kept; the kdump file's pages stored as they are), below the bound for
+    /// 4096 vCPUs.
+    #[test]
+    fn max_bytes_bounds_every_format() {
+        let mem = populated();
+        let vcpus = [vcpu(0), vcpu(1)];
+        let dir = tempfile::tempdir().unwrap();
+        let kdump = DumpSpec { format: VmcoreFormat::Kdump, dump_level: 0, compression: VmcoreCompression::None };
+        for spec in [DumpSpec::ELF_ALL, kdump] {
+            let path = dir.path().join(format!("vmcore-{}", spec.format.report_name()));
+            let summary = write_vmcore(&mem, &vcpus, &path, &VmcoreOptions { spec, ..Default::default() }).unwrap();
+            let bound = max_bytes(&mem, 2, spec);
+            assert!(summary.bytes <= bound, "{spec:?}: {} > {bound}", summary.bytes);
+            assert!(bound < required_bytes(&mem) + (1 << 20), "{spec:?}: {bound}");
+        }
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub enum ThreadKind {
     LiveDumpWriter,
     SnapshotCopier,
     Upload,
+    Metrics,
 }
 
 impl ThreadKind {
@@ -89,6 +90,7 @@ impl ThreadKind {
             ThreadKind::LiveDumpWriter => "live-dump-writer",
             ThreadKind::SnapshotCopier => "snapshot-copier",
             ThreadKind::Upload => "upload",
+            ThreadKind::Metrics => "metrics",
         }
     }
 }
@@ -386,6 +388,23 @@ const UPLOAD: &[i64] = &[
     libc::SYS_prlimit64,
 ];
 
+/// The metrics writer (`--metrics-file`): a temporary file created, written, synced and
+/// renamed over the metrics file (removed instead when that fails). No descriptor of its own
+/// beyond it, no threads, no sockets.
+const METRICS: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_fsync,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_lseek,
+];
+
 /// glibc's `fork()`: `clone(CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | SIGCHLD, ...)`.
 const FORK_FLAGS: u64 = (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD) as u64;
 
@@ -408,6 +427,7 @@ fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
         ThreadKind::LiveDumpWriter => (&[VMCORE_FILE], Vec::new()),
         ThreadKind::SnapshotCopier => (&[SNAPSHOT_COPIER], crate::uffd::copier_ioctls()),
         ThreadKind::Upload => (&[UPLOAD], vec![libc::FIONBIO, libc::FIOCLEX]),
+        ThreadKind::Metrics => (&[METRICS], Vec::new()),
     };
     let mut map: BTreeMap<i64, Vec<SeccompRule>> =
         COMMON.iter().chain(own.iter().copied().flatten()).map(|&nr| (nr, Vec::new())).collect();
@@ -433,7 +453,7 @@ fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
         ThreadKind::LiveDumpWriter | ThreadKind::Upload => {
             map.insert(libc::SYS_clone, vec![threads()]);
         }
-        ThreadKind::Vcpu | ThreadKind::VmcoreHasher | ThreadKind::SnapshotCopier => {}
+        ThreadKind::Vcpu | ThreadKind::VmcoreHasher | ThreadKind::SnapshotCopier | ThreadKind::Metrics => {}
     }
     map
 }
@@ -659,6 +679,7 @@ mod tests {
             ThreadKind::LiveDumpWriter,
             ThreadKind::SnapshotCopier,
             ThreadKind::Upload,
+            ThreadKind::Metrics,
         ] {
             for action in [SeccompAction::Trap, SeccompAction::Log, SeccompAction::Errno(1)] {
                 assert!(!program(kind, action).unwrap().is_empty());
@@ -797,6 +818,24 @@ mod tests {
         assert_eq!(sock, libc::EPERM, "socket");
         assert_eq!(fork, libc::EPERM, "fork");
         assert_eq!(thread, 7, "compression threads");
+    }
+
+    #[test]
+    fn the_metrics_writer_replaces_its_file_but_has_no_kvm_sockets_or_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crashvmm.prom");
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(0));
+        let text = metrics.encode().unwrap();
+        let (wrote, ioctl, sock, thread) = confined(ThreadKind::Metrics, move || {
+            let wrote =
+                crate::metrics::write_file(&path, &text).is_ok() && crate::metrics::write_file(&path, &text).is_ok();
+            let thread = std::thread::Builder::new().spawn(|| ()).is_ok();
+            (wrote, ioctl_kvm_create_vm_on_stdin(), socket(), thread)
+        });
+        assert!(wrote, "openat, fsync, rename");
+        assert_eq!(ioctl, libc::EPERM, "ioctl");
+        assert_eq!(sock, libc::EPERM, "socket");
+        assert!(!thread, "no threads");
     }
 
     #[test]
