@@ -438,6 +438,22 @@ pub fn kvm_available(suite: &str) -> bool {
         .unwrap_or_else(|why| panic!("{why}"))
 }
 
+/// The crashvmm binary and the test guest ELF for the tests of `suite` that run them on
+/// `/dev/kvm`, or `None` (skip: [`kvm_available`]). A missing one fails the test with what
+/// builds it; `CRASHVMM_TESTGUEST` names another test guest.
+pub fn testguest_prerequisites(suite: &str) -> Option<(PathBuf, PathBuf)> {
+    if !kvm_available(suite) {
+        return None;
+    }
+    let setup = Setup::from_env();
+    assert!(setup.binary.is_file(), "{} is missing: run `make build` (or set CRASHVMM_BIN)", setup.binary.display());
+    let elf = std::env::var_os("CRASHVMM_TESTGUEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| setup.images.join("testguest/testguest.elf"));
+    assert!(elf.is_file(), "{} is missing: run `make testguest` (or set CRASHVMM_TESTGUEST)", elf.display());
+    Some((setup.binary, elf))
+}
+
 fn kvm_decision(kvm: bool, skip: Option<&str>, suite: &str) -> Result<bool, String> {
     match (kvm, skip) {
         (true, _) => Ok(true),

@@ -8,21 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use integration::Setup;
 use serde_json::Value;
 use vmm::crash::budget::usage;
 
 /// The crashvmm binary and the test guest, or `None` (skip: no `/dev/kvm` and
 /// `CRASHVMM_SKIP_KVM_TESTS=1`).
 fn prerequisites() -> Option<(PathBuf, PathBuf)> {
-    if !integration::kvm_available("budgets") {
-        return None;
-    }
-    let setup = Setup::from_env();
-    assert!(setup.binary.is_file(), "{} is missing: run `make build`", setup.binary.display());
-    let elf = setup.images.join("testguest/testguest.elf");
-    assert!(elf.is_file(), "{} is missing: run `make testguest`", elf.display());
-    Some((setup.binary, elf))
+    integration::testguest_prerequisites("budgets")
 }
 
 /// `crashvmm run` of the test guest's `panic` scenario (a host-side vmcore per crash) into

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use integration::{Mode, Outcome, Setup};
+use integration::{Mode, Outcome};
 use serde_json::Value;
 use wait_timeout::ChildExt;
 
@@ -32,16 +32,7 @@ const EXIT_GUEST_PANICKED: i32 = 5;
 /// The crashvmm binary and the test guest ELF, or `None` (skip: no `/dev/kvm` and
 /// `CRASHVMM_SKIP_KVM_TESTS=1`).
 fn prerequisites() -> Option<(PathBuf, PathBuf)> {
-    if !integration::kvm_available("test guest") {
-        return None;
-    }
-    let setup = Setup::from_env();
-    assert!(setup.binary.is_file(), "{} is missing: run `make build` (or set CRASHVMM_BIN)", setup.binary.display());
-    let elf = std::env::var_os("CRASHVMM_TESTGUEST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| setup.images.join("testguest/testguest.elf"));
-    assert!(elf.is_file(), "{} is missing: run `make testguest` (or set CRASHVMM_TESTGUEST)", elf.display());
-    Some((setup.binary, elf))
+    integration::testguest_prerequisites("test guest")
 }
 
 /// One run of crashvmm with the test guest: its outputs live as long as this.

@@ -9,20 +9,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{S3Server, BUCKET};
-use integration::Setup;
 use serde_json::Value;
 
 /// The crashvmm binary and the test guest, or `None` (skip: no `/dev/kvm` and
 /// `CRASHVMM_SKIP_KVM_TESTS=1`).
 fn prerequisites() -> Option<(PathBuf, PathBuf)> {
-    if !integration::kvm_available("upload") {
-        return None;
-    }
-    let setup = Setup::from_env();
-    assert!(setup.binary.is_file(), "{} is missing: run `make build`", setup.binary.display());
-    let elf = setup.images.join("testguest/testguest.elf");
-    assert!(elf.is_file(), "{} is missing: run `make testguest`", elf.display());
-    Some((setup.binary, elf))
+    integration::testguest_prerequisites("upload")
 }
 
 /// crashvmm pointed at `server` (the tests of this file run in parallel, each with a server
