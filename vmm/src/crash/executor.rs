@@ -267,6 +267,9 @@ pub struct CrashHandling {
     upload_spool: Option<delivery::Spool>,
     /// `--crash-dir-max`.
     crash_dir_max: Option<u64>,
+    /// The current crash's vmcore was refused for the budget already (a host-side vmcore after
+    /// a kdump collection the budget refused is refused without a second event).
+    over_budget: bool,
     /// When the crashed kernel kexec'd into its crash kernel.
     kexec_at: Option<Instant>,
     /// When this boot started, and when its crash was detected (the crash loop's measure).
@@ -321,6 +324,7 @@ impl CrashHandling {
             live,
             upload_spool,
             crash_dir_max,
+            over_budget: false,
             kexec_at: None,
             boot_started: Instant::now(),
             crash_at: None,
@@ -658,6 +662,7 @@ impl CrashHandling {
         let n = self.orchestrator.crashes();
         log::warn!("crash {n} detected (trigger {trigger})");
         self.crash_at = Some(Instant::now());
+        self.over_budget = false;
         // Its cause's time, observed where the guest did it: the main thread may get to this
         // line long after the guest went on (to its kexec, say).
         let signal_ts = self.last_signal.as_ref().map(|t| crate::events::ts(t.at));
@@ -921,6 +926,9 @@ impl CrashHandling {
             Ok(n) => n,
             Err(short) => {
                 let e = DumpError::OverBudget { max, available: short.available, needed };
+                if std::mem::replace(&mut self.over_budget, true) {
+                    return Err(e);
+                }
                 log::warn!("{e}");
                 self.events.emit(Event::VmcoreSkipped {
                     reason: SkipReason::DiskBudget,
