@@ -127,6 +127,38 @@ async fn list_async(target: &Target) -> Result<Vec<Group>, DeliveryError> {
     Ok(out)
 }
 
+/// The crash directories of one signature in the store that hold a vmcore.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VmcoreCount {
+    /// Directories (`HOST/DIR`) with a `vmcore` or `vmcore.kdump` object.
+    pub count: usize,
+    /// The URL of the oldest of them (directory names begin with the crash's time).
+    pub first: Option<String>,
+}
+
+/// How many crash directories of `signature` under `target` hold a vmcore: one listing of
+/// `PREFIX/SIGNATURE-ID/` (a directory still being delivered counts once its vmcore is there).
+pub fn count_vmcores(target: &Target, signature: &str) -> Result<VmcoreCount, DeliveryError> {
+    runtime()?.block_on(count_async(target, signature))
+}
+
+async fn count_async(target: &Target, signature: &str) -> Result<VmcoreCount, DeliveryError> {
+    let store = target.store()?;
+    let prefix = target.key(signature);
+    let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
+    let mut dirs: BTreeSet<(String, String)> = BTreeSet::new();
+    for m in &objects {
+        let rel = target.relative(m.location.as_ref());
+        if let [sig, host, dir, "vmcore" | "vmcore.kdump"] = rel.split('/').collect::<Vec<_>>().as_slice() {
+            if *sig == signature {
+                dirs.insert((dir.to_string(), host.to_string()));
+            }
+        }
+    }
+    let first = dirs.first().map(|(dir, host)| target.url_of(&format!("{signature}/{host}/{dir}")));
+    Ok(VmcoreCount { count: dirs.len(), first })
+}
+
 /// Download the crash directory at `url` (`<target>/<signature id>/<host>/<dir>`) into
 /// `dest/<dir>` (written under a temporary name, then renamed); returns that path. Only a
 /// complete directory (its report.json is there) is fetched. Like a crash directory it is

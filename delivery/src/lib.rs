@@ -19,7 +19,7 @@ mod target;
 mod upload;
 
 pub use error::DeliveryError;
-pub use fleet::{fetch, list_crashes, CrashEntry, Group};
+pub use fleet::{count_vmcores, fetch, list_crashes, CrashEntry, Group, VmcoreCount};
 pub use spool::{FileState, Job, JobMeta, MultipartState, Refused, Spool};
 pub use target::{Scheme, Target};
 pub use upload::{DeliveryEvent, StopSignal, Uploader, UploaderConfig};

@@ -8,7 +8,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::{crash_dir, sha256, S3Server, BUCKET, R};
-use delivery::{fetch, list_crashes, DeliveryEvent, JobMeta, Spool, StopSignal, Target, Uploader, UploaderConfig};
+use delivery::{
+    count_vmcores, fetch, list_crashes, DeliveryEvent, JobMeta, Spool, StopSignal, Target, Uploader, UploaderConfig,
+    VmcoreCount,
+};
 
 const BUG: &str = "aaaaaaaaaaaaaaaa";
 const OTHER: &str = "bbbbbbbbbbbbbbbb";
@@ -67,6 +70,14 @@ fn three_crashes_two_signatures_two_groups() -> R {
     let (st, _) = common::http(server.port, "PUT", &format!("/{BUCKET}/fleet/{OTHER}/host-c/x/vmcore"), b"partial")?;
     assert_eq!(st, 200);
     assert_eq!(list_crashes(&target)?.iter().map(|g| g.count).sum::<usize>(), 3);
+
+    // Per signature, the directories with a vmcore (one listing): a directory being delivered
+    // counts once its vmcore is there; the oldest is named.
+    let bug = count_vmcores(&target, BUG)?;
+    assert_eq!(bug.count, 2);
+    assert_eq!(bug.first.as_deref(), Some(format!("s3://{BUCKET}/fleet/{BUG}/host-a/20261125T130105Z-001").as_str()));
+    assert_eq!(count_vmcores(&target, OTHER)?.count, 2);
+    assert_eq!(count_vmcores(&target, "cccccccccccccccc")?, VmcoreCount::default());
 
     // Fetch one back: the same files, the same bytes.
     let entry = &groups[0].dirs[0];

@@ -157,3 +157,89 @@ fn a_delivery_cut_off_by_a_dead_server_and_a_killed_crashvmm_completes_after_res
     assert_eq!(keys.len(), 4, "report.json, events.jsonl, console.log, vmcore: {keys:?}");
     assert_eq!(server.open_uploads().unwrap(), 0, "nothing half-written");
 }
+
+/// `--vmcores-per-signature 1` on two hosts that share a store (two crashvmm processes with
+/// different `--upload-host`), the same crash on each: the first host's vmcore is written and
+/// delivered; the second asks the store, finds it, and keeps its report without a vmcore,
+/// `duplicate_of` naming the first. The store ends with one vmcore for the signature and both
+/// reports. With the server stopped, the first host crashes again: its own crash directory's
+/// count is used (one vmcore there already), and the report says so and why.
+#[test]
+fn one_vmcore_per_signature_across_hosts_and_the_local_count_without_the_store() {
+    let Some((bin, elf)) = prerequisites() else { return };
+    let mut server = S3Server::start().expect("the S3 server");
+    let url = format!("s3://{BUCKET}/dups");
+    let dir = tempfile::tempdir().unwrap();
+    let newest_report = |crash_dir: &Path| -> (PathBuf, Value) {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(crash_dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .collect();
+        dirs.sort();
+        let last = dirs.pop().expect("a crash directory");
+        let report = serde_json::from_slice(&std::fs::read(last.join("report.json")).unwrap()).unwrap();
+        (last, report)
+    };
+    let limit = ["--vmcores-per-signature", "1"];
+    for host in ["host-a", "host-b"] {
+        let crash_dir = dir.path().join(host);
+        let out =
+            crash(&server, &bin, &elf, "panic", &crash_dir, &url, &[&limit[..], &["--upload-host", host]].concat())
+                .output()
+                .unwrap();
+        assert_eq!(out.status.code(), Some(5), "{host}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let keys = server.keys().unwrap();
+    let vmcores: Vec<&String> = keys.iter().filter(|k| k.ends_with("/vmcore")).collect();
+    let reports: Vec<&String> = keys.iter().filter(|k| k.ends_with("/report.json")).collect();
+    assert_eq!(vmcores.len(), 1, "{keys:?}");
+    assert!(vmcores[0].contains("/host-a/"), "{keys:?}");
+    assert_eq!(reports.len(), 2, "{keys:?}");
+    assert!(reports.iter().any(|k| k.contains("/host-b/")), "{keys:?}");
+    let (a_dir, a) = newest_report(&dir.path().join("host-a"));
+    let signature = a["signature"]["id"].as_str().unwrap().to_owned();
+    assert!(a_dir.join("vmcore").is_file());
+    assert_eq!(a["vmcore_count"]["count"], 0);
+    assert_eq!(a["vmcore_count"]["counted_in"], "store");
+    let (b_dir, b) = newest_report(&dir.path().join("host-b"));
+    assert!(!b_dir.join("vmcore").exists());
+    assert_eq!(b["signature"]["id"], signature.as_str());
+    assert_eq!(b["vmcore_count"]["count"], 1, "{b:#}");
+    assert_eq!(b["vmcore_count"]["counted_in"], "store");
+    let first = format!("{url}/{signature}/host-a/{}", a_dir.file_name().unwrap().to_string_lossy());
+    assert_eq!(b["duplicate_of"], first.as_str());
+    assert!(b["vmcore_error"].as_str().unwrap().contains("--vmcores-per-signature 1"), "{b:#}");
+    let events = events(&dir.path().join("host-b").with_extension("events.jsonl"));
+    let skipped: Vec<&Value> = events.iter().filter(|e| e["event"] == "vmcore_skipped").collect();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0]["reason"], "duplicate");
+
+    // The store gone: host-a's own count (its first crash kept a vmcore) says no.
+    server.kill();
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    std::thread::sleep(Duration::from_nanos(1_000_000_000 - u64::from(since.subsec_nanos())));
+    let crash_dir = dir.path().join("host-a");
+    let out = crashvmm(&bin, &server)
+        .args(["run", "--kernel"])
+        .arg(&elf)
+        .args(["--memory", "64M", "--console", "null", "--cmdline", "testguest.scenario=panic"])
+        .arg("--crash-dir")
+        .arg(&crash_dir)
+        .args(["--upload", &url, "--upload-wait", "1s", "--upload-host", "host-a"])
+        .args(limit)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    let (c_dir, c) = newest_report(&crash_dir);
+    assert_ne!(c_dir, a_dir);
+    assert!(!c_dir.join("vmcore").exists());
+    assert_eq!(c["vmcore_count"]["counted_in"], "local", "{c:#}");
+    assert_eq!(c["vmcore_count"]["count"], 1, "{c:#}");
+    assert!(c["vmcore_count"]["store_error"].is_string(), "{c:#}");
+    assert_eq!(c["duplicate_of"], a_dir.display().to_string().as_str());
+}

@@ -572,10 +572,35 @@ pub struct Report {
     /// The vmcore being written or collected (until the report is complete).
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub vmcore_pending: Option<VmcorePending>,
+    /// `--vmcores-per-signature`: the vmcores of this crash's signature there were when its own
+    /// was due, and where they were counted.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub vmcore_count: Option<VmcoreCount>,
+    /// A crash that kept no vmcore for being one more of its signature: the first crash
+    /// directory of that signature with a vmcore (its URL in the store, or its local path).
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<String>,
     /// With `--after-crash reset` and `--reset-backoff`: how long the guest waits before it
     /// boots again.
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub reset_wait: Option<ResetWait>,
+}
+
+/// How many crash directories of a signature held a vmcore when a crash's own was due
+/// (`--vmcores-per-signature`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct VmcoreCount {
+    pub signature_id: String,
+    pub count: u64,
+    /// `--vmcores-per-signature`.
+    pub limit: u32,
+    /// `store`: the store's directories (`--upload`) and this host's not yet delivered;
+    /// `local`: this host's crash directory alone (no `--upload`, or the store could not be
+    /// asked: `store_error` says why).
+    pub counted_in: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
 }
 
 /// The wait before a crashed guest boots again (`--reset-backoff`): it doubles with each crash

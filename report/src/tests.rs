@@ -95,6 +95,8 @@ fn full() -> Report {
         }),
         vmcore_pending: None,
         reset_wait: None,
+        vmcore_count: None,
+        duplicate_of: None,
     }
 }
 

@@ -99,6 +99,10 @@ pub struct VmConfig {
     pub crash_dir_max: Option<u64>,
     /// `--metrics-file`: the OpenMetrics text file kept up to date.
     pub metrics_file: Option<PathBuf>,
+    /// `--vmcores-per-signature` (0: no limit).
+    pub vmcores_per_signature: u32,
+    /// `--upload-host`: this host's name in the store's keys.
+    pub upload_host: Option<String>,
     /// Compute the SHA-256 of host-side vmcores.
     pub vmcore_sha256: bool,
     /// Format, dump level and compression of host-side vmcores.
@@ -501,6 +505,8 @@ mod tests {
             crash_dir: dir.join("crashes"),
             crash_dir_max: None,
             metrics_file: None,
+            vmcores_per_signature: 0,
+            upload_host: None,
             vmcore_sha256: false,
             dump: Default::default(),
             live_dump_max_copy: crate::crash::executor::DEFAULT_LIVE_MAX_COPY,

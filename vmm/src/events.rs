@@ -120,11 +120,18 @@ pub enum Event {
         reason: String,
     },
     /// A vmcore was due and not written, for `reason`; the report says so too. For
-    /// `disk_budget`: the most the vmcore could take, and what the budget left.
+    /// `disk_budget`: the most the vmcore could take, and what the budget left; for
+    /// `duplicate`: the signature and how many of its vmcores there are.
     VmcoreSkipped {
         reason: SkipReason,
-        needed_bytes: u64,
-        available_bytes: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        needed_bytes: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        available_bytes: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signature_id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        count: Option<u64>,
     },
     /// A delivered crash directory was removed to keep the crash directory within
     /// `--crash-dir-max`.

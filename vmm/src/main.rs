@@ -271,6 +271,20 @@ fn nonzero_size(s: &str) -> Result<u64, String> {
     }
 }
 
+/// One path component of an object key.
+fn parse_host_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.len() <= 253
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("a host name is letters, digits, '.', '_', '-' and ':' (and not . or ..)".into())
+    }
+}
+
 fn nonzero_size_text(s: &str) -> Result<String, String> {
     nonzero_size(s).map(|_| s.to_owned())
 }
@@ -416,6 +430,16 @@ struct RunArgs {
     /// console without a vmcore, and report.json says why.
     #[arg(long, value_name = "SIZE", value_parser = nonzero_size)]
     crash_dir_max: Option<u64>,
+    /// Keep at most this many vmcores of one crash signature (0: no limit): a later crash with
+    /// that signature keeps its report, kernel log and console, and `duplicate_of` names the
+    /// first. With --upload the count is the store's (PREFIX/SIGNATURE-ID/, asked within 5 s;
+    /// this host's local count when it cannot be asked, and the report says so).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    vmcores_per_signature: u32,
+    /// This host's name in the store's keys (PREFIX/SIGNATURE-ID/HOST/DIR/; default: the
+    /// kernel's host name): letters, digits, '.', '_', '-', ':'.
+    #[arg(long, value_name = "NAME", value_parser = parse_host_name)]
+    upload_host: Option<String>,
     /// Keep crashvmm's metrics in this file, in the OpenMetrics text format (written to a
     /// temporary file and renamed over, as node_exporter's textfile collector wants).
     #[arg(long, value_name = "PATH")]
@@ -569,6 +593,8 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         crash_dir: args.crash_dir,
         crash_dir_max: args.crash_dir_max,
         metrics_file: args.metrics_file,
+        vmcores_per_signature: args.vmcores_per_signature,
+        upload_host: args.upload_host,
         upload: args.upload,
         upload_options: vmm::upload::UploadOptions {
             keep_local: args.upload_keep_local,

@@ -389,7 +389,13 @@ mod tests {
             },
             Event::CrashReport { dir: "d".into(), signature_id: None, title: None },
             Event::UploadQueued { dir: "d".into() },
-            Event::VmcoreSkipped { reason: SkipReason::DiskBudget, needed_bytes: 10, available_bytes: 5 },
+            Event::VmcoreSkipped {
+                reason: SkipReason::DiskBudget,
+                needed_bytes: Some(10),
+                available_bytes: Some(5),
+                signature_id: None,
+                count: None,
+            },
             Event::Upload(delivery::DeliveryEvent::Completed { dir: "d".into(), url: "u".into(), bytes: 1234 }),
             Event::VmReset { crashes: 1 },
         ];

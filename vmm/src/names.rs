@@ -42,12 +42,15 @@ impl SnapshotMethod {
 pub enum SkipReason {
     /// `--crash-dir-max` leaves too little room, even without the delivered crash directories.
     DiskBudget,
+    /// `--vmcores-per-signature` vmcores of the crash's signature exist already.
+    Duplicate,
 }
 
 impl SkipReason {
     pub fn as_str(self) -> &'static str {
         match self {
             SkipReason::DiskBudget => "disk_budget",
+            SkipReason::Duplicate => "duplicate",
         }
     }
 }

@@ -153,6 +153,49 @@ impl Delivery {
     }
 }
 
+/// Asks the store how many vmcores a signature has (`--vmcores-per-signature` with
+/// `--upload`), on a thread of its own under the upload filter (the vmm thread has no
+/// sockets): one `count_vmcores` listing per question, answered on the asker's channel. A
+/// question whose answer does not come in time is left to finish on its own; the next waits
+/// behind it.
+pub struct StoreQuery {
+    ask: mpsc::Sender<(String, mpsc::Sender<Result<delivery::VmcoreCount, String>>)>,
+}
+
+impl StoreQuery {
+    /// Start the `store-query` thread for `target`. Like the uploader, before the vmm thread
+    /// confines itself.
+    pub fn start(target: Target) -> Result<Self, StartError> {
+        let (ask, questions) = mpsc::channel::<(String, mpsc::Sender<Result<delivery::VmcoreCount, String>>)>();
+        std::thread::Builder::new()
+            .name("store-query".into())
+            .spawn(move || {
+                if let Err(e) = seccomp::apply(ThreadKind::Upload) {
+                    log::error!("store query: {}; counts are local", crate::error::Chain(&e));
+                    return;
+                }
+                // Ends when the asker (crash handling) is gone.
+                for (signature, answer) in questions {
+                    let count = delivery::count_vmcores(&target, &signature).map_err(|e| crate::error::chain(&e));
+                    let _ = answer.send(count);
+                }
+            })
+            .map_err(StartError::Thread)?;
+        Ok(Self { ask })
+    }
+
+    /// The store's count for `signature`, or why there is none within `limit`.
+    pub fn count(&self, signature: &str, limit: Duration) -> Result<delivery::VmcoreCount, String> {
+        let (answer, answered) = mpsc::channel();
+        self.ask.send((signature.to_owned(), answer)).map_err(|_| "the store query thread has ended".to_string())?;
+        match answered.recv_timeout(limit) {
+            Ok(count) => count,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(format!("the store did not answer within {limit:?}")),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err("the store query thread has ended".into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,7 +37,7 @@ use crate::metrics::{Metrics, MetricsWriter};
 use crate::seccomp::{self, ThreadKind};
 use crate::serial::SerialDevice;
 use crate::sync::lock;
-use crate::upload::Delivery;
+use crate::upload::{Delivery, StoreQuery};
 use crate::vcpu::{self, ExitContext};
 use crate::watchdog::Watchdog;
 
@@ -212,8 +212,16 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         None => None,
     };
     let spool = delivery.as_ref().map(|d| d.spool().clone());
-    let handling = CrashHandling::new(crash_handling_config(config, events.clone(), console.tail(), spool))
-        .map_err(io_err("dump eventfd"))?;
+    // The store's count of a signature's vmcores needs a socket: a thread of the upload's kind.
+    let store_query = match &config.upload {
+        Some(target) if config.vmcores_per_signature > 0 => {
+            Some(StoreQuery::start(target.clone()).map_err(VmError::Upload)?)
+        }
+        _ => None,
+    };
+    let handling =
+        CrashHandling::new(crash_handling_config(config, events.clone(), console.tail(), spool, store_query))
+            .map_err(io_err("dump eventfd"))?;
     let crash = Arc::new(Mutex::new(handling));
     seccomp::apply(ThreadKind::Vmm)?;
     let started = Instant::now();
@@ -303,6 +311,7 @@ fn crash_handling_config(
     events: EventLog,
     console: ConsoleTail,
     upload_spool: Option<delivery::Spool>,
+    store_query: Option<StoreQuery>,
 ) -> CrashHandlingConfig {
     CrashHandlingConfig {
         policy: Policy { hyperv: config.hyperv, ..config.policy.clone() },
@@ -319,6 +328,9 @@ fn crash_handling_config(
         live: LiveOptions { max_copy: config.live_dump_max_copy, method: config.live_dump_snapshot },
         upload_spool,
         crash_dir_max: config.crash_dir_max,
+        vmcores_per_signature: config.vmcores_per_signature,
+        store_query,
+        upload_host: config.upload_host.clone(),
         events,
         console,
     }

@@ -120,6 +120,21 @@ pub enum DumpError {
          and the vmcore may take up to {needed}"
     )]
     OverBudget { max: u64, available: u64, needed: u64 },
+    /// `--vmcores-per-signature` vmcores of the crash's signature exist already (a skip, not a
+    /// failure: [`DumpError::is_skip`]).
+    #[error(
+        "vmcore not written: {count} crash directories of signature {signature} hold one already \
+         (--vmcores-per-signature {limit}; {counted_in} count)"
+    )]
+    Duplicate { signature: String, count: u64, limit: u32, counted_in: &'static str },
+}
+
+impl DumpError {
+    /// A vmcore left out on purpose (`--crash-dir-max`, `--vmcores-per-signature`): the crash
+    /// is finished without one, and that is no failure to collect it.
+    pub fn is_skip(&self) -> bool {
+        matches!(self, DumpError::OverBudget { .. } | DumpError::Duplicate { .. })
+    }
 }
 
 /// Why an operator's command was refused or failed.
@@ -234,6 +249,11 @@ pub struct CrashHandlingConfig {
     pub upload_spool: Option<delivery::Spool>,
     /// `--crash-dir-max`: bytes the crash directory may hold (see `budget`).
     pub crash_dir_max: Option<u64>,
+    /// `--vmcores-per-signature` (0: no limit), and the store's count (`--upload`).
+    pub vmcores_per_signature: u32,
+    pub store_query: Option<crate::upload::StoreQuery>,
+    /// `--upload-host`: this host's name in the store's keys (default: the kernel's).
+    pub upload_host: Option<String>,
     pub events: EventLog,
     /// The console's tail, for crash reports and signatures.
     pub console: ConsoleTail,
@@ -267,6 +287,14 @@ pub struct CrashHandling {
     upload_spool: Option<delivery::Spool>,
     /// `--crash-dir-max`.
     crash_dir_max: Option<u64>,
+    /// `--vmcores-per-signature`, the store's count, its answers of the last
+    /// [`STORE_COUNT_TTL`] (signature id -> when asked, count), `--upload-host`.
+    vmcores_per_signature: u32,
+    store_query: Option<crate::upload::StoreQuery>,
+    store_counts: std::collections::HashMap<String, (Instant, delivery::VmcoreCount)>,
+    upload_host: Option<String>,
+    /// The current crash's vmcore was refused for being a duplicate already.
+    duplicate: bool,
     /// The current crash's vmcore was refused for the budget already (a host-side vmcore after
     /// a kdump collection the budget refused is refused without a second event).
     over_budget: bool,
@@ -303,6 +331,9 @@ impl CrashHandling {
             live,
             upload_spool,
             crash_dir_max,
+            vmcores_per_signature,
+            store_query,
+            upload_host,
             events,
             console,
         } = config;
@@ -324,6 +355,11 @@ impl CrashHandling {
             live,
             upload_spool,
             crash_dir_max,
+            vmcores_per_signature,
+            store_query,
+            store_counts: Default::default(),
+            upload_host,
+            duplicate: false,
             over_budget: false,
             kexec_at: None,
             boot_started: Instant::now(),
@@ -614,17 +650,27 @@ impl CrashHandling {
                         self.job = Some(job);
                     }
                     Err(e) => {
+                        let skipped = e.is_skip();
                         let error = self.dump_result(&reason, Err(e));
                         let error = error.as_ref().map(|e| crate::error::Chain(e));
                         let error = error.as_ref().map(|e| e as &dyn Display);
-                        queue.extend(self.orchestrator.on_dump_done(&reason, error, Instant::now()));
+                        queue.extend(match error {
+                            Some(why) if skipped => {
+                                self.orchestrator.on_vmcore_skipped(Some(&reason), why, Instant::now())
+                            }
+                            _ => self.orchestrator.on_dump_done(&reason, error, Instant::now()),
+                        });
                     }
                 },
                 Action::CollectKdump => {
-                    let result = self.collect_kdump();
+                    let result = self.collect_kdump(vm.as_ref());
+                    let skipped = result.as_ref().is_err_and(DumpError::is_skip);
                     let result = result.as_ref().map(|c| *c).map_err(|e| crate::error::Chain(e));
                     let result = result.as_ref().map(|c| *c).map_err(|e| e as &dyn Display);
-                    queue.extend(self.orchestrator.on_kdump_collected(result, Instant::now()));
+                    queue.extend(match result {
+                        Err(why) if skipped => self.orchestrator.on_vmcore_skipped(None, why, Instant::now()),
+                        result => self.orchestrator.on_kdump_collected(result, Instant::now()),
+                    });
                 }
                 Action::FinishCrash { outcome } => self.finish(&outcome, vm.as_ref()),
                 Action::Stop(exit) => self.end = Some(BootEnd::Exit(exit)),
@@ -663,6 +709,7 @@ impl CrashHandling {
         log::warn!("crash {n} detected (trigger {trigger})");
         self.crash_at = Some(Instant::now());
         self.over_budget = false;
+        self.duplicate = false;
         // Its cause's time, observed where the guest did it: the main thread may get to this
         // line long after the guest went on (to its kexec, say).
         let signal_ts = self.last_signal.as_ref().map(|t| crate::events::ts(t.at));
@@ -706,6 +753,7 @@ impl CrashHandling {
             if self.record.is_none() {
                 return Err(no_dir);
             }
+            self.check_duplicates(vm.as_ref())?;
             self.make_room(vmcore::max_bytes(vm.memory(), vm.vcpus(), self.dump_spec))?;
             let Some(record) = self.record.as_mut() else { return Err(no_dir) };
             if let Err(e) = record.writing_vmcore(reason, self.orchestrator.policy(), &self.guest) {
@@ -846,14 +894,14 @@ impl CrashHandling {
 
     /// Take the guest's dump (makedumpfile's flattened format) from the crash disk into the
     /// crash directory as `vmcore.kdump`. `Ok(false)` when there is no crash disk.
-    fn collect_kdump(&mut self) -> Result<bool, DumpError> {
+    fn collect_kdump(&mut self, vm: &dyn VmControl) -> Result<bool, DumpError> {
         let Some(disk) = self.crash_disk.clone() else { return Ok(false) };
         let no_dir = self.no_crash_directory();
         if self.record.is_none() {
             return Err(no_dir);
         }
         // What the crash kernel wrote bounds what it becomes here.
-        if let Err(e) = self.make_room(budget::usage(&disk)) {
+        if let Err(e) = self.check_duplicates(vm).and_then(|()| self.make_room(budget::usage(&disk))) {
             if let Some(record) = self.record.as_mut() {
                 record.vmcore_error = Some(crate::error::chain(&e));
             }
@@ -903,6 +951,76 @@ impl CrashHandling {
         }
     }
 
+    /// `--vmcores-per-signature`: refuse the crash's vmcore once that many crash directories of
+    /// its signature hold one. The signature is taken now, from guest memory and the console
+    /// (the analysis runs again with the vmcore's VMCOREINFO when the crash is finished). With
+    /// `--upload`, the count is the store's (asked within [`STORE_COUNT_LIMIT`], its answers
+    /// kept [`STORE_COUNT_TTL`]) plus this host's directories not delivered yet; without, or
+    /// when the store cannot be asked, this host's crash directory's (the report says which).
+    fn check_duplicates(&mut self, vm: &dyn VmControl) -> Result<(), DumpError> {
+        let limit = self.vmcores_per_signature;
+        if limit == 0 || self.record.is_none() {
+            return Ok(());
+        }
+        let console = self.console.contents();
+        let Some(record) = self.record.as_mut() else { return Ok(()) };
+        if record.vmcore_count.is_none() {
+            if record.triage.is_none() {
+                analyze(record, vm);
+            }
+            record.signature = record.find_signature(&console);
+        }
+        let Some(signature) = record.signature.as_ref().map(|s| s.id.clone()) else { return Ok(()) };
+        let delivered: Vec<PathBuf> = match &self.upload_spool {
+            Some(spool) => spool.delivered().map(|jobs| jobs.into_iter().map(|j| j.path).collect()).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let local = local_vmcores(&self.crash_dir, &signature, &delivered);
+        let store = self.store_query.as_ref().map(|q| {
+            match self.store_counts.get(&signature).filter(|(at, _)| at.elapsed() < STORE_COUNT_TTL) {
+                Some((_, c)) => Ok(c.clone()),
+                None => q.count(&signature, STORE_COUNT_LIMIT).inspect(|c| {
+                    self.store_counts.insert(signature.clone(), (Instant::now(), c.clone()));
+                }),
+            }
+        });
+        let (count, counted_in, store_error, first) = match store {
+            Some(Ok(s)) => (s.count as u64 + local.undelivered, "store", None, s.first.or(local.first)),
+            Some(Err(e)) => {
+                log::warn!("vmcores per signature: the store's count: {e}; counting this host's crash directory");
+                (local.count, "local", Some(e), local.first)
+            }
+            None => (local.count, "local", None, local.first),
+        };
+        let Some(record) = self.record.as_mut() else { return Ok(()) };
+        if record.vmcore_count.is_none() {
+            record.vmcore_count = Some(crash_report::VmcoreCount {
+                signature_id: signature.clone(),
+                count,
+                limit,
+                counted_in: counted_in.into(),
+                store_error,
+            });
+        }
+        if count < u64::from(limit) {
+            return Ok(());
+        }
+        let e = DumpError::Duplicate { signature: signature.clone(), count, limit, counted_in };
+        if std::mem::replace(&mut self.duplicate, true) {
+            return Err(e);
+        }
+        log::warn!("{e}");
+        record.duplicate_of = first;
+        self.events.emit(Event::VmcoreSkipped {
+            reason: SkipReason::Duplicate,
+            needed_bytes: None,
+            available_bytes: None,
+            signature_id: Some(signature),
+            count: Some(count),
+        });
+        Err(e)
+    }
+
     /// Keep the crash directory within `--crash-dir-max` with a vmcore of up to `needed` bytes
     /// about to be written into it: remove the oldest delivered crash directories that make
     /// room (never the crash being handled, which is not delivered), or, where even all of
@@ -932,8 +1050,10 @@ impl CrashHandling {
                 log::warn!("{e}");
                 self.events.emit(Event::VmcoreSkipped {
                     reason: SkipReason::DiskBudget,
-                    needed_bytes: needed,
-                    available_bytes: short.available,
+                    needed_bytes: Some(needed),
+                    available_bytes: Some(short.available),
+                    signature_id: None,
+                    count: None,
                 });
                 return Err(e);
             }
@@ -967,22 +1087,7 @@ impl CrashHandling {
         if record.vcpus.is_empty() {
             record.vcpus = vm.snapshots();
         }
-        match super::triage::run(vm.memory(), &record.vcpus, &vm.reported(), vm.vcpus(), record.vmcoreinfo.as_deref()) {
-            Ok(t) => {
-                log::info!(
-                    "analysis: {} log records, {} vCPU stacks, {} parts unread, in {} us",
-                    t.analysis.log_records,
-                    t.analysis.cpus.len(),
-                    t.analysis.unread.len(),
-                    t.analysis.duration_us
-                );
-                record.triage = Some(t);
-            }
-            Err(e) => {
-                log::warn!("analysis: {}", crate::error::Chain(&e));
-                record.triage_error = Some(crate::error::chain(&e));
-            }
-        }
+        analyze(&mut record, vm);
         // What the guest's flood left out so far is counted in this crash's own events.
         self.events.flush_suppressed();
         let events = self.events.since(self.events_mark);
@@ -1009,7 +1114,11 @@ impl CrashHandling {
                 });
                 if let Some(spool) = &self.upload_spool {
                     // One small job file; the upload thread does the rest.
-                    match spool.enqueue(&dir, &delivery::JobMeta::from_report(&report)) {
+                    let mut meta = delivery::JobMeta::from_report(&report);
+                    if let Some(host) = &self.upload_host {
+                        meta.host = host.clone();
+                    }
+                    match spool.enqueue(&dir, &meta) {
                         Ok(_) => {
                             log::info!("upload: {} queued", dir.display());
                             self.events.emit(Event::UploadQueued { dir: dir.display().to_string() });
@@ -1023,6 +1132,66 @@ impl CrashHandling {
         }
         self.events_mark = self.events.mark();
     }
+}
+
+/// How long the store may take to count a signature's vmcores before the local count is used.
+const STORE_COUNT_LIMIT: Duration = Duration::from_secs(5);
+/// How long the store's count of a signature is used again without asking.
+const STORE_COUNT_TTL: Duration = Duration::from_secs(30);
+
+/// Read the crashed kernel out of guest memory into `record` (`triage`, or why not).
+fn analyze(record: &mut CrashRecord, vm: &dyn VmControl) {
+    match super::triage::run(vm.memory(), &record.vcpus, &vm.reported(), vm.vcpus(), record.vmcoreinfo.as_deref()) {
+        Ok(t) => {
+            log::info!(
+                "analysis: {} log records, {} vCPU stacks, {} parts unread, in {} us",
+                t.analysis.log_records,
+                t.analysis.cpus.len(),
+                t.analysis.unread.len(),
+                t.analysis.duration_us
+            );
+            record.triage = Some(t);
+            record.triage_error = None;
+        }
+        Err(e) => {
+            log::warn!("analysis: {}", crate::error::Chain(&e));
+            record.triage_error = Some(crate::error::chain(&e));
+        }
+    }
+}
+
+/// This host's crash directories of one signature that hold a vmcore.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct LocalVmcores {
+    count: u64,
+    /// Those not delivered to the store (yet).
+    undelivered: u64,
+    /// The oldest.
+    first: Option<String>,
+}
+
+/// The crash directories under `crash_dir` whose report.json has `signature` and that hold a
+/// vmcore (`vmcore` or `vmcore.kdump`); `delivered` are those the store has.
+fn local_vmcores(crash_dir: &Path, signature: &str, delivered: &[PathBuf]) -> LocalVmcores {
+    let Ok(entries) = std::fs::read_dir(crash_dir) else { return LocalVmcores::default() };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| !n.to_string_lossy().starts_with('.')))
+        .filter(|p| p.join("vmcore").is_file() || p.join("vmcore.kdump").is_file())
+        .filter(|p| {
+            std::fs::read(p.join(delivery::REPORT))
+                .ok()
+                .and_then(|b| crash_report::from_slice::<crash_report::Report>(&b).ok())
+                .and_then(|r| r.signature?.id)
+                .is_some_and(|id| id == signature)
+        })
+        .collect();
+    dirs.sort();
+    let undelivered =
+        dirs.iter().filter(|d| !delivered.iter().any(|p| std::fs::canonicalize(d).is_ok_and(|c| &c == p))).count()
+            as u64;
+    LocalVmcores { count: dirs.len() as u64, undelivered, first: dirs.first().map(|d| d.display().to_string()) }
 }
 
 fn targets_of(targets: NmiTargets, vm: &dyn VmControl) -> Vec<u32> {
@@ -1286,6 +1455,9 @@ mod tests {
             live: LiveOptions { max_copy: DEFAULT_LIVE_MAX_COPY, method: Default::default() },
             upload_spool: None,
             crash_dir_max: None,
+            vmcores_per_signature: 0,
+            store_query: None,
+            upload_host: None,
             events: events.clone(),
             console: ConsoleTail::default(),
         })

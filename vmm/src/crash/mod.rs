@@ -834,6 +834,39 @@ impl Orchestrator {
         out
     }
 
+    /// The crash's vmcore was not written on purpose, `why` (`--crash-dir-max`,
+    /// `--vmcores-per-signature`): for `reason`, the `HostDump` handed out, or for the guest's
+    /// kdump (`None`), its collection. The crash is finished without a vmcore and without
+    /// counting as a failed collection; nothing else is tried (another vmcore of the same crash
+    /// would be refused the same way). A hang's live dump, or the snapshot at kexec, goes on as
+    /// after a failed dump.
+    pub fn on_vmcore_skipped(
+        &mut self,
+        reason: Option<&DumpReason>,
+        why: &dyn std::fmt::Display,
+        now: Instant,
+    ) -> Vec<Action> {
+        let Some(reason) = reason else {
+            let actions = self.finish(Outcome::VmcoreSkipped(why.to_string()));
+            return self.handed_out(actions);
+        };
+        let plain = !matches!(reason, DumpReason::Hang { .. })
+            && !matches!(self.crash.as_ref().map(|c| c.phase), Some(Phase::Dumping { resume: true }));
+        if !reason.is_crash() || !plain {
+            return self.on_dump_done(reason, Some(why), now);
+        }
+        let (mut actions, signals) = match self.deferred.dump.take() {
+            Some(w) => (w.rest, w.signals),
+            None => (Vec::new(), VecDeque::new()),
+        };
+        actions.extend(self.finish(Outcome::VmcoreSkipped(why.to_string())));
+        let mut out = self.handed_out(actions);
+        for (signal, seen) in signals {
+            out.extend(self.on_signal(signal, seen));
+        }
+        out
+    }
+
     /// What a finished dump brings.
     fn dump_outcome(
         &mut self,
@@ -1584,6 +1617,41 @@ mod tests {
         let mut last = Orchestrator::new(Policy { max_crashes: 1, ..reset });
         last.signal(&pv(PANICKED), Instant::now());
         assert_eq!(last.reset_wait(Some("a"), s(1)), None);
+    }
+
+    /// A vmcore left out on purpose (budget, duplicates) finishes the crash as a panic, not as a
+    /// failed collection, and nothing else is tried for it; a failed one is still a failure.
+    #[test]
+    fn a_vmcore_left_out_on_purpose_is_no_failed_collection() {
+        let t0 = Instant::now();
+        let p = policy(OnPanic::Auto, AfterCrash::Exit, HostDump::Fallback);
+        let mut o = Orchestrator::new(p.clone());
+        o.signal(&pv(PANICKED), t0);
+        o.signal(&hv(), t0);
+        let out = o.on_vmcore_skipped(Some(&DumpReason::HvCrashReport), &"over budget", t0);
+        assert!(
+            matches!(&out[..], [Action::FinishCrash { outcome: Outcome::VmcoreSkipped(w) }, Action::Stop(VmExit::GuestPanicked { .. })] if w == "over budget"),
+            "{out:?}"
+        );
+        // The guest's kdump: its collection left out, no host-side vmcore after it.
+        let mut o = Orchestrator::new(p.clone());
+        o.signal(&pv(PANICKED), t0);
+        let out = o.on_vmcore_skipped(None, &"duplicate", t0);
+        assert!(
+            matches!(
+                &out[..],
+                [
+                    Action::FinishCrash { outcome: Outcome::VmcoreSkipped(_) },
+                    Action::Stop(VmExit::GuestPanicked { .. })
+                ]
+            ),
+            "{out:?}"
+        );
+        let mut o = Orchestrator::new(p);
+        o.signal(&pv(PANICKED), t0);
+        o.signal(&hv(), t0);
+        let out = o.on_dump_done(&DumpReason::HvCrashReport, Some(&"disk full"), t0);
+        assert!(matches!(&out[1], Action::Stop(VmExit::CrashCollectionFailed { .. })), "{out:?}");
     }
 
     #[test]

@@ -154,6 +154,10 @@ pub struct CrashRecord {
     pub pending: Option<cr::VmcorePending>,
     /// The wait before the guest boots again (`--reset-backoff`).
     pub reset_wait: Option<cr::ResetWait>,
+    /// `--vmcores-per-signature`: the count when this crash's vmcore was due, and the first
+    /// directory of the signature where the vmcore was refused for it.
+    pub vmcore_count: Option<cr::VmcoreCount>,
+    pub duplicate_of: Option<String>,
     base: PathBuf,
 }
 
@@ -181,6 +185,8 @@ impl CrashRecord {
             triage: None,
             triage_error: None,
             reset_wait: None,
+            vmcore_count: None,
+            duplicate_of: None,
             tmp_dir,
             state: ReportState::Recording,
             pending: None,
@@ -423,6 +429,8 @@ impl CrashRecord {
             analysis: self.analysis_entry(),
             vmcore_pending: self.pending.clone().filter(|_| outcome.is_none()),
             reset_wait: self.reset_wait.clone(),
+            vmcore_count: self.vmcore_count.clone(),
+            duplicate_of: self.duplicate_of.clone(),
         }
     }
 

@@ -118,6 +118,8 @@ pub enum Outcome {
     },
     HostVmcoreWritten,
     HostVmcoreFailed(String),
+    /// No vmcore kept, on purpose (`--crash-dir-max`, `--vmcores-per-signature`): why.
+    VmcoreSkipped(String),
     /// The guest's kdump ran; its dump was taken from the crash disk.
     KdumpCollected,
     /// The guest's kdump ran and powered off, with no crash disk to take a dump from.
@@ -148,6 +150,7 @@ impl fmt::Display for Outcome {
             }
             Outcome::HostVmcoreWritten => f.write_str("host-side vmcore written"),
             Outcome::HostVmcoreFailed(e) => write!(f, "host-side vmcore failed: {e}"),
+            Outcome::VmcoreSkipped(why) => write!(f, "no vmcore kept: {why}"),
             Outcome::KdumpCollected => {
                 f.write_str("the guest's kdump ran; its vmcore was collected from the crash disk")
             }
