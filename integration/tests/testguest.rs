@@ -882,6 +882,9 @@ fn without_filters_no_thread_is_confined() {
 /// ends with 159, names the thread and the call on stderr and in the event log's last line.
 #[test]
 fn a_forbidden_system_call_from_each_thread_kind_ends_crashvmm_with_a_report() {
+    let metrics_dir = tempfile::tempdir().unwrap();
+    let metrics = metrics_dir.path().join("crashvmm.prom");
+    let metrics = metrics.to_str().unwrap();
     for (kind, scenario, extra, thread) in [
         ("vmm", "boot", &[][..], "vmm"),
         ("vcpu", "boot", &[][..], "vcpu0"),
@@ -896,6 +899,8 @@ fn a_forbidden_system_call_from_each_thread_kind_ends_crashvmm_with_a_report() {
             &["--hyperv", "off", "--watchdog", "1s", "--on-hang", "host-dump"][..],
             "snapshot-copier",
         ),
+        // The metrics file's writer.
+        ("metrics", "boot", &["--metrics-file", metrics][..], "metrics"),
     ] {
         let args: Vec<&str> = ["--seccomp-selftest", kind].into_iter().chain(extra.iter().copied()).collect();
         let Some(r) = run(scenario, &args) else { return };
