@@ -1088,6 +1088,11 @@ impl CrashHandling {
             record.vcpus = vm.snapshots();
         }
         analyze(&mut record, vm);
+        // A vmcore of a signature the store was asked about: that answer is out of date (this
+        // vmcore counts here until it is delivered, then in the store, which is asked again).
+        if let (Some(_), Some(c)) = (&record.vmcore, &record.vmcore_count) {
+            self.store_counts.remove(&c.signature_id);
+        }
         // What the guest's flood left out so far is counted in this crash's own events.
         self.events.flush_suppressed();
         let events = self.events.since(self.events_mark);
