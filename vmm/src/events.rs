@@ -516,11 +516,14 @@ impl EventLog {
                 m.first += 1;
             }
         }
-        if let Some(file) = &self.file {
+        // Nothing after the SIGSYS handler's last line (`sync::EVENT_LOG`).
+        if let Some(file) = self.file.as_ref().filter(|_| crate::sync::EVENT_LOG.enter()) {
             let mut f = lock(file);
             if let Err(e) = f.write_all(line.as_bytes()) {
                 log::error!("cannot write to the event log: {e}");
             }
+            drop(f);
+            crate::sync::EVENT_LOG.leave();
         }
         // A subscriber that cannot take the whole line now is dropped: it never blocks the VM.
         lock(&self.subscribers).retain_mut(|s| s.write_all(line.as_bytes()).is_ok());

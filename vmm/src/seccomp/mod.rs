@@ -569,6 +569,8 @@ extern "C" fn on_sigsys(_signal: libc::c_int, info: *mut libc::siginfo_t, _ctx: 
     line.write_to(2);
     let fd = EVENTS_FD.load(Ordering::Relaxed);
     if fd >= 0 {
+        // The log's last line: no other thread's record after it.
+        crate::sync::EVENT_LOG.close();
         violation_record(&mut Buf::new(), now_realtime(), thread, nr as i64, name).write_to(fd);
     }
     // SAFETY: _exit is async-signal-safe.
