@@ -454,6 +454,16 @@ pub fn testguest_prerequisites(suite: &str) -> Option<(PathBuf, PathBuf)> {
     Some((setup.binary, elf))
 }
 
+/// The finished crash directories under `crash_dir` (not the spool's `.upload/` nor an
+/// unfinished `.tmp-*`), oldest first: their names begin with the crash's time.
+pub fn finished_crash_dirs(crash_dir: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> =
+        fs::read_dir(crash_dir).map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect()).unwrap_or_default();
+    dirs.retain(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')));
+    dirs.sort();
+    dirs
+}
+
 fn kvm_decision(kvm: bool, skip: Option<&str>, suite: &str) -> Result<bool, String> {
     match (kvm, skip) {
         (true, _) => Ok(true),

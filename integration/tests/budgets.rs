@@ -59,18 +59,6 @@ fn named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["event"] == name).collect()
 }
 
-/// The crash directories under `crash_dir`, oldest first (their names begin with the time).
-fn crash_dirs(crash_dir: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(crash_dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
-        .collect();
-    dirs.sort();
-    dirs
-}
-
 fn report(dir: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap()
 }
@@ -144,7 +132,7 @@ fn a_full_crash_directory_gives_up_its_oldest_delivered_crashes_and_then_the_vmc
     let ev1 = events(&crash_dir);
     let delivered = named(&ev1, "upload_completed");
     assert_eq!(delivered.len(), 2, "{stderr}");
-    let old = crash_dirs(&crash_dir);
+    let old = integration::finished_crash_dirs(&crash_dir);
     assert_eq!(old.len(), 2, "{old:?}");
     let m = parse_metrics(&metrics1);
     assert_eq!(crashes_total(&m), 2.0);
@@ -196,7 +184,7 @@ fn a_full_crash_directory_gives_up_its_oldest_delivered_crashes_and_then_the_vmc
         let found = walk(&store).into_iter().any(|p| p.ends_with(Path::new(&d).join("report.json")));
         assert!(found, "{d} is not in the store");
     }
-    let new = crash_dirs(&crash_dir);
+    let new = integration::finished_crash_dirs(&crash_dir);
     assert_eq!(new.len(), 3, "{new:?} {stderr}");
     for d in &new[..2] {
         assert!(d.join("vmcore").is_file(), "{}: {stderr}", d.display());
@@ -269,7 +257,7 @@ fn a_guest_in_a_crash_loop_waits_longer_before_each_boot() {
         let waited = (ts(r) - ts(d)).num_milliseconds();
         assert!(waited >= d["wait_ms"].as_i64().unwrap(), "booted again after {waited} ms: {d} {r}");
     }
-    let dirs = crash_dirs(&crash_dir);
+    let dirs = integration::finished_crash_dirs(&crash_dir);
     assert_eq!(dirs.len(), 4);
     let in_reports: Vec<Option<f64>> = dirs.iter().map(|d| report(d)["reset_wait"]["seconds"].as_f64()).collect();
     assert_eq!(in_reports, [Some(0.2), Some(0.4), Some(0.8), None]);

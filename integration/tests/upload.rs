@@ -171,14 +171,7 @@ fn one_vmcore_per_signature_across_hosts_and_the_local_count_without_the_store()
     let url = format!("s3://{BUCKET}/dups");
     let dir = tempfile::tempdir().unwrap();
     let newest_report = |crash_dir: &Path| -> (PathBuf, Value) {
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(crash_dir)
-            .unwrap()
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
-            .collect();
-        dirs.sort();
-        let last = dirs.pop().expect("a crash directory");
+        let last = integration::finished_crash_dirs(crash_dir).pop().expect("a crash directory");
         let report = serde_json::from_slice(&std::fs::read(last.join("report.json")).unwrap()).unwrap();
         (last, report)
     };

@@ -1193,9 +1193,9 @@ fn local_vmcores(crash_dir: &Path, signature: &str, delivered: &[PathBuf]) -> Lo
         })
         .collect();
     dirs.sort();
+    // Delivered jobs name their directories canonically: one resolution per directory.
     let undelivered =
-        dirs.iter().filter(|d| !delivered.iter().any(|p| std::fs::canonicalize(d).is_ok_and(|c| &c == p))).count()
-            as u64;
+        dirs.iter().filter(|d| std::fs::canonicalize(d).map_or(true, |c| !delivered.contains(&c))).count() as u64;
     LocalVmcores { count: dirs.len() as u64, undelivered, first: dirs.first().map(|d| d.display().to_string()) }
 }
 
