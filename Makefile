@@ -126,7 +126,9 @@ fuzz:
 	@echo "make fuzz: no findings"
 
 # One run measures crashvmm and, beside it, QEMU on the same machine (integration/src/bench/):
-# vmcore throughput, start time and resident memory, the crash path. The plot's font comes from
+# vmcore throughput, start time and resident memory, the crash path, filtered and live dumps,
+# the crash analysis, and a fleet's store (10,000 crash directories in moto, the S3 server the
+# delivery tests use: delivery/tests/s3-server.sh installs it). The plot's font comes from
 # fonts-dejavu-core. Scratch files go to build/bench (deleted as the run goes).
 bench:
 	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(APT_PACKAGES) fonts-dejavu-core"

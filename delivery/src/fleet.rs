@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
+use object_store::list::PaginatedListOptions;
 use object_store::ObjectStoreExt;
 
 use crate::error::{chain, io};
 use crate::target::Target;
-use crate::{private, DeliveryError, REPORT};
+use crate::{index, private, DeliveryError, REPORT};
 
 /// One complete crash directory in the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -42,85 +43,80 @@ fn runtime() -> Result<tokio::runtime::Runtime, DeliveryError> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DeliveryError::Runtime)
 }
 
-/// The complete crash directories under `target` (those whose report.json is there: it is
-/// uploaded last), grouped by signature id, the biggest group first. A report.json that cannot
-/// be read or is not JSON is left out with a warning naming it.
+/// The complete crash directories under `target`, grouped by signature id, the biggest group
+/// first: one listing of the store's index (`crate::index`, a key per directory) and, for each
+/// group, its newest report.json for the title. A title that cannot be read is left out with a
+/// warning naming it. Directories delivered without the index are not listed.
 pub fn list_crashes(target: &Target) -> Result<Vec<Group>, DeliveryError> {
     runtime()?.block_on(list_async(target))
 }
 
 async fn list_async(target: &Target) -> Result<Vec<Group>, DeliveryError> {
-    let prefix = (!target.prefix.is_empty()).then(|| target.key(""));
     let store = target.store()?;
-    let objects: Vec<_> = store.list(prefix.as_ref()).try_collect().await?;
-    let reports: Vec<(String, String, String, object_store::path::Path)> = objects
-        .into_iter()
-        .filter_map(|m| {
-            let rel = target.relative(m.location.as_ref()).to_owned();
-            let parts: Vec<&str> = rel.split('/').collect();
-            match parts.as_slice() {
-                [sig, host, dir, REPORT] => Some((sig.to_string(), host.to_string(), dir.to_string(), m.location)),
-                _ => None,
-            }
-        })
-        .collect();
-    let fetched: Vec<_> = futures::stream::iter(reports.into_iter().map(|(sig, host, dir, key)| {
-        let store = store.clone();
-        async move {
-            let report = async {
-                let bytes = store.get(&key).await?.bytes().await?;
-                crash_report::from_slice::<crash_report::Report>(&bytes)
-                    .map_err(|source| DeliveryError::Report { path: key.to_string(), source })
-            };
-            match report.await {
-                Ok(report) => Some((sig, host, dir, report)),
-                Err(e) => {
-                    log::warn!("skipping {}: {}", target.url_of(&format!("{sig}/{host}/{dir}/{REPORT}")), chain(&e));
-                    None
-                }
-            }
+    let prefix = target.key(index::CRASHES_PREFIX);
+    let mut groups: BTreeMap<String, Vec<index::Entry>> = BTreeMap::new();
+    let mut listing = store.list(Some(&prefix));
+    while let Some(m) = listing.try_next().await? {
+        let rel = target.relative(m.location.as_ref());
+        match index::parse_crash_key(rel) {
+            Some(e) => groups.entry(e.signature.clone()).or_default().push(e),
+            None => log::warn!("skipping {}: not an index entry", target.url_of(rel)),
         }
-    }))
-    .buffer_unordered(16)
-    .filter_map(std::future::ready)
-    .collect()
-    .await;
-    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
-    for (sig, host, dir, report) in fetched {
-        let g = groups.entry(sig.clone()).or_insert_with(|| Group {
-            signature_id: sig.clone(),
-            title: None,
-            count: 0,
-            hosts: Vec::new(),
-            first_seen: None,
-            last_seen: None,
-            kernel_releases: Vec::new(),
-            dirs: Vec::new(),
-        });
-        if g.title.is_none() {
-            g.title = report.signature.and_then(|s| s.title);
-        }
-        g.dirs.push(CrashEntry {
-            url: target.url_of(&format!("{sig}/{host}/{dir}")),
-            host,
-            dir,
-            detected_at: report.detected_at,
-            kernel_release: report.guest.and_then(|g| g.kernel_release),
-        });
     }
+    // Directory names begin with the crash's time: the newest directory's report names the
+    // group's title (a signature's title is what its id was made from).
+    let titles: BTreeMap<String, Option<String>> =
+        futures::stream::iter(groups.values().filter_map(|g| g.iter().max_by(|a, b| a.dir.cmp(&b.dir))).map(|e| {
+            let store = store.clone();
+            let key = target.key(&format!("{}/{REPORT}", e.dir_key()));
+            let signature = e.signature.clone();
+            async move {
+                let report = async {
+                    let bytes = store.get(&key).await?.bytes().await?;
+                    crash_report::from_slice::<crash_report::Report>(&bytes)
+                        .map_err(|source| DeliveryError::Report { path: key.to_string(), source })
+                };
+                let title = match report.await {
+                    Ok(r) => r.signature.and_then(|s| s.title),
+                    Err(e) => {
+                        log::warn!("no title for {signature}: {}", chain(&e));
+                        None
+                    }
+                };
+                (signature, title)
+            }
+        }))
+        .buffer_unordered(16)
+        .collect()
+        .await;
     let mut out: Vec<Group> = groups
-        .into_values()
-        .map(|mut g| {
-            // RFC 3339 UTC times of one format sort as text.
-            g.dirs.sort_by(|a, b| (&a.detected_at, &a.dir).cmp(&(&b.detected_at, &b.dir)));
-            g.count = g.dirs.len();
-            g.hosts = g.dirs.iter().map(|d| d.host.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-            g.kernel_releases =
-                g.dirs.iter().filter_map(|d| d.kernel_release.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-            let seen: Vec<&String> = g.dirs.iter().filter_map(|d| d.detected_at.as_ref()).collect();
-            g.first_seen = seen.iter().min().map(|s| s.to_string());
-            g.last_seen = seen.iter().max().map(|s| s.to_string());
-            g
+        .into_iter()
+        .map(|(signature_id, entries)| {
+            let mut dirs: Vec<CrashEntry> = entries
+                .iter()
+                .map(|e| CrashEntry {
+                    url: target.url_of(&e.dir_key()),
+                    host: e.host.clone(),
+                    dir: e.dir.clone(),
+                    detected_at: e.detected_at(),
+                    kernel_release: e.kernel_release.clone(),
+                })
+                .collect();
+            dirs.sort_by(|a, b| (&a.dir, &a.host).cmp(&(&b.dir, &b.host)));
+            let set = |f: &dyn Fn(&CrashEntry) -> Option<&String>| {
+                dirs.iter().filter_map(f).cloned().collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>()
+            };
+            let seen = set(&|d| d.detected_at.as_ref());
+            Group {
+                title: titles.get(&signature_id).cloned().flatten(),
+                signature_id,
+                count: dirs.len(),
+                hosts: set(&|d| Some(&d.host)),
+                first_seen: seen.first().cloned(),
+                last_seen: seen.last().cloned(),
+                kernel_releases: set(&|d| d.kernel_release.as_ref()),
+                dirs,
+            }
         })
         .collect();
     out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| b.last_seen.cmp(&a.last_seen)));
@@ -130,33 +126,59 @@ async fn list_async(target: &Target) -> Result<Vec<Group>, DeliveryError> {
 /// The crash directories of one signature in the store that hold a vmcore.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VmcoreCount {
-    /// Directories (`HOST/DIR`) with a `vmcore` or `vmcore.kdump` object.
+    /// Directories (`HOST/DIR`) with a vmcore, counted up to the `at_most` asked for.
     pub count: usize,
     /// The URL of the oldest of them (directory names begin with the crash's time).
     pub first: Option<String>,
 }
 
-/// How many crash directories of `signature` under `target` hold a vmcore: one listing of
-/// `PREFIX/SIGNATURE-ID/` (a directory still being delivered counts once its vmcore is there).
-pub fn count_vmcores(target: &Target, signature: &str) -> Result<VmcoreCount, DeliveryError> {
-    runtime()?.block_on(count_async(target, signature))
+/// How many crash directories of `signature` under `target` hold a vmcore, counting no further
+/// than `at_most`: a page of at most `at_most` keys of the index's
+/// `.index/vmcores/SIGNATURE-ID/` (a directory still being delivered counts once its vmcore is
+/// there), so the time does not grow with the signature's crashes.
+pub fn count_vmcores(target: &Target, signature: &str, at_most: usize) -> Result<VmcoreCount, DeliveryError> {
+    runtime()?.block_on(count_async(target, signature, at_most))
 }
 
-async fn count_async(target: &Target, signature: &str) -> Result<VmcoreCount, DeliveryError> {
-    let store = target.store()?;
-    let prefix = target.key(signature);
-    let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
-    let mut dirs: BTreeSet<(String, String)> = BTreeSet::new();
-    for m in &objects {
-        let rel = target.relative(m.location.as_ref());
-        if let [sig, host, dir, "vmcore" | "vmcore.kdump"] = rel.split('/').collect::<Vec<_>>().as_slice() {
-            if *sig == signature {
-                dirs.insert((dir.to_string(), host.to_string()));
+async fn count_async(target: &Target, signature: &str, at_most: usize) -> Result<VmcoreCount, DeliveryError> {
+    let mut seen = Vec::new();
+    if let Some(pages) = target.pages() {
+        // Object stores list in key order, oldest first here: pages of what is still wanted.
+        let prefix = format!("{}/", target.key(&index::vmcores_prefix(signature)));
+        let (mut token, mut entries) = (None, 0);
+        while entries < at_most {
+            let opts = PaginatedListOptions {
+                max_keys: Some((at_most - entries).min(1000)),
+                page_token: token.take(),
+                ..Default::default()
+            };
+            let page = pages.list_paginated(Some(&prefix), opts).await?;
+            let keys = page.result.objects.into_iter().map(|m| m.location);
+            for key in keys {
+                entries += usize::from(index::parse_vmcore_key(target.relative(key.as_ref()), signature).is_some());
+                seen.push(key);
+            }
+            match page.page_token {
+                Some(t) => token = Some(t),
+                None => break,
             }
         }
+    } else {
+        // A local directory's listing has no order: all of it.
+        let store = target.store()?;
+        seen = store
+            .list(Some(&target.key(&index::vmcores_prefix(signature))))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await?;
     }
-    let first = dirs.first().map(|(dir, host)| target.url_of(&format!("{signature}/{host}/{dir}")));
-    Ok(VmcoreCount { count: dirs.len(), first })
+    let mut dirs: Vec<(&str, &str)> =
+        seen.iter().filter_map(|k| index::parse_vmcore_key(target.relative(k.as_ref()), signature)).collect();
+    dirs.sort_unstable();
+    Ok(VmcoreCount {
+        count: dirs.len().min(at_most),
+        first: dirs.first().map(|(dir, host)| target.url_of(&format!("{signature}/{host}/{dir}"))),
+    })
 }
 
 /// Download the crash directory at `url` (`<target>/<signature id>/<host>/<dir>`) into

@@ -9,10 +9,13 @@
 //! object carries its SHA-256 as metadata (`sha256`); an object already there with the same size
 //! and checksum is never uploaded again. The job file records each file done and, for a
 //! multipart upload, its upload id and the parts the store acknowledged, so that a restart
-//! resumes the same upload (S3, GCS, Azure: `MultipartStore`) where it stopped.
+//! resumes the same upload (S3, GCS, Azure: `MultipartStore`) where it stopped. Beside the
+//! directories the uploader keeps the store's [`index`], which the fleet view and the
+//! per-signature vmcore count list instead of every object.
 
 mod error;
 mod fleet;
+pub mod index;
 pub mod private;
 mod spool;
 mod target;
@@ -26,3 +29,8 @@ pub use upload::{DeliveryEvent, StopSignal, Uploader, UploaderConfig};
 
 /// Files uploaded last: their presence says the directory is complete.
 pub const REPORT: &str = "report.json";
+
+/// Whether a crash directory's file named `name` is its vmcore.
+pub fn is_vmcore(name: &str) -> bool {
+    matches!(name, "vmcore" | "vmcore.kdump")
+}

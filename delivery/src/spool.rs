@@ -34,6 +34,10 @@ pub struct JobMeta {
     pub signature_id: String,
     /// The host the crash happened on.
     pub host: String,
+    /// `guest.kernel_release` of report.json, for the store's index (absent from job files
+    /// written before the index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_release: Option<String>,
 }
 
 impl JobMeta {
@@ -55,7 +59,8 @@ impl JobMeta {
             .filter(|s| is_safe_component(s))
             .unwrap_or("unknown")
             .to_owned();
-        Self { signature_id, host: hostname() }
+        let kernel_release = report.guest.as_ref().and_then(|g| g.kernel_release.clone());
+        Self { signature_id, host: hostname(), kernel_release }
     }
 }
 
@@ -393,7 +398,7 @@ mod tests {
     fn enqueue_is_atomic_idempotent_and_oldest_first() -> Result<(), DeliveryError> {
         let base = tempfile::tempdir().map_err(|e| DeliveryError::Other(e.to_string()))?;
         let spool = Spool::open(base.path())?;
-        let meta = JobMeta { signature_id: "0123456789abcdef".into(), host: "h1".into() };
+        let meta = JobMeta { signature_id: "0123456789abcdef".into(), host: "h1".into(), kernel_release: None };
         let mut ids = Vec::new();
         for n in ["20261125T130105Z-001", "20261125T130106Z-002"] {
             let d = base.path().join(n);

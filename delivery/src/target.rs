@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::list::PaginatedListStore;
 use object_store::local::LocalFileSystem;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjPath;
@@ -43,6 +44,8 @@ enum Backend {
         store: Arc<dyn ObjectStore>,
         /// The resumable multipart API.
         multipart: Arc<dyn MultipartStore>,
+        /// Listing a page of a chosen size.
+        pages: Arc<dyn PaginatedListStore>,
     },
     /// `file://`: the directory is created (owner-only) when first written to, not when the
     /// URL is parsed, and the store is built once it exists.
@@ -101,7 +104,8 @@ impl Target {
             return Err(bad(url, "no bucket"));
         }
         let prefix = prefix.trim_matches('/').to_owned();
-        let (store, multipart): (Arc<dyn ObjectStore>, Arc<dyn MultipartStore>) = match scheme {
+        type Apis = (Arc<dyn ObjectStore>, Arc<dyn MultipartStore>, Arc<dyn PaginatedListStore>);
+        let (store, multipart, pages): Apis = match scheme {
             Scheme::S3 => {
                 let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry());
                 let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL"));
@@ -116,19 +120,19 @@ impl Target {
                     b = b.with_region(r);
                 }
                 let s = Arc::new(b.build()?);
-                (s.clone(), s)
+                (s.clone(), s.clone(), s)
             }
             Scheme::Gcs => {
                 let s = Arc::new(
                     GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket).with_retry(retry()).build()?,
                 );
-                (s.clone(), s)
+                (s.clone(), s.clone(), s)
             }
             Scheme::Azure => {
                 let s = Arc::new(
                     MicrosoftAzureBuilder::from_env().with_container_name(bucket).with_retry(retry()).build()?,
                 );
-                (s.clone(), s)
+                (s.clone(), s.clone(), s)
             }
             Scheme::File => return Err(bad(url, "unreachable")),
         };
@@ -137,13 +141,13 @@ impl Target {
             scheme,
             bucket: bucket.to_owned(),
             prefix,
-            backend: Backend::Cloud { store, multipart },
+            backend: Backend::Cloud { store, multipart, pages },
         })
     }
 
     /// The store, to read from. A `file://` directory that does not exist is an error (it is
     /// not created by reading).
-    pub(crate) fn store(&self) -> Result<Arc<dyn ObjectStore>, DeliveryError> {
+    pub fn store(&self) -> Result<Arc<dyn ObjectStore>, DeliveryError> {
         match &self.backend {
             Backend::Cloud { store, .. } => Ok(store.clone()),
             Backend::File { .. } => match self.local()? {
@@ -200,6 +204,14 @@ impl Target {
         }
     }
 
+    /// Listing in pages of a chosen size, in key order (S3, GCS, Azure; not `file://`).
+    pub(crate) fn pages(&self) -> Option<Arc<dyn PaginatedListStore>> {
+        match &self.backend {
+            Backend::Cloud { pages, .. } => Some(pages.clone()),
+            Backend::File { .. } => None,
+        }
+    }
+
     /// The same store, with `sub` (slash-separated) appended to the prefix.
     pub fn join(&self, sub: &str) -> Self {
         let sub = sub.trim_matches('/');
@@ -212,7 +224,7 @@ impl Target {
     }
 
     /// The object key of `rel` (slash-separated) under the prefix.
-    pub(crate) fn key(&self, rel: &str) -> ObjPath {
+    pub fn key(&self, rel: &str) -> ObjPath {
         let rel = rel.trim_matches('/');
         if self.prefix.is_empty() {
             ObjPath::from(rel)

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::error::{chain, io};
 use crate::spool::{FileState, Job, MultipartState, Spool};
 use crate::target::{Scheme, Target};
-use crate::{DeliveryError, REPORT};
+use crate::{index, is_vmcore, DeliveryError, REPORT};
 
 /// The metadata key each object's SHA-256 is stored under (S3: `x-amz-meta-sha256`).
 pub const SHA256_META: &str = "sha256";
@@ -396,9 +396,19 @@ impl Uploader {
                 .into());
             }
         }
+        // The index (crate::index): the vmcore's entry before report.json, the directory's
+        // once report.json is there. Empty objects, put again on every attempt (a retry after
+        // either finds them as they were).
+        let m = &job.meta;
+        if job.files.iter().any(|f| is_vmcore(&f.name)) {
+            self.put_index_entry(&index::vmcore_key(&m.signature_id, &job.name, &m.host)).await?;
+        }
         if let Some(i) = job.files.iter().position(|f| f.name == REPORT && !f.done) {
             self.put_file(job, i, &dir_target, &throttle, stop, events, &mut sent, total).await?;
         }
+        let m = &job.meta;
+        self.put_index_entry(&index::crash_key(&m.signature_id, &job.name, &m.host, m.kernel_release.as_deref()))
+            .await?;
         job.url = Some(dir_target.url.clone());
         job.last_error = None;
         self.spool.complete(job)?;
@@ -473,6 +483,14 @@ impl Uploader {
         }
         events(DeliveryEvent::Progress { dir: job.path.clone(), bytes: *sent, total });
         Ok(())
+    }
+
+    /// An empty object at `rel` under the target's prefix.
+    async fn put_index_entry(&self, rel: &str) -> Result<(), DeliveryError> {
+        let key = self.target.key(rel);
+        let store = self.target.store_for_write(&key)?;
+        store.put(&key, PutPayload::new()).await.map_err(|e| self.no_bucket(e))?;
+        self.target.seal(&key)
     }
 
     /// A write answered "not found": the bucket or container is not there (an object never
@@ -853,7 +871,7 @@ mod tests {
     }
 
     fn meta() -> crate::JobMeta {
-        crate::JobMeta { signature_id: "0123456789abcdef".into(), host: "h".into() }
+        crate::JobMeta { signature_id: "0123456789abcdef".into(), host: "h".into(), kernel_release: None }
     }
 
     /// `run` on a thread of its own: its events, and its result once it returns.

@@ -154,7 +154,8 @@ fn killed_server_and_uploader_mid_vmcore_then_both_restart() -> R {
     let base = work.path().join("host1");
     let dir = crash_dir(&base, "20261125T130105Z-001", "cccccccccccccccc", "BUG: x", "6.1.0-9-amd64", VMCORE, 7)?;
     let spool = Spool::open(&base)?;
-    spool.enqueue(&dir, &JobMeta { signature_id: "cccccccccccccccc".into(), host: "h1".into() })?;
+    spool
+        .enqueue(&dir, &JobMeta { signature_id: "cccccccccccccccc".into(), host: "h1".into(), kernel_release: None })?;
     let mut child = spawn_child(&base, &url)?;
     let job = wait_for_parts(&spool, 3)?;
     server.kill();
@@ -179,7 +180,8 @@ fn killed_server_and_uploader_mid_vmcore_then_both_restart() -> R {
     let base = work.path().join("host2");
     let dir = crash_dir(&base, "20261125T130205Z-001", "dddddddddddddddd", "BUG: y", "6.1.0-9-amd64", VMCORE, 8)?;
     let spool = Spool::open(&base)?;
-    spool.enqueue(&dir, &JobMeta { signature_id: "dddddddddddddddd".into(), host: "h2".into() })?;
+    spool
+        .enqueue(&dir, &JobMeta { signature_id: "dddddddddddddddd".into(), host: "h2".into(), kernel_release: None })?;
     let mut child = spawn_child(&base, &url)?;
     wait_for_parts(&spool, 4)?;
     child.kill()?;

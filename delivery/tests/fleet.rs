@@ -1,6 +1,6 @@
 //! The bar: three guests' crashes, two with the same bug, uploaded to a real S3-protocol
 //! server; the store holds three complete directories under two signature ids and
-//! `list_crashes` gives two groups with counts 2 and 1.
+//! `list_crashes` gives two groups with counts 2 and 1, from the store's index.
 
 mod common;
 
@@ -48,14 +48,23 @@ fn three_crashes_two_signatures_two_groups() -> R {
         assert!(matches!(events.last(), Some(DeliveryEvent::Completed { .. })), "{events:?}");
         assert!(spool.pending()?.is_empty());
         // Queued again once delivered: nothing to do.
-        spool.enqueue(&dir, &JobMeta { host: host.to_string(), signature_id: sig.to_string() })?;
+        spool
+            .enqueue(&dir, &JobMeta { host: host.to_string(), signature_id: sig.to_string(), kernel_release: None })?;
         assert!(spool.pending()?.is_empty());
         // --upload-keep-local off: the local copy goes once the store confirmed it.
         assert_eq!(dir.exists(), i != 2);
         dirs.push(dir);
     }
+    // 4 files per directory, and the index: a vmcore entry and a crash entry per directory.
     let keys = server.keys()?;
-    assert_eq!(keys.len(), 12, "{keys:?}");
+    assert_eq!(keys.len(), 18, "{keys:?}");
+    for key in [
+        format!("fleet/.index/vmcores/{BUG}/20261125T130205Z-001/host-b"),
+        format!("fleet/.index/crashes/{BUG}/20261125T130205Z-001/host-b/6.1.0-1-amd64"),
+        format!("fleet/.index/crashes/{OTHER}/20261125T130305Z-002/host-a/6.1.0-2-amd64"),
+    ] {
+        assert!(keys.contains(&key), "{key} not in {keys:?}");
+    }
     assert_eq!(server.open_uploads()?, 0);
 
     let groups = list_crashes(&target)?;
@@ -63,21 +72,36 @@ fn three_crashes_two_signatures_two_groups() -> R {
     assert_eq!(groups[0].hosts, ["host-a", "host-b"]);
     assert_eq!(groups[0].kernel_releases, ["6.1.0-0-amd64", "6.1.0-1-amd64"]);
     assert_eq!(groups[0].title.as_deref(), Some("BUG: unable to handle page fault in foo"));
-    assert!(groups[0].first_seen < groups[0].last_seen);
+    assert_eq!(groups[0].first_seen.as_deref(), Some("2026-11-25T13:01:05Z"));
+    assert_eq!(groups[0].last_seen.as_deref(), Some("2026-11-25T13:02:05Z"));
+    let listed: Vec<_> = groups[0].dirs.iter().map(|d| (d.host.as_str(), d.kernel_release.as_deref())).collect();
+    assert_eq!(listed, [("host-a", Some("6.1.0-0-amd64")), ("host-b", Some("6.1.0-1-amd64"))]);
     println!("{}", serde_json::to_string_pretty(&groups)?);
 
-    // A directory without its report.json is not a crash yet: it is not listed.
-    let (st, _) = common::http(server.port, "PUT", &format!("/{BUCKET}/fleet/{OTHER}/host-c/x/vmcore"), b"partial")?;
-    assert_eq!(st, 200);
+    // A directory being delivered (its vmcore is there, with its index entry, its report.json
+    // is not yet) is not a crash yet: it is not listed, but its vmcore counts.
+    for key in [
+        format!("{OTHER}/host-c/20261125T125905Z-001/vmcore"),
+        delivery::index::vmcore_key(OTHER, "20261125T125905Z-001", "host-c"),
+    ] {
+        let (st, _) = common::http(server.port, "PUT", &format!("/{BUCKET}/fleet/{key}"), b"")?;
+        assert_eq!(st, 200);
+    }
     assert_eq!(list_crashes(&target)?.iter().map(|g| g.count).sum::<usize>(), 3);
 
-    // Per signature, the directories with a vmcore (one listing): a directory being delivered
-    // counts once its vmcore is there; the oldest is named.
-    let bug = count_vmcores(&target, BUG)?;
+    // Per signature, the directories with a vmcore, up to the count asked for: the oldest is
+    // named.
+    let bug = count_vmcores(&target, BUG, 5)?;
     assert_eq!(bug.count, 2);
     assert_eq!(bug.first.as_deref(), Some(format!("s3://{BUCKET}/fleet/{BUG}/host-a/20261125T130105Z-001").as_str()));
-    assert_eq!(count_vmcores(&target, OTHER)?.count, 2);
-    assert_eq!(count_vmcores(&target, "cccccccccccccccc")?, VmcoreCount::default());
+    assert_eq!(count_vmcores(&target, BUG, 1)?.count, 1);
+    let other = count_vmcores(&target, OTHER, 5)?;
+    assert_eq!(other.count, 2);
+    assert_eq!(
+        other.first.as_deref(),
+        Some(format!("s3://{BUCKET}/fleet/{OTHER}/host-c/20261125T125905Z-001").as_str())
+    );
+    assert_eq!(count_vmcores(&target, "cccccccccccccccc", 5)?, VmcoreCount::default());
 
     // Fetch one back: the same files, the same bytes.
     let entry = &groups[0].dirs[0];

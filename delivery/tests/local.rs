@@ -14,7 +14,7 @@ fn file_target_round_trip_and_no_second_upload() -> R {
     let target = Target::parse(&format!("file://{}/crashes", store.display()))?;
     let base = work.path().join("host");
     let dir = crash_dir(&base, "20261125T130105Z-001", "eeeeeeeeeeeeeeee", "BUG: z", "6.1.0-1-amd64", 18 << 20, 5)?;
-    let meta = JobMeta { signature_id: "eeeeeeeeeeeeeeee".into(), host: "h".into() };
+    let meta = JobMeta { signature_id: "eeeeeeeeeeeeeeee".into(), host: "h".into(), kernel_release: None };
     let config = UploaderConfig { part_size: 8 << 20, ..Default::default() };
     let stop = StopSignal::new();
 

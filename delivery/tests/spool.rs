@@ -50,7 +50,7 @@ fn config() -> UploaderConfig {
 }
 
 fn meta() -> JobMeta {
-    JobMeta { signature_id: SIG.into(), host: "h".into() }
+    JobMeta { signature_id: SIG.into(), host: "h".into(), kernel_release: None }
 }
 
 /// Deliver what `spool` holds, one attempt per job; the number delivered and the events.
@@ -220,23 +220,27 @@ fn a_job_that_cannot_be_delivered_is_set_aside_with_the_reason() -> R {
 }
 
 #[test]
-fn a_bad_report_json_in_the_store_is_skipped_and_the_rest_listed() -> R {
+fn a_bad_report_json_or_index_entry_in_the_store_costs_a_title_or_that_entry_only() -> R {
     umask_000();
     let work = tempfile::tempdir()?;
     let store = work.path().join("store");
     for (sig, dir, text) in [
-        ("aaaaaaaaaaaaaaaa", "d1", r#"{"signature":{"title":"BUG: a"},"detected_at":"2026-11-25T13:01:05Z"}"#),
-        ("bbbbbbbbbbbbbbbb", "d2", "{ not json"),
+        ("aaaaaaaaaaaaaaaa", "20261125T130105Z-001", r#"{"signature":{"title":"BUG: a"}}"#),
+        ("bbbbbbbbbbbbbbbb", "20261125T130205Z-001", "{ not json"),
     ] {
         let d = store.join(format!("{sig}/h/{dir}"));
         std::fs::create_dir_all(&d)?;
         std::fs::write(d.join("report.json"), text)?;
+        let entry = store.join(delivery::index::crash_key(sig, dir, "h", Some("6.1.0-57-cloud-amd64")));
+        std::fs::create_dir_all(entry.parent().ok_or("no parent")?)?;
+        std::fs::write(entry, "")?;
     }
+    // Not an entry: skipped with a warning.
+    std::fs::write(store.join(".index/crashes/aaaaaaaaaaaaaaaa/20261125T130105Z-001/h/a b"), "")?;
     let groups = list_crashes(&Target::parse(&format!("file://{}", store.display()))?)?;
-    assert_eq!(
-        groups.iter().map(|g| (g.signature_id.as_str(), g.count)).collect::<Vec<_>>(),
-        [("aaaaaaaaaaaaaaaa", 1)]
-    );
+    let got: Vec<_> = groups.iter().map(|g| (g.signature_id.as_str(), g.count, g.title.as_deref())).collect();
+    assert_eq!(got, [("bbbbbbbbbbbbbbbb", 1, None), ("aaaaaaaaaaaaaaaa", 1, Some("BUG: a"))]);
+    assert_eq!(groups[0].kernel_releases, ["6.1.0-57-cloud-amd64"]);
     // A store that is not there is an error, and reading it does not create it.
     let missing = work.path().join("missing");
     assert!(list_crashes(&Target::parse(&format!("file://{}", missing.display()))?).is_err());

@@ -319,9 +319,10 @@ fn crashes_escapes_what_the_store_holds() {
     let store = tempfile::tempdir().unwrap();
     let crash = store.path().join("0123456789abcdef/host1/20261125T000000Z-001");
     std::fs::create_dir_all(&crash).unwrap();
-    let report = r#"{"detected_at":"2026-11-25T00:00:00Z","signature":{"title":"BUG: \u001b[2Jgone"},
-        "guest":{"kernel_release":"6.1\u001b]0;x\u0007"}}"#;
+    let report = r#"{"signature":{"title":"BUG: \u001b[2Jgone"}}"#;
     std::fs::write(crash.join("report.json"), report).unwrap();
+    let release = Some("6.1\u{1b}]0;x\u{7}");
+    index_entry(store.path(), "0123456789abcdef", "20261125T000000Z-001", "host1", release);
     let url = format!("file://{}", store.path().display());
     for args in [vec!["crashes", &url], vec!["crashes", &url, "--signature", "0123456789abcdef"]] {
         let out = Command::new(crashvmm()).args(&args).output().unwrap();
@@ -437,17 +438,26 @@ fn deliver_sets_aside_corrupt_and_undeliverable_jobs_and_exits_non_zero() {
     }
 }
 
-/// `crashvmm crashes` on a store with one unreadable report.json lists the rest, with one
-/// warning naming it; a command rejected after its `file://` URL was parsed created nothing.
+/// A crash directory's entry in a `file://` store's index, as the uploader puts it.
+fn index_entry(store: &Path, sig: &str, dir: &str, host: &str, release: Option<&str>) {
+    let entry = store.join(delivery::index::crash_key(sig, dir, host, release));
+    std::fs::create_dir_all(entry.parent().unwrap()).unwrap();
+    std::fs::write(entry, "").unwrap();
+}
+
+/// `crashvmm crashes` on a store with one unreadable report.json lists its group without a
+/// title, with one warning naming it; a command rejected after its `file://` URL was parsed
+/// created nothing.
 #[test]
-fn crashes_skips_a_bad_report_json_and_parsing_a_file_url_creates_nothing() {
+fn crashes_lists_a_group_whose_report_json_is_bad_without_a_title_and_parsing_a_file_url_creates_nothing() {
     let work = tempfile::tempdir().unwrap();
     let store = work.path().join("store");
     for (sig, text) in [("aaaaaaaaaaaaaaaa", r#"{"signature":{"title":"BUG: a"}}"#), ("bbbbbbbbbbbbbbbb", "{ not json")]
     {
-        let d = store.join(format!("{sig}/h/d"));
+        let d = store.join(format!("{sig}/h/20261125T000000Z-001"));
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("report.json"), text).unwrap();
+        index_entry(&store, sig, "20261125T000000Z-001", "h", None);
     }
     let out = Command::new(crashvmm())
         .args(["crashes", &format!("file://{}", store.display()), "--json"])
@@ -457,11 +467,15 @@ fn crashes_skips_a_bad_report_json_and_parsing_a_file_url_creates_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let groups: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(groups.as_array().map(Vec::len), Some(1), "{groups}");
-    assert_eq!(groups[0]["signature_id"], "aaaaaaaaaaaaaaaa");
+    let got: Vec<_> =
+        groups.as_array().unwrap().iter().map(|g| (g["signature_id"].clone(), g["title"].clone())).collect();
+    assert_eq!(
+        got,
+        [("aaaaaaaaaaaaaaaa".into(), "BUG: a".into()), ("bbbbbbbbbbbbbbbb".into(), serde_json::Value::Null)]
+    );
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(lines[0].contains("bbbbbbbbbbbbbbbb/h/d/report.json"), "{stderr}");
+    assert!(lines[0].contains("bbbbbbbbbbbbbbbb/h/20261125T000000Z-001/report.json"), "{stderr}");
 
     let new = work.path().join("new/store");
     let out = Command::new(crashvmm())

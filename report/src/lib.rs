@@ -592,6 +592,7 @@ pub struct Report {
 #[serde(default)]
 pub struct VmcoreCount {
     pub signature_id: String,
+    /// Crash directories of the signature with a vmcore; the store's are counted up to `limit`.
     pub count: u64,
     /// `--vmcores-per-signature`.
     pub limit: u32,

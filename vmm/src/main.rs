@@ -49,7 +49,7 @@ enum Command {
         dir: PathBuf,
     },
     /// What an object store holds (`--upload`'s URL): crashes grouped by signature, with their
-    /// count, hosts, first and last seen and kernel releases.
+    /// count, hosts, first and last seen and kernel releases, from the store's index.
     Crashes {
         #[arg(value_name = "URL", value_parser = parse_upload)]
         url: delivery::Target,

@@ -155,18 +155,22 @@ impl Delivery {
 
 /// Asks the store how many vmcores a signature has (`--vmcores-per-signature` with
 /// `--upload`), on a thread of its own under the upload filter (the vmm thread has no
-/// sockets): one `count_vmcores` listing per question, answered on the asker's channel. A
+/// sockets): one `count_vmcores` listing per question (counting up to the limit asked for),
+/// answered on the asker's channel. A
 /// question whose answer does not come in time is left to finish on its own; the next waits
 /// behind it.
 pub struct StoreQuery {
-    ask: mpsc::Sender<(String, mpsc::Sender<Result<delivery::VmcoreCount, String>>)>,
+    ask: mpsc::Sender<Question>,
 }
+
+/// A signature, the most vmcores worth counting, and where the answer goes.
+type Question = (String, usize, mpsc::Sender<Result<delivery::VmcoreCount, String>>);
 
 impl StoreQuery {
     /// Start the `store-query` thread for `target`. Like the uploader, before the vmm thread
     /// confines itself.
     pub fn start(target: Target) -> Result<Self, StartError> {
-        let (ask, questions) = mpsc::channel::<(String, mpsc::Sender<Result<delivery::VmcoreCount, String>>)>();
+        let (ask, questions) = mpsc::channel::<Question>();
         std::thread::Builder::new()
             .name("store-query".into())
             .spawn(move || {
@@ -175,8 +179,9 @@ impl StoreQuery {
                     return;
                 }
                 // Ends when the asker (crash handling) is gone.
-                for (signature, answer) in questions {
-                    let count = delivery::count_vmcores(&target, &signature).map_err(|e| crate::error::chain(&e));
+                for (signature, at_most, answer) in questions {
+                    let count =
+                        delivery::count_vmcores(&target, &signature, at_most).map_err(|e| crate::error::chain(&e));
                     let _ = answer.send(count);
                 }
             })
@@ -184,10 +189,12 @@ impl StoreQuery {
         Ok(Self { ask })
     }
 
-    /// The store's count for `signature`, or why there is none within `limit`.
-    pub fn count(&self, signature: &str, limit: Duration) -> Result<delivery::VmcoreCount, String> {
+    /// The store's count for `signature` up to `at_most`, or why there is none within `limit`.
+    pub fn count(&self, signature: &str, at_most: usize, limit: Duration) -> Result<delivery::VmcoreCount, String> {
         let (answer, answered) = mpsc::channel();
-        self.ask.send((signature.to_owned(), answer)).map_err(|_| "the store query thread has ended".to_string())?;
+        self.ask
+            .send((signature.to_owned(), at_most, answer))
+            .map_err(|_| "the store query thread has ended".to_string())?;
         match answered.recv_timeout(limit) {
             Ok(count) => count,
             Err(mpsc::RecvTimeoutError::Timeout) => Err(format!("the store did not answer within {limit:?}")),
@@ -231,7 +238,8 @@ mod tests {
         let work = tempfile::tempdir()?;
         let events = EventLog::disabled();
         let d = start(work.path(), &format!("file://{}/store", work.path().display()), &events)?;
-        let meta = delivery::JobMeta { signature_id: "0123456789abcdef".into(), host: "h".into() };
+        let meta =
+            delivery::JobMeta { signature_id: "0123456789abcdef".into(), host: "h".into(), kernel_release: None };
         for name in ["20261125T130105Z-001", "20261125T130106Z-002"] {
             d.spool().enqueue(&crash_dir(work.path(), name)?, &meta)?;
         }
@@ -254,7 +262,8 @@ mod tests {
         std::fs::write(work.path().join("blocker"), b"")?;
         let events = EventLog::disabled();
         let d = start(work.path(), &format!("file://{}/blocker/store", work.path().display()), &events)?;
-        let meta = delivery::JobMeta { signature_id: "0123456789abcdef".into(), host: "h".into() };
+        let meta =
+            delivery::JobMeta { signature_id: "0123456789abcdef".into(), host: "h".into(), kernel_release: None };
         d.spool().enqueue(&crash_dir(work.path(), "20261125T130105Z-001")?, &meta)?;
         let done = finish(d, Duration::from_millis(200))?;
         assert_eq!(done, Finished { left: 1, abandoned: 0, broken: false });

@@ -16,11 +16,14 @@
 //!    dump and QEMU's `dump-guest-memory` (1, 4, 16 GiB; 10% and 90% touched), and total times.
 //! 7. [`analysis`]: the crash analysis from guest memory at 1, 4, 16 GiB, and
 //!    `makedumpfile --dump-dmesg` on the same crash.
+//! 8. [`fleet`]: a store of 10,000 crash directories (moto): the per-signature vmcore count and
+//!    `crashvmm crashes`, against listing every object and reading every report.json.
 //!
 //! Every VMM runs alone (one at a time); files are deleted right after they are measured.
 
 pub mod analysis;
 pub mod crashpath;
+pub mod fleet;
 pub mod kdump;
 pub mod live;
 pub mod machine;

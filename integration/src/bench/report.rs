@@ -44,6 +44,9 @@ pub struct Results {
     /// Part 7: the crash analysis (absent from results.json files written before it).
     #[serde(default)]
     pub analysis: super::analysis::AnalysisBench,
+    /// Part 8: a fleet's store (absent from results.json files written before it).
+    #[serde(default)]
+    pub fleet: super::fleet::FleetBench,
     pub wall_s: f64,
     pub quick: bool,
 }
@@ -345,11 +348,18 @@ fn markdown(r: &Results, png_name: &str) -> String {
     let _ = writeln!(
         m,
         "Written by `make bench` (`integration/src/bench/`) on {}; the run took {:.1} minutes{}. Every figure \
-         below comes from that one run, QEMU's included: the baseline is rerun each time. Regenerate with \
-         `make bench` on a quiet machine.\n",
+         below comes from that one run, QEMU's included (the baseline is rerun each time){}. Regenerate \
+         with `make bench` on a quiet machine.\n",
         r.machine.date_utc,
         r.wall_s / 60.0,
-        if r.quick { " (`--quick`: fewer sizes and repetitions, not for publishing)" } else { "" }
+        if r.quick { " (`--quick`: fewer sizes and repetitions, not for publishing)" } else { "" },
+        match &r.fleet.measured_at {
+            // Merged in from a run of its own.
+            Some(at) if r.fleet.alone && !r.fleet.crashes_s.is_empty() => {
+                format!(", but part 8's: measured on its own (`--only fleet`) on {at}")
+            }
+            _ => String::new(),
+        }
     );
 
     // ---- Targets ----------------------------------------------------------------------------
@@ -627,6 +637,9 @@ fn markdown(r: &Results, png_name: &str) -> String {
 
     // ---- 7. crash analysis ------------------------------------------------------------------
     super::analysis::section(&mut m, &r.analysis);
+
+    // ---- 8. a fleet's store -----------------------------------------------------------------
+    super::fleet::section(&mut m, &r.fleet);
 
     let _ = writeln!(m, "## Plot\n\n![crashvmm vs QEMU]({png_name})\n");
     raw_section(&mut m, r);
@@ -1433,6 +1446,7 @@ mod tests {
                     .collect(),
                 ..Default::default()
             },
+            fleet: Default::default(),
             wall_s: 600.0,
             quick: false,
         }

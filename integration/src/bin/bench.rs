@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use integration::bench::{self, analysis, crashpath, kdump, live, machine, overhead, progress, report, vmcore, Env};
+use integration::bench::{
+    self, analysis, crashpath, fleet, kdump, live, machine, overhead, progress, report, vmcore, Env,
+};
 use integration::Setup;
 
 #[derive(Parser)]
@@ -47,7 +49,7 @@ struct RunArgs {
     /// Skip the real-Linux crash path (the test host runs, about three minutes).
     #[arg(long)]
     skip_linux: bool,
-    /// Only these parts: vmcore, overhead, crash, kdump, live, analysis (default: all).
+    /// Only these parts: vmcore, overhead, crash, kdump, live, analysis, fleet (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Do not measure: write the report from a results.json of an earlier run.
@@ -164,6 +166,11 @@ fn run(a: RunArgs) -> Result<(), String> {
     let kdump = if part("kdump") { kdump::run(&env, &sizes) } else { Vec::new() };
     let live = if part("live") { live::run(&env, &sizes) } else { Vec::new() };
     let analysis = if part("analysis") { analysis::run(&env, &sizes) } else { Default::default() };
+    let fleet = if part("fleet") {
+        fleet::FleetBench { alone: !a.only.is_empty(), ..fleet::run(&env) }
+    } else {
+        Default::default()
+    };
     m.load_after = machine::loadavg();
 
     let results = report::Results {
@@ -176,6 +183,7 @@ fn run(a: RunArgs) -> Result<(), String> {
         kdump,
         live,
         analysis,
+        fleet,
         wall_s: started.elapsed().as_secs_f64(),
         quick: a.quick,
     };

@@ -979,7 +979,7 @@ impl CrashHandling {
         let store = self.store_query.as_ref().map(|q| {
             match self.store_counts.get(&signature).filter(|(at, _)| at.elapsed() < STORE_COUNT_TTL) {
                 Some((_, c)) => Ok(c.clone()),
-                None => q.count(&signature, STORE_COUNT_LIMIT).inspect(|c| {
+                None => q.count(&signature, limit as usize, STORE_COUNT_LIMIT).inspect(|c| {
                     self.store_counts.insert(signature.clone(), (Instant::now(), c.clone()));
                 }),
             }
