@@ -102,7 +102,7 @@ run: deps build images
 # fuzz/corpus/<target> from the committed fuzz/seeds/<target>; a finding is saved under
 # fuzz/artifacts/<target>/ and fails the run (logs in build/fuzz/).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := vmbus_messages vmbus_server hypercall crash_message analysis
+FUZZ_TARGETS := vmbus_messages vmbus_server hypercall crash_message analysis virtio_net
 CARGO_NIGHTLY ?= cargo +nightly
 
 fuzz:

@@ -515,3 +515,89 @@ impl PartitionInput {
         w.0
     }
 }
+
+/// Guest RAM of the `virtio_net` target, and where its [`NetOp::Setup`] puts the rings:
+/// receive queue (descriptors, available, used), then transmit queue.
+pub const NET_MEM: usize = 0x1_0000;
+pub const NET_RINGS: [(u64, u64, u64); 2] = [(0x1000, 0x2000, 0x3000), (0x4000, 0x5000, 0x6000)];
+/// Longest frame of a [`NetOp::Receive`].
+pub const MAX_NET_FRAME: usize = 4096;
+
+/// One step of the `virtio_net` target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetOp {
+    /// A 4-byte register write in the virtio-mmio window (offset modulo 0x200).
+    Reg { offset: u16, value: u32 },
+    /// The guest writes its memory (descriptors, rings, frames).
+    Mem { gpa: u16, bytes: Vec<u8> },
+    /// A driver's bring-up as Linux does it: the features in `wanted` that are offered, both
+    /// queues ([`NET_RINGS`], `size` entries), DRIVER_OK.
+    Setup { wanted: u64, size: u16 },
+    /// Descriptor `head` into queue `queue`'s available ring (its `idx` plus one).
+    Publish { queue: u8, head: u16 },
+    /// `QueueNotify` of `queue`, as its ioeventfd delivers it.
+    Notify { queue: u8 },
+    /// A frame from the host side (header first).
+    Receive { frame: Vec<u8> },
+    /// A frame of `len` bytes (a pattern) with a zero header.
+    BigFrame { len: u32 },
+    Link { up: bool },
+    /// The backend refuses frames (a full or vanished TAP) or takes them again.
+    BackendFails { fail: bool },
+}
+
+/// The input of the `virtio_net` target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetInput {
+    pub ops: Vec<NetOp>,
+}
+
+impl<'a> Arbitrary<'a> for NetInput {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        let mut ops = Vec::new();
+        while !u.is_empty() && ops.len() < MAX_OPS {
+            ops.push(match get_u8(u) % 9 {
+                0 => NetOp::Reg { offset: get_u16(u), value: get_u32(u) },
+                1 => NetOp::Mem { gpa: get_u16(u), bytes: get_bytes(u, MAX_RAW) },
+                2 => NetOp::Setup { wanted: get_u64(u), size: get_u16(u) },
+                3 => NetOp::Publish { queue: get_u8(u), head: get_u16(u) },
+                4 => NetOp::Notify { queue: get_u8(u) },
+                5 => NetOp::Receive { frame: get_bytes(u, MAX_NET_FRAME) },
+                6 => NetOp::BigFrame { len: get_u32(u) },
+                7 => NetOp::Link { up: get_u8(u) & 1 != 0 },
+                _ => NetOp::BackendFails { fail: get_u8(u) & 1 != 0 },
+            });
+        }
+        Ok(Self { ops })
+    }
+}
+
+impl NetInput {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        for op in &self.ops {
+            match op {
+                NetOp::Reg { offset, value } => w.u8(0).u16(*offset).u32(*value),
+                NetOp::Mem { gpa, bytes } => w.u8(1).u16(*gpa).bytes(bytes),
+                NetOp::Setup { wanted, size } => w.u8(2).u64(*wanted).u16(*size),
+                NetOp::Publish { queue, head } => w.u8(3).u8(*queue).u16(*head),
+                NetOp::Notify { queue } => w.u8(4).u8(*queue),
+                NetOp::Receive { frame } => w.u8(5).bytes(frame),
+                NetOp::BigFrame { len } => w.u8(6).u32(*len),
+                NetOp::Link { up } => w.u8(7).u8(u8::from(*up)),
+                NetOp::BackendFails { fail } => w.u8(8).u8(u8::from(*fail)),
+            };
+        }
+        w.0
+    }
+}
+
+/// A descriptor as the guest writes it into a table: address, length, flags, next.
+pub fn descriptor(addr: u64, len: u32, flags: u16, next: u16) -> Vec<u8> {
+    let mut d = Vec::with_capacity(16);
+    d.extend_from_slice(&addr.to_le_bytes());
+    d.extend_from_slice(&len.to_le_bytes());
+    d.extend_from_slice(&flags.to_le_bytes());
+    d.extend_from_slice(&next.to_le_bytes());
+    d
+}

@@ -7,7 +7,8 @@ use devices::hyperv::tlfs::*;
 use devices::vmbus::messages::*;
 
 use crate::{
-    guest_message, Call, Handler, HypercallInput, MemImage, Msg, MsrOp, PartitionInput, ServerInput, ServerOp,
+    descriptor, guest_message, Call, Handler, HypercallInput, MemImage, Msg, MsrOp, NetInput, NetOp, PartitionInput,
+    ServerInput, ServerOp, NET_RINGS,
 };
 
 /// One seed file: `fuzz/seeds/<target>/<name>`.
@@ -367,6 +368,61 @@ fn mem() -> MemImage {
     MemImage { size: 0x4000, init: vec![] }
 }
 
+/// virtio-net: Linux's bring-up (VERSION_1, MAC, STATUS, MRG_RXBUF), receive buffers, a frame
+/// each way; the same without mergeable buffers and a frame too big for one; hostile chains (a
+/// loop, device-writable transmit buffers, buffers outside guest memory).
+fn virtio_net() -> Vec<(&'static str, NetInput)> {
+    const VRING_DESC_F_NEXT: u16 = 1;
+    const VRING_DESC_F_WRITE: u16 = 2;
+    const ALL: u64 = 1 << 32 | 1 << 5 | 1 << 16 | 1 << 15;
+    let (rx, tx) = (NET_RINGS[0].0, NET_RINGS[1].0);
+    let mut frame = vec![0u8; 12];
+    frame.extend((0..60).map(|i| i as u8));
+    let rx_buffers = |n: u16, len: u32| {
+        (0..n).flat_map(move |i| {
+            [
+                NetOp::Mem { gpa: (rx + 16 * u64::from(i)) as u16, bytes: descriptor(0x8000 + 0x800 * u64::from(i), len, VRING_DESC_F_WRITE, 0) },
+                NetOp::Publish { queue: 0, head: i },
+            ]
+        })
+    };
+    let send = |head: u16, desc: Vec<u8>| {
+        vec![
+            NetOp::Mem { gpa: 0x7000, bytes: frame.clone() },
+            NetOp::Mem { gpa: (tx + 16 * u64::from(head)) as u16, bytes: desc },
+            NetOp::Publish { queue: 1, head },
+            NetOp::Notify { queue: 1 },
+        ]
+    };
+    let linux = |wanted: u64| -> Vec<NetOp> {
+        let mut ops = vec![NetOp::Setup { wanted, size: 256 }];
+        ops.extend(rx_buffers(4, 0x800));
+        ops.push(NetOp::Notify { queue: 0 });
+        ops.push(NetOp::Receive { frame: frame.clone() });
+        ops.extend(send(0, descriptor(0x7000, 72, 0, 0)));
+        ops
+    };
+    let mut merged = linux(ALL);
+    merged.push(NetOp::BigFrame { len: 3000 });
+    let mut single = linux(ALL & !(1 << 15));
+    single.push(NetOp::BigFrame { len: 3000 });
+    let mut hostile = vec![NetOp::Setup { wanted: ALL, size: 256 }];
+    hostile.extend(send(1, descriptor(0x7000, 72, VRING_DESC_F_NEXT, 1)));
+    hostile.extend(send(2, descriptor(0x7000, 72, VRING_DESC_F_WRITE, 0)));
+    hostile.extend(send(3, descriptor(0xfff0, 72, 0, 0)));
+    hostile.push(NetOp::Mem { gpa: rx as u16, bytes: descriptor(0x8000, 0x800, 0, 0) });
+    hostile.push(NetOp::Publish { queue: 0, head: 0 });
+    hostile.push(NetOp::Receive { frame: frame.clone() });
+    hostile.push(NetOp::BackendFails { fail: true });
+    hostile.extend(send(4, descriptor(0x7000, 72, 0, 0)));
+    hostile.push(NetOp::Link { up: false });
+    vec![
+        ("linux_mergeable", NetInput { ops: merged }),
+        ("linux_single_buffers", NetInput { ops: single }),
+        ("hostile_chains", NetInput { ops: hostile }),
+    ]
+}
+
 /// Every seed of every target.
 pub fn seeds() -> Vec<Seed> {
     let mut out = Vec::new();
@@ -381,6 +437,9 @@ pub fn seeds() -> Vec<Seed> {
     }
     for (name, input) in crash_message() {
         out.push(Seed { target: "crash_message", name, bytes: input.to_bytes() });
+    }
+    for (name, input) in virtio_net() {
+        out.push(Seed { target: "virtio_net", name, bytes: input.to_bytes() });
     }
     out
 }
@@ -406,6 +465,9 @@ mod tests {
             decodes_to(&input.to_bytes(), &input);
         }
         for (_, input) in crash_message() {
+            decodes_to(&input.to_bytes(), &input);
+        }
+        for (_, input) in virtio_net() {
             decodes_to(&input.to_bytes(), &input);
         }
     }

@@ -885,6 +885,8 @@ fn a_forbidden_system_call_from_each_thread_kind_ends_crashvmm_with_a_report() {
     let metrics_dir = tempfile::tempdir().unwrap();
     let metrics = metrics_dir.path().join("crashvmm.prom");
     let metrics = metrics.to_str().unwrap();
+    // Created by crashvmm (CAP_NET_ADMIN), gone when it ends.
+    let tap = format!("tap=cvst{}", std::process::id() % 100_000);
     for (kind, scenario, extra, thread) in [
         ("vmm", "boot", &[][..], "vmm"),
         ("vcpu", "boot", &[][..], "vcpu0"),
@@ -901,6 +903,8 @@ fn a_forbidden_system_call_from_each_thread_kind_ends_crashvmm_with_a_report() {
         ),
         // The metrics file's writer.
         ("metrics", "boot", &["--metrics-file", metrics][..], "metrics"),
+        // A network device's thread (its TAP created for the run).
+        ("net", "boot", &["--net", &tap][..], "net0"),
     ] {
         let args: Vec<&str> = ["--seccomp-selftest", kind].into_iter().chain(extra.iter().copied()).collect();
         let Some(r) = run(scenario, &args) else { return };

@@ -12,11 +12,13 @@ use devices::hyperv::HvConfig;
 use devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use devices::pvpanic::{PvPanic, PVPANIC_PORT};
 use devices::rtc::{Rtc, RTC_BASE, RTC_LEN};
+use devices::virtio::net::{RX_QUEUE, TX_QUEUE};
 use devices::virtio::{VirtioBlock, VIRTIO_MMIO_WINDOW};
 use devices::vmbus::ServerConfig;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use thiserror::Error;
+use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -33,6 +35,7 @@ use crate::disk::{
 use crate::events::{EventLog, EventLogError};
 use crate::hyperv::{self, HyperV, HypervError};
 use crate::layout::{self, COM1_BASE, COM1_GSI, COM1_LEN, KVM_TSS_ADDR};
+use crate::net::{self, NetError, NetMmio, NetSlot, Tap};
 use crate::serial::{IrqLine, SerialDevice};
 use crate::vcpu::{self, ExitContext, VcpuError};
 use crate::vmbus::Deferred;
@@ -80,6 +83,8 @@ pub enum VmError {
     #[error(transparent)]
     Disk(#[from] DiskError),
     #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
     #[error(transparent)]
     Hyperv(#[from] HypervError),
@@ -112,6 +117,8 @@ pub struct Shared<'a> {
     pub console: &'a SharedConsole,
     /// The CMOS RTC keeps a time the guest set across resets, as a battery-backed one does.
     pub rtc: &'a Arc<Mutex<Rtc>>,
+    /// `--net`'s TAP interfaces, opened once for the session, in order.
+    pub taps: &'a [Arc<Tap>],
 }
 
 /// A VM built and ready to run: its vCPUs are configured and no thread runs them yet.
@@ -122,6 +129,8 @@ pub struct Machine {
     pub ctx: Arc<ExitContext>,
     /// COM1, for console input.
     pub serial: Arc<Mutex<SerialDevice>>,
+    /// The network devices, each with its TAP, for their threads.
+    pub nets: Vec<NetSlot>,
 }
 
 /// Build a fresh VM for one boot of the guest.
@@ -156,7 +165,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, shared: &Shared<'_>) -> Result<Machin
     let bus = port_bus(config, &serial, shared.rtc)?;
     // This boot's: a new boot's first write to the crash disk counts again.
     let crash_disk = config.crash_disk.as_ref().map(|_| CrashDiskWatch::new());
-    let mmio = mmio_bus(&vm, &mem, &disks, crash_disk.as_ref())?;
+    let (mmio, nets) = mmio_bus(&vm, &mem, &disks, crash_disk.as_ref(), config, shared.taps)?;
 
     let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let supported = if config.hyperv {
@@ -204,7 +213,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, shared: &Shared<'_>) -> Result<Machin
         exits: Default::default(),
         crash_disk,
     });
-    Ok(Machine { vm, vcpus, ctx, serial })
+    Ok(Machine { vm, vcpus, ctx, serial, nets })
 }
 
 /// The DSDT: every device the guest must find through ACPI.
@@ -220,6 +229,10 @@ fn dsdt(config: &VmConfig, disks: &[DiskSlot<'_>]) -> Dsdt {
     }
     for (i, d) in disks.iter().enumerate() {
         acpi::add_virtio_mmio(&mut dsdt, i, d.base, d.gsi);
+    }
+    for i in 0..config.nets.len() {
+        let (base, gsi) = net_slot(disks.len() + i).expect("disk_slots checked the device count");
+        acpi::add_virtio_mmio(&mut dsdt, disks.len() + i, base, gsi);
     }
     dsdt
 }
@@ -237,14 +250,17 @@ fn port_bus(config: &VmConfig, serial: &Arc<Mutex<SerialDevice>>, rtc: &Arc<Mute
     Ok(bus)
 }
 
-/// The virtio-mmio block devices, each with its irqfd; the crash disk's writes are watched by
-/// `watch`.
+/// The virtio-mmio devices, each with its irqfd: the block devices (the crash disk's writes
+/// watched by `watch`), then the network devices (after the disks), whose queue notifications
+/// are ioeventfds for their threads.
 fn mmio_bus(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     disks: &[DiskSlot<'_>],
     watch: Option<&CrashDiskWatch>,
-) -> Result<MmioBus, VmError> {
+    config: &VmConfig,
+    taps: &[Arc<Tap>],
+) -> Result<(MmioBus, Vec<NetSlot>), VmError> {
     let mut mmio = MmioBus::new();
     for d in disks {
         let (backend, readonly, serial) = match &d.disk {
@@ -260,7 +276,36 @@ fn mmio_bus(
         let dev = Arc::new(Mutex::new(VirtioBlockMmio::new(block, mem.clone(), irq)?));
         mmio.insert(d.base, VIRTIO_MMIO_WINDOW, dev)?;
     }
-    Ok(mmio)
+    let mut nets = Vec::new();
+    for (i, (net, tap)) in config.nets.iter().zip(taps).enumerate() {
+        let (base, gsi) = net_slot(disks.len() + i).ok_or(DiskError::TooMany)?;
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("virtio eventfd"))?;
+        vm.register_irqfd(&irq, gsi).map_err(kvm_err("KVM_IRQFD (virtio-net)"))?;
+        let mut kicks = Vec::new();
+        for queue in [RX_QUEUE, TX_QUEUE] {
+            let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("virtio-net eventfd"))?;
+            let notify = IoEventAddress::Mmio(base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY));
+            // Without it the write exits to the vCPU thread, whose MMIO handler kicks the same
+            // eventfd: slower, never wrong.
+            if let Err(e) = vm.register_ioevent(&kick, &notify, queue as u32) {
+                log::info!("virtio-net: no ioeventfd for queue {queue} ({e}): its notifications exit to the vCPU");
+            }
+            kicks.push(kick);
+        }
+        let kicks: [EventFd; 2] = kicks.try_into().map_err(|_| {
+            VmError::Net(NetError::Io { what: "create the queue eventfds", source: io::Error::other("two eventfds") })
+        })?;
+        let mac = net.mac.unwrap_or_else(|| net::default_mac(&net.tap, i));
+        let dev = Arc::new(Mutex::new(NetMmio::new(tap.clone(), mac, mem.clone(), irq, kicks)?));
+        mmio.insert(base, VIRTIO_MMIO_WINDOW, dev.clone())?;
+        nets.push((dev, tap.clone()));
+    }
+    Ok((mmio, nets))
+}
+
+/// The window and interrupt line of virtio-mmio device `index` (disks first, then networks).
+fn net_slot(index: usize) -> Option<(u64, u32)> {
+    VIRTIO_GSIS.get(index).map(|&gsi| (VIRTIO_MMIO_BASE + index as u64 * VIRTIO_MMIO_STRIDE, gsi))
 }
 
 /// Which disk a virtio slot holds.
@@ -281,13 +326,18 @@ struct DiskSlot<'a> {
 fn disk_slots(config: &VmConfig) -> Result<Vec<DiskSlot<'_>>, VmError> {
     let disks =
         config.crash_disk.iter().map(Slot::Crash).chain(config.disks.iter().enumerate().map(|(i, d)| Slot::Disk(d, i)));
-    disks
+    let slots: Vec<DiskSlot<'_>> = disks
         .enumerate()
         .map(|(i, disk)| {
-            let gsi = *VIRTIO_GSIS.get(i).ok_or(DiskError::TooMany)?;
-            Ok(DiskSlot { disk, base: VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_STRIDE, gsi })
+            let (base, gsi) = net_slot(i).ok_or(DiskError::TooMany)?;
+            Ok::<_, DiskError>(DiskSlot { disk, base, gsi })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    // The network devices come after the disks, in the same windows and lines.
+    if slots.len() + config.nets.len() > VIRTIO_GSIS.len() {
+        return Err(DiskError::TooMany.into());
+    }
+    Ok(slots)
 }
 
 pub fn check_kvm(kvm: &Kvm, vcpus: u32) -> Result<(), VmError> {

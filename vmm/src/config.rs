@@ -121,6 +121,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// The disk the guest's crash kernel writes its dump to.
     pub crash_disk: Option<CrashDiskConfig>,
+    /// virtio-net devices on TAP interfaces.
+    pub nets: Vec<NetConfig>,
     /// The control socket.
     pub api_socket: Option<PathBuf>,
     /// Hang detection period.
@@ -146,6 +148,14 @@ pub struct DiskConfig {
     pub readonly: bool,
 }
 
+/// `--net tap=NAME[,mac=MAC]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub tap: String,
+    /// The guest's MAC address (default: derived from the TAP's name, locally administered).
+    pub mac: Option<[u8; 6]>,
+}
+
 /// `--crash-disk path=FILE,size=SIZE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrashDiskConfig {
@@ -169,6 +179,44 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
         }
     }
     Ok(DiskConfig { path: path.ok_or("a disk needs path=FILE")?, readonly })
+}
+
+/// Parse `--net tap=NAME[,mac=MAC]`.
+pub fn parse_net(s: &str) -> Result<NetConfig, String> {
+    let (mut tap, mut mac) = (None, None);
+    for (k, v) in options(s) {
+        match k {
+            "tap" if !v.is_empty() => tap = Some(v.to_owned()),
+            "mac" => mac = Some(parse_mac(v)?),
+            _ => return Err(format!("unknown net option '{k}' (use tap=NAME[,mac=MAC])")),
+        }
+    }
+    let tap = tap.ok_or("a network device needs tap=NAME")?;
+    let valid = tap.len() < 16 && tap.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid {
+        return Err(format!("TAP interface name '{tap}': 1 to 15 letters, digits, '-', '_' or '.'"));
+    }
+    Ok(NetConfig { tap, mac })
+}
+
+/// A unicast MAC address, `52:54:00:12:34:56`.
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("invalid MAC address '{s}' (use six hex bytes, e.g. 52:54:00:12:34:56)");
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(&parts) {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("MAC address '{s}' is a multicast address"));
+    }
+    Ok(mac)
 }
 
 /// Parse `--crash-disk path=FILE,size=SIZE`.
@@ -516,11 +564,36 @@ mod tests {
             upload_wait: std::time::Duration::from_secs(600),
             disks: vec![],
             crash_disk: None,
+            nets: vec![],
             api_socket: None,
             watchdog: None,
             seccomp: Default::default(),
             seccomp_selftest: None,
             overwrite: false,
+        }
+    }
+
+    #[test]
+    fn net_options() {
+        assert_eq!(parse_net("tap=tap0"), Ok(NetConfig { tap: "tap0".into(), mac: None }));
+        assert_eq!(
+            parse_net("tap=ct0,mac=52:54:00:AB:cd:01"),
+            Ok(NetConfig { tap: "ct0".into(), mac: Some([0x52, 0x54, 0, 0xab, 0xcd, 1]) })
+        );
+        for bad in [
+            "",
+            "mac=52:54:00:12:34:56",
+            "tap=",
+            "tap=0123456789abcdef",
+            "tap=a/b",
+            "tap=t,mac=01:00:5e:00:00:01",
+            "tap=t,mac=52:54:00:12:34",
+            "tap=t,mac=52:54:00:12:34:5g",
+            "tap=t,mac=525:4:00:12:34:56",
+            "tap=t,queues=2",
+        ] {
+            let e = parse_net(bad).unwrap_err();
+            assert!(!e.is_empty() && !e.contains('\n'), "{bad}: {e}");
         }
     }
 

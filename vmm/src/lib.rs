@@ -21,6 +21,7 @@ pub mod hyperv;
 pub mod layout;
 pub mod metrics;
 pub mod names;
+pub mod net;
 pub mod printable;
 pub mod seccomp;
 pub mod serial;

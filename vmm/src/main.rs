@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use env_logger::WriteStyle;
-use vmm::config::{parse_crash_disk, parse_disk, parse_memory, CrashDiskConfig, DiskConfig, VmConfig};
+use vmm::config::{
+    parse_crash_disk, parse_disk, parse_memory, parse_net, CrashDiskConfig, DiskConfig, NetConfig, VmConfig,
+};
 use vmm::console::ConsoleMode;
 use vmm::crash::vmcore::{DumpSpec, VmcoreCompression, VmcoreFormat};
 use vmm::crash::{AfterCrash, HostDump, OnHang, OnPanic, Policy};
@@ -467,6 +469,11 @@ struct RunArgs {
     /// serial "crashvmm-crashdisk"): path=FILE,size=SIZE.
     #[arg(long, value_name = "path=FILE,size=SIZE", value_parser = parse_crash_disk)]
     crash_disk: Option<CrashDiskConfig>,
+    /// A virtio-net device (virtio-mmio, ACPI LNRO0005) on a TAP interface: an existing one
+    /// this user may use, or one crashvmm creates (with CAP_NET_ADMIN) for its lifetime.
+    /// tap=NAME[,mac=MAC]. Repeatable.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net)]
+    net: Vec<NetConfig>,
     /// Report a hang when the guest makes no progress for this long (no vCPU exits, and every
     /// vCPU spinning with interrupts disabled), e.g. 30s.
     #[arg(long, value_name = "DURATION", value_parser = nonzero_duration)]
@@ -607,6 +614,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         live_dump_snapshot: args.live_dump_snapshot,
         disks: args.disk,
         crash_disk: args.crash_disk,
+        nets: args.net,
         api_socket: args.api_socket,
         seccomp: args.seccomp,
         seccomp_selftest: args.seccomp_selftest,

@@ -34,6 +34,7 @@ use crate::crash::{CrashSignal, Policy};
 use crate::events::{Event, EventLog};
 use crate::exit::VmExit;
 use crate::metrics::{Metrics, MetricsWriter};
+use crate::net::{NetThread, Tap};
 use crate::seccomp::{self, ThreadKind};
 use crate::serial::SerialDevice;
 use crate::sync::lock;
@@ -148,6 +149,8 @@ struct Session<'a> {
     started: Instant,
     /// The CMOS RTC keeps a time the guest set across resets, as a battery-backed one does.
     rtc: Arc<Mutex<Rtc>>,
+    /// `--net`'s TAP interfaces, open for the whole session.
+    taps: Vec<Arc<Tap>>,
 }
 
 /// Run the VM described by `config` to its end.
@@ -195,6 +198,8 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
     if raw_terminal.is_some() {
         eprintln!("crashvmm: console on this terminal; press Ctrl-A x to stop the VM\r");
     }
+    // The TAP interfaces before the filters: opening one takes open and ioctl.
+    let taps = config.nets.iter().map(|n| Tap::open(&n.tap).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
     // Confine this thread (the event loop, crash handling) before any guest code runs; the vCPU
     // and vmcore-hasher threads confine themselves further.
     seccomp::init(config.seccomp, events.raw_fd(), config.seccomp_selftest)?;
@@ -237,6 +242,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmError> {
         fd_limit,
         started,
         rtc: Arc::new(Mutex::new(Rtc::new(host_clock))),
+        taps,
     };
 
     let mut boots = 0u32;
@@ -372,7 +378,7 @@ fn raise_fd_limit() -> u64 {
 
 /// Build a fresh VM, run it until this boot ends, and say how.
 fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
-    let shared = Shared { events: &s.events, console: &s.console, rtc: &s.rtc };
+    let shared = Shared { events: &s.events, console: &s.console, rtc: &s.rtc, taps: &s.taps };
     let machine = builder::build(s.config, &s.kvm, &shared)?;
     if boot_number == 0 {
         s.events.emit(Event::VmStarted {
@@ -387,12 +393,20 @@ fn boot(s: &Session, boot_number: u32) -> Result<BootEnd, VmError> {
 /// Run a built machine: its vCPU threads and the event loop, until the executor decides how
 /// the boot ends or a vCPU thread stops the VM; then stop and join the threads.
 fn run_machine(s: &Session, machine: Machine) -> Result<BootEnd, VmError> {
-    let Machine { vm, vcpus, ctx, serial } = machine;
+    let Machine { vm, vcpus, ctx, serial, nets } = machine;
     // The executor's view of this VM (shared with the thread that writes a vmcore).
     let control: SharedVm = ctx.clone();
     let state = Arc::new(ExitState::new().map_err(io_err("exit eventfd"))?);
     let mut manager = event_loop(s, &ctx, &state, serial)?;
     let vm = Arc::new(vm);
+    // The network devices' threads; stopped and joined when they are dropped, at this boot's end.
+    // Before the vCPUs: nothing to undo if one cannot start.
+    let net_threads = nets
+        .into_iter()
+        .enumerate()
+        .map(|(i, (dev, tap))| NetThread::start(dev, tap, i))
+        .collect::<Result<Vec<_>, _>>()?;
+
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     for (id, fd) in vcpus.into_iter().enumerate() {
         let (vm, ctx, state) = (vm.clone(), ctx.clone(), state.clone());
@@ -457,6 +471,7 @@ fn run_machine(s: &Session, machine: Machine) -> Result<BootEnd, VmError> {
             log::error!("a vCPU thread panicked");
         }
     }
+    drop(net_threads);
     let mut crash = lock(&s.crash);
     let stopped_from_outside = matches!(state.get(), Some(VmExit::Stopped { .. }));
     match crash.end() {

@@ -44,7 +44,7 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use super::mmio::VirtioDevice;
@@ -520,15 +520,7 @@ impl<B: BlockBackend> VirtioDevice for VirtioBlock<B> {
             return false;
         }
         let mut used = false;
-        loop {
-            let chain = match queue.iter(mem) {
-                Ok(mut requests) => requests.next(),
-                Err(e) => {
-                    log::log!(self.warnings.level(), "virtio-blk: request queue unusable: {e}");
-                    None
-                }
-            };
-            let Some(chain) = chain else { break };
+        while let Some(chain) = super::next_chain(queue, mem, &mut self.warnings, "virtio-blk") {
             let head = chain.head_index();
             if head >= queue.size() {
                 // There is no such descriptor, and no used element can name it: skip the entry.

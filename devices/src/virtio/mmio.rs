@@ -77,6 +77,17 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
 }
 
+/// What [`VirtioMmio::process_with`]'s work says about the driver's interrupt.
+pub trait NeedsInterrupt {
+    fn needs_interrupt(&self) -> bool;
+}
+
+impl NeedsInterrupt for bool {
+    fn needs_interrupt(&self) -> bool {
+        *self
+    }
+}
+
 /// Errors building a [`VirtioMmio`]: the device model, not the guest, is at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VirtioMmioError {
@@ -386,9 +397,52 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         self.status = new;
     }
 
+    /// Work on queue `index` off the register window: an I/O thread's way in (a queue whose
+    /// notifications come by ioeventfd, frames arriving from outside). `f` gets the device, the
+    /// queue and `mem` when the device is live and the queue ready, and returns whether used
+    /// buffers were added and the driver must be interrupted (the interrupt status is set).
+    /// `None` when it is not live or not ready.
+    pub fn process_with<M: GuestMemory, R>(
+        &mut self,
+        index: usize,
+        mem: &M,
+        f: impl FnOnce(&mut D, &mut Queue, &M) -> R,
+    ) -> Option<R>
+    where
+        R: NeedsInterrupt,
+    {
+        if !self.live() || !self.queues.get(index).is_some_and(|q| q.ready()) {
+            return None;
+        }
+        let r = f(&mut self.device, &mut self.queues[index], mem);
+        if r.needs_interrupt() {
+            self.interrupt_status |= VIRTIO_MMIO_INT_VRING;
+        }
+        Some(r)
+    }
+
+    /// What a `QueueNotify` write of `index` does, for a queue whose notifications come by
+    /// ioeventfd: true when the driver must be interrupted.
+    pub fn notify_queue<M: GuestMemory>(&mut self, index: usize, mem: &M) -> bool {
+        u32::try_from(index).is_ok_and(|i| self.notify(i, mem))
+    }
+
+    /// The configuration changed (link state, ...): the interrupt status says so. True when
+    /// the driver is live and must be interrupted.
+    pub fn config_changed(&mut self) -> bool {
+        if !self.live() {
+            return false;
+        }
+        self.interrupt_status |= VIRTIO_MMIO_INT_CONFIG;
+        true
+    }
+
+    fn live(&self) -> bool {
+        self.has(VIRTIO_CONFIG_S_DRIVER_OK) && self.status & (VIRTIO_CONFIG_S_FAILED | VIRTIO_CONFIG_S_NEEDS_RESET) == 0
+    }
+
     fn notify<M: GuestMemory>(&mut self, value: u32, mem: &M) -> bool {
-        let live = self.has(VIRTIO_CONFIG_S_DRIVER_OK)
-            && self.status & (VIRTIO_CONFIG_S_FAILED | VIRTIO_CONFIG_S_NEEDS_RESET) == 0;
+        let live = self.live();
         let index = value as usize;
         let ready = self.queues.get(index).is_some_and(|q| q.ready());
         if !live || !ready {

@@ -5,11 +5,16 @@
 //!   and notifications. It owns the split virtqueues (`virtio_queue::Queue`).
 //! - [`block`]: [`VirtioBlock`], a virtio-blk device (one request queue) over a [`BlockBackend`],
 //!   so that no file is touched here; [`VecBackend`] keeps the disk in memory.
+//! - [`net`]: [`VirtioNet`], a virtio-net device (receive and transmit queues) over a
+//!   [`NetBackend`] for the frames it sends; received frames are handed to it
+//!   ([`VirtioNet::receive`], through [`VirtioMmio::process_with`]).
 //!
 //! Guest memory is `vm_memory::GuestMemory` (what `virtio_queue` works with), not the crate's own
-//! [`crate::GuestMemory`]: every access is bounds-checked either way. Requests are processed
-//! synchronously inside the `QueueNotify` write; the transport reports whether the device
-//! interrupt must be raised and the VMM raises it.
+//! [`crate::GuestMemory`]: every access is bounds-checked either way. A block device's requests
+//! are processed synchronously inside the `QueueNotify` write; a network device's queues are
+//! served by the VMM's I/O thread (`QueueNotify` by ioeventfd: [`VirtioMmio::notify_queue`],
+//! [`VirtioMmio::process_with`]). Either way the transport reports whether the device interrupt
+//! must be raised and the VMM raises it.
 //!
 //! Nothing a guest writes panics: malformed accesses and requests are refused, logged (warnings
 //! for the first few per device, debug level after that) and, for requests, completed with an
@@ -17,16 +22,36 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 
 #[cfg(test)]
 mod test_util;
 
 pub use block::{BlockBackend, VecBackend, VirtioBlock, VirtioBlockError};
-pub use mmio::{VirtioDevice, VirtioMmio, VirtioMmioError, VIRTIO_MMIO_ACPI_HID, VIRTIO_MMIO_WINDOW};
+pub use mmio::{NeedsInterrupt, VirtioDevice, VirtioMmio, VirtioMmioError, VIRTIO_MMIO_ACPI_HID, VIRTIO_MMIO_WINDOW};
+pub use net::{NetBackend, NetCounters, Rx, VecNetBackend, VirtioNet};
 
 /// How many guest mistakes a device reports as warnings before it goes quiet (debug level), so a
 /// hostile or broken guest cannot flood the host log.
 const GUEST_WARNINGS: u32 = 16;
+
+/// The next chain the driver made available in `queue`, or `None`: none is, or the ring cannot
+/// be read (logged for `device` at `warnings`' level).
+fn next_chain<'m, M: vm_memory::GuestMemory>(
+    queue: &mut virtio_queue::Queue,
+    mem: &'m M,
+    warnings: &mut GuestWarnings,
+    device: &str,
+) -> Option<virtio_queue::DescriptorChain<&'m M>> {
+    use virtio_queue::QueueOwnedT;
+    match queue.iter(mem) {
+        Ok(mut chains) => chains.next(),
+        Err(e) => {
+            log::log!(warnings.level(), "{device}: queue unusable: {e}");
+            None
+        }
+    }
+}
 
 /// Chooses the log level for guest-caused problems: `Warn` for the first [`GUEST_WARNINGS`], then
 /// `Debug`.

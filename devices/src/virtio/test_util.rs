@@ -37,12 +37,18 @@ pub fn write_reg<D: VirtioDevice>(dev: &mut VirtioMmio<D>, mem: &GuestMemoryMmap
 /// Program the selected queue with the test rings (QUEUE_SIZE entries at DESC_TABLE,
 /// AVAIL_RING, USED_RING) and set it ready.
 pub fn program_queue<D: VirtioDevice>(dev: &mut VirtioMmio<D>, mem: &GuestMemoryMmap) {
+    program_queue_at(dev, mem, rings(0));
+}
+
+/// Program the selected queue with QUEUE_SIZE entries at `(desc, avail, used)` and set it ready.
+pub fn program_queue_at<D: VirtioDevice>(dev: &mut VirtioMmio<D>, mem: &GuestMemoryMmap, at: (u64, u64, u64)) {
+    let (desc, avail, used) = at;
     write_reg(dev, mem, VIRTIO_MMIO_QUEUE_NUM, QUEUE_SIZE.into());
-    write_reg(dev, mem, VIRTIO_MMIO_QUEUE_DESC_LOW, DESC_TABLE as u32);
+    write_reg(dev, mem, VIRTIO_MMIO_QUEUE_DESC_LOW, desc as u32);
     write_reg(dev, mem, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
-    write_reg(dev, mem, VIRTIO_MMIO_QUEUE_AVAIL_LOW, AVAIL_RING as u32);
+    write_reg(dev, mem, VIRTIO_MMIO_QUEUE_AVAIL_LOW, avail as u32);
     write_reg(dev, mem, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
-    write_reg(dev, mem, VIRTIO_MMIO_QUEUE_USED_LOW, USED_RING as u32);
+    write_reg(dev, mem, VIRTIO_MMIO_QUEUE_USED_LOW, used as u32);
     write_reg(dev, mem, VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
     write_reg(dev, mem, VIRTIO_MMIO_QUEUE_READY, 1);
 }
@@ -65,23 +71,45 @@ pub fn wo(addr: u64, len: u32) -> Buf {
     Buf { addr, len, writable: true }
 }
 
-/// The guest side: memory, the queue 0 rings, and the device.
+/// Queue `q`'s rings: (descriptor table, available ring, used ring). Queue 0's are the
+/// constants above; the others lie above the buffers.
+pub fn rings(q: u16) -> (u64, u64, u64) {
+    match q {
+        0 => (DESC_TABLE, AVAIL_RING, USED_RING),
+        _ => {
+            let base = 0x10_0000 + 0x8000 * u64::from(q - 1);
+            (base, base + 0x2000, base + 0x3000)
+        }
+    }
+}
+
+/// The guest side: memory, the queues' rings, and the device.
 pub struct Driver<D: VirtioDevice> {
     pub dev: VirtioMmio<D>,
     pub mem: GuestMemoryMmap,
-    avail_idx: u16,
+    /// Per queue.
+    avail_idx: Vec<u16>,
 }
 
 impl<D: VirtioDevice> Driver<D> {
     /// Bring `device` up as Linux does: reset, ACKNOWLEDGE, DRIVER, read the features, acknowledge
     /// those in `wanted` that are offered, FEATURES_OK (checked), set up queue 0, DRIVER_OK.
     pub fn new(device: D, wanted: u64) -> Self {
-        let mut d = Self { dev: VirtioMmio::new(device).unwrap(), mem: test_memory(), avail_idx: 0 };
-        d.handshake(wanted);
+        Self::with_queues(device, wanted, 1)
+    }
+
+    /// As [`Driver::new`], setting up queues `0..queues`.
+    pub fn with_queues(device: D, wanted: u64, queues: u16) -> Self {
+        let mut d = Self { dev: VirtioMmio::new(device).unwrap(), mem: test_memory(), avail_idx: Vec::new() };
+        d.handshake_queues(wanted, queues);
         d
     }
 
     pub fn handshake(&mut self, wanted: u64) {
+        self.handshake_queues(wanted, 1);
+    }
+
+    pub fn handshake_queues(&mut self, wanted: u64, queues: u16) {
         let (dev, mem) = (&mut self.dev, &self.mem);
         assert_eq!(read_reg(dev, VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
         assert_eq!(read_reg(dev, VIRTIO_MMIO_VERSION), 2);
@@ -101,21 +129,31 @@ impl<D: VirtioDevice> Driver<D> {
         write_reg(dev, mem, VIRTIO_MMIO_STATUS, s);
         assert_eq!(read_reg(dev, VIRTIO_MMIO_STATUS), s, "FEATURES_OK refused");
 
-        write_reg(dev, mem, VIRTIO_MMIO_QUEUE_SEL, 0);
-        assert_eq!(read_reg(dev, VIRTIO_MMIO_QUEUE_READY), 0);
-        assert_eq!(read_reg(dev, VIRTIO_MMIO_QUEUE_NUM_MAX), u32::from(QUEUE_SIZE));
-        program_queue(dev, mem);
-        assert_eq!(read_reg(dev, VIRTIO_MMIO_QUEUE_READY), 1);
+        for q in 0..queues {
+            write_reg(dev, mem, VIRTIO_MMIO_QUEUE_SEL, q.into());
+            assert_eq!(read_reg(dev, VIRTIO_MMIO_QUEUE_READY), 0);
+            assert_eq!(read_reg(dev, VIRTIO_MMIO_QUEUE_NUM_MAX), u32::from(QUEUE_SIZE));
+            program_queue_at(dev, mem, rings(q));
+            assert_eq!(read_reg(dev, VIRTIO_MMIO_QUEUE_READY), 1);
+        }
         write_reg(dev, mem, VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_DRIVER_OK);
         assert_eq!(read_reg(dev, VIRTIO_MMIO_STATUS), s | VIRTIO_CONFIG_S_DRIVER_OK);
         // Fresh rings, as a new driver instance allocates them.
-        self.mem.write_slice(&[0; 0x2000], GuestAddress(AVAIL_RING)).unwrap();
-        self.avail_idx = 0;
+        for q in 0..queues {
+            let (_, avail, _) = rings(q);
+            self.mem.write_slice(&[0; 0x2000], GuestAddress(avail)).unwrap();
+        }
+        self.avail_idx = vec![0; queues.into()];
     }
 
     /// Write descriptor `index` of the table as it is, flags and next included.
     pub fn set_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = GuestAddress(DESC_TABLE + 16 * u64::from(index));
+        self.set_desc_of(0, index, addr, len, flags, next);
+    }
+
+    /// [`Driver::set_desc`] in queue `q`'s table.
+    pub fn set_desc_of(&self, q: usize, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = GuestAddress(rings(q as u16).0 + 16 * u64::from(index));
         let mut raw = [0u8; 16];
         raw[0..8].copy_from_slice(&addr.to_le_bytes());
         raw[8..12].copy_from_slice(&len.to_le_bytes());
@@ -126,23 +164,34 @@ impl<D: VirtioDevice> Driver<D> {
 
     /// Write `bufs` as a chain in descriptors `first..`; returns the head index.
     pub fn add_chain(&self, first: u16, bufs: &[Buf]) -> u16 {
+        self.add_chain_to(0, first, bufs)
+    }
+
+    /// [`Driver::add_chain`] in queue `q`'s table.
+    pub fn add_chain_to(&self, q: usize, first: u16, bufs: &[Buf]) -> u16 {
         for (i, b) in bufs.iter().enumerate() {
             let index = first + i as u16;
             let mut flags = if b.writable { VRING_DESC_F_WRITE as u16 } else { 0 };
             if i + 1 < bufs.len() {
                 flags |= VRING_DESC_F_NEXT as u16;
             }
-            self.set_desc(index, b.addr, b.len, flags, index + 1);
+            self.set_desc_of(q, index, b.addr, b.len, flags, index + 1);
         }
         first
     }
 
     /// Put `head` in the available ring and publish it.
     pub fn publish(&mut self, head: u16) {
-        let slot = AVAIL_RING + 4 + 2 * u64::from(self.avail_idx % QUEUE_SIZE);
+        self.publish_to(0, head);
+    }
+
+    /// [`Driver::publish`] in queue `q`.
+    pub fn publish_to(&mut self, q: usize, head: u16) {
+        let (_, avail, _) = rings(q as u16);
+        let slot = avail + 4 + 2 * u64::from(self.avail_idx[q] % QUEUE_SIZE);
         self.mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.set_avail_idx(self.avail_idx);
+        self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
+        self.mem.write_obj(self.avail_idx[q], GuestAddress(avail + 2)).unwrap();
     }
 
     /// Write the available ring's `idx` directly.
@@ -164,12 +213,22 @@ impl<D: VirtioDevice> Driver<D> {
 
     /// The used ring's `idx`.
     pub fn used_idx(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(USED_RING + 2)).unwrap()
+        self.used_idx_of(0)
+    }
+
+    /// Queue `q`'s used ring `idx`.
+    pub fn used_idx_of(&self, q: usize) -> u16 {
+        self.mem.read_obj(GuestAddress(rings(q as u16).2 + 2)).unwrap()
     }
 
     /// Used ring element `n` (counting from 0 since the handshake): (descriptor id, length).
     pub fn used(&self, n: u16) -> (u32, u32) {
-        let at = USED_RING + 4 + 8 * u64::from(n % QUEUE_SIZE);
+        self.used_of(0, n)
+    }
+
+    /// [`Driver::used`] of queue `q`.
+    pub fn used_of(&self, q: usize, n: u16) -> (u32, u32) {
+        let at = rings(q as u16).2 + 4 + 8 * u64::from(n % QUEUE_SIZE);
         (self.mem.read_obj(GuestAddress(at)).unwrap(), self.mem.read_obj(GuestAddress(at + 4)).unwrap())
     }
 

@@ -29,6 +29,9 @@
 //!   writer forks it (`clone` with exactly glibc's fork flags, `wait4`, `pipe2`, `kill`), so the
 //!   vmm thread's filter, which the writer's stacks on, allows that too.
 //!
+//! - **net**: a network device's frames (`--net`): `poll` on its TAP and eventfds, `read` and
+//!   `write` on them. No `open`, no `ioctl`, no sockets, no threads.
+//!
 //! Console output is written by the vCPU thread that emulates the UART; console input is the vmm
 //! thread's. Every `ioctl` is checked against the list of request numbers of its kind.
 //!
@@ -78,6 +81,7 @@ pub enum ThreadKind {
     SnapshotCopier,
     Upload,
     Metrics,
+    Net,
 }
 
 impl ThreadKind {
@@ -91,6 +95,7 @@ impl ThreadKind {
             ThreadKind::SnapshotCopier => "snapshot-copier",
             ThreadKind::Upload => "upload",
             ThreadKind::Metrics => "metrics",
+            ThreadKind::Net => "net",
         }
     }
 }
@@ -128,6 +133,7 @@ ioctl_io_nr!(KVM_SET_TSS_ADDR, KVMIO, 0x47);
 ioctl_io_nr!(KVM_CREATE_IRQCHIP, KVMIO, 0x60);
 ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_bindings::kvm_irqfd);
 ioctl_iow_nr!(KVM_CREATE_PIT2, KVMIO, 0x77, kvm_bindings::kvm_pit_config);
+ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_bindings::kvm_ioeventfd);
 ioctl_iow_nr!(KVM_ENABLE_CAP, KVMIO, 0xa3, kvm_bindings::kvm_enable_cap);
 ioctl_iow_nr!(KVM_SIGNAL_MSI, KVMIO, 0xa5, kvm_bindings::kvm_msi);
 ioctl_iow_nr!(KVM_X86_SET_MSR_FILTER, KVMIO, 0xc6, kvm_bindings::kvm_msr_filter);
@@ -167,6 +173,7 @@ fn vmm_ioctls() -> Vec<u64> {
         KVM_SET_TSS_ADDR(),
         KVM_CREATE_IRQCHIP(),
         KVM_IRQFD(),
+        KVM_IOEVENTFD(),
         KVM_CREATE_PIT2(),
         KVM_ENABLE_CAP(),
         KVM_X86_SET_MSR_FILTER(),
@@ -405,6 +412,10 @@ const METRICS: &[i64] = &[
     libc::SYS_lseek,
 ];
 
+/// The net thread's own: waiting on the TAP and its eventfds (it reads and writes them with the
+/// common `read` and `write`). No files, no sockets, no threads, no ioctl.
+const NET: &[i64] = &[libc::SYS_poll, libc::SYS_ppoll];
+
 /// glibc's `fork()`: `clone(CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | SIGCHLD, ...)`.
 const FORK_FLAGS: u64 = (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD) as u64;
 
@@ -428,6 +439,7 @@ fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
         ThreadKind::SnapshotCopier => (&[SNAPSHOT_COPIER], crate::uffd::copier_ioctls()),
         ThreadKind::Upload => (&[UPLOAD], vec![libc::FIONBIO, libc::FIOCLEX]),
         ThreadKind::Metrics => (&[METRICS], Vec::new()),
+        ThreadKind::Net => (&[NET], Vec::new()),
     };
     let mut map: BTreeMap<i64, Vec<SeccompRule>> =
         COMMON.iter().chain(own.iter().copied().flatten()).map(|&nr| (nr, Vec::new())).collect();
@@ -453,7 +465,11 @@ fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
         ThreadKind::LiveDumpWriter | ThreadKind::Upload => {
             map.insert(libc::SYS_clone, vec![threads()]);
         }
-        ThreadKind::Vcpu | ThreadKind::VmcoreHasher | ThreadKind::SnapshotCopier | ThreadKind::Metrics => {}
+        ThreadKind::Vcpu
+        | ThreadKind::VmcoreHasher
+        | ThreadKind::SnapshotCopier
+        | ThreadKind::Metrics
+        | ThreadKind::Net => {}
     }
     map
 }
@@ -668,6 +684,7 @@ mod tests {
         assert_eq!(KVM_GET_REGS(), 0x8090_ae81);
         assert_eq!(KVM_SET_USER_MEMORY_REGION(), 0x4020_ae46);
         assert_eq!(KVM_GET_TSC_KHZ(), 0xaea3);
+        assert_eq!(KVM_IOEVENTFD(), 0x4040_ae79);
         assert_ne!(KVM_ENABLE_CAP(), KVM_GET_TSC_KHZ());
     }
 
@@ -682,6 +699,7 @@ mod tests {
             ThreadKind::SnapshotCopier,
             ThreadKind::Upload,
             ThreadKind::Metrics,
+            ThreadKind::Net,
         ] {
             for action in [SeccompAction::Trap, SeccompAction::Log, SeccompAction::Errno(1)] {
                 assert!(!program(kind, action).unwrap().is_empty());
@@ -836,6 +854,26 @@ mod tests {
         });
         assert!(wrote, "openat, fsync, rename");
         assert_eq!(ioctl, libc::EPERM, "ioctl");
+        assert_eq!(sock, libc::EPERM, "socket");
+        assert!(!thread, "no threads");
+    }
+
+    #[test]
+    fn the_net_thread_polls_reads_and_writes_but_opens_nothing() {
+        use std::os::fd::AsRawFd;
+        let efd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let (polled, moved, ioctl, open, sock, thread) = confined(ThreadKind::Net, move || {
+            let mut pfd = libc::pollfd { fd: efd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one pollfd, no wait.
+            let polled = errno_of(unsafe { libc::poll(&mut pfd, 1, 0) } as i64);
+            let moved = efd.write(1).is_ok() && efd.read().is_ok_and(|v| v == 1);
+            let thread = std::thread::Builder::new().spawn(|| ()).is_ok();
+            (polled, moved, ioctl_kvm_create_vm_on_stdin(), open_passwd(), socket(), thread)
+        });
+        assert_eq!(polled, 0, "poll");
+        assert!(moved, "read and write");
+        assert_eq!(ioctl, libc::EPERM, "ioctl");
+        assert_eq!(open, libc::EPERM, "openat");
         assert_eq!(sock, libc::EPERM, "socket");
         assert!(!thread, "no threads");
     }

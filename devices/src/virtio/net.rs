@@ -1,0 +1,605 @@
+//! virtio-net (device type 1, virtio 1.x §5.1): the device model, sans I/O.
+//!
+//! Two queues: receive ([`RX_QUEUE`]) and transmit ([`TX_QUEUE`]), [`NET_QUEUE_SIZE`] entries
+//! each; no control queue, one queue pair. Offered features: `VERSION_1`, `MAC` (the address in
+//! configuration space), `STATUS` (link state in configuration space) and `MRG_RXBUF` (a frame
+//! may span several receive chains, as Linux's default mergeable buffers expect). No offloads
+//! yet: every frame carries the 12-byte `virtio_net_hdr_v1` ([`NET_HDR_LEN`]) with no checksum
+//! or segmentation request in it.
+//!
+//! Frames go out through a [`NetBackend`] (the VMM's TAP, opened with `IFF_VNET_HDR` and a
+//! 12-byte header, so a frame moves with its header as it is); frames come in through
+//! [`VirtioNet::receive`], called by whoever reads them (the VMM's network thread). Nothing here
+//! touches a file, a socket or a thread.
+//!
+//! Transmit: each chain is one frame, header first, in device-readable buffers. It goes to the
+//! used ring with length 0 whatever happens to it; a frame that cannot go out is dropped and
+//! counted by reason ([`NetCounters`]):
+//! - `tx_malformed`: a chain that does not end (a loop, longer than the queue, a `next` past the
+//!   table, a descriptor outside guest memory), a device-writable descriptor, fewer bytes than
+//!   the header, or a header that asks for an offload that was not negotiated;
+//! - `tx_too_large`: more than [`MAX_FRAME`] bytes with the header;
+//! - `tx_backend`: the backend refused it (the TAP is full or gone).
+//!
+//! Receive: a frame (header first, as the TAP gives it) is written over as many receive chains
+//! as it needs (one without `MRG_RXBUF`), each made of device-writable buffers; the header's
+//! `num_buffers` says how many. A frame the available chains cannot hold yet is left with the
+//! caller ([`Rx::NoBuffers`]: nothing consumed) until the driver adds buffers; one that cannot
+//! fit at all, or whose chain is malformed, is dropped and counted (`rx_too_large`,
+//! `rx_malformed`, `rx_offload`: a header the guest did not negotiate).
+
+use std::io;
+
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_S_LINK_UP,
+};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{Bytes, GuestMemory, Permissions};
+
+use super::mmio::{NeedsInterrupt, VirtioDevice};
+use super::GuestWarnings;
+
+/// Entries per queue.
+pub const NET_QUEUE_SIZE: u16 = 256;
+/// The receive queue's index.
+pub const RX_QUEUE: usize = 0;
+/// The transmit queue's index.
+pub const TX_QUEUE: usize = 1;
+/// `struct virtio_net_hdr_v1`: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset,
+/// num_buffers.
+pub const NET_HDR_LEN: usize = 12;
+/// The largest frame moved, header included: a 64 KiB IP packet, its Ethernet and VLAN headers
+/// and the virtio-net header (what Linux sizes its buffers for with offloads on).
+pub const MAX_FRAME: usize = 65_562;
+/// `num_buffers` in the header.
+const NUM_BUFFERS_OFFSET: usize = 10;
+/// Configuration space: `mac[6]`, `status`.
+const CONFIG_LEN: usize = 8;
+
+/// Where transmitted frames go.
+pub trait NetBackend: Send {
+    /// Send one frame, its [`NET_HDR_LEN`]-byte header first.
+    fn send(&mut self, frame: &[u8]) -> io::Result<()>;
+}
+
+/// A backend that keeps what was sent (tests, fuzzing).
+#[derive(Debug, Default)]
+pub struct VecNetBackend {
+    pub sent: Vec<Vec<u8>>,
+    /// Refuse every frame with this error kind.
+    pub fail: Option<io::ErrorKind>,
+}
+
+impl NetBackend for VecNetBackend {
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        match self.fail {
+            Some(kind) => Err(kind.into()),
+            None => {
+                self.sent.push(frame.to_vec());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What moved and what was dropped, by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NetCounters {
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    pub tx_malformed: u64,
+    pub tx_too_large: u64,
+    pub tx_backend: u64,
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub rx_malformed: u64,
+    pub rx_too_large: u64,
+    pub rx_offload: u64,
+}
+
+/// What became of a received frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rx {
+    /// In the receive queue; `notify`: the driver must be interrupted.
+    Delivered { notify: bool },
+    /// The available buffers cannot hold it yet: nothing was consumed, offer it again once the
+    /// driver adds receive buffers.
+    NoBuffers,
+    /// Dropped and counted (the counters say why); `notify` as for `Delivered` (chains a
+    /// malformed frame used up went back to the driver).
+    Dropped { notify: bool },
+}
+
+impl NeedsInterrupt for Rx {
+    fn needs_interrupt(&self) -> bool {
+        matches!(self, Rx::Delivered { notify: true } | Rx::Dropped { notify: true })
+    }
+}
+
+/// A virtio-net device over a [`NetBackend`].
+pub struct VirtioNet<B> {
+    backend: B,
+    mac: [u8; 6],
+    link_up: bool,
+    acked_features: u64,
+    counters: NetCounters,
+    /// The driver added receive buffers since the last [`VirtioNet::take_rx_kick`].
+    rx_kick: bool,
+    /// A frame being sent (reused).
+    frame: Vec<u8>,
+    warnings: GuestWarnings,
+}
+
+impl<B: NetBackend> VirtioNet<B> {
+    pub fn new(backend: B, mac: [u8; 6]) -> Self {
+        Self {
+            backend,
+            mac,
+            link_up: true,
+            acked_features: 0,
+            counters: NetCounters::default(),
+            rx_kick: false,
+            frame: Vec::with_capacity(MAX_FRAME),
+            warnings: GuestWarnings::default(),
+        }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    pub fn counters(&self) -> NetCounters {
+        self.counters
+    }
+
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// Set the link state the driver reads (`VIRTIO_NET_S_LINK_UP`); true if it changed (the
+    /// transport should then raise a configuration-change interrupt).
+    pub fn set_link(&mut self, up: bool) -> bool {
+        std::mem::replace(&mut self.link_up, up) != up
+    }
+
+    /// Whether the driver notified the receive queue (added buffers) since the last call.
+    pub fn take_rx_kick(&mut self) -> bool {
+        std::mem::take(&mut self.rx_kick)
+    }
+
+    fn acked(&self, bit: u32) -> bool {
+        self.acked_features & (1 << bit) != 0
+    }
+
+    /// Put `frame` (header first) into the receive `queue`.
+    pub fn receive<M: GuestMemory>(&mut self, queue: &mut Queue, mem: &M, frame: &[u8]) -> Rx {
+        if frame.len() < NET_HDR_LEN || frame.len() > MAX_FRAME {
+            self.counters.rx_too_large += u64::from(frame.len() > MAX_FRAME);
+            self.counters.rx_malformed += u64::from(frame.len() < NET_HDR_LEN);
+            return Rx::Dropped { notify: false };
+        }
+        // No offload is offered. A checksum the host left for the guest to fill in, or a
+        // segment to split, cannot be handed to this driver; "checksum verified"
+        // (DATA_VALID) is a hint it did not ask for and is left out.
+        if frame[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM as u8 != 0 || frame[1] != VIRTIO_NET_HDR_GSO_NONE as u8 {
+            self.counters.rx_offload += 1;
+            return Rx::Dropped { notify: false };
+        }
+        let mergeable = self.acked(VIRTIO_NET_F_MRG_RXBUF);
+        let start = queue.next_avail();
+        // The chains it takes, each with its writable buffers: (head, buffers).
+        let mut chains: Vec<(u16, Vec<Descriptor>)> = Vec::new();
+        let mut room = 0usize;
+        let mut malformed = None;
+        while room < frame.len() && (mergeable || chains.is_empty()) {
+            let Some(chain) = super::next_chain(queue, mem, &mut self.warnings, "virtio-net receive") else { break };
+            let head = chain.head_index();
+            match writable_buffers(chain, mem) {
+                Some(bufs) if head < queue.size() => {
+                    room = room.saturating_add(bufs.iter().map(|d| d.len() as usize).sum());
+                    chains.push((head, bufs));
+                }
+                _ => {
+                    malformed = Some(head);
+                    break;
+                }
+            }
+        }
+        if let Some(bad) = malformed {
+            // A chain no frame can go into goes back empty, and the frame with it (with the
+            // chains taken before it, also empty).
+            log::log!(self.warnings.level(), "virtio-net: receive chain {bad} malformed: frame dropped");
+            self.counters.rx_malformed += 1;
+            let mut notify = false;
+            for head in chains.iter().map(|c| c.0).chain(Some(bad).filter(|&h| h < queue.size())) {
+                notify |= queue.add_used(mem, head, 0).is_ok();
+            }
+            return Rx::Dropped { notify: notify && queue.needs_notification(mem).unwrap_or(true) };
+        }
+        if room < frame.len() {
+            queue.set_next_avail(start);
+            if !mergeable && !chains.is_empty() {
+                // One chain is all it may have, and it is too small: never deliverable.
+                log::log!(
+                    self.warnings.level(),
+                    "virtio-net: a {}-byte frame does not fit a {room}-byte receive buffer: dropped",
+                    frame.len()
+                );
+                self.counters.rx_too_large += 1;
+                return Rx::Dropped { notify: false };
+            }
+            return Rx::NoBuffers;
+        }
+        // The header as this device sets it (no offload: all zero but num_buffers), then the
+        // frame, over the buffers in order.
+        let mut out = Vec::with_capacity(frame.len());
+        out.extend_from_slice(&[0; NUM_BUFFERS_OFFSET]);
+        out.extend_from_slice(&(chains.len() as u16).to_le_bytes());
+        out.extend_from_slice(&frame[NET_HDR_LEN..]);
+        let mut rest = &out[..];
+        let mut notify = false;
+        for (head, bufs) in &chains {
+            let mut written = 0u32;
+            for d in bufs {
+                let n = rest.len().min(d.len() as usize);
+                if n == 0 {
+                    break;
+                }
+                // writable_buffers checked that every buffer is inside guest memory.
+                if mem.write_slice(&rest[..n], d.addr()).is_err() {
+                    break;
+                }
+                written += n as u32;
+                rest = &rest[n..];
+            }
+            notify |= queue.add_used(mem, *head, written).is_ok();
+        }
+        self.counters.rx_frames += 1;
+        self.counters.rx_bytes += (frame.len() - NET_HDR_LEN) as u64;
+        Rx::Delivered { notify: notify && queue.needs_notification(mem).unwrap_or(true) }
+    }
+
+    /// Send the frame of one transmit chain; every outcome is counted.
+    fn transmit<M: GuestMemory>(&mut self, chain: DescriptorChain<&M>, mem: &M) {
+        let head = chain.head_index();
+        let descriptors: Vec<Descriptor> = chain.collect();
+        let ends = descriptors.last().is_some_and(|d| !d.has_next());
+        if !ends || descriptors.iter().any(Descriptor::is_write_only) {
+            log::log!(
+                self.warnings.level(),
+                "virtio-net: transmit chain {head} broken or device-writable: frame dropped"
+            );
+            self.counters.tx_malformed += 1;
+            return;
+        }
+        let len: u64 = descriptors.iter().map(|d| u64::from(d.len())).sum();
+        if len > MAX_FRAME as u64 {
+            log::log!(self.warnings.level(), "virtio-net: transmit chain {head}: a {len}-byte frame: dropped");
+            self.counters.tx_too_large += 1;
+            return;
+        }
+        self.frame.clear();
+        self.frame.resize(len as usize, 0);
+        let mut at = 0;
+        for d in &descriptors {
+            let n = d.len() as usize;
+            if mem.read_slice(&mut self.frame[at..at + n], d.addr()).is_err() {
+                log::log!(self.warnings.level(), "virtio-net: transmit chain {head}: buffer outside guest memory");
+                self.counters.tx_malformed += 1;
+                return;
+            }
+            at += n;
+        }
+        if self.frame.len() < NET_HDR_LEN || self.frame[0] != 0 || self.frame[1] != VIRTIO_NET_HDR_GSO_NONE as u8 {
+            log::log!(
+                self.warnings.level(),
+                "virtio-net: transmit chain {head}: {} bytes, no header or one asking for an offload not negotiated",
+                self.frame.len()
+            );
+            self.counters.tx_malformed += 1;
+            return;
+        }
+        match self.backend.send(&self.frame) {
+            Ok(()) => {
+                self.counters.tx_frames += 1;
+                self.counters.tx_bytes += (self.frame.len() - NET_HDR_LEN) as u64;
+            }
+            Err(e) => {
+                log::log!(self.warnings.level(), "virtio-net: transmit: frame dropped: {e}");
+                self.counters.tx_backend += 1;
+            }
+        }
+    }
+}
+
+/// The buffers of a receive chain: all device-writable, the chain ending, every buffer inside
+/// guest memory; `None` otherwise.
+fn writable_buffers<M: GuestMemory>(chain: DescriptorChain<&M>, mem: &M) -> Option<Vec<Descriptor>> {
+    let descriptors: Vec<Descriptor> = chain.collect();
+    let ends = descriptors.last().is_some_and(|d| !d.has_next());
+    let usable = descriptors
+        .iter()
+        .all(|d| d.is_write_only() && mem.check_range(d.addr(), d.len() as usize, Permissions::Write));
+    (ends && usable).then_some(descriptors)
+}
+
+impl<B: NetBackend> VirtioDevice for VirtioNet<B> {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn features(&self) -> u64 {
+        [VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MRG_RXBUF]
+            .iter()
+            .fold(0, |f, bit| f | 1 << bit)
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[NET_QUEUE_SIZE, NET_QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let mut config = [0u8; CONFIG_LEN];
+        config[..6].copy_from_slice(&self.mac);
+        let status = if self.link_up { VIRTIO_NET_S_LINK_UP as u16 } else { 0 };
+        config[6..8].copy_from_slice(&status.to_le_bytes());
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| config.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // The MAC is the VMM's to choose (VIRTIO_NET_F_CTRL_MAC_ADDR is not offered).
+        log::log!(self.warnings.level(), "virtio-net: configuration write of {} bytes at {offset} ignored", data.len());
+    }
+
+    fn activate(&mut self, acked_features: u64) {
+        self.acked_features = acked_features;
+        self.rx_kick = true;
+    }
+
+    fn process_queue<M: GuestMemory>(&mut self, index: usize, queue: &mut Queue, mem: &M) -> bool {
+        match index {
+            RX_QUEUE => {
+                // Buffers to receive into: whoever holds frames offers them now.
+                self.rx_kick = true;
+                false
+            }
+            TX_QUEUE => {
+                let mut used = false;
+                while let Some(chain) = super::next_chain(queue, mem, &mut self.warnings, "virtio-net transmit") {
+                    let head = chain.head_index();
+                    if head >= queue.size() {
+                        log::log!(
+                            self.warnings.level(),
+                            "virtio-net: available ring names descriptor {head}, past the table"
+                        );
+                        self.counters.tx_malformed += 1;
+                        continue;
+                    }
+                    self.transmit(chain, mem);
+                    match queue.add_used(mem, head, 0) {
+                        Ok(()) => used = true,
+                        Err(e) => log::log!(self.warnings.level(), "virtio-net: chain {head} not returned: {e}"),
+                    }
+                }
+                used && queue.needs_notification(mem).unwrap_or(true)
+            }
+            _ => false,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.acked_features = 0;
+        self.rx_kick = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::test_util::{ro, wo, Driver, BUFFERS, VERSION_1};
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    const ALL: u64 = u64::MAX;
+    const MRG: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
+
+    fn net(wanted: u64) -> Driver<VirtioNet<VecNetBackend>> {
+        Driver::with_queues(VirtioNet::new(VecNetBackend::default(), MAC), wanted, 2)
+    }
+
+    /// A frame with a zero header and `len` bytes of payload.
+    fn frame(len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; NET_HDR_LEN];
+        f.extend((0..len).map(|i| (i * 13 + i / 256) as u8));
+        f
+    }
+
+    fn rx(d: &mut Driver<VirtioNet<VecNetBackend>>, frame: &[u8]) -> Rx {
+        let mem = d.mem.clone();
+        d.dev.process_with(RX_QUEUE, &mem, |net, q, mem| net.receive(q, mem, frame)).expect("live")
+    }
+
+    #[test]
+    fn config_space_has_the_mac_and_the_link() {
+        let mut d = net(ALL);
+        let mut mac = [0u8; 6];
+        d.dev.device().read_config(0, &mut mac);
+        assert_eq!(mac, MAC);
+        let mut status = [0u8; 2];
+        d.dev.device().read_config(6, &mut status);
+        assert_eq!(u16::from_le_bytes(status), 1);
+        assert!(d.dev.device_mut().set_link(false));
+        assert!(!d.dev.device_mut().set_link(false));
+        d.dev.device().read_config(6, &mut status);
+        assert_eq!(status, [0, 0]);
+        let mut past = [0xffu8; 4];
+        d.dev.device().read_config(u64::MAX - 1, &mut past);
+        assert_eq!(past, [0; 4]);
+        assert_eq!(d.dev.acked_features() & (VERSION_1 | MRG), VERSION_1 | MRG);
+    }
+
+    #[test]
+    fn a_frame_goes_out_whole_over_any_split_of_its_chain() {
+        let mut d = net(ALL);
+        let f = frame(1500);
+        d.write_bytes(BUFFERS, &f);
+        // Header alone, then the frame in two pieces of odd sizes.
+        let head = d.add_chain_to(TX_QUEUE, 0, &[ro(BUFFERS, 12), ro(BUFFERS + 12, 7), ro(BUFFERS + 19, 1493)]);
+        d.publish_to(TX_QUEUE, head);
+        assert!(d.notify(TX_QUEUE as u32));
+        assert_eq!(d.dev.device().backend().sent, [f]);
+        assert_eq!(d.used_of(TX_QUEUE, 0), (0, 0));
+        let c = d.dev.device().counters();
+        assert_eq!((c.tx_frames, c.tx_bytes), (1, 1500));
+    }
+
+    #[test]
+    fn hostile_transmit_chains_are_dropped_counted_and_returned() {
+        let mut d = net(ALL);
+        d.write_bytes(BUFFERS, &frame(64));
+        let mut offload = frame(64);
+        offload[1] = 1; // VIRTIO_NET_HDR_GSO_TCPV4
+        d.write_bytes(BUFFERS + 0x1000, &offload);
+        let cases: Vec<Vec<crate::virtio::test_util::Buf>> = vec![
+            vec![ro(BUFFERS, 12), wo(BUFFERS + 12, 64)],    // device-writable
+            vec![ro(BUFFERS, 8)],                           // shorter than the header
+            vec![ro(BUFFERS + 0x1000, 76)],                 // offload not negotiated
+            vec![ro(BUFFERS, 40_000), ro(BUFFERS, 40_000)], // too large
+            vec![ro(0x7fff_f000, 76)],                      // outside guest memory
+        ];
+        for (i, bufs) in cases.iter().enumerate() {
+            let head = d.add_chain_to(TX_QUEUE, 8 * i as u16, bufs);
+            d.publish_to(TX_QUEUE, head);
+        }
+        // A chain that loops on itself.
+        d.set_desc_of(TX_QUEUE, 100, BUFFERS, 76, virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16, 100);
+        d.publish_to(TX_QUEUE, 100);
+        d.notify(TX_QUEUE as u32);
+        assert!(d.dev.device().backend().sent.is_empty());
+        assert_eq!(d.used_idx_of(TX_QUEUE), 6, "every chain returned");
+        let c = d.dev.device().counters();
+        assert_eq!((c.tx_malformed, c.tx_too_large, c.tx_frames), (5, 1, 0));
+        // The backend refusing: counted, the guest goes on.
+        d.dev.device_mut().backend_mut().fail = Some(io::ErrorKind::WouldBlock);
+        let head = d.add_chain_to(TX_QUEUE, 200, &[ro(BUFFERS, 76)]);
+        d.publish_to(TX_QUEUE, head);
+        d.notify(TX_QUEUE as u32);
+        assert_eq!(d.dev.device().counters().tx_backend, 1);
+        assert_eq!(d.used_idx_of(TX_QUEUE), 7);
+    }
+
+    #[test]
+    fn a_received_frame_spans_merged_buffers_with_num_buffers() {
+        let mut d = net(ALL);
+        for i in 0..3u16 {
+            let head = d.add_chain_to(RX_QUEUE, i, &[wo(BUFFERS + 0x1000 * u64::from(i), 1024)]);
+            d.publish_to(RX_QUEUE, head);
+        }
+        let f = frame(2000);
+        assert_eq!(rx(&mut d, &f), Rx::Delivered { notify: true });
+        assert_eq!(d.used_idx_of(RX_QUEUE), 2);
+        assert_eq!(d.used_of(RX_QUEUE, 0), (0, 1024));
+        assert_eq!(d.used_of(RX_QUEUE, 1), (1, (f.len() - 1024) as u32));
+        let mut got = d.read_bytes(BUFFERS, 1024);
+        got.extend(d.read_bytes(BUFFERS + 0x1000, f.len() - 1024));
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 2, "num_buffers");
+        assert_eq!(got[..10], [0; 10]);
+        assert_eq!(got[12..], f[12..]);
+        // The third buffer is left for the next frame; one that needs two waits for more.
+        assert_eq!(rx(&mut d, &frame(1500)), Rx::NoBuffers);
+        assert_eq!(d.used_idx_of(RX_QUEUE), 2, "nothing consumed");
+        let head = d.add_chain_to(RX_QUEUE, 3, &[wo(BUFFERS + 0x3000, 1024)]);
+        d.publish_to(RX_QUEUE, head);
+        assert_eq!(rx(&mut d, &frame(1500)), Rx::Delivered { notify: true });
+        assert_eq!(d.used_idx_of(RX_QUEUE), 4);
+        assert_eq!(d.dev.device().counters().rx_frames, 2);
+    }
+
+    #[test]
+    fn a_checksum_verified_hint_is_left_out_and_the_interrupt_status_says_what_happened() {
+        use virtio_bindings::virtio_mmio::{
+            VIRTIO_MMIO_INTERRUPT_STATUS, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING,
+        };
+        let mut d = net(ALL);
+        let head = d.add_chain_to(RX_QUEUE, 0, &[wo(BUFFERS, 2048)]);
+        d.publish_to(RX_QUEUE, head);
+        let mut f = frame(64);
+        f[0] = virtio_bindings::virtio_net::VIRTIO_NET_HDR_F_DATA_VALID as u8;
+        f[2..10].copy_from_slice(&[9; 8]);
+        assert_eq!(rx(&mut d, &f), Rx::Delivered { notify: true });
+        assert_eq!(d.read_bytes(BUFFERS, 12), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        let status = crate::virtio::test_util::read_reg(&mut d.dev, VIRTIO_MMIO_INTERRUPT_STATUS);
+        assert_eq!(status, VIRTIO_MMIO_INT_VRING);
+        assert!(d.dev.device_mut().set_link(false) && d.dev.config_changed());
+        let status = crate::virtio::test_util::read_reg(&mut d.dev, VIRTIO_MMIO_INTERRUPT_STATUS);
+        assert_eq!(status, VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    #[test]
+    fn without_merged_buffers_a_frame_needs_one_chain_or_is_dropped() {
+        let mut d = net(ALL & !MRG);
+        let head = d.add_chain_to(RX_QUEUE, 0, &[wo(BUFFERS, 12), wo(BUFFERS + 0x100, 100)]);
+        d.publish_to(RX_QUEUE, head);
+        assert_eq!(rx(&mut d, &frame(200)), Rx::Dropped { notify: false });
+        assert_eq!(d.dev.device().counters().rx_too_large, 1);
+        assert_eq!(d.used_idx_of(RX_QUEUE), 0, "the buffer stays for a frame that fits");
+        assert_eq!(rx(&mut d, &frame(50)), Rx::Delivered { notify: true });
+        assert_eq!(d.used_of(RX_QUEUE, 0), (0, 62));
+        assert_eq!(d.read_bytes(BUFFERS + 10, 2), [1, 0], "num_buffers");
+        assert_eq!(d.read_bytes(BUFFERS + 0x100, 50), frame(50)[12..]);
+    }
+
+    #[test]
+    fn hostile_receive_chains_drop_the_frame_not_the_device() {
+        let mut d = net(ALL);
+        // Device-readable, then outside guest memory.
+        let a = d.add_chain_to(RX_QUEUE, 0, &[ro(BUFFERS, 2048)]);
+        d.publish_to(RX_QUEUE, a);
+        let b = d.add_chain_to(RX_QUEUE, 1, &[wo(0x7fff_0000, 2048)]);
+        d.publish_to(RX_QUEUE, b);
+        assert!(matches!(rx(&mut d, &frame(100)), Rx::Dropped { .. }));
+        assert!(matches!(rx(&mut d, &frame(100)), Rx::Dropped { .. }));
+        assert_eq!(d.dev.device().counters().rx_malformed, 2);
+        assert_eq!(d.used_idx_of(RX_QUEUE), 2, "returned empty");
+        // An offload the driver did not ask for, too short, too long: dropped.
+        let mut gso = frame(100);
+        gso[1] = 1;
+        for f in [gso, vec![0; 5], vec![0; MAX_FRAME + 1]] {
+            assert_eq!(rx(&mut d, &f), Rx::Dropped { notify: false });
+        }
+        let c = d.dev.device().counters();
+        assert_eq!((c.rx_offload, c.rx_malformed, c.rx_too_large), (1, 3, 1));
+        // And a good frame still goes in.
+        let head = d.add_chain_to(RX_QUEUE, 2, &[wo(BUFFERS, 2048)]);
+        d.publish_to(RX_QUEUE, head);
+        assert_eq!(rx(&mut d, &frame(100)), Rx::Delivered { notify: true });
+    }
+
+    #[test]
+    fn reset_forgets_the_features_and_the_transport_refuses_a_dead_queue() {
+        let mut d = net(ALL);
+        d.dev.reset();
+        let mem = d.mem.clone();
+        assert_eq!(d.dev.process_with(RX_QUEUE, &mem, |net, q, mem| net.receive(q, mem, &frame(10))), None);
+        d.handshake_queues(ALL & !MRG, 2);
+        assert_eq!(d.dev.acked_features() & MRG, 0);
+        assert!(d.dev.device_mut().take_rx_kick(), "activation offers frames");
+        assert!(!d.dev.device_mut().take_rx_kick());
+        d.notify(RX_QUEUE as u32);
+        assert!(d.dev.device_mut().take_rx_kick());
+    }
+}

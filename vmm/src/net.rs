@@ -1,0 +1,572 @@
+//! `--net tap=NAME[,mac=MAC]`: a virtio-net device ([`devices::virtio::VirtioNet`]) on a TAP
+//! interface, its frames moved by a `net` thread of its own, never by a vCPU.
+//!
+//! - [`Tap`]: opened once per session (before the vmm thread confines itself), with
+//!   `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` and a 12-byte vnet header (`TUNSETVNETHDRSZ`), so a
+//!   frame and its `virtio_net_hdr_v1` move as one; no offloads (`TUNSETOFFLOAD` 0). An
+//!   existing interface is attached to; a missing one is created when crashvmm may
+//!   (`CAP_NET_ADMIN`) and goes away with it; the log says which.
+//! - [`NetMmio`]: the device behind its virtio-mmio window, shared by the vCPU threads (register
+//!   accesses) and the net thread. A `QueueNotify` write does no work on the vCPU: it kicks the
+//!   net thread's eventfd for that queue (KVM does the same without an exit when the
+//!   ioeventfd is registered).
+//! - [`NetThread`]: per boot, `poll` on the TAP (only while a received frame has somewhere to
+//!   go), the two queues' kicks and its stop eventfd; sends what the transmit queue holds,
+//!   receives what the TAP has, raises the interrupt (irqfd). A frame the receive queue cannot
+//!   take yet waits for the driver's next receive notification, and the TAP is not read
+//!   meanwhile (its own queue holds the rest, and drops when full, as a NIC's ring does). A TAP
+//!   that fails (its interface deleted) turns the link down (a configuration interrupt) and is
+//!   not polled again; frames sent to it are dropped and counted.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use devices::bus::MmioDevice;
+use devices::virtio::net::{MAX_FRAME, RX_QUEUE, TX_QUEUE};
+use devices::virtio::{NeedsInterrupt, NetBackend, VirtioMmio, VirtioNet};
+use thiserror::Error;
+use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::ioctl::{ioctl_with_ref, ioctl_with_val};
+use vmm_sys_util::ioctl_iow_nr;
+
+use crate::seccomp::{self, ThreadKind};
+
+ioctl_iow_nr!(TUNSETIFF, b'T' as u32, 202, libc::c_int);
+ioctl_iow_nr!(TUNSETOFFLOAD, b'T' as u32, 208, libc::c_uint);
+ioctl_iow_nr!(TUNSETVNETHDRSZ, b'T' as u32, 216, libc::c_int);
+
+/// `IFNAMSIZ`: an interface name and its NUL.
+const IFNAMSIZ: usize = 16;
+/// `virtio_net_hdr_v1`, as the device model moves frames.
+const VNET_HDR_LEN: libc::c_int = devices::virtio::net::NET_HDR_LEN as libc::c_int;
+
+#[derive(Debug, Error)]
+pub enum NetError {
+    #[error("TAP interface name {0:?}: 1 to 15 bytes of letters, digits, '-', '_' and '.'")]
+    Name(String),
+    #[error("cannot open /dev/net/tun")]
+    Open(#[source] io::Error),
+    #[error("cannot attach to TAP interface {name} (it must be a TAP this user may use, or crashvmm needs CAP_NET_ADMIN to create it)")]
+    Attach {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("TAP interface {name}: cannot {what}")]
+    Setup {
+        name: String,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set up the virtio-mmio transport")]
+    Mmio(#[source] devices::virtio::VirtioMmioError),
+    #[error("cannot {what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// `struct ifreq` with the name and flags TUNSETIFF reads.
+#[repr(C)]
+struct IfReq {
+    name: [u8; IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// An open TAP interface.
+pub struct Tap {
+    file: File,
+    name: String,
+}
+
+impl Tap {
+    /// Attach to the TAP interface `name`, or create it when it does not exist and crashvmm may.
+    pub fn open(name: &str) -> Result<Self, NetError> {
+        let valid = !name.is_empty()
+            && name.len() < IFNAMSIZ
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid {
+            return Err(NetError::Name(name.to_owned()));
+        }
+        let existed = Path::new("/sys/class/net").join(name).exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(NetError::Open)?;
+        let mut req = IfReq { name: [0; IFNAMSIZ], flags: 0, _pad: [0; 22] };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        req.flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+        // SAFETY: TUNSETIFF reads a struct ifreq; `req` has its layout (name, flags, padding to
+        // its 40 bytes) and outlives the call; the descriptor is ours.
+        let r = unsafe { ioctl_with_ref(&file, TUNSETIFF(), &req) };
+        if r < 0 {
+            return Err(NetError::Attach { name: name.to_owned(), source: io::Error::last_os_error() });
+        }
+        let setup = |what, r: libc::c_int| match r {
+            0.. => Ok(()),
+            _ => Err(NetError::Setup { name: name.to_owned(), what, source: io::Error::last_os_error() }),
+        };
+        let len = VNET_HDR_LEN;
+        // SAFETY: TUNSETVNETHDRSZ reads one int at the pointer; `len` outlives the call.
+        let r = unsafe { ioctl_with_ref(&file, TUNSETVNETHDRSZ(), &len) };
+        setup("set its vnet header size", r)?;
+        // SAFETY: TUNSETOFFLOAD takes its flags by value; 0 turns every offload off.
+        let r = unsafe { ioctl_with_val(&file, TUNSETOFFLOAD(), 0) };
+        setup("turn its offloads off", r)?;
+        if existed {
+            log::info!("net: attached to TAP interface {name}");
+        } else {
+            log::info!("net: created TAP interface {name} (it goes away when crashvmm ends)");
+        }
+        Ok(Self { file, name: name.to_owned() })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The device's way out: writes to the TAP (a frame with its vnet header in one `write`).
+pub struct TapBackend(Arc<Tap>);
+
+impl NetBackend for TapBackend {
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        match (&self.0.file).write(frame) {
+            Ok(n) if n == frame.len() => Ok(()),
+            Ok(n) => Err(io::Error::other(format!("short TAP write: {n} of {} bytes", frame.len()))),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A network device on the bus, with the TAP its thread reads.
+pub type NetSlot = (Arc<Mutex<NetMmio>>, Arc<Tap>);
+
+/// A virtio-net device on the MMIO bus.
+pub struct NetMmio {
+    pub transport: VirtioMmio<VirtioNet<TapBackend>>,
+    /// The net thread's kicks, by queue.
+    kicks: [EventFd; 2],
+    mem: GuestMemoryMmap,
+    irq: EventFd,
+}
+
+impl NetMmio {
+    /// The device for `tap` with `mac`, raising `irq`; `kicks` are the queues' notifications.
+    pub fn new(
+        tap: Arc<Tap>,
+        mac: [u8; 6],
+        mem: GuestMemoryMmap,
+        irq: EventFd,
+        kicks: [EventFd; 2],
+    ) -> Result<Self, NetError> {
+        let transport = VirtioMmio::new(VirtioNet::new(TapBackend(tap), mac)).map_err(NetError::Mmio)?;
+        Ok(Self { transport, kicks, mem, irq })
+    }
+
+    fn interrupt(&self) {
+        if let Err(e) = self.irq.write(1) {
+            log::warn!("virtio-net: cannot raise the interrupt: {e}");
+        }
+    }
+}
+
+impl MmioDevice for NetMmio {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.transport.read(offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset == u64::from(VIRTIO_MMIO_QUEUE_NOTIFY) && data.len() == 4 {
+            // The net thread does the work (an ioeventfd would have woken it without an exit).
+            let queue = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
+            match self.kicks.get(queue) {
+                Some(k) => {
+                    let _ = k.write(1);
+                }
+                None => log::debug!("virtio-net: notify for queue {queue} ignored"),
+            }
+            return;
+        }
+        if self.transport.write(offset, data, &self.mem) {
+            self.interrupt();
+        }
+    }
+}
+
+/// Per boot: the thread that moves this device's frames.
+pub struct NetThread {
+    stop: EventFd,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl NetThread {
+    /// Start it for `dev` (whose kicks it waits on) and `tap`.
+    pub fn start(dev: Arc<Mutex<NetMmio>>, tap: Arc<Tap>, index: usize) -> Result<Self, NetError> {
+        let stop =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|source| NetError::Io { what: "create an eventfd", source })?;
+        let stop2 = stop.try_clone().map_err(|source| NetError::Io { what: "clone an eventfd", source })?;
+        let kicks = {
+            let d = lock(&dev);
+            [d.kicks[0].try_clone(), d.kicks[1].try_clone()]
+        };
+        let [rx, tx] = kicks;
+        let rx = rx.map_err(|source| NetError::Io { what: "clone an eventfd", source })?;
+        let tx = tx.map_err(|source| NetError::Io { what: "clone an eventfd", source })?;
+        let handle = std::thread::Builder::new()
+            .name(format!("net{index}"))
+            .spawn(move || {
+                if let Err(e) = seccomp::apply(ThreadKind::Net) {
+                    log::error!("net: {}; the device moves no frames", crate::error::Chain(&e));
+                    return;
+                }
+                Mover { dev, tap, pending: None, tap_ok: true, buf: vec![0; MAX_FRAME] }.run(&rx, &tx, &stop2);
+            })
+            .map_err(|source| NetError::Io { what: "spawn the net thread", source })?;
+        Ok(Self { stop, handle: Some(handle) })
+    }
+}
+
+impl Drop for NetThread {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(h) = self.handle.take() {
+            if h.join().is_err() {
+                log::error!("the net thread panicked");
+            }
+        }
+    }
+}
+
+fn lock(m: &Mutex<NetMmio>) -> std::sync::MutexGuard<'_, NetMmio> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The net thread's state.
+struct Mover {
+    dev: Arc<Mutex<NetMmio>>,
+    tap: Arc<Tap>,
+    /// A received frame the receive queue had no room for yet.
+    pending: Option<Vec<u8>>,
+    /// The TAP has not failed.
+    tap_ok: bool,
+    buf: Vec<u8>,
+}
+
+impl Mover {
+    fn run(&mut self, rx: &EventFd, tx: &EventFd, stop: &EventFd) {
+        loop {
+            let tap_fd = if self.tap_ok && self.pending.is_none() { self.tap.file.as_raw_fd() } else { -1 };
+            let mut fds = [tap_fd, rx.as_raw_fd(), tx.as_raw_fd(), stop.as_raw_fd()].map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            // SAFETY: poll(2) reads and writes the `fds` array, which outlives the call; a
+            // negative descriptor is ignored.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("net: poll: {e}; the device moves no more frames");
+                return;
+            }
+            let ready = |i: usize| fds[i].revents != 0;
+            if ready(3) {
+                return;
+            }
+            if ready(2) {
+                let _ = tx.read();
+                let mut d = lock(&self.dev);
+                let d = &mut *d;
+                if d.transport.notify_queue(TX_QUEUE, &d.mem) {
+                    d.interrupt();
+                }
+            }
+            if ready(1) {
+                let _ = rx.read();
+                let mut d = lock(&self.dev);
+                let d = &mut *d;
+                d.transport.notify_queue(RX_QUEUE, &d.mem);
+                d.transport.device_mut().take_rx_kick();
+            }
+            if self.tap_ok && (ready(0) || ready(1)) {
+                self.receive();
+            }
+        }
+    }
+
+    /// Move frames from the TAP (the pending one first) into the receive queue until the TAP
+    /// is empty or the queue full.
+    fn receive(&mut self) {
+        loop {
+            let len = match self.pending.take() {
+                Some(frame) => {
+                    self.buf[..frame.len()].copy_from_slice(&frame);
+                    frame.len()
+                }
+                None => match (&self.tap.file).read(&mut self.buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        log::warn!("net: TAP {}: {e}; link down", self.tap.name);
+                        self.tap_ok = false;
+                        let mut d = lock(&self.dev);
+                        if d.transport.device_mut().set_link(false) && d.transport.config_changed() {
+                            d.interrupt();
+                        }
+                        return;
+                    }
+                },
+            };
+            let frame = &self.buf[..len];
+            let mut d = lock(&self.dev);
+            let d = &mut *d;
+            match d.transport.process_with(RX_QUEUE, &d.mem, |net, q, mem| net.receive(q, mem, frame)) {
+                // The driver is not there (not live, queue not ready): the frame is dropped, as
+                // a NIC that is down drops it.
+                None => {}
+                Some(devices::virtio::Rx::NoBuffers) => {
+                    self.pending = Some(frame.to_vec());
+                    return;
+                }
+                Some(r) if r.needs_interrupt() => d.interrupt(),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// A locally administered unicast MAC derived from the TAP's name and the device's index, so
+/// that a guest keeps its address across runs.
+pub fn default_mac(tap: &str, index: usize) -> [u8; 6] {
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in tap.bytes().chain([index as u8]) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_le_bytes();
+    [0x02, b[0], b[1], b[2], b[3], b[4]]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::time::{Duration, Instant};
+    use vm_memory::{Bytes, GuestAddress};
+
+    /// An EtherType for local experiments (IEEE 802): nothing else on the interface uses it.
+    const ETH_P_TEST: u16 = 0x88b5;
+    const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
+    /// Guest memory of the driver below: queue rings, then buffers.
+    const RINGS: [(u64, u64, u64); 2] = [(0x1000, 0x2000, 0x3000), (0x4000, 0x5000, 0x6000)];
+    const RX_BUFS: u64 = 0x10000;
+    const TX_BUF: u64 = 0x40000;
+    const QSIZE: u16 = 16;
+
+    /// A raw packet socket on interface `index` for the test EtherType.
+    fn packet_socket(index: u32) -> OwnedFd {
+        let proto = ETH_P_TEST.to_be();
+        // SAFETY: socket(2) with constant arguments; the descriptor is owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+        assert!(fd >= 0, "AF_PACKET socket (needs CAP_NET_RAW): {}", io::Error::last_os_error());
+        // SAFETY: `fd` is a new descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: an all-zero sockaddr_ll is valid; the fields are then set.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = proto;
+        addr.sll_ifindex = index as i32;
+        let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: bind(2) reads `len` bytes of `addr`, which outlives the call.
+        let r = unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_ll).cast(), len) };
+        assert_eq!(r, 0, "bind: {}", io::Error::last_os_error());
+        fd
+    }
+
+    /// Wait up to 10 s for `fd` to be readable.
+    fn wait_readable(fd: i32) -> bool {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd that outlives the call.
+        unsafe { libc::poll(&mut p, 1, 10_000) == 1 }
+    }
+
+    fn reg(dev: &Mutex<NetMmio>, offset: u32, value: u32) {
+        lock(dev).write(u64::from(offset), &value.to_le_bytes());
+    }
+
+    fn publish(mem: &GuestMemoryMmap, queue: usize, head: u16) {
+        let avail = RINGS[queue].1;
+        let idx: u16 = mem.read_obj(GuestAddress(avail + 2)).unwrap();
+        mem.write_obj(head, GuestAddress(avail + 4 + 2 * u64::from(idx % QSIZE))).unwrap();
+        mem.write_obj(idx.wrapping_add(1), GuestAddress(avail + 2)).unwrap();
+    }
+
+    fn descriptor(mem: &GuestMemoryMmap, queue: usize, index: u16, addr: u64, len: u32, write: bool) {
+        let at = RINGS[queue].0 + 16 * u64::from(index);
+        mem.write_obj(addr, GuestAddress(at)).unwrap();
+        mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+        mem.write_obj(if write { 2u16 } else { 0 }, GuestAddress(at + 12)).unwrap();
+        mem.write_obj(0u16, GuestAddress(at + 14)).unwrap();
+    }
+
+    /// The used ring entries of `queue` so far: (descriptor, length).
+    fn used(mem: &GuestMemoryMmap, queue: usize) -> Vec<(u32, u32)> {
+        let ring = RINGS[queue].2;
+        let idx: u16 = mem.read_obj(GuestAddress(ring + 2)).unwrap();
+        (0..idx)
+            .map(|n| {
+                let at = ring + 4 + 8 * u64::from(n % QSIZE);
+                (mem.read_obj(GuestAddress(at)).unwrap(), mem.read_obj(GuestAddress(at + 4)).unwrap())
+            })
+            .collect()
+    }
+
+    /// A real TAP, the net thread, and a driver doing what Linux's virtio_net does through the
+    /// register window (as the vCPU threads would): a frame sent on the host's side of the TAP
+    /// lands in a receive buffer byte for byte with its header; a frame the guest transmits
+    /// comes out on the host's side byte for byte. Needs CAP_NET_ADMIN and CAP_NET_RAW (root).
+    #[test]
+    fn frames_cross_a_real_tap_both_ways_through_the_net_thread() {
+        let name = format!("cvnt{}", std::process::id() % 100_000);
+        let tap = Arc::new(Tap::open(&name).expect("a TAP interface (the test needs CAP_NET_ADMIN)"));
+        // No IPv6 chatter on it: only the test's frames.
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+        let up = std::process::Command::new("ip").args(["link", "set", &name, "up"]).status().unwrap();
+        assert!(up.success());
+        let index = std::ffi::CString::new(name.clone()).unwrap();
+        // SAFETY: a NUL-terminated name that outlives the call.
+        let index = unsafe { libc::if_nametoindex(index.as_ptr()) };
+        assert_ne!(index, 0);
+        let host = packet_socket(index);
+
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let kicks = [EventFd::new(libc::EFD_NONBLOCK).unwrap(), EventFd::new(libc::EFD_NONBLOCK).unwrap()];
+        let dev = NetMmio::new(tap.clone(), GUEST_MAC, mem.clone(), irq.try_clone().unwrap(), kicks).unwrap();
+        let dev = Arc::new(Mutex::new(dev));
+        let thread = NetThread::start(dev.clone(), tap.clone(), 0).unwrap();
+
+        // Linux's bring-up: VERSION_1, MAC, STATUS, MRG_RXBUF; both queues; DRIVER_OK.
+        for status in [0, 1, 3] {
+            reg(&dev, 0x70, status);
+        }
+        reg(&dev, 0x24, 1);
+        reg(&dev, 0x20, 1);
+        reg(&dev, 0x24, 0);
+        reg(&dev, 0x20, 1 << 5 | 1 << 15 | 1 << 16);
+        reg(&dev, 0x70, 0xb);
+        for (q, (desc, avail, used)) in RINGS.iter().enumerate() {
+            reg(&dev, 0x30, q as u32);
+            reg(&dev, 0x38, u32::from(QSIZE));
+            for (low, addr) in [(0x80, desc), (0x90, avail), (0xa0, used)] {
+                reg(&dev, low, *addr as u32);
+                reg(&dev, low + 4, 0);
+            }
+            reg(&dev, 0x44, 1);
+        }
+        reg(&dev, 0x70, 0xf);
+        // Byte by byte, as virtio_net reads it.
+        let mac: Vec<u8> = (0..6)
+            .map(|i| {
+                let mut b = [0u8];
+                lock(&dev).read(0x100 + i, &mut b);
+                b[0]
+            })
+            .collect();
+        assert_eq!(mac, GUEST_MAC);
+        for i in 0..4u16 {
+            descriptor(&mem, RX_QUEUE, i, RX_BUFS + 0x1000 * u64::from(i), 2048, true);
+            publish(&mem, RX_QUEUE, i);
+        }
+        reg(&dev, 0x50, RX_QUEUE as u32);
+
+        // Host to guest.
+        let mut frame = GUEST_MAC.to_vec();
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+        frame.extend_from_slice(&ETH_P_TEST.to_be_bytes());
+        frame.extend((0..1000).map(|i| (i * 7 + 3) as u8));
+        // SAFETY: send(2) reads `frame`, which outlives the call.
+        let sent = unsafe { libc::send(host.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(sent, frame.len() as isize, "{}", io::Error::last_os_error());
+        let t0 = Instant::now();
+        let got = loop {
+            assert!(wait_readable(irq.as_raw_fd()), "no receive interrupt within 10 s");
+            let _ = irq.read();
+            let hit = used(&mem, RX_QUEUE).into_iter().find_map(|(desc, len)| {
+                let mut b = vec![0u8; len as usize];
+                mem.read_slice(&mut b, GuestAddress(RX_BUFS + 0x1000 * u64::from(desc))).unwrap();
+                (b.len() > 24 && b[24..26] == ETH_P_TEST.to_be_bytes()).then_some(b)
+            });
+            if let Some(b) = hit {
+                break b;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "the frame never arrived");
+        };
+        assert_eq!(got[..12], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0], "header, num_buffers 1");
+        assert_eq!(got[12..], frame[..], "the frame");
+
+        // Guest to host.
+        let mut out = vec![0u8; 12];
+        let mut tx = vec![0x02, 0, 0, 0, 0, 0x01];
+        tx.extend_from_slice(&GUEST_MAC);
+        tx.extend_from_slice(&ETH_P_TEST.to_be_bytes());
+        tx.extend((0..1400).map(|i| (i * 5 + 1) as u8));
+        out.extend_from_slice(&tx);
+        mem.write_slice(&out, GuestAddress(TX_BUF)).unwrap();
+        descriptor(&mem, TX_QUEUE, 0, TX_BUF, out.len() as u32, false);
+        publish(&mem, TX_QUEUE, 0);
+        reg(&dev, 0x50, TX_QUEUE as u32);
+        let mut buf = vec![0u8; 4096];
+        let n = loop {
+            assert!(wait_readable(host.as_raw_fd()), "nothing came out of the TAP within 10 s");
+            // SAFETY: recv(2) writes at most `buf.len()` bytes into `buf`.
+            let n = unsafe { libc::recv(host.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            assert!(n > 0, "{}", io::Error::last_os_error());
+            // The host's own frame comes back on a packet socket too: wait for the guest's.
+            if buf[6..12] == GUEST_MAC {
+                break n as usize;
+            }
+        };
+        assert_eq!(buf[..n], tx[..], "the transmitted frame");
+        // The thread returns the chain after the frame went out: once it is joined.
+        drop(thread);
+        assert_eq!(used(&mem, TX_QUEUE), [(0, 0)]);
+        let c = lock(&dev).transport.device().counters();
+        assert_eq!((c.tx_frames, c.tx_bytes), (1, tx.len() as u64));
+        assert!(c.rx_frames >= 1);
+    }
+
+    #[test]
+    fn default_macs_are_local_unicast_and_stable() {
+        let a = default_mac("tap0", 0);
+        assert_eq!(a[0] & 0b11, 0b10, "locally administered, unicast");
+        assert_eq!(a, default_mac("tap0", 0));
+        assert_ne!(a, default_mac("tap0", 1));
+        assert_ne!(a, default_mac("tap1", 0));
+    }
+
+    #[test]
+    fn bad_tap_names_are_refused_before_anything_is_opened() {
+        for name in ["", "0123456789abcdef", "a/b", "tap 0", "tap\u{1b}"] {
+            assert!(matches!(Tap::open(name), Err(NetError::Name(_))), "{name:?}");
+        }
+    }
+}
