@@ -27,6 +27,7 @@ mod smp;
 mod start_info;
 mod time;
 mod user;
+mod virtio;
 mod vmbus;
 
 use serial::line;

@@ -6,6 +6,7 @@ pub mod bench_kdump;
 pub mod bench_live;
 pub mod hostile;
 pub mod kdump;
+pub mod virtio;
 pub mod vmbus_stress;
 
 use crate::check::{abort, check, check_eq, check_with};
@@ -42,12 +43,13 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "triple-fault", run: basic::triple_fault },
     Scenario { name: "idle", run: basic::idle },
     Scenario { name: "counter", run: basic::counter },
+    Scenario { name: "virtio-net", run: virtio::virtio_net },
 ];
 
 /// For the "unknown scenario" message.
 pub const NAMES: &str = "boot connect panic kdump bench-panic bench-kdump bench-live hostile-hypercall hostile-synic \
                          hostile-crash-message hostile-msr pvpanic-bytes vmbus-flood guest-flood contact-during-unload \
-                         unload-without-connect triple-fault idle counter";
+                         unload-without-connect triple-fault idle counter virtio-net";
 
 pub fn find(name: &[u8]) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name.as_bytes() == name)
