@@ -141,23 +141,29 @@ pub fn count_vmcores(target: &Target, signature: &str, at_most: usize) -> Result
 }
 
 async fn count_async(target: &Target, signature: &str, at_most: usize) -> Result<VmcoreCount, DeliveryError> {
-    let mut seen = Vec::new();
+    // The vmcore entries seen: (dir, host).
+    let mut dirs: Vec<(String, String)> = Vec::new();
+    let take = |dirs: &mut Vec<(String, String)>, key: &object_store::path::Path| {
+        if let Some((dir, host)) = index::parse_vmcore_key(target.relative(key.as_ref()), signature) {
+            dirs.push((dir.to_owned(), host.to_owned()));
+        }
+    };
     if let Some(pages) = target.pages() {
         // Object stores list in key order, oldest first here: pages of what is still wanted.
         let prefix = format!("{}/", target.key(&index::vmcores_prefix(signature)));
-        let (mut token, mut entries) = (None, 0);
-        while entries < at_most {
+        let mut token = None;
+        loop {
+            let wanted = at_most.saturating_sub(dirs.len());
+            if wanted == 0 {
+                break;
+            }
             let opts = PaginatedListOptions {
-                max_keys: Some((at_most - entries).min(1000)),
+                max_keys: Some(wanted.min(1000)),
                 page_token: token.take(),
                 ..Default::default()
             };
             let page = pages.list_paginated(Some(&prefix), opts).await?;
-            let keys = page.result.objects.into_iter().map(|m| m.location);
-            for key in keys {
-                entries += usize::from(index::parse_vmcore_key(target.relative(key.as_ref()), signature).is_some());
-                seen.push(key);
-            }
+            page.result.objects.iter().for_each(|m| take(&mut dirs, &m.location));
             match page.page_token {
                 Some(t) => token = Some(t),
                 None => break,
@@ -165,15 +171,11 @@ async fn count_async(target: &Target, signature: &str, at_most: usize) -> Result
         }
     } else {
         // A local directory's listing has no order: all of it.
-        let store = target.store()?;
-        seen = store
-            .list(Some(&target.key(&index::vmcores_prefix(signature))))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await?;
+        let mut listing = target.store()?.list(Some(&target.key(&index::vmcores_prefix(signature))));
+        while let Some(m) = listing.try_next().await? {
+            take(&mut dirs, &m.location);
+        }
     }
-    let mut dirs: Vec<(&str, &str)> =
-        seen.iter().filter_map(|k| index::parse_vmcore_key(target.relative(k.as_ref()), signature)).collect();
     dirs.sort_unstable();
     Ok(VmcoreCount {
         count: dirs.len().min(at_most),

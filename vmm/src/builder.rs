@@ -231,7 +231,7 @@ fn dsdt(config: &VmConfig, disks: &[DiskSlot<'_>]) -> Dsdt {
         acpi::add_virtio_mmio(&mut dsdt, i, d.base, d.gsi);
     }
     for i in 0..config.nets.len() {
-        let (base, gsi) = net_slot(disks.len() + i).expect("disk_slots checked the device count");
+        let (base, gsi) = virtio_slot(disks.len() + i).expect("disk_slots checked the device count");
         acpi::add_virtio_mmio(&mut dsdt, disks.len() + i, base, gsi);
     }
     dsdt
@@ -278,23 +278,21 @@ fn mmio_bus(
     }
     let mut nets = Vec::new();
     for (i, (net, tap)) in config.nets.iter().zip(taps).enumerate() {
-        let (base, gsi) = net_slot(disks.len() + i).ok_or(DiskError::TooMany)?;
+        let (base, gsi) = virtio_slot(disks.len() + i).ok_or(DiskError::TooMany)?;
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("virtio eventfd"))?;
         vm.register_irqfd(&irq, gsi).map_err(kvm_err("KVM_IRQFD (virtio-net)"))?;
-        let mut kicks = Vec::new();
-        for queue in [RX_QUEUE, TX_QUEUE] {
+        // A queue's notification: an eventfd the net thread waits on, signalled by KVM
+        // (ioeventfd) without an exit. Without that the write exits to the vCPU thread, whose
+        // MMIO handler kicks the same eventfd: slower, never wrong.
+        let kick = |queue: usize| -> Result<EventFd, VmError> {
             let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("virtio-net eventfd"))?;
             let notify = IoEventAddress::Mmio(base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY));
-            // Without it the write exits to the vCPU thread, whose MMIO handler kicks the same
-            // eventfd: slower, never wrong.
             if let Err(e) = vm.register_ioevent(&kick, &notify, queue as u32) {
                 log::info!("virtio-net: no ioeventfd for queue {queue} ({e}): its notifications exit to the vCPU");
             }
-            kicks.push(kick);
-        }
-        let kicks: [EventFd; 2] = kicks.try_into().map_err(|_| {
-            VmError::Net(NetError::Io { what: "create the queue eventfds", source: io::Error::other("two eventfds") })
-        })?;
+            Ok(kick)
+        };
+        let kicks = [kick(RX_QUEUE)?, kick(TX_QUEUE)?];
         let mac = net.mac.unwrap_or_else(|| net::default_mac(&net.tap, i));
         let dev = Arc::new(Mutex::new(NetMmio::new(tap.clone(), mac, mem.clone(), irq, kicks)?));
         mmio.insert(base, VIRTIO_MMIO_WINDOW, dev.clone())?;
@@ -304,7 +302,7 @@ fn mmio_bus(
 }
 
 /// The window and interrupt line of virtio-mmio device `index` (disks first, then networks).
-fn net_slot(index: usize) -> Option<(u64, u32)> {
+fn virtio_slot(index: usize) -> Option<(u64, u32)> {
     VIRTIO_GSIS.get(index).map(|&gsi| (VIRTIO_MMIO_BASE + index as u64 * VIRTIO_MMIO_STRIDE, gsi))
 }
 
@@ -329,7 +327,7 @@ fn disk_slots(config: &VmConfig) -> Result<Vec<DiskSlot<'_>>, VmError> {
     let slots: Vec<DiskSlot<'_>> = disks
         .enumerate()
         .map(|(i, disk)| {
-            let (base, gsi) = net_slot(i).ok_or(DiskError::TooMany)?;
+            let (base, gsi) = virtio_slot(i).ok_or(DiskError::TooMany)?;
             Ok::<_, DiskError>(DiskSlot { disk, base, gsi })
         })
         .collect::<Result<_, _>>()?;

@@ -218,14 +218,12 @@ impl NetThread {
     pub fn start(dev: Arc<Mutex<NetMmio>>, tap: Arc<Tap>, index: usize) -> Result<Self, NetError> {
         let stop =
             EventFd::new(libc::EFD_NONBLOCK).map_err(|source| NetError::Io { what: "create an eventfd", source })?;
-        let stop2 = stop.try_clone().map_err(|source| NetError::Io { what: "clone an eventfd", source })?;
-        let kicks = {
+        let clone = |fd: &EventFd| fd.try_clone().map_err(|source| NetError::Io { what: "clone an eventfd", source });
+        let stop2 = clone(&stop)?;
+        let (rx, tx) = {
             let d = lock(&dev);
-            [d.kicks[0].try_clone(), d.kicks[1].try_clone()]
+            (clone(&d.kicks[0])?, clone(&d.kicks[1])?)
         };
-        let [rx, tx] = kicks;
-        let rx = rx.map_err(|source| NetError::Io { what: "clone an eventfd", source })?;
-        let tx = tx.map_err(|source| NetError::Io { what: "clone an eventfd", source })?;
         let handle = std::thread::Builder::new()
             .name(format!("net{index}"))
             .spawn(move || {

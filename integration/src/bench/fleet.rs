@@ -106,6 +106,8 @@ fn start_server(root: &Path) -> Result<(s3::S3Server, String), String> {
 
 /// One synthetic crash directory.
 struct Dir {
+    /// Which of the fleet's signatures (0: the crash loop).
+    sig: usize,
     signature: String,
     host: String,
     name: String,
@@ -137,6 +139,7 @@ fn fleet() -> Vec<Dir> {
             seen[sig] += 1;
             let at = base + chrono::Duration::seconds(37 * n as i64);
             Dir {
+                sig,
                 signature: signature_id(sig),
                 host: format!("host-{:02}", (n + n / HOSTS) % HOSTS),
                 name: format!("{}-001", at.format("%Y%m%dT%H%M%SZ")),
@@ -149,7 +152,7 @@ fn fleet() -> Vec<Dir> {
 
 /// The objects of `d`, as the uploader leaves them (small files, the vmcore, report.json, the
 /// index), keys relative to the prefix.
-fn objects(d: &Dir, sig_index: usize) -> Result<Vec<(String, Vec<u8>)>, String> {
+fn objects(d: &Dir) -> Result<Vec<(String, Vec<u8>)>, String> {
     let key = format!("{}/{}/{}", d.signature, d.host, d.name);
     let mut report: crash_report::Report = crash_report::from_slice(b"{}").map_err(|e| e.to_string())?;
     report.detected_at = index::Entry {
@@ -160,7 +163,7 @@ fn objects(d: &Dir, sig_index: usize) -> Result<Vec<(String, Vec<u8>)>, String> 
     }
     .detected_at();
     report.signature = Some(crash_report::Signature {
-        title: Some(title(sig_index)),
+        title: Some(title(d.sig)),
         id: Some(d.signature.clone()),
         kind: Some("bug".into()),
         ..Default::default()
@@ -169,7 +172,7 @@ fn objects(d: &Dir, sig_index: usize) -> Result<Vec<(String, Vec<u8>)>, String> 
     let mut out = vec![
         (
             format!("{key}/console.log"),
-            format!("Linux version {} (bench)\nKernel panic - {}\n", d.release, title(sig_index)).into_bytes(),
+            format!("Linux version {} (bench)\nKernel panic - {}\n", d.release, title(d.sig)).into_bytes(),
         ),
         (format!("{key}/events.jsonl"), b"{\"event\":\"vm_started\"}\n".to_vec()),
     ];
@@ -201,10 +204,9 @@ fn measure(env: &super::Env, b: &mut FleetBench) -> Result<(), String> {
     let rt = runtime()?;
 
     let dirs = fleet();
-    let sig_of = |s: &str| (0..SIGNATURES).find(|&i| signature_id(i) == s).unwrap_or(0);
     let mut all = Vec::new();
     for d in &dirs {
-        all.extend(objects(d, sig_of(&d.signature))?);
+        all.extend(objects(d)?);
     }
     b.dirs = dirs.len();
     b.signatures = SIGNATURES;
