@@ -33,7 +33,8 @@ die() { printf 'images: error: %s\n' "$*" >&2; exit 1; }
 # Modules of the test-host image (a trailing '?': skipped when the kernel does not ship it as a
 # .ko; the guest images' lists are in crashtest-image.sh).
 HOST_MODULES=(irqbypass kvm ccp kvm_amd 'kvm_intel?'
-  'virtio?' 'virtio_ring?' 'virtio_pci?' 'netfs?' 'fscache?' 9pnet 9pnet_virtio 9p)
+  'virtio?' 'virtio_ring?' 'virtio_pci?' 'netfs?' 'fscache?' 9pnet 9pnet_virtio 9p
+  tun)
 # Shared libraries put into the test host so that dynamically linked programs built on this
 # machine (crashvmm itself, a Rust binary linked against glibc) run from /share.
 HOST_GLIBC_LIBS=(libc.so.6 libm.so.6 libgcc_s.so.1 libpthread.so.0 libdl.so.2 librt.so.1 libutil.so.1)

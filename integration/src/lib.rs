@@ -62,6 +62,9 @@ pub struct Scenario {
     /// `crashvmm-disk0`): an ext4 image the runner makes, holding `pagecache.bin`, non-zero data
     /// of this percentage of the guest's memory.
     pub data_disk: Option<u32>,
+    /// A network device (`--net tap=crashvmm-net0`) whose TAP the runner sets up before crashvmm
+    /// starts, with the host side's address and TCP peers: [`net_setup`].
+    pub network: bool,
 }
 
 /// Every scenario the runner knows.
@@ -81,6 +84,7 @@ pub const SCENARIOS: &[Scenario] = &[
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
         data_disk: None,
+        network: false,
         driver: None,
     },
     Scenario {
@@ -98,6 +102,7 @@ pub const SCENARIOS: &[Scenario] = &[
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
         data_disk: None,
+        network: false,
         driver: None,
     },
     Scenario {
@@ -115,6 +120,7 @@ pub const SCENARIOS: &[Scenario] = &[
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
         data_disk: None,
+        network: false,
         driver: None,
     },
     Scenario {
@@ -134,6 +140,7 @@ pub const SCENARIOS: &[Scenario] = &[
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
         data_disk: None,
+        network: false,
         driver: None,
     },
     Scenario {
@@ -151,6 +158,7 @@ pub const SCENARIOS: &[Scenario] = &[
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
         data_disk: None,
+        network: false,
         driver: None,
     },
     Scenario {
@@ -168,6 +176,7 @@ pub const SCENARIOS: &[Scenario] = &[
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
         data_disk: None,
+        network: false,
         driver: None,
     },
     Scenario {
@@ -186,6 +195,7 @@ pub const SCENARIOS: &[Scenario] = &[
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
         data_disk: None,
+        network: false,
         driver: None,
     },
     Scenario {
@@ -203,6 +213,7 @@ pub const SCENARIOS: &[Scenario] = &[
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: Some("4m"),
         data_disk: None,
+        network: false,
         driver: None,
     },
     Scenario {
@@ -220,6 +231,7 @@ pub const SCENARIOS: &[Scenario] = &[
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
         data_disk: None,
+        network: false,
         driver: Some(("CRASHTEST: kdump: waiting for an NMI", "ctl inject-nmi >$OUT/ctl-inject-nmi.json")),
     },
     Scenario {
@@ -238,6 +250,7 @@ pub const SCENARIOS: &[Scenario] = &[
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
         data_disk: None,
+        network: false,
         driver: None,
     },
     Scenario {
@@ -256,6 +269,7 @@ pub const SCENARIOS: &[Scenario] = &[
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
         data_disk: None,
+        network: false,
         driver: Some((
             "CRASHTEST: wait: ready",
             "ctl status >$OUT/ctl-status.json; \
@@ -291,6 +305,7 @@ pub const SCENARIOS: &[Scenario] = &[
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
         data_disk: None,
+        network: false,
         driver: Some((
             "CRASHTEST: wait: ready",
             "ctl sysrq 9 >$OUT/ctl-sysrq-9.json; \
@@ -324,6 +339,7 @@ pub const SCENARIOS: &[Scenario] = &[
         testhost_timeout: Duration::from_secs(420),
         crash_dir_tmpfs: None,
         data_disk: Some(60),
+        network: false,
         driver: Some((
             "CRASHTEST: pagecache: triggering",
             "i=0; until grep -q '\"event\":\"crash_report\"' $OUT/events.jsonl || [ $i -ge 600 ]; do \
@@ -347,9 +363,61 @@ pub const SCENARIOS: &[Scenario] = &[
         testhost_timeout: Duration::from_secs(300),
         crash_dir_tmpfs: None,
         data_disk: None,
+        network: false,
         driver: Some(("CRASHTEST: live: ready", "ctl dump --live >$OUT/ctl-dump-live.json")),
     },
+    Scenario {
+        name: "net",
+        description: "a guest on the network: eth0 (virtio-net on a TAP) pings the host side and moves 1 MiB \
+                      each way over TCP, hashed on both ends; then it panics and its kdump completes",
+        memory: "768M",
+        vcpus: 2,
+        cmdline: "console=ttyS0 panic=-1 crashkernel=192M",
+        expected_exit: GUEST_PANICKED,
+        expected_trigger: Some("pvpanic"),
+        expected_events: &["vm_started", "pvpanic", "crash_detected", "guest_kexec", "crash_kernel_started", "kdump_completed", "vmcore_written", "crash_report", "vm_exited"],
+        absent_events: &["vmcore_failed"],
+        expected_console: &[
+            "CRASHTEST: net: ping ok",
+            "CRASHTEST: net: sent ",
+            "CRASHTEST: net: received ",
+            "CRASHTEST: kdump: crash kernel loaded",
+            "CRASHTEST: kdump-capture: marker",
+        ],
+        vmm_args: &["--crash-disk", "path=crash-disk.img,size=1G"],
+        testhost_timeout: Duration::from_secs(480),
+        crash_dir_tmpfs: None,
+        data_disk: None,
+        network: true,
+        driver: None,
+    },
 ];
+
+/// The TAP of the `network` scenarios, and the addresses on it (the guest's is set by
+/// guest-images/scenarios/net.sh).
+pub const NET_TAP: &str = "crashvmm-net0";
+pub const NET_HOST_ADDR: &str = "192.168.127.1";
+pub const NET_GUEST_ADDR: &str = "192.168.127.2";
+/// What the host side sends the guest (beside `run.sh`), and where it keeps what the guest sent
+/// (in the output directory).
+pub const NET_TO_GUEST: &str = "net-to-guest.bin";
+pub const NET_FROM_GUEST: &str = "net-from-guest.bin";
+pub const NET_TO_GUEST_BYTES: u64 = 1 << 20;
+
+/// The host side of a `network` scenario, run before crashvmm: the TAP (persistent, so that
+/// crashvmm attaches to it) with the host's address, and busybox nc peers: port 5001 keeps what
+/// the guest sends in [`NET_FROM_GUEST`], port 5002 sends [`NET_TO_GUEST`]. Each serves one
+/// connection.
+pub fn net_setup() -> String {
+    format!(
+        "modprobe tun 2>/dev/null; \
+         busybox tunctl -t {NET_TAP} && \
+         busybox ip addr add {NET_HOST_ADDR}/24 dev {NET_TAP} && \
+         busybox ip link set {NET_TAP} up && \
+         {{ busybox nc -l -p 5001 -e sh -c \"cat >$OUT/{NET_FROM_GUEST}\" & \
+         busybox nc -l -p 5002 -e cat {NET_TO_GUEST} & }}"
+    )
+}
 
 /// The data disk's file name beside `run.sh`, and the file it holds.
 pub const DATA_DISK: &str = "data-disk.img";
@@ -364,13 +432,26 @@ pub const GUEST_PANICKED: i32 = 5;
 impl Scenario {
     /// The crashvmm run of this scenario on `kernel` and `initrd` (`data_disk`: the data disk's
     /// file, when it has one).
-    pub fn run_spec(&self, kernel: PathBuf, initrd: PathBuf, data_disk: Option<&Path>) -> RunSpec {
+    /// `net_data`: the file the host side sends, for a `network` scenario.
+    pub fn run_spec(
+        &self,
+        kernel: PathBuf,
+        initrd: PathBuf,
+        data_disk: Option<&Path>,
+        net_data: Option<&Path>,
+    ) -> RunSpec {
         let cmdline = format!("{} crashtest={}", self.cmdline, self.guest_scenario());
         let mib = parse_mib(self.memory).unwrap_or(1024);
         let mut spec = RunSpec::boot(format!("scenario {}", self.name), kernel, initrd, &cmdline, mib, self.vcpus);
         if let Some(d) = data_disk {
             spec.inputs.push((DATA_DISK.to_string(), d.to_owned()));
             spec.args.extend(["--disk".to_string(), format!("path={DATA_DISK},readonly")]);
+        }
+        if let Some(d) = net_data {
+            spec.inputs.push((NET_TO_GUEST.to_string(), d.to_owned()));
+            spec.args.extend(["--net".to_string(), format!("tap={NET_TAP}")]);
+            spec.setup = Some(net_setup());
+            spec.own_network = true;
         }
         spec.args.extend(self.vmm_args.iter().map(|a| a.to_string()));
         // Extra options for experiments: CRASHVMM_EXTRA_ARGS="--on-panic pause --after-crash exit".
@@ -731,7 +812,14 @@ pub fn run_scenario(setup: &Setup, name: &str, out: &Path, opts: &RunOptions) ->
         }
         None => None,
     };
-    let spec = s.run_spec(kernel, initrd, data_disk.as_deref());
+    let net_data = if s.network {
+        let path = scratch.path().join(NET_TO_GUEST);
+        write_data_file(&path, NET_TO_GUEST_BYTES).map_err(io_err(format!("writing {}", path.display())))?;
+        Some(path)
+    } else {
+        None
+    };
+    let spec = s.run_spec(kernel, initrd, data_disk.as_deref(), net_data.as_deref());
     let limit = opts.timeout.unwrap_or(match mode {
         Mode::Direct => s.testhost_timeout / 4,
         Mode::TestHost => s.testhost_timeout,
@@ -753,9 +841,10 @@ pub fn run_scenario(setup: &Setup, name: &str, out: &Path, opts: &RunOptions) ->
     })
 }
 
-/// `file_bytes` of non-zero data for the data disk: each 8 bytes one xorshift64 step, so no page
-/// is zero and no two pages are alike, as with a real file.
-fn write_data_file(path: &Path, file_bytes: u64) -> io::Result<()> {
+/// `file_bytes` of non-zero data (the data disk's file, and what the host side of a `network`
+/// scenario sends): each 8 bytes one xorshift64 step, so no page is zero and no two pages are
+/// alike, as with a real file.
+pub fn write_data_file(path: &Path, file_bytes: u64) -> io::Result<()> {
     let mut w = io::BufWriter::with_capacity(1 << 20, File::create(path)?);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut chunk = vec![0u8; 1 << 20];
@@ -870,7 +959,7 @@ mod tests {
 
     #[test]
     fn a_scenario_runs_crashvmm_on_its_inputs_by_name() {
-        let args = scenario("boot").unwrap().run_spec("k".into(), "i".into(), None).resolved_args("out");
+        let args = scenario("boot").unwrap().run_spec("k".into(), "i".into(), None, None).resolved_args("out");
         assert!(args.windows(2).any(|w| w[0] == "--cmdline" && w[1].ends_with("crashtest=boot")));
         assert!(args.windows(2).any(|w| w[0] == "--events" && w[1] == "out/events.jsonl"));
         assert!(args.windows(2).any(|w| w[0] == "--kernel" && w[1] == "vmlinuz"));
@@ -1014,13 +1103,13 @@ mod tests {
         let page = &data[4096 * 5..4096 * 6];
         assert!(image.chunks(4096).any(|p| p == page), "page 5 of the file is in the image");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2, "no scratch left beside the image");
-        let spec = scenario("pagecache").unwrap().run_spec("k".into(), "i".into(), Some(&disk));
+        let spec = scenario("pagecache").unwrap().run_spec("k".into(), "i".into(), Some(&disk), None);
         assert_eq!(spec.inputs[2], (DATA_DISK.to_string(), disk.clone()));
         let args = spec.resolved_args("out");
         assert!(args.windows(2).any(|w| w[0] == "--disk" && w[1] == "path=data-disk.img,readonly"), "{args:?}");
         assert!(!scenario("panic")
             .unwrap()
-            .run_spec("k".into(), "i".into(), None)
+            .run_spec("k".into(), "i".into(), None, None)
             .args
             .contains(&"--disk".to_string()));
     }

@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use integration::{
-    run_scenario, Outcome, RunOptions, RunnerError, Setup, BOOT_MARKER, CRASH_COLLECTION_FAILED, GUEST_PANICKED,
+    run_scenario, write_data_file, Outcome, RunOptions, RunnerError, Setup, BOOT_MARKER, CRASH_COLLECTION_FAILED,
+    GUEST_PANICKED, NET_FROM_GUEST, NET_TO_GUEST_BYTES,
 };
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// One scenario at a time: each already uses both cores of a CI machine.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -226,6 +228,53 @@ fn kdump_unloads_vmbus_kexecs_and_the_crash_kernel_reconnects() {
     // The analysis read the same log out of guest memory, and the panicking vCPU's stack (its
     // registers from the kernel's crash notes) is crash's `bt` of the panicking task.
     check_analysis(&dirs[0], &kdump, &dmesg, &out, "sysrq triggered crash", &["sysrq_handle_crash"]);
+    std::fs::remove_dir_all(&out).ok();
+}
+
+/// The text after `prefix` on the console line that starts with it.
+fn console_value<'a>(console: &'a str, prefix: &str) -> Option<&'a str> {
+    console.lines().find_map(|l| l.trim_end().strip_prefix(prefix))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn a_linux_guest_on_a_tap_pings_moves_tcp_data_both_ways_then_its_kdump_completes() {
+    let (o, events, console, out) = run("net");
+    let fail =
+        |what: &str| format!("{what}; events {:?}; outputs in {}\n{}", names(&events), out.display(), tail(&console));
+    check_frame(&o, &events, GUEST_PANICKED, &out);
+    // Linux found the device crashvmm put in the DSDT, with crashvmm's locally administered MAC.
+    let mac = console_value(&console, "CRASHTEST: net: eth0 ").unwrap_or_else(|| panic!("{}", fail("no eth0")));
+    let first = u8::from_str_radix(&mac[..2], 16).unwrap();
+    assert_eq!(first & 0b11, 0b10, "{}", fail(&format!("MAC {mac}: not locally administered unicast")));
+    let ping = console.lines().find(|l| l.starts_with("CRASHTEST: net: ") && l.contains("packets transmitted"));
+    assert!(ping.is_some_and(|l| l.contains(" 3 packets received")), "{}", fail("ping"));
+    // Byte for byte both ways: what the guest sent is what the host side kept, what the host
+    // side sent is what the guest hashed.
+    let sent = console_value(&console, "CRASHTEST: net: sent ").unwrap_or_else(|| panic!("{}", fail("no sent hash")));
+    let kept = std::fs::read(out.join(NET_FROM_GUEST)).unwrap_or_else(|e| panic!("{}", fail(&e.to_string())));
+    assert_eq!(kept.len(), 1 << 20, "{}", fail("bytes the host side kept"));
+    assert_eq!(sha256_hex(&kept), sent, "{}", fail("guest to host"));
+    let data = out.join("net-to-guest.expected");
+    write_data_file(&data, NET_TO_GUEST_BYTES).unwrap();
+    let received =
+        console_value(&console, "CRASHTEST: net: received ").unwrap_or_else(|| panic!("{}", fail("no received hash")));
+    assert_eq!(received, sha256_hex(&std::fs::read(&data).unwrap()), "{}", fail("host to guest"));
+    let counters =
+        console_value(&console, "CRASHTEST: net: counters ").unwrap_or_else(|| panic!("{}", fail("counters")));
+    for zero in ["rx_errors=0", "tx_errors=0", "rx_dropped=0"] {
+        assert!(counters.split(' ').any(|c| c == zero), "{}", fail(&format!("guest counters {counters}")));
+    }
+    // Then the crash path as without a network: the guest's own kdump, collected.
+    let at = |name: &str| position(&events, name).unwrap_or_else(|| panic!("{}", fail(&format!("no {name}"))));
+    assert!(at("guest_kexec") < at("crash_kernel_started"), "{}", fail("order"));
+    let written = at("vmcore_written");
+    assert_eq!(events[written]["source"], "guest", "{}", fail("vmcore source"));
+    assert!(console.contains("CRASHTEST: kdump: dump written"), "{}", fail("the crash kernel's makedumpfile"));
+    assert_eq!(o.crash_dirs().len(), 1, "{}", fail("crash directories"));
     std::fs::remove_dir_all(&out).ok();
 }
 

@@ -7,8 +7,8 @@
 //! A run is a shell script, `run.sh DIR`, the same in both places: crashvmm with its arguments,
 //! and an optional driver that waits for a console line and then talks to the control socket.
 //! It leaves in the output directory: `events.jsonl`, `console.log`, `crashvmm.log` (crashvmm's
-//! stderr), `exit-code`, `crashes/`, the driver's `ctl-*` files and, in the test host,
-//! `testhost.log` (the test host's own console).
+//! stderr), `exit-code`, `crashes/`, the driver's `ctl-*` files, whatever else the setup and
+//! the driver write there and, in the test host, `testhost.log` (the test host's own console).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -107,6 +107,13 @@ pub struct RunSpec {
     pub crash_dir_tmpfs: Option<String>,
     /// The guest's memory, for the test host's.
     pub guest_mib: u64,
+    /// Shell commands run in the run's directory before crashvmm starts (`$OUT` the output
+    /// directory, their output in `setup.log`); a failure ends the run with exit status 125.
+    /// What they leave running in the background is killed once crashvmm and the driver end.
+    pub setup: Option<String>,
+    /// The run has a network namespace of its own: the test host is one; a direct run gets one
+    /// from `unshare --net` (needs root), so that its TAP and addresses touch no real network.
+    pub own_network: bool,
 }
 
 /// How a run ended.
@@ -122,7 +129,8 @@ pub struct Run {
 }
 
 /// The outputs a run leaves (and that are cleared before it starts).
-pub const OUTPUTS: &[&str] = &["events.jsonl", "console.log", "crashvmm.log", "exit-code", "testhost.log", "mode"];
+pub const OUTPUTS: &[&str] =
+    &["events.jsonl", "console.log", "crashvmm.log", "exit-code", "testhost.log", "mode", "setup.log"];
 
 /// Quote one word for `sh`.
 pub fn sh_quote(s: &str) -> String {
@@ -169,9 +177,8 @@ impl RunSpec {
             label,
             args,
             inputs: vec![("vmlinuz".into(), kernel), ("initramfs.cpio.gz".into(), initrd)],
-            driver: None,
-            crash_dir_tmpfs: None,
             guest_mib: memory_mib,
+            ..Default::default()
         }
     }
 
@@ -210,6 +217,14 @@ impl RunSpec {
                  {{ echo \"TESTHOST: cannot mount a {size} tmpfs on {d}\"; exit 125; }}\n"
             );
         }
+        if let Some(setup) = &self.setup {
+            sh += &format!(
+                "echo \"TESTHOST: {label}: setting up\"\n\
+                 OUT={out}\n\
+                 {{\n{setup}\n}} >{out}/setup.log 2>&1 || \
+                 {{ echo \"TESTHOST: {label}: setup failed: $(tail -n 3 {out}/setup.log | tr '\\n' ' ')\"; exit 125; }}\n"
+            );
+        }
         // RUST_LOG reaches crashvmm, in the test host too.
         if let Ok(level) = std::env::var("RUST_LOG") {
             sh += &format!("export RUST_LOG={}\n", sh_quote(&level));
@@ -229,12 +244,22 @@ impl RunSpec {
                  done\n\
                  echo \"TESTHOST: {label}: driving the control socket\"\n\
                  {commands}\n\
-                 ) &\n",
+                 ) &\n\
+                 driver=$!\n",
                 api = sh_quote(api),
                 m = sh_quote(marker),
             );
         }
-        sh += &format!("wait $pid\nrc=$?\nwait\necho \"$rc\" >{out}/exit-code\n");
+        sh += "wait $pid\nrc=$?\n";
+        if self.driver.is_some() {
+            sh += "wait $driver\n";
+        }
+        if self.setup.is_some() {
+            // What the setup left running (peers that may still wait for the guest). `jobs`
+            // into a file: in a command substitution dash has no jobs.
+            sh += &format!("jobs -p >{out}/.jobs\nkill $(cat {out}/.jobs) 2>/dev/null\nrm -f {out}/.jobs\nwait\n");
+        }
+        sh += &format!("echo \"$rc\" >{out}/exit-code\n");
         if self.crash_dir_tmpfs.is_some() {
             let d = format!("{out}/{}", self.crash_dir_name());
             sh += &format!("cp -a {d} {out}/crashes; umount {d}; rmdir {d}\n");
@@ -341,14 +366,21 @@ fn run_direct(spec: &RunSpec, crashvmm: &Path, out: &Path, limit: Duration, show
     let script = out.join("run.sh");
     fs::write(&script, spec.script(&crashvmm.display().to_string(), ".", "./api.sock"))
         .map_err(io_err("writing run.sh"))?;
-    // A run with its own tmpfs needs a private mount namespace.
-    let mut cmd = match spec.crash_dir_tmpfs {
-        Some(_) => {
-            let mut c = Command::new("unshare");
-            c.args(["--mount", "--propagation", "private", "sh"]);
-            c
-        }
-        None => Command::new("sh"),
+    // A run with its own tmpfs needs a private mount namespace; one with its own network, a
+    // network namespace.
+    let mut namespaces = Vec::new();
+    if spec.crash_dir_tmpfs.is_some() {
+        namespaces.extend(["--mount", "--propagation", "private"]);
+    }
+    if spec.own_network {
+        namespaces.push("--net");
+    }
+    let mut cmd = if namespaces.is_empty() {
+        Command::new("sh")
+    } else {
+        let mut c = Command::new("unshare");
+        c.args(namespaces).arg("sh");
+        c
     };
     let mut child = cmd
         .arg(&script)
@@ -437,7 +469,7 @@ fn run_testhost(
     let names = fs::read_dir(sp.join("out"))
         .map(|rd| rd.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
         .unwrap_or_default();
-    for f in names.iter().filter(|f| OUTPUTS.contains(&f.as_str()) || f.starts_with("ctl-")) {
+    for f in names.iter().filter(|f| sp.join("out").join(f).is_file()) {
         fs::copy(sp.join("out").join(f), out.join(f)).map_err(io_err(format!("copying {f} back")))?;
     }
     copy_sparse(&sp.join("out/crashes"), &out.join("crashes"))?;
@@ -504,5 +536,39 @@ mod tests {
         assert!(sh.contains("echo \"$rc\" >out/exit-code"), "{sh}");
         let tmpfs = RunSpec { crash_dir_tmpfs: Some("4m".into()), ..spec };
         assert_eq!(tmpfs.resolved_args(".")[4], "./crashes-tmpfs");
+    }
+
+    #[test]
+    fn a_setup_runs_before_crashvmm_and_what_it_leaves_running_is_killed_after() {
+        let spec = RunSpec { label: "x".into(), setup: Some("peer &".into()), ..Default::default() };
+        let sh = spec.script("./crashvmm", "out", "/tmp/api.sock");
+        let (setup, crashvmm, kill) =
+            (sh.find("peer &").unwrap(), sh.find("'./crashvmm'").unwrap(), sh.find("kill $(cat out/.jobs)").unwrap());
+        assert!(setup < crashvmm && crashvmm < kill, "{sh}");
+        assert!(sh.contains(">out/setup.log 2>&1 ||"), "{sh}");
+        assert!(sh.contains("exit 125"), "{sh}");
+    }
+
+    /// The script itself: a failed setup ends it with 125 before crashvmm starts; a peer the
+    /// setup left waiting does not keep it from ending.
+    #[test]
+    fn the_script_ends_on_a_failed_setup_and_despite_a_waiting_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let run = |setup: &str| {
+            let spec = RunSpec { label: "x".into(), setup: Some(setup.into()), ..Default::default() };
+            fs::write(dir.path().join("run.sh"), spec.script("true", "out", "/tmp/api.sock")).unwrap();
+            let started = Instant::now();
+            let status = Command::new("sh").arg(dir.path().join("run.sh")).arg(dir.path()).output().unwrap();
+            (status, started.elapsed())
+        };
+        let (failed, _) = run("echo no TAP; false");
+        assert_eq!(failed.status.code(), Some(125));
+        assert!(String::from_utf8_lossy(&failed.stdout).contains("setup failed: no TAP"), "{failed:?}");
+        let (ok, took) = run("sleep 600 &");
+        assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+        assert_eq!(fs::read_to_string(out.join("exit-code")).unwrap().trim(), "0");
+        assert!(took < Duration::from_secs(60), "the waiting peer was killed: {took:?}");
     }
 }
