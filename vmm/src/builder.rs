@@ -212,6 +212,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, shared: &Shared<'_>) -> Result<Machin
         control: VcpuControl::new(config.vcpus),
         exits: Default::default(),
         crash_disk,
+        nets: nets.iter().map(|(dev, _)| dev.clone()).collect(),
     });
     Ok(Machine { vm, vcpus, ctx, serial, nets })
 }

@@ -3,7 +3,10 @@
 //!
 //! - [`Tap`]: opened once per session (before the vmm thread confines itself), with
 //!   `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` and a 12-byte vnet header (`TUNSETVNETHDRSZ`), so a
-//!   frame and its `virtio_net_hdr_v1` move as one; no offloads (`TUNSETOFFLOAD` 0). An
+//!   frame and its `virtio_net_hdr_v1` move as one, checksum and segmentation requests
+//!   included. The offloads of frames it hands the guest (`TUNSETOFFLOAD`) are none until the
+//!   driver accepts some: the device model sets them when the driver activates the device and
+//!   clears them at its reset (on the vCPU thread that wrote the status register). An
 //!   existing interface is attached to; a missing one is created when crashvmm may
 //!   (`CAP_NET_ADMIN`) and goes away with it; the log says which.
 //! - [`NetMmio`]: the device behind its virtio-mmio window, shared by the vCPU threads (register
@@ -28,7 +31,7 @@ use std::thread::JoinHandle;
 
 use devices::bus::MmioDevice;
 use devices::virtio::net::{MAX_FRAME, RX_QUEUE, TX_QUEUE};
-use devices::virtio::{NeedsInterrupt, NetBackend, VirtioMmio, VirtioNet};
+use devices::virtio::{NeedsInterrupt, NetBackend, Offloads, VirtioMmio, VirtioNet};
 use thiserror::Error;
 use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
 use vm_memory::GuestMemoryMmap;
@@ -36,10 +39,13 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::ioctl::{ioctl_with_ref, ioctl_with_val};
 use vmm_sys_util::ioctl_iow_nr;
 
-use crate::seccomp::{self, ThreadKind};
+use crate::seccomp::{self, ThreadKind, TUNSETOFFLOAD};
 
 ioctl_iow_nr!(TUNSETIFF, b'T' as u32, 202, libc::c_int);
-ioctl_iow_nr!(TUNSETOFFLOAD, b'T' as u32, 208, libc::c_uint);
+// TUNSETOFFLOAD's flags (include/uapi/linux/if_tun.h).
+const TUN_F_CSUM: libc::c_ulong = 0x01;
+const TUN_F_TSO4: libc::c_ulong = 0x02;
+const TUN_F_TSO6: libc::c_ulong = 0x04;
 ioctl_iow_nr!(TUNSETVNETHDRSZ, b'T' as u32, 216, libc::c_int);
 
 /// `IFNAMSIZ`: an interface name and its NUL.
@@ -123,7 +129,8 @@ impl Tap {
         // SAFETY: TUNSETVNETHDRSZ reads one int at the pointer; `len` outlives the call.
         let r = unsafe { ioctl_with_ref(&file, TUNSETVNETHDRSZ(), &len) };
         setup("set its vnet header size", r)?;
-        // SAFETY: TUNSETOFFLOAD takes its flags by value; 0 turns every offload off.
+        // SAFETY: TUNSETOFFLOAD takes its flags by value; 0 turns every offload off (until a
+        // driver accepts some).
         let r = unsafe { ioctl_with_val(&file, TUNSETOFFLOAD(), 0) };
         setup("turn its offloads off", r)?;
         if existed {
@@ -137,6 +144,19 @@ impl Tap {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Hand the guest only frames with these offloads (`TUNSETOFFLOAD`).
+    pub fn set_offloads(&self, offloads: Offloads) -> io::Result<()> {
+        let flags = [(offloads.csum, TUN_F_CSUM), (offloads.tso4, TUN_F_TSO4), (offloads.tso6, TUN_F_TSO6)]
+            .iter()
+            .filter(|(on, _)| *on)
+            .fold(0, |f, (_, flag)| f | flag);
+        // SAFETY: TUNSETOFFLOAD takes its flags by value; the descriptor is ours.
+        match unsafe { ioctl_with_val(&self.file, TUNSETOFFLOAD(), flags) } {
+            0.. => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
 }
 
 /// The device's way out: writes to the TAP (a frame with its vnet header in one `write`).
@@ -149,6 +169,10 @@ impl NetBackend for TapBackend {
             Ok(n) => Err(io::Error::other(format!("short TAP write: {n} of {} bytes", frame.len()))),
             Err(e) => Err(e),
         }
+    }
+
+    fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()> {
+        self.0.set_offloads(offloads)
     }
 }
 
@@ -257,8 +281,10 @@ fn lock(m: &Mutex<NetMmio>) -> std::sync::MutexGuard<'_, NetMmio> {
 struct Mover {
     dev: Arc<Mutex<NetMmio>>,
     tap: Arc<Tap>,
-    /// A received frame the receive queue had no room for yet.
-    pending: Option<Vec<u8>>,
+    /// The length of a received frame the receive queue had no room for yet, held in `buf`
+    /// (the TAP is not read meanwhile). Nothing is allocated per frame: a freed 64 KiB frame
+    /// would let glibc trim this thread's heap, which reads /proc (`openat`, not allowed here).
+    pending: Option<usize>,
     /// The TAP has not failed.
     tap_ok: bool,
     buf: Vec<u8>,
@@ -310,14 +336,19 @@ impl Mover {
     }
 
     /// Move frames from the TAP (the pending one first) into the receive queue until the TAP
-    /// is empty or the queue full.
+    /// is empty or the queue full; then one interrupt for them all, if the driver wants one.
     fn receive(&mut self) {
+        let mut interrupt = false;
+        self.receive_frames(&mut interrupt);
+        if interrupt {
+            lock(&self.dev).interrupt();
+        }
+    }
+
+    fn receive_frames(&mut self, interrupt: &mut bool) {
         loop {
             let len = match self.pending.take() {
-                Some(frame) => {
-                    self.buf[..frame.len()].copy_from_slice(&frame);
-                    frame.len()
-                }
+                Some(len) => len,
                 None => match (&self.tap.file).read(&mut self.buf) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -341,11 +372,10 @@ impl Mover {
                 // a NIC that is down drops it.
                 None => {}
                 Some(devices::virtio::Rx::NoBuffers) => {
-                    self.pending = Some(frame.to_vec());
+                    self.pending = Some(len);
                     return;
                 }
-                Some(r) if r.needs_interrupt() => d.interrupt(),
-                Some(_) => {}
+                Some(r) => *interrupt |= r.needs_interrupt(),
             }
         }
     }

@@ -26,6 +26,7 @@ use crate::disk::CrashDiskWatch;
 use crate::events::{hex, Event, EventLog};
 use crate::exit::VmExit;
 use crate::hyperv::{GuestRam, HyperV, VmbusPort};
+use crate::net::NetMmio;
 use crate::sync::lock;
 use crate::vcpu_state::VcpuState;
 use crate::vmbus::{self, Deferred, VmbusLink};
@@ -108,6 +109,8 @@ pub struct ExitContext {
     pub exits: std::sync::atomic::AtomicU64,
     /// The crash disk's first write in this boot (when there is a crash disk).
     pub crash_disk: Option<CrashDiskWatch>,
+    /// The network devices (their receiving is held after a crash).
+    pub nets: Vec<Arc<Mutex<NetMmio>>>,
 }
 
 /// The executor's view of the VM: pause, resume, NMI, registers, memory.
@@ -130,6 +133,13 @@ impl VmControl for ExitContext {
 
     fn resume(&self) {
         self.control.resume();
+    }
+
+    fn hold_network(&self) {
+        for (i, net) in self.nets.iter().enumerate() {
+            lock(net).transport.device_mut().hold_rx();
+            log::info!("net{i}: received frames are dropped until the guest resets the device (a crash)");
+        }
     }
 
     /// Done by the vCPU's own thread before it runs again.
@@ -628,6 +638,7 @@ mod tests {
             control: VcpuControl::new(2),
             exits: Default::default(),
             crash_disk: None,
+            nets: Vec::new(),
         }
     }
 

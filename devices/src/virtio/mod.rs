@@ -29,7 +29,7 @@ mod test_util;
 
 pub use block::{BlockBackend, VecBackend, VirtioBlock, VirtioBlockError};
 pub use mmio::{NeedsInterrupt, VirtioDevice, VirtioMmio, VirtioMmioError, VIRTIO_MMIO_ACPI_HID, VIRTIO_MMIO_WINDOW};
-pub use net::{NetBackend, NetCounters, Rx, VecNetBackend, VirtioNet};
+pub use net::{NetBackend, NetCounters, Offloads, Rx, VecNetBackend, VirtioNet};
 
 /// How many guest mistakes a device reports as warnings before it goes quiet (debug level), so a
 /// hostile or broken guest cannot flood the host log.

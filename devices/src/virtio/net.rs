@@ -2,43 +2,54 @@
 //!
 //! Two queues: receive ([`RX_QUEUE`]) and transmit ([`TX_QUEUE`]), [`NET_QUEUE_SIZE`] entries
 //! each; no control queue, one queue pair. Offered features: `VERSION_1`, `MAC` (the address in
-//! configuration space), `STATUS` (link state in configuration space) and `MRG_RXBUF` (a frame
-//! may span several receive chains, as Linux's default mergeable buffers expect). No offloads
-//! yet: every frame carries the 12-byte `virtio_net_hdr_v1` ([`NET_HDR_LEN`]) with no checksum
-//! or segmentation request in it.
+//! configuration space), `STATUS` (link state in configuration space), `MRG_RXBUF` (a frame may
+//! span several receive chains, as Linux's default mergeable buffers expect), and the checksum
+//! and TCP segmentation offloads both ways: `CSUM`, `HOST_TSO4`, `HOST_TSO6` (the driver may
+//! send a frame whose checksum is left to fill in, or a TCP segment of up to 64 KiB to split),
+//! `GUEST_CSUM`, `GUEST_TSO4`, `GUEST_TSO6` (the device may hand it such frames); and
+//! `EVENT_IDX` (notifications and interrupts suppressed by ring index). Every frame
+//! carries the 12-byte `virtio_net_hdr_v1` ([`NET_HDR_LEN`]) that says so; the backend (a TAP
+//! opened with `IFF_VNET_HDR`) reads and writes the same header, and is told at activation
+//! which offloads the driver accepts ([`NetBackend::set_offloads`]), so that it only hands
+//! those.
 //!
-//! Frames go out through a [`NetBackend`] (the VMM's TAP, opened with `IFF_VNET_HDR` and a
-//! 12-byte header, so a frame moves with its header as it is); frames come in through
-//! [`VirtioNet::receive`], called by whoever reads them (the VMM's network thread). Nothing here
-//! touches a file, a socket or a thread.
+//! Frames go out through a [`NetBackend`]; frames come in through [`VirtioNet::receive`],
+//! called by whoever reads them (the VMM's network thread). Nothing here touches a file, a
+//! socket or a thread.
 //!
 //! Transmit: each chain is one frame, header first, in device-readable buffers. It goes to the
 //! used ring with length 0 whatever happens to it; a frame that cannot go out is dropped and
 //! counted by reason ([`NetCounters`]):
 //! - `tx_malformed`: a chain that does not end (a loop, longer than the queue, a `next` past the
 //!   table, a descriptor outside guest memory), a device-writable descriptor, fewer bytes than
-//!   the header, or a header that asks for an offload that was not negotiated;
+//!   the header, or a header that asks for an offload that was not negotiated (a segment
+//!   without `NEEDS_CSUM`, UDP or ECN segmentation, flags the driver may not set);
 //! - `tx_too_large`: more than [`MAX_FRAME`] bytes with the header;
-//! - `tx_backend`: the backend refused it (the TAP is full or gone).
+//! - `tx_backend`: the backend refused it (the TAP is full or gone, or the kernel found the
+//!   header's offsets wrong).
 //!
 //! Receive: a frame (header first, as the TAP gives it) is written over as many receive chains
 //! as it needs (one without `MRG_RXBUF`), each made of device-writable buffers; the header's
 //! `num_buffers` says how many. A frame the available chains cannot hold yet is left with the
 //! caller ([`Rx::NoBuffers`]: nothing consumed) until the driver adds buffers; one that cannot
 //! fit at all, or whose chain is malformed, is dropped and counted (`rx_too_large`,
-//! `rx_malformed`, `rx_offload`: a header the guest did not negotiate).
+//! `rx_malformed`, `rx_offload`: a header asking for an offload the driver did not accept; a
+//! "checksum verified" hint it did not ask for is left out instead).
 
 use std::io;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_F_NEEDS_CSUM,
-    VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_S_LINK_UP,
 };
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestMemory, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use super::mmio::{NeedsInterrupt, VirtioDevice};
 use super::GuestWarnings;
@@ -60,10 +71,23 @@ const NUM_BUFFERS_OFFSET: usize = 10;
 /// Configuration space: `mac[6]`, `status`.
 const CONFIG_LEN: usize = 8;
 
+/// The offloads of received frames the driver accepts, for the backend to hand only those
+/// (the TAP's `TUNSETOFFLOAD`: `TUN_F_CSUM`, `TUN_F_TSO4`, `TUN_F_TSO6`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Offloads {
+    /// Checksums left to fill in (`GUEST_CSUM`).
+    pub csum: bool,
+    /// TCP segments over IPv4 / IPv6 (`GUEST_TSO4` / `GUEST_TSO6`, each with `GUEST_CSUM`).
+    pub tso4: bool,
+    pub tso6: bool,
+}
+
 /// Where transmitted frames go.
 pub trait NetBackend: Send {
     /// Send one frame, its [`NET_HDR_LEN`]-byte header first.
     fn send(&mut self, frame: &[u8]) -> io::Result<()>;
+    /// Hand only received frames with these offloads from now on (all off at a reset).
+    fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()>;
 }
 
 /// A backend that keeps what was sent (tests, fuzzing).
@@ -72,6 +96,7 @@ pub struct VecNetBackend {
     pub sent: Vec<Vec<u8>>,
     /// Refuse every frame with this error kind.
     pub fail: Option<io::ErrorKind>,
+    pub offloads: Offloads,
 }
 
 impl NetBackend for VecNetBackend {
@@ -83,6 +108,11 @@ impl NetBackend for VecNetBackend {
                 Ok(())
             }
         }
+    }
+
+    fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()> {
+        self.offloads = offloads;
+        Ok(())
     }
 }
 
@@ -99,6 +129,8 @@ pub struct NetCounters {
     pub rx_malformed: u64,
     pub rx_too_large: u64,
     pub rx_offload: u64,
+    /// Frames dropped while receiving is held (after a crash: [`VirtioNet::hold_rx`]).
+    pub rx_held: u64,
 }
 
 /// What became of a received frame.
@@ -129,6 +161,8 @@ pub struct VirtioNet<B> {
     counters: NetCounters,
     /// The driver added receive buffers since the last [`VirtioNet::take_rx_kick`].
     rx_kick: bool,
+    /// Received frames are dropped until the driver resets the device.
+    rx_held: bool,
     /// A frame being sent (reused).
     frame: Vec<u8>,
     warnings: GuestWarnings,
@@ -143,6 +177,7 @@ impl<B: NetBackend> VirtioNet<B> {
             acked_features: 0,
             counters: NetCounters::default(),
             rx_kick: false,
+            rx_held: false,
             frame: Vec::with_capacity(MAX_FRAME),
             warnings: GuestWarnings::default(),
         }
@@ -170,6 +205,23 @@ impl<B: NetBackend> VirtioNet<B> {
         std::mem::replace(&mut self.link_up, up) != up
     }
 
+    /// Tell the backend which offloads to hand. If it cannot, frames with others are still
+    /// dropped here ([`VirtioNet::rx_header`]).
+    fn set_backend_offloads(&mut self, offloads: Offloads) {
+        if let Err(e) = self.backend.set_offloads(offloads) {
+            log::warn!("virtio-net: cannot set the backend's offloads to {offloads:?}: {e}");
+        }
+    }
+
+    /// Stop writing received frames into guest memory until the driver resets the device:
+    /// after a crash, the crashed kernel's receive buffers are part of what its vmcore shows,
+    /// and its crash kernel, which may not drive this device at all, must not find them
+    /// changing. Frames are dropped and counted (`rx_held`); frames the guest sends still go
+    /// (a panic's netconsole). A reset (the next driver) receives again.
+    pub fn hold_rx(&mut self) {
+        self.rx_held = true;
+    }
+
     /// Whether the driver notified the receive queue (added buffers) since the last call.
     pub fn take_rx_kick(&mut self) -> bool {
         std::mem::take(&mut self.rx_kick)
@@ -179,20 +231,82 @@ impl<B: NetBackend> VirtioNet<B> {
         self.acked_features & (1 << bit) != 0
     }
 
+    /// Whether a transmitted frame's header asks only for offloads the driver negotiated: a
+    /// checksum to fill in with `CSUM`; a TCP segment with `HOST_TSO4`/`HOST_TSO6`, and its
+    /// checksum left to fill in (Linux always sets `NEEDS_CSUM` on one). No other flag.
+    fn tx_header_ok(&self, header: &[u8]) -> bool {
+        let (flags, gso) = (u32::from(header[0]), u32::from(header[1]));
+        let needs_csum = flags == VIRTIO_NET_HDR_F_NEEDS_CSUM;
+        let flags_ok = flags == 0 || (needs_csum && self.acked(VIRTIO_NET_F_CSUM));
+        let gso_ok = match gso {
+            VIRTIO_NET_HDR_GSO_NONE => true,
+            VIRTIO_NET_HDR_GSO_TCPV4 => needs_csum && self.acked(VIRTIO_NET_F_HOST_TSO4),
+            VIRTIO_NET_HDR_GSO_TCPV6 => needs_csum && self.acked(VIRTIO_NET_F_HOST_TSO6),
+            _ => false,
+        };
+        flags_ok && gso_ok
+    }
+
+    /// The header to hand the driver for a received frame, or `None` when the frame asks for
+    /// an offload the driver did not accept (the backend was told; this holds it to that). A
+    /// "checksum verified" hint without `GUEST_CSUM` is left out; fields no flag or segment
+    /// type gives a meaning are zeroed.
+    fn rx_header(&self, frame: &[u8]) -> Option<[u8; NET_HDR_LEN]> {
+        let mut h = [0u8; NET_HDR_LEN];
+        h[..NUM_BUFFERS_OFFSET].copy_from_slice(&frame[..NUM_BUFFERS_OFFSET]);
+        let csum = self.acked(VIRTIO_NET_F_GUEST_CSUM);
+        let (needs_csum, data_valid) = (VIRTIO_NET_HDR_F_NEEDS_CSUM as u8, VIRTIO_NET_HDR_F_DATA_VALID as u8);
+        if h[0] & !(needs_csum | data_valid) != 0 || (h[0] & needs_csum != 0 && !csum) {
+            return None;
+        }
+        if !csum {
+            h[0] &= !data_valid;
+        }
+        match u32::from(h[1]) {
+            VIRTIO_NET_HDR_GSO_NONE => h[2..6].fill(0),
+            VIRTIO_NET_HDR_GSO_TCPV4 if csum && self.acked(VIRTIO_NET_F_GUEST_TSO4) => {}
+            VIRTIO_NET_HDR_GSO_TCPV6 if csum && self.acked(VIRTIO_NET_F_GUEST_TSO6) => {}
+            _ => return None,
+        }
+        if h[0] & needs_csum == 0 {
+            h[6..10].fill(0);
+        }
+        Some(h)
+    }
+
     /// Put `frame` (header first) into the receive `queue`.
+    ///
+    /// The driver's notifications of new receive buffers are suppressed while frames find
+    /// buffers (`VRING_USED_F_NO_NOTIFY`, or with `EVENT_IDX` an `avail_event` left behind) and
+    /// asked for again when a frame finds too few ([`Rx::NoBuffers`]): the caller then waits for
+    /// one. Buffers added in between are seen by a second look.
     pub fn receive<M: GuestMemory>(&mut self, queue: &mut Queue, mem: &M, frame: &[u8]) -> Rx {
+        if self.rx_held {
+            self.counters.rx_held += 1;
+            return Rx::Dropped { notify: false };
+        }
+        let r = match self.try_receive(queue, mem, frame) {
+            Some(r) => r,
+            None => self.try_receive(queue, mem, frame).unwrap_or(Rx::NoBuffers),
+        };
+        if r != Rx::NoBuffers {
+            let _ = queue.disable_notification(mem);
+        }
+        r
+    }
+
+    /// One look at the available buffers; `None`: too few, but more came while the driver was
+    /// asked to notify.
+    fn try_receive<M: GuestMemory>(&mut self, queue: &mut Queue, mem: &M, frame: &[u8]) -> Option<Rx> {
         if frame.len() < NET_HDR_LEN || frame.len() > MAX_FRAME {
             self.counters.rx_too_large += u64::from(frame.len() > MAX_FRAME);
             self.counters.rx_malformed += u64::from(frame.len() < NET_HDR_LEN);
-            return Rx::Dropped { notify: false };
+            return Some(Rx::Dropped { notify: false });
         }
-        // No offload is offered. A checksum the host left for the guest to fill in, or a
-        // segment to split, cannot be handed to this driver; "checksum verified"
-        // (DATA_VALID) is a hint it did not ask for and is left out.
-        if frame[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM as u8 != 0 || frame[1] != VIRTIO_NET_HDR_GSO_NONE as u8 {
+        let Some(mut header) = self.rx_header(frame) else {
             self.counters.rx_offload += 1;
-            return Rx::Dropped { notify: false };
-        }
+            return Some(Rx::Dropped { notify: false });
+        };
         let mergeable = self.acked(VIRTIO_NET_F_MRG_RXBUF);
         let start = queue.next_avail();
         // The chains it takes, each with its writable buffers: (head, buffers).
@@ -222,11 +336,11 @@ impl<B: NetBackend> VirtioNet<B> {
             for head in chains.iter().map(|c| c.0).chain(Some(bad).filter(|&h| h < queue.size())) {
                 notify |= queue.add_used(mem, head, 0).is_ok();
             }
-            return Rx::Dropped { notify: notify && queue.needs_notification(mem).unwrap_or(true) };
+            return Some(Rx::Dropped { notify: notify && queue.needs_notification(mem).unwrap_or(true) });
         }
         if room < frame.len() {
-            queue.set_next_avail(start);
             if !mergeable && !chains.is_empty() {
+                queue.set_next_avail(start);
                 // One chain is all it may have, and it is too small: never deliverable.
                 log::log!(
                     self.warnings.level(),
@@ -234,37 +348,44 @@ impl<B: NetBackend> VirtioNet<B> {
                     frame.len()
                 );
                 self.counters.rx_too_large += 1;
-                return Rx::Dropped { notify: false };
+                return Some(Rx::Dropped { notify: false });
             }
-            return Rx::NoBuffers;
+            // Every available chain was taken and they are too few: ask to be notified of the
+            // next one (with EVENT_IDX: `avail_event` is the index past the last one seen, which
+            // the driver has not reached), then leave them for the next look.
+            let more = queue.enable_notification(mem).unwrap_or(true);
+            queue.set_next_avail(start);
+            return (!more).then_some(Rx::NoBuffers);
         }
-        // The header as this device sets it (no offload: all zero but num_buffers), then the
-        // frame, over the buffers in order.
-        let mut out = Vec::with_capacity(frame.len());
-        out.extend_from_slice(&[0; NUM_BUFFERS_OFFSET]);
-        out.extend_from_slice(&(chains.len() as u16).to_le_bytes());
-        out.extend_from_slice(&frame[NET_HDR_LEN..]);
-        let mut rest = &out[..];
+        // The header as this device passes it on (num_buffers set), then the frame, over the
+        // buffers in order.
+        header[NUM_BUFFERS_OFFSET..].copy_from_slice(&(chains.len() as u16).to_le_bytes());
+        let mut parts = [&header[..], &frame[NET_HDR_LEN..]];
         let mut notify = false;
         for (head, bufs) in &chains {
             let mut written = 0u32;
             for d in bufs {
-                let n = rest.len().min(d.len() as usize);
-                if n == 0 {
+                // A buffer takes what is left of the header and of the frame, in order.
+                let mut at = 0usize;
+                for part in parts.iter_mut() {
+                    let n = part.len().min(d.len() as usize - at);
+                    // writable_buffers checked that every buffer is inside guest memory.
+                    if n > 0 && mem.write_slice(&part[..n], GuestAddress(d.addr().0 + at as u64)).is_err() {
+                        break;
+                    }
+                    *part = &part[n..];
+                    at += n;
+                }
+                written += at as u32;
+                if parts.iter().all(|p| p.is_empty()) {
                     break;
                 }
-                // writable_buffers checked that every buffer is inside guest memory.
-                if mem.write_slice(&rest[..n], d.addr()).is_err() {
-                    break;
-                }
-                written += n as u32;
-                rest = &rest[n..];
             }
             notify |= queue.add_used(mem, *head, written).is_ok();
         }
         self.counters.rx_frames += 1;
         self.counters.rx_bytes += (frame.len() - NET_HDR_LEN) as u64;
-        Rx::Delivered { notify: notify && queue.needs_notification(mem).unwrap_or(true) }
+        Some(Rx::Delivered { notify: notify && queue.needs_notification(mem).unwrap_or(true) })
     }
 
     /// Send the frame of one transmit chain; every outcome is counted.
@@ -298,7 +419,7 @@ impl<B: NetBackend> VirtioNet<B> {
             }
             at += n;
         }
-        if self.frame.len() < NET_HDR_LEN || self.frame[0] != 0 || self.frame[1] != VIRTIO_NET_HDR_GSO_NONE as u8 {
+        if self.frame.len() < NET_HDR_LEN || !self.tx_header_ok(&self.frame[..NET_HDR_LEN]) {
             log::log!(
                 self.warnings.level(),
                 "virtio-net: transmit chain {head}: {} bytes, no header or one asking for an offload not negotiated",
@@ -337,9 +458,21 @@ impl<B: NetBackend> VirtioDevice for VirtioNet<B> {
     }
 
     fn features(&self) -> u64 {
-        [VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MRG_RXBUF]
-            .iter()
-            .fold(0, |f, bit| f | 1 << bit)
+        [
+            VIRTIO_F_VERSION_1,
+            VIRTIO_NET_F_MAC,
+            VIRTIO_NET_F_STATUS,
+            VIRTIO_NET_F_MRG_RXBUF,
+            VIRTIO_NET_F_CSUM,
+            VIRTIO_NET_F_HOST_TSO4,
+            VIRTIO_NET_F_HOST_TSO6,
+            VIRTIO_NET_F_GUEST_CSUM,
+            VIRTIO_NET_F_GUEST_TSO4,
+            VIRTIO_NET_F_GUEST_TSO6,
+            VIRTIO_RING_F_EVENT_IDX,
+        ]
+        .iter()
+        .fold(0, |f, bit| f | 1 << bit)
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -368,6 +501,13 @@ impl<B: NetBackend> VirtioDevice for VirtioNet<B> {
 
     fn activate(&mut self, acked_features: u64) {
         self.acked_features = acked_features;
+        let csum = self.acked(VIRTIO_NET_F_GUEST_CSUM);
+        let offloads = Offloads {
+            csum,
+            tso4: csum && self.acked(VIRTIO_NET_F_GUEST_TSO4),
+            tso6: csum && self.acked(VIRTIO_NET_F_GUEST_TSO6),
+        };
+        self.set_backend_offloads(offloads);
         self.rx_kick = true;
     }
 
@@ -380,20 +520,28 @@ impl<B: NetBackend> VirtioDevice for VirtioNet<B> {
             }
             TX_QUEUE => {
                 let mut used = false;
-                while let Some(chain) = super::next_chain(queue, mem, &mut self.warnings, "virtio-net transmit") {
-                    let head = chain.head_index();
-                    if head >= queue.size() {
-                        log::log!(
-                            self.warnings.level(),
-                            "virtio-net: available ring names descriptor {head}, past the table"
-                        );
-                        self.counters.tx_malformed += 1;
-                        continue;
+                // No notifications while the queue is drained; asked for again at the end, and
+                // frames queued meanwhile are sent before the next wait.
+                loop {
+                    let _ = queue.disable_notification(mem);
+                    while let Some(chain) = super::next_chain(queue, mem, &mut self.warnings, "virtio-net transmit") {
+                        let head = chain.head_index();
+                        if head >= queue.size() {
+                            log::log!(
+                                self.warnings.level(),
+                                "virtio-net: available ring names descriptor {head}, past the table"
+                            );
+                            self.counters.tx_malformed += 1;
+                            continue;
+                        }
+                        self.transmit(chain, mem);
+                        match queue.add_used(mem, head, 0) {
+                            Ok(()) => used = true,
+                            Err(e) => log::log!(self.warnings.level(), "virtio-net: chain {head} not returned: {e}"),
+                        }
                     }
-                    self.transmit(chain, mem);
-                    match queue.add_used(mem, head, 0) {
-                        Ok(()) => used = true,
-                        Err(e) => log::log!(self.warnings.level(), "virtio-net: chain {head} not returned: {e}"),
+                    if !queue.enable_notification(mem).unwrap_or(false) {
+                        break;
                     }
                 }
                 used && queue.needs_notification(mem).unwrap_or(true)
@@ -405,6 +553,8 @@ impl<B: NetBackend> VirtioDevice for VirtioNet<B> {
     fn reset(&mut self) {
         self.acked_features = 0;
         self.rx_kick = false;
+        self.rx_held = false;
+        self.set_backend_offloads(Offloads::default());
     }
 }
 
@@ -414,7 +564,9 @@ mod tests {
     use crate::virtio::test_util::{ro, wo, Driver, BUFFERS, VERSION_1};
 
     const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-    const ALL: u64 = u64::MAX;
+    /// Every feature but `EVENT_IDX` (whose driver side the tests that need it write).
+    const ALL: u64 = !EVENT_IDX;
+    const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
     const MRG: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
 
     fn net(wanted: u64) -> Driver<VirtioNet<VecNetBackend>> {
@@ -472,12 +624,12 @@ mod tests {
         let mut d = net(ALL);
         d.write_bytes(BUFFERS, &frame(64));
         let mut offload = frame(64);
-        offload[1] = 1; // VIRTIO_NET_HDR_GSO_TCPV4
+        offload[1] = 1; // VIRTIO_NET_HDR_GSO_TCPV4 without NEEDS_CSUM
         d.write_bytes(BUFFERS + 0x1000, &offload);
         let cases: Vec<Vec<crate::virtio::test_util::Buf>> = vec![
             vec![ro(BUFFERS, 12), wo(BUFFERS + 12, 64)],    // device-writable
             vec![ro(BUFFERS, 8)],                           // shorter than the header
-            vec![ro(BUFFERS + 0x1000, 76)],                 // offload not negotiated
+            vec![ro(BUFFERS + 0x1000, 76)],                 // a segment without its checksum request
             vec![ro(BUFFERS, 40_000), ro(BUFFERS, 40_000)], // too large
             vec![ro(0x7fff_f000, 76)],                      // outside guest memory
         ];
@@ -530,23 +682,95 @@ mod tests {
     }
 
     #[test]
-    fn a_checksum_verified_hint_is_left_out_and_the_interrupt_status_says_what_happened() {
+    fn a_checksum_verified_hint_reaches_only_a_driver_that_accepts_it_and_the_interrupt_status_says_so() {
         use virtio_bindings::virtio_mmio::{
             VIRTIO_MMIO_INTERRUPT_STATUS, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING,
         };
-        let mut d = net(ALL);
-        let head = d.add_chain_to(RX_QUEUE, 0, &[wo(BUFFERS, 2048)]);
-        d.publish_to(RX_QUEUE, head);
         let mut f = frame(64);
-        f[0] = virtio_bindings::virtio_net::VIRTIO_NET_HDR_F_DATA_VALID as u8;
+        f[0] = VIRTIO_NET_HDR_F_DATA_VALID as u8;
         f[2..10].copy_from_slice(&[9; 8]);
+        for (features, flags) in [(ALL, VIRTIO_NET_HDR_F_DATA_VALID as u8), (ALL & !(1 << VIRTIO_NET_F_GUEST_CSUM), 0)]
+        {
+            let mut d = net(features);
+            let head = d.add_chain_to(RX_QUEUE, 0, &[wo(BUFFERS, 2048)]);
+            d.publish_to(RX_QUEUE, head);
+            assert_eq!(rx(&mut d, &f), Rx::Delivered { notify: true });
+            // Fields no flag or segment type gives a meaning are zeroed.
+            assert_eq!(d.read_bytes(BUFFERS, 12), [flags, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+            let status = crate::virtio::test_util::read_reg(&mut d.dev, VIRTIO_MMIO_INTERRUPT_STATUS);
+            assert_eq!(status, VIRTIO_MMIO_INT_VRING);
+            assert!(d.dev.device_mut().set_link(false) && d.dev.config_changed());
+            let status = crate::virtio::test_util::read_reg(&mut d.dev, VIRTIO_MMIO_INTERRUPT_STATUS);
+            assert_eq!(status, VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
+        }
+    }
+
+    /// A 64 KiB TCP segment with its checksum left to fill in: `(flags, gso_type, hdr_len,
+    /// gso_size, csum_start, csum_offset)` as Linux writes them for IPv4.
+    fn tso_frame(payload: usize) -> Vec<u8> {
+        let mut f = frame(payload);
+        f[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+        f[1] = VIRTIO_NET_HDR_GSO_TCPV4 as u8;
+        f[2..4].copy_from_slice(&66u16.to_le_bytes());
+        f[4..6].copy_from_slice(&1448u16.to_le_bytes());
+        f[6..8].copy_from_slice(&34u16.to_le_bytes());
+        f[8..10].copy_from_slice(&16u16.to_le_bytes());
+        f
+    }
+
+    #[test]
+    fn a_tcp_segment_goes_out_as_is_when_negotiated_and_is_dropped_when_not() {
+        let f = tso_frame(65_000);
+        for (features, sent) in
+            [(ALL, true), (ALL & !(1 << VIRTIO_NET_F_HOST_TSO4), false), (ALL & !(1 << VIRTIO_NET_F_CSUM), false)]
+        {
+            let mut d = net(features);
+            d.write_bytes(BUFFERS, &f);
+            let head = d.add_chain_to(TX_QUEUE, 0, &[ro(BUFFERS, 12), ro(BUFFERS + 12, f.len() as u32 - 12)]);
+            d.publish_to(TX_QUEUE, head);
+            d.notify(TX_QUEUE as u32);
+            let c = d.dev.device().counters();
+            if sent {
+                assert_eq!(d.dev.device().backend().sent, std::slice::from_ref(&f), "header and segment unchanged");
+                assert_eq!((c.tx_frames, c.tx_malformed), (1, 0));
+            } else {
+                assert!(d.dev.device().backend().sent.is_empty());
+                assert_eq!((c.tx_frames, c.tx_malformed), (0, 1));
+            }
+            assert_eq!(d.used_idx_of(TX_QUEUE), 1);
+        }
+    }
+
+    #[test]
+    fn a_received_segment_keeps_its_header_over_merged_buffers_and_the_backend_hands_what_was_accepted() {
+        let mut d = net(ALL);
+        assert_eq!(d.dev.device().backend().offloads, Offloads { csum: true, tso4: true, tso6: true });
+        for i in 0..20u16 {
+            let head = d.add_chain_to(RX_QUEUE, i, &[wo(BUFFERS + 0x1000 * u64::from(i), 4096)]);
+            d.publish_to(RX_QUEUE, head);
+        }
+        let f = tso_frame(65_000);
         assert_eq!(rx(&mut d, &f), Rx::Delivered { notify: true });
-        assert_eq!(d.read_bytes(BUFFERS, 12), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
-        let status = crate::virtio::test_util::read_reg(&mut d.dev, VIRTIO_MMIO_INTERRUPT_STATUS);
-        assert_eq!(status, VIRTIO_MMIO_INT_VRING);
-        assert!(d.dev.device_mut().set_link(false) && d.dev.config_changed());
-        let status = crate::virtio::test_util::read_reg(&mut d.dev, VIRTIO_MMIO_INTERRUPT_STATUS);
-        assert_eq!(status, VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
+        let used = d.used_idx_of(RX_QUEUE);
+        assert_eq!(used, 16, "65,012 bytes over 4 KiB buffers");
+        let mut got = Vec::new();
+        for i in 0..used {
+            let (head, len) = d.used_of(RX_QUEUE, i);
+            got.extend(d.read_bytes(BUFFERS + 0x1000 * u64::from(head), len as usize));
+        }
+        assert_eq!(got[..10], f[..10], "the offload fields as the TAP gave them");
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 16, "num_buffers");
+        assert_eq!(got[12..], f[12..]);
+        // A driver that accepts no segments: the backend is told, and one that comes anyway
+        // is dropped; a reset clears the backend's offloads.
+        let mut d = net(ALL & !(1 << VIRTIO_NET_F_GUEST_TSO4) & !(1 << VIRTIO_NET_F_GUEST_TSO6));
+        assert_eq!(d.dev.device().backend().offloads, Offloads { csum: true, tso4: false, tso6: false });
+        let head = d.add_chain_to(RX_QUEUE, 0, &[wo(BUFFERS, 0x10000)]);
+        d.publish_to(RX_QUEUE, head);
+        assert_eq!(rx(&mut d, &f), Rx::Dropped { notify: false });
+        assert_eq!(d.dev.device().counters().rx_offload, 1);
+        d.dev.reset();
+        assert_eq!(d.dev.device().backend().offloads, Offloads::default());
     }
 
     #[test]
@@ -575,9 +799,10 @@ mod tests {
         assert!(matches!(rx(&mut d, &frame(100)), Rx::Dropped { .. }));
         assert_eq!(d.dev.device().counters().rx_malformed, 2);
         assert_eq!(d.used_idx_of(RX_QUEUE), 2, "returned empty");
-        // An offload the driver did not ask for, too short, too long: dropped.
+        // An offload no driver may ask for (UDP fragmentation), too short, too long: dropped.
         let mut gso = frame(100);
-        gso[1] = 1;
+        gso[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+        gso[1] = virtio_bindings::virtio_net::VIRTIO_NET_HDR_GSO_UDP as u8;
         for f in [gso, vec![0; 5], vec![0; MAX_FRAME + 1]] {
             assert_eq!(rx(&mut d, &f), Rx::Dropped { notify: false });
         }
@@ -585,6 +810,89 @@ mod tests {
         assert_eq!((c.rx_offload, c.rx_malformed, c.rx_too_large), (1, 3, 1));
         // And a good frame still goes in.
         let head = d.add_chain_to(RX_QUEUE, 2, &[wo(BUFFERS, 2048)]);
+        d.publish_to(RX_QUEUE, head);
+        assert_eq!(rx(&mut d, &frame(100)), Rx::Delivered { notify: true });
+    }
+
+    /// `avail_event` (after the used ring's entries) and `used_event` (after the available
+    /// ring's) of queue `q`.
+    fn event_slots(q: usize) -> (u64, u64) {
+        let (_, avail, used) = crate::virtio::test_util::rings(q as u16);
+        let n = u64::from(NET_QUEUE_SIZE);
+        (used + 4 + 8 * n, avail + 4 + 2 * n)
+    }
+
+    #[test]
+    fn notifications_are_asked_for_only_when_needed() {
+        // Without EVENT_IDX: the used ring's NO_NOTIFY flag. Receive buffers are not asked
+        // for while frames find some, and are once one finds none.
+        let mut d = net(ALL);
+        let (_, _, used) = crate::virtio::test_util::rings(RX_QUEUE as u16);
+        let head = d.add_chain_to(RX_QUEUE, 0, &[wo(BUFFERS, 2048)]);
+        d.publish_to(RX_QUEUE, head);
+        assert_eq!(rx(&mut d, &frame(100)), Rx::Delivered { notify: true });
+        assert_eq!(d.read_bytes(used, 2), [1, 0], "NO_NOTIFY while buffers last");
+        assert_eq!(rx(&mut d, &frame(100)), Rx::NoBuffers);
+        assert_eq!(d.read_bytes(used, 2), [0, 0], "notify me when you add one");
+        // With EVENT_IDX: avail_event. The driver wants an interrupt at every used entry.
+        let mut d = net(ALL | EVENT_IDX);
+        let (rx_avail_event, rx_used_event) = event_slots(RX_QUEUE);
+        let (tx_avail_event, tx_used_event) = event_slots(TX_QUEUE);
+        for i in 0..2u16 {
+            let head = d.add_chain_to(RX_QUEUE, i, &[wo(BUFFERS + 0x1000 * u64::from(i), 2048)]);
+            d.publish_to(RX_QUEUE, head);
+        }
+        d.write_bytes(rx_used_event, &0u16.to_le_bytes());
+        assert_eq!(rx(&mut d, &frame(100)), Rx::Delivered { notify: true });
+        d.write_bytes(rx_used_event, &1u16.to_le_bytes());
+        assert_eq!(rx(&mut d, &frame(100)), Rx::Delivered { notify: true });
+        assert_eq!(d.read_bytes(rx_avail_event, 2), [0, 0], "not asked for while buffers lasted");
+        assert_eq!(rx(&mut d, &frame(100)), Rx::NoBuffers);
+        assert_eq!(d.read_bytes(rx_avail_event, 2), [2, 0], "asked for at the next buffer");
+        // A frame that needs more buffers than there are: asked for past the ones it found,
+        // which the driver has already passed (avail_event there would never be crossed).
+        let head = d.add_chain_to(RX_QUEUE, 5, &[wo(BUFFERS + 0x5000, 1024)]);
+        d.publish_to(RX_QUEUE, head);
+        assert_eq!(rx(&mut d, &frame(2000)), Rx::NoBuffers);
+        assert_eq!(d.read_bytes(rx_avail_event, 2), [3, 0], "asked for at the buffer after the one found");
+        assert!(matches!(rx(&mut d, &frame(100)), Rx::Delivered { .. }), "the one found is still there");
+        // The driver suppresses interrupts it does not want: used_event far ahead.
+        let head = d.add_chain_to(RX_QUEUE, 2, &[wo(BUFFERS + 0x2000, 2048)]);
+        d.publish_to(RX_QUEUE, head);
+        d.write_bytes(rx_used_event, &100u16.to_le_bytes());
+        assert_eq!(rx(&mut d, &frame(100)), Rx::Delivered { notify: false });
+        // Transmit: drained, then asked for at the next frame.
+        d.write_bytes(BUFFERS + 0x8000, &frame(60));
+        for i in 0..3u16 {
+            let head = d.add_chain_to(TX_QUEUE, i, &[ro(BUFFERS + 0x8000, 72)]);
+            d.publish_to(TX_QUEUE, head);
+        }
+        d.write_bytes(tx_used_event, &0u16.to_le_bytes());
+        assert!(d.notify(TX_QUEUE as u32));
+        assert_eq!(d.dev.device().backend().sent.len(), 3);
+        assert_eq!(d.read_bytes(tx_avail_event, 2), [3, 0]);
+    }
+
+    #[test]
+    fn after_a_crash_nothing_is_received_until_the_next_driver_and_frames_still_go_out() {
+        let mut d = net(ALL);
+        let head = d.add_chain_to(RX_QUEUE, 0, &[wo(BUFFERS, 2048)]);
+        d.publish_to(RX_QUEUE, head);
+        d.write_bytes(BUFFERS, &[0xaa; 64]);
+        d.dev.device_mut().hold_rx();
+        assert_eq!(rx(&mut d, &frame(100)), Rx::Dropped { notify: false });
+        assert_eq!(d.used_idx_of(RX_QUEUE), 0, "no buffer used");
+        assert_eq!(d.read_bytes(BUFFERS, 64), [0xaa; 64], "guest memory untouched");
+        assert_eq!(d.dev.device().counters().rx_held, 1);
+        d.write_bytes(BUFFERS + 0x8000, &frame(60));
+        let head = d.add_chain_to(TX_QUEUE, 0, &[ro(BUFFERS + 0x8000, 72)]);
+        d.publish_to(TX_QUEUE, head);
+        d.notify(TX_QUEUE as u32);
+        assert_eq!(d.dev.device().backend().sent.len(), 1, "a panic's netconsole still goes out");
+        // The next driver (the crash kernel's, or the kernel after a reboot) receives again.
+        d.dev.reset();
+        d.handshake_queues(ALL, 2);
+        let head = d.add_chain_to(RX_QUEUE, 0, &[wo(BUFFERS, 2048)]);
         d.publish_to(RX_QUEUE, head);
         assert_eq!(rx(&mut d, &frame(100)), Rx::Delivered { notify: true });
     }

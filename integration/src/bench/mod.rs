@@ -27,6 +27,7 @@ pub mod fleet;
 pub mod kdump;
 pub mod live;
 pub mod machine;
+pub mod net;
 pub mod overhead;
 pub mod plot;
 pub mod procs;

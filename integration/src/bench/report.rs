@@ -47,6 +47,9 @@ pub struct Results {
     /// Part 8: a fleet's store (absent from results.json files written before it).
     #[serde(default)]
     pub fleet: super::fleet::FleetBench,
+    /// Part 9: the network (absent from results.json files written before it).
+    #[serde(default)]
+    pub net: super::net::NetBench,
     pub wall_s: f64,
     pub quick: bool,
 }
@@ -353,13 +356,7 @@ fn markdown(r: &Results, png_name: &str) -> String {
         r.machine.date_utc,
         r.wall_s / 60.0,
         if r.quick { " (`--quick`: fewer sizes and repetitions, not for publishing)" } else { "" },
-        match &r.fleet.measured_at {
-            // Merged in from a run of its own.
-            Some(at) if r.fleet.alone && !r.fleet.crashes_s.is_empty() => {
-                format!(", but part 8's: measured on its own (`--only fleet`) on {at}")
-            }
-            _ => String::new(),
-        }
+        merged_parts(r)
     );
 
     // ---- Targets ----------------------------------------------------------------------------
@@ -641,9 +638,32 @@ fn markdown(r: &Results, png_name: &str) -> String {
     // ---- 8. a fleet's store -----------------------------------------------------------------
     super::fleet::section(&mut m, &r.fleet);
 
+    // ---- 9. the network ---------------------------------------------------------------------
+    super::net::section(&mut m, &r.net);
+
     let _ = writeln!(m, "## Plot\n\n![crashvmm vs QEMU]({png_name})\n");
     raw_section(&mut m, r);
     m
+}
+
+/// The parts merged in from runs of their own (`--only PART`, then `--from-json`), for the
+/// header: ", but part 8's: measured on its own (`--only fleet`) on DATE".
+fn merged_parts(r: &Results) -> String {
+    let parts: Vec<String> = [
+        (8, "fleet", r.fleet.alone && !r.fleet.crashes_s.is_empty(), &r.fleet.measured_at),
+        (9, "net", r.net.alone && !r.net.runs.is_empty(), &r.net.measured_at),
+    ]
+    .into_iter()
+    .filter(|(_, _, alone, _)| *alone)
+    .map(|(n, name, _, at)| {
+        format!("part {n}'s: measured on its own (`--only {name}`) on {}", at.as_deref().unwrap_or("?"))
+    })
+    .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(", but {}", parts.join("; "))
+    }
 }
 
 fn med_s(runs: &[Run]) -> f64 {
@@ -1447,6 +1467,7 @@ mod tests {
                 ..Default::default()
             },
             fleet: Default::default(),
+            net: Default::default(),
             wall_s: 600.0,
             quick: false,
         }

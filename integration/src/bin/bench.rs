@@ -2,7 +2,8 @@
 //! `integration/src/bench/`) and writes `docs/benchmarks.md` and its PNG plot.
 //!
 //! `bench qemu-kdump ...` is the driver that runs QEMU with the kdump guest (inside the software
-//! KVM test host, or directly on hardware KVM); `bench` itself starts it.
+//! KVM test host, or directly on hardware KVM), `bench net-peer ...` the host side of the network
+//! part; `bench` itself starts them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use integration::bench::{
-    self, analysis, crashpath, fleet, kdump, live, machine, overhead, progress, report, vmcore, Env,
+    self, analysis, crashpath, fleet, kdump, live, machine, net, overhead, progress, report, vmcore, Env,
 };
 use integration::Setup;
 
@@ -27,6 +28,28 @@ struct Cli {
 enum Cmd {
     /// Internal: run QEMU with the Linux kdump guest and record its console, QMP and trace.
     QemuKdump(DriverArgs),
+    /// Internal: the host side of the network part: binds its ports, starts the VMM given after
+    /// `--`, times the guest's transfers and round trips, writes a JSON record.
+    NetPeer(PeerArgs),
+}
+
+#[derive(Args)]
+struct PeerArgs {
+    /// The record (JSON).
+    #[arg(long)]
+    out: PathBuf,
+    /// MiB each way.
+    #[arg(long, default_value_t = net::MIB)]
+    mib: u64,
+    /// Round trips timed.
+    #[arg(long, default_value_t = net::RR)]
+    rr: usize,
+    /// The VMM's stdout and stderr.
+    #[arg(long)]
+    vmm_log: PathBuf,
+    /// The VMM command.
+    #[arg(last = true, required = true)]
+    vmm: Vec<String>,
 }
 
 #[derive(Args)]
@@ -49,7 +72,7 @@ struct RunArgs {
     /// Skip the real-Linux crash path (the test host runs, about three minutes).
     #[arg(long)]
     skip_linux: bool,
-    /// Only these parts: vmcore, overhead, crash, kdump, live, analysis, fleet (default: all).
+    /// Only these parts: vmcore, overhead, crash, kdump, live, analysis, fleet, net (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Do not measure: write the report from a results.json of an earlier run.
@@ -102,6 +125,16 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("bench qemu-kdump: error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Cmd::NetPeer(a)) => {
+            let args = net::PeerArgs { out: a.out, mib: a.mib, rr: a.rr, vmm: a.vmm, vmm_log: a.vmm_log };
+            match net::peer(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bench net-peer: error: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -171,6 +204,8 @@ fn run(a: RunArgs) -> Result<(), String> {
     } else {
         Default::default()
     };
+    let net =
+        if part("net") { net::NetBench { alone: !a.only.is_empty(), ..net::run(&env) } } else { Default::default() };
     m.load_after = machine::loadavg();
 
     let results = report::Results {
@@ -184,6 +219,7 @@ fn run(a: RunArgs) -> Result<(), String> {
         live,
         analysis,
         fleet,
+        net,
         wall_s: started.elapsed().as_secs_f64(),
         quick: a.quick,
     };

@@ -68,6 +68,9 @@ pub trait VmControl {
     /// The registers of the vCPUs that reported a crash (pvpanic, the Hyper-V crash MSRs), as
     /// each read them at its report.
     fn reported(&self) -> Vec<VcpuState>;
+    /// Stop the network devices writing received frames into guest memory until their drivers
+    /// reset them ([`devices::virtio::VirtioNet::hold_rx`]).
+    fn hold_network(&self);
 }
 
 /// The VM as the executor holds it: shared with the thread that writes a vmcore.
@@ -635,7 +638,12 @@ impl CrashHandling {
             log::debug!("crash action: {action:?}");
             match action {
                 Action::RecordSignal { signal, seen } => self.record_signal(signal, seen),
-                Action::BeginCrash { trigger } => self.begin(trigger),
+                Action::BeginCrash { trigger } => {
+                    // The crashed kernel's memory is what the crash is read from: frames that
+                    // arrive from now on do not land in it.
+                    vm.hold_network();
+                    self.begin(trigger)
+                }
                 Action::Pause => {
                     self.pause_ok = vm.pause(PAUSE_TIMEOUT);
                     if !self.pause_ok {
@@ -1354,6 +1362,8 @@ mod tests {
         mem: GuestMemoryMmap,
         paused: Mutex<bool>,
         calls: Mutex<Vec<String>>,
+        /// `hold_network` calls (kept out of `calls`: every crash makes one).
+        network_held: Mutex<u32>,
         /// While set, reading the registers (which every dump does first) waits: a dump that
         /// takes as long as the test wants.
         hold: Mutex<bool>,
@@ -1365,6 +1375,7 @@ mod tests {
             Arc::new(Self {
                 mem: GuestMemoryMmap::from_ranges(&ram_ranges(64 << 20)).unwrap(),
                 paused: Mutex::new(false),
+                network_held: Mutex::new(0),
                 calls: Mutex::new(Vec::new()),
                 hold: Mutex::new(false),
                 released: std::sync::Condvar::new(),
@@ -1400,6 +1411,9 @@ mod tests {
         }
         fn inject_nmi(&self, vcpu: u32) {
             lock(&self.calls).push(format!("nmi {vcpu}"));
+        }
+        fn hold_network(&self) {
+            *lock(&self.network_held) += 1;
         }
         fn snapshots(&self) -> Vec<VcpuState> {
             let mut held = lock(&self.hold);
@@ -1533,9 +1547,11 @@ mod tests {
             assert_eq!(h.end(), None);
         }
         assert!(vm.calls().is_empty(), "nothing paused while the Hyper-V report is awaited");
+        assert_eq!(*lock(&vm.network_held), 1, "receiving held from the crash's detection");
         h.signal_done(CrashSignal::HvCrash { vcpu: 1, params: [0; 5], message: None }, &sh(&vm));
         assert_eq!(h.end(), Some(BootEnd::Exit(VmExit::GuestPanicked { trigger: "pvpanic".into() })));
         assert_eq!(vm.calls(), ["pause"]);
+        assert_eq!(*lock(&vm.network_held), 1, "once per crash");
         let d = dirs(base.path());
         assert_eq!(d.len(), 1);
         assert!(d[0].join("vmcore").is_file());

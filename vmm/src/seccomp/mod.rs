@@ -9,7 +9,8 @@
 //!   ioctls that create a VM). No `socket`, `execve`, `fork`, `ptrace`, executable mappings.
 //! - **vcpu**: `KVM_RUN` and the few vCPU ioctls crash handling needs at run time, console output
 //!   (`write`), virtio-blk requests on the disks' open descriptors (`pread64`, `pwrite64`,
-//!   `fdatasync`: the device runs in the thread whose MMIO write notified it), memory and
+//!   `fdatasync`: the device runs in the thread whose MMIO write notified it), a TAP's
+//!   `TUNSETOFFLOAD` (a virtio-net driver activating or resetting its device), memory and
 //!   futexes. No `open`, no sockets, no thread creation.
 //! - **vmcore-writer**: the thread that writes every host-side vmcore (a crash's, the
 //!   operator's, live or not) while the vmm thread goes on serving the control socket: the
@@ -150,12 +151,24 @@ ioctl_iow_nr!(KVM_SET_CPUID2, KVMIO, 0x90, kvm_bindings::kvm_cpuid2);
 ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_bindings::kvm_mp_state);
 ioctl_io_nr!(KVM_NMI, KVMIO, 0x9a);
 ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
+// include/uapi/linux/if_tun.h: the one TAP request made after the filters are on (`net.rs`).
+ioctl_iow_nr!(TUNSETOFFLOAD, b'T' as u32, 208, libc::c_uint);
 
 /// What a vCPU thread does to KVM while the guest runs: run it, read its registers for
 /// snapshots and hypercalls (and write them back after one), watchdog samples, NMIs, SynIC
-/// interrupts.
+/// interrupts; and to a TAP: the offloads a virtio-net driver accepts when it activates or
+/// resets its device (`TUNSETOFFLOAD`, `net.rs`).
 fn vcpu_ioctls() -> Vec<u64> {
-    vec![KVM_RUN(), KVM_GET_REGS(), KVM_SET_REGS(), KVM_GET_SREGS(), KVM_GET_MP_STATE(), KVM_NMI(), KVM_SIGNAL_MSI()]
+    vec![
+        KVM_RUN(),
+        KVM_GET_REGS(),
+        KVM_SET_REGS(),
+        KVM_GET_SREGS(),
+        KVM_GET_MP_STATE(),
+        KVM_NMI(),
+        KVM_SIGNAL_MSI(),
+        TUNSETOFFLOAD(),
+    ]
 }
 
 /// The vmm thread builds VMs (again after a reset), configures vCPUs before their threads run,
