@@ -404,18 +404,26 @@ pub const NET_TO_GUEST: &str = "net-to-guest.bin";
 pub const NET_FROM_GUEST: &str = "net-from-guest.bin";
 pub const NET_TO_GUEST_BYTES: u64 = 1 << 20;
 
-/// The host side of a `network` scenario, run before crashvmm: the TAP (persistent, so that
-/// crashvmm attaches to it) with the host's address, and busybox nc peers: port 5001 keeps what
-/// the guest sends in [`NET_FROM_GUEST`], port 5002 sends [`NET_TO_GUEST`]. Each serves one
-/// connection.
-pub fn net_setup() -> String {
+/// The TAP of a network run (persistent, so that crashvmm or QEMU attaches to it) with the host
+/// side's address, up.
+pub fn net_tap_setup() -> String {
     format!(
         "modprobe tun 2>/dev/null; \
          busybox tunctl -t {NET_TAP} && \
          busybox ip addr add {NET_HOST_ADDR}/24 dev {NET_TAP} && \
-         busybox ip link set {NET_TAP} up && \
+         busybox ip link set {NET_TAP} up"
+    )
+}
+
+/// The host side of a `network` scenario, run before crashvmm: [`net_tap_setup`], then busybox
+/// nc peers: port 5001 keeps what the guest sends in [`NET_FROM_GUEST`], port 5002 sends
+/// [`NET_TO_GUEST`]. Each serves one connection.
+pub fn net_setup() -> String {
+    format!(
+        "{} && \
          {{ busybox nc -l -p 5001 -e sh -c \"cat >$OUT/{NET_FROM_GUEST}\" & \
-         busybox nc -l -p 5002 -e cat {NET_TO_GUEST} & }}"
+         busybox nc -l -p 5002 -e cat {NET_TO_GUEST} & }}",
+        net_tap_setup()
     )
 }
 

@@ -23,10 +23,10 @@ use serde::{Deserialize, Serialize};
 use wait_timeout::ChildExt;
 
 use super::crashpath::stage_qemu;
-use super::stats::{median, ratio};
+use super::stats::{max, median, min, ratio};
 use super::{progress, Env};
-use crate::runner::sh_quote;
-use crate::{boot_testhost, detect_mode, Mode, NET_GUEST_ADDR, NET_HOST_ADDR, NET_TAP};
+use crate::runner::{sh_quote, RunSpec};
+use crate::{boot_testhost, detect_mode, net_tap_setup, Mode, NET_GUEST_ADDR, NET_HOST_ADDR, NET_TAP};
 
 /// The guest's ports (netbench.sh).
 const TO_HOST_PORT: u16 = 5001;
@@ -103,6 +103,17 @@ pub struct NetBench {
 impl NetBench {
     fn of(&self, vmm: &str, g: impl Fn(&PeerRecord) -> f64) -> Vec<f64> {
         self.runs.iter().filter(|r| r.vmm == vmm).filter_map(|r| r.record.as_ref()).map(g).collect()
+    }
+
+    /// The largest ratio between two runs of one VMM in one measure (fastest over slowest).
+    pub fn spread(&self) -> f64 {
+        let measures: [fn(&PeerRecord) -> f64; 3] =
+            [PeerRecord::to_host_mbps, PeerRecord::to_guest_mbps, PeerRecord::rr_median_us];
+        VMMS.iter()
+            .flat_map(|vmm| measures.map(|g| self.of(vmm, g)))
+            .map(|v| ratio(max(&v), min(&v)))
+            .filter(|r| r.is_finite())
+            .fold(1.0, f64::max)
     }
 
     /// Medians over the runs of `vmm`: guest to host, host to guest (Mbit/s), round trip (µs).
@@ -237,32 +248,12 @@ fn cmdline(mib: u64) -> String {
 
 /// The run script: the TAP with the host's address, then each round's crashvmm and QEMU runs,
 /// each under its own `bench net-peer`. `qemu` is the command that starts QEMU (with its
-/// library path when staged); paths are relative to the script's directory.
+/// library path when staged); paths are relative to the script's directory. crashvmm runs as
+/// the scenarios run it (`RunSpec::boot`: its console, events and crash directory in
+/// `out/crashvmm-ROUND/`), with `--net`.
 fn script(qemu: &str, mib: u64, rounds: usize) -> String {
-    let crashvmm = [
-        "./crashvmm",
-        "run",
-        "--kernel",
-        "vmlinuz",
-        "--initrd",
-        "initramfs.cpio.gz",
-        "--cmdline",
-        &cmdline(mib),
-        "--memory",
-        "768M",
-        "--vcpus",
-        "2",
-        "--console",
-        "null",
-        "--console-log",
-        "out/console-crashvmm-ROUND.log",
-        "--crash-dir",
-        "/tmp/bench-crashes",
-        "--net",
-        &format!("tap={NET_TAP}"),
-    ]
-    .map(sh_quote)
-    .join(" ");
+    let mut spec = RunSpec::boot(String::new(), "vmlinuz".into(), "initramfs.cpio.gz".into(), &cmdline(mib), 768, 2);
+    spec.args.extend(["--net".to_string(), format!("tap={NET_TAP}")]);
     let qemu_args = [
         "-M",
         "pc",
@@ -297,13 +288,16 @@ fn script(qemu: &str, mib: u64, rounds: usize) -> String {
     let mut sh = format!(
         "# Written by crashvmm's bench (part 9): crashvmm and QEMU on the same TAP, in turn.\n\
          cd \"$1\" || exit 125\n\
-         modprobe tun 2>/dev/null\n\
-         busybox tunctl -t {NET_TAP} >/dev/null && busybox ip addr add {NET_HOST_ADDR}/24 dev {NET_TAP} && \
-         busybox ip link set {NET_TAP} up || {{ echo \"TESTHOST: bench: cannot set up {NET_TAP}\"; exit 125; }}\n\
-         rc=0\n"
+         {{ {} ; }} >/dev/null || {{ echo \"TESTHOST: bench: cannot set up {NET_TAP}\"; exit 125; }}\n\
+         rc=0\n",
+        net_tap_setup()
     );
     for round in 1..=rounds {
-        for (vmm, command) in [(VMMS[0], &crashvmm), (VMMS[1], &format!("{qemu} {qemu_args}"))] {
+        let out = format!("out/crashvmm-{round}");
+        let crashvmm: Vec<String> = spec.resolved_args(&out).iter().map(|a| sh_quote(a)).collect();
+        let crashvmm = format!("./crashvmm {}", crashvmm.join(" "));
+        sh += &format!("mkdir -p {out}\n");
+        for (vmm, command) in [(VMMS[0], crashvmm), (VMMS[1], format!("{qemu} {qemu_args}"))] {
             let command = command.replace("ROUND", &round.to_string());
             sh += &format!(
                 "echo \"TESTHOST: bench: net: {vmm}, run {round} of {rounds}\"\n\
@@ -420,8 +414,17 @@ fn run_in_share(env: &Env, mode: Mode, out: &Path, mib: u64, rounds: usize) -> R
             }
         }
     };
+    // The records, logs and each crashvmm run's directory (one level down) come back.
     for e in fs::read_dir(sp.join("out")).map_err(|e| e.to_string())?.flatten() {
-        let _ = fs::copy(e.path(), out.join(e.file_name()));
+        let to = out.join(e.file_name());
+        if e.path().is_dir() {
+            let _ = fs::create_dir_all(&to);
+            for f in fs::read_dir(e.path()).into_iter().flatten().flatten().filter(|f| f.path().is_file()) {
+                let _ = fs::copy(f.path(), to.join(f.file_name()));
+            }
+        } else {
+            let _ = fs::copy(e.path(), to);
+        }
     }
     result
 }
@@ -490,7 +493,8 @@ pub fn section(m: &mut String, b: &NetBench) {
          more by crashvmm's thread; and each virtio-mmio interrupt costs the guest two MMIO exits to \
          crashvmm (reading the interrupt status, acknowledging it) that an MSI-X vector does not. A round \
          trip takes two interrupts, one each way. In the test host every exit and copy is emulated, and \
-         runs of the same VMM differ by up to 1.8x (below)."
+         runs of the same VMM differ by up to {:.1}x (below).",
+        b.spread()
     );
     let _ = writeln!(m, "\n| run | VMM | to host Mbit/s | to guest Mbit/s | round trip µs (median) | VMM wall s |\n|---|---|---|---|---|---|");
     for r in &b.runs {
@@ -532,6 +536,8 @@ mod tests {
             }
         }
         assert!(sh.contains("'--net' 'tap=crashvmm-net0'"), "{sh}");
+        assert!(sh.contains("mkdir -p out/crashvmm-2\n"), "{sh}");
+        assert!(sh.contains("'--console-log' 'out/crashvmm-2/console.log'"), "{sh}");
         assert!(sh.contains("'tap,id=n0,ifname=crashvmm-net0,script=no,downscript=no,vhost=off'"), "{sh}");
         assert!(sh.contains("'console=ttyS0 panic=-1 crashtest=netbench crashtest.net_mib=16'"), "{sh}");
         assert!(sh.contains("out/console-qemu-2.log"), "{sh}");
@@ -591,6 +597,7 @@ mod tests {
         section(&mut m, &b);
         assert!(m.contains("| guest to host, Mbit/s | 200.0 | 100.0 | 2.00x | at least 1.0x: **met** |"), "{m}");
         assert!(m.contains("| round trip, µs | 300.0 | 400.0 | 0.75x | under 1.0x: **met** |"), "{m}");
+        assert!(m.contains("differ by up to 1.0x"), "one run each: {m}");
         let mut none = String::new();
         section(&mut none, &NetBench::default());
         assert!(none.contains("Not measured in this run."), "{none}");
