@@ -40,6 +40,7 @@ use vmm_sys_util::ioctl::{ioctl_with_ref, ioctl_with_val};
 use vmm_sys_util::ioctl_iow_nr;
 
 use crate::seccomp::{self, ThreadKind, TUNSETOFFLOAD};
+use crate::sync::lock;
 
 ioctl_iow_nr!(TUNSETIFF, b'T' as u32, 202, libc::c_int);
 // TUNSETOFFLOAD's flags (include/uapi/linux/if_tun.h).
@@ -271,10 +272,6 @@ impl Drop for NetThread {
             }
         }
     }
-}
-
-fn lock(m: &Mutex<NetMmio>) -> std::sync::MutexGuard<'_, NetMmio> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The net thread's state.

@@ -28,7 +28,7 @@ use super::procs::{self, Guarded};
 use super::qmp::{self, Qmp};
 use super::vmcore::{event_ts, find_event};
 use super::{progress, read_events, Env, QEMU_CPU};
-use crate::{boot_testhost, run_scenario, scenario, Mode, RunOptions};
+use crate::{run_scenario, scenario, Mode, RunOptions};
 
 /// crashvmm's crash path as its event log shows it; times in seconds after the pvpanic write.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -360,24 +360,12 @@ fn linux_qemu_once(env: &Env, mode: Mode, c: &mut CrashPath, attempt: u32) {
             }
             sh += "exit $rc\n";
             fs::write(sp.join("run.sh"), sh).map_err(|e| e.to_string())?;
-            let status =
-                boot_testhost(&env.setup, sp, 2048, &out.join("testhost.log"), Duration::from_secs(600), false)
-                    .map_err(|e| e.to_string())?;
+            let ran = super::run_testhost_script(env, sp, &out.join("testhost.log"), Duration::from_secs(600));
             // Bring the records back.
             for e in fs::read_dir(sp.join("out")).map_err(|e| e.to_string())?.flatten() {
                 let _ = fs::copy(e.path(), out.join(e.file_name()));
             }
-            match status {
-                None => Err(format!("the test host timed out (see {})", out.join("testhost.log").display())),
-                Some(st) => match fs::read_to_string(sp.join("testhost-rc")).map(|s| s.trim().to_string()) {
-                    Ok(rc) if rc == "0" => Ok(()),
-                    Ok(rc) => Err(format!("test host rc {rc} (see {})", out.join("testhost.log").display())),
-                    Err(_) => Err(format!(
-                        "the test host ended ({st}) without finishing its run.sh (see {})",
-                        out.join("testhost.log").display()
-                    )),
-                },
-            }
+            ran
         })(),
     };
     c.qemu_wall_s = Some(started.elapsed().as_secs_f64());

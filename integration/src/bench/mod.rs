@@ -98,6 +98,25 @@ impl Env {
     }
 }
 
+/// Boot the software KVM test host (2 GiB) on `share` until its `run.sh` ends or `limit`
+/// passes, its console in `log`: `Ok` when the script exited 0, else why not.
+pub fn run_testhost_script(
+    env: &Env,
+    share: &std::path::Path,
+    log: &std::path::Path,
+    limit: std::time::Duration,
+) -> Result<(), String> {
+    let status = crate::boot_testhost(&env.setup, share, 2048, log, limit, false).map_err(|e| e.to_string())?;
+    match status {
+        None => Err(format!("the test host timed out (see {})", log.display())),
+        Some(st) => match std::fs::read_to_string(share.join("testhost-rc")).map(|s| s.trim().to_string()) {
+            Ok(rc) if rc == "0" => Ok(()),
+            Ok(rc) => Err(format!("test host rc {rc} (see {})", log.display())),
+            Err(_) => Err(format!("the test host ended ({st}) without finishing its run.sh (see {})", log.display())),
+        },
+    }
+}
+
 static START: OnceLock<Instant> = OnceLock::new();
 
 /// Marks the start of the run (for progress lines).

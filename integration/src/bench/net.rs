@@ -26,7 +26,7 @@ use super::crashpath::stage_qemu;
 use super::stats::{max, median, min, ratio};
 use super::{progress, Env};
 use crate::runner::{sh_quote, RunSpec};
-use crate::{boot_testhost, detect_mode, net_tap_setup, Mode, NET_GUEST_ADDR, NET_HOST_ADDR, NET_TAP};
+use crate::{detect_mode, net_tap_setup, Mode, NET_GUEST_ADDR, NET_HOST_ADDR, NET_TAP};
 
 /// The guest's ports (netbench.sh).
 const TO_HOST_PORT: u16 = 5001;
@@ -385,16 +385,7 @@ fn run_in_share(env: &Env, mode: Mode, out: &Path, mib: u64, rounds: usize) -> R
     fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let limit = RUN_LIMIT * (VMMS.len() * rounds) as u32 + Duration::from_secs(60);
     let result = match mode {
-        Mode::TestHost => {
-            let status = boot_testhost(&env.setup, sp, 2048, &out.join("testhost.log"), limit, false)
-                .map_err(|e| e.to_string())?;
-            match (status, fs::read_to_string(sp.join("testhost-rc")).map(|s| s.trim().to_string())) {
-                (None, _) => Err(format!("the test host timed out (see {})", out.join("testhost.log").display())),
-                (Some(_), Ok(rc)) if rc == "0" => Ok(()),
-                (Some(_), Ok(rc)) => Err(format!("test host rc {rc} (see {})", out.join("testhost.log").display())),
-                (Some(st), Err(_)) => Err(format!("the test host ended ({st}) without finishing its run")),
-            }
-        }
+        Mode::TestHost => super::run_testhost_script(env, sp, &out.join("testhost.log"), limit),
         // A network namespace of its own: the TAP and its address touch no real network.
         Mode::Direct => {
             let mut child = Command::new("unshare")
