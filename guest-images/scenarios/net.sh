@@ -10,7 +10,9 @@
 #
 # Prints "CRASHTEST: net: eth0 <mac>", "CRASHTEST: net: ping ok", "CRASHTEST: net: sent <sha256>",
 # "CRASHTEST: net: received <sha256>", "CRASHTEST: net: counters rx_packets=N tx_packets=N ...",
-# then kdump.sh's lines; on a failure "CRASHTEST: net: error: <reason>" and rc=1.
+# then kdump.sh's lines; on a failure "CRASHTEST: net: error: <reason>" and rc=1. Among the
+# counters, rx_length_errors is virtio_net's count of received frames it dropped because their
+# buffers were not all returned or were overrun.
 fail() {
 	echo "CRASHTEST: net: error: $*"
 	exit 1
@@ -51,7 +53,8 @@ echo "CRASHTEST: net: received $received"
 
 s=/sys/class/net/eth0/statistics
 echo "CRASHTEST: net: counters rx_packets=$(cat $s/rx_packets) tx_packets=$(cat $s/tx_packets)" \
-	"rx_errors=$(cat $s/rx_errors) tx_errors=$(cat $s/tx_errors) rx_dropped=$(cat $s/rx_dropped)"
+	"rx_errors=$(cat $s/rx_errors) tx_errors=$(cat $s/tx_errors) rx_dropped=$(cat $s/rx_dropped)" \
+	"rx_length_errors=$(cat $s/rx_length_errors)"
 
 # The crash with networking on: kdump.sh loads the crash kernel and panics.
 . /scenarios/kdump.sh
