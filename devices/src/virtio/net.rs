@@ -575,12 +575,14 @@ impl<B: NetBackend> VirtioDevice for VirtioNet<B> {
                 false
             }
             TX_QUEUE => {
-                let mut used = false;
+                let (mut used, mut idle_passes) = (false, 0);
                 // No notifications while the queue is drained; asked for again at the end, and
                 // frames queued meanwhile are sent before the next wait.
                 loop {
                     let _ = queue.disable_notification(mem);
+                    let mut taken = false;
                     while let Some(chain) = super::next_chain(queue, mem, &mut self.warnings, "virtio-net transmit") {
+                        taken = true;
                         let head = chain.head_index();
                         if head >= queue.size() {
                             log::log!(
@@ -596,7 +598,12 @@ impl<B: NetBackend> VirtioDevice for VirtioNet<B> {
                             Err(e) => log::log!(self.warnings.level(), "virtio-net: chain {head} not returned: {e}"),
                         }
                     }
-                    if !queue.enable_notification(mem).unwrap_or(false) {
+                    // More made available meanwhile: another pass. Two passes in a row that
+                    // find nothing though the ring says there is more: its index is broken (too
+                    // far ahead, which the queue refuses to walk); left for the next
+                    // notification, not spun on.
+                    idle_passes = if taken { 0 } else { idle_passes + 1 };
+                    if !queue.enable_notification(mem).unwrap_or(false) || idle_passes == 2 {
                         break;
                     }
                 }
@@ -982,6 +989,31 @@ mod tests {
         assert!(d.notify(TX_QUEUE as u32));
         assert_eq!(d.dev.device().backend().sent.len(), 3);
         assert_eq!(d.read_bytes(tx_avail_event, 2), [3, 0]);
+    }
+
+    #[test]
+    fn a_transmit_ring_whose_index_runs_too_far_ahead_stops_nothing() {
+        // An available index more than the queue's size ahead: the queue refuses to walk it,
+        // while it still says more is available. The transmit pass must end (the fuzzer's
+        // input spun it forever), and the device serve the driver once the index is sane.
+        let mut d = net(ALL);
+        let avail_idx = crate::virtio::test_util::rings(TX_QUEUE as u16).1 + 2;
+        d.write_bytes(avail_idx, &1000u16.to_le_bytes());
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let interrupt = d.notify(TX_QUEUE as u32);
+            let _ = done.send((interrupt, d));
+        });
+        let (interrupt, mut d) =
+            result.recv_timeout(std::time::Duration::from_secs(30)).expect("the transmit pass never ended");
+        assert!(!interrupt);
+        assert_eq!(d.used_idx_of(TX_QUEUE), 0);
+        d.write_bytes(avail_idx, &0u16.to_le_bytes());
+        d.write_bytes(BUFFERS, &frame(60));
+        let head = d.add_chain_to(TX_QUEUE, 0, &[ro(BUFFERS, 72)]);
+        d.publish_to(TX_QUEUE, head);
+        assert!(d.notify(TX_QUEUE as u32));
+        assert_eq!(d.dev.device().backend().sent.len(), 1);
     }
 
     #[test]
