@@ -270,6 +270,17 @@ fn a_linux_guest_on_a_tap_pings_moves_tcp_data_both_ways_then_its_kdump_complete
     for zero in ["rx_errors=0", "tx_errors=0", "rx_dropped=0", "rx_length_errors=0"] {
         assert!(counters.split(' ').any(|c| c == zero), "{}", fail(&format!("guest counters {counters}")));
     }
+    // The device's counts for the boot: at least the 1 MiB each way, nothing dropped but what
+    // came after the crash (held until the crash kernel's driver reset the device).
+    let c =
+        events.iter().find(|e| e["event"] == "net_counters").unwrap_or_else(|| panic!("{}", fail("no net_counters")));
+    assert!(
+        c["tx_bytes"].as_u64() > Some(1 << 20) && c["rx_bytes"].as_u64() > Some(1 << 20),
+        "{}",
+        fail(&c.to_string())
+    );
+    let dropped = c["dropped"].as_object().unwrap_or_else(|| panic!("{}", fail(&c.to_string())));
+    assert!(dropped.iter().all(|(k, v)| k == "rx_held" || v == 0), "{}", fail(&c.to_string()));
     // Then the crash path as without a network: the guest's own kdump, collected.
     let at = |name: &str| position(&events, name).unwrap_or_else(|| panic!("{}", fail(&format!("no {name}"))));
     assert!(at("guest_kexec") < at("crash_kernel_started"), "{}", fail("order"));

@@ -1662,9 +1662,28 @@ fn a_guest_on_a_tap_moves_frames_both_ways_and_its_hostile_chains_stop_nothing()
     // SAFETY: send(2) reads `c`, which outlives the call.
     let sent = unsafe { libc::send(sock.as_raw_fd(), c.as_ptr().cast(), c.len(), 0) };
     assert_eq!(sent, c.len() as isize, "{}", std::io::Error::last_os_error());
+    r.wait_for_console("TG: virtio-net: waiting for the link to go down");
+    assert_eq!(frame_from(&sock, &mac, 200), None, "a frame after B");
+    // The TAP goes away under crashvmm: the guest's link goes down, and it goes on.
+    drop(sock);
+    drop(tap);
     let run = r.wait();
     run.assert_pass("virtio-net");
     run.assert_exit(EXIT_POWER_OFF, "poweroff");
     assert!(run.console().contains("TG: virtio-net: received 1026 bytes"), "{}", run.context());
-    assert_eq!(frame_from(&sock, &mac, 200), None, "a frame after B");
+    assert!(run.console().contains("TG: virtio-net: link down"), "{}", run.context());
+    // The device's counts for the boot, as the event log and the metrics have them: frames A
+    // and B sent; of the hostile chains, the 70,000-byte one too large, the loop, the
+    // device-writable buffer, the buffer outside RAM, the unrequested segmentation and the
+    // descriptor past the table malformed; frame C (at least) received; frame D refused by the
+    // TAP that was gone.
+    let c = run.one("net_counters");
+    assert_eq!((c["device"].as_str(), c["tap"].as_str()), (Some("net0"), Some(name.as_str())), "{c}");
+    assert_eq!(c["tx_frames"], 2, "{c}");
+    assert_eq!(c["tx_bytes"], 2 * (1026 - 12), "{c}");
+    assert!(c["rx_frames"].as_u64() >= Some(1), "{c}");
+    let dropped = |reason: &str| c["dropped"][reason].as_u64();
+    let drops = [dropped("tx_malformed"), dropped("tx_too_large"), dropped("tx_backend")];
+    assert_eq!(drops, [Some(5), Some(1), Some(1)], "{c}");
+    assert!(run.stderr().contains("link down"), "{}", run.context());
 }

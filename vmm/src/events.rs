@@ -14,6 +14,41 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use thiserror::Error;
 
+/// The frames a network device dropped in one boot, by reason (`net_counters`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct NetDropped {
+    /// Transmit chains that were broken, device-writable, shorter than the header or outside
+    /// guest memory.
+    pub tx_malformed: u64,
+    /// Frames to send larger than a 64 KiB packet.
+    pub tx_too_large: u64,
+    /// Frames the TAP refused.
+    pub tx_backend: u64,
+    /// Received frames whose receive chain was malformed, or that were shorter than a header.
+    pub rx_malformed: u64,
+    /// Received frames larger than their buffers could ever hold.
+    pub rx_too_large: u64,
+    /// Received frames with an offload the driver did not accept.
+    pub rx_offload: u64,
+    /// Received frames dropped after a crash until the driver reset the device.
+    pub rx_held: u64,
+}
+
+impl NetDropped {
+    /// Each reason's name (its field's) and count.
+    pub fn by_reason(&self) -> [(&'static str, u64); 7] {
+        [
+            ("tx_malformed", self.tx_malformed),
+            ("tx_too_large", self.tx_too_large),
+            ("tx_backend", self.tx_backend),
+            ("rx_malformed", self.rx_malformed),
+            ("rx_too_large", self.rx_too_large),
+            ("rx_offload", self.rx_offload),
+            ("rx_held", self.rx_held),
+        ]
+    }
+}
+
 /// Every event crashvmm records.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -221,6 +256,17 @@ pub enum Event {
     /// The VM was reset after a crash (`--after-crash reset`) and boots again.
     VmReset {
         crashes: u32,
+    },
+    /// A network device's counts for the boot that ended (once its thread has stopped):
+    /// frames and bytes moved each way, and the frames dropped, by reason.
+    NetCounters {
+        device: String,
+        tap: String,
+        tx_frames: u64,
+        tx_bytes: u64,
+        rx_frames: u64,
+        rx_bytes: u64,
+        dropped: NetDropped,
     },
     /// Records of `source` (an event the guest causes at will: `pvpanic`,
     /// `vmbus_message_rejected`, ...) that were left out of the event log and stderr since the

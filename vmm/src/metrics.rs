@@ -100,6 +100,9 @@ struct Families {
     live_dump_pause: Histogram,
     guest_boots: Counter,
     guest_boot_time: Gauge<f64, AtomicU64>,
+    net_frames: Family<NetLabel, Counter>,
+    net_bytes: Family<NetLabel, Counter>,
+    net_dropped: Family<NetDropLabel, Counter>,
 }
 
 impl Families {
@@ -122,6 +125,9 @@ impl Families {
             live_dump_pause: pause_buckets(),
             guest_boots: Counter::default(),
             guest_boot_time: Gauge::default(),
+            net_frames: Family::default(),
+            net_bytes: Family::default(),
+            net_dropped: Family::default(),
         };
         let r = registry;
         r.register("crashes", "Crashes detected, by trigger", f.crashes.clone());
@@ -173,8 +179,27 @@ impl Families {
             Unit::Seconds,
             f.guest_boot_time.clone(),
         );
+        r.register(
+            "net_frames",
+            "Frames a network device moved, by device and direction (tx: from the guest), counted at each boot's end",
+            f.net_frames.clone(),
+        );
+        r.register_with_unit("net", "What those frames held", Unit::Bytes, f.net_bytes.clone());
+        r.register("net_dropped", "Frames a network device dropped, by device and reason", f.net_dropped.clone());
         f
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetLabel {
+    device: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetDropLabel {
+    device: String,
+    reason: &'static str,
 }
 
 /// The metrics, shared by every handle of the event log.
@@ -255,6 +280,16 @@ impl Metrics {
             }
             Event::DumpStarted { pause_us: Some(us), .. } => {
                 f.live_dump_pause.observe(*us as f64 / 1e6);
+            }
+            Event::NetCounters { device, tx_frames, tx_bytes, rx_frames, rx_bytes, dropped, .. } => {
+                for (direction, frames, bytes) in [("tx", tx_frames, tx_bytes), ("rx", rx_frames, rx_bytes)] {
+                    let label = NetLabel { device: device.clone(), direction };
+                    f.net_frames.get_or_create(&label).inc_by(*frames);
+                    f.net_bytes.get_or_create(&label).inc_by(*bytes);
+                }
+                for (reason, n) in dropped.by_reason() {
+                    f.net_dropped.get_or_create(&NetDropLabel { device: device.clone(), reason }).inc_by(n);
+                }
             }
             Event::UploadQueued { .. } => self.queue(1),
             Event::Upload(d) => {
@@ -399,6 +434,17 @@ mod tests {
             Event::Upload(delivery::DeliveryEvent::Completed { dir: "d".into(), url: "u".into(), bytes: 1234 }),
             Event::VmReset { crashes: 1 },
         ];
+        // Two boots' counts of one network device add up.
+        let net = |frames: u64, held: u64| Event::NetCounters {
+            device: "net0".into(),
+            tap: "tap0".into(),
+            tx_frames: frames,
+            tx_bytes: 100 * frames,
+            rx_frames: 2 * frames,
+            rx_bytes: 200 * frames,
+            dropped: crate::events::NetDropped { rx_held: held, tx_malformed: 1, ..Default::default() },
+        };
+        let events: Vec<Event> = events.into_iter().chain([net(3, 0), net(4, 5)]).collect();
         for e in &events {
             m.observe(e, at);
         }
@@ -416,6 +462,14 @@ mod tests {
         // 2 waiting at start, one queued, one delivered.
         assert_eq!(value(&text, "crashvmm_upload_queue_depth"), Some(2.0), "{text}");
         assert_eq!(value(&text, "crashvmm_guest_boots_total"), Some(2.0), "{text}");
+        let net =
+            |name: &str, labels: &str| value(&text, &format!("crashvmm_net_{name}_total{{device=\"net0\",{labels}}}"));
+        assert_eq!(net("frames", "direction=\"tx\""), Some(7.0), "{text}");
+        assert_eq!(net("frames", "direction=\"rx\""), Some(14.0), "{text}");
+        assert_eq!(net("bytes", "direction=\"rx\""), Some(1400.0), "{text}");
+        assert_eq!(net("dropped", "reason=\"rx_held\""), Some(5.0), "{text}");
+        assert_eq!(net("dropped", "reason=\"tx_malformed\""), Some(2.0), "{text}");
+        assert_eq!(net("dropped", "reason=\"rx_offload\""), Some(0.0), "{text}");
         let boot = value(&text, "crashvmm_guest_boot_time_seconds").unwrap();
         assert!((boot - at.timestamp() as f64).abs() < 1.0, "{boot}");
     }

@@ -39,6 +39,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::ioctl::{ioctl_with_ref, ioctl_with_val};
 use vmm_sys_util::ioctl_iow_nr;
 
+use crate::events::{Event, NetDropped};
 use crate::seccomp::{self, ThreadKind, TUNSETOFFLOAD};
 use crate::sync::lock;
 
@@ -200,6 +201,28 @@ impl NetMmio {
     ) -> Result<Self, NetError> {
         let transport = VirtioMmio::new(VirtioNet::new(TapBackend(tap), mac)).map_err(NetError::Mmio)?;
         Ok(Self { transport, kicks, mem, irq })
+    }
+
+    /// The `net_counters` record of device `index` (`netN`) for the boot so far.
+    pub fn counters_event(&self, index: usize) -> Event {
+        let c = self.transport.device().counters();
+        Event::NetCounters {
+            device: format!("net{index}"),
+            tap: self.transport.device().backend().0.name().to_string(),
+            tx_frames: c.tx_frames,
+            tx_bytes: c.tx_bytes,
+            rx_frames: c.rx_frames,
+            rx_bytes: c.rx_bytes,
+            dropped: NetDropped {
+                tx_malformed: c.tx_malformed,
+                tx_too_large: c.tx_too_large,
+                tx_backend: c.tx_backend,
+                rx_malformed: c.rx_malformed,
+                rx_too_large: c.rx_too_large,
+                rx_offload: c.rx_offload,
+                rx_held: c.rx_held,
+            },
+        }
     }
 
     fn interrupt(&self) {

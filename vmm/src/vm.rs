@@ -472,6 +472,10 @@ fn run_machine(s: &Session, machine: Machine) -> Result<BootEnd, VmError> {
         }
     }
     drop(net_threads);
+    // What each network device moved and dropped this boot, now that its thread is gone.
+    for (i, net) in ctx.nets.iter().enumerate() {
+        s.events.emit(lock(net).counters_event(i));
+    }
     let mut crash = lock(&s.crash);
     let stopped_from_outside = matches!(state.get(), Some(VmExit::Stopped { .. }));
     match crash.end() {

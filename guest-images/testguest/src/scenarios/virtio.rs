@@ -1,16 +1,23 @@
 //! virtio-net: a frame each way over crashvmm's network device, with hostile chains and an
 //! oversized frame in between; then hostile requests to the disk. The host side (the
 //! integration test) watches the TAP: it must see frames A and B, byte for byte, and nothing
-//! else; it sends frame C once the guest says `virtio-net: ready`.
+//! else; it sends frame C once the guest says `virtio-net: ready`, then deletes the TAP: the
+//! guest sees its link go down (a configuration change interrupt) and sends frame D, which
+//! crashvmm drops.
 
 use crate::check::{abort, check, check_eq, finish, note};
 use crate::serial::line;
 use crate::start_info::StartInfo;
+use crate::time::Deadline;
 use crate::virtio::{Desc, Device, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK, VIRTIO_ID_NET, VRING_DESC_F_NEXT};
 
 const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
+/// `status` in the configuration space: the link is up.
+const VIRTIO_NET_S_LINK_UP: u8 = 1;
+/// `InterruptStatus`: the configuration changed.
+const VIRTIO_MMIO_INT_CONFIG: u32 = 2;
 const NET_FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_MRG_RXBUF | VIRTIO_NET_F_STATUS;
 /// `virtio_net_hdr_v1`.
 const NET_HDR: u64 = 12;
@@ -132,6 +139,22 @@ pub fn virtio_net(_si: &StartInfo) -> ! {
         break;
     }
     check("net-frame-c-received", received);
+
+    // The host deletes the TAP: the link goes down, with a configuration change interrupt, and
+    // a frame sent then comes back (dropped, counted by crashvmm).
+    note("virtio-net: waiting for the link to go down");
+    let d = Deadline::after_ms(30_000);
+    while dev.config_byte(6) & VIRTIO_NET_S_LINK_UP != 0 && !d.passed() {
+        core::hint::spin_loop();
+    }
+    check_eq("net-link-down", u64::from(dev.config_byte(6) & VIRTIO_NET_S_LINK_UP), 0);
+    check("net-config-interrupt", dev.ack_interrupts() & VIRTIO_MMIO_INT_CONFIG != 0);
+    note("virtio-net: link down");
+    test_frame(TX_BUF, b'D', &mac);
+    tx.chain(22, &[(TX_BUF, len, false)]);
+    tx.publish(22);
+    tx.notify();
+    check("net-frame-d-returned", tx.next_used(5000) == Some((22, 0)));
 
     if let Some(blk) = Device::find(VIRTIO_ID_BLOCK) {
         hostile_disk(blk);
