@@ -19,7 +19,8 @@
 //!
 //! Transmit: each chain is one frame, header first, in device-readable buffers. It goes to the
 //! used ring with length 0 whatever happens to it; a frame that cannot go out is dropped and
-//! counted by reason ([`NetCounters`]):
+//! counted by reason ([`NetCounters`]; a ring whose index runs past its size is left alone, not
+//! spun on):
 //! - `tx_malformed`: a chain that does not end (a loop, longer than the queue, a `next` past the
 //!   table, a descriptor outside guest memory), a device-writable descriptor, fewer bytes than
 //!   the header, or a header that asks for an offload that was not negotiated (a segment
@@ -30,7 +31,8 @@
 //!
 //! Receive: a frame (header first, as the TAP gives it) is written over as many receive chains
 //! as it needs (one without `MRG_RXBUF`), each made of device-writable buffers; the header's
-//! `num_buffers` says how many. A frame the available chains cannot hold yet is left with the
+//! `num_buffers` says how many, and the used index moves past all of them at once (a driver
+//! never finds part of a frame). A frame the available chains cannot hold yet is left with the
 //! caller ([`Rx::NoBuffers`]: nothing consumed) until the driver adds buffers; one that cannot
 //! fit at all, or whose chain is malformed, is dropped and counted (`rx_too_large`,
 //! `rx_malformed`, `rx_offload`: a header asking for an offload the driver did not accept; a
