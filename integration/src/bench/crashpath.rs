@@ -361,10 +361,7 @@ fn linux_qemu_once(env: &Env, mode: Mode, c: &mut CrashPath, attempt: u32) {
             sh += "exit $rc\n";
             fs::write(sp.join("run.sh"), sh).map_err(|e| e.to_string())?;
             let ran = super::run_testhost_script(env, sp, &out.join("testhost.log"), Duration::from_secs(600));
-            // Bring the records back.
-            for e in fs::read_dir(sp.join("out")).map_err(|e| e.to_string())?.flatten() {
-                let _ = fs::copy(e.path(), out.join(e.file_name()));
-            }
+            super::bring_back(&sp.join("out"), &out)?;
             ran
         })(),
     };

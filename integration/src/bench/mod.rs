@@ -117,6 +117,24 @@ pub fn run_testhost_script(
     }
 }
 
+/// Bring a run's `out/` (`from`, in the share it ran in) back into `to`: its files, and those of
+/// each directory in it (one level: a crashvmm run's own). A file that cannot be copied is left
+/// behind; an `out/` that cannot be read is an error.
+pub fn bring_back(from: &std::path::Path, to: &std::path::Path) -> Result<(), String> {
+    for e in std::fs::read_dir(from).map_err(|e| e.to_string())?.flatten() {
+        let dest = to.join(e.file_name());
+        if e.path().is_dir() {
+            let _ = std::fs::create_dir_all(&dest);
+            for f in std::fs::read_dir(e.path()).into_iter().flatten().flatten().filter(|f| f.path().is_file()) {
+                let _ = std::fs::copy(f.path(), dest.join(f.file_name()));
+            }
+        } else {
+            let _ = std::fs::copy(e.path(), dest);
+        }
+    }
+    Ok(())
+}
+
 static START: OnceLock<Instant> = OnceLock::new();
 
 /// Marks the start of the run (for progress lines).

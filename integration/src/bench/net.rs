@@ -405,18 +405,8 @@ fn run_in_share(env: &Env, mode: Mode, out: &Path, mib: u64, rounds: usize) -> R
             }
         }
     };
-    // The records, logs and each crashvmm run's directory (one level down) come back.
-    for e in fs::read_dir(sp.join("out")).map_err(|e| e.to_string())?.flatten() {
-        let to = out.join(e.file_name());
-        if e.path().is_dir() {
-            let _ = fs::create_dir_all(&to);
-            for f in fs::read_dir(e.path()).into_iter().flatten().flatten().filter(|f| f.path().is_file()) {
-                let _ = fs::copy(f.path(), to.join(f.file_name()));
-            }
-        } else {
-            let _ = fs::copy(e.path(), to);
-        }
-    }
+    // The records, logs and each crashvmm run's directory come back.
+    super::bring_back(&sp.join("out"), out)?;
     result
 }
 
