@@ -22,7 +22,7 @@
 //!   not polled again; frames sent to it are dropped and counted.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -34,7 +34,9 @@ use devices::virtio::net::{MAX_FRAME, RX_QUEUE, TX_QUEUE};
 use devices::virtio::{NeedsInterrupt, NetBackend, Offloads, VirtioMmio, VirtioNet};
 use thiserror::Error;
 use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::volatile_memory::PtrGuard;
+use vm_memory::{GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::ioctl::{ioctl_with_ref, ioctl_with_val};
 use vmm_sys_util::ioctl_iow_nr;
@@ -161,15 +163,23 @@ impl Tap {
     }
 }
 
-/// The device's way out: writes to the TAP (a frame with its vnet header in one `write`).
+/// The device's way out: writes to the TAP, a frame with its vnet header in one `writev`
+/// straight from guest memory.
 pub struct TapBackend(Arc<Tap>);
 
 impl NetBackend for TapBackend {
-    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        match (&self.0.file).write(frame) {
-            Ok(n) if n == frame.len() => Ok(()),
-            Ok(n) => Err(io::Error::other(format!("short TAP write: {n} of {} bytes", frame.len()))),
-            Err(e) => Err(e),
+    fn send<S: BitmapSlice>(&mut self, frame: &[VolatileSlice<'_, S>]) -> io::Result<()> {
+        let guards: Vec<PtrGuard> = frame.iter().map(VolatileSlice::ptr_guard).collect();
+        let iov: Vec<libc::iovec> =
+            guards.iter().map(|g| libc::iovec { iov_base: g.as_ptr().cast_mut().cast(), iov_len: g.len() }).collect();
+        let len: usize = iov.iter().map(|v| v.iov_len).sum();
+        let count = libc::c_int::try_from(iov.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: each iovec names a slice of guest memory, mapped while `guards` lives; writev
+        // only reads it, and the descriptor is ours.
+        match unsafe { libc::writev(self.0.file.as_raw_fd(), iov.as_ptr(), count) } {
+            n if n < 0 => Err(io::Error::last_os_error()),
+            n if n as usize == len => Ok(()),
+            n => Err(io::Error::other(format!("short TAP write: {n} of {len} bytes"))),
         }
     }
 

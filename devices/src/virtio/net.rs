@@ -17,8 +17,9 @@
 //! called by whoever reads them (the VMM's network thread). Nothing here touches a file, a
 //! socket or a thread.
 //!
-//! Transmit: each chain is one frame, header first, in device-readable buffers. It goes to the
-//! used ring with length 0 whatever happens to it; a frame that cannot go out is dropped and
+//! Transmit: each chain is one frame, header first, in device-readable buffers, handed to the
+//! backend as slices of guest memory (read in place; the header checked on a copy of its 12
+//! bytes). It goes to the used ring with length 0 whatever happens to it; a frame that cannot go out is dropped and
 //! counted by reason ([`NetCounters`]; a ring whose index runs past its size is left alone, not
 //! spun on):
 //! - `tx_malformed`: a chain that does not end (a loop, longer than the queue, a `next` past the
@@ -52,7 +53,8 @@ use virtio_bindings::virtio_net::{
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions, VolatileSlice};
 
 use super::mmio::{NeedsInterrupt, VirtioDevice};
 use super::GuestWarnings;
@@ -92,8 +94,12 @@ pub struct Offloads {
 
 /// Where transmitted frames go.
 pub trait NetBackend: Send {
-    /// Send one frame, its [`NET_HDR_LEN`]-byte header first.
-    fn send(&mut self, frame: &[u8]) -> io::Result<()>;
+    /// Send one frame, its [`NET_HDR_LEN`]-byte header first: the concatenation of `frame`,
+    /// slices of guest memory where the driver put it (the backend reads them in place, as a
+    /// TAP's `writev` does, so each byte is copied once). The driver can still change those
+    /// bytes meanwhile; what the header says was checked on a copy, and the backend's own end
+    /// (the kernel's TAP) checks it again.
+    fn send<S: BitmapSlice>(&mut self, frame: &[VolatileSlice<'_, S>]) -> io::Result<()>;
     /// Hand only received frames with these offloads from now on (all off at a reset).
     fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()>;
 }
@@ -108,11 +114,16 @@ pub struct VecNetBackend {
 }
 
 impl NetBackend for VecNetBackend {
-    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+    fn send<S: BitmapSlice>(&mut self, frame: &[VolatileSlice<'_, S>]) -> io::Result<()> {
         match self.fail {
             Some(kind) => Err(kind.into()),
             None => {
-                self.sent.push(frame.to_vec());
+                let mut sent = vec![0u8; frame.iter().map(VolatileSlice::len).sum()];
+                let mut at = 0;
+                for part in frame {
+                    at += part.copy_to(&mut sent[at..]);
+                }
+                self.sent.push(sent);
                 Ok(())
             }
         }
@@ -171,8 +182,6 @@ pub struct VirtioNet<B> {
     rx_kick: bool,
     /// Received frames are dropped until the driver resets the device.
     rx_held: bool,
-    /// A frame being sent (reused).
-    frame: Vec<u8>,
     warnings: GuestWarnings,
 }
 
@@ -186,7 +195,6 @@ impl<B: NetBackend> VirtioNet<B> {
             counters: NetCounters::default(),
             rx_kick: false,
             rx_held: false,
-            frame: Vec::with_capacity(MAX_FRAME),
             warnings: GuestWarnings::default(),
         }
     }
@@ -465,31 +473,37 @@ impl<B: NetBackend> VirtioNet<B> {
             self.counters.tx_too_large += 1;
             return;
         }
-        self.frame.clear();
-        self.frame.resize(len as usize, 0);
-        let mut at = 0;
+        // The frame where the driver put it: a slice of guest memory per buffer (more where a
+        // buffer crosses from one memory region into the next).
+        let mut frame = Vec::with_capacity(descriptors.len());
         for d in &descriptors {
-            let n = d.len() as usize;
-            if mem.read_slice(&mut self.frame[at..at + n], d.addr()).is_err() {
-                log::log!(self.warnings.level(), "virtio-net: transmit chain {head}: buffer outside guest memory");
-                self.counters.tx_malformed += 1;
-                return;
+            let slices = mem.get_slices(d.addr(), d.len() as usize, Permissions::Read);
+            match slices.map(|mut it| it.try_for_each(|s| s.map(|s| frame.push(s)))) {
+                Ok(Ok(())) => {}
+                _ => {
+                    log::log!(self.warnings.level(), "virtio-net: transmit chain {head}: buffer outside guest memory");
+                    self.counters.tx_malformed += 1;
+                    return;
+                }
             }
-            at += n;
         }
-        if self.frame.len() < NET_HDR_LEN || !self.tx_header_ok(&self.frame[..NET_HDR_LEN]) {
+        let mut header = [0u8; NET_HDR_LEN];
+        let mut at = 0;
+        for part in &frame {
+            at += part.copy_to(&mut header[at..]);
+        }
+        if at < NET_HDR_LEN || !self.tx_header_ok(&header) {
             log::log!(
                 self.warnings.level(),
-                "virtio-net: transmit chain {head}: {} bytes, no header or one asking for an offload not negotiated",
-                self.frame.len()
+                "virtio-net: transmit chain {head}: {len} bytes, no header or one asking for an offload not negotiated"
             );
             self.counters.tx_malformed += 1;
             return;
         }
-        match self.backend.send(&self.frame) {
+        match self.backend.send(&frame) {
             Ok(()) => {
                 self.counters.tx_frames += 1;
-                self.counters.tx_bytes += (self.frame.len() - NET_HDR_LEN) as u64;
+                self.counters.tx_bytes += len - NET_HDR_LEN as u64;
             }
             Err(e) => {
                 log::log!(self.warnings.level(), "virtio-net: transmit: frame dropped: {e}");
@@ -626,7 +640,8 @@ impl<B: NetBackend> VirtioDevice for VirtioNet<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::test_util::{ro, wo, Driver, BUFFERS, VERSION_1};
+    use crate::virtio::test_util::{ro, wo, Driver, BUFFERS, MEM_SIZE, VERSION_1};
+    use vm_memory::GuestMemoryMmap;
 
     const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
     /// Every feature but `EVENT_IDX` (whose driver side the tests that need it write).
@@ -682,6 +697,27 @@ mod tests {
         assert_eq!(d.used_of(TX_QUEUE, 0), (0, 0));
         let c = d.dev.device().counters();
         assert_eq!((c.tx_frames, c.tx_bytes), (1, 1500));
+    }
+
+    #[test]
+    fn a_frame_whose_buffer_crosses_from_one_memory_region_into_the_next_goes_out_whole() {
+        let mut d = net(ALL);
+        // The same guest memory, empty as at the start, in two regions meeting inside the
+        // frame's one buffer and its header.
+        let seam = BUFFERS + 0x1000;
+        d.mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), seam as usize),
+            (GuestAddress(seam), (MEM_SIZE - seam) as usize),
+        ])
+        .unwrap();
+        let f = frame(1500);
+        d.write_bytes(seam - 5, &f);
+        let head = d.add_chain_to(TX_QUEUE, 0, &[ro(seam - 5, f.len() as u32)]);
+        d.publish_to(TX_QUEUE, head);
+        assert!(d.notify(TX_QUEUE as u32));
+        assert_eq!(d.dev.device().backend().sent, [f]);
+        let c = d.dev.device().counters();
+        assert_eq!((c.tx_frames, c.tx_bytes, c.tx_malformed), (1, 1500, 0));
     }
 
     #[test]

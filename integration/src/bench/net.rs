@@ -468,13 +468,12 @@ pub fn section(m: &mut String, b: &NetBench) {
     }
     let _ = writeln!(
         m,
-        "\nWhere the two differ, by design: crashvmm moves each frame through a buffer of its own (the \
-         TAP's `read` into it, then into the guest's buffers; the guest's buffers into it, then the TAP's \
-         `write`), where QEMU's `readv`/`writev` reach guest memory directly, so every byte is copied once \
-         more by crashvmm's thread; and each virtio-mmio interrupt costs the guest two MMIO exits to \
-         crashvmm (reading the interrupt status, acknowledging it) that an MSI-X vector does not. A round \
-         trip takes two interrupts, one each way. In the test host every exit and copy is emulated, and \
-         runs of the same VMM differ by up to {:.1}x (below).",
+        "\nHow the two move frames: both send a frame to the TAP with one `writev` straight from the \
+         guest's buffers, and both receive one through a buffer of their own (the TAP's `read` into it, \
+         then into the guest's buffers). Where they differ, by design: each virtio-mmio interrupt costs \
+         the guest two MMIO exits to crashvmm (reading the interrupt status, acknowledging it) that an \
+         MSI-X vector does not. A round trip takes two interrupts, one each way. In the test host every \
+         exit and copy is emulated, and runs of the same VMM differ by up to {:.1}x (below).",
         b.spread()
     );
     let _ = writeln!(m, "\n| run | VMM | to host Mbit/s | to guest Mbit/s | round trip µs (median) | VMM wall s |\n|---|---|---|---|---|---|");

@@ -425,9 +425,10 @@ const METRICS: &[i64] = &[
     libc::SYS_lseek,
 ];
 
-/// The net thread's own: waiting on the TAP and its eventfds (it reads and writes them with the
-/// common `read` and `write`). No files, no sockets, no threads, no ioctl.
-const NET: &[i64] = &[libc::SYS_poll, libc::SYS_ppoll];
+/// The net thread's own: waiting on the TAP and its eventfds (it reads them and the eventfds
+/// with the common `read` and `write`), and the `writev` that sends a frame to the TAP from
+/// guest memory. No files, no sockets, no threads, no ioctl.
+const NET: &[i64] = &[libc::SYS_poll, libc::SYS_ppoll, libc::SYS_writev];
 
 /// glibc's `fork()`: `clone(CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | SIGCHLD, ...)`.
 const FORK_FLAGS: u64 = (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD) as u64;
@@ -872,19 +873,23 @@ mod tests {
     }
 
     #[test]
-    fn the_net_thread_polls_reads_and_writes_but_opens_nothing() {
+    fn the_net_thread_polls_reads_and_writes_and_gathers_but_opens_nothing() {
         use std::os::fd::AsRawFd;
         let efd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let (polled, moved, ioctl, open, sock, thread) = confined(ThreadKind::Net, move || {
             let mut pfd = libc::pollfd { fd: efd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
             // SAFETY: one pollfd, no wait.
             let polled = errno_of(unsafe { libc::poll(&mut pfd, 1, 0) } as i64);
-            let moved = efd.write(1).is_ok() && efd.read().is_ok_and(|v| v == 1);
+            let one = 1u64.to_ne_bytes();
+            let iov = [libc::iovec { iov_base: one.as_ptr().cast_mut().cast(), iov_len: one.len() }];
+            // SAFETY: one iovec over `one`, which outlives the call.
+            let gathered = unsafe { libc::writev(efd.as_raw_fd(), iov.as_ptr(), 1) } == 8;
+            let moved = gathered && efd.write(1).is_ok() && efd.read().is_ok_and(|v| v == 2);
             let thread = std::thread::Builder::new().spawn(|| ()).is_ok();
             (polled, moved, ioctl_kvm_create_vm_on_stdin(), open_passwd(), socket(), thread)
         });
         assert_eq!(polled, 0, "poll");
-        assert!(moved, "read and write");
+        assert!(moved, "read, write and writev");
         assert_eq!(ioctl, libc::EPERM, "ioctl");
         assert_eq!(open, libc::EPERM, "openat");
         assert_eq!(sock, libc::EPERM, "socket");
