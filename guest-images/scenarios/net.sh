@@ -21,19 +21,9 @@ fail() {
 HOST=192.168.127.1
 GUEST=192.168.127.2
 
-modprobe virtio_mmio 2>/dev/null
-modprobe virtio_net || fail "modprobe virtio_net failed"
-
-i=0
-until [ -e /sys/class/net/eth0 ]; do
-	i=$((i + 1))
-	[ "$i" -lt 50 ] || fail "no eth0 after loading virtio_net: $(ls /sys/class/net | tr '\n' ' ')"
-	usleep 100000
-done
+. /scenarios/eth0.sh
+eth0_up "$GUEST/24"
 echo "CRASHTEST: net: eth0 $(cat /sys/class/net/eth0/address)"
-ip link set lo up
-ip addr add "$GUEST/24" dev eth0 || fail "ip addr add $GUEST/24 dev eth0 failed"
-ip link set eth0 up || fail "ip link set eth0 up failed"
 
 # The first packets wait for ARP: allow the deadline, then want every one of the replies.
 out=$(ping -c 3 -w 30 "$HOST" 2>&1) || fail "ping $HOST: $(echo "$out" | tail -n 2 | tr '\n' ' ')"

@@ -25,18 +25,8 @@ for arg in $(cat /proc/cmdline); do
 done
 set +f
 
-modprobe virtio_mmio 2>/dev/null
-modprobe virtio_pci 2>/dev/null
-modprobe virtio_net || fail "modprobe virtio_net failed"
-i=0
-until [ -e /sys/class/net/eth0 ]; do
-	i=$((i + 1))
-	[ "$i" -lt 50 ] || fail "no eth0 after loading virtio_net"
-	usleep 100000
-done
-ip link set lo up
-ip addr add "$GUEST/24" dev eth0 || fail "ip addr add failed"
-ip link set eth0 up || fail "ip link set eth0 up failed"
+. /scenarios/eth0.sh
+eth0_up "$GUEST/24"
 # The echo server first: the peer connects once the transfers are over.
 nc -l -p 5003 -e cat &
 echo_pid=$!
