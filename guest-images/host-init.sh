@@ -14,6 +14,8 @@ if [ -c /dev/console ]; then
 fi
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
+# KVM's per-VM counts (/sys/kernel/debug/kvm/PID-FD/), which the bench's network part reads.
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /dev/pts /dev/shm
