@@ -65,13 +65,7 @@ pub fn rip() -> u64 {
 pub fn power_off() -> ! {
     crate::acpi::power_off();
     // A platform may take a moment to act on it.
-    let d = crate::time::Deadline::after_ms(500);
-    for _ in 0..crate::time::MAX_POLLS {
-        if d.passed() {
-            break;
-        }
-        pause();
-    }
+    crate::time::wait_ms(500);
     crate::serial::puts("TG: power-off did not stop the VM; halting\n");
     halt_forever()
 }

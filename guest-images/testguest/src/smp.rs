@@ -17,7 +17,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::boot::{CR0_PE, CR0_PG, CR4_PAE, EFER_LME, KERNEL_CS, KERNEL_DS, MSR_EFER};
 use crate::start_info::StartInfo;
-use crate::time::{Deadline, MAX_POLLS};
+use crate::time::{wait_ms, wait_until, MAX_POLLS};
 
 /// Where the trampoline runs: 4 KiB-aligned low RAM (below 1 MiB, for the STARTUP vector)
 /// that crashvmm's PVH boot leaves unused (between its page tables and the command line).
@@ -200,16 +200,6 @@ impl Lapic {
     }
 }
 
-fn wait_ms(ms: u64) {
-    let d = Deadline::after_ms(ms);
-    for _ in 0..MAX_POLLS {
-        if d.passed() {
-            break;
-        }
-        crate::cpu::pause();
-    }
-}
-
 fn params() -> *mut Params {
     let offset = &raw const tg_ap_params as u64 - &raw const tg_ap_trampoline as u64;
     (TRAMPOLINE_GPA + offset) as *mut Params
@@ -272,15 +262,5 @@ pub fn start_ap(lapic: &Lapic, apic_id: u8, entry: ApEntry, arg: u64, stack_top:
             return true;
         }
     }
-    let d = Deadline::after_ms(START_TIMEOUT_MS);
-    for _ in 0..MAX_POLLS {
-        if started() != before {
-            return true;
-        }
-        if d.passed() {
-            break;
-        }
-        crate::cpu::pause();
-    }
-    started() != before
+    wait_until(START_TIMEOUT_MS, || started() != before)
 }

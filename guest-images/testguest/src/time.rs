@@ -40,6 +40,26 @@ impl Deadline {
     }
 }
 
+/// Spin until `done()` says so, for at most `ms` (and [`MAX_POLLS`] turns); whether it did.
+pub fn wait_until(ms: u64, mut done: impl FnMut() -> bool) -> bool {
+    let d = Deadline::after_ms(ms);
+    for _ in 0..MAX_POLLS {
+        if done() {
+            return true;
+        }
+        if d.passed() {
+            break;
+        }
+        crate::cpu::pause();
+    }
+    done()
+}
+
+/// Spin for `ms` (at most [`MAX_POLLS`] turns).
+pub fn wait_ms(ms: u64) {
+    wait_until(ms, || false);
+}
+
 /// Milliseconds since `start` (a TSC value).
 pub fn ms_since(start: u64) -> u64 {
     rdtsc().wrapping_sub(start) / (tsc_hz() / 1000).max(1)

@@ -10,7 +10,7 @@
 use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{fence, Ordering};
 
-use crate::time::Deadline;
+use crate::time::wait_until;
 
 const WINDOWS: u64 = 0xd000_0000;
 const WINDOW_STRIDE: u64 = 0x1000;
@@ -215,12 +215,8 @@ impl Queue {
 
     /// The next used element not yet seen, waiting up to `ms`: (descriptor id, length).
     pub fn next_used(&mut self, ms: u64) -> Option<(u32, u32)> {
-        let d = Deadline::after_ms(ms);
-        while self.used_idx() == self.used_seen {
-            if d.passed() {
-                return None;
-            }
-            core::hint::spin_loop();
+        if !wait_until(ms, || self.used_idx() != self.used_seen) {
+            return None;
         }
         fence(Ordering::SeqCst);
         let at = self.used + 4 + 8 * u64::from(self.used_seen % QUEUE_SIZE);

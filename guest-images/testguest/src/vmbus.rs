@@ -11,7 +11,7 @@ use crate::hyperv::{
     HV_STATUS_INSUFFICIENT_BUFFERS, HV_STATUS_INVALID_CONNECTION_ID, HV_STATUS_SUCCESS, HV_X64_MSR_EOM,
     VMBUS_MESSAGE_SINT,
 };
-use crate::time::{Deadline, MAX_POLLS};
+use crate::time::{wait_until, Deadline, MAX_POLLS};
 
 pub const VMBUS_MESSAGE_CONNECTION_ID: u32 = 1;
 pub const VMBUS_MESSAGE_CONNECTION_ID_4: u32 = 4;
@@ -127,17 +127,7 @@ fn take() -> Message {
 
 /// Wait for the next message, up to `timeout_ms`.
 pub fn next_message(timeout_ms: u64) -> Option<Message> {
-    let deadline = Deadline::after_ms(timeout_ms);
-    for i in 0..MAX_POLLS {
-        if slot_busy() {
-            return Some(take());
-        }
-        if i % 16 == 0 && deadline.passed() {
-            return None;
-        }
-        pause();
-    }
-    None
+    wait_until(timeout_ms, slot_busy).then(take)
 }
 
 /// Wait for a message of VMBus type `msgtype`, dropping others (counted in `skipped`).

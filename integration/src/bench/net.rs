@@ -36,8 +36,8 @@ const ECHO_PORT: u16 = 5003;
 pub const MIB: u64 = 16;
 pub const RR: usize = 500;
 const RR_WARMUP: usize = 20;
-/// Runs per VMM, alternating (runs in the test host vary by a third from one to the next).
-const ROUNDS: usize = 5;
+/// Runs per VMM, alternating (runs of one VMM in the test host differ by up to 2.6x).
+const ROUNDS: usize = 7;
 /// One VMM run: boot, transfers, power-off.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(120);
@@ -69,8 +69,7 @@ pub struct PeerRecord {
 }
 
 /// KVM's counts for one VM, summed over its vCPUs (`/sys/kernel/debug/kvm/PID-FD/`): what the
-/// guest's round trips cost it, counted rather than timed, so the same in a quiet test host and
-/// a loaded one.
+/// guest's round trips cost it, counted rather than timed (so they vary far less between runs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct KvmExits {
     /// Every exit from the guest.
@@ -89,7 +88,8 @@ pub struct KvmExits {
 impl KvmExits {
     const FILES: [&'static str; 5] = ["exits", "mmio_exits", "io_exits", "insn_emulation", "irq_injections"];
 
-    /// The counts of the VM that process `pid` made (its first, the only one a VMM makes).
+    /// The counts of the VM that process `pid` has (a VMM has one at a time: a VM's directory
+    /// goes when the VM does).
     pub fn of_process(pid: u32) -> Option<Self> {
         let dir = fs::read_dir("/sys/kernel/debug/kvm")
             .ok()?
@@ -579,9 +579,9 @@ pub fn section(m: &mut String, b: &NetBench) {
          the guest two MMIO exits to crashvmm (reading the interrupt status, acknowledging it) that an \
          MSI-X vector does not. A round trip takes two interrupts, one each way. The exits are KVM's own \
          counts for the guest (`/sys/kernel/debug/kvm/PID-FD/`: `exits`, `mmio_exits`, `io_exits`), which \
-         `bench net-peer` reads before and after the timed round trips: they do not depend on how busy \
-         the machine is, where the times do. In the test host every exit and copy is emulated, and runs of \
-         the same VMM differ by up to {:.1}x (below).",
+         `bench net-peer` reads before and after the timed round trips: they vary far less between runs \
+         than the times (a slower round trip sees more timer interrupts, so a little). In the test host \
+         every exit and copy is emulated, and runs of the same VMM differ by up to {:.1}x (below).",
         b.spread()
     );
     let _ = writeln!(

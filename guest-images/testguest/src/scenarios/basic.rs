@@ -87,13 +87,7 @@ pub fn idle(_si: &StartInfo) -> ! {
     crash_ctl_capabilities();
     vmbus_up(&hv);
     note("idle: ready");
-    let d = crate::time::Deadline::after_ms(30_000);
-    for _ in 0..crate::time::MAX_POLLS {
-        if d.passed() {
-            break;
-        }
-        crate::cpu::pause();
-    }
+    crate::time::wait_ms(30_000);
     note("idle: nobody stopped the VM within 30 s");
     finish()
 }
@@ -158,14 +152,7 @@ pub fn counter(si: &StartInfo) -> ! {
                 abort("an AP did not start");
             }
         }
-        let d = crate::time::Deadline::after_ms(2000);
-        for _ in 0..crate::time::MAX_POLLS {
-            if APS_COUNTING.load(Ordering::SeqCst) == aps || d.passed() {
-                break;
-            }
-            crate::cpu::pause();
-        }
-        if APS_COUNTING.load(Ordering::SeqCst) != aps {
+        if !crate::time::wait_until(2000, || APS_COUNTING.load(Ordering::SeqCst) == aps) {
             abort("the APs started but not all of them reached their loop");
         }
     }

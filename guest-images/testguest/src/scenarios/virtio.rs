@@ -8,7 +8,7 @@
 use crate::check::{abort, check, check_eq, finish, note};
 use crate::serial::line;
 use crate::start_info::StartInfo;
-use crate::time::Deadline;
+use crate::time::wait_until;
 use crate::virtio::{Desc, Device, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK, VIRTIO_ID_NET, VRING_DESC_F_NEXT};
 
 const VIRTIO_NET_F_MAC: u64 = 1 << 5;
@@ -143,10 +143,7 @@ pub fn virtio_net(_si: &StartInfo) -> ! {
     // The host deletes the TAP: the link goes down, with a configuration change interrupt, and
     // a frame sent then comes back (dropped, counted by crashvmm).
     note("virtio-net: waiting for the link to go down");
-    let d = Deadline::after_ms(30_000);
-    while dev.config_byte(6) & VIRTIO_NET_S_LINK_UP != 0 && !d.passed() {
-        core::hint::spin_loop();
-    }
+    wait_until(30_000, || dev.config_byte(6) & VIRTIO_NET_S_LINK_UP == 0);
     check_eq("net-link-down", u64::from(dev.config_byte(6) & VIRTIO_NET_S_LINK_UP), 0);
     check("net-config-interrupt", dev.ack_interrupts() & VIRTIO_MMIO_INT_CONFIG != 0);
     note("virtio-net: link down");
