@@ -19,9 +19,9 @@
 //!
 //! Transmit: each chain is one frame, header first, in device-readable buffers, handed to the
 //! backend as slices of guest memory (read in place; the header checked on a copy of its 12
-//! bytes). It goes to the used ring with length 0 whatever happens to it; a frame that cannot go out is dropped and
-//! counted by reason ([`NetCounters`]; a ring whose index runs past its size is left alone, not
-//! spun on):
+//! bytes). It goes to the used ring with length 0 whatever happens to it; a frame that cannot
+//! go out is dropped and counted by reason ([`NetCounters`]; a ring whose index runs past its
+//! size is left alone, not spun on):
 //! - `tx_malformed`: a chain that does not end (a loop, longer than the queue, a `next` past the
 //!   table, a descriptor outside guest memory), a device-writable descriptor, fewer bytes than
 //!   the header, or a header that asks for an offload that was not negotiated (a segment
@@ -119,10 +119,7 @@ impl NetBackend for VecNetBackend {
             Some(kind) => Err(kind.into()),
             None => {
                 let mut sent = vec![0u8; frame.iter().map(VolatileSlice::len).sum()];
-                let mut at = 0;
-                for part in frame {
-                    at += part.copy_to(&mut sent[at..]);
-                }
+                gather(frame, &mut sent);
                 self.sent.push(sent);
                 Ok(())
             }
@@ -488,11 +485,7 @@ impl<B: NetBackend> VirtioNet<B> {
             }
         }
         let mut header = [0u8; NET_HDR_LEN];
-        let mut at = 0;
-        for part in &frame {
-            at += part.copy_to(&mut header[at..]);
-        }
-        if at < NET_HDR_LEN || !self.tx_header_ok(&header) {
+        if gather(&frame, &mut header) < NET_HDR_LEN || !self.tx_header_ok(&header) {
             log::log!(
                 self.warnings.level(),
                 "virtio-net: transmit chain {head}: {len} bytes, no header or one asking for an offload not negotiated"
@@ -511,6 +504,12 @@ impl<B: NetBackend> VirtioNet<B> {
             }
         }
     }
+}
+
+/// Copy the start of `parts` (one frame's slices of guest memory, in order) into `into`, as
+/// much as fits; the bytes copied.
+fn gather<S: BitmapSlice>(parts: &[VolatileSlice<'_, S>], into: &mut [u8]) -> usize {
+    parts.iter().fold(0, |at, part| at + part.copy_to(&mut into[at..]))
 }
 
 /// The buffers of a receive chain: all device-writable, the chain ending, every buffer inside

@@ -91,11 +91,12 @@ impl KvmExits {
     /// The counts of the VM that process `pid` has (a VMM has one at a time: a VM's directory
     /// goes when the VM does).
     pub fn of_process(pid: u32) -> Option<Self> {
+        let prefix = format!("{pid}-");
         let dir = fs::read_dir("/sys/kernel/debug/kvm")
             .ok()?
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{pid}-"))))?;
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))?;
         Self::read(&dir)
     }
 
