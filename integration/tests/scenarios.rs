@@ -250,6 +250,14 @@ fn a_linux_guest_on_a_tap_pings_moves_tcp_data_both_ways_then_its_kdump_complete
     let mac = console_value(&console, "CRASHTEST: net: eth0 ").unwrap_or_else(|| panic!("{}", fail("no eth0")));
     let first = u8::from_str_radix(&mac[..2], 16).unwrap();
     assert_eq!(first & 0b11, 0b10, "{}", fail(&format!("MAC {mac}: not locally administered unicast")));
+    // What makes an interrupt cheaper: the TSC-deadline timer, and where the host's KVM serves
+    // the Hyper-V APIC MSRs (crashvmm's log says whether it does), the guest's lazy EOI.
+    assert!(console.contains("TSC deadline timer available"), "{}", fail("no TSC-deadline timer"));
+    let log = std::fs::read_to_string(out.join("crashvmm.log")).unwrap_or_default();
+    let served = log.contains("hyperv: KVM serves the APIC MSRs");
+    assert!(served || log.contains("hyperv: this KVM has no Hyper-V code"), "{}", fail("no word on the APIC MSRs"));
+    let enlightened = console.contains("Hyper-V: Using enlightened APIC");
+    assert_eq!(enlightened, served, "{}", fail("the guest's APIC MSRs are not what crashvmm offered"));
     let ping = console.lines().find(|l| l.starts_with("CRASHTEST: net: ") && l.contains("packets transmitted"));
     assert!(ping.is_some_and(|l| l.contains(" 3 packets received")), "{}", fail("ping"));
     // Byte for byte both ways: what the guest sent is what the host side kept, what the host

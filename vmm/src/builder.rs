@@ -35,7 +35,7 @@ use crate::disk::{
 use crate::events::{EventLog, EventLogError};
 use crate::hyperv::{self, HyperV, HypervError};
 use crate::layout::{self, COM1_BASE, COM1_GSI, COM1_LEN, KVM_TSS_ADDR};
-use crate::net::{self, NetError, NetMmio, NetSlot, Tap};
+use crate::net::{self, NetError, NetIrq, NetMmio, NetSlot, Tap};
 use crate::serial::{IrqLine, SerialDevice};
 use crate::vcpu::{self, ExitContext, VcpuError};
 use crate::vmbus::Deferred;
@@ -123,7 +123,8 @@ pub struct Shared<'a> {
 
 /// A VM built and ready to run: its vCPUs are configured and no thread runs them yet.
 pub struct Machine {
-    pub vm: VmFd,
+    /// Shared with the network devices, which raise their interrupts on it.
+    pub vm: Arc<VmFd>,
     pub vcpus: Vec<VcpuFd>,
     /// What the exit handlers and the executor share.
     pub ctx: Arc<ExitContext>,
@@ -135,7 +136,7 @@ pub struct Machine {
 
 /// Build a fresh VM for one boot of the guest.
 pub fn build(config: &VmConfig, kvm: &Kvm, shared: &Shared<'_>) -> Result<Machine, VmError> {
-    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
     vm.set_tss_address(KVM_TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
     vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
     vm.create_pit2(kvm_pit_config::default()).map_err(kvm_err("KVM_CREATE_PIT2"))?;
@@ -167,10 +168,13 @@ pub fn build(config: &VmConfig, kvm: &Kvm, shared: &Shared<'_>) -> Result<Machin
     let crash_disk = config.crash_disk.as_ref().map(|_| CrashDiskWatch::new());
     let (mmio, nets) = mmio_bus(&vm, &mem, &disks, crash_disk.as_ref(), config, shared.taps)?;
 
-    let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    if kvm.check_extension(Cap::TscDeadlineTimer) {
+        cpuid::add_tsc_deadline_timer(&mut supported);
+    }
     let supported = if config.hyperv {
-        hyperv::setup_msr_exits(kvm, &vm)?;
-        hyperv::hyperv_cpuid(&supported, config.vcpus)?
+        let options = hyperv::setup_msr_exits(kvm, &vm)?;
+        hyperv::hyperv_cpuid(&supported, config.vcpus, options)?
     } else {
         supported
     };
@@ -251,11 +255,12 @@ fn port_bus(config: &VmConfig, serial: &Arc<Mutex<SerialDevice>>, rtc: &Arc<Mute
     Ok(bus)
 }
 
-/// The virtio-mmio devices, each with its irqfd: the block devices (the crash disk's writes
+/// The virtio-mmio devices: the block devices, each with its irqfd (the crash disk's writes
 /// watched by `watch`), then the network devices (after the disks), whose queue notifications
-/// are ioeventfds for their threads.
+/// are ioeventfds for their threads and which raise their interrupts with `KVM_IRQ_LINE`
+/// ([`NetIrq::Line`]).
 fn mmio_bus(
-    vm: &VmFd,
+    vm: &Arc<VmFd>,
     mem: &GuestMemoryMmap,
     disks: &[DiskSlot<'_>],
     watch: Option<&CrashDiskWatch>,
@@ -280,8 +285,6 @@ fn mmio_bus(
     let mut nets = Vec::new();
     for (i, (net, tap)) in config.nets.iter().zip(taps).enumerate() {
         let (base, gsi) = virtio_slot(disks.len() + i).ok_or(DiskError::TooMany)?;
-        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("virtio eventfd"))?;
-        vm.register_irqfd(&irq, gsi).map_err(kvm_err("KVM_IRQFD (virtio-net)"))?;
         // A queue's notification: an eventfd the net thread waits on, signalled by KVM
         // (ioeventfd) without an exit. Without that the write exits to the vCPU thread, whose
         // MMIO handler kicks the same eventfd: slower, never wrong.
@@ -295,7 +298,13 @@ fn mmio_bus(
         };
         let kicks = [kick(RX_QUEUE)?, kick(TX_QUEUE)?];
         let mac = net.mac.unwrap_or_else(|| net::default_mac(&net.tap, i));
-        let dev = Arc::new(Mutex::new(NetMmio::new(tap.clone(), mac, mem.clone(), irq, kicks)?));
+        let dev = Arc::new(Mutex::new(NetMmio::new(
+            tap.clone(),
+            mac,
+            mem.clone(),
+            NetIrq::Line { vm: vm.clone(), gsi },
+            kicks,
+        )?));
         mmio.insert(base, VIRTIO_MMIO_WINDOW, dev.clone())?;
         nets.push((dev, tap.clone()));
     }

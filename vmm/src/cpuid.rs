@@ -4,6 +4,8 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
 /// CPUID.1:ECX bit 31, "running under a hypervisor".
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// CPUID.1:ECX bit 24, the local APIC timer's TSC-deadline mode.
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// CPUID.1:EDX bit 28, HTT: EBX[23:16] is valid.
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 /// Leaf 0xB/0x1F level types.
@@ -65,6 +67,15 @@ pub fn patch_entry(e: &mut kvm_cpuid_entry2, id: u32, count: u32) {
     }
 }
 
+/// Offer the TSC-deadline timer, which KVM emulates but leaves out of its supported CPUID
+/// (`KVM_CAP_TSC_DEADLINE_TIMER` says it has it): the guest then arms its timer with one
+/// `IA32_TSC_DEADLINE` write instead of the one-shot mode's count register.
+pub fn add_tsc_deadline_timer(cpuid: &mut CpuId) {
+    for e in cpuid.as_mut_slice().iter_mut().filter(|e| e.function == 0x1) {
+        e.ecx |= LEAF1_ECX_TSC_DEADLINE;
+    }
+}
+
 /// The CPUID of vCPU `id` of `count`, from KVM's supported CPUID.
 pub fn vcpu_cpuid(supported: &CpuId, id: u32, count: u32) -> CpuId {
     let mut cpuid = supported.clone();
@@ -113,5 +124,13 @@ mod tests {
         let mut e = entry(0xa, 0);
         patch_entry(&mut e, 0, 1);
         assert_eq!((e.eax, e.ebx, e.ecx, e.edx), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn the_tsc_deadline_timer_is_offered_in_leaf_1_only() {
+        let mut cpuid = CpuId::from_entries(&[entry(0, 0), entry(1, 0), entry(0xb, 0)]).unwrap();
+        add_tsc_deadline_timer(&mut cpuid);
+        let ecx: Vec<u32> = cpuid.as_slice().iter().map(|e| e.ecx).collect();
+        assert_eq!(ecx, [0, 1 << 24, 0]);
     }
 }

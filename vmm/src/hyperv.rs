@@ -4,11 +4,11 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use devices::hyperv::cpuid::hyperv_leaves;
+use devices::hyperv::cpuid::{hyperv_leaves, HvOptions};
 use devices::hyperv::hypercall::MessageHandler;
 use devices::hyperv::tlfs::{
     HV_STATUS_INSUFFICIENT_BUFFERS, HV_STATUS_INVALID_CONNECTION_ID, HV_STATUS_INVALID_HYPERCALL_INPUT,
-    HV_SYNTHETIC_MSR_BASE, HV_SYNTHETIC_MSR_COUNT, HYPERVISOR_CPUID_RANGE,
+    HV_SYNTHETIC_MSR_BASE, HV_SYNTHETIC_MSR_COUNT, HV_X64_MSR_EOI, HV_X64_MSR_VP_ASSIST_PAGE, HYPERVISOR_CPUID_RANGE,
 };
 use devices::hyperv::{HvConfig, HvPartition};
 use devices::vmbus::messages::VMBUS_SYNIC_MESSAGE_TYPE;
@@ -109,13 +109,13 @@ impl MessageHandler for VmbusPort<'_> {
 
 /// Replace every hypervisor leaf (KVM's "KVMKVMKVM" ones included) with the Hyper-V leaves, so
 /// that Linux selects Hyper-V, and advertise the invariant TSC.
-pub fn hyperv_cpuid(cpuid: &CpuId, vcpus: u32) -> Result<CpuId, HypervError> {
+pub fn hyperv_cpuid(cpuid: &CpuId, vcpus: u32, options: HvOptions) -> Result<CpuId, HypervError> {
     let mut entries: Vec<kvm_cpuid_entry2> =
         cpuid.as_slice().iter().filter(|e| !HYPERVISOR_CPUID_RANGE.contains(&e.function)).copied().collect();
     for e in entries.iter_mut().filter(|e| e.function == 0x8000_0007) {
         e.edx |= CPUID_80000007_EDX_INVARIANT_TSC;
     }
-    entries.extend(hyperv_leaves(vcpus).into_iter().map(|l| kvm_cpuid_entry2 {
+    entries.extend(hyperv_leaves(vcpus, options).into_iter().map(|l| kvm_cpuid_entry2 {
         function: l.function,
         index: l.index,
         eax: l.eax,
@@ -127,20 +127,45 @@ pub fn hyperv_cpuid(cpuid: &CpuId, vcpus: u32) -> Result<CpuId, HypervError> {
     CpuId::from_entries(&entries).map_err(|_| HypervError::MissingCap("room for the Hyper-V CPUID leaves"))
 }
 
-/// Route the synthetic MSRs (and any MSR KVM does not know) to userspace.
-pub fn setup_msr_exits(kvm: &Kvm, vm: &VmFd) -> Result<(), HypervError> {
+/// The synthetic MSRs KVM serves itself where it has Hyper-V code of its own (`KVM_CAP_HYPERV`):
+/// the APIC MSRs (EOI, ICR, TPR) and the VP assist page, whose lazy EOI is KVM's PV EOI on that
+/// page. They touch KVM's in-kernel local APIC, which crashvmm cannot reach.
+const KVM_APIC_MSRS: std::ops::RangeInclusive<u32> = HV_X64_MSR_EOI..=HV_X64_MSR_VP_ASSIST_PAGE;
+
+/// The MSR filter's bitmap over the synthetic range: a clear bit sends the guest's accesses to
+/// crashvmm, a set one leaves them to KVM.
+fn synthetic_msr_bitmap(options: HvOptions) -> Vec<u8> {
+    let mut bitmap = vec![0u8; (HV_SYNTHETIC_MSR_COUNT / 8) as usize];
+    if options.apic_assist {
+        for msr in KVM_APIC_MSRS {
+            let bit = (msr - HV_SYNTHETIC_MSR_BASE) as usize;
+            bitmap[bit / 8] |= 1 << (bit % 8);
+        }
+    }
+    bitmap
+}
+
+/// Route the synthetic MSRs (and any MSR KVM does not know) to userspace, but for the APIC MSRs
+/// where KVM serves them (then the returned options offer them to the guest).
+pub fn setup_msr_exits(kvm: &Kvm, vm: &VmFd) -> Result<HvOptions, HypervError> {
     if !kvm.check_extension(Cap::X86UserSpaceMsr) {
         return Err(HypervError::MissingCap("KVM_CAP_X86_USER_SPACE_MSR"));
     }
     if !kvm.check_extension(Cap::X86MsrFilter) {
         return Err(HypervError::MissingCap("KVM_CAP_X86_MSR_FILTER"));
     }
+    let options = HvOptions { apic_assist: kvm.check_extension(Cap::Hyperv) };
+    if options.apic_assist {
+        log::info!("hyperv: KVM serves the APIC MSRs and the VP assist page's lazy EOI");
+    } else {
+        log::info!("hyperv: this KVM has no Hyper-V code of its own: no APIC MSRs or lazy EOI for the guest");
+    }
     let mut cap = kvm_enable_cap { cap: KVM_CAP_X86_USER_SPACE_MSR, ..Default::default() };
     cap.args[0] = (KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER) as u64;
     vm.enable_cap(&cap).map_err(|source| HypervError::Kvm { what: "KVM_ENABLE_CAP(X86_USER_SPACE_MSR)", source })?;
-    // A zero bitmap denies every MSR of the range in KVM, so each access exits to us, even on
-    // hosts whose KVM has Hyper-V emulation of its own.
-    let bitmap = vec![0u8; (HV_SYNTHETIC_MSR_COUNT / 8) as usize];
+    // A clear bit denies the MSR in KVM, so each access exits to us, even on hosts whose KVM has
+    // Hyper-V emulation of its own.
+    let bitmap = synthetic_msr_bitmap(options);
     let range = MsrFilterRange {
         flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
         base: HV_SYNTHETIC_MSR_BASE,
@@ -148,7 +173,8 @@ pub fn setup_msr_exits(kvm: &Kvm, vm: &VmFd) -> Result<(), HypervError> {
         bitmap: &bitmap,
     };
     vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &[range])
-        .map_err(|source| HypervError::Kvm { what: "KVM_X86_SET_MSR_FILTER", source })
+        .map_err(|source| HypervError::Kvm { what: "KVM_X86_SET_MSR_FILTER", source })?;
+    Ok(options)
 }
 
 #[cfg(test)]
@@ -203,7 +229,7 @@ mod tests {
             kvm_leaf(0x8000_0007, 0, 0, 0),
         ])
         .unwrap();
-        let cpuid = hyperv_cpuid(&supported, 2).unwrap();
+        let cpuid = hyperv_cpuid(&supported, 2, HvOptions::default()).unwrap();
         let e = cpuid.as_slice();
         assert!(!e.iter().any(|e| e.ebx == sig.0 && HYPERVISOR_CPUID_RANGE.contains(&e.function)));
         let hv0 = e.iter().find(|e| e.function == 0x4000_0000).unwrap();
@@ -211,5 +237,19 @@ mod tests {
         assert_eq!(e.iter().filter(|e| (0x4000_0000..=0x4000_ffff).contains(&e.function)).count(), 7);
         let ext = e.iter().find(|e| e.function == 0x8000_0007).unwrap();
         assert_ne!(ext.edx & CPUID_80000007_EDX_INVARIANT_TSC, 0);
+    }
+
+    #[test]
+    fn the_filter_leaves_only_the_apic_msrs_to_kvm_and_only_when_asked() {
+        let to_kvm = |options| {
+            let bitmap = synthetic_msr_bitmap(options);
+            assert_eq!(bitmap.len() * 8, HV_SYNTHETIC_MSR_COUNT as usize);
+            (0..HV_SYNTHETIC_MSR_COUNT)
+                .filter(|i| bitmap[*i as usize / 8] & (1 << (i % 8)) != 0)
+                .map(|i| HV_SYNTHETIC_MSR_BASE + i)
+                .collect::<Vec<_>>()
+        };
+        assert!(to_kvm(HvOptions::default()).is_empty());
+        assert_eq!(to_kvm(HvOptions { apic_assist: true }), [0x4000_0070, 0x4000_0071, 0x4000_0072, 0x4000_0073]);
     }
 }

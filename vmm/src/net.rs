@@ -15,11 +15,11 @@
 //!   ioeventfd is registered).
 //! - [`NetThread`]: per boot, `poll` on the TAP (only while a received frame has somewhere to
 //!   go), the two queues' kicks and its stop eventfd; sends what the transmit queue holds,
-//!   receives what the TAP has, raises the interrupt (irqfd). A frame the receive queue cannot
-//!   take yet waits for the driver's next receive notification, and the TAP is not read
-//!   meanwhile (its own queue holds the rest, and drops when full, as a NIC's ring does). A TAP
-//!   that fails (its interface deleted) turns the link down (a configuration interrupt) and is
-//!   not polled again; frames sent to it are dropped and counted.
+//!   receives what the TAP has, raises the interrupt ([`NetIrq`]: `KVM_IRQ_LINE`). A frame the
+//!   receive queue cannot take yet waits for the driver's next receive notification, and the
+//!   TAP is not read meanwhile (its own queue holds the rest, and drops when full, as a NIC's
+//!   ring does). A TAP that fails (its interface deleted) turns the link down (a configuration
+//!   interrupt) and is not polled again; frames sent to it are dropped and counted.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
@@ -32,6 +32,7 @@ use std::thread::JoinHandle;
 use devices::bus::MmioDevice;
 use devices::virtio::net::{MAX_FRAME, RX_QUEUE, TX_QUEUE};
 use devices::virtio::{NeedsInterrupt, NetBackend, Offloads, VirtioMmio, VirtioNet};
+use kvm_ioctls::VmFd;
 use thiserror::Error;
 use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
 use vm_memory::bitmap::BitmapSlice;
@@ -197,7 +198,33 @@ pub struct NetMmio {
     /// The net thread's kicks, by queue.
     kicks: [EventFd; 2],
     mem: GuestMemoryMmap,
-    irq: EventFd,
+    irq: NetIrq,
+}
+
+/// How a network device interrupts the guest: an edge on its GSI.
+pub enum NetIrq {
+    /// `KVM_IRQ_LINE` up, then down, by the thread that raises it (the net thread, nearly
+    /// always): KVM delivers the interrupt within that call. An irqfd would not: KVM injects
+    /// only MSI routes from the eventfd's wakeup and hands an IOAPIC pin to a kernel worker,
+    /// one more wakeup and context switch on every interrupt's way. Raisers hold the device's
+    /// lock, so two pulses never overlap (an edge each).
+    Line { vm: Arc<VmFd>, gsi: u32 },
+    /// An eventfd (a test's).
+    Eventfd(EventFd),
+}
+
+impl NetIrq {
+    fn pulse(&self) -> io::Result<()> {
+        match self {
+            NetIrq::Line { vm, gsi } => {
+                for level in [true, false] {
+                    vm.set_irq_line(*gsi, level).map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+                }
+                Ok(())
+            }
+            NetIrq::Eventfd(fd) => fd.write(1),
+        }
+    }
 }
 
 impl NetMmio {
@@ -206,7 +233,7 @@ impl NetMmio {
         tap: Arc<Tap>,
         mac: [u8; 6],
         mem: GuestMemoryMmap,
-        irq: EventFd,
+        irq: NetIrq,
         kicks: [EventFd; 2],
     ) -> Result<Self, NetError> {
         let transport = VirtioMmio::new(VirtioNet::new(TapBackend(tap), mac)).map_err(NetError::Mmio)?;
@@ -236,7 +263,7 @@ impl NetMmio {
     }
 
     fn interrupt(&self) {
-        if let Err(e) = self.irq.write(1) {
+        if let Err(e) = self.irq.pulse() {
             log::warn!("virtio-net: cannot raise the interrupt: {e}");
         }
     }
@@ -518,7 +545,8 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let kicks = [EventFd::new(libc::EFD_NONBLOCK).unwrap(), EventFd::new(libc::EFD_NONBLOCK).unwrap()];
-        let dev = NetMmio::new(tap.clone(), GUEST_MAC, mem.clone(), irq.try_clone().unwrap(), kicks).unwrap();
+        let dev = NetMmio::new(tap.clone(), GUEST_MAC, mem.clone(), NetIrq::Eventfd(irq.try_clone().unwrap()), kicks)
+            .unwrap();
         let dev = Arc::new(Mutex::new(dev));
         let thread = NetThread::start(dev.clone(), tap.clone(), 0).unwrap();
 

@@ -398,7 +398,6 @@ fn run_machine(s: &Session, machine: Machine) -> Result<BootEnd, VmError> {
     let control: SharedVm = ctx.clone();
     let state = Arc::new(ExitState::new().map_err(io_err("exit eventfd"))?);
     let mut manager = event_loop(s, &ctx, &state, serial)?;
-    let vm = Arc::new(vm);
     // The network devices' threads; stopped and joined when they are dropped, at this boot's end.
     // Before the vCPUs: nothing to undo if one cannot start.
     let net_threads = nets

@@ -35,18 +35,33 @@ pub const FEATURES_EDX: u32 = HV_FEATURE_FREQUENCY_MSRS_AVAILABLE | HV_FEATURE_G
 /// Recommendations: do not use auto-EOI (KVM's in-kernel LAPIC cannot emulate it).
 pub const ENLIGHTENMENTS_EAX: u32 = HV_DEPRECATING_AEOI_RECOMMENDED;
 
+/// What the partition offers beyond the leaves every crashvmm guest sees.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HvOptions {
+    /// The APIC MSRs (`HV_X64_MSR_EOI`, `_ICR`, `_TPR`) and the lazy EOI of the VP assist
+    /// page: the privilege and the recommendation that make Linux use them
+    /// (`hv_apic_eoi_write`: an interrupt whose EOI the hypervisor marked as not needed costs
+    /// no exit). Only where the hypervisor serves those MSRs itself (KVM's own Hyper-V code):
+    /// nothing in crashvmm can complete an EOI of KVM's in-kernel local APIC.
+    pub apic_assist: bool,
+}
+
 /// The leaves 0x40000000..=0x40000006 for a partition of `vcpus` virtual processors.
-pub fn hyperv_leaves(vcpus: u32) -> Vec<CpuidLeaf> {
+pub fn hyperv_leaves(vcpus: u32, options: HvOptions) -> Vec<CpuidLeaf> {
     let leaf = |function, eax, ebx, ecx, edx| CpuidLeaf { function, index: 0, eax, ebx, ecx, edx };
     let [b, c, d] = HYPERV_VENDOR;
+    let (features, hints) = match options.apic_assist {
+        true => (FEATURES_EAX | HV_MSR_APIC_ACCESS_AVAILABLE, ENLIGHTENMENTS_EAX | HV_X64_APIC_ACCESS_RECOMMENDED),
+        false => (FEATURES_EAX, ENLIGHTENMENTS_EAX),
+    };
     vec![
         leaf(HYPERV_CPUID_VENDOR_AND_MAX_FUNCTIONS, HYPERV_MAX_LEAF, b, c, d),
         leaf(HYPERV_CPUID_INTERFACE, HYPERV_INTERFACE_HV1, 0, 0, 0),
         // Build 0x1bbc, version 6.1 (what QEMU reports; Linux only prints it).
         leaf(HYPERV_CPUID_VERSION, 0x1bbc, 0x0006_0001, 0, 0),
-        leaf(HYPERV_CPUID_FEATURES, FEATURES_EAX, FEATURES_EBX, 0, FEATURES_EDX),
+        leaf(HYPERV_CPUID_FEATURES, features, FEATURES_EBX, 0, FEATURES_EDX),
         // EBX: spin-lock retry count "never notify" (0xffffffff).
-        leaf(HYPERV_CPUID_ENLIGHTMENT_INFO, ENLIGHTENMENTS_EAX, 0xffff_ffff, 0, 0),
+        leaf(HYPERV_CPUID_ENLIGHTMENT_INFO, hints, 0xffff_ffff, 0, 0),
         leaf(HYPERV_CPUID_IMPLEMENT_LIMITS, vcpus, vcpus, 0, 0),
         leaf(HYPERV_CPUID_HARDWARE_FEATURES, 0, 0, 0, 0),
     ]
@@ -62,7 +77,7 @@ mod tests {
 
     #[test]
     fn linux_detects_hyperv() {
-        let leaves = hyperv_leaves(4);
+        let leaves = hyperv_leaves(4, HvOptions::default());
         let l0 = leaves[0];
         assert_eq!(l0.function, 0x4000_0000);
         assert!((0x4000_0005..=0x4000_ffff).contains(&l0.eax));
@@ -84,9 +99,24 @@ mod tests {
 
     #[test]
     fn no_kvm_signature() {
-        for l in hyperv_leaves(1) {
+        for l in hyperv_leaves(1, HvOptions { apic_assist: true }) {
             let b = bytes(&[l.ebx, l.ecx, l.edx]);
             assert!(!b.windows(3).any(|w| w == b"KVM"), "{l:?}");
         }
+    }
+
+    #[test]
+    fn apic_assist_adds_its_privilege_and_recommendation_only() {
+        let plain = hyperv_leaves(2, HvOptions::default());
+        let assist = hyperv_leaves(2, HvOptions { apic_assist: true });
+        assert_eq!(plain[3].eax & HV_MSR_APIC_ACCESS_AVAILABLE, 0);
+        assert_eq!(plain[4].eax & HV_X64_APIC_ACCESS_RECOMMENDED, 0);
+        // Linux's bits: privilege 4 of 0x40000003 EAX, hint 3 of 0x40000004 EAX.
+        assert_eq!(assist[3].eax, plain[3].eax | 1 << 4);
+        assert_eq!(assist[4].eax, plain[4].eax | 1 << 3);
+        for i in [0, 1, 2, 5, 6] {
+            assert_eq!(assist[i], plain[i]);
+        }
+        assert_eq!((assist[3].ebx, assist[3].edx), (plain[3].ebx, plain[3].edx));
     }
 }

@@ -14,6 +14,7 @@ pub const HYPERVISOR_CPUID_RANGE: std::ops::RangeInclusive<u32> = 0x4000_0000..=
 
 // CPUID 0x40000003 EAX: partition privileges (low).
 pub const HV_MSR_SYNIC_AVAILABLE: u32 = 1 << 2;
+pub const HV_MSR_APIC_ACCESS_AVAILABLE: u32 = 1 << 4;
 pub const HV_MSR_HYPERCALL_AVAILABLE: u32 = 1 << 5;
 pub const HV_MSR_VP_INDEX_AVAILABLE: u32 = 1 << 6;
 pub const HV_ACCESS_FREQUENCY_MSRS: u32 = 1 << 11;
@@ -25,6 +26,7 @@ pub const HV_SIGNAL_EVENTS: u32 = 1 << 5;
 pub const HV_FEATURE_FREQUENCY_MSRS_AVAILABLE: u32 = 1 << 8;
 pub const HV_FEATURE_GUEST_CRASH_MSR_AVAILABLE: u32 = 1 << 10;
 // CPUID 0x40000004 EAX: recommendations.
+pub const HV_X64_APIC_ACCESS_RECOMMENDED: u32 = 1 << 3;
 pub const HV_DEPRECATING_AEOI_RECOMMENDED: u32 = 1 << 9;
 
 // Synthetic MSRs.
@@ -37,6 +39,9 @@ pub const HV_X64_MSR_TIME_REF_COUNT: u32 = 0x4000_0020;
 pub const HV_X64_MSR_REFERENCE_TSC: u32 = 0x4000_0021;
 pub const HV_X64_MSR_TSC_FREQUENCY: u32 = 0x4000_0022;
 pub const HV_X64_MSR_APIC_FREQUENCY: u32 = 0x4000_0023;
+pub const HV_X64_MSR_EOI: u32 = 0x4000_0070;
+pub const HV_X64_MSR_ICR: u32 = 0x4000_0071;
+pub const HV_X64_MSR_TPR: u32 = 0x4000_0072;
 pub const HV_X64_MSR_VP_ASSIST_PAGE: u32 = 0x4000_0073;
 pub const HV_X64_MSR_SCONTROL: u32 = 0x4000_0080;
 pub const HV_X64_MSR_SVERSION: u32 = 0x4000_0081;

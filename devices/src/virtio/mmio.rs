@@ -16,9 +16,9 @@
 //!
 //! Interrupts: the transport keeps `InterruptStatus` (bit 0, used buffer; bit 1, configuration
 //! change, never set here). [`VirtioMmio::write`] returns true when a used-buffer notification is
-//! due: with an edge-triggered line (an irqfd) the VMM triggers it then. A level-triggered line
-//! should follow [`VirtioMmio::interrupt_status`] `!= 0` after every write (the driver clears it
-//! through `InterruptACK`).
+//! due: with an edge-triggered line (an irqfd, a pulse) the VMM triggers it then. A
+//! level-triggered line should follow [`VirtioMmio::interrupt_status`] `!= 0` after every write
+//! (the driver clears it through `InterruptACK`).
 //!
 //! Linux finds the device through ACPI (`_HID` [`VIRTIO_MMIO_ACPI_HID`], with a `Memory32Fixed`
 //! window of [`VIRTIO_MMIO_WINDOW`] bytes and an `Interrupt` in `_CRS`), or through

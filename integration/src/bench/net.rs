@@ -576,9 +576,13 @@ pub fn section(m: &mut String, b: &NetBench) {
         m,
         "\nHow the two move frames: both send a frame to the TAP with one `writev` straight from the \
          guest's buffers, and both receive one through a buffer of their own (the TAP's `read` into it, \
-         then into the guest's buffers). Where they differ, by design: each virtio-mmio interrupt costs \
-         the guest two MMIO exits to crashvmm (reading the interrupt status, acknowledging it) that an \
-         MSI-X vector does not. A round trip takes two interrupts, one each way. The exits are KVM's own \
+         then into the guest's buffers); both guests skip most EOI exits (QEMU's with KVM's PV EOI, \
+         crashvmm's with the lazy EOI of Hyper-V's VP assist page, which KVM serves) and arm their timers \
+         by TSC deadline; both interrupts are delivered within the call that raises them (QEMU's MSI-X \
+         irqfd from the eventfd's wakeup, crashvmm's `KVM_IRQ_LINE` from its net thread). Where they \
+         differ, by design: each virtio-mmio interrupt costs the guest two MMIO exits to crashvmm \
+         (reading the interrupt status, acknowledging it) that an MSI-X vector does not. A round trip \
+         takes two interrupts, one each way. The exits are KVM's own \
          counts for the guest (`/sys/kernel/debug/kvm/PID-FD/`: `exits`, `mmio_exits`, `io_exits`), which \
          `bench net-peer` reads before and after the timed round trips: they vary far less between runs \
          than the times (a slower round trip sees more timer interrupts, so a little). In the test host \

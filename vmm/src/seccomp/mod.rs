@@ -10,8 +10,9 @@
 //! - **vcpu**: `KVM_RUN` and the few vCPU ioctls crash handling needs at run time, console output
 //!   (`write`), virtio-blk requests on the disks' open descriptors (`pread64`, `pwrite64`,
 //!   `fdatasync`: the device runs in the thread whose MMIO write notified it), a TAP's
-//!   `TUNSETOFFLOAD` (a virtio-net driver activating or resetting its device), memory and
-//!   futexes. No `open`, no sockets, no thread creation.
+//!   `TUNSETOFFLOAD` (a virtio-net driver activating or resetting its device), a network
+//!   device's interrupt (`KVM_IRQ_LINE`), memory and futexes. No `open`, no sockets, no thread
+//!   creation.
 //! - **vmcore-writer**: the thread that writes every host-side vmcore (a crash's, the
 //!   operator's, live or not) while the vmm thread goes on serving the control socket: the
 //!   file (create, write, sync, remove a failed one), its compression and hashing threads, a
@@ -30,8 +31,10 @@
 //!   writer forks it (`clone` with exactly glibc's fork flags, `wait4`, `pipe2`, `kill`), so the
 //!   vmm thread's filter, which the writer's stacks on, allows that too.
 //!
-//! - **net**: a network device's frames (`--net`): `poll` on its TAP and eventfds, `read` and
-//!   `write` on them. No `open`, no `ioctl`, no sockets, no threads.
+//! - **net**: a network device's frames (`--net`): `poll` on its TAP and eventfds, `read`,
+//!   `write` and `writev` on them, and its interrupt (`KVM_IRQ_LINE` as its one `ioctl`; it
+//!   spawns from the vmm thread, whose filter its own stacks on, so the vmm thread's allows it
+//!   too, as does the vCPU threads'). No `open`, no sockets, no threads.
 //!
 //! Console output is written by the vCPU thread that emulates the UART; console input is the vmm
 //! thread's. Every `ioctl` is checked against the list of request numbers of its kind.
@@ -132,6 +135,7 @@ ioctl_io_nr!(KVM_CREATE_VCPU, KVMIO, 0x41);
 ioctl_iow_nr!(KVM_SET_USER_MEMORY_REGION, KVMIO, 0x46, kvm_bindings::kvm_userspace_memory_region);
 ioctl_io_nr!(KVM_SET_TSS_ADDR, KVMIO, 0x47);
 ioctl_io_nr!(KVM_CREATE_IRQCHIP, KVMIO, 0x60);
+ioctl_iow_nr!(KVM_IRQ_LINE, KVMIO, 0x61, kvm_bindings::kvm_irq_level);
 ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_bindings::kvm_irqfd);
 ioctl_iow_nr!(KVM_CREATE_PIT2, KVMIO, 0x77, kvm_bindings::kvm_pit_config);
 ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_bindings::kvm_ioeventfd);
@@ -156,7 +160,8 @@ ioctl_iow_nr!(TUNSETOFFLOAD, b'T' as u32, 208, libc::c_uint);
 
 /// What a vCPU thread does to KVM while the guest runs: run it, read its registers for
 /// snapshots and hypercalls (and write them back after one), watchdog samples, NMIs, SynIC
-/// interrupts; and to a TAP: the offloads a virtio-net driver accepts when it activates or
+/// interrupts, a network device's interrupt (`KVM_IRQ_LINE`: whichever thread holds the device
+/// raises it); and to a TAP: the offloads a virtio-net driver accepts when it activates or
 /// resets its device (`TUNSETOFFLOAD`, `net.rs`).
 fn vcpu_ioctls() -> Vec<u64> {
     vec![
@@ -167,6 +172,7 @@ fn vcpu_ioctls() -> Vec<u64> {
         KVM_GET_MP_STATE(),
         KVM_NMI(),
         KVM_SIGNAL_MSI(),
+        KVM_IRQ_LINE(),
         TUNSETOFFLOAD(),
     ]
 }
@@ -427,7 +433,7 @@ const METRICS: &[i64] = &[
 
 /// The net thread's own: waiting on the TAP and its eventfds (it reads them and the eventfds
 /// with the common `read` and `write`), and the `writev` that sends a frame to the TAP from
-/// guest memory. No files, no sockets, no threads, no ioctl.
+/// guest memory. No files, no sockets, no threads; one ioctl, `KVM_IRQ_LINE`.
 const NET: &[i64] = &[libc::SYS_poll, libc::SYS_ppoll, libc::SYS_writev];
 
 /// glibc's `fork()`: `clone(CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | SIGCHLD, ...)`.
@@ -453,7 +459,7 @@ fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
         ThreadKind::SnapshotCopier => (&[SNAPSHOT_COPIER], crate::uffd::copier_ioctls()),
         ThreadKind::Upload => (&[UPLOAD], vec![libc::FIONBIO, libc::FIOCLEX]),
         ThreadKind::Metrics => (&[METRICS], Vec::new()),
-        ThreadKind::Net => (&[NET], Vec::new()),
+        ThreadKind::Net => (&[NET], vec![KVM_IRQ_LINE()]),
     };
     let mut map: BTreeMap<i64, Vec<SeccompRule>> =
         COMMON.iter().chain(own.iter().copied().flatten()).map(|&nr| (nr, Vec::new())).collect();
@@ -873,7 +879,7 @@ mod tests {
     }
 
     #[test]
-    fn the_net_thread_polls_reads_and_writes_and_gathers_but_opens_nothing() {
+    fn the_net_thread_polls_reads_writes_gathers_and_raises_its_interrupt_but_opens_nothing() {
         use std::os::fd::AsRawFd;
         let efd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let (polled, moved, ioctl, open, sock, thread) = confined(ThreadKind::Net, move || {
@@ -886,11 +892,14 @@ mod tests {
             let gathered = unsafe { libc::writev(efd.as_raw_fd(), iov.as_ptr(), 1) } == 8;
             let moved = gathered && efd.write(1).is_ok() && efd.read().is_ok_and(|v| v == 2);
             let thread = std::thread::Builder::new().spawn(|| ()).is_ok();
-            (polled, moved, ioctl_kvm_create_vm_on_stdin(), open_passwd(), socket(), thread)
+            let level = kvm_bindings::kvm_irq_level::default();
+            // SAFETY: an ioctl on a descriptor that is not open: EBADF if the filter lets it by.
+            let line = errno_of(unsafe { libc::ioctl(-1, KVM_IRQ_LINE() as _, &level) } as i64);
+            (polled, moved, (line, ioctl_kvm_create_vm_on_stdin()), open_passwd(), socket(), thread)
         });
         assert_eq!(polled, 0, "poll");
         assert!(moved, "read, write and writev");
-        assert_eq!(ioctl, libc::EPERM, "ioctl");
+        assert_eq!(ioctl, (libc::EBADF, libc::EPERM), "KVM_IRQ_LINE reaches the kernel, other ioctls do not");
         assert_eq!(open, libc::EPERM, "openat");
         assert_eq!(sock, libc::EPERM, "socket");
         assert!(!thread, "no threads");
