@@ -8,6 +8,7 @@ pub mod acpi_pm;
 pub mod bus;
 pub mod hyperv;
 pub mod i8042;
+pub mod pci;
 pub mod port61;
 pub mod pvpanic;
 pub mod rtc;

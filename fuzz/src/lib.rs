@@ -526,24 +526,54 @@ pub const MAX_NET_FRAME: usize = 4096;
 /// One step of the `virtio_net` target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetOp {
-    /// A 4-byte register write in the virtio-mmio window (offset modulo 0x200).
-    Reg { offset: u16, value: u32 },
+    /// A register write: 4 bytes in the virtio-mmio window (offset modulo 0x200); in the
+    /// virtio-pci function's BAR 0 (offset modulo its size), 1, 2 or 4 bytes as `value`'s top
+    /// two bits say.
+    Reg {
+        offset: u16,
+        value: u32,
+    },
+    /// A write to the virtio-pci function's configuration space (ignored by virtio-mmio), its
+    /// width as in `Reg`.
+    Config {
+        offset: u8,
+        value: u32,
+    },
     /// The guest writes its memory (descriptors, rings, frames).
-    Mem { gpa: u16, bytes: Vec<u8> },
+    Mem {
+        gpa: u16,
+        bytes: Vec<u8>,
+    },
     /// A driver's bring-up as Linux does it: the features in `wanted` that are offered, both
     /// queues ([`NET_RINGS`], `size` entries), DRIVER_OK.
-    Setup { wanted: u64, size: u16 },
+    Setup {
+        wanted: u64,
+        size: u16,
+    },
     /// Descriptor `head` into queue `queue`'s available ring (its `idx` plus one).
-    Publish { queue: u8, head: u16 },
+    Publish {
+        queue: u8,
+        head: u16,
+    },
     /// `QueueNotify` of `queue`, as its ioeventfd delivers it.
-    Notify { queue: u8 },
+    Notify {
+        queue: u8,
+    },
     /// A frame from the host side (header first).
-    Receive { frame: Vec<u8> },
+    Receive {
+        frame: Vec<u8>,
+    },
     /// A frame of `len` bytes (a pattern) with a zero header.
-    BigFrame { len: u32 },
-    Link { up: bool },
+    BigFrame {
+        len: u32,
+    },
+    Link {
+        up: bool,
+    },
     /// The backend refuses frames (a full or vanished TAP) or takes them again.
-    BackendFails { fail: bool },
+    BackendFails {
+        fail: bool,
+    },
 }
 
 /// The input of the `virtio_net` target.
@@ -556,7 +586,7 @@ impl<'a> Arbitrary<'a> for NetInput {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
         let mut ops = Vec::new();
         while !u.is_empty() && ops.len() < MAX_OPS {
-            ops.push(match get_u8(u) % 9 {
+            ops.push(match get_u8(u) % 10 {
                 0 => NetOp::Reg { offset: get_u16(u), value: get_u32(u) },
                 1 => NetOp::Mem { gpa: get_u16(u), bytes: get_bytes(u, MAX_RAW) },
                 2 => NetOp::Setup { wanted: get_u64(u), size: get_u16(u) },
@@ -565,7 +595,8 @@ impl<'a> Arbitrary<'a> for NetInput {
                 5 => NetOp::Receive { frame: get_bytes(u, MAX_NET_FRAME) },
                 6 => NetOp::BigFrame { len: get_u32(u) },
                 7 => NetOp::Link { up: get_u8(u) & 1 != 0 },
-                _ => NetOp::BackendFails { fail: get_u8(u) & 1 != 0 },
+                8 => NetOp::BackendFails { fail: get_u8(u) & 1 != 0 },
+                _ => NetOp::Config { offset: get_u8(u), value: get_u32(u) },
             });
         }
         Ok(Self { ops })
@@ -586,6 +617,7 @@ impl NetInput {
                 NetOp::BigFrame { len } => w.u8(6).u32(*len),
                 NetOp::Link { up } => w.u8(7).u8(u8::from(*up)),
                 NetOp::BackendFails { fail } => w.u8(8).u8(u8::from(*fail)),
+                NetOp::Config { offset, value } => w.u8(9).u8(*offset).u32(*value),
             };
         }
         w.0

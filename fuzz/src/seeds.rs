@@ -381,7 +381,10 @@ fn virtio_net() -> Vec<(&'static str, NetInput)> {
     let rx_buffers = |n: u16, len: u32| {
         (0..n).flat_map(move |i| {
             [
-                NetOp::Mem { gpa: (rx + 16 * u64::from(i)) as u16, bytes: descriptor(0x8000 + 0x800 * u64::from(i), len, VRING_DESC_F_WRITE, 0) },
+                NetOp::Mem {
+                    gpa: (rx + 16 * u64::from(i)) as u16,
+                    bytes: descriptor(0x8000 + 0x800 * u64::from(i), len, VRING_DESC_F_WRITE, 0),
+                },
                 NetOp::Publish { queue: 0, head: i },
             ]
         })
@@ -416,10 +419,18 @@ fn virtio_net() -> Vec<(&'static str, NetInput)> {
     hostile.push(NetOp::BackendFails { fail: true });
     hostile.extend(send(4, descriptor(0x7000, 72, 0, 0)));
     hostile.push(NetOp::Link { up: false });
+    // virtio-pci: the function masked (MSI-X control 0xc000, two bytes) while frames arrive and
+    // leave, then unmasked (0x8000): the pending vectors' messages.
+    const MSIX_CONTROL: u8 = 0x86;
+    const TWO_BYTES: u32 = 1 << 30;
+    let mut masked = linux(ALL);
+    masked.insert(1, NetOp::Config { offset: MSIX_CONTROL, value: TWO_BYTES | 0xc000 });
+    masked.push(NetOp::Config { offset: MSIX_CONTROL, value: TWO_BYTES | 0x8000 });
     vec![
         ("linux_mergeable", NetInput { ops: merged }),
         ("linux_single_buffers", NetInput { ops: single }),
         ("hostile_chains", NetInput { ops: hostile }),
+        ("msix_masked_then_unmasked", NetInput { ops: masked }),
     ]
 }
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Not a scenario: net.sh and netbench.sh source it for eth0_up.
 #
-# eth0_up ADDR/LEN: load virtio_net (over virtio-mmio under crashvmm, virtio-pci under QEMU), wait
+# eth0_up ADDR/LEN: load virtio_net (over virtio-pci or virtio-mmio, whichever the VMM offers), wait
 # up to 5 s for eth0, then bring lo up and eth0 up with ADDR/LEN. A failure calls the sourcing
 # script's fail() with the reason.
 eth0_up() {

@@ -8,7 +8,8 @@
 # port 5001 and hashes what port 5002 sends; then it runs scenarios/kdump.sh (crash kernel
 # loaded, sysrq crash). The runner compares the hashes with the files on its side.
 #
-# Prints "CRASHTEST: net: eth0 <mac>", "CRASHTEST: net: ping ok", "CRASHTEST: net: sent <sha256>",
+# Prints "CRASHTEST: net: eth0 <mac>", "CRASHTEST: net: bus <parent device>", a "CRASHTEST: net:
+# interrupt <line of /proc/interrupts>" per interrupt of the device, "CRASHTEST: net: ping ok", "CRASHTEST: net: sent <sha256>",
 # "CRASHTEST: net: received <sha256>", "CRASHTEST: net: counters rx_packets=N tx_packets=N ...",
 # then kdump.sh's lines; on a failure "CRASHTEST: net: error: <reason>" and rc=1. Among the
 # counters, rx_length_errors is virtio_net's count of received frames it dropped because their
@@ -24,6 +25,12 @@ GUEST=192.168.127.2
 . /scenarios/eth0.sh
 eth0_up "$GUEST/24"
 echo "CRASHTEST: net: eth0 $(cat /sys/class/net/eth0/address)"
+# Where the device is (a PCI function's address, or the virtio-mmio platform device) and its
+# interrupts (per-queue MSI-X vectors, or one IOAPIC line).
+dev=$(readlink -f /sys/class/net/eth0/device)
+parent=${dev%/*}
+echo "CRASHTEST: net: bus ${parent##*/}"
+grep "${dev##*/}" /proc/interrupts | while read -r line; do echo "CRASHTEST: net: interrupt $line"; done
 
 # The first packets wait for ARP: allow the deadline, then want every one of the replies.
 out=$(ping -c 3 -w 30 "$HOST" 2>&1) || fail "ping $HOST: $(echo "$out" | tail -n 2 | tr '\n' ' ')"

@@ -1,6 +1,6 @@
 #!/bin/sh
 # crashtest=netbench: the guest side of `make bench`'s network part (integration/src/bench/net.rs),
-# the same under crashvmm (virtio-mmio) and QEMU (virtio-pci). The host side is 192.168.127.1 on
+# the same under crashvmm and QEMU (virtio-pci both). The host side is 192.168.127.1 on
 # the TAP, where `bench net-peer` times everything:
 #   1. guest to host: dd writes crashtest.net_mib MiB of zeros into a connection to port 5001;
 #   2. host to guest: the guest reads what port 5002 sends until the host closes it;

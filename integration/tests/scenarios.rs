@@ -246,10 +246,19 @@ fn a_linux_guest_on_a_tap_pings_moves_tcp_data_both_ways_then_its_kdump_complete
     let fail =
         |what: &str| format!("{what}; events {:?}; outputs in {}\n{}", names(&events), out.display(), tail(&console));
     check_frame(&o, &events, GUEST_PANICKED, &out);
-    // Linux found the device crashvmm put in the DSDT, with crashvmm's locally administered MAC.
+    // Linux found the device, with crashvmm's locally administered MAC.
     let mac = console_value(&console, "CRASHTEST: net: eth0 ").unwrap_or_else(|| panic!("{}", fail("no eth0")));
     let first = u8::from_str_radix(&mac[..2], 16).unwrap();
     assert_eq!(first & 0b11, 0b10, "{}", fail(&format!("MAC {mac}: not locally administered unicast")));
+    // A PCI function (crashvmm's default transport) on bus 0, its queues on MSI-X vectors of
+    // their own.
+    let bus = console_value(&console, "CRASHTEST: net: bus ").unwrap_or_else(|| panic!("{}", fail("no bus")));
+    assert!(bus.starts_with("0000:00:"), "{}", fail(&format!("eth0 on {bus}, not on PCI bus 0")));
+    let vectors: Vec<&str> = console.lines().filter(|l| l.starts_with("CRASHTEST: net: interrupt ")).collect();
+    for queue in ["-input.0", "-output.0", "-config"] {
+        let msix = vectors.iter().any(|l| l.contains(queue) && l.contains("PCI-MSI"));
+        assert!(msix, "{}", fail(&format!("no MSI-X vector for {queue}: {vectors:?}")));
+    }
     // What makes an interrupt cheaper: the TSC-deadline timer, and where the host's KVM serves
     // the Hyper-V APIC MSRs (crashvmm's log says whether it does), the guest's lazy EOI.
     assert!(console.contains("TSC deadline timer available"), "{}", fail("no TSC-deadline timer"));

@@ -1642,7 +1642,8 @@ fn a_guest_on_a_tap_moves_frames_both_ways_and_its_hostile_chains_stop_nothing()
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let net = format!("tap={name}");
+    // The test guest's driver speaks virtio-mmio.
+    let net = format!("tap={name},transport=mmio");
     let disk = format!("path={}", disk.display());
     let Some(mut r) = start("virtio-net", &["--net", &net, "--disk", &disk], None) else { return };
     r.wait_for_console("TG: virtio-net: mac ");

@@ -214,6 +214,38 @@ pub fn add_virtio_mmio(dsdt: &mut Dsdt, index: usize, base: u64, gsi: u32) {
 
 /// The VMBus root device `hv_vmbus` probes for (`_HID "VMBus"`); its `_CRS` must exist,
 /// empty is fine on x86.
+/// PCI bus 0's host bridge (`PNP0A03`): bus number 0, configuration mechanism #1's ports and
+/// the memory window of `size` bytes from `start` its functions' BARs lie in. Conventional PCI,
+/// so no `_OSC` and no MMCONFIG; functions signal MSI-X only, so no `_PRT`.
+pub fn add_pci_root(dsdt: &mut Dsdt, start: u64, size: u64) {
+    use acpi_tables::aml::{AddressSpace, AddressSpaceCacheable, Device, EISAName, Name, Path, ResourceTemplate, IO};
+    use devices::pci::{PCI_CONFIG_IO_LEN, PCI_CONFIG_IO_PORT};
+    dsdt.add(&Device::new(
+        Path::new("_SB_.PCI0"),
+        vec![
+            &Name::new(Path::new("_HID"), &EISAName::new("PNP0A03")),
+            &Name::new(Path::new("_ADR"), &0u8),
+            &Name::new(Path::new("_SEG"), &0u8),
+            &Name::new(Path::new("_UID"), &0u8),
+            &Name::new(Path::new("_BBN"), &0u8),
+            &Name::new(
+                Path::new("_CRS"),
+                &ResourceTemplate::new(vec![
+                    &AddressSpace::new_bus_number(0u16, 0u16),
+                    &IO::new(PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_PORT, 1, PCI_CONFIG_IO_LEN as u8),
+                    &AddressSpace::new_memory(
+                        AddressSpaceCacheable::NotCacheable,
+                        true,
+                        start as u32,
+                        (start + size - 1) as u32,
+                        None,
+                    ),
+                ]),
+            ),
+        ],
+    ));
+}
+
 pub fn add_vmbus(dsdt: &mut Dsdt) {
     use acpi_tables::aml::{Device, Name, Path, ResourceTemplate};
     dsdt.add(&Device::new(

@@ -10,9 +10,11 @@ use devices::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
 use devices::bus::{BusError, MmioBus, PioBus};
 use devices::hyperv::HvConfig;
 use devices::i8042::{I8042, I8042_BASE, I8042_LEN};
+use devices::pci::{PciBus, PCI_CONFIG_IO_LEN, PCI_CONFIG_IO_PORT};
 use devices::pvpanic::{PvPanic, PVPANIC_PORT};
 use devices::rtc::{Rtc, RTC_BASE, RTC_LEN};
 use devices::virtio::net::{RX_QUEUE, TX_QUEUE};
+use devices::virtio::pci::BAR_SIZE;
 use devices::virtio::{VirtioBlock, VIRTIO_MMIO_WINDOW};
 use devices::vmbus::ServerConfig;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
@@ -24,7 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::{self, AcpiError, Dsdt};
 use crate::boot::{self, BootError};
-use crate::config::{ConfigError, CrashDiskConfig, DiskConfig, VmConfig};
+use crate::config::{ConfigError, CrashDiskConfig, DiskConfig, Transport, VmConfig};
 use crate::console::{ConsoleError, SharedConsole};
 use crate::control::{Kicker, SignalQueue, VcpuControl};
 use crate::cpuid;
@@ -34,8 +36,8 @@ use crate::disk::{
 };
 use crate::events::{EventLog, EventLogError};
 use crate::hyperv::{self, HyperV, HypervError};
-use crate::layout::{self, COM1_BASE, COM1_GSI, COM1_LEN, KVM_TSS_ADDR};
-use crate::net::{self, NetError, NetIrq, NetMmio, NetSlot, Tap};
+use crate::layout::{self, COM1_BASE, COM1_GSI, COM1_LEN, KVM_TSS_ADDR, PCI_MMIO_SIZE, PCI_MMIO_START};
+use crate::net::{self, NetDevice, NetError, NetIrq, NetSlot, Tap};
 use crate::serial::{IrqLine, SerialDevice};
 use crate::vcpu::{self, ExitContext, VcpuError};
 use crate::vmbus::Deferred;
@@ -163,10 +165,13 @@ pub fn build(config: &VmConfig, kvm: &Kvm, shared: &Shared<'_>) -> Result<Machin
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("serial eventfd"))?;
     vm.register_irqfd(&serial_irq, COM1_GSI).map_err(kvm_err("KVM_IRQFD (serial)"))?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(IrqLine(serial_irq), shared.console.clone())));
-    let bus = port_bus(config, &serial, shared.rtc)?;
+    let mut bus = port_bus(config, &serial, shared.rtc)?;
     // This boot's: a new boot's first write to the crash disk counts again.
     let crash_disk = config.crash_disk.as_ref().map(|_| CrashDiskWatch::new());
-    let (mmio, nets) = mmio_bus(&vm, &mem, &disks, crash_disk.as_ref(), config, shared.taps)?;
+    let (mmio, nets, pci) = mmio_bus(&vm, &mem, &disks, crash_disk.as_ref(), config, shared.taps)?;
+    if let Some(pci) = pci {
+        bus.insert(PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_LEN, pci)?;
+    }
 
     let mut supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     if kvm.check_extension(Cap::TscDeadlineTimer) {
@@ -235,9 +240,14 @@ fn dsdt(config: &VmConfig, disks: &[DiskSlot<'_>]) -> Dsdt {
     for (i, d) in disks.iter().enumerate() {
         acpi::add_virtio_mmio(&mut dsdt, i, d.base, d.gsi);
     }
-    for i in 0..config.nets.len() {
-        let (base, gsi) = virtio_slot(disks.len() + i).expect("disk_slots checked the device count");
-        acpi::add_virtio_mmio(&mut dsdt, disks.len() + i, base, gsi);
+    let places = net_places(config, disks.len());
+    for (i, place) in places.iter().enumerate() {
+        if let NetPlace::Mmio { base, gsi } = *place {
+            acpi::add_virtio_mmio(&mut dsdt, disks.len() + i, base, gsi);
+        }
+    }
+    if places.iter().any(|p| matches!(p, NetPlace::Pci { .. })) {
+        acpi::add_pci_root(&mut dsdt, PCI_MMIO_START, PCI_MMIO_SIZE);
     }
     dsdt
 }
@@ -255,10 +265,43 @@ fn port_bus(config: &VmConfig, serial: &Arc<Mutex<SerialDevice>>, rtc: &Arc<Mute
     Ok(bus)
 }
 
+/// PCI bus 0, on the port bus (configuration) and the MMIO bus (its window).
+type SharedPciBus = Arc<Mutex<PciBus>>;
+
+/// Where a network device is: a virtio-mmio window and its line, or BAR 0 of a PCI function.
+#[derive(Debug, Clone, Copy)]
+enum NetPlace {
+    Mmio { base: u64, gsi: u32 },
+    Pci { bar: u32 },
+}
+
+/// Each network device's place: virtio-mmio ones after the disks' windows and lines
+/// ([`disk_slots`] checked they fit), virtio-pci ones in the PCI window, one BAR each.
+fn net_places(config: &VmConfig, disks: usize) -> Vec<NetPlace> {
+    let (mut mmio, mut pci) = (disks, 0u64);
+    config
+        .nets
+        .iter()
+        .map(|n| match n.transport {
+            Transport::Mmio => {
+                let (base, gsi) = virtio_slot(mmio).expect("disk_slots checked the device count");
+                mmio += 1;
+                NetPlace::Mmio { base, gsi }
+            }
+            Transport::Pci => {
+                let bar = PCI_MMIO_START + pci * u64::from(BAR_SIZE);
+                pci += 1;
+                NetPlace::Pci { bar: bar as u32 }
+            }
+        })
+        .collect()
+}
+
 /// The virtio-mmio devices: the block devices, each with its irqfd (the crash disk's writes
-/// watched by `watch`), then the network devices (after the disks), whose queue notifications
-/// are ioeventfds for their threads and which raise their interrupts with `KVM_IRQ_LINE`
-/// ([`NetIrq::Line`]).
+/// watched by `watch`); then the network devices (after the disks), whose queue notifications
+/// are ioeventfds for their threads and which raise their interrupts themselves
+/// ([`NetIrq::Kvm`]), each on the MMIO bus or on PCI bus 0 (returned when there is one, for
+/// the port bus: its configuration ports).
 fn mmio_bus(
     vm: &Arc<VmFd>,
     mem: &GuestMemoryMmap,
@@ -266,7 +309,7 @@ fn mmio_bus(
     watch: Option<&CrashDiskWatch>,
     config: &VmConfig,
     taps: &[Arc<Tap>],
-) -> Result<(MmioBus, Vec<NetSlot>), VmError> {
+) -> Result<(MmioBus, Vec<NetSlot>, Option<SharedPciBus>), VmError> {
     let mut mmio = MmioBus::new();
     for d in disks {
         let (backend, readonly, serial) = match &d.disk {
@@ -283,32 +326,46 @@ fn mmio_bus(
         mmio.insert(d.base, VIRTIO_MMIO_WINDOW, dev)?;
     }
     let mut nets = Vec::new();
-    for (i, (net, tap)) in config.nets.iter().zip(taps).enumerate() {
-        let (base, gsi) = virtio_slot(disks.len() + i).ok_or(DiskError::TooMany)?;
+    let mut pci: Option<PciBus> = None;
+    for (i, ((net, tap), place)) in config.nets.iter().zip(taps).zip(net_places(config, disks.len())).enumerate() {
         // A queue's notification: an eventfd the net thread waits on, signalled by KVM
         // (ioeventfd) without an exit. Without that the write exits to the vCPU thread, whose
-        // MMIO handler kicks the same eventfd: slower, never wrong.
-        let kick = |queue: usize| -> Result<EventFd, VmError> {
-            let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("virtio-net eventfd"))?;
-            let notify = IoEventAddress::Mmio(base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY));
-            if let Err(e) = vm.register_ioevent(&kick, &notify, queue as u32) {
-                log::info!("virtio-net: no ioeventfd for queue {queue} ({e}): its notifications exit to the vCPU");
-            }
-            Ok(kick)
-        };
-        let kicks = [kick(RX_QUEUE)?, kick(TX_QUEUE)?];
+        // handler kicks the same eventfd: slower, never wrong.
+        let eventfd = || EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("virtio-net eventfd"));
+        let kicks = [eventfd()?, eventfd()?];
         let mac = net.mac.unwrap_or_else(|| net::default_mac(&net.tap, i));
-        let dev = Arc::new(Mutex::new(NetMmio::new(
-            tap.clone(),
-            mac,
-            mem.clone(),
-            NetIrq::Line { vm: vm.clone(), gsi },
-            kicks,
-        )?));
-        mmio.insert(base, VIRTIO_MMIO_WINDOW, dev.clone())?;
+        let dev = match place {
+            NetPlace::Mmio { base, gsi } => {
+                let notify = IoEventAddress::Mmio(base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY));
+                for (queue, kick) in [RX_QUEUE, TX_QUEUE].into_iter().zip(&kicks) {
+                    if let Err(e) = vm.register_ioevent(kick, &notify, queue as u32) {
+                        log::info!(
+                            "virtio-net: no ioeventfd for queue {queue} ({e}): its notifications exit to the vCPU"
+                        );
+                    }
+                }
+                let irq = NetIrq::Kvm(vm.clone());
+                let dev = NetDevice::mmio(tap.clone(), mac, mem.clone(), irq, gsi, kicks)?;
+                let dev = Arc::new(Mutex::new(dev));
+                mmio.insert(base, VIRTIO_MMIO_WINDOW, dev.clone())?;
+                dev
+            }
+            NetPlace::Pci { bar } => {
+                let irq = NetIrq::Kvm(vm.clone());
+                let dev = Arc::new(Mutex::new(NetDevice::pci(tap.clone(), mac, mem.clone(), irq, bar, kicks)?));
+                let bus = pci.get_or_insert_with(|| PciBus::new(PCI_MMIO_START));
+                let slot = bus.add(dev.clone()).ok_or(NetError::PciFull)?;
+                log::info!("net{i}: virtio-pci at 00:{slot:02x}.0, BAR 0 at {bar:#x}");
+                dev
+            }
+        };
         nets.push((dev, tap.clone()));
     }
-    Ok((mmio, nets))
+    let pci = pci.map(|bus| Arc::new(Mutex::new(bus)));
+    if let Some(bus) = &pci {
+        mmio.insert(PCI_MMIO_START, PCI_MMIO_SIZE, bus.clone())?;
+    }
+    Ok((mmio, nets, pci))
 }
 
 /// The window and interrupt line of virtio-mmio device `index` (disks first, then networks).
@@ -341,8 +398,9 @@ fn disk_slots(config: &VmConfig) -> Result<Vec<DiskSlot<'_>>, VmError> {
             Ok::<_, DiskError>(DiskSlot { disk, base, gsi })
         })
         .collect::<Result<_, _>>()?;
-    // The network devices come after the disks, in the same windows and lines.
-    if slots.len() + config.nets.len() > VIRTIO_GSIS.len() {
+    // virtio-mmio network devices come after the disks, in the same windows and lines.
+    let mmio_nets = config.nets.iter().filter(|n| n.transport == Transport::Mmio).count();
+    if slots.len() + mmio_nets > VIRTIO_GSIS.len() {
         return Err(DiskError::TooMany.into());
     }
     Ok(slots)

@@ -148,12 +148,24 @@ pub struct DiskConfig {
     pub readonly: bool,
 }
 
-/// `--net tap=NAME[,mac=MAC]`.
+/// `--net tap=NAME[,mac=MAC][,transport=pci|mmio]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
     pub tap: String,
     /// The guest's MAC address (default: derived from the TAP's name, locally administered).
     pub mac: Option<[u8; 6]>,
+    pub transport: Transport,
+}
+
+/// How the guest reaches a virtio device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// A virtio-pci function with MSI-X on PCI bus 0 (interrupts without an exit to the VMM).
+    #[default]
+    Pci,
+    /// A virtio-mmio window described in the DSDT, on an IOAPIC pin (each interrupt costs the
+    /// guest two exits to the VMM: its status read and acknowledgement).
+    Mmio,
 }
 
 /// `--crash-disk path=FILE,size=SIZE`.
@@ -181,14 +193,17 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     Ok(DiskConfig { path: path.ok_or("a disk needs path=FILE")?, readonly })
 }
 
-/// Parse `--net tap=NAME[,mac=MAC]`.
+/// Parse `--net tap=NAME[,mac=MAC][,transport=pci|mmio]`.
 pub fn parse_net(s: &str) -> Result<NetConfig, String> {
-    let (mut tap, mut mac) = (None, None);
+    let (mut tap, mut mac, mut transport) = (None, None, Transport::default());
     for (k, v) in options(s) {
-        match k {
-            "tap" if !v.is_empty() => tap = Some(v.to_owned()),
-            "mac" => mac = Some(parse_mac(v)?),
-            _ => return Err(format!("unknown net option '{k}' (use tap=NAME[,mac=MAC])")),
+        match (k, v) {
+            ("tap", v) if !v.is_empty() => tap = Some(v.to_owned()),
+            ("mac", v) => mac = Some(parse_mac(v)?),
+            ("transport", "pci") => transport = Transport::Pci,
+            ("transport", "mmio") => transport = Transport::Mmio,
+            ("transport", v) => return Err(format!("unknown net transport '{v}' (use pci or mmio)")),
+            _ => return Err(format!("unknown net option '{k}' (use tap=NAME[,mac=MAC][,transport=pci|mmio])")),
         }
     }
     let tap = tap.ok_or("a network device needs tap=NAME")?;
@@ -196,7 +211,7 @@ pub fn parse_net(s: &str) -> Result<NetConfig, String> {
     if !valid {
         return Err(format!("TAP interface name '{tap}': 1 to 15 letters, digits, '-', '_' or '.'"));
     }
-    Ok(NetConfig { tap, mac })
+    Ok(NetConfig { tap, mac, transport })
 }
 
 /// A unicast MAC address, `52:54:00:12:34:56`.
@@ -575,10 +590,10 @@ mod tests {
 
     #[test]
     fn net_options() {
-        assert_eq!(parse_net("tap=tap0"), Ok(NetConfig { tap: "tap0".into(), mac: None }));
+        assert_eq!(parse_net("tap=tap0"), Ok(NetConfig { tap: "tap0".into(), mac: None, transport: Transport::Pci }));
         assert_eq!(
-            parse_net("tap=ct0,mac=52:54:00:AB:cd:01"),
-            Ok(NetConfig { tap: "ct0".into(), mac: Some([0x52, 0x54, 0, 0xab, 0xcd, 1]) })
+            parse_net("tap=ct0,mac=52:54:00:AB:cd:01,transport=mmio"),
+            Ok(NetConfig { tap: "ct0".into(), mac: Some([0x52, 0x54, 0, 0xab, 0xcd, 1]), transport: Transport::Mmio })
         );
         for bad in [
             "",
@@ -591,6 +606,8 @@ mod tests {
             "tap=t,mac=52:54:00:12:34:5g",
             "tap=t,mac=525:4:00:12:34:56",
             "tap=t,queues=2",
+            "tap=t,transport=vhost",
+            "tap=t,transport",
         ] {
             let e = parse_net(bad).unwrap_err();
             assert!(!e.is_empty() && !e.contains('\n'), "{bad}: {e}");

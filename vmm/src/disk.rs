@@ -42,7 +42,7 @@ pub enum DiskError {
     #[error("at most {} virtio devices", VIRTIO_GSIS.len())]
     TooMany,
     #[error("cannot set up the virtio-mmio transport")]
-    Mmio(#[source] devices::virtio::VirtioMmioError),
+    Virtio(#[source] devices::virtio::VirtioError),
     #[error("invalid virtio-blk device")]
     Block(#[source] devices::virtio::VirtioBlockError),
 }
@@ -186,7 +186,7 @@ pub struct VirtioBlockMmio {
 
 impl VirtioBlockMmio {
     pub fn new(block: VirtioBlock<FileBackend>, mem: GuestMemoryMmap, irq: EventFd) -> Result<Self, DiskError> {
-        let transport = VirtioMmio::new(block).map_err(DiskError::Mmio)?;
+        let transport = VirtioMmio::new(block).map_err(DiskError::Virtio)?;
         Ok(Self { transport, mem, irq })
     }
 }

@@ -8,8 +8,8 @@
 //! 0x0009_fc00  end of low RAM (EBDA and legacy hole above, not RAM)
 //! 0x000e_0000  ACPI tables (RSDP first), reserved in e820 up to 1 MiB
 //! 0x0010_0000  RAM: kernel, then initrd at the top of low RAM
-//! 0xc000_0000  MMIO hole up to 4 GiB: virtio-mmio windows from 0xd000_0000 (one page each),
-//!              IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
+//! 0xc000_0000  MMIO hole up to 4 GiB: the PCI window (BARs, 256 MiB), virtio-mmio windows from
+//!              0xd000_0000 (one page each), IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
 //! 0x1_0000_0000  RAM above 4 GiB, when the guest has more than 3 GiB
 //! ```
 
@@ -38,6 +38,10 @@ pub const ACPI_END: u64 = 0x10_0000;
 pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+/// Where PCI functions' BARs lie (the host bridge's memory window in the DSDT): below the
+/// virtio-mmio windows.
+pub const PCI_MMIO_START: u64 = MMIO_HOLE_START;
+pub const PCI_MMIO_SIZE: u64 = 0x1000_0000;
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// KVM needs three pages for the TSS on Intel; put them just under the BIOS area.
@@ -49,6 +53,7 @@ const _: () = assert!(ZERO_PAGE_ADDR + 4096 <= BOOT_STACK_TOP);
 const _: () = assert!(BOOT_STACK_TOP < PML4_ADDR);
 const _: () = assert!(PD_ADDR + IDENTITY_MAPPED_GIB * 4096 <= CMDLINE_ADDR);
 const _: () = assert!(CMDLINE_ADDR + CMDLINE_MAX as u64 <= EBDA_START);
+const _: () = assert!(PCI_MMIO_START + PCI_MMIO_SIZE <= crate::disk::VIRTIO_MMIO_BASE);
 
 /// Smallest guest we start.
 pub const MIN_MEMORY: u64 = 32 << 20;

@@ -469,10 +469,11 @@ struct RunArgs {
     /// serial "crashvmm-crashdisk"): path=FILE,size=SIZE.
     #[arg(long, value_name = "path=FILE,size=SIZE", value_parser = parse_crash_disk)]
     crash_disk: Option<CrashDiskConfig>,
-    /// A virtio-net device (virtio-mmio, ACPI LNRO0005) on a TAP interface: an existing one
-    /// this user may use, or one crashvmm creates (with CAP_NET_ADMIN) for its lifetime.
-    /// tap=NAME[,mac=MAC]. Repeatable.
-    #[arg(long, value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net)]
+    /// A virtio-net device on a TAP interface: an existing one this user may use, or one
+    /// crashvmm creates (with CAP_NET_ADMIN) for its lifetime. transport=pci (the default: a
+    /// PCI function with MSI-X) or mmio (virtio-mmio, ACPI LNRO0005, an IOAPIC pin).
+    /// tap=NAME[,mac=MAC][,transport=pci|mmio]. Repeatable.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC][,transport=pci|mmio]", value_parser = parse_net)]
     net: Vec<NetConfig>,
     /// Report a hang when the guest makes no progress for this long (no vCPU exits, and every
     /// vCPU spinning with interrupts disabled), e.g. 30s.

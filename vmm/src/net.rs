@@ -1,5 +1,6 @@
-//! `--net tap=NAME[,mac=MAC]`: a virtio-net device ([`devices::virtio::VirtioNet`]) on a TAP
-//! interface, its frames moved by a `net` thread of its own, never by a vCPU.
+//! `--net tap=NAME[,mac=MAC][,transport=pci|mmio]`: a virtio-net device
+//! ([`devices::virtio::VirtioNet`]) on a TAP interface, its frames moved by a `net` thread of its
+//! own, never by a vCPU.
 //!
 //! - [`Tap`]: opened once per session (before the vmm thread confines itself), with
 //!   `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` and a 12-byte vnet header (`TUNSETVNETHDRSZ`), so a
@@ -9,20 +10,26 @@
 //!   clears them at its reset (on the vCPU thread that wrote the status register). An
 //!   existing interface is attached to; a missing one is created when crashvmm may
 //!   (`CAP_NET_ADMIN`) and goes away with it; the log says which.
-//! - [`NetMmio`]: the device behind its virtio-mmio window, shared by the vCPU threads (register
-//!   accesses) and the net thread. A `QueueNotify` write does no work on the vCPU: it kicks the
-//!   net thread's eventfd for that queue (KVM does the same without an exit when the
-//!   ioeventfd is registered).
+//! - [`NetDevice`]: the device behind its transport ([`NetTransport`]), shared by the vCPU
+//!   threads (register accesses) and the net thread. virtio-pci (the default): a function on PCI
+//!   bus 0 ([`devices::pci::PciBus`]) whose queues and configuration changes each signal an
+//!   MSI-X vector of their own (`KVM_SIGNAL_MSI`), so an interrupt costs the guest no exit to
+//!   crashvmm. virtio-mmio: a window in the DSDT and an edge on an IOAPIC pin (`KVM_IRQ_LINE`),
+//!   whose status the driver reads and acknowledges with two exits per interrupt. Either way a
+//!   queue notification does no work on the vCPU: KVM signals the net thread's eventfd for
+//!   that queue (an ioeventfd, which follows the function's BAR when the guest moves it), or
+//!   the register write exits and the vCPU kicks the same eventfd.
 //! - [`NetThread`]: per boot, `poll` on the TAP (only while a received frame has somewhere to
 //!   go), the two queues' kicks and its stop eventfd; sends what the transmit queue holds,
-//!   receives what the TAP has, raises the interrupt ([`NetIrq`]: `KVM_IRQ_LINE`). A frame the
-//!   receive queue cannot take yet waits for the driver's next receive notification, and the
-//!   TAP is not read meanwhile (its own queue holds the rest, and drops when full, as a NIC's
-//!   ring does). A TAP that fails (its interface deleted) turns the link down (a configuration
-//!   interrupt) and is not polled again; frames sent to it are dropped and counted.
+//!   receives what the TAP has, raises the interrupt ([`NetIrq`]). A frame the receive queue
+//!   cannot take yet waits for the driver's next receive notification, and the TAP is not read
+//!   meanwhile (its own queue holds the rest, and drops when full, as a NIC's ring does). A TAP
+//!   that fails (its interface deleted) turns the link down (a configuration interrupt) and is
+//!   not polled again; frames sent to it are dropped and counted.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
+use std::ops::{Deref, DerefMut};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -30,9 +37,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use devices::bus::MmioDevice;
+use devices::pci::PciFunction;
 use devices::virtio::net::{MAX_FRAME, RX_QUEUE, TX_QUEUE};
-use devices::virtio::{NeedsInterrupt, NetBackend, Offloads, VirtioMmio, VirtioNet};
-use kvm_ioctls::VmFd;
+use devices::virtio::{
+    MsiMessage, NeedsInterrupt, NetBackend, Offloads, VirtioCommon, VirtioMmio, VirtioNet, VirtioPci,
+};
+use kvm_bindings::kvm_msi;
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use thiserror::Error;
 use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
 use vm_memory::bitmap::BitmapSlice;
@@ -43,6 +54,7 @@ use vmm_sys_util::ioctl::{ioctl_with_ref, ioctl_with_val};
 use vmm_sys_util::ioctl_iow_nr;
 
 use crate::events::{Event, NetDropped};
+use crate::layout::{PCI_MMIO_SIZE, PCI_MMIO_START};
 use crate::seccomp::{self, ThreadKind, TUNSETOFFLOAD};
 use crate::sync::lock;
 
@@ -77,8 +89,10 @@ pub enum NetError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot set up the virtio-mmio transport")]
-    Mmio(#[source] devices::virtio::VirtioMmioError),
+    #[error("cannot set up the virtio transport")]
+    Virtio(#[source] devices::virtio::VirtioError),
+    #[error("PCI bus 0 has no free slot for another network device")]
+    PciFull,
     #[error("cannot {what}")]
     Io {
         what: &'static str,
@@ -189,37 +203,77 @@ impl NetBackend for TapBackend {
     }
 }
 
-/// A network device on the bus, with the TAP its thread reads.
-pub type NetSlot = (Arc<Mutex<NetMmio>>, Arc<Tap>);
+/// A network device, with the TAP its thread reads.
+pub type NetSlot = (Arc<Mutex<NetDevice>>, Arc<Tap>);
 
-/// A virtio-net device on the MMIO bus.
-pub struct NetMmio {
-    pub transport: VirtioMmio<VirtioNet<TapBackend>>,
+/// The device model as a network device's transport holds it.
+pub type Net = VirtioNet<TapBackend>;
+
+/// How the guest reaches a network device (`--net ...,transport=`).
+pub enum NetTransport {
+    /// A virtio-mmio window, interrupting on an IOAPIC pin (`gsi`).
+    Mmio { regs: VirtioMmio<Net>, gsi: u32 },
+    /// A PCI function on bus 0, interrupting with MSI-X.
+    Pci(Box<VirtioPci<Net>>),
+}
+
+impl Deref for NetTransport {
+    type Target = VirtioCommon<Net>;
+    fn deref(&self) -> &VirtioCommon<Net> {
+        match self {
+            NetTransport::Mmio { regs, .. } => regs,
+            NetTransport::Pci(p) => p,
+        }
+    }
+}
+
+impl DerefMut for NetTransport {
+    fn deref_mut(&mut self) -> &mut VirtioCommon<Net> {
+        match self {
+            NetTransport::Mmio { regs, .. } => regs,
+            NetTransport::Pci(p) => p,
+        }
+    }
+}
+
+/// What the driver is interrupted for.
+#[derive(Debug, Clone, Copy)]
+enum Cause {
+    Queue(usize),
+    Config,
+}
+
+/// A virtio-net device: on the MMIO bus (virtio-mmio) or the PCI bus (virtio-pci).
+pub struct NetDevice {
+    pub transport: NetTransport,
     /// The net thread's kicks, by queue.
     kicks: [EventFd; 2],
     mem: GuestMemoryMmap,
     irq: NetIrq,
+    /// virtio-pci: where the kicks' ioeventfds are registered (BAR 0's base), if they are.
+    notify_base: Option<u64>,
 }
 
-/// How a network device interrupts the guest: an edge on its GSI.
+/// How a network device interrupts the guest.
 pub enum NetIrq {
-    /// `KVM_IRQ_LINE` up, then down, by the thread that raises it (the net thread, nearly
-    /// always): KVM delivers the interrupt within that call. An irqfd would not: KVM injects
-    /// only MSI routes from the eventfd's wakeup and hands an IOAPIC pin to a kernel worker,
-    /// one more wakeup and context switch on every interrupt's way. Raisers hold the device's
-    /// lock, so two pulses never overlap (an edge each).
-    Line { vm: Arc<VmFd>, gsi: u32 },
+    /// Through KVM, by the thread that raises it (the net thread, nearly always), which KVM
+    /// delivers within the call: an edge on an IOAPIC pin (`KVM_IRQ_LINE` up, then down) or an
+    /// MSI (`KVM_SIGNAL_MSI`). An irqfd would not: KVM injects only MSI routes from the
+    /// eventfd's wakeup and hands an IOAPIC pin to a kernel worker, one more wakeup and context
+    /// switch on every interrupt's way. Raisers hold the device's lock, so two pulses never
+    /// overlap (an edge each).
+    Kvm(Arc<VmFd>),
     /// An eventfd a test waits on, without a VM.
     #[cfg(test)]
     Eventfd(EventFd),
 }
 
 impl NetIrq {
-    fn pulse(&self) -> io::Result<()> {
+    fn pulse(&self, gsi: u32) -> io::Result<()> {
         match self {
-            NetIrq::Line { vm, gsi } => {
+            NetIrq::Kvm(vm) => {
                 for level in [true, false] {
-                    vm.set_irq_line(*gsi, level)?;
+                    vm.set_irq_line(gsi, level)?;
                 }
                 Ok(())
             }
@@ -227,19 +281,58 @@ impl NetIrq {
             NetIrq::Eventfd(fd) => fd.write(1),
         }
     }
+
+    fn msi(&self, m: MsiMessage) -> io::Result<()> {
+        match self {
+            NetIrq::Kvm(vm) => {
+                let msi = kvm_msi {
+                    address_lo: m.address as u32,
+                    address_hi: (m.address >> 32) as u32,
+                    data: m.data,
+                    ..Default::default()
+                };
+                match vm.signal_msi(msi)? {
+                    // 0: the guest blocks it (its APIC is disabled), as a real message would be lost.
+                    0.. => Ok(()),
+                    _ => Err(io::Error::other("KVM_SIGNAL_MSI failed")),
+                }
+            }
+            #[cfg(test)]
+            NetIrq::Eventfd(fd) => fd.write(1),
+        }
+    }
 }
 
-impl NetMmio {
-    /// The device for `tap` with `mac`, raising `irq`; `kicks` are the queues' notifications.
-    pub fn new(
+impl NetDevice {
+    /// The device for `tap` with `mac` behind virtio-mmio, interrupting on `gsi` through `irq`;
+    /// `kicks` are the queues' notifications.
+    pub fn mmio(
         tap: Arc<Tap>,
         mac: [u8; 6],
         mem: GuestMemoryMmap,
         irq: NetIrq,
+        gsi: u32,
         kicks: [EventFd; 2],
     ) -> Result<Self, NetError> {
-        let transport = VirtioMmio::new(VirtioNet::new(TapBackend(tap), mac)).map_err(NetError::Mmio)?;
-        Ok(Self { transport, kicks, mem, irq })
+        let regs = VirtioMmio::new(VirtioNet::new(TapBackend(tap), mac)).map_err(NetError::Virtio)?;
+        Ok(Self { transport: NetTransport::Mmio { regs, gsi }, kicks, mem, irq, notify_base: None })
+    }
+
+    /// The device for `tap` with `mac` as a PCI function whose BAR 0 is at `bar`, signalling
+    /// through `irq`; its notifications ioeventfds on `kicks` there when KVM takes them (else
+    /// they exit to the vCPU, which kicks the same eventfds: slower, never wrong).
+    pub fn pci(
+        tap: Arc<Tap>,
+        mac: [u8; 6],
+        mem: GuestMemoryMmap,
+        irq: NetIrq,
+        bar: u32,
+        kicks: [EventFd; 2],
+    ) -> Result<Self, NetError> {
+        let function = VirtioPci::new(VirtioNet::new(TapBackend(tap), mac), bar).map_err(NetError::Virtio)?;
+        let mut dev = Self { transport: NetTransport::Pci(Box::new(function)), kicks, mem, irq, notify_base: None };
+        dev.move_notifications();
+        Ok(dev)
     }
 
     /// The `net_counters` record of device `index` (`netN`) for the boot so far.
@@ -264,33 +357,134 @@ impl NetMmio {
         }
     }
 
-    fn interrupt(&self) {
-        if let Err(e) = self.irq.pulse() {
+    fn interrupt(&mut self, cause: Cause) {
+        let r = match &mut self.transport {
+            NetTransport::Mmio { gsi, .. } => self.irq.pulse(*gsi),
+            NetTransport::Pci(p) => {
+                let message = match cause {
+                    Cause::Queue(index) => p.queue_interrupt(index),
+                    Cause::Config => p.config_interrupt(),
+                };
+                message.map_or(Ok(()), |m| self.irq.msi(m))
+            }
+        };
+        if let Err(e) = r {
             log::warn!("virtio-net: cannot raise the interrupt: {e}");
+        }
+    }
+
+    fn send_messages(&self, messages: Vec<MsiMessage>) {
+        for m in messages {
+            if let Err(e) = self.irq.msi(m) {
+                log::warn!("virtio-net: cannot raise the interrupt: {e}");
+            }
+        }
+    }
+
+    /// Kick the net thread for queue `index` (a notification that reached the VMM).
+    fn kick(&self, index: usize) {
+        match self.kicks.get(index) {
+            Some(k) => {
+                let _ = k.write(1);
+            }
+            None => log::debug!("virtio-net: notify for queue {index} ignored"),
+        }
+    }
+
+    /// virtio-pci: keep the notification ioeventfds where BAR 0 is now (none while the
+    /// function decodes no memory, or while its BAR lies outside the PCI window, where the bus
+    /// hands it no access either).
+    fn move_notifications(&mut self) {
+        let NetTransport::Pci(p) = &self.transport else { return };
+        // Refutable in tests (an eventfd, no VM).
+        #[allow(irrefutable_let_patterns)]
+        let NetIrq::Kvm(vm) = &self.irq
+        else {
+            return;
+        };
+        let inside = |&(base, len): &(u64, u64)| base >= PCI_MMIO_START && base + len <= PCI_MMIO_START + PCI_MMIO_SIZE;
+        let base = p.bar_window().filter(inside).map(|(base, _)| base);
+        if base == self.notify_base {
+            return;
+        }
+        let at = |base: u64, q: usize| IoEventAddress::Mmio(base + VirtioPci::<Net>::notify_offset(q));
+        if let Some(old) = self.notify_base.take() {
+            for (q, kick) in self.kicks.iter().enumerate() {
+                if let Err(e) = vm.unregister_ioevent(kick, &at(old, q), NoDatamatch) {
+                    log::warn!("virtio-net: cannot remove queue {q}'s ioeventfd at {old:#x}: {e}");
+                }
+            }
+        }
+        let Some(new) = base else { return };
+        for (q, kick) in self.kicks.iter().enumerate() {
+            if let Err(e) = vm.register_ioevent(kick, &at(new, q), NoDatamatch) {
+                log::info!("virtio-net: no ioeventfd for queue {q} ({e}): its notifications exit to the vCPU");
+                return;
+            }
+        }
+        self.notify_base = Some(new);
+    }
+}
+
+impl MmioDevice for NetDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match &mut self.transport {
+            NetTransport::Mmio { regs, .. } => regs.read(offset, data),
+            NetTransport::Pci(_) => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let NetTransport::Mmio { regs, .. } = &mut self.transport else { return };
+        if offset == u64::from(VIRTIO_MMIO_QUEUE_NOTIFY) && data.len() == 4 {
+            // The net thread does the work (an ioeventfd would have woken it without an exit).
+            self.kick(u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize);
+            return;
+        }
+        if regs.write(offset, data, &self.mem) {
+            self.interrupt(Cause::Queue(0));
         }
     }
 }
 
-impl MmioDevice for NetMmio {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        self.transport.read(offset, data);
+impl PciFunction for NetDevice {
+    fn read_config(&mut self, offset: usize, data: &mut [u8]) {
+        match &self.transport {
+            NetTransport::Pci(p) => p.read_config(offset, data),
+            NetTransport::Mmio { .. } => data.fill(0xff),
+        }
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset == u64::from(VIRTIO_MMIO_QUEUE_NOTIFY) && data.len() == 4 {
-            // The net thread does the work (an ioeventfd would have woken it without an exit).
-            let queue = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
-            match self.kicks.get(queue) {
-                Some(k) => {
-                    let _ = k.write(1);
-                }
-                None => log::debug!("virtio-net: notify for queue {queue} ignored"),
-            }
+    fn write_config(&mut self, offset: usize, data: &[u8]) {
+        let NetTransport::Pci(p) = &mut self.transport else { return };
+        let messages = p.write_config(offset, data);
+        self.send_messages(messages);
+        self.move_notifications();
+    }
+
+    fn bar_window(&self) -> Option<(u64, u64)> {
+        match &self.transport {
+            NetTransport::Pci(p) => p.bar_window(),
+            NetTransport::Mmio { .. } => None,
+        }
+    }
+
+    fn read_bar(&mut self, offset: u64, data: &mut [u8]) {
+        match &mut self.transport {
+            NetTransport::Pci(p) => p.read_bar(offset, data),
+            NetTransport::Mmio { .. } => data.fill(0xff),
+        }
+    }
+
+    fn write_bar(&mut self, offset: u64, data: &[u8]) {
+        let NetTransport::Pci(p) = &mut self.transport else { return };
+        if let Some(index) = p.notified_queue(offset, data.len()) {
+            // The net thread does the work (the ioeventfd would have woken it without an exit).
+            self.kick(index);
             return;
         }
-        if self.transport.write(offset, data, &self.mem) {
-            self.interrupt();
-        }
+        let messages = p.write_bar(offset, data, &self.mem);
+        self.send_messages(messages);
     }
 }
 
@@ -302,7 +496,7 @@ pub struct NetThread {
 
 impl NetThread {
     /// Start it for `dev` (whose kicks it waits on) and `tap`.
-    pub fn start(dev: Arc<Mutex<NetMmio>>, tap: Arc<Tap>, index: usize) -> Result<Self, NetError> {
+    pub fn start(dev: Arc<Mutex<NetDevice>>, tap: Arc<Tap>, index: usize) -> Result<Self, NetError> {
         let stop =
             EventFd::new(libc::EFD_NONBLOCK).map_err(|source| NetError::Io { what: "create an eventfd", source })?;
         let clone = |fd: &EventFd| fd.try_clone().map_err(|source| NetError::Io { what: "clone an eventfd", source });
@@ -338,7 +532,7 @@ impl Drop for NetThread {
 
 /// The net thread's state.
 struct Mover {
-    dev: Arc<Mutex<NetMmio>>,
+    dev: Arc<Mutex<NetDevice>>,
     tap: Arc<Tap>,
     /// The length of a received frame the receive queue had no room for yet, held in `buf`
     /// (the TAP is not read meanwhile). Nothing is allocated per frame: a freed 64 KiB frame
@@ -378,7 +572,7 @@ impl Mover {
                 let mut d = lock(&self.dev);
                 let d = &mut *d;
                 if d.transport.notify_queue(TX_QUEUE, &d.mem) {
-                    d.interrupt();
+                    d.interrupt(Cause::Queue(TX_QUEUE));
                 }
             }
             if ready(1) {
@@ -400,7 +594,7 @@ impl Mover {
         let mut interrupt = false;
         self.receive_frames(&mut interrupt);
         if interrupt {
-            lock(&self.dev).interrupt();
+            lock(&self.dev).interrupt(Cause::Queue(RX_QUEUE));
         }
     }
 
@@ -417,7 +611,7 @@ impl Mover {
                         self.tap_ok = false;
                         let mut d = lock(&self.dev);
                         if d.transport.device_mut().set_link(false) && d.transport.config_changed() {
-                            d.interrupt();
+                            d.interrupt(Cause::Config);
                         }
                         return;
                     }
@@ -495,8 +689,8 @@ mod tests {
         unsafe { libc::poll(&mut p, 1, 10_000) == 1 }
     }
 
-    fn reg(dev: &Mutex<NetMmio>, offset: u32, value: u32) {
-        lock(dev).write(u64::from(offset), &value.to_le_bytes());
+    fn reg(dev: &Mutex<NetDevice>, offset: u32, value: u32) {
+        MmioDevice::write(&mut *lock(dev), u64::from(offset), &value.to_le_bytes());
     }
 
     fn publish(mem: &GuestMemoryMmap, queue: usize, head: u16) {
@@ -526,29 +720,157 @@ mod tests {
             .collect()
     }
 
+    /// A TAP created for the test (`prefix` and the process id), up, without IPv6 chatter, and a
+    /// packet socket on its host side. Needs CAP_NET_ADMIN and CAP_NET_RAW.
+    fn test_tap(prefix: &str) -> (Arc<Tap>, OwnedFd) {
+        let name = format!("{prefix}{}", std::process::id() % 100_000);
+        let tap = Arc::new(Tap::open(&name).expect("a TAP interface (the test needs CAP_NET_ADMIN)"));
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+        let up = std::process::Command::new("ip").args(["link", "set", &name, "up"]).status().unwrap();
+        assert!(up.success());
+        let index = std::ffi::CString::new(name).unwrap();
+        // SAFETY: a NUL-terminated name that outlives the call.
+        let index = unsafe { libc::if_nametoindex(index.as_ptr()) };
+        assert_ne!(index, 0);
+        (tap, packet_socket(index))
+    }
+
+    /// A frame on the host's side of the TAP with the test EtherType, for the guest.
+    fn send_to_guest(host: &OwnedFd, len: usize) -> Vec<u8> {
+        let mut frame = GUEST_MAC.to_vec();
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+        frame.extend_from_slice(&ETH_P_TEST.to_be_bytes());
+        frame.extend((0..len).map(|i| (i * 7 + 3) as u8));
+        // SAFETY: send(2) reads `frame`, which outlives the call.
+        let sent = unsafe { libc::send(host.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(sent, frame.len() as isize, "{}", io::Error::last_os_error());
+        frame
+    }
+
+    /// The receive buffer (of four at RX_BUFS) that holds a frame of the test EtherType, once
+    /// `irq` said so, within 10 s.
+    fn received(mem: &GuestMemoryMmap, irq: &EventFd) -> Vec<u8> {
+        let t0 = Instant::now();
+        loop {
+            assert!(wait_readable(irq.as_raw_fd()), "no receive interrupt within 10 s");
+            let _ = irq.read();
+            let hit = used(mem, RX_QUEUE).into_iter().find_map(|(desc, len)| {
+                let mut b = vec![0u8; len as usize];
+                mem.read_slice(&mut b, GuestAddress(RX_BUFS + 0x1000 * u64::from(desc))).unwrap();
+                (b.len() > 24 && b[24..26] == ETH_P_TEST.to_be_bytes()).then_some(b)
+            });
+            if let Some(b) = hit {
+                return b;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "the frame never arrived");
+        }
+    }
+
+    /// A frame of the test EtherType (`len` bytes of payload) with its header in TX_BUF, made
+    /// available in the transmit queue as descriptor 0; returns the frame.
+    fn queue_guest_frame(mem: &GuestMemoryMmap, len: usize) -> Vec<u8> {
+        let mut tx = vec![0x02, 0, 0, 0, 0, 0x01];
+        tx.extend_from_slice(&GUEST_MAC);
+        tx.extend_from_slice(&ETH_P_TEST.to_be_bytes());
+        tx.extend((0..len).map(|i| (i * 5 + 1) as u8));
+        let mut out = vec![0u8; 12];
+        out.extend_from_slice(&tx);
+        mem.write_slice(&out, GuestAddress(TX_BUF)).unwrap();
+        descriptor(mem, TX_QUEUE, 0, TX_BUF, out.len() as u32, false);
+        publish(mem, TX_QUEUE, 0);
+        tx
+    }
+
+    /// The guest's next frame on the host's side of the TAP, within 10 s.
+    fn sent_by_guest(host: &OwnedFd) -> Vec<u8> {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            assert!(wait_readable(host.as_raw_fd()), "nothing came out of the TAP within 10 s");
+            // SAFETY: recv(2) writes at most `buf.len()` bytes into `buf`.
+            let n = unsafe { libc::recv(host.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            assert!(n > 0, "{}", io::Error::last_os_error());
+            // The host's own frame comes back on a packet socket too: wait for the guest's.
+            if buf[6..12] == GUEST_MAC {
+                return buf[..n as usize].to_vec();
+            }
+        }
+    }
+
+    /// The PCI function's way: Linux's virtio_pci_modern bring-up through BAR 0 and
+    /// configuration space (MSI-X on, a vector per queue), then a frame from the host's side
+    /// of the TAP reaches a receive buffer and signals the receive queue's vector (the test's
+    /// eventfd stands for KVM_SIGNAL_MSI), and a notification written to the transmit queue's
+    /// address (as the vCPU's exit delivers it without an ioeventfd) sends the guest's frame.
+    #[test]
+    fn a_pci_function_moves_frames_and_signals_its_vectors() {
+        let (tap, host) = test_tap("cvnp");
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let kicks = [EventFd::new(libc::EFD_NONBLOCK).unwrap(), EventFd::new(libc::EFD_NONBLOCK).unwrap()];
+        let msi = NetIrq::Eventfd(irq.try_clone().unwrap());
+        let dev = NetDevice::pci(tap.clone(), GUEST_MAC, mem.clone(), msi, PCI_MMIO_START as u32, kicks).unwrap();
+        let dev = Arc::new(Mutex::new(dev));
+        let thread = NetThread::start(dev.clone(), tap.clone(), 0).unwrap();
+        let bar = |offset: u64, value: u64, len: usize| {
+            PciFunction::write_bar(&mut *lock(&dev), offset, &value.to_le_bytes()[..len]);
+        };
+        for status in [0, 1, 3] {
+            bar(20, status, 1);
+        }
+        bar(8, 1, 4);
+        bar(12, 1, 4);
+        bar(8, 0, 4);
+        bar(12, 1 << 5 | 1 << 15 | 1 << 16, 4);
+        bar(20, 0xb, 1);
+        // MSI-X on (Message Control at 0x86), its three vectors unmasked.
+        PciFunction::write_config(&mut *lock(&dev), 0x86, &0x8000u16.to_le_bytes());
+        for v in 0..3u64 {
+            bar(0x4000 + 16 * v, 0xfee0_0000, 4);
+            bar(0x4008 + 16 * v, 0x30 + v, 4);
+            bar(0x400c + 16 * v, 0, 4);
+        }
+        for (q, (desc, avail, used)) in RINGS.iter().enumerate() {
+            bar(22, q as u64, 2);
+            bar(24, u64::from(QSIZE), 2);
+            for (low, addr) in [(32, desc), (40, avail), (48, used)] {
+                bar(low, *addr, 4);
+                bar(low + 4, 0, 4);
+            }
+            bar(26, q as u64 + 1, 2);
+            bar(28, 1, 2);
+        }
+        bar(20, 0xf, 1);
+        for i in 0..4u16 {
+            descriptor(&mem, RX_QUEUE, i, RX_BUFS + 0x1000 * u64::from(i), 2048, true);
+            publish(&mem, RX_QUEUE, i);
+        }
+        bar(VirtioPci::<Net>::notify_offset(RX_QUEUE), RX_QUEUE as u64, 2);
+
+        let frame = send_to_guest(&host, 500);
+        let got = received(&mem, &irq);
+        assert_eq!(got[12..], frame[..], "the frame");
+
+        let tx = queue_guest_frame(&mem, 700);
+        bar(VirtioPci::<Net>::notify_offset(TX_QUEUE), TX_QUEUE as u64, 2);
+        assert_eq!(sent_by_guest(&host), tx, "the transmitted frame");
+        drop(thread);
+        assert_eq!(used(&mem, TX_QUEUE), [(0, 0)]);
+    }
+
     /// A real TAP, the net thread, and a driver doing what Linux's virtio_net does through the
     /// register window (as the vCPU threads would): a frame sent on the host's side of the TAP
     /// lands in a receive buffer byte for byte with its header; a frame the guest transmits
     /// comes out on the host's side byte for byte. Needs CAP_NET_ADMIN and CAP_NET_RAW (root).
     #[test]
     fn frames_cross_a_real_tap_both_ways_through_the_net_thread() {
-        let name = format!("cvnt{}", std::process::id() % 100_000);
-        let tap = Arc::new(Tap::open(&name).expect("a TAP interface (the test needs CAP_NET_ADMIN)"));
-        // No IPv6 chatter on it: only the test's frames.
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
-        let up = std::process::Command::new("ip").args(["link", "set", &name, "up"]).status().unwrap();
-        assert!(up.success());
-        let index = std::ffi::CString::new(name.clone()).unwrap();
-        // SAFETY: a NUL-terminated name that outlives the call.
-        let index = unsafe { libc::if_nametoindex(index.as_ptr()) };
-        assert_ne!(index, 0);
-        let host = packet_socket(index);
+        let (tap, host) = test_tap("cvnt");
 
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let kicks = [EventFd::new(libc::EFD_NONBLOCK).unwrap(), EventFd::new(libc::EFD_NONBLOCK).unwrap()];
-        let dev = NetMmio::new(tap.clone(), GUEST_MAC, mem.clone(), NetIrq::Eventfd(irq.try_clone().unwrap()), kicks)
-            .unwrap();
+        let dev =
+            NetDevice::mmio(tap.clone(), GUEST_MAC, mem.clone(), NetIrq::Eventfd(irq.try_clone().unwrap()), 0, kicks)
+                .unwrap();
         let dev = Arc::new(Mutex::new(dev));
         let thread = NetThread::start(dev.clone(), tap.clone(), 0).unwrap();
 
@@ -575,7 +897,7 @@ mod tests {
         let mac: Vec<u8> = (0..6)
             .map(|i| {
                 let mut b = [0u8];
-                lock(&dev).read(0x100 + i, &mut b);
+                MmioDevice::read(&mut *lock(&dev), 0x100 + i, &mut b);
                 b[0]
             })
             .collect();
@@ -587,53 +909,15 @@ mod tests {
         reg(&dev, 0x50, RX_QUEUE as u32);
 
         // Host to guest.
-        let mut frame = GUEST_MAC.to_vec();
-        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
-        frame.extend_from_slice(&ETH_P_TEST.to_be_bytes());
-        frame.extend((0..1000).map(|i| (i * 7 + 3) as u8));
-        // SAFETY: send(2) reads `frame`, which outlives the call.
-        let sent = unsafe { libc::send(host.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        assert_eq!(sent, frame.len() as isize, "{}", io::Error::last_os_error());
-        let t0 = Instant::now();
-        let got = loop {
-            assert!(wait_readable(irq.as_raw_fd()), "no receive interrupt within 10 s");
-            let _ = irq.read();
-            let hit = used(&mem, RX_QUEUE).into_iter().find_map(|(desc, len)| {
-                let mut b = vec![0u8; len as usize];
-                mem.read_slice(&mut b, GuestAddress(RX_BUFS + 0x1000 * u64::from(desc))).unwrap();
-                (b.len() > 24 && b[24..26] == ETH_P_TEST.to_be_bytes()).then_some(b)
-            });
-            if let Some(b) = hit {
-                break b;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(10), "the frame never arrived");
-        };
+        let frame = send_to_guest(&host, 1000);
+        let got = received(&mem, &irq);
         assert_eq!(got[..12], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0], "header, num_buffers 1");
         assert_eq!(got[12..], frame[..], "the frame");
 
         // Guest to host.
-        let mut out = vec![0u8; 12];
-        let mut tx = vec![0x02, 0, 0, 0, 0, 0x01];
-        tx.extend_from_slice(&GUEST_MAC);
-        tx.extend_from_slice(&ETH_P_TEST.to_be_bytes());
-        tx.extend((0..1400).map(|i| (i * 5 + 1) as u8));
-        out.extend_from_slice(&tx);
-        mem.write_slice(&out, GuestAddress(TX_BUF)).unwrap();
-        descriptor(&mem, TX_QUEUE, 0, TX_BUF, out.len() as u32, false);
-        publish(&mem, TX_QUEUE, 0);
+        let tx = queue_guest_frame(&mem, 1400);
         reg(&dev, 0x50, TX_QUEUE as u32);
-        let mut buf = vec![0u8; 4096];
-        let n = loop {
-            assert!(wait_readable(host.as_raw_fd()), "nothing came out of the TAP within 10 s");
-            // SAFETY: recv(2) writes at most `buf.len()` bytes into `buf`.
-            let n = unsafe { libc::recv(host.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            assert!(n > 0, "{}", io::Error::last_os_error());
-            // The host's own frame comes back on a packet socket too: wait for the guest's.
-            if buf[6..12] == GUEST_MAC {
-                break n as usize;
-            }
-        };
-        assert_eq!(buf[..n], tx[..], "the transmitted frame");
+        assert_eq!(sent_by_guest(&host), tx, "the transmitted frame");
         // The thread returns the chain after the frame went out: once it is joined.
         drop(thread);
         assert_eq!(used(&mem, TX_QUEUE), [(0, 0)]);

@@ -26,7 +26,7 @@ use crate::disk::CrashDiskWatch;
 use crate::events::{hex, Event, EventLog};
 use crate::exit::VmExit;
 use crate::hyperv::{GuestRam, HyperV, VmbusPort};
-use crate::net::NetMmio;
+use crate::net::NetDevice;
 use crate::sync::lock;
 use crate::vcpu_state::VcpuState;
 use crate::vmbus::{self, Deferred, VmbusLink};
@@ -110,7 +110,7 @@ pub struct ExitContext {
     /// The crash disk's first write in this boot (when there is a crash disk).
     pub crash_disk: Option<CrashDiskWatch>,
     /// The network devices (their receiving is held after a crash).
-    pub nets: Vec<Arc<Mutex<NetMmio>>>,
+    pub nets: Vec<Arc<Mutex<NetDevice>>>,
 }
 
 /// The executor's view of the VM: pause, resume, NMI, registers, memory.

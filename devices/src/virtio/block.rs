@@ -47,7 +47,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
-use super::mmio::VirtioDevice;
+use super::common::VirtioDevice;
 use super::GuestWarnings;
 
 /// Bytes in a virtio-blk sector, whatever the backend's own block size.

@@ -1,35 +1,44 @@
-//! virtio devices behind the virtio-mmio transport.
+//! virtio devices and their transports.
 //!
+//! - [`common`]: [`VirtioCommon`], what every transport keeps for a [`VirtioDevice`]: feature
+//!   negotiation, the status handshake, the split virtqueues (`virtio_queue::Queue`), queue
+//!   setup, notifications and the interrupt status.
 //! - [`mmio`]: [`VirtioMmio`], the virtio-mmio version 2 ("modern") register window (virtio 1.x
-//!   §4.2.2) around any [`VirtioDevice`]: feature negotiation, the status handshake, queue setup
-//!   and notifications. It owns the split virtqueues (`virtio_queue::Queue`).
+//!   §4.2.2) decoded onto it.
+//! - [`pci`]: [`VirtioPci`], a modern virtio-pci function (virtio 1.x §4.1): its configuration
+//!   space and capabilities, BAR 0 (common configuration, ISR, device configuration,
+//!   notifications) decoded onto it, and MSI-X (the messages it says to send).
 //! - [`block`]: [`VirtioBlock`], a virtio-blk device (one request queue) over a [`BlockBackend`],
 //!   so that no file is touched here; [`VecBackend`] keeps the disk in memory.
 //! - [`net`]: [`VirtioNet`], a virtio-net device (receive and transmit queues) over a
 //!   [`NetBackend`] for the frames it sends; received frames are handed to it
-//!   ([`VirtioNet::receive`], through [`VirtioMmio::process_with`]).
+//!   ([`VirtioNet::receive`], through [`VirtioCommon::process_with`]).
 //!
 //! Guest memory is `vm_memory::GuestMemory` (what `virtio_queue` works with), not the crate's own
 //! [`crate::GuestMemory`]: every access is bounds-checked either way. A block device's requests
 //! are processed synchronously inside the `QueueNotify` write; a network device's queues are
-//! served by the VMM's I/O thread (`QueueNotify` by ioeventfd: [`VirtioMmio::notify_queue`],
-//! [`VirtioMmio::process_with`]). Either way the transport reports whether the device interrupt
-//! must be raised and the VMM raises it.
+//! served by the VMM's I/O thread (notifications by ioeventfd: [`VirtioCommon::notify_queue`],
+//! [`VirtioCommon::process_with`]). Either way the transport reports whether the device
+//! interrupt must be raised (virtio-pci: which MSI-X message) and the VMM raises it.
 //!
 //! Nothing a guest writes panics: malformed accesses and requests are refused, logged (warnings
 //! for the first few per device, debug level after that) and, for requests, completed with an
 //! error status wherever the request has a status byte to write.
 
 pub mod block;
+pub mod common;
 pub mod mmio;
 pub mod net;
+pub mod pci;
 
 #[cfg(test)]
 mod test_util;
 
 pub use block::{BlockBackend, VecBackend, VirtioBlock, VirtioBlockError};
-pub use mmio::{NeedsInterrupt, VirtioDevice, VirtioMmio, VirtioMmioError, VIRTIO_MMIO_ACPI_HID, VIRTIO_MMIO_WINDOW};
+pub use common::{NeedsInterrupt, VirtioCommon, VirtioDevice, VirtioError};
+pub use mmio::{VirtioMmio, VIRTIO_MMIO_ACPI_HID, VIRTIO_MMIO_WINDOW};
 pub use net::{NetBackend, NetCounters, Offloads, Rx, VecNetBackend, VirtioNet};
+pub use pci::{MsiMessage, VirtioPci};
 
 /// How many guest mistakes a device reports as warnings before it goes quiet (debug level), so a
 /// hostile or broken guest cannot flood the host log.

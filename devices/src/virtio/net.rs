@@ -56,7 +56,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions, VolatileSlice};
 
-use super::mmio::{NeedsInterrupt, VirtioDevice};
+use super::common::{NeedsInterrupt, VirtioDevice};
 use super::GuestWarnings;
 
 /// Entries per queue.

@@ -1,5 +1,5 @@
 //! Part 9: the network. The same Linux guest (Debian's cloud kernel, `crashtest=netbench`:
-//! guest-images/scenarios/netbench.sh) on a TAP, under crashvmm (`--net`, virtio-mmio) and under
+//! guest-images/scenarios/netbench.sh) on a TAP, under crashvmm (`--net`, virtio-pci) and under
 //! QEMU (`-netdev tap` with `virtio-net-pci`, QEMU's usual virtio-net, vhost off as the test host
 //! has no vhost-net), one after the other in the same place: the software KVM test host here,
 //! directly on hardware KVM (in a network namespace of its own) elsewhere.
@@ -343,7 +343,7 @@ fn cmdline(mib: u64) -> String {
 /// `out/crashvmm-ROUND/`), with `--net`.
 fn script(qemu: &str, mib: u64, rounds: usize) -> String {
     let mut spec = RunSpec::boot(String::new(), "vmlinuz".into(), "initramfs.cpio.gz".into(), &cmdline(mib), 768, 2);
-    spec.args.extend(["--net".to_string(), format!("tap={NET_TAP}")]);
+    spec.args.extend(["--net".to_string(), format!("tap={NET_TAP},transport=pci")]);
     let qemu_args = [
         "-M",
         "pc",
@@ -521,8 +521,8 @@ pub fn section(m: &mut String, b: &NetBench) {
         m,
         "Measured {} (`make bench` part 9; `--only net` runs it alone), {}. The same Linux guest \
          (Debian's cloud kernel, 768 MiB, 2 vCPUs, `crashtest=netbench`) on the same TAP, under crashvmm \
-         (`--net`: virtio-mmio, its interrupt a GSI line whose status the driver reads and acknowledges \
-         with two MMIO exits; checksum and TCP segmentation offloads both ways, `EVENT_IDX`) and under QEMU \
+         (`--net ...,transport=pci`: a virtio-pci function whose queues signal MSI-X vectors of their own; \
+         checksum and TCP segmentation offloads both ways, `EVENT_IDX`) and under QEMU \
          (`-netdev tap,vhost=off` with `virtio-net-pci`: MSI-X, its default features, the same offloads \
          among them), {} run(s) each, in turn. \
          `bench net-peer` on the host side times each run: {} MiB guest to host (accept to EOF) and host to \
@@ -578,11 +578,11 @@ pub fn section(m: &mut String, b: &NetBench) {
          guest's buffers, and both receive one through a buffer of their own (the TAP's `read` into it, \
          then into the guest's buffers); both guests skip most EOI exits (QEMU's with KVM's PV EOI, \
          crashvmm's with the lazy EOI of Hyper-V's VP assist page, which KVM serves) and arm their timers \
-         by TSC deadline; both interrupts are delivered within the call that raises them (QEMU's MSI-X \
-         irqfd from the eventfd's wakeup, crashvmm's `KVM_IRQ_LINE` from its net thread). Where they \
-         differ, by design: each virtio-mmio interrupt costs the guest two MMIO exits to crashvmm \
-         (reading the interrupt status, acknowledging it) that an MSI-X vector does not. A round trip \
-         takes two interrupts, one each way. The exits are KVM's own \
+         by TSC deadline; both interrupts are MSI-X messages delivered within the call that raises them \
+         (QEMU's irqfd from the eventfd's wakeup, crashvmm's `KVM_SIGNAL_MSI` from its net thread), so \
+         neither costs the guest an exit to its VMM (crashvmm's virtio-mmio transport, \
+         `transport=mmio`, costs two per interrupt: reading the interrupt status, acknowledging it). A \
+         round trip takes two interrupts, one each way. The exits are KVM's own \
          counts for the guest (`/sys/kernel/debug/kvm/PID-FD/`: `exits`, `mmio_exits`, `io_exits`), which \
          `bench net-peer` reads before and after the timed round trips: they vary far less between runs \
          than the times (a slower round trip sees more timer interrupts, so a little). In the test host \
@@ -634,7 +634,7 @@ mod tests {
                 assert!(sh.contains(&format!("--out out/peer-{vmm}-{round}.json")), "{sh}");
             }
         }
-        assert!(sh.contains("'--net' 'tap=crashvmm-net0'"), "{sh}");
+        assert!(sh.contains("'--net' 'tap=crashvmm-net0,transport=pci'"), "{sh}");
         assert!(sh.contains("mkdir -p out/crashvmm-2\n"), "{sh}");
         assert!(sh.contains("'--console-log' 'out/crashvmm-2/console.log'"), "{sh}");
         assert!(sh.contains("'tap,id=n0,ifname=crashvmm-net0,script=no,downscript=no,vhost=off'"), "{sh}");

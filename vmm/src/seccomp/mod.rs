@@ -11,8 +11,9 @@
 //!   (`write`), virtio-blk requests on the disks' open descriptors (`pread64`, `pwrite64`,
 //!   `fdatasync`: the device runs in the thread whose MMIO write notified it), a TAP's
 //!   `TUNSETOFFLOAD` (a virtio-net driver activating or resetting its device), a network
-//!   device's interrupt (`KVM_IRQ_LINE`), memory and futexes. No `open`, no sockets, no thread
-//!   creation.
+//!   device's interrupt (`KVM_IRQ_LINE`, `KVM_SIGNAL_MSI`) and its notification ioeventfds when
+//!   the guest moves its PCI BAR (`KVM_IOEVENTFD`), memory and futexes. No `open`, no sockets,
+//!   no thread creation.
 //! - **vmcore-writer**: the thread that writes every host-side vmcore (a crash's, the
 //!   operator's, live or not) while the vmm thread goes on serving the control socket: the
 //!   file (create, write, sync, remove a failed one), its compression and hashing threads, a
@@ -32,9 +33,9 @@
 //!   vmm thread's filter, which the writer's stacks on, allows that too.
 //!
 //! - **net**: a network device's frames (`--net`): `poll` on its TAP and eventfds, `read`,
-//!   `write` and `writev` on them, and its interrupt (`KVM_IRQ_LINE` as its one `ioctl`; it
-//!   spawns from the vmm thread, whose filter its own stacks on, so the vmm thread's allows it
-//!   too, as does the vCPU threads'). No `open`, no sockets, no threads.
+//!   `write` and `writev` on them, and its interrupt (`KVM_IRQ_LINE` or `KVM_SIGNAL_MSI`, its
+//!   only `ioctl`s; it spawns from the vmm thread, whose filter its own stacks on, so the vmm
+//!   thread's allows them too, as does the vCPU threads'). No `open`, no sockets, no threads.
 //!
 //! Console output is written by the vCPU thread that emulates the UART; console input is the vmm
 //! thread's. Every `ioctl` is checked against the list of request numbers of its kind.
@@ -160,9 +161,10 @@ ioctl_iow_nr!(TUNSETOFFLOAD, b'T' as u32, 208, libc::c_uint);
 
 /// What a vCPU thread does to KVM while the guest runs: run it, read its registers for
 /// snapshots and hypercalls (and write them back after one), watchdog samples, NMIs, SynIC
-/// interrupts, a network device's interrupt (`KVM_IRQ_LINE`: whichever thread holds the device
-/// raises it); and to a TAP: the offloads a virtio-net driver accepts when it activates or
-/// resets its device (`TUNSETOFFLOAD`, `net.rs`).
+/// interrupts, a network device's interrupt (`KVM_IRQ_LINE`, `KVM_SIGNAL_MSI`: whichever thread
+/// holds the device raises it) and its notification ioeventfds, moved with its PCI BAR
+/// (`KVM_IOEVENTFD`); and to a TAP: the offloads a virtio-net driver accepts when it activates
+/// or resets its device (`TUNSETOFFLOAD`, `net.rs`).
 fn vcpu_ioctls() -> Vec<u64> {
     vec![
         KVM_RUN(),
@@ -173,6 +175,7 @@ fn vcpu_ioctls() -> Vec<u64> {
         KVM_NMI(),
         KVM_SIGNAL_MSI(),
         KVM_IRQ_LINE(),
+        KVM_IOEVENTFD(),
         TUNSETOFFLOAD(),
     ]
 }
@@ -433,7 +436,8 @@ const METRICS: &[i64] = &[
 
 /// The net thread's own: waiting on the TAP and its eventfds (it reads them and the eventfds
 /// with the common `read` and `write`), and the `writev` that sends a frame to the TAP from
-/// guest memory. No files, no sockets, no threads; one ioctl, `KVM_IRQ_LINE`.
+/// guest memory. No files, no sockets, no threads; two ioctls, `KVM_IRQ_LINE` and
+/// `KVM_SIGNAL_MSI`.
 const NET: &[i64] = &[libc::SYS_poll, libc::SYS_ppoll, libc::SYS_writev];
 
 /// glibc's `fork()`: `clone(CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | SIGCHLD, ...)`.
@@ -459,7 +463,7 @@ fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
         ThreadKind::SnapshotCopier => (&[SNAPSHOT_COPIER], crate::uffd::copier_ioctls()),
         ThreadKind::Upload => (&[UPLOAD], vec![libc::FIONBIO, libc::FIOCLEX]),
         ThreadKind::Metrics => (&[METRICS], Vec::new()),
-        ThreadKind::Net => (&[NET], vec![KVM_IRQ_LINE()]),
+        ThreadKind::Net => (&[NET], vec![KVM_IRQ_LINE(), KVM_SIGNAL_MSI()]),
     };
     let mut map: BTreeMap<i64, Vec<SeccompRule>> =
         COMMON.iter().chain(own.iter().copied().flatten()).map(|&nr| (nr, Vec::new())).collect();
@@ -895,11 +899,18 @@ mod tests {
             let level = kvm_bindings::kvm_irq_level::default();
             // SAFETY: an ioctl on a descriptor that is not open: EBADF if the filter lets it by.
             let line = errno_of(unsafe { libc::ioctl(-1, KVM_IRQ_LINE() as _, &level) } as i64);
-            (polled, moved, (line, ioctl_kvm_create_vm_on_stdin()), open_passwd(), socket(), thread)
+            let msi = kvm_bindings::kvm_msi::default();
+            // SAFETY: as above.
+            let msi = errno_of(unsafe { libc::ioctl(-1, KVM_SIGNAL_MSI() as _, &msi) } as i64);
+            (polled, moved, (line, msi, ioctl_kvm_create_vm_on_stdin()), open_passwd(), socket(), thread)
         });
         assert_eq!(polled, 0, "poll");
         assert!(moved, "read, write and writev");
-        assert_eq!(ioctl, (libc::EBADF, libc::EPERM), "KVM_IRQ_LINE reaches the kernel, other ioctls do not");
+        assert_eq!(
+            ioctl,
+            (libc::EBADF, libc::EBADF, libc::EPERM),
+            "KVM_IRQ_LINE and KVM_SIGNAL_MSI reach the kernel, other ioctls do not"
+        );
         assert_eq!(open, libc::EPERM, "openat");
         assert_eq!(sock, libc::EPERM, "socket");
         assert!(!thread, "no threads");
