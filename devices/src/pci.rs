@@ -31,7 +31,6 @@ pub const PCI_COMMAND: usize = 0x04;
 pub const PCI_STATUS: usize = 0x06;
 pub const PCI_REVISION_ID: usize = 0x08;
 pub const PCI_CLASS_PROG: usize = 0x09;
-pub const PCI_HEADER_TYPE: usize = 0x0e;
 pub const PCI_BASE_ADDRESS_0: usize = 0x10;
 pub const PCI_SUBSYSTEM_VENDOR_ID: usize = 0x2c;
 pub const PCI_SUBSYSTEM_ID: usize = 0x2e;

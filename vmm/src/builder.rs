@@ -149,7 +149,8 @@ pub fn build(config: &VmConfig, kvm: &Kvm, shared: &Shared<'_>) -> Result<Machin
     register_memory(&vm, &mem)?;
 
     let disks = disk_slots(config)?;
-    let rsdp = acpi::write_acpi_tables(&mem, config.vcpus, dsdt(config, &disks))?;
+    let places = net_places(config, disks.len());
+    let rsdp = acpi::write_acpi_tables(&mem, config.vcpus, dsdt(config, &disks, &places))?;
     let layout =
         boot::load_kernel(&mem, config.memory_bytes, &config.kernel, config.initrd.as_deref(), &config.cmdline, rsdp)?;
     boot::write_page_tables(&mem)?;
@@ -168,7 +169,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, shared: &Shared<'_>) -> Result<Machin
     let mut bus = port_bus(config, &serial, shared.rtc)?;
     // This boot's: a new boot's first write to the crash disk counts again.
     let crash_disk = config.crash_disk.as_ref().map(|_| CrashDiskWatch::new());
-    let (mmio, nets, pci) = mmio_bus(&vm, &mem, &disks, crash_disk.as_ref(), config, shared.taps)?;
+    let (mmio, nets, pci) = mmio_bus(&vm, &mem, &disks, crash_disk.as_ref(), config, &places, shared.taps)?;
     if let Some(pci) = pci {
         bus.insert(PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_LEN, pci)?;
     }
@@ -226,8 +227,8 @@ pub fn build(config: &VmConfig, kvm: &Kvm, shared: &Shared<'_>) -> Result<Machin
     Ok(Machine { vm, vcpus, ctx, serial, nets })
 }
 
-/// The DSDT: every device the guest must find through ACPI.
-fn dsdt(config: &VmConfig, disks: &[DiskSlot<'_>]) -> Dsdt {
+/// The DSDT: every device the guest must find through ACPI (the network devices at `places`).
+fn dsdt(config: &VmConfig, disks: &[DiskSlot<'_>], places: &[NetPlace]) -> Dsdt {
     let mut dsdt = Dsdt::new();
     acpi::add_com1(&mut dsdt);
     acpi::add_rtc(&mut dsdt);
@@ -240,7 +241,6 @@ fn dsdt(config: &VmConfig, disks: &[DiskSlot<'_>]) -> Dsdt {
     for (i, d) in disks.iter().enumerate() {
         acpi::add_virtio_mmio(&mut dsdt, i, d.base, d.gsi);
     }
-    let places = net_places(config, disks.len());
     for (i, place) in places.iter().enumerate() {
         if let NetPlace::Mmio { base, gsi } = *place {
             acpi::add_virtio_mmio(&mut dsdt, disks.len() + i, base, gsi);
@@ -308,6 +308,7 @@ fn mmio_bus(
     disks: &[DiskSlot<'_>],
     watch: Option<&CrashDiskWatch>,
     config: &VmConfig,
+    places: &[NetPlace],
     taps: &[Arc<Tap>],
 ) -> Result<(MmioBus, Vec<NetSlot>, Option<SharedPciBus>), VmError> {
     let mut mmio = MmioBus::new();
@@ -327,7 +328,7 @@ fn mmio_bus(
     }
     let mut nets = Vec::new();
     let mut pci: Option<PciBus> = None;
-    for (i, ((net, tap), place)) in config.nets.iter().zip(taps).zip(net_places(config, disks.len())).enumerate() {
+    for (i, ((net, tap), place)) in config.nets.iter().zip(taps).zip(places.iter().copied()).enumerate() {
         // A queue's notification: an eventfd the net thread waits on, signalled by KVM
         // (ioeventfd) without an exit. Without that the write exits to the vCPU thread, whose
         // handler kicks the same eventfd: slower, never wrong.

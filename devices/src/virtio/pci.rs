@@ -111,6 +111,27 @@ impl Default for MsixEntry {
     }
 }
 
+impl MsixEntry {
+    /// The entry as the table holds it: address, data, vector control.
+    fn to_bytes(self) -> [u8; MSIX_ENTRY_SIZE as usize] {
+        let mut bytes = [0u8; MSIX_ENTRY_SIZE as usize];
+        bytes[..8].copy_from_slice(&self.address.to_le_bytes());
+        bytes[8..12].copy_from_slice(&self.data.to_le_bytes());
+        bytes[12..].copy_from_slice(&self.control.to_le_bytes());
+        bytes
+    }
+
+    /// The entry from its bytes; only the mask bit of vector control is defined.
+    fn from_bytes(bytes: &[u8; MSIX_ENTRY_SIZE as usize]) -> Self {
+        let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        Self {
+            address: u64::from(u32_at(0)) | u64::from(u32_at(4)) << 32,
+            data: u32_at(8),
+            control: u32_at(12) & PCI_MSIX_ENTRY_CTRL_MASKBIT,
+        }
+    }
+}
+
 /// One virtio device as a PCI function.
 pub struct VirtioPci<D> {
     common: VirtioCommon<D>,
@@ -242,17 +263,17 @@ impl<D: VirtioDevice> VirtioPci<D> {
     /// A guest write of `data` at `offset` in BAR 0; returns the messages to send (used
     /// buffers after a notification handled here, a pending vector the write unmasked).
     pub fn write_bar<M: GuestMemory>(&mut self, offset: u64, data: &[u8], mem: &M) -> Vec<MsiMessage> {
+        if let Some(index) = self.notified_queue(offset, data.len()) {
+            return match self.common.notify_queue(index, mem) {
+                true => self.queue_interrupt(index).into_iter().collect(),
+                false => Vec::new(),
+            };
+        }
         match offset {
             o if o < COMMON_OFFSET + COMMON_CFG_LEN => self.write_common(o - COMMON_OFFSET, data, mem),
             o if (DEVICE_OFFSET..DEVICE_OFFSET + DEVICE_LEN).contains(&o) => {
                 if o + data.len() as u64 <= DEVICE_OFFSET + DEVICE_LEN {
                     self.common.device_mut().write_config(o - DEVICE_OFFSET, data);
-                }
-            }
-            o if self.notified_queue(o, data.len()).is_some() => {
-                let index = self.notified_queue(o, data.len()).unwrap_or_default();
-                if self.common.notify_queue(index, mem) {
-                    return self.queue_interrupt(index).into_iter().collect();
                 }
             }
             o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => {
@@ -334,11 +355,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             log::debug!("virtio-pci: ignored {}-byte MSI-X table read at {offset:#x}", data.len());
             return;
         };
-        let e = self.table[index];
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&e.address.to_le_bytes());
-        bytes[8..12].copy_from_slice(&e.data.to_le_bytes());
-        bytes[12..].copy_from_slice(&e.control.to_le_bytes());
+        let bytes = self.table[index].to_bytes();
         data.copy_from_slice(&bytes[field as usize..field as usize + data.len()]);
     }
 
@@ -347,16 +364,9 @@ impl<D: VirtioDevice> VirtioPci<D> {
             log::debug!("virtio-pci: ignored {}-byte MSI-X table write at {offset:#x}", data.len());
             return;
         };
-        let e = &mut self.table[index];
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&e.address.to_le_bytes());
-        bytes[8..12].copy_from_slice(&e.data.to_le_bytes());
-        bytes[12..].copy_from_slice(&e.control.to_le_bytes());
+        let mut bytes = self.table[index].to_bytes();
         bytes[field as usize..field as usize + data.len()].copy_from_slice(data);
-        e.address = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
-        e.data = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default());
-        // Only the mask bit of Vector Control is defined.
-        e.control = u32::from_le_bytes(bytes[12..].try_into().unwrap_or_default()) & PCI_MSIX_ENTRY_CTRL_MASKBIT;
+        self.table[index] = MsixEntry::from_bytes(&bytes);
     }
 
     fn read_pba(&self, offset: u64, data: &mut [u8]) {
